@@ -1,0 +1,384 @@
+//! The HTTP front (axum): the same operations at `/v1/kms`, JSON bodies that
+//! mirror the protobuf messages field for field (bytes as base64), unknown
+//! fields refused, a 1 MiB body cap, `Authorization: Bearer <token>`, and the
+//! error envelope `{"error":{"code","message","retryable","request_id"}}`.
+//! Also `/healthz` and `/readyz`.
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Path, Query, Request, State};
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::error::{classify, public_message};
+use super::{new_request_id, MAX_BODY_BYTES, REQUEST_ID_HEADER};
+use crate::auth::Caller;
+use crate::error::Error;
+use crate::proto::*;
+use crate::service::KmsService;
+
+#[derive(Clone)]
+pub struct HttpFront {
+    kms: Arc<KmsService>,
+}
+
+/// Where a request message comes from.
+#[derive(Clone, Copy)]
+enum From {
+    /// JSON body (an empty body counts as `{}`).
+    Body,
+    /// The query string (GET routes).
+    Query,
+}
+
+fn envelope(
+    status: StatusCode,
+    code: &str,
+    message: &str,
+    retryable: bool,
+    request_id: &str,
+) -> Response {
+    let body = serde_json::json!({
+        "error": {
+            "code": code,
+            "message": message,
+            "retryable": retryable,
+            "request_id": request_id,
+        }
+    });
+    let mut r = (status, Json(body)).into_response();
+    if let Ok(v) = HeaderValue::from_str(request_id) {
+        r.headers_mut().insert(REQUEST_ID_HEADER, v);
+    }
+    if retryable {
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    r
+}
+
+/// The JSON response for an error.
+pub fn error_response(e: &Error, request_id: &str) -> Response {
+    let c = classify(e);
+    envelope(
+        c.http,
+        c.code,
+        &public_message(e, request_id),
+        c.retryable,
+        request_id,
+    )
+}
+
+fn ok_response<T: Serialize>(body: &T, request_id: &str) -> Response {
+    let mut r = Json(body).into_response();
+    if let Ok(v) = HeaderValue::from_str(request_id) {
+        r.headers_mut().insert(REQUEST_ID_HEADER, v);
+    }
+    r
+}
+
+fn decode_json<T: DeserializeOwned + Default>(bytes: &[u8]) -> Result<T, Error> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if path.is_empty() || path == "." {
+            Error::InvalidArgument(format!("request body: {inner}"))
+        } else {
+            Error::InvalidArgument(format!("field {path}: {inner}"))
+        }
+    })
+}
+
+impl HttpFront {
+    pub fn new(kms: Arc<KmsService>) -> Self {
+        HttpFront { kms }
+    }
+
+    /// Authenticate, decode, fill path parameters, run, encode.
+    async fn unary<Req, Resp, Fill, F, Fut>(
+        &self,
+        req: Request,
+        from: From,
+        fill: Fill,
+        op: F,
+    ) -> Response
+    where
+        Req: DeserializeOwned + Default,
+        Resp: Serialize,
+        Fill: FnOnce(&mut Req) -> Result<(), Error>,
+        F: FnOnce(Arc<KmsService>, Caller, Req) -> Fut,
+        Fut: Future<Output = Result<Resp, Error>>,
+    {
+        let request_id = new_request_id();
+        let result = async {
+            let auth = req
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            // Authenticate before reading the body: an anonymous caller
+            // costs a header parse, not a 1 MiB buffer.
+            let caller = self
+                .kms
+                .tokens()
+                .authenticate(auth.as_deref(), request_id.clone())
+                .await?;
+            let mut msg: Req = match from {
+                From::Query => Query::<Req>::try_from_uri(req.uri())
+                    .map(|q| q.0)
+                    .map_err(|e| {
+                        Error::InvalidArgument(format!("query string: {}", e.body_text()))
+                    })?,
+                From::Body => {
+                    let bytes = Bytes::from_request(req, &()).await.map_err(|rej| {
+                        if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                            Error::TooLarge(MAX_BODY_BYTES)
+                        } else {
+                            Error::InvalidArgument(format!("request body: {}", rej.body_text()))
+                        }
+                    })?;
+                    decode_json(&bytes)?
+                }
+            };
+            fill(&mut msg)?;
+            op(self.kms.clone(), caller, msg).await
+        }
+        .await;
+        match result {
+            Ok(resp) => ok_response(&resp, &request_id),
+            Err(e) => error_response(&e, &request_id),
+        }
+    }
+}
+
+/// A path's name must agree with the body's, when the body names one.
+fn same_name(path: &str, body: &mut String) -> Result<(), Error> {
+    if body.is_empty() {
+        *body = path.to_string();
+        Ok(())
+    } else if body == path {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument(
+            "field name: differs from the key name in the path".into(),
+        ))
+    }
+}
+
+type S = State<HttpFront>;
+
+async fn create_key(State(f): S, r: Request) -> Response {
+    f.unary(
+        r,
+        From::Body,
+        |_: &mut CreateKeyRequest| Ok(()),
+        |k, c, b| async move { k.create_key(&c, b).await },
+    )
+    .await
+}
+
+async fn list_keys(State(f): S, r: Request) -> Response {
+    f.unary(
+        r,
+        From::Query,
+        |_: &mut ListKeysRequest| Ok(()),
+        |k, c, b| async move { k.list_keys(&c, b).await },
+    )
+    .await
+}
+
+async fn get_key(State(f): S, Path(name): Path<String>, r: Request) -> Response {
+    f.unary(
+        r,
+        From::Query,
+        move |m: &mut GetKeyRequest| same_name(&name, &mut m.name),
+        |k, c, b| async move { k.get_key(&c, b).await },
+    )
+    .await
+}
+
+async fn rotate_key_at(State(f): S, Path(name): Path<String>, r: Request) -> Response {
+    f.unary(
+        r,
+        From::Body,
+        move |m: &mut RotateKeyRequest| same_name(&name, &mut m.name),
+        |k, c, b| async move { k.rotate_key(&c, b).await },
+    )
+    .await
+}
+
+async fn rotate_key(State(f): S, r: Request) -> Response {
+    f.unary(
+        r,
+        From::Body,
+        |_: &mut RotateKeyRequest| Ok(()),
+        |k, c, b| async move { k.rotate_key(&c, b).await },
+    )
+    .await
+}
+
+async fn set_state(
+    State(f): S,
+    Path((name, version)): Path<(String, String)>,
+    r: Request,
+) -> Response {
+    f.unary(
+        r,
+        From::Body,
+        move |m: &mut SetKeyVersionStateRequest| {
+            same_name(&name, &mut m.name)?;
+            let v: u32 = version
+                .strip_prefix('v')
+                .unwrap_or(&version)
+                .parse()
+                .map_err(|_| {
+                    Error::InvalidArgument("version in the path must be a number".into())
+                })?;
+            if m.version != 0 && m.version != v {
+                return Err(Error::InvalidArgument(
+                    "field version: differs from the version in the path".into(),
+                ));
+            }
+            m.version = v;
+            Ok(())
+        },
+        |k, c, b| async move { k.set_key_version_state(&c, b).await },
+    )
+    .await
+}
+
+async fn sign(State(f): S, r: Request) -> Response {
+    f.unary(
+        r,
+        From::Body,
+        |_: &mut SignRequest| Ok(()),
+        |k, c, b| async move { k.sign(&c, b).await },
+    )
+    .await
+}
+
+async fn verify(State(f): S, r: Request) -> Response {
+    f.unary(
+        r,
+        From::Body,
+        |_: &mut VerifyRequest| Ok(()),
+        |k, c, b| async move { k.verify(&c, b).await },
+    )
+    .await
+}
+
+async fn wrap(State(f): S, r: Request) -> Response {
+    f.unary(
+        r,
+        From::Body,
+        |_: &mut WrapRequest| Ok(()),
+        |k, c, b| async move { k.wrap(&c, b).await },
+    )
+    .await
+}
+
+async fn unwrap(State(f): S, r: Request) -> Response {
+    f.unary(
+        r,
+        From::Body,
+        |_: &mut UnwrapRequest| Ok(()),
+        |k, c, b| async move { k.unwrap(&c, b).await },
+    )
+    .await
+}
+
+async fn datakey(State(f): S, r: Request) -> Response {
+    f.unary(
+        r,
+        From::Body,
+        |_: &mut GenerateDataKeyRequest| Ok(()),
+        |k, c, b| async move { k.generate_data_key(&c, b).await },
+    )
+    .await
+}
+
+async fn healthz() -> Response {
+    Json(serde_json::json!({"status": "ok"})).into_response()
+}
+
+async fn readyz(State(f): S) -> Response {
+    let kms = f.kms.clone();
+    let checks = tokio::task::spawn_blocking(move || kms.readiness())
+        .await
+        .unwrap_or_default();
+    let ready = !checks.is_empty() && checks.iter().all(|(_, r)| r.is_ok());
+    let detail: serde_json::Map<String, serde_json::Value> = checks
+        .into_iter()
+        .map(|(name, r)| {
+            let v = match r {
+                Ok(()) => "ok".to_string(),
+                Err(e) => format!("error: {e}"),
+            };
+            (name.to_string(), serde_json::Value::String(v))
+        })
+        .collect();
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        Json(serde_json::json!({"ready": ready, "checks": detail})),
+    )
+        .into_response()
+}
+
+async fn not_found(method: Method) -> Response {
+    let _ = method;
+    envelope(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such route",
+        false,
+        &new_request_id(),
+    )
+}
+
+async fn method_not_allowed() -> Response {
+    envelope(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "method not allowed on this route",
+        false,
+        &new_request_id(),
+    )
+}
+
+/// The whole HTTP router.
+pub fn router(kms: Arc<KmsService>) -> Router {
+    Router::new()
+        .route("/v1/kms/keys", post(create_key).get(list_keys))
+        .route("/v1/kms/keys/{name}", get(get_key))
+        .route("/v1/kms/keys/{name}/rotate", post(rotate_key_at))
+        .route("/v1/kms/rotate", post(rotate_key))
+        .route(
+            "/v1/kms/keys/{name}/versions/{version}/state",
+            post(set_state),
+        )
+        .route("/v1/kms/sign", post(sign))
+        .route("/v1/kms/verify", post(verify))
+        .route("/v1/kms/wrap", post(wrap))
+        .route("/v1/kms/unwrap", post(unwrap))
+        .route("/v1/kms/datakey", post(datakey))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(HttpFront::new(kms))
+}

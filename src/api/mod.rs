@@ -1,0 +1,43 @@
+//! The two fronts and what they share. Fronts are thin: read the request id
+//! and credentials, decode, call [`crate::service::KmsService`], encode. An
+//! error is mapped in exactly one place ([`error`]).
+pub mod error;
+pub mod grpc;
+pub mod http;
+mod redact;
+
+/// Largest request body either front accepts (1 MiB).
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+/// Header carrying the request id on both fronts.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// A fresh request id: 16 hex digits from the OS CSPRNG.
+pub fn new_request_id() -> String {
+    let mut b = [0u8; 8];
+    // The id is not a secret; on an RNG failure fall back to time.
+    if crate::crypto::random_bytes(&mut b).is_err() {
+        b = (std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0))
+        .to_be_bytes();
+    }
+    hex::encode(b)
+}
+
+/// serde adapter: `Vec<u8>` as standard base64 with padding (JSON front).
+pub mod b64 {
+    use base64::Engine as _;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let s = String::deserialize(d)?;
+        base64::engine::general_purpose::STANDARD
+            .decode(s.as_bytes())
+            .map_err(|_| serde::de::Error::custom("invalid base64 (standard alphabet, padded)"))
+    }
+}

@@ -1,0 +1,137 @@
+//! Custody: where private keys live and where private-key operations run.
+//!
+//! One small synchronous trait, [`Backend`], with explicit [`Capabilities`].
+//! Calls may block (a device, a sealed-key unseal plus a PQ signature), so the
+//! service runs them on its bounded blocking pool, never on an async worker.
+//!
+//! A backend returns, for each generated key, an opaque *handle* that the
+//! store persists next to the key record. What the handle is depends on the
+//! backend: for `sealed-file` it is the private key sealed under the master
+//! key; for an HSM it would be an object reference. A handle never holds
+//! private material in the clear.
+//!
+//! This module must not: return private key material to callers, log inputs,
+//! or touch the store.
+pub mod sealed_file;
+
+use thiserror::Error;
+use zeroize::Zeroizing;
+
+use crate::crypto::Algorithm;
+
+/// Errors from custody, typed so the service can tell a flapping device
+/// (retryable) from bad key material (not retryable).
+#[derive(Debug, Error)]
+pub enum BackendError {
+    /// The device or its session is unavailable; the caller may retry.
+    #[error("custody unavailable: {0}")]
+    Unavailable(String),
+    /// AEAD authentication failed on caller-supplied ciphertext.
+    #[error("decryption failed")]
+    Decrypt,
+    /// This backend cannot hold keys of this algorithm.
+    #[error("algorithm {0} is not supported by this backend")]
+    Unsupported(Algorithm),
+    /// A stored handle would not unseal: wrong master key or a corrupted
+    /// record. Never retryable.
+    #[error("sealed key could not be opened: {0}")]
+    Sealed(&'static str),
+    /// The algorithm implementation failed on key material that unsealed.
+    #[error("{0}")]
+    Crypto(String),
+}
+
+/// What a backend can do; reported, not assumed.
+#[derive(Clone, Debug)]
+pub struct Capabilities {
+    /// Algorithms whose private keys live natively in the device.
+    pub native: Vec<Algorithm>,
+    /// Algorithms held as software keys sealed by this backend.
+    pub sealed: Vec<Algorithm>,
+    /// Whether the backend can attest to its state (TPM quote).
+    pub attestation: bool,
+    /// Whether keys survive a process restart.
+    pub persistent: bool,
+}
+
+impl Capabilities {
+    pub fn supports(&self, alg: Algorithm) -> bool {
+        self.native.contains(&alg) || self.sealed.contains(&alg)
+    }
+}
+
+/// Names one key version inside custody: `tenant/name#vN` plus algorithm.
+/// Sealing binds this label, so a handle copied onto another key record
+/// does not open.
+#[derive(Clone, Copy, Debug)]
+pub struct KeyLabel<'a> {
+    pub tenant: &'a str,
+    pub kid: &'a str,
+    pub algorithm: Algorithm,
+}
+
+/// A freshly generated key: its public half (empty for symmetric keys) and
+/// the custody handle to persist.
+pub struct Generated {
+    pub public: Vec<u8>,
+    pub handle: Vec<u8>,
+}
+
+/// The custody interface. Implementations are `Send + Sync` and internally
+/// synchronised; every method may block.
+pub trait Backend: Send + Sync {
+    /// Short name used in config and `/readyz`: `sealed-file`, `pkcs11`, `tpm`.
+    fn name(&self) -> &'static str;
+
+    fn capabilities(&self) -> &Capabilities;
+
+    /// Generate a key in custody. On error nothing is left behind (for a
+    /// device: the backend deletes a half-created object before returning).
+    fn generate(&self, label: KeyLabel<'_>) -> Result<Generated, BackendError>;
+
+    /// Sign `message` with a signing key (the algorithm's full message
+    /// semantics: Ed25519 and ML-DSA over the message, ECDSA over SHA-256).
+    fn sign(
+        &self,
+        label: KeyLabel<'_>,
+        handle: &[u8],
+        message: &[u8],
+    ) -> Result<Vec<u8>, BackendError>;
+
+    /// KEM decapsulation with a wrap key's private half.
+    fn decapsulate(
+        &self,
+        label: KeyLabel<'_>,
+        handle: &[u8],
+        ciphertext: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, BackendError>;
+
+    /// AES-256-GCM seal with a symmetric wrap key; returns ciphertext || tag.
+    fn aead_seal(
+        &self,
+        label: KeyLabel<'_>,
+        handle: &[u8],
+        nonce: &[u8; 12],
+        aad: &[u8],
+        plaintext: &[u8],
+    ) -> Result<Vec<u8>, BackendError>;
+
+    /// AES-256-GCM open; [`BackendError::Decrypt`] when it does not
+    /// authenticate.
+    fn aead_open(
+        &self,
+        label: KeyLabel<'_>,
+        handle: &[u8],
+        nonce: &[u8; 12],
+        aad: &[u8],
+        ciphertext: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, BackendError>;
+
+    /// Remove the key's material from custody. For backends whose handle *is*
+    /// the sealed material, the store's wipe of the handle is the destruction
+    /// and this is a no-op. Idempotent.
+    fn destroy(&self, label: KeyLabel<'_>, handle: &[u8]) -> Result<(), BackendError>;
+
+    /// A cheap liveness probe for `/readyz`.
+    fn health(&self) -> Result<(), BackendError>;
+}

@@ -1,0 +1,518 @@
+//! One typed config, merged from three sources: TOML file < `KMS_*`
+//! environment < command-line flags, validated once at start-up. Errors name
+//! the field the way the operator wrote it (`KMS_GRPC_ADDR`, `--http-addr`,
+//! `grpc_addr in ron-kms.toml`).
+//!
+//! The environment is read through the [`Env`] trait, so tests pass a map
+//! instead of touching the process environment. Secrets (the master
+//! passphrase) are referenced by file path or env-var *name*, never given as
+//! values here, and are read only when the server starts.
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use thiserror::Error;
+
+use crate::crypto::Algorithm;
+
+pub const DEFAULT_DATA_DIR: &str = "./ron-kms-data";
+pub const DEFAULT_GRPC_ADDR: &str = "127.0.0.1:9445";
+pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:9446";
+pub const DEFAULT_BOOTSTRAP_TENANT: &str = "admin";
+
+/// Where environment variables come from.
+pub trait Env {
+    fn var(&self, key: &str) -> Option<String>;
+}
+
+/// The real process environment.
+pub struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn var(&self, key: &str) -> Option<String> {
+        std::env::var(key).ok()
+    }
+}
+
+impl Env for HashMap<String, String> {
+    fn var(&self, key: &str) -> Option<String> {
+        self.get(key).cloned()
+    }
+}
+
+#[derive(Debug, Error)]
+#[error("config: {field}: {message}")]
+pub struct ConfigError {
+    pub field: String,
+    pub message: String,
+}
+
+fn err(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+/// The TOML file's shape: the env names without `KMS_`, lower-cased.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub data_dir: Option<PathBuf>,
+    pub grpc_addr: Option<String>,
+    pub http_addr: Option<String>,
+    pub backend: Option<String>,
+    pub master_key_file: Option<PathBuf>,
+    pub master_passphrase_file: Option<PathBuf>,
+    pub master_passphrase_env: Option<String>,
+    pub algorithms: Option<Vec<String>>,
+    pub blocking_threads: Option<usize>,
+    pub bootstrap_tenant: Option<String>,
+    pub log: Option<String>,
+}
+
+/// Flags of `ron-kms serve` that override file and env.
+#[derive(Debug, Default, Clone)]
+pub struct Flags {
+    pub config: Option<PathBuf>,
+    pub data_dir: Option<PathBuf>,
+    pub grpc_addr: Option<String>,
+    pub http_addr: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackendKind {
+    SealedFile,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PassphraseSource {
+    File(PathBuf),
+    /// The *name* of the environment variable holding the passphrase.
+    Env(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MasterKeySource {
+    KeyFile(PathBuf),
+    Passphrase(PassphraseSource),
+}
+
+/// The validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub backend: BackendKind,
+    pub master: MasterKeySource,
+    pub algorithms: Vec<Algorithm>,
+    pub blocking_threads: usize,
+    pub bootstrap_tenant: String,
+    pub log: String,
+}
+
+impl Config {
+    /// Defaults with `data_dir` set: what tests and embedders start from.
+    pub fn for_data_dir(data_dir: &Path) -> Self {
+        Config {
+            data_dir: data_dir.to_path_buf(),
+            grpc_addr: DEFAULT_GRPC_ADDR.parse().expect("valid default"),
+            http_addr: DEFAULT_HTTP_ADDR.parse().expect("valid default"),
+            backend: BackendKind::SealedFile,
+            master: MasterKeySource::KeyFile(data_dir.join("master.key")),
+            algorithms: Algorithm::ALL.to_vec(),
+            blocking_threads: default_blocking_threads(),
+            bootstrap_tenant: DEFAULT_BOOTSTRAP_TENANT.into(),
+            log: "info".into(),
+        }
+    }
+
+    pub fn store_path(&self) -> PathBuf {
+        self.data_dir.join("kms.sqlite3")
+    }
+}
+
+fn default_blocking_threads() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get() * 2)
+        .unwrap_or(4)
+}
+
+/// One value and the name of the place it came from.
+struct Picked<T> {
+    value: Option<T>,
+    origin: String,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn pick<T>(
+    flag: Option<T>,
+    flag_name: &str,
+    env: &dyn Env,
+    env_name: &str,
+    parse_env: impl Fn(String) -> T,
+    file: Option<T>,
+    file_key: &str,
+    file_name: &str,
+) -> Picked<T> {
+    if let Some(v) = flag {
+        return Picked {
+            value: Some(v),
+            origin: flag_name.to_string(),
+        };
+    }
+    if let Some(v) = env.var(env_name) {
+        return Picked {
+            value: Some(parse_env(v)),
+            origin: env_name.to_string(),
+        };
+    }
+    Picked {
+        value: file,
+        origin: format!("{file_key} in {file_name}"),
+    }
+}
+
+fn parse_addr(p: Picked<String>, default: &str) -> Result<SocketAddr, ConfigError> {
+    let s = p.value.unwrap_or_else(|| default.to_string());
+    s.parse().map_err(|_| {
+        err(
+            &p.origin,
+            format!("{s:?} is not a socket address like 127.0.0.1:9445"),
+        )
+    })
+}
+
+/// Merge and validate.
+pub fn load(flags: &Flags, env: &dyn Env) -> Result<Config, ConfigError> {
+    let config_path = flags
+        .config
+        .clone()
+        .or_else(|| env.var("KMS_CONFIG").map(PathBuf::from));
+    let (file, file_name) = match &config_path {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .map_err(|e| err(format!("--config {}", p.display()), e.to_string()))?;
+            let f: FileConfig = toml::from_str(&text).map_err(|e| {
+                err(
+                    format!("config file {}", p.display()),
+                    e.message().to_string(),
+                )
+            })?;
+            (f, p.display().to_string())
+        }
+        None => (FileConfig::default(), "config file".to_string()),
+    };
+    let fname = file_name.as_str();
+    let id = |s: String| s;
+
+    let data_dir = pick(
+        flags.data_dir.clone(),
+        "--data-dir",
+        env,
+        "KMS_DATA_DIR",
+        PathBuf::from,
+        file.data_dir,
+        "data_dir",
+        fname,
+    )
+    .value
+    .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+    let grpc_addr = parse_addr(
+        pick(
+            flags.grpc_addr.clone(),
+            "--grpc-addr",
+            env,
+            "KMS_GRPC_ADDR",
+            id,
+            file.grpc_addr,
+            "grpc_addr",
+            fname,
+        ),
+        DEFAULT_GRPC_ADDR,
+    )?;
+    let http_addr = parse_addr(
+        pick(
+            flags.http_addr.clone(),
+            "--http-addr",
+            env,
+            "KMS_HTTP_ADDR",
+            id,
+            file.http_addr,
+            "http_addr",
+            fname,
+        ),
+        DEFAULT_HTTP_ADDR,
+    )?;
+    if grpc_addr == http_addr && grpc_addr.port() != 0 {
+        return Err(err("KMS_HTTP_ADDR", "must differ from the gRPC address"));
+    }
+
+    let backend_p = pick(
+        None,
+        "",
+        env,
+        "KMS_BACKEND",
+        id,
+        file.backend,
+        "backend",
+        fname,
+    );
+    let backend = match backend_p.value.as_deref().unwrap_or("sealed-file") {
+        "sealed-file" => BackendKind::SealedFile,
+        "pkcs11" | "tpm" => return Err(err(
+            backend_p.origin,
+            "this build has only the sealed-file backend; pkcs11 and tpm are not implemented yet",
+        )),
+        other => {
+            return Err(err(
+                backend_p.origin,
+                format!("{other:?} is not one of sealed-file, pkcs11, tpm"),
+            ))
+        }
+    };
+
+    let key_file = pick(
+        None,
+        "",
+        env,
+        "KMS_MASTER_KEY_FILE",
+        PathBuf::from,
+        file.master_key_file,
+        "master_key_file",
+        fname,
+    );
+    let pass_file = pick(
+        None,
+        "",
+        env,
+        "KMS_MASTER_PASSPHRASE_FILE",
+        PathBuf::from,
+        file.master_passphrase_file,
+        "master_passphrase_file",
+        fname,
+    );
+    let pass_env = pick(
+        None,
+        "",
+        env,
+        "KMS_MASTER_PASSPHRASE_ENV",
+        id,
+        file.master_passphrase_env,
+        "master_passphrase_env",
+        fname,
+    );
+    let master = match (key_file.value, pass_file.value, pass_env.value) {
+        (None, None, None) => MasterKeySource::KeyFile(data_dir.join("master.key")),
+        (Some(k), None, None) => MasterKeySource::KeyFile(k),
+        (None, Some(f), None) => MasterKeySource::Passphrase(PassphraseSource::File(f)),
+        (None, None, Some(e)) => {
+            if e.is_empty() || e.contains('=') {
+                return Err(err(pass_env.origin, "must be the name of an environment variable"));
+            }
+            MasterKeySource::Passphrase(PassphraseSource::Env(e))
+        }
+        _ => {
+            return Err(err(
+                "KMS_MASTER_KEY_FILE",
+                "set only one of KMS_MASTER_KEY_FILE, KMS_MASTER_PASSPHRASE_FILE, KMS_MASTER_PASSPHRASE_ENV",
+            ))
+        }
+    };
+
+    let algs_p = pick(
+        None,
+        "",
+        env,
+        "KMS_ALGORITHMS",
+        |s: String| {
+            s.split(',')
+                .map(|x| x.trim().to_string())
+                .filter(|x| !x.is_empty())
+                .collect::<Vec<_>>()
+        },
+        file.algorithms,
+        "algorithms",
+        fname,
+    );
+    let algorithms = match algs_p.value {
+        None => Algorithm::ALL.to_vec(),
+        Some(list) => {
+            if list.is_empty() {
+                return Err(err(algs_p.origin, "must name at least one algorithm"));
+            }
+            list.iter()
+                .map(|a| {
+                    Algorithm::parse(a).ok_or_else(|| {
+                        err(
+                            &algs_p.origin,
+                            format!(
+                                "unknown algorithm {a:?}; known: {}",
+                                Algorithm::ALL.map(|x| x.as_str()).join(", ")
+                            ),
+                        )
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?
+        }
+    };
+
+    let threads_p = pick(
+        None,
+        "",
+        env,
+        "KMS_BLOCKING_THREADS",
+        |s: String| s.trim().parse::<usize>().unwrap_or(0),
+        file.blocking_threads,
+        "blocking_threads",
+        fname,
+    );
+    let blocking_threads = match threads_p.value {
+        None => default_blocking_threads(),
+        Some(n @ 1..=1024) => n,
+        Some(_) => {
+            return Err(err(
+                threads_p.origin,
+                "must be a whole number from 1 to 1024",
+            ))
+        }
+    };
+
+    let tenant_p = pick(
+        None,
+        "",
+        env,
+        "KMS_BOOTSTRAP_TENANT",
+        id,
+        file.bootstrap_tenant,
+        "bootstrap_tenant",
+        fname,
+    );
+    let bootstrap_tenant = tenant_p
+        .value
+        .unwrap_or_else(|| DEFAULT_BOOTSTRAP_TENANT.to_string());
+    crate::auth::validate_tenant(&bootstrap_tenant).map_err(|m| err(tenant_p.origin, m))?;
+
+    let log = pick(None, "", env, "KMS_LOG", id, file.log, "log", fname)
+        .value
+        .unwrap_or_else(|| "info".to_string());
+
+    Ok(Config {
+        data_dir,
+        grpc_addr,
+        http_addr,
+        backend,
+        master,
+        algorithms,
+        blocking_threads,
+        bootstrap_tenant,
+        log,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults() {
+        let c = load(&Flags::default(), &env(&[])).unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("./ron-kms-data"));
+        assert_eq!(c.grpc_addr.to_string(), "127.0.0.1:9445");
+        assert_eq!(c.http_addr.to_string(), "127.0.0.1:9446");
+        assert_eq!(
+            c.master,
+            MasterKeySource::KeyFile(PathBuf::from("./ron-kms-data/master.key"))
+        );
+        assert_eq!(c.algorithms.len(), 8);
+    }
+
+    #[test]
+    fn file_then_env_then_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(
+            &f,
+            "grpc_addr = \"127.0.0.1:1\"\nhttp_addr = \"127.0.0.1:2\"\ndata_dir = \"/from/file\"\n",
+        )
+        .unwrap();
+        let flags = Flags {
+            config: Some(f.clone()),
+            ..Default::default()
+        };
+        let c = load(&flags, &env(&[])).unwrap();
+        assert_eq!(c.grpc_addr.port(), 1);
+        assert_eq!(c.data_dir, PathBuf::from("/from/file"));
+        let c = load(&flags, &env(&[("KMS_GRPC_ADDR", "127.0.0.1:3")])).unwrap();
+        assert_eq!(c.grpc_addr.port(), 3);
+        assert_eq!(c.http_addr.port(), 2);
+        let flags = Flags {
+            grpc_addr: Some("127.0.0.1:4".into()),
+            ..flags
+        };
+        let c = load(&flags, &env(&[("KMS_GRPC_ADDR", "127.0.0.1:3")])).unwrap();
+        assert_eq!(c.grpc_addr.port(), 4);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let e = load(&Flags::default(), &env(&[("KMS_GRPC_ADDR", "nope")])).unwrap_err();
+        assert_eq!(e.field, "KMS_GRPC_ADDR");
+        let e = load(
+            &Flags {
+                http_addr: Some("x".into()),
+                ..Default::default()
+            },
+            &env(&[]),
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "--http-addr");
+        let e = load(
+            &Flags::default(),
+            &env(&[("KMS_ALGORITHMS", "ed25519,rsa")]),
+        )
+        .unwrap_err();
+        assert!(
+            e.field == "KMS_ALGORITHMS" && e.message.contains("\"rsa\""),
+            "{e}"
+        );
+        let e = load(&Flags::default(), &env(&[("KMS_BACKEND", "vault")])).unwrap_err();
+        assert_eq!(e.field, "KMS_BACKEND");
+        let e = load(
+            &Flags::default(),
+            &env(&[
+                ("KMS_MASTER_KEY_FILE", "/k"),
+                ("KMS_MASTER_PASSPHRASE_ENV", "P"),
+            ]),
+        )
+        .unwrap_err();
+        assert!(e.message.contains("only one"), "{e}");
+        let e = load(&Flags::default(), &env(&[("KMS_BLOCKING_THREADS", "0")])).unwrap_err();
+        assert_eq!(e.field, "KMS_BLOCKING_THREADS");
+    }
+
+    #[test]
+    fn unknown_file_keys_are_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(&f, "grpc_adress = \"127.0.0.1:1\"\n").unwrap();
+        let e = load(
+            &Flags {
+                config: Some(f),
+                ..Default::default()
+            },
+            &env(&[]),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("grpc_adress"), "{e}");
+    }
+}

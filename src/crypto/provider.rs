@@ -1,0 +1,348 @@
+//! The provider seam: one small implementation per algorithm (keygen, sign,
+//! verify, encapsulate, decapsulate), looked up in a table, so a faster
+//! implementation replaces one algorithm's without touching the service.
+//!
+//! Private-key formats (what custody seals; documented in docs/keys.md):
+//! Ed25519 — the 32-byte RFC 8032 seed; ECDSA P-256 — a PKCS#8 v1 document;
+//! ML-DSA — the FIPS 204 private-key encoding; ML-KEM — the FIPS 203
+//! decapsulation-key encoding; AES-256-GCM — the 32 raw key bytes.
+//! Public keys are raw (Ed25519 32 bytes, P-256 uncompressed SEC1 point,
+//! ML-DSA/ML-KEM the FIPS encodings); [`super::spki`] wraps them in DER.
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use ring::signature::{self as rsig, KeyPair as _};
+use zeroize::Zeroizing;
+
+use super::{random_bytes, Algorithm, CryptoError};
+
+/// A freshly generated key. `public` is empty for symmetric keys.
+pub struct KeyPair {
+    pub public: Vec<u8>,
+    pub private: Zeroizing<Vec<u8>>,
+}
+
+impl std::fmt::Debug for KeyPair {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyPair")
+            .field("public_len", &self.public.len())
+            .field("private", &"<redacted>")
+            .finish()
+    }
+}
+
+/// One signature algorithm's implementation. Synchronous and short: callers
+/// decide which thread it runs on.
+pub trait SignatureScheme: Send + Sync {
+    fn generate(&self) -> Result<KeyPair, CryptoError>;
+    fn sign(&self, private: &[u8], message: &[u8]) -> Result<Vec<u8>, CryptoError>;
+    /// `false` for any signature that does not verify, including malformed
+    /// ones and malformed public keys.
+    fn verify(&self, public: &[u8], message: &[u8], signature: &[u8]) -> bool;
+}
+
+/// One KEM's implementation.
+pub trait KemScheme: Send + Sync {
+    fn generate(&self) -> Result<KeyPair, CryptoError>;
+    /// Returns (ciphertext, shared secret).
+    fn encapsulate(&self, public: &[u8]) -> Result<(Vec<u8>, Zeroizing<Vec<u8>>), CryptoError>;
+    fn decapsulate(
+        &self,
+        private: &[u8],
+        ciphertext: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, CryptoError>;
+    fn ciphertext_len(&self) -> usize;
+}
+
+/// The table of implementations. [`Provider::default`] uses ring for the
+/// classical algorithms and liboqs (through `oqs`) for ML-DSA and ML-KEM.
+#[derive(Clone)]
+pub struct Provider {
+    signers: HashMap<Algorithm, Arc<dyn SignatureScheme>>,
+    kems: HashMap<Algorithm, Arc<dyn KemScheme>>,
+}
+
+impl Default for Provider {
+    fn default() -> Self {
+        let mut p = Provider {
+            signers: HashMap::new(),
+            kems: HashMap::new(),
+        };
+        p = p
+            .with_signer(Algorithm::Ed25519, Arc::new(RingEd25519))
+            .with_signer(Algorithm::EcdsaP256, Arc::new(RingEcdsaP256))
+            .with_signer(
+                Algorithm::MlDsa44,
+                Arc::new(OqsSig::new(oqs::sig::Algorithm::MlDsa44, "ml-dsa-44")),
+            )
+            .with_signer(
+                Algorithm::MlDsa65,
+                Arc::new(OqsSig::new(oqs::sig::Algorithm::MlDsa65, "ml-dsa-65")),
+            )
+            .with_signer(
+                Algorithm::MlDsa87,
+                Arc::new(OqsSig::new(oqs::sig::Algorithm::MlDsa87, "ml-dsa-87")),
+            )
+            .with_kem(
+                Algorithm::MlKem768,
+                Arc::new(OqsKem::new(oqs::kem::Algorithm::MlKem768, "ml-kem-768")),
+            )
+            .with_kem(
+                Algorithm::MlKem1024,
+                Arc::new(OqsKem::new(oqs::kem::Algorithm::MlKem1024, "ml-kem-1024")),
+            );
+        p
+    }
+}
+
+impl Provider {
+    /// Replace (or add) the implementation of one signature algorithm.
+    pub fn with_signer(mut self, alg: Algorithm, imp: Arc<dyn SignatureScheme>) -> Self {
+        self.signers.insert(alg, imp);
+        self
+    }
+
+    /// Replace (or add) the implementation of one KEM.
+    pub fn with_kem(mut self, alg: Algorithm, imp: Arc<dyn KemScheme>) -> Self {
+        self.kems.insert(alg, imp);
+        self
+    }
+
+    pub fn signer(&self, alg: Algorithm) -> Result<&dyn SignatureScheme, CryptoError> {
+        self.signers
+            .get(&alg)
+            .map(|s| s.as_ref())
+            .ok_or(CryptoError::Unsupported(alg.as_str()))
+    }
+
+    pub fn kem(&self, alg: Algorithm) -> Result<&dyn KemScheme, CryptoError> {
+        self.kems
+            .get(&alg)
+            .map(|s| s.as_ref())
+            .ok_or(CryptoError::Unsupported(alg.as_str()))
+    }
+
+    /// Generate a key of any algorithm in software.
+    pub fn generate(&self, alg: Algorithm) -> Result<KeyPair, CryptoError> {
+        match alg {
+            Algorithm::Aes256Gcm => {
+                let mut k = Zeroizing::new(vec![0u8; super::aead::KEY_LEN]);
+                random_bytes(&mut k)?;
+                Ok(KeyPair {
+                    public: Vec::new(),
+                    private: k,
+                })
+            }
+            Algorithm::MlKem768 | Algorithm::MlKem1024 => self.kem(alg)?.generate(),
+            _ => self.signer(alg)?.generate(),
+        }
+    }
+}
+
+struct RingEd25519;
+
+impl SignatureScheme for RingEd25519 {
+    fn generate(&self) -> Result<KeyPair, CryptoError> {
+        let mut seed = Zeroizing::new(vec![0u8; 32]);
+        random_bytes(&mut seed)?;
+        let kp = rsig::Ed25519KeyPair::from_seed_unchecked(&seed)
+            .map_err(|_| CryptoError::KeyGen("ed25519"))?;
+        Ok(KeyPair {
+            public: kp.public_key().as_ref().to_vec(),
+            private: seed,
+        })
+    }
+
+    fn sign(&self, private: &[u8], message: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        let kp = rsig::Ed25519KeyPair::from_seed_unchecked(private)
+            .map_err(|_| CryptoError::BadPrivateKey("ed25519"))?;
+        Ok(kp.sign(message).as_ref().to_vec())
+    }
+
+    fn verify(&self, public: &[u8], message: &[u8], signature: &[u8]) -> bool {
+        rsig::UnparsedPublicKey::new(&rsig::ED25519, public)
+            .verify(message, signature)
+            .is_ok()
+    }
+}
+
+struct RingEcdsaP256;
+
+impl SignatureScheme for RingEcdsaP256 {
+    fn generate(&self) -> Result<KeyPair, CryptoError> {
+        let rng = ring::rand::SystemRandom::new();
+        let pkcs8 = rsig::EcdsaKeyPair::generate_pkcs8(&rsig::ECDSA_P256_SHA256_ASN1_SIGNING, &rng)
+            .map_err(|_| CryptoError::KeyGen("ecdsa-p256"))?;
+        let private = Zeroizing::new(pkcs8.as_ref().to_vec());
+        let kp =
+            rsig::EcdsaKeyPair::from_pkcs8(&rsig::ECDSA_P256_SHA256_ASN1_SIGNING, &private, &rng)
+                .map_err(|_| CryptoError::KeyGen("ecdsa-p256"))?;
+        Ok(KeyPair {
+            public: kp.public_key().as_ref().to_vec(),
+            private,
+        })
+    }
+
+    fn sign(&self, private: &[u8], message: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        let rng = ring::rand::SystemRandom::new();
+        let kp =
+            rsig::EcdsaKeyPair::from_pkcs8(&rsig::ECDSA_P256_SHA256_ASN1_SIGNING, private, &rng)
+                .map_err(|_| CryptoError::BadPrivateKey("ecdsa-p256"))?;
+        kp.sign(&rng, message)
+            .map(|s| s.as_ref().to_vec())
+            .map_err(|_| CryptoError::Sign("ecdsa-p256"))
+    }
+
+    fn verify(&self, public: &[u8], message: &[u8], signature: &[u8]) -> bool {
+        rsig::UnparsedPublicKey::new(&rsig::ECDSA_P256_SHA256_ASN1, public)
+            .verify(message, signature)
+            .is_ok()
+    }
+}
+
+/// ML-DSA through liboqs: pure FIPS 204 signing with an empty context
+/// string, hedged (randomised) as liboqs does by default.
+struct OqsSig {
+    sig: oqs::sig::Sig,
+    name: &'static str,
+}
+
+impl OqsSig {
+    fn new(alg: oqs::sig::Algorithm, name: &'static str) -> Self {
+        oqs::init();
+        let sig = oqs::sig::Sig::new(alg).expect("liboqs was built with ML-DSA enabled");
+        OqsSig { sig, name }
+    }
+}
+
+impl SignatureScheme for OqsSig {
+    fn generate(&self) -> Result<KeyPair, CryptoError> {
+        let (pk, sk) = self
+            .sig
+            .keypair()
+            .map_err(|_| CryptoError::KeyGen(self.name))?;
+        Ok(KeyPair {
+            public: pk.into_vec(),
+            private: Zeroizing::new(sk.into_vec()),
+        })
+    }
+
+    fn sign(&self, private: &[u8], message: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        let sk = self
+            .sig
+            .secret_key_from_bytes(private)
+            .ok_or(CryptoError::BadPrivateKey(self.name))?;
+        self.sig
+            .sign(message, sk)
+            .map(|s| s.into_vec())
+            .map_err(|_| CryptoError::Sign(self.name))
+    }
+
+    fn verify(&self, public: &[u8], message: &[u8], signature: &[u8]) -> bool {
+        let (Some(pk), Some(sig)) = (
+            self.sig.public_key_from_bytes(public),
+            self.sig.signature_from_bytes(signature),
+        ) else {
+            return false;
+        };
+        self.sig.verify(message, sig, pk).is_ok()
+    }
+}
+
+/// ML-KEM through liboqs (FIPS 203).
+struct OqsKem {
+    kem: oqs::kem::Kem,
+    name: &'static str,
+}
+
+impl OqsKem {
+    fn new(alg: oqs::kem::Algorithm, name: &'static str) -> Self {
+        oqs::init();
+        let kem = oqs::kem::Kem::new(alg).expect("liboqs was built with ML-KEM enabled");
+        OqsKem { kem, name }
+    }
+}
+
+impl KemScheme for OqsKem {
+    fn generate(&self) -> Result<KeyPair, CryptoError> {
+        let (pk, sk) = self
+            .kem
+            .keypair()
+            .map_err(|_| CryptoError::KeyGen(self.name))?;
+        Ok(KeyPair {
+            public: pk.into_vec(),
+            private: Zeroizing::new(sk.into_vec()),
+        })
+    }
+
+    fn encapsulate(&self, public: &[u8]) -> Result<(Vec<u8>, Zeroizing<Vec<u8>>), CryptoError> {
+        let pk = self
+            .kem
+            .public_key_from_bytes(public)
+            .ok_or(CryptoError::BadPublicKey(self.name))?;
+        let (ct, ss) = self
+            .kem
+            .encapsulate(pk)
+            .map_err(|_| CryptoError::Kem(self.name))?;
+        Ok((ct.into_vec(), Zeroizing::new(ss.into_vec())))
+    }
+
+    fn decapsulate(
+        &self,
+        private: &[u8],
+        ciphertext: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+        let sk = self
+            .kem
+            .secret_key_from_bytes(private)
+            .ok_or(CryptoError::BadPrivateKey(self.name))?;
+        let ct = self
+            .kem
+            .ciphertext_from_bytes(ciphertext)
+            .ok_or(CryptoError::Kem(self.name))?;
+        let ss = self
+            .kem
+            .decapsulate(sk, ct)
+            .map_err(|_| CryptoError::Kem(self.name))?;
+        Ok(Zeroizing::new(ss.into_vec()))
+    }
+
+    fn ciphertext_len(&self) -> usize {
+        self.kem.length_ciphertext()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_signature_algorithm_round_trips_and_rejects_tampering() {
+        let p = Provider::default();
+        for alg in Algorithm::ALL {
+            if alg.purpose() != super::super::Purpose::Sign {
+                continue;
+            }
+            let s = p.signer(alg).unwrap();
+            let kp = s.generate().unwrap();
+            let sig = s.sign(&kp.private, b"hello").unwrap();
+            assert!(s.verify(&kp.public, b"hello", &sig), "{alg}");
+            assert!(!s.verify(&kp.public, b"hellO", &sig), "{alg}");
+            assert!(!s.verify(&kp.public, b"hello", &sig[1..]), "{alg}");
+            assert!(!s.verify(&kp.public[1..], b"hello", &sig), "{alg}");
+        }
+    }
+
+    #[test]
+    fn kems_agree_on_the_shared_secret() {
+        let p = Provider::default();
+        for alg in [Algorithm::MlKem768, Algorithm::MlKem1024] {
+            let k = p.kem(alg).unwrap();
+            let kp = k.generate().unwrap();
+            let (ct, ss) = k.encapsulate(&kp.public).unwrap();
+            assert_eq!(ct.len(), k.ciphertext_len());
+            assert_eq!(*k.decapsulate(&kp.private, &ct).unwrap(), *ss);
+            assert!(k.decapsulate(&kp.private, &ct[1..]).is_err());
+        }
+    }
+}

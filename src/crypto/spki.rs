@@ -1,0 +1,118 @@
+//! DER SubjectPublicKeyInfo (RFC 5280) for every asymmetric algorithm, with
+//! the standard OIDs, and PEM armour. Hand-written because the structures are
+//! fixed and tiny; tests parse the output with an independent DER parser.
+use base64::Engine as _;
+
+use super::Algorithm;
+
+const OID_ED25519: &[u8] = &[0x2b, 0x65, 0x70]; // 1.3.101.112 (RFC 8410)
+const OID_EC_PUBLIC_KEY: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01]; // 1.2.840.10045.2.1
+const OID_P256: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07]; // 1.2.840.10045.3.1.7
+/// 2.16.840.1.101.3.4 (NIST algorithms arc); the last two arcs follow.
+const NIST_ARC: &[u8] = &[0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04];
+
+fn der_len(len: usize, out: &mut Vec<u8>) {
+    if len < 0x80 {
+        out.push(len as u8);
+    } else {
+        let bytes = len.to_be_bytes();
+        let skip = bytes.iter().take_while(|b| **b == 0).count();
+        out.push(0x80 | (bytes.len() - skip) as u8);
+        out.extend_from_slice(&bytes[skip..]);
+    }
+}
+
+fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(content.len() + 6);
+    out.push(tag);
+    der_len(content.len(), &mut out);
+    out.extend_from_slice(content);
+    out
+}
+
+fn oid(body: &[u8]) -> Vec<u8> {
+    tlv(0x06, body)
+}
+
+fn nist_oid(a: u8, b: u8) -> Vec<u8> {
+    let mut body = NIST_ARC.to_vec();
+    body.extend_from_slice(&[a, b]);
+    oid(&body)
+}
+
+/// The AlgorithmIdentifier's DER for `alg`, or `None` for symmetric keys.
+fn algorithm_identifier(alg: Algorithm) -> Option<Vec<u8>> {
+    let content = match alg {
+        Algorithm::Ed25519 => oid(OID_ED25519),
+        Algorithm::EcdsaP256 => [oid(OID_EC_PUBLIC_KEY), oid(OID_P256)].concat(),
+        // id-ml-dsa-44/65/87: 2.16.840.1.101.3.4.3.17/18/19, no parameters.
+        Algorithm::MlDsa44 => nist_oid(3, 17),
+        Algorithm::MlDsa65 => nist_oid(3, 18),
+        Algorithm::MlDsa87 => nist_oid(3, 19),
+        // id-alg-ml-kem-768/1024: 2.16.840.1.101.3.4.4.2/3, no parameters.
+        Algorithm::MlKem768 => nist_oid(4, 2),
+        Algorithm::MlKem1024 => nist_oid(4, 3),
+        Algorithm::Aes256Gcm => return None,
+    };
+    Some(tlv(0x30, &content))
+}
+
+/// DER SubjectPublicKeyInfo for a raw public key; empty for symmetric keys.
+pub fn encode(alg: Algorithm, raw_public: &[u8]) -> Vec<u8> {
+    let Some(algid) = algorithm_identifier(alg) else {
+        return Vec::new();
+    };
+    let mut bits = Vec::with_capacity(raw_public.len() + 1);
+    bits.push(0); // no unused bits
+    bits.extend_from_slice(raw_public);
+    tlv(0x30, &[algid, tlv(0x03, &bits)].concat())
+}
+
+/// PEM ("PUBLIC KEY") armour of a DER SPKI; empty input gives empty output.
+pub fn pem(der: &[u8]) -> String {
+    if der.is_empty() {
+        return String::new();
+    }
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = String::from("-----BEGIN PUBLIC KEY-----\n");
+    for chunk in b64.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(chunk).expect("base64 is ASCII"));
+        out.push('\n');
+    }
+    out.push_str("-----END PUBLIC KEY-----\n");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ed25519_spki_matches_rfc8410_layout() {
+        let der = encode(Algorithm::Ed25519, &[7u8; 32]);
+        assert_eq!(
+            &der[..12],
+            &[0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00]
+        );
+        assert_eq!(der.len(), 44);
+    }
+
+    #[test]
+    fn long_lengths_use_long_form() {
+        let der = encode(Algorithm::MlDsa65, &[1u8; 1952]);
+        // SEQUENCE, long form with two length bytes
+        assert_eq!(der[0], 0x30);
+        assert_eq!(der[1], 0x82);
+        let len = u16::from_be_bytes([der[2], der[3]]) as usize;
+        assert_eq!(len + 4, der.len());
+        assert!(der
+            .windows(11)
+            .any(|w| w == [0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x03, 0x12]));
+    }
+
+    #[test]
+    fn symmetric_keys_have_no_spki() {
+        assert!(encode(Algorithm::Aes256Gcm, &[]).is_empty());
+        assert!(pem(&[]).is_empty());
+    }
+}

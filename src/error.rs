@@ -1,0 +1,89 @@
+//! The one domain error every operation returns.
+//!
+//! Fronts never invent errors of their own: they map this enum through the
+//! table in [`crate::api::error`] to an HTTP status, a gRPC code, a stable
+//! machine-readable `code` and a retryable flag. Messages never contain key
+//! material or caller input beyond names the caller chose (key names,
+//! algorithm strings).
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum Error {
+    /// A field is malformed or out of range; the message names the field.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// The algorithm string is not one ron-kms knows or allows.
+    #[error("unknown or disallowed algorithm {0:?}")]
+    UnknownAlgorithm(String),
+    /// The key exists but its purpose does not allow this operation.
+    #[error("key {kid} is a {purpose} key; {op} needs a {needed} key")]
+    WrongPurpose {
+        kid: String,
+        purpose: &'static str,
+        op: &'static str,
+        needed: &'static str,
+    },
+    /// Missing key, version or route. Another tenant's key is reported
+    /// exactly like a missing one.
+    #[error("{0} not found")]
+    NotFound(String),
+    /// The name is taken, or an `op_id` was reused with different input.
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// The key version exists but is not enabled.
+    #[error("key version {kid} is {state}")]
+    VersionNotEnabled { kid: String, state: &'static str },
+    /// The requested state change is not allowed from the current state.
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// A wrapped ciphertext did not authenticate (tampered, wrong AAD, wrong
+    /// key). Deliberately says nothing more.
+    #[error("ciphertext could not be unwrapped")]
+    UnwrapFailed,
+    #[error("missing or invalid credentials")]
+    Unauthenticated,
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
+    #[error("request body exceeds the {0} byte limit")]
+    TooLarge(usize),
+    /// A dependency (custody device, store) is unavailable; retry later.
+    #[error("service unavailable: {0}")]
+    Unavailable(String),
+    /// A bug or an unexpected failure. The message is logged, the caller sees
+    /// a generic text.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<crate::backend::BackendError> for Error {
+    fn from(e: crate::backend::BackendError) -> Self {
+        use crate::backend::BackendError as B;
+        match e {
+            B::Unavailable(m) => Error::Unavailable(m),
+            B::Decrypt => Error::UnwrapFailed,
+            B::Unsupported(a) => Error::UnknownAlgorithm(a.to_string()),
+            B::Sealed(m) => Error::Internal(format!("custody: {m}")),
+            B::Crypto(m) => Error::Internal(format!("custody crypto: {m}")),
+        }
+    }
+}
+
+impl From<crate::store::StoreError> for Error {
+    fn from(e: crate::store::StoreError) -> Self {
+        use crate::store::StoreError as S;
+        match e {
+            S::AlreadyExists(m) => Error::AlreadyExists(m),
+            S::NotFound(m) => Error::NotFound(m),
+            S::Backend(m) => Error::Unavailable(format!("store: {m}")),
+            S::Corrupt(m) => Error::Internal(format!("store: {m}")),
+        }
+    }
+}
+
+impl From<crate::crypto::CryptoError> for Error {
+    fn from(e: crate::crypto::CryptoError) -> Self {
+        Error::Internal(format!("crypto: {e}"))
+    }
+}

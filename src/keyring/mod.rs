@@ -1,0 +1,292 @@
+//! Key records, versions, lifecycle rules and the in-memory snapshot the hot
+//! path reads.
+//!
+//! The snapshot is an immutable map swapped atomically (arc-swap) after every
+//! successful store write, so sign/verify/wrap/unwrap never touch the
+//! database and never wait on a lock held by a mutation. Mutations are
+//! serialised by the service; this module only holds and answers.
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use crate::crypto::{Algorithm, Purpose};
+use crate::error::Error;
+
+/// Lifecycle of one key version.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VersionState {
+    Enabled,
+    Disabled,
+    /// Material wiped from custody and store; the record stays for audit.
+    Destroyed,
+}
+
+impl VersionState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VersionState::Enabled => "enabled",
+            VersionState::Disabled => "disabled",
+            VersionState::Destroyed => "destroyed",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "enabled" => Some(VersionState::Enabled),
+            "disabled" => Some(VersionState::Disabled),
+            "destroyed" => Some(VersionState::Destroyed),
+            _ => None,
+        }
+    }
+    /// Allowed transitions: enabled ↔ disabled, disabled → destroyed. Setting
+    /// the current state again is allowed (idempotent).
+    pub fn can_become(self, next: VersionState) -> bool {
+        use VersionState::*;
+        self == next
+            || matches!(
+                (self, next),
+                (Enabled, Disabled) | (Disabled, Enabled) | (Disabled, Destroyed)
+            )
+    }
+}
+
+/// One version of a key.
+#[derive(Clone, Debug)]
+pub struct VersionRecord {
+    pub version: u32,
+    pub state: VersionState,
+    /// Raw public key (empty for symmetric keys).
+    pub public_key: Vec<u8>,
+    /// Custody handle; `None` once destroyed.
+    pub handle: Option<Vec<u8>>,
+    pub created_at_ms: i64,
+}
+
+/// A key: tenant-scoped name, fixed algorithm, ordered versions.
+#[derive(Clone, Debug)]
+pub struct KeyRecord {
+    pub tenant: String,
+    pub name: String,
+    pub algorithm: Algorithm,
+    pub primary_version: u32,
+    pub created_at_ms: i64,
+    /// Sorted by version, starting at 1, without gaps.
+    pub versions: Vec<VersionRecord>,
+}
+
+impl KeyRecord {
+    pub fn purpose(&self) -> Purpose {
+        self.algorithm.purpose()
+    }
+    pub fn version(&self, v: u32) -> Option<&VersionRecord> {
+        self.versions.get((v as usize).checked_sub(1)?)
+    }
+    pub fn kid(&self, v: u32) -> String {
+        kid(&self.name, v)
+    }
+    pub fn latest_version(&self) -> u32 {
+        self.versions.last().map(|v| v.version).unwrap_or(0)
+    }
+}
+
+/// `name#vN`.
+pub fn kid(name: &str, version: u32) -> String {
+    format!("{name}#v{version}")
+}
+
+pub const MAX_NAME_LEN: usize = 128;
+
+/// Key names: `[a-z0-9][a-z0-9._-]{0,127}`.
+pub fn validate_name(name: &str) -> Result<(), Error> {
+    let b = name.as_bytes();
+    let ok = !b.is_empty()
+        && b.len() <= MAX_NAME_LEN
+        && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
+        && b.iter().all(|c| {
+            c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'.' | b'_' | b'-')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument(
+            "key name must match [a-z0-9][a-z0-9._-]{0,127}".into(),
+        ))
+    }
+}
+
+/// A reference to a key from a request: `name` (primary) or `name#vN`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyRef {
+    pub name: String,
+    pub version: Option<u32>,
+}
+
+impl KeyRef {
+    pub fn parse(s: &str) -> Result<Self, Error> {
+        let (name, version) = match s.split_once("#v") {
+            None => (s, None),
+            Some((n, v)) => {
+                let ok = !v.is_empty()
+                    && v.len() <= 10
+                    && v.bytes().all(|c| c.is_ascii_digit())
+                    && !v.starts_with('0');
+                let n_v = if ok { v.parse::<u32>().ok() } else { None };
+                match n_v {
+                    Some(x) if x >= 1 => (n, Some(x)),
+                    _ => {
+                        return Err(Error::InvalidArgument(
+                            "key reference must be name or name#vN with N >= 1".into(),
+                        ))
+                    }
+                }
+            }
+        };
+        validate_name(name)?;
+        Ok(KeyRef {
+            name: name.to_string(),
+            version,
+        })
+    }
+}
+
+/// Immutable view of every key, ordered by (tenant, name).
+#[derive(Default)]
+pub struct Snapshot {
+    keys: BTreeMap<(String, String), Arc<KeyRecord>>,
+}
+
+impl Snapshot {
+    pub fn get(&self, tenant: &str, name: &str) -> Option<&Arc<KeyRecord>> {
+        self.keys.get(&(tenant.to_string(), name.to_string()))
+    }
+
+    /// Up to `limit` keys of `tenant` whose names sort after `after`.
+    pub fn page(&self, tenant: &str, after: Option<&str>, limit: usize) -> Vec<Arc<KeyRecord>> {
+        use std::ops::Bound;
+        let start = match after {
+            Some(a) => Bound::Excluded((tenant.to_string(), a.to_string())),
+            None => Bound::Included((tenant.to_string(), String::new())),
+        };
+        self.keys
+            .range((start, Bound::Unbounded))
+            .take_while(|((t, _), _)| t == tenant)
+            .take(limit)
+            .map(|(_, k)| k.clone())
+            .collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+}
+
+/// The swap-on-write holder of the current [`Snapshot`].
+pub struct Keyring {
+    current: ArcSwap<Snapshot>,
+}
+
+impl Keyring {
+    pub fn new(records: Vec<KeyRecord>) -> Self {
+        let keys = records
+            .into_iter()
+            .map(|r| ((r.tenant.clone(), r.name.clone()), Arc::new(r)))
+            .collect();
+        Keyring {
+            current: ArcSwap::from_pointee(Snapshot { keys }),
+        }
+    }
+
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    /// Look up a key of `tenant`. Another tenant's key is simply absent.
+    pub fn get(&self, tenant: &str, name: &str) -> Option<Arc<KeyRecord>> {
+        self.current.load().get(tenant, name).cloned()
+    }
+
+    /// Replace (or insert) one record. Callers serialise writers; readers see
+    /// either the old or the new map, never a mix.
+    pub fn put(&self, record: KeyRecord) {
+        let old = self.current.load_full();
+        let mut keys = old.keys.clone();
+        keys.insert(
+            (record.tenant.clone(), record.name.clone()),
+            Arc::new(record),
+        );
+        self.current.store(Arc::new(Snapshot { keys }));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_refs_parse_strictly() {
+        assert_eq!(
+            KeyRef::parse("a.b-c_1").unwrap(),
+            KeyRef {
+                name: "a.b-c_1".into(),
+                version: None
+            }
+        );
+        assert_eq!(KeyRef::parse("k#v12").unwrap().version, Some(12));
+        for bad in [
+            "",
+            "K",
+            "-k",
+            "k#v",
+            "k#v0",
+            "k#v01",
+            "k#vx",
+            "k#v1#v2",
+            "k v",
+            "k#v99999999999",
+        ] {
+            assert!(KeyRef::parse(bad).is_err(), "{bad:?}");
+        }
+        assert!(KeyRef::parse(&"a".repeat(128)).is_ok());
+        assert!(KeyRef::parse(&"a".repeat(129)).is_err());
+    }
+
+    #[test]
+    fn state_machine() {
+        use VersionState::*;
+        assert!(Enabled.can_become(Disabled));
+        assert!(Disabled.can_become(Enabled));
+        assert!(Disabled.can_become(Destroyed));
+        assert!(!Enabled.can_become(Destroyed));
+        assert!(!Destroyed.can_become(Enabled));
+        assert!(!Destroyed.can_become(Disabled));
+    }
+
+    #[test]
+    fn pages_stay_inside_the_tenant() {
+        let rec = |t: &str, n: &str| KeyRecord {
+            tenant: t.into(),
+            name: n.into(),
+            algorithm: Algorithm::Ed25519,
+            primary_version: 1,
+            created_at_ms: 0,
+            versions: vec![],
+        };
+        let ring = Keyring::new(vec![
+            rec("a", "x"),
+            rec("b", "k1"),
+            rec("b", "k2"),
+            rec("b", "k3"),
+            rec("c", "a"),
+        ]);
+        let s = ring.snapshot();
+        let names = |v: Vec<Arc<KeyRecord>>| v.iter().map(|k| k.name.clone()).collect::<Vec<_>>();
+        assert_eq!(names(s.page("b", None, 2)), ["k1", "k2"]);
+        assert_eq!(names(s.page("b", Some("k2"), 2)), ["k3"]);
+        assert!(s.page("b", Some("k3"), 2).is_empty());
+        assert!(ring.get("a", "k1").is_none());
+    }
+}

@@ -1,0 +1,31 @@
+//! ron-kms: a key-management service whose private keys never leave custody.
+//!
+//! The request path is `api` (gRPC and HTTP fronts, auth) → [`service`] (every
+//! operation, once) → [`keyring`] (in-memory snapshot of key records) →
+//! [`backend`] (custody: the private-key operations) with [`crypto`] doing the
+//! public-key and envelope work and [`store`] persisting records. See
+//! `docs/architecture.md`.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod auth;
+pub mod backend;
+pub mod config;
+pub mod crypto;
+pub mod error;
+pub mod keyring;
+pub mod server;
+pub mod service;
+pub mod store;
+
+/// Generated protobuf messages and the tonic client/server for `ron.kms.v1`.
+pub mod proto {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("ron.kms.v1");
+
+    /// Encoded `FileDescriptorSet` of `proto/`, served by gRPC reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/kms_descriptor.bin"));
+}
+
+pub use error::Error;

@@ -1,0 +1,526 @@
+//! The `ron-kms` command: `serve`, `tokens`, and gRPC client commands
+//! (`keys`, `sign`, `verify`, `wrap`, `unwrap`).
+#![forbid(unsafe_code)]
+
+use std::io::{Read as _, Write as _};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use base64::Engine as _;
+use clap::{Args, Parser, Subcommand};
+use ron_kms::config::{self, Flags, ProcessEnv};
+use ron_kms::proto::kms_client::KmsClient;
+use ron_kms::proto::*;
+use tonic::transport::Channel;
+
+#[derive(Parser)]
+#[command(
+    name = "ron-kms",
+    version,
+    about = "Key-management service: keys stay in custody; sign, verify, wrap and unwrap over gRPC and HTTP."
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the service (gRPC and HTTP).
+    Serve(ServeArgs),
+    /// Manage bearer tokens in a data dir.
+    #[command(subcommand)]
+    Tokens(TokensCmd),
+    /// Manage keys (gRPC client).
+    #[command(subcommand)]
+    Keys(KeysCmd),
+    /// Sign a message (gRPC client). Prints JSON with a base64 signature.
+    Sign {
+        #[command(flatten)]
+        conn: Conn,
+        /// `name` (primary version) or `name#vN`.
+        #[arg(long)]
+        key: String,
+        #[command(flatten)]
+        input: Input,
+    },
+    /// Verify a signature (gRPC client). Exit status 0 if valid, 1 if not.
+    Verify {
+        #[command(flatten)]
+        conn: Conn,
+        /// The `kid` (`name#vN`) returned by sign.
+        #[arg(long)]
+        key: String,
+        /// Base64 signature.
+        #[arg(long)]
+        signature: String,
+        #[command(flatten)]
+        input: Input,
+    },
+    /// Wrap a plaintext (≤ 8 KiB) read from --in or stdin. Prints JSON.
+    Wrap {
+        #[command(flatten)]
+        conn: Conn,
+        #[arg(long)]
+        key: String,
+        /// Associated data (UTF-8) bound to the ciphertext.
+        #[arg(long, default_value = "")]
+        aad: String,
+        #[command(flatten)]
+        input: Input,
+    },
+    /// Unwrap a base64 ciphertext read from --in or stdin; writes the
+    /// plaintext bytes to stdout.
+    Unwrap {
+        #[command(flatten)]
+        conn: Conn,
+        /// Optional: the key the ciphertext must have been wrapped under.
+        #[arg(long, default_value = "")]
+        key: String,
+        #[arg(long, default_value = "")]
+        aad: String,
+        #[command(flatten)]
+        input: Input,
+    },
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// TOML config file (also KMS_CONFIG).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Data directory (default ./ron-kms-data; also KMS_DATA_DIR).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// gRPC listen address (default 127.0.0.1:9445; also KMS_GRPC_ADDR).
+    #[arg(long)]
+    grpc_addr: Option<String>,
+    /// HTTP listen address (default 127.0.0.1:9446; also KMS_HTTP_ADDR).
+    #[arg(long)]
+    http_addr: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum TokensCmd {
+    /// Create a token; prints only the token on stdout.
+    Create {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        #[arg(long)]
+        tenant: String,
+        /// Comma-separated: kms:admin,kms:read,kms:sign,kms:verify,kms:wrap,kms:unwrap
+        #[arg(long)]
+        scopes: String,
+    },
+}
+
+#[derive(Args, Clone)]
+struct Conn {
+    /// gRPC address of the service.
+    #[arg(
+        long,
+        env = "KMS_ADDR",
+        default_value = "http://127.0.0.1:9445",
+        global = true
+    )]
+    addr: String,
+    /// Bearer token. Prefer KMS_TOKEN or --token-file: arguments are visible
+    /// to other users in the process list.
+    #[arg(long, env = "KMS_TOKEN", hide_env_values = true, global = true)]
+    token: Option<String>,
+    /// File holding the bearer token.
+    #[arg(long, global = true)]
+    token_file: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct Input {
+    /// The input as a UTF-8 string.
+    #[arg(long, conflicts_with = "in_file")]
+    message: Option<String>,
+    /// Read the input from this file ("-" for stdin, the default).
+    #[arg(long = "in")]
+    in_file: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum KeysCmd {
+    /// Create a key.
+    Create {
+        #[command(flatten)]
+        conn: Conn,
+        name: String,
+        /// ed25519, ecdsa-p256, ml-dsa-44/65/87, aes-256-gcm, ml-kem-768/1024
+        #[arg(long)]
+        algorithm: String,
+        #[arg(long, default_value = "")]
+        op_id: String,
+    },
+    /// List keys.
+    List {
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Show a key with its versions and public keys.
+    Get {
+        #[command(flatten)]
+        conn: Conn,
+        name: String,
+        /// Include PEM public keys.
+        #[arg(long)]
+        pem: bool,
+    },
+    /// Add a version and make it primary.
+    Rotate {
+        #[command(flatten)]
+        conn: Conn,
+        name: String,
+    },
+    /// Disable a version.
+    Disable {
+        #[command(flatten)]
+        conn: Conn,
+        name: String,
+        #[arg(long)]
+        version: u32,
+    },
+    /// Re-enable a disabled version.
+    Enable {
+        #[command(flatten)]
+        conn: Conn,
+        name: String,
+        #[arg(long)]
+        version: u32,
+    },
+    /// Destroy a disabled version's material (irreversible).
+    Destroy {
+        #[command(flatten)]
+        conn: Conn,
+        name: String,
+        #[arg(long)]
+        version: u32,
+    },
+}
+
+type Failure = Box<dyn std::error::Error>;
+
+fn read_input(input: &Input) -> Result<Vec<u8>, Failure> {
+    if let Some(m) = &input.message {
+        return Ok(m.as_bytes().to_vec());
+    }
+    match &input.in_file {
+        Some(p) if p.as_os_str() != "-" => Ok(std::fs::read(p)?),
+        _ => {
+            let mut buf = Vec::new();
+            std::io::stdin().read_to_end(&mut buf)?;
+            Ok(buf)
+        }
+    }
+}
+
+struct Client {
+    inner: KmsClient<Channel>,
+    auth: tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
+}
+
+impl Client {
+    async fn connect(conn: &Conn) -> Result<Self, Failure> {
+        let token = match (&conn.token, &conn.token_file) {
+            (_, Some(f)) => std::fs::read_to_string(f)?.trim().to_string(),
+            (Some(t), None) => t.clone(),
+            (None, None) => return Err("no token: set KMS_TOKEN or pass --token-file".into()),
+        };
+        let inner = KmsClient::connect(conn.addr.clone()).await?;
+        Ok(Client {
+            inner,
+            auth: format!("Bearer {token}").parse()?,
+        })
+    }
+
+    fn req<T>(&self, msg: T) -> tonic::Request<T> {
+        let mut r = tonic::Request::new(msg);
+        r.metadata_mut().insert("authorization", self.auth.clone());
+        r
+    }
+}
+
+fn print_json(v: &impl serde::Serialize) -> Result<(), Failure> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+async fn set_state(
+    conn: &Conn,
+    name: String,
+    version: u32,
+    state: &str,
+) -> Result<ExitCode, Failure> {
+    let mut c = Client::connect(conn).await?;
+    let r = c
+        .inner
+        .set_key_version_state(c.req(SetKeyVersionStateRequest {
+            name,
+            version,
+            state: state.into(),
+            op_id: String::new(),
+        }))
+        .await?;
+    print_json(&r.into_inner())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn run(cli: Cli) -> Result<ExitCode, Failure> {
+    match cli.cmd {
+        Cmd::Serve(a) => serve(a).await,
+        Cmd::Tokens(TokensCmd::Create {
+            config,
+            data_dir,
+            tenant,
+            scopes,
+        }) => {
+            let cfg = config::load(
+                &Flags {
+                    config,
+                    data_dir,
+                    ..Default::default()
+                },
+                &ProcessEnv,
+            )?;
+            let scopes =
+                ron_kms::auth::Scopes::parse(&scopes).map_err(|e| format!("--scopes: {e}"))?;
+            std::fs::create_dir_all(&cfg.data_dir)?;
+            let store = ron_kms::store::sqlite::SqliteStore::open(&cfg.store_path())?;
+            let token = ron_kms::auth::create_token(&store, &tenant, scopes)?;
+            println!("{token}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Keys(k) => match k {
+            KeysCmd::Create {
+                conn,
+                name,
+                algorithm,
+                op_id,
+            } => {
+                let mut c = Client::connect(&conn).await?;
+                let r = c
+                    .inner
+                    .create_key(c.req(CreateKeyRequest {
+                        name,
+                        algorithm,
+                        purpose: String::new(),
+                        op_id,
+                    }))
+                    .await?;
+                print_json(&r.into_inner())?;
+                Ok(ExitCode::SUCCESS)
+            }
+            KeysCmd::List { conn } => {
+                let mut c = Client::connect(&conn).await?;
+                let mut token = String::new();
+                let mut all = Vec::new();
+                loop {
+                    let r = c
+                        .inner
+                        .list_keys(c.req(ListKeysRequest {
+                            page_size: 1000,
+                            page_token: token,
+                        }))
+                        .await?
+                        .into_inner();
+                    all.extend(r.keys);
+                    if r.next_page_token.is_empty() {
+                        break;
+                    }
+                    token = r.next_page_token;
+                }
+                print_json(&all)?;
+                Ok(ExitCode::SUCCESS)
+            }
+            KeysCmd::Get { conn, name, pem } => {
+                let mut c = Client::connect(&conn).await?;
+                let r = c.inner.get_key(c.req(GetKeyRequest { name, pem })).await?;
+                print_json(&r.into_inner())?;
+                Ok(ExitCode::SUCCESS)
+            }
+            KeysCmd::Rotate { conn, name } => {
+                let mut c = Client::connect(&conn).await?;
+                let r = c
+                    .inner
+                    .rotate_key(c.req(RotateKeyRequest {
+                        name,
+                        op_id: String::new(),
+                    }))
+                    .await?;
+                print_json(&r.into_inner())?;
+                Ok(ExitCode::SUCCESS)
+            }
+            KeysCmd::Disable {
+                conn,
+                name,
+                version,
+            } => set_state(&conn, name, version, "disabled").await,
+            KeysCmd::Enable {
+                conn,
+                name,
+                version,
+            } => set_state(&conn, name, version, "enabled").await,
+            KeysCmd::Destroy {
+                conn,
+                name,
+                version,
+            } => set_state(&conn, name, version, "destroyed").await,
+        },
+        Cmd::Sign { conn, key, input } => {
+            let message = read_input(&input)?;
+            let mut c = Client::connect(&conn).await?;
+            let r = c
+                .inner
+                .sign(c.req(SignRequest {
+                    key,
+                    message,
+                    op_id: String::new(),
+                }))
+                .await?;
+            print_json(&r.into_inner())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Verify {
+            conn,
+            key,
+            signature,
+            input,
+        } => {
+            let message = read_input(&input)?;
+            let signature = base64::engine::general_purpose::STANDARD
+                .decode(signature.trim())
+                .map_err(|_| "--signature is not valid base64")?;
+            let mut c = Client::connect(&conn).await?;
+            let r = c
+                .inner
+                .verify(c.req(VerifyRequest {
+                    key,
+                    message,
+                    signature,
+                }))
+                .await?
+                .into_inner();
+            print_json(&r)?;
+            Ok(if r.valid {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        Cmd::Wrap {
+            conn,
+            key,
+            aad,
+            input,
+        } => {
+            let plaintext = read_input(&input)?;
+            let mut c = Client::connect(&conn).await?;
+            let r = c
+                .inner
+                .wrap(c.req(WrapRequest {
+                    key,
+                    plaintext,
+                    aad: aad.into_bytes(),
+                    op_id: String::new(),
+                }))
+                .await?;
+            print_json(&r.into_inner())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Unwrap {
+            conn,
+            key,
+            aad,
+            input,
+        } => {
+            let text = read_input(&input)?;
+            let ciphertext = base64::engine::general_purpose::STANDARD
+                .decode(String::from_utf8_lossy(&text).trim())
+                .map_err(|_| "ciphertext input is not valid base64")?;
+            let mut c = Client::connect(&conn).await?;
+            let r = c
+                .inner
+                .unwrap(c.req(UnwrapRequest {
+                    key,
+                    ciphertext,
+                    aad: aad.into_bytes(),
+                }))
+                .await?
+                .into_inner();
+            std::io::stdout().write_all(&r.plaintext)?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn serve(a: ServeArgs) -> Result<ExitCode, Failure> {
+    let flags = Flags {
+        config: a.config,
+        data_dir: a.data_dir,
+        grpc_addr: a.grpc_addr,
+        http_addr: a.http_addr,
+    };
+    let cfg = config::load(&flags, &ProcessEnv)?;
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&cfg.log)
+                .map_err(|e| format!("config: KMS_LOG: {e}"))?,
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let running = ron_kms::server::start(&cfg).await?;
+    if let Some(t) = &running.bootstrap_token {
+        // Printed once, on stdout, and never logged; only its hash is stored.
+        println!(
+            "bootstrap: created tenant {:?} with an admin token (shown once, store it now):\n{t}",
+            cfg.bootstrap_tenant
+        );
+        let _ = std::io::stdout().flush();
+    }
+    eprintln!(
+        "ron-kms {} serving gRPC on {} and HTTP on {} (data dir {})",
+        env!("CARGO_PKG_VERSION"),
+        running.grpc_addr,
+        running.http_addr,
+        cfg.data_dir.display()
+    );
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
+    running.shutdown().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            if let Some(st) = e.downcast_ref::<tonic::Status>() {
+                eprintln!("error: {}: {}", st.code(), st.message());
+            } else {
+                eprintln!("error: {e}");
+            }
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,266 @@
+//! Start-up and shutdown: open the data dir, store and custody, build the
+//! service, bind both fronts on real sockets and serve until told to stop.
+//!
+//! Start-up refuses to run, with an error naming the cause, when: the data
+//! dir is in use by another ron-kms process, the master key does not match
+//! the one this data dir was sealed with, the master key file is readable by
+//! others, or the store's schema is newer than this binary.
+use std::fs::File;
+use std::net::SocketAddr;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use thiserror::Error;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use zeroize::Zeroizing;
+
+use crate::api::grpc::{GrpcFront, OversizeAsResourceExhausted};
+use crate::api::http;
+use crate::auth::{create_token, Scopes, TokenTable};
+use crate::backend::sealed_file::{MasterKey, SealedFileBackend};
+use crate::backend::Backend;
+use crate::config::{BackendKind, Config, MasterKeySource, PassphraseSource};
+use crate::crypto::{aead, Provider};
+use crate::service::KmsService;
+use crate::store::sqlite::SqliteStore;
+use crate::store::Store;
+
+#[derive(Debug, Error)]
+pub enum StartError {
+    #[error("data dir {path}: {msg}")]
+    DataDir { path: String, msg: String },
+    #[error(transparent)]
+    MasterKey(#[from] crate::backend::sealed_file::master::MasterKeyError),
+    #[error("master key does not match the one this data dir was sealed with")]
+    MasterKeyMismatch,
+    #[error("store: {0}")]
+    Store(#[from] crate::store::StoreError),
+    #[error("{0}")]
+    Service(#[from] crate::error::Error),
+    #[error("cannot listen on {addr}: {msg}")]
+    Bind { addr: SocketAddr, msg: String },
+    #[error("{0}")]
+    Other(String),
+}
+
+const MASTER_CHECK_KEY: &str = "master_key_check";
+const MASTER_CHECK_PLAINTEXT: &[u8] = b"ron-kms master key check v1";
+
+/// Everything that custody and the service need, opened from a data dir.
+pub struct Opened {
+    pub store: Arc<dyn Store>,
+    pub backend: Arc<SealedFileBackend>,
+    pub provider: Arc<Provider>,
+    /// Holds the data-dir lock while alive.
+    _lock: File,
+}
+
+fn dir_err(path: &Path, msg: impl std::fmt::Display) -> StartError {
+    StartError::DataDir {
+        path: path.display().to_string(),
+        msg: msg.to_string(),
+    }
+}
+
+fn read_passphrase(src: &PassphraseSource) -> Result<Zeroizing<Vec<u8>>, StartError> {
+    let raw = match src {
+        PassphraseSource::File(p) => Zeroizing::new(std::fs::read(p).map_err(|e| {
+            StartError::Other(format!("KMS_MASTER_PASSPHRASE_FILE {}: {e}", p.display()))
+        })?),
+        PassphraseSource::Env(name) => Zeroizing::new(
+            std::env::var(name)
+                .map_err(|_| {
+                    StartError::Other(format!(
+                        "KMS_MASTER_PASSPHRASE_ENV names {name}, which is not set"
+                    ))
+                })?
+                .into_bytes(),
+        ),
+    };
+    let mut trimmed = Zeroizing::new(raw.to_vec());
+    while trimmed.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+        trimmed.pop();
+    }
+    Ok(trimmed)
+}
+
+/// Open the data dir: lock it, open the store, load the master key and
+/// check it against the one the store was sealed with.
+pub fn open_data_dir(cfg: &Config) -> Result<Opened, StartError> {
+    let dir = &cfg.data_dir;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| dir_err(dir, e))?;
+    let lock = File::create(dir.join("lock")).map_err(|e| dir_err(dir, e))?;
+    lock.try_lock()
+        .map_err(|_| dir_err(dir, "in use by another ron-kms process"))?;
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&cfg.store_path())?);
+    let master = match &cfg.master {
+        MasterKeySource::KeyFile(p) => MasterKey::load_or_create(p)?.0,
+        MasterKeySource::Passphrase(src) => {
+            let pass = read_passphrase(src)?;
+            MasterKey::from_passphrase(&pass, &dir.join("master.salt"))?
+        }
+    };
+    check_master(store.as_ref(), &master)?;
+    let provider = Arc::new(Provider::default());
+    let backend = match cfg.backend {
+        BackendKind::SealedFile => Arc::new(SealedFileBackend::new(master, provider.clone())),
+    };
+    Ok(Opened {
+        store,
+        backend,
+        provider,
+        _lock: lock,
+    })
+}
+
+/// The store remembers a value sealed under the master key; a different
+/// master key fails here, at start-up, instead of on the first unseal.
+fn check_master(store: &dyn Store, master: &MasterKey) -> Result<(), StartError> {
+    match store.get_meta(MASTER_CHECK_KEY)? {
+        Some(blob) => {
+            if blob.len() < aead::AEAD_NONCE_LEN {
+                return Err(StartError::MasterKeyMismatch);
+            }
+            let mut nonce = [0u8; aead::AEAD_NONCE_LEN];
+            nonce.copy_from_slice(&blob[..aead::AEAD_NONCE_LEN]);
+            match aead::open(master.bytes(), &nonce, b"", &blob[aead::AEAD_NONCE_LEN..]) {
+                Ok(p) if p.as_slice() == MASTER_CHECK_PLAINTEXT => Ok(()),
+                _ => Err(StartError::MasterKeyMismatch),
+            }
+        }
+        None => {
+            let mut nonce = [0u8; aead::AEAD_NONCE_LEN];
+            crate::crypto::random_bytes(&mut nonce)
+                .map_err(|e| StartError::Other(e.to_string()))?;
+            let ct = aead::seal(master.bytes(), &nonce, b"", MASTER_CHECK_PLAINTEXT)
+                .map_err(|e| StartError::Other(e.to_string()))?;
+            store.put_meta(MASTER_CHECK_KEY, &[&nonce[..], &ct].concat())?;
+            Ok(())
+        }
+    }
+}
+
+/// A running server.
+pub struct Running {
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    /// Set on the first start of an empty deployment: the admin token of the
+    /// bootstrap tenant. The caller prints it once; it is stored only hashed.
+    pub bootstrap_token: Option<String>,
+    pub kms: Arc<KmsService>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    _opened: Opened,
+}
+
+impl Running {
+    /// Stop accepting, let in-flight requests finish, and return.
+    pub async fn shutdown(mut self) {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks.drain(..) {
+            let _ = t.await;
+        }
+    }
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr).await.map_err(|e| StartError::Bind {
+        addr,
+        msg: e.to_string(),
+    })
+}
+
+/// Open everything and start serving gRPC and HTTP.
+pub async fn start(cfg: &Config) -> Result<Running, StartError> {
+    let cfg2 = cfg.clone();
+    let opened = tokio::task::spawn_blocking(move || open_data_dir(&cfg2))
+        .await
+        .map_err(|e| StartError::Other(e.to_string()))??;
+    let store = opened.store.clone();
+    let tokens = Arc::new(TokenTable::load(store.clone())?);
+    let bootstrap_token = if tokens.is_empty() {
+        let t = create_token(store.as_ref(), &cfg.bootstrap_tenant, Scopes::all())?;
+        tokens.reload()?;
+        Some(t)
+    } else {
+        None
+    };
+    let backend: Arc<dyn Backend> = opened.backend.clone();
+    let kms = Arc::new(KmsService::new(
+        store,
+        backend,
+        opened.provider.clone(),
+        tokens,
+        cfg.algorithms.clone(),
+        cfg.blocking_threads,
+    )?);
+
+    let grpc_listener = bind(cfg.grpc_addr).await?;
+    let http_listener = bind(cfg.http_addr).await?;
+    let grpc_addr = grpc_listener
+        .local_addr()
+        .map_err(|e| StartError::Other(e.to_string()))?;
+    let http_addr = http_listener
+        .local_addr()
+        .map_err(|e| StartError::Other(e.to_string()))?;
+    let (tx, rx) = watch::channel(false);
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<crate::proto::kms_server::KmsServer<GrpcFront>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| StartError::Other(format!("gRPC reflection: {e}")))?;
+    let grpc_front = GrpcFront::new(kms.clone()).into_server();
+    let mut grpc_rx = rx.clone();
+    let grpc_task = tokio::spawn(async move {
+        let res = tonic::transport::Server::builder()
+            .layer(OversizeAsResourceExhausted)
+            .add_service(health_service)
+            .add_service(reflection)
+            .add_service(grpc_front)
+            .serve_with_incoming_shutdown(
+                tonic::transport::server::TcpIncoming::from(grpc_listener),
+                async move {
+                    let _ = grpc_rx.wait_for(|s| *s).await;
+                },
+            )
+            .await;
+        if let Err(e) = res {
+            tracing::error!(error = %e, "gRPC server stopped with an error");
+        }
+    });
+
+    let router = http::router(kms.clone());
+    let mut http_rx = rx.clone();
+    let http_task = tokio::spawn(async move {
+        let res = axum::serve(http_listener, router)
+            .with_graceful_shutdown(async move {
+                let _ = http_rx.wait_for(|s| *s).await;
+            })
+            .await;
+        if let Err(e) = res {
+            tracing::error!(error = %e, "HTTP server stopped with an error");
+        }
+    });
+
+    tracing::info!(%grpc_addr, %http_addr, backend = kms.backend().name(), keys = kms.key_count(), "ron-kms serving");
+    Ok(Running {
+        grpc_addr,
+        http_addr,
+        bootstrap_token,
+        kms,
+        shutdown: tx,
+        tasks: vec![grpc_task, http_task],
+        _opened: opened,
+    })
+}

@@ -1,0 +1,92 @@
+//! Where records persist. The default is one embedded SQLite file under the
+//! data dir ([`sqlite::SqliteStore`]); the [`Store`] trait is what a
+//! PostgreSQL implementation will satisfy for scale-out.
+//!
+//! Contract for every implementation:
+//! - each method is one transaction: a rotation adds the version and moves
+//!   the primary pointer together, or not at all;
+//! - an `op_id` is recorded in the same transaction as the mutation it
+//!   names, under a uniqueness constraint on (tenant, op_id);
+//! - destroying a version wipes its custody handle so that no copy remains
+//!   in the store's files (SQLite: `secure_delete` plus a WAL checkpoint);
+//! - calls block; the service calls them from its blocking pool, and only on
+//!   mutations and start-up, never on the crypto hot path.
+pub mod sqlite;
+
+use thiserror::Error;
+
+use crate::keyring::{KeyRecord, VersionRecord, VersionState};
+
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("{0}")]
+    AlreadyExists(String),
+    #[error("{0}")]
+    NotFound(String),
+    /// The engine failed (I/O, locked, full disk). Retryable.
+    #[error("{0}")]
+    Backend(String),
+    /// A stored row does not decode. Not retryable.
+    #[error("corrupt record: {0}")]
+    Corrupt(String),
+}
+
+/// The idempotency record of one mutation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OpRecord {
+    pub tenant: String,
+    pub op_id: String,
+    /// SHA-256 over the operation name and its inputs.
+    pub request_hash: [u8; 32],
+    /// What the first execution produced (the kid it created or changed).
+    pub result: String,
+}
+
+/// A bearer token's stored form: only its SHA-256.
+#[derive(Clone, Debug)]
+pub struct TokenRecord {
+    pub hash: [u8; 32],
+    pub tenant: String,
+    /// Comma-separated scopes, e.g. `kms:sign,kms:verify`.
+    pub scopes: String,
+    pub created_at_ms: i64,
+}
+
+pub trait Store: Send + Sync {
+    /// Every key with every version, for the start-up snapshot.
+    fn load_keys(&self) -> Result<Vec<KeyRecord>, StoreError>;
+
+    /// Insert a new key (with its versions). `AlreadyExists` if the name is
+    /// taken in the tenant, or if `op` reuses an op_id.
+    fn create_key(&self, key: &KeyRecord, op: Option<&OpRecord>) -> Result<(), StoreError>;
+
+    /// Append a version and make it primary.
+    fn add_version(
+        &self,
+        tenant: &str,
+        name: &str,
+        version: &VersionRecord,
+        op: Option<&OpRecord>,
+    ) -> Result<(), StoreError>;
+
+    /// Change a version's state; `Destroyed` also wipes its handle.
+    fn set_state(
+        &self,
+        tenant: &str,
+        name: &str,
+        version: u32,
+        state: VersionState,
+        op: Option<&OpRecord>,
+    ) -> Result<(), StoreError>;
+
+    fn find_op(&self, tenant: &str, op_id: &str) -> Result<Option<OpRecord>, StoreError>;
+
+    fn insert_token(&self, token: &TokenRecord) -> Result<(), StoreError>;
+    fn load_tokens(&self) -> Result<Vec<TokenRecord>, StoreError>;
+
+    fn get_meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    fn put_meta(&self, key: &str, value: &[u8]) -> Result<(), StoreError>;
+
+    /// A cheap liveness probe for `/readyz`.
+    fn health(&self) -> Result<(), StoreError>;
+}

@@ -1,0 +1,501 @@
+//! The embedded SQLite store: one file (`kms.sqlite3`) in WAL mode with
+//! `synchronous=FULL`, so an acknowledged mutation survives power loss, and
+//! `secure_delete=ON`, so wiped handles do not linger in free pages.
+//!
+//! One connection behind a std mutex: mutations are rare admin operations and
+//! SQLite serialises writers anyway; the hot path never comes here.
+use std::path::Path;
+use std::sync::Mutex;
+
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+
+use super::{OpRecord, Store, StoreError, TokenRecord};
+use crate::crypto::Algorithm;
+use crate::keyring::{KeyRecord, VersionRecord, VersionState};
+
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA_V1: &str = "
+CREATE TABLE keys (
+    tenant          TEXT NOT NULL,
+    name            TEXT NOT NULL,
+    algorithm       TEXT NOT NULL,
+    primary_version INTEGER NOT NULL,
+    created_at_ms   INTEGER NOT NULL,
+    PRIMARY KEY (tenant, name)
+);
+CREATE TABLE key_versions (
+    tenant        TEXT NOT NULL,
+    name          TEXT NOT NULL,
+    version       INTEGER NOT NULL,
+    state         TEXT NOT NULL CHECK (state IN ('enabled', 'disabled', 'destroyed')),
+    public_key    BLOB NOT NULL,
+    handle        BLOB,
+    created_at_ms INTEGER NOT NULL,
+    PRIMARY KEY (tenant, name, version),
+    FOREIGN KEY (tenant, name) REFERENCES keys (tenant, name)
+);
+CREATE TABLE ops (
+    tenant        TEXT NOT NULL,
+    op_id         TEXT NOT NULL,
+    request_hash  BLOB NOT NULL,
+    result        TEXT NOT NULL,
+    created_at_ms INTEGER NOT NULL,
+    PRIMARY KEY (tenant, op_id)
+);
+CREATE TABLE tokens (
+    hash          BLOB PRIMARY KEY,
+    tenant        TEXT NOT NULL,
+    scopes        TEXT NOT NULL,
+    created_at_ms INTEGER NOT NULL
+);
+CREATE TABLE meta (
+    key   TEXT PRIMARY KEY,
+    value BLOB NOT NULL
+);
+";
+
+pub struct SqliteStore {
+    conn: Mutex<Connection>,
+}
+
+fn db_err(e: rusqlite::Error) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn is_unique_violation(e: &rusqlite::Error) -> bool {
+    matches!(
+        e,
+        rusqlite::Error::SqliteFailure(f, _)
+            if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
+                || f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
+    )
+}
+
+fn insert_op(tx: &rusqlite::Transaction<'_>, op: Option<&OpRecord>) -> Result<(), StoreError> {
+    let Some(op) = op else { return Ok(()) };
+    tx.execute(
+        "INSERT INTO ops (tenant, op_id, request_hash, result, created_at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![op.tenant, op.op_id, &op.request_hash[..], op.result, now_ms()],
+    )
+    .map_err(|e| {
+        if is_unique_violation(&e) {
+            StoreError::AlreadyExists(format!("op_id {:?} was already used", op.op_id))
+        } else {
+            db_err(e)
+        }
+    })?;
+    Ok(())
+}
+
+fn insert_version(
+    tx: &rusqlite::Transaction<'_>,
+    tenant: &str,
+    name: &str,
+    v: &VersionRecord,
+) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO key_versions (tenant, name, version, state, public_key, handle, created_at_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![
+            tenant,
+            name,
+            v.version,
+            v.state.as_str(),
+            v.public_key,
+            v.handle,
+            v.created_at_ms
+        ],
+    )
+    .map_err(|e| {
+        if is_unique_violation(&e) {
+            StoreError::AlreadyExists(format!("version {} of {name} exists", v.version))
+        } else {
+            db_err(e)
+        }
+    })?;
+    Ok(())
+}
+
+impl SqliteStore {
+    /// Open (creating if needed) the database file and migrate it.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let conn = Connection::open(path).map_err(db_err)?;
+        Self::init(conn)
+    }
+
+    /// A private in-memory database (tests, and later amnesia mode).
+    pub fn in_memory() -> Result<Self, StoreError> {
+        Self::init(Connection::open_in_memory().map_err(db_err)?)
+    }
+
+    fn init(conn: Connection) -> Result<Self, StoreError> {
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(db_err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(db_err)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(db_err)?;
+        conn.pragma_update(None, "secure_delete", "ON")
+            .map_err(db_err)?;
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .map_err(db_err)?;
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(db_err)?;
+        match version {
+            0 => {
+                conn.execute_batch(&format!(
+                    "BEGIN; {SCHEMA_V1} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+                ))
+                .map_err(db_err)?;
+            }
+            SCHEMA_VERSION => {}
+            v => {
+                return Err(StoreError::Corrupt(format!(
+                    "database schema version {v} is newer than this binary understands ({SCHEMA_VERSION})"
+                )))
+            }
+        }
+        Ok(SqliteStore {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave a half-written
+        // transaction behind (rusqlite rolls back on drop), so a poisoned
+        // lock is safe to reuse.
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Store for SqliteStore {
+    fn load_keys(&self) -> Result<Vec<KeyRecord>, StoreError> {
+        let conn = self.conn();
+        let mut keys: Vec<KeyRecord> = Vec::new();
+        {
+            let mut stmt = conn
+                .prepare("SELECT tenant, name, algorithm, primary_version, created_at_ms FROM keys ORDER BY tenant, name")
+                .map_err(db_err)?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, u32>(3)?,
+                        r.get::<_, i64>(4)?,
+                    ))
+                })
+                .map_err(db_err)?;
+            for row in rows {
+                let (tenant, name, alg, primary_version, created_at_ms) = row.map_err(db_err)?;
+                let algorithm = Algorithm::parse(&alg)
+                    .ok_or_else(|| StoreError::Corrupt(format!("unknown algorithm {alg:?}")))?;
+                keys.push(KeyRecord {
+                    tenant,
+                    name,
+                    algorithm,
+                    primary_version,
+                    created_at_ms,
+                    versions: Vec::new(),
+                });
+            }
+        }
+        let mut stmt = conn
+            .prepare(
+                "SELECT version, state, public_key, handle, created_at_ms FROM key_versions
+                 WHERE tenant = ?1 AND name = ?2 ORDER BY version",
+            )
+            .map_err(db_err)?;
+        for key in &mut keys {
+            let rows = stmt
+                .query_map(params![key.tenant, key.name], |r| {
+                    Ok((
+                        r.get::<_, u32>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, Vec<u8>>(2)?,
+                        r.get::<_, Option<Vec<u8>>>(3)?,
+                        r.get::<_, i64>(4)?,
+                    ))
+                })
+                .map_err(db_err)?;
+            for row in rows {
+                let (version, state, public_key, handle, created_at_ms) = row.map_err(db_err)?;
+                let state = VersionState::parse(&state)
+                    .ok_or_else(|| StoreError::Corrupt(format!("unknown state {state:?}")))?;
+                if version as usize != key.versions.len() + 1 {
+                    return Err(StoreError::Corrupt(format!(
+                        "key {}/{} has a gap before version {version}",
+                        key.tenant, key.name
+                    )));
+                }
+                key.versions.push(VersionRecord {
+                    version,
+                    state,
+                    public_key,
+                    handle,
+                    created_at_ms,
+                });
+            }
+            if key.version(key.primary_version).is_none() {
+                return Err(StoreError::Corrupt(format!(
+                    "key {}/{} names a missing primary version",
+                    key.tenant, key.name
+                )));
+            }
+        }
+        Ok(keys)
+    }
+
+    fn create_key(&self, key: &KeyRecord, op: Option<&OpRecord>) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db_err)?;
+        insert_op(&tx, op)?;
+        tx.execute(
+            "INSERT INTO keys (tenant, name, algorithm, primary_version, created_at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![key.tenant, key.name, key.algorithm.as_str(), key.primary_version, key.created_at_ms],
+        )
+        .map_err(|e| {
+            if is_unique_violation(&e) {
+                StoreError::AlreadyExists(format!("key {} already exists", key.name))
+            } else {
+                db_err(e)
+            }
+        })?;
+        for v in &key.versions {
+            insert_version(&tx, &key.tenant, &key.name, v)?;
+        }
+        tx.commit().map_err(db_err)
+    }
+
+    fn add_version(
+        &self,
+        tenant: &str,
+        name: &str,
+        version: &VersionRecord,
+        op: Option<&OpRecord>,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db_err)?;
+        insert_op(&tx, op)?;
+        insert_version(&tx, tenant, name, version)?;
+        let n = tx
+            .execute(
+                "UPDATE keys SET primary_version = ?3 WHERE tenant = ?1 AND name = ?2",
+                params![tenant, name, version.version],
+            )
+            .map_err(db_err)?;
+        if n != 1 {
+            return Err(StoreError::NotFound(format!("key {name}")));
+        }
+        tx.commit().map_err(db_err)
+    }
+
+    fn set_state(
+        &self,
+        tenant: &str,
+        name: &str,
+        version: u32,
+        state: VersionState,
+        op: Option<&OpRecord>,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db_err)?;
+        insert_op(&tx, op)?;
+        let sql = if state == VersionState::Destroyed {
+            "UPDATE key_versions SET state = ?4, handle = NULL WHERE tenant = ?1 AND name = ?2 AND version = ?3"
+        } else {
+            "UPDATE key_versions SET state = ?4 WHERE tenant = ?1 AND name = ?2 AND version = ?3"
+        };
+        let n = tx
+            .execute(sql, params![tenant, name, version, state.as_str()])
+            .map_err(db_err)?;
+        if n != 1 {
+            return Err(StoreError::NotFound(format!(
+                "key version {name}#v{version}"
+            )));
+        }
+        tx.commit().map_err(db_err)?;
+        if state == VersionState::Destroyed {
+            // Move the page images out of the WAL into the main file (where
+            // secure_delete has zeroed the old cell) and truncate the WAL, so
+            // no copy of the sealed material remains on disk.
+            conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+                .map_err(db_err)?;
+        }
+        Ok(())
+    }
+
+    fn find_op(&self, tenant: &str, op_id: &str) -> Result<Option<OpRecord>, StoreError> {
+        self.conn()
+            .query_row(
+                "SELECT request_hash, result FROM ops WHERE tenant = ?1 AND op_id = ?2",
+                params![tenant, op_id],
+                |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, String>(1)?)),
+            )
+            .optional()
+            .map_err(db_err)?
+            .map(|(h, result)| {
+                let request_hash: [u8; 32] = h
+                    .try_into()
+                    .map_err(|_| StoreError::Corrupt("op request hash length".into()))?;
+                Ok(OpRecord {
+                    tenant: tenant.to_string(),
+                    op_id: op_id.to_string(),
+                    request_hash,
+                    result,
+                })
+            })
+            .transpose()
+    }
+
+    fn insert_token(&self, t: &TokenRecord) -> Result<(), StoreError> {
+        self.conn()
+            .execute(
+                "INSERT INTO tokens (hash, tenant, scopes, created_at_ms) VALUES (?1, ?2, ?3, ?4)",
+                params![&t.hash[..], t.tenant, t.scopes, t.created_at_ms],
+            )
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    fn load_tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare("SELECT hash, tenant, scopes, created_at_ms FROM tokens")
+            .map_err(db_err)?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, Vec<u8>>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, i64>(3)?,
+                ))
+            })
+            .map_err(db_err)?;
+        rows.map(|row| {
+            let (h, tenant, scopes, created_at_ms) = row.map_err(db_err)?;
+            let hash: [u8; 32] = h
+                .try_into()
+                .map_err(|_| StoreError::Corrupt("token hash length".into()))?;
+            Ok(TokenRecord {
+                hash,
+                tenant,
+                scopes,
+                created_at_ms,
+            })
+        })
+        .collect()
+    }
+
+    fn get_meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.conn()
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+            .optional()
+            .map_err(db_err)
+    }
+
+    fn put_meta(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        self.conn()
+            .execute(
+                "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                params![key, value],
+            )
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    fn health(&self) -> Result<(), StoreError> {
+        self.conn()
+            .query_row("SELECT 1", [], |_| Ok(()))
+            .map_err(db_err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn version(v: u32) -> VersionRecord {
+        VersionRecord {
+            version: v,
+            state: VersionState::Enabled,
+            public_key: vec![v as u8; 4],
+            handle: Some(vec![0xAB; 64]),
+            created_at_ms: 1,
+        }
+    }
+
+    fn key() -> KeyRecord {
+        KeyRecord {
+            tenant: "t".into(),
+            name: "k".into(),
+            algorithm: Algorithm::Ed25519,
+            primary_version: 1,
+            created_at_ms: 1,
+            versions: vec![version(1)],
+        }
+    }
+
+    fn op(id: &str) -> OpRecord {
+        OpRecord {
+            tenant: "t".into(),
+            op_id: id.into(),
+            request_hash: [1; 32],
+            result: "k#v2".into(),
+        }
+    }
+
+    #[test]
+    fn create_rotate_state_round_trip() {
+        let s = SqliteStore::in_memory().unwrap();
+        s.create_key(&key(), None).unwrap();
+        assert!(matches!(
+            s.create_key(&key(), None),
+            Err(StoreError::AlreadyExists(_))
+        ));
+        s.add_version("t", "k", &version(2), Some(&op("o1")))
+            .unwrap();
+        s.set_state("t", "k", 1, VersionState::Disabled, None)
+            .unwrap();
+        s.set_state("t", "k", 1, VersionState::Destroyed, None)
+            .unwrap();
+        let keys = s.load_keys().unwrap();
+        assert_eq!(keys.len(), 1);
+        assert_eq!(keys[0].primary_version, 2);
+        assert_eq!(keys[0].versions[0].state, VersionState::Destroyed);
+        assert!(keys[0].versions[0].handle.is_none());
+        assert_eq!(s.find_op("t", "o1").unwrap(), Some(op("o1")));
+        assert_eq!(s.find_op("u", "o1").unwrap(), None);
+    }
+
+    #[test]
+    fn a_reused_op_id_rolls_the_whole_mutation_back() {
+        let s = SqliteStore::in_memory().unwrap();
+        s.create_key(&key(), None).unwrap();
+        s.add_version("t", "k", &version(2), Some(&op("o1")))
+            .unwrap();
+        let err = s
+            .add_version("t", "k", &version(3), Some(&op("o1")))
+            .unwrap_err();
+        assert!(matches!(err, StoreError::AlreadyExists(_)));
+        assert_eq!(s.load_keys().unwrap()[0].versions.len(), 2);
+        assert_eq!(s.load_keys().unwrap()[0].primary_version, 2);
+    }
+}
