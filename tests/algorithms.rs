@@ -1,0 +1,319 @@
+//! Every algorithm over both fronts, against a real server on loopback:
+//! create, sign/verify or wrap/unwrap, tampering, rotation, old signatures
+//! and ciphertexts after rotation, disable (fails at once), destroy (material
+//! gone from the store's files) — and every signature and ML-KEM ciphertext
+//! checked by an independent implementation.
+mod common;
+
+use common::{files_containing, independent, stored_handle, Front, TestServer};
+use ron_kms::proto::GenerateDataKeyRequest;
+use tonic::Code;
+
+const MSG: &[u8] = b"attack at dawn";
+
+/// Asserts that v1's custody handle is stored now, and returns a 32-byte
+/// slice of it to search for after destruction.
+fn handle_probe(srv: &TestServer, name: &str) -> Vec<u8> {
+    let h = stored_handle(&srv.data_dir(), "admin", name, 1).expect("v1 has a stored handle");
+    assert!(h.len() >= 48);
+    // the tail: ciphertext and tag, unique to this blob
+    let probe = h[h.len() - 32..].to_vec();
+    assert!(
+        !files_containing(&srv.data_dir(), &probe).is_empty(),
+        "probe is found before destroy"
+    );
+    probe
+}
+
+fn assert_material_gone(srv: &TestServer, name: &str, probe: &[u8]) {
+    assert_eq!(
+        stored_handle(&srv.data_dir(), "admin", name, 1),
+        None,
+        "handle column wiped"
+    );
+    let hits = files_containing(&srv.data_dir(), probe);
+    assert!(
+        hits.is_empty(),
+        "destroyed material still on disk in {hits:?}"
+    );
+}
+
+async fn sign_lifecycle(front: Front, alg: &str) {
+    let srv = TestServer::start().await;
+    let mut c = srv.client(front, &srv.admin_token).await;
+
+    let key = c.create("k", alg).await.unwrap();
+    assert_eq!(
+        (
+            key.purpose.as_str(),
+            key.algorithm.as_str(),
+            key.primary_version
+        ),
+        ("sign", alg, 1)
+    );
+    assert_eq!(key.versions.len(), 1);
+    assert_eq!(key.versions[0].state, "enabled");
+    assert_eq!(key.versions[0].kid, "k#v1");
+    let der1 = key.versions[0].public_key_der.clone();
+    let expected_oid = match alg {
+        "ed25519" => "1.3.101.112",
+        "ecdsa-p256" => "1.2.840.10045.2.1",
+        "ml-dsa-44" => "2.16.840.1.101.3.4.3.17",
+        "ml-dsa-65" => "2.16.840.1.101.3.4.3.18",
+        "ml-dsa-87" => "2.16.840.1.101.3.4.3.19",
+        _ => unreachable!(),
+    };
+    assert_eq!(independent::spki_oid(&der1), expected_oid);
+
+    // sign, verify, tamper
+    let s1 = c.sign("k", MSG).await.unwrap();
+    assert_eq!((s1.kid.as_str(), s1.algorithm.as_str()), ("k#v1", alg));
+    assert!(c.verify("k#v1", MSG, &s1.signature).await.unwrap().valid);
+    assert!(c.verify("k", MSG, &s1.signature).await.unwrap().valid);
+    let tampered = c
+        .verify("k#v1", b"attack at dusk", &s1.signature)
+        .await
+        .unwrap();
+    assert!(!tampered.valid, "tampered message must give valid=false");
+    assert_eq!(tampered.kid, "k#v1");
+    let mut bad_sig = s1.signature.clone();
+    let n = bad_sig.len();
+    bad_sig[n / 2] ^= 0x01;
+    assert!(!c.verify("k#v1", MSG, &bad_sig).await.unwrap().valid);
+    assert!(
+        !c.verify("k#v1", MSG, &s1.signature[..n - 1])
+            .await
+            .unwrap()
+            .valid
+    );
+    assert!(!c.verify("k#v1", MSG, b"").await.unwrap().valid);
+
+    // an independent implementation agrees
+    assert!(
+        independent::verify(alg, &der1, MSG, &s1.signature),
+        "independent verify of {alg}"
+    );
+    assert!(!independent::verify(
+        alg,
+        &der1,
+        b"attack at dusk",
+        &s1.signature
+    ));
+
+    // PEM on request
+    let k = c.get_key("k", true).await.unwrap();
+    assert!(k.versions[0]
+        .public_key_pem
+        .starts_with("-----BEGIN PUBLIC KEY-----\n"));
+    assert!(c.get_key("k", false).await.unwrap().versions[0]
+        .public_key_pem
+        .is_empty());
+
+    // rotate: new primary, old signatures keep verifying
+    let r = c.rotate("k", "").await.unwrap();
+    assert_eq!(r.kid, "k#v2");
+    assert_eq!(r.key.as_ref().unwrap().primary_version, 2);
+    let der2 = r.key.unwrap().versions[1].public_key_der.clone();
+    assert_ne!(der1, der2);
+    let s2 = c.sign("k", MSG).await.unwrap();
+    assert_eq!(s2.kid, "k#v2");
+    assert!(independent::verify(alg, &der2, MSG, &s2.signature));
+    assert!(
+        c.verify("k#v1", MSG, &s1.signature).await.unwrap().valid,
+        "old signature after rotation"
+    );
+    assert!(!c.verify("k#v2", MSG, &s1.signature).await.unwrap().valid);
+    assert_eq!(
+        c.sign("k#v1", MSG).await.unwrap().kid,
+        "k#v1",
+        "an old enabled version still signs by kid"
+    );
+
+    // disable: refused at once, on the very next request
+    let k = c.set_state("k", 1, "disabled").await.unwrap();
+    assert_eq!(k.versions[0].state, "disabled");
+    c.verify("k#v1", MSG, &s1.signature)
+        .await
+        .unwrap_err()
+        .expect(409, Code::FailedPrecondition, "key_version_not_enabled");
+    c.sign("k#v1", MSG).await.unwrap_err().expect(
+        409,
+        Code::FailedPrecondition,
+        "key_version_not_enabled",
+    );
+    assert_eq!(c.sign("k", MSG).await.unwrap().kid, "k#v2");
+
+    // re-enable works; destroy needs disabled first
+    c.set_state("k", 1, "enabled").await.unwrap();
+    assert!(c.verify("k#v1", MSG, &s1.signature).await.unwrap().valid);
+    c.set_state("k", 1, "destroyed").await.unwrap_err().expect(
+        409,
+        Code::FailedPrecondition,
+        "failed_precondition",
+    );
+
+    let probe = handle_probe(&srv, "k");
+    c.set_state("k", 1, "disabled").await.unwrap();
+    let k = c.set_state("k", 1, "destroyed").await.unwrap();
+    assert_eq!(k.versions[0].state, "destroyed");
+    assert_material_gone(&srv, "k", &probe);
+    c.verify("k#v1", MSG, &s1.signature)
+        .await
+        .unwrap_err()
+        .expect(409, Code::FailedPrecondition, "key_version_not_enabled");
+    c.set_state("k", 1, "enabled").await.unwrap_err().expect(
+        409,
+        Code::FailedPrecondition,
+        "failed_precondition",
+    );
+    assert!(c.verify("k#v2", MSG, &s2.signature).await.unwrap().valid);
+}
+
+async fn wrap_lifecycle(front: Front, alg: &str) {
+    let srv = TestServer::start().await;
+    let mut c = srv.client(front, &srv.admin_token).await;
+
+    let key = c.create("w", alg).await.unwrap();
+    assert_eq!(
+        (key.purpose.as_str(), key.algorithm.as_str()),
+        ("wrap", alg)
+    );
+    let der1 = key.versions[0].public_key_der.clone();
+    if alg == "aes-256-gcm" {
+        assert!(der1.is_empty(), "symmetric keys have no public key");
+    }
+
+    let pt = b"a 32-byte data encryption key!!!";
+    let w1 = c.wrap("w", pt, b"ctx=1").await.unwrap();
+    assert_eq!((w1.kid.as_str(), w1.algorithm.as_str()), ("w#v1", alg));
+    // the envelope names its version (docs/wrap-envelope.md)
+    assert_eq!(&w1.ciphertext[..4], b"RKW\x01");
+    assert_eq!(&w1.ciphertext[6..6 + 4], b"w#v1");
+
+    let u = c.unwrap("", &w1.ciphertext, b"ctx=1").await.unwrap();
+    assert_eq!((u.kid.as_str(), u.plaintext.as_slice()), ("w#v1", &pt[..]));
+    assert_eq!(
+        c.unwrap("w", &w1.ciphertext, b"ctx=1")
+            .await
+            .unwrap()
+            .plaintext,
+        pt
+    );
+
+    // tampering anywhere: an error, and no plaintext
+    for i in [
+        4usize + 2 + 4 + 2,
+        w1.ciphertext.len() - 20,
+        w1.ciphertext.len() - 1,
+    ] {
+        let mut bad = w1.ciphertext.clone();
+        bad[i] ^= 0x01;
+        c.unwrap("", &bad, b"ctx=1").await.unwrap_err().expect(
+            400,
+            Code::InvalidArgument,
+            "unwrap_failed",
+        );
+    }
+    c.unwrap("", &w1.ciphertext, b"ctx=2")
+        .await
+        .unwrap_err()
+        .expect(400, Code::InvalidArgument, "unwrap_failed");
+    c.unwrap("", &w1.ciphertext[..30], b"ctx=1")
+        .await
+        .unwrap_err()
+        .expect(400, Code::InvalidArgument, "invalid_argument");
+
+    // data keys
+    let dk = c
+        .datakey(GenerateDataKeyRequest {
+            key: "w".into(),
+            length: 0,
+            aad: vec![],
+            op_id: String::new(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(dk.plaintext.len(), 32);
+    assert_eq!(
+        c.unwrap("", &dk.ciphertext, b"").await.unwrap().plaintext,
+        dk.plaintext
+    );
+
+    // an envelope built by an independent implementation unwraps
+    if alg.starts_with("ml-kem") {
+        assert!(independent::spki_oid(&der1).starts_with("2.16.840.1.101.3.4.4."));
+        let ext = independent::kem_wrap(alg, &der1, "w#v1", b"from outside", b"aad!");
+        let u = c.unwrap("", &ext, b"aad!").await.unwrap();
+        assert_eq!(u.plaintext, b"from outside");
+        c.unwrap("", &ext, b"aad?").await.unwrap_err().expect(
+            400,
+            Code::InvalidArgument,
+            "unwrap_failed",
+        );
+    }
+
+    // rotate: new wraps use v2, v1 ciphertexts still unwrap
+    assert_eq!(c.rotate("w", "").await.unwrap().kid, "w#v2");
+    let w2 = c.wrap("w", pt, b"").await.unwrap();
+    assert_eq!(w2.kid, "w#v2");
+    assert_eq!(
+        c.unwrap("", &w1.ciphertext, b"ctx=1").await.unwrap().kid,
+        "w#v1"
+    );
+    assert_eq!(
+        c.unwrap("", &w2.ciphertext, b"").await.unwrap().plaintext,
+        pt
+    );
+    c.unwrap("w#v2", &w1.ciphertext, b"ctx=1")
+        .await
+        .unwrap_err()
+        .expect(400, Code::InvalidArgument, "invalid_argument");
+
+    // disable v1: its ciphertexts fail at once; v2 unaffected
+    c.set_state("w", 1, "disabled").await.unwrap();
+    c.unwrap("", &w1.ciphertext, b"ctx=1")
+        .await
+        .unwrap_err()
+        .expect(409, Code::FailedPrecondition, "key_version_not_enabled");
+    assert_eq!(
+        c.unwrap("", &w2.ciphertext, b"").await.unwrap().plaintext,
+        pt
+    );
+
+    // destroy: material gone from every file under the data dir
+    let probe = handle_probe(&srv, "w");
+    c.set_state("w", 1, "destroyed").await.unwrap();
+    assert_material_gone(&srv, "w", &probe);
+    c.unwrap("", &w1.ciphertext, b"ctx=1")
+        .await
+        .unwrap_err()
+        .expect(409, Code::FailedPrecondition, "key_version_not_enabled");
+}
+
+macro_rules! cases {
+    ($($name:ident => $f:ident($front:expr, $alg:expr);)*) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            $f($front, $alg).await
+        }
+    )*};
+}
+
+cases! {
+    grpc_ed25519 => sign_lifecycle(Front::Grpc, "ed25519");
+    http_ed25519 => sign_lifecycle(Front::Http, "ed25519");
+    grpc_ecdsa_p256 => sign_lifecycle(Front::Grpc, "ecdsa-p256");
+    http_ecdsa_p256 => sign_lifecycle(Front::Http, "ecdsa-p256");
+    grpc_ml_dsa_44 => sign_lifecycle(Front::Grpc, "ml-dsa-44");
+    http_ml_dsa_44 => sign_lifecycle(Front::Http, "ml-dsa-44");
+    grpc_ml_dsa_65 => sign_lifecycle(Front::Grpc, "ml-dsa-65");
+    http_ml_dsa_65 => sign_lifecycle(Front::Http, "ml-dsa-65");
+    grpc_ml_dsa_87 => sign_lifecycle(Front::Grpc, "ml-dsa-87");
+    http_ml_dsa_87 => sign_lifecycle(Front::Http, "ml-dsa-87");
+    grpc_aes_256_gcm => wrap_lifecycle(Front::Grpc, "aes-256-gcm");
+    http_aes_256_gcm => wrap_lifecycle(Front::Http, "aes-256-gcm");
+    grpc_ml_kem_768 => wrap_lifecycle(Front::Grpc, "ml-kem-768");
+    http_ml_kem_768 => wrap_lifecycle(Front::Http, "ml-kem-768");
+    grpc_ml_kem_1024 => wrap_lifecycle(Front::Grpc, "ml-kem-1024");
+    http_ml_kem_1024 => wrap_lifecycle(Front::Http, "ml-kem-1024");
+}

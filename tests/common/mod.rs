@@ -1,0 +1,547 @@
+//! Test harness: a real ron-kms on loopback (both fronts on real sockets)
+//! and one client type that speaks either gRPC (tonic) or HTTP (reqwest), so
+//! every scenario runs unchanged over both.
+#![allow(dead_code)]
+
+pub mod independent;
+
+use std::path::{Path, PathBuf};
+
+use ron_kms::auth::{create_token, Scopes};
+use ron_kms::config::Config;
+use ron_kms::proto::kms_client::KmsClient;
+use ron_kms::proto::*;
+use ron_kms::server::{self, Running};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tonic::transport::Channel;
+
+pub struct TestServer {
+    pub dir: tempfile::TempDir,
+    pub running: Option<Running>,
+    pub admin_token: String,
+}
+
+pub fn config(data_dir: &Path) -> Config {
+    let mut c = Config::for_data_dir(data_dir);
+    c.grpc_addr = "127.0.0.1:0".parse().unwrap();
+    c.http_addr = "127.0.0.1:0".parse().unwrap();
+    c
+}
+
+impl TestServer {
+    pub async fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let running = server::start(&config(&dir.path().join("data")))
+            .await
+            .unwrap();
+        let admin_token = running
+            .bootstrap_token
+            .clone()
+            .expect("first start bootstraps");
+        TestServer {
+            dir,
+            running: Some(running),
+            admin_token,
+        }
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn running(&self) -> &Running {
+        self.running.as_ref().unwrap()
+    }
+
+    /// Stop and start again on the same data dir (new ports).
+    pub async fn restart(&mut self) {
+        if let Some(r) = self.running.take() {
+            r.shutdown().await;
+        }
+        let r = server::start(&config(&self.data_dir())).await.unwrap();
+        assert!(r.bootstrap_token.is_none(), "bootstrap happens only once");
+        self.running = Some(r);
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(r) = self.running.take() {
+            r.shutdown().await;
+        }
+    }
+
+    /// A new token for `tenant` with `scopes`, visible to the server at once.
+    pub fn token(&self, tenant: &str, scopes: &str) -> String {
+        let kms = &self.running().kms;
+        let t = create_token(kms.store().as_ref(), tenant, Scopes::parse(scopes).unwrap()).unwrap();
+        kms.tokens().reload().unwrap();
+        t
+    }
+
+    pub async fn client(&self, front: Front, token: &str) -> Client {
+        Client::connect(front, self.running(), token).await
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Front {
+    Grpc,
+    Http,
+}
+
+pub const FRONTS: [Front; 2] = [Front::Grpc, Front::Http];
+
+/// An error as a client sees it, on either front.
+#[derive(Debug, Clone)]
+pub struct ApiErr {
+    pub http: Option<u16>,
+    pub grpc: Option<tonic::Code>,
+    pub code: String,
+    pub message: String,
+}
+
+impl ApiErr {
+    /// Assert the exact status on whichever front produced this error.
+    #[track_caller]
+    pub fn expect(&self, http: u16, grpc: tonic::Code, code: &str) {
+        match (self.http, self.grpc) {
+            (Some(h), None) => assert_eq!(h, http, "HTTP status for {self:?}"),
+            (None, Some(g)) => assert_eq!(g, grpc, "gRPC code for {self:?}"),
+            _ => panic!("malformed ApiErr {self:?}"),
+        }
+        assert_eq!(self.code, code, "error code for {self:?}");
+    }
+}
+
+pub enum Transport {
+    Grpc(KmsClient<Channel>),
+    Http(reqwest::Client, String),
+}
+
+pub struct Client {
+    pub front: Front,
+    pub transport: Transport,
+    pub token: String,
+}
+
+fn from_status(s: tonic::Status) -> ApiErr {
+    ApiErr {
+        http: None,
+        grpc: Some(s.code()),
+        code: s
+            .metadata()
+            .get("kms-error-code")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string(),
+        message: s.message().to_string(),
+    }
+}
+
+impl Client {
+    pub async fn connect(front: Front, r: &Running, token: &str) -> Self {
+        let transport = match front {
+            Front::Grpc => Transport::Grpc(
+                KmsClient::connect(format!("http://{}", r.grpc_addr))
+                    .await
+                    .unwrap()
+                    .max_encoding_message_size(8 << 20),
+            ),
+            Front::Http => {
+                Transport::Http(reqwest::Client::new(), format!("http://{}", r.http_addr))
+            }
+        };
+        Client {
+            front,
+            transport,
+            token: token.to_string(),
+        }
+    }
+
+    fn grpc_req<T>(&self, m: T) -> tonic::Request<T> {
+        let mut r = tonic::Request::new(m);
+        if !self.token.is_empty() {
+            r.metadata_mut().insert(
+                "authorization",
+                format!("Bearer {}", self.token).parse().unwrap(),
+            );
+        }
+        r
+    }
+
+    /// Send raw bytes to an HTTP route: (status, JSON body).
+    pub async fn http_raw(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Vec<u8>,
+    ) -> (u16, serde_json::Value) {
+        let Transport::Http(c, base) = &self.transport else {
+            panic!("http_raw on a gRPC client")
+        };
+        let mut rb = c.request(method, format!("{base}{path}")).body(body);
+        if !self.token.is_empty() {
+            rb = rb.bearer_auth(&self.token);
+        }
+        let resp = rb.send().await.unwrap();
+        let status = resp.status().as_u16();
+        assert!(
+            resp.headers().contains_key("x-request-id"),
+            "every response carries a request id"
+        );
+        let v = resp
+            .json::<serde_json::Value>()
+            .await
+            .unwrap_or(serde_json::Value::Null);
+        (status, v)
+    }
+
+    async fn http<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Req>,
+    ) -> Result<Resp, ApiErr> {
+        let bytes = body
+            .map(|b| serde_json::to_vec(b).unwrap())
+            .unwrap_or_default();
+        let (status, v) = self.http_raw(method, path, bytes).await;
+        if status == 200 {
+            Ok(serde_json::from_value(v).expect("response matches the message schema"))
+        } else {
+            let e = &v["error"];
+            assert_eq!(
+                e["request_id"].as_str().map(str::len),
+                Some(16),
+                "envelope has request_id: {v}"
+            );
+            assert!(e["retryable"].is_boolean(), "envelope has retryable: {v}");
+            Err(ApiErr {
+                http: Some(status),
+                grpc: None,
+                code: e["code"].as_str().unwrap_or("").to_string(),
+                message: e["message"].as_str().unwrap_or("").to_string(),
+            })
+        }
+    }
+
+    pub async fn create_key(&mut self, req: CreateKeyRequest) -> Result<CreateKeyResponse, ApiErr> {
+        match &mut self.transport {
+            Transport::Grpc(_) => {
+                let r = self.grpc_req(req);
+                let Transport::Grpc(c) = &mut self.transport else {
+                    unreachable!()
+                };
+                c.create_key(r)
+                    .await
+                    .map(|r| r.into_inner())
+                    .map_err(from_status)
+            }
+            Transport::Http(..) => {
+                self.http(reqwest::Method::POST, "/v1/kms/keys", Some(&req))
+                    .await
+            }
+        }
+    }
+
+    pub async fn create(&mut self, name: &str, alg: &str) -> Result<Key, ApiErr> {
+        self.create_key(CreateKeyRequest {
+            name: name.into(),
+            algorithm: alg.into(),
+            ..Default::default()
+        })
+        .await
+        .map(|r| r.key.unwrap())
+    }
+
+    pub async fn get_key(&mut self, name: &str, pem: bool) -> Result<Key, ApiErr> {
+        match &mut self.transport {
+            Transport::Grpc(_) => {
+                let r = self.grpc_req(GetKeyRequest {
+                    name: name.into(),
+                    pem,
+                });
+                let Transport::Grpc(c) = &mut self.transport else {
+                    unreachable!()
+                };
+                c.get_key(r)
+                    .await
+                    .map(|r| r.into_inner().key.unwrap())
+                    .map_err(from_status)
+            }
+            Transport::Http(..) => {
+                let path = format!("/v1/kms/keys/{name}{}", if pem { "?pem=true" } else { "" });
+                self.http::<(), GetKeyResponse>(reqwest::Method::GET, &path, None)
+                    .await
+                    .map(|r| r.key.unwrap())
+            }
+        }
+    }
+
+    pub async fn list_keys(
+        &mut self,
+        page_size: u32,
+        page_token: &str,
+    ) -> Result<ListKeysResponse, ApiErr> {
+        match &mut self.transport {
+            Transport::Grpc(_) => {
+                let r = self.grpc_req(ListKeysRequest {
+                    page_size,
+                    page_token: page_token.into(),
+                });
+                let Transport::Grpc(c) = &mut self.transport else {
+                    unreachable!()
+                };
+                c.list_keys(r)
+                    .await
+                    .map(|r| r.into_inner())
+                    .map_err(from_status)
+            }
+            Transport::Http(..) => {
+                let path = format!("/v1/kms/keys?page_size={page_size}&page_token={page_token}");
+                self.http::<(), _>(reqwest::Method::GET, &path, None).await
+            }
+        }
+    }
+
+    pub async fn rotate(&mut self, name: &str, op_id: &str) -> Result<RotateKeyResponse, ApiErr> {
+        let req = RotateKeyRequest {
+            name: name.into(),
+            op_id: op_id.into(),
+        };
+        match &mut self.transport {
+            Transport::Grpc(_) => {
+                let r = self.grpc_req(req);
+                let Transport::Grpc(c) = &mut self.transport else {
+                    unreachable!()
+                };
+                c.rotate_key(r)
+                    .await
+                    .map(|r| r.into_inner())
+                    .map_err(from_status)
+            }
+            Transport::Http(..) => {
+                let body = serde_json::json!({ "op_id": op_id });
+                self.http(
+                    reqwest::Method::POST,
+                    &format!("/v1/kms/keys/{name}/rotate"),
+                    Some(&body),
+                )
+                .await
+            }
+        }
+    }
+
+    pub async fn set_state(
+        &mut self,
+        name: &str,
+        version: u32,
+        state: &str,
+    ) -> Result<Key, ApiErr> {
+        let req = SetKeyVersionStateRequest {
+            name: name.into(),
+            version,
+            state: state.into(),
+            op_id: String::new(),
+        };
+        match &mut self.transport {
+            Transport::Grpc(_) => {
+                let r = self.grpc_req(req);
+                let Transport::Grpc(c) = &mut self.transport else {
+                    unreachable!()
+                };
+                c.set_key_version_state(r)
+                    .await
+                    .map(|r| r.into_inner().key.unwrap())
+                    .map_err(from_status)
+            }
+            Transport::Http(..) => {
+                let body = serde_json::json!({ "state": state });
+                self.http::<_, SetKeyVersionStateResponse>(
+                    reqwest::Method::POST,
+                    &format!("/v1/kms/keys/{name}/versions/{version}/state"),
+                    Some(&body),
+                )
+                .await
+                .map(|r| r.key.unwrap())
+            }
+        }
+    }
+
+    pub async fn sign_req(&mut self, req: SignRequest) -> Result<SignResponse, ApiErr> {
+        match &mut self.transport {
+            Transport::Grpc(_) => {
+                let r = self.grpc_req(req);
+                let Transport::Grpc(c) = &mut self.transport else {
+                    unreachable!()
+                };
+                c.sign(r).await.map(|r| r.into_inner()).map_err(from_status)
+            }
+            Transport::Http(..) => {
+                self.http(reqwest::Method::POST, "/v1/kms/sign", Some(&req))
+                    .await
+            }
+        }
+    }
+
+    pub async fn sign(&mut self, key: &str, message: &[u8]) -> Result<SignResponse, ApiErr> {
+        self.sign_req(SignRequest {
+            key: key.into(),
+            message: message.to_vec(),
+            op_id: String::new(),
+        })
+        .await
+    }
+
+    pub async fn verify(
+        &mut self,
+        key: &str,
+        message: &[u8],
+        signature: &[u8],
+    ) -> Result<VerifyResponse, ApiErr> {
+        let req = VerifyRequest {
+            key: key.into(),
+            message: message.to_vec(),
+            signature: signature.to_vec(),
+        };
+        match &mut self.transport {
+            Transport::Grpc(_) => {
+                let r = self.grpc_req(req);
+                let Transport::Grpc(c) = &mut self.transport else {
+                    unreachable!()
+                };
+                c.verify(r)
+                    .await
+                    .map(|r| r.into_inner())
+                    .map_err(from_status)
+            }
+            Transport::Http(..) => {
+                self.http(reqwest::Method::POST, "/v1/kms/verify", Some(&req))
+                    .await
+            }
+        }
+    }
+
+    pub async fn wrap_req(&mut self, req: WrapRequest) -> Result<WrapResponse, ApiErr> {
+        match &mut self.transport {
+            Transport::Grpc(_) => {
+                let r = self.grpc_req(req);
+                let Transport::Grpc(c) = &mut self.transport else {
+                    unreachable!()
+                };
+                c.wrap(r).await.map(|r| r.into_inner()).map_err(from_status)
+            }
+            Transport::Http(..) => {
+                self.http(reqwest::Method::POST, "/v1/kms/wrap", Some(&req))
+                    .await
+            }
+        }
+    }
+
+    pub async fn wrap(
+        &mut self,
+        key: &str,
+        plaintext: &[u8],
+        aad: &[u8],
+    ) -> Result<WrapResponse, ApiErr> {
+        self.wrap_req(WrapRequest {
+            key: key.into(),
+            plaintext: plaintext.to_vec(),
+            aad: aad.to_vec(),
+            op_id: String::new(),
+        })
+        .await
+    }
+
+    pub async fn unwrap(
+        &mut self,
+        key: &str,
+        ciphertext: &[u8],
+        aad: &[u8],
+    ) -> Result<UnwrapResponse, ApiErr> {
+        let req = UnwrapRequest {
+            key: key.into(),
+            ciphertext: ciphertext.to_vec(),
+            aad: aad.to_vec(),
+        };
+        match &mut self.transport {
+            Transport::Grpc(_) => {
+                let r = self.grpc_req(req);
+                let Transport::Grpc(c) = &mut self.transport else {
+                    unreachable!()
+                };
+                c.unwrap(r)
+                    .await
+                    .map(|r| r.into_inner())
+                    .map_err(from_status)
+            }
+            Transport::Http(..) => {
+                self.http(reqwest::Method::POST, "/v1/kms/unwrap", Some(&req))
+                    .await
+            }
+        }
+    }
+
+    pub async fn datakey(
+        &mut self,
+        req: GenerateDataKeyRequest,
+    ) -> Result<GenerateDataKeyResponse, ApiErr> {
+        match &mut self.transport {
+            Transport::Grpc(_) => {
+                let r = self.grpc_req(req);
+                let Transport::Grpc(c) = &mut self.transport else {
+                    unreachable!()
+                };
+                c.generate_data_key(r)
+                    .await
+                    .map(|r| r.into_inner())
+                    .map_err(from_status)
+            }
+            Transport::Http(..) => {
+                self.http(reqwest::Method::POST, "/v1/kms/datakey", Some(&req))
+                    .await
+            }
+        }
+    }
+}
+
+/// Every file below `dir`, recursively.
+pub fn all_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// Files under `dir` containing `needle`.
+pub fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
+    assert!(needle.len() >= 16, "needle too short to be meaningful");
+    all_files(dir)
+        .into_iter()
+        .filter(|p| {
+            let hay = std::fs::read(p).unwrap();
+            hay.windows(needle.len()).any(|w| w == needle)
+        })
+        .collect()
+}
+
+/// The custody handle stored for one version, read straight from the
+/// SQLite file (a separate connection, closed before returning).
+pub fn stored_handle(data_dir: &Path, tenant: &str, name: &str, version: u32) -> Option<Vec<u8>> {
+    let conn = rusqlite::Connection::open(data_dir.join("kms.sqlite3")).unwrap();
+    conn.query_row(
+        "SELECT handle FROM key_versions WHERE tenant = ?1 AND name = ?2 AND version = ?3",
+        rusqlite::params![tenant, name, version],
+        |r| r.get::<_, Option<Vec<u8>>>(0),
+    )
+    .unwrap()
+}
