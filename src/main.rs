@@ -483,13 +483,16 @@ async fn serve(a: ServeArgs) -> Result<ExitCode, Failure> {
         );
         let _ = std::io::stdout().flush();
     }
-    eprintln!(
+    // On stdout, after the bootstrap banner, so a supervisor (or a test)
+    // reading stdout knows both the token and the bound addresses.
+    println!(
         "ron-kms {} serving gRPC on {} and HTTP on {} (data dir {})",
         env!("CARGO_PKG_VERSION"),
         running.grpc_addr,
         running.http_addr,
         cfg.data_dir.display()
     );
+    let _ = std::io::stdout().flush();
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
@@ -516,7 +519,12 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             if let Some(st) = e.downcast_ref::<tonic::Status>() {
-                eprintln!("error: {}: {}", st.code(), st.message());
+                let code = st
+                    .metadata()
+                    .get("kms-error-code")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("-");
+                eprintln!("error: {:?} ({code}): {}", st.code(), st.message());
             } else {
                 eprintln!("error: {e}");
             }

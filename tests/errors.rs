@@ -10,7 +10,10 @@ use tonic::Code;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_tenants_key_looks_exactly_like_a_missing_one() {
     let srv = TestServer::start().await;
-    let tok_b = srv.token("tenant-b", "kms:admin,kms:read,kms:sign,kms:verify,kms:wrap,kms:unwrap");
+    let tok_b = srv.token(
+        "tenant-b",
+        "kms:admin,kms:read,kms:sign,kms:verify,kms:wrap,kms:unwrap",
+    );
     for front in FRONTS {
         let mut a = srv.client(front, &srv.admin_token).await;
         let mut b = srv.client(front, &tok_b).await;
@@ -24,25 +27,55 @@ async fn another_tenants_key_looks_exactly_like_a_missing_one() {
         // Every operation on A's key, from B, against the same operation on
         // a name that exists nowhere: same status, same code, same message.
         let cases: Vec<(common::ApiErr, common::ApiErr)> = vec![
-            (b.get_key(&sk, false).await.unwrap_err(), b.get_key("nope", false).await.unwrap_err()),
-            (b.sign(&sk, b"m").await.unwrap_err(), b.sign("nope", b"m").await.unwrap_err()),
             (
-                b.verify(&format!("{sk}#v1"), b"m", &sig.signature).await.unwrap_err(),
+                b.get_key(&sk, false).await.unwrap_err(),
+                b.get_key("nope", false).await.unwrap_err(),
+            ),
+            (
+                b.sign(&sk, b"m").await.unwrap_err(),
+                b.sign("nope", b"m").await.unwrap_err(),
+            ),
+            (
+                b.verify(&format!("{sk}#v1"), b"m", &sig.signature)
+                    .await
+                    .unwrap_err(),
                 b.verify("nope#v1", b"m", &sig.signature).await.unwrap_err(),
             ),
-            (b.rotate(&sk, "").await.unwrap_err(), b.rotate("nope", "").await.unwrap_err()),
-            (b.set_state(&sk, 1, "disabled").await.unwrap_err(), b.set_state("nope", 1, "disabled").await.unwrap_err()),
-            (b.wrap(&wk, b"x", b"").await.unwrap_err(), b.wrap("nope", b"x", b"").await.unwrap_err()),
+            (
+                b.rotate(&sk, "").await.unwrap_err(),
+                b.rotate("nope", "").await.unwrap_err(),
+            ),
+            (
+                b.set_state(&sk, 1, "disabled").await.unwrap_err(),
+                b.set_state("nope", 1, "disabled").await.unwrap_err(),
+            ),
+            (
+                b.wrap(&wk, b"x", b"").await.unwrap_err(),
+                b.wrap("nope", b"x", b"").await.unwrap_err(),
+            ),
         ];
         for (theirs, missing) in cases {
             theirs.expect(404, Code::NotFound, "not_found");
             missing.expect(404, Code::NotFound, "not_found");
-            let norm = |m: &str| m.replace(&sk, "NAME").replace(&wk, "NAME").replace("nope", "NAME");
+            let norm = |m: &str| {
+                m.replace(&sk, "NAME")
+                    .replace(&wk, "NAME")
+                    .replace("nope", "NAME")
+            };
             assert_eq!(norm(&theirs.message), norm(&missing.message));
         }
-        b.unwrap("", &ct, b"").await.unwrap_err().expect(404, Code::NotFound, "not_found");
+        b.unwrap("", &ct, b"")
+            .await
+            .unwrap_err()
+            .expect(404, Code::NotFound, "not_found");
         // B's listing shows none of A's keys; B may reuse A's names freely.
-        assert!(b.list_keys(100, "").await.unwrap().keys.iter().all(|k| k.name != sk));
+        assert!(b
+            .list_keys(100, "")
+            .await
+            .unwrap()
+            .keys
+            .iter()
+            .all(|k| k.name != sk));
         b.create(&sk, "ml-dsa-44").await.unwrap();
         assert_eq!(a.get_key(&sk, false).await.unwrap().algorithm, "ed25519");
         assert_eq!(b.get_key(&sk, false).await.unwrap().algorithm, "ml-dsa-44");
@@ -60,13 +93,34 @@ async fn tokens_and_scopes() {
         admin.create(&name, "ed25519").await.unwrap();
 
         let mut v = srv.client(front, &verify_only).await;
-        v.sign(&name, b"m").await.unwrap_err().expect(403, Code::PermissionDenied, "permission_denied");
-        v.create("other", "ed25519").await.unwrap_err().expect(403, Code::PermissionDenied, "permission_denied");
-        v.get_key(&name, false).await.unwrap_err().expect(403, Code::PermissionDenied, "permission_denied");
-        v.wrap(&name, b"x", b"").await.unwrap_err().expect(403, Code::PermissionDenied, "permission_denied");
+        v.sign(&name, b"m").await.unwrap_err().expect(
+            403,
+            Code::PermissionDenied,
+            "permission_denied",
+        );
+        v.create("other", "ed25519").await.unwrap_err().expect(
+            403,
+            Code::PermissionDenied,
+            "permission_denied",
+        );
+        v.get_key(&name, false).await.unwrap_err().expect(
+            403,
+            Code::PermissionDenied,
+            "permission_denied",
+        );
+        v.wrap(&name, b"x", b"").await.unwrap_err().expect(
+            403,
+            Code::PermissionDenied,
+            "permission_denied",
+        );
         let mut s = srv.client(front, &signer).await;
         let sig = s.sign(&name, b"m").await.unwrap();
-        assert!(v.verify(&sig.kid, b"m", &sig.signature).await.unwrap().valid);
+        assert!(
+            v.verify(&sig.kid, b"m", &sig.signature)
+                .await
+                .unwrap()
+                .valid
+        );
         s.verify(&sig.kid, b"m", &sig.signature)
             .await
             .unwrap_err()
@@ -74,14 +128,22 @@ async fn tokens_and_scopes() {
 
         for bad in ["", "rkms_not-a-real-token", "Bearer", "garbage"] {
             let mut c = srv.client(front, bad).await;
-            c.sign(&name, b"m").await.unwrap_err().expect(401, Code::Unauthenticated, "unauthenticated");
+            c.sign(&name, b"m").await.unwrap_err().expect(
+                401,
+                Code::Unauthenticated,
+                "unauthenticated",
+            );
         }
         // a real token with one character changed
         let mut forged = srv.admin_token.clone();
         let last = forged.pop().unwrap();
         forged.push(if last == 'A' { 'B' } else { 'A' });
         let mut c = srv.client(front, &forged).await;
-        c.list_keys(10, "").await.unwrap_err().expect(401, Code::Unauthenticated, "unauthenticated");
+        c.list_keys(10, "").await.unwrap_err().expect(
+            401,
+            Code::Unauthenticated,
+            "unauthenticated",
+        );
     }
 }
 
@@ -96,9 +158,21 @@ async fn malformed_input_gets_exact_statuses() {
         c.create(&wk, "ml-kem-768").await.unwrap();
 
         // unknown algorithm, bad names, purpose mismatch at creation
-        c.create("x", "rsa-2048").await.unwrap_err().expect(400, Code::InvalidArgument, "unknown_algorithm");
-        c.create("x", "").await.unwrap_err().expect(400, Code::InvalidArgument, "unknown_algorithm");
-        c.create("Bad Name", "ed25519").await.unwrap_err().expect(400, Code::InvalidArgument, "invalid_argument");
+        c.create("x", "rsa-2048").await.unwrap_err().expect(
+            400,
+            Code::InvalidArgument,
+            "unknown_algorithm",
+        );
+        c.create("x", "").await.unwrap_err().expect(
+            400,
+            Code::InvalidArgument,
+            "unknown_algorithm",
+        );
+        c.create("Bad Name", "ed25519").await.unwrap_err().expect(
+            400,
+            Code::InvalidArgument,
+            "invalid_argument",
+        );
         c.create_key(CreateKeyRequest {
             name: "x".into(),
             algorithm: "ed25519".into(),
@@ -108,27 +182,68 @@ async fn malformed_input_gets_exact_statuses() {
         .await
         .unwrap_err()
         .expect(400, Code::InvalidArgument, "invalid_argument");
-        c.create(&sk, "ed25519").await.unwrap_err().expect(409, Code::AlreadyExists, "already_exists");
+        c.create(&sk, "ed25519").await.unwrap_err().expect(
+            409,
+            Code::AlreadyExists,
+            "already_exists",
+        );
 
         // wrong key purpose, both ways
-        c.sign(&wk, b"m").await.unwrap_err().expect(400, Code::FailedPrecondition, "wrong_key_purpose");
-        c.verify(&wk, b"m", b"sig").await.unwrap_err().expect(400, Code::FailedPrecondition, "wrong_key_purpose");
-        c.wrap(&sk, b"m", b"").await.unwrap_err().expect(400, Code::FailedPrecondition, "wrong_key_purpose");
+        c.sign(&wk, b"m").await.unwrap_err().expect(
+            400,
+            Code::FailedPrecondition,
+            "wrong_key_purpose",
+        );
+        c.verify(&wk, b"m", b"sig").await.unwrap_err().expect(
+            400,
+            Code::FailedPrecondition,
+            "wrong_key_purpose",
+        );
+        c.wrap(&sk, b"m", b"").await.unwrap_err().expect(
+            400,
+            Code::FailedPrecondition,
+            "wrong_key_purpose",
+        );
 
         // bad references and sizes
-        c.sign(&format!("{sk}#v0"), b"m").await.unwrap_err().expect(400, Code::InvalidArgument, "invalid_argument");
-        c.sign(&format!("{sk}#v9"), b"m").await.unwrap_err().expect(404, Code::NotFound, "not_found");
-        c.wrap(&wk, &vec![0u8; 8 * 1024 + 1], b"").await.unwrap_err().expect(400, Code::InvalidArgument, "invalid_argument");
-        assert!(c.wrap(&wk, &vec![0u8; 8 * 1024], b"").await.is_ok());
-        c.unwrap("", b"not an envelope at all", b"").await.unwrap_err().expect(400, Code::InvalidArgument, "invalid_argument");
-        c.set_state(&sk, 1, "paused").await.unwrap_err().expect(400, Code::InvalidArgument, "invalid_argument");
-        c.datakey(GenerateDataKeyRequest { key: wk.clone(), length: 8, ..Default::default() })
+        c.sign(&format!("{sk}#v0"), b"m").await.unwrap_err().expect(
+            400,
+            Code::InvalidArgument,
+            "invalid_argument",
+        );
+        c.sign(&format!("{sk}#v9"), b"m").await.unwrap_err().expect(
+            404,
+            Code::NotFound,
+            "not_found",
+        );
+        c.wrap(&wk, &vec![0u8; 8 * 1024 + 1], b"")
             .await
             .unwrap_err()
             .expect(400, Code::InvalidArgument, "invalid_argument");
+        assert!(c.wrap(&wk, &vec![0u8; 8 * 1024], b"").await.is_ok());
+        c.unwrap("", b"not an envelope at all", b"")
+            .await
+            .unwrap_err()
+            .expect(400, Code::InvalidArgument, "invalid_argument");
+        c.set_state(&sk, 1, "paused").await.unwrap_err().expect(
+            400,
+            Code::InvalidArgument,
+            "invalid_argument",
+        );
+        c.datakey(GenerateDataKeyRequest {
+            key: wk.clone(),
+            length: 8,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err()
+        .expect(400, Code::InvalidArgument, "invalid_argument");
 
         // a body over 1 MiB
-        c.sign(&sk, &vec![7u8; 1024 * 1024 + 1]).await.unwrap_err().expect(413, Code::ResourceExhausted, "too_large");
+        c.sign(&sk, &vec![7u8; 1024 * 1024 + 1])
+            .await
+            .unwrap_err()
+            .expect(413, Code::ResourceExhausted, "too_large");
         // ...while a large message under the cap signs fine
         assert!(c.sign(&sk, &vec![7u8; 700 * 1024]).await.is_ok());
     }
@@ -141,33 +256,99 @@ async fn http_json_is_strict() {
     c.create("k", "ed25519").await.unwrap();
     let post = reqwest::Method::POST;
     let cases: &[(&str, &str, u16, &str)] = &[
-        ("/v1/kms/sign", r#"{"key":"k","message":"aGk=","extra":1}"#, 400, "invalid_argument"),
-        ("/v1/kms/sign", r#"{"key":"k","message":"not base64!"}"#, 400, "invalid_argument"),
-        ("/v1/kms/sign", r#"{"key":"k","message":"aGk"}"#, 400, "invalid_argument"),
-        ("/v1/kms/sign", r#"{"key":"k","message":42}"#, 400, "invalid_argument"),
+        (
+            "/v1/kms/sign",
+            r#"{"key":"k","message":"aGk=","extra":1}"#,
+            400,
+            "invalid_argument",
+        ),
+        (
+            "/v1/kms/sign",
+            r#"{"key":"k","message":"not base64!"}"#,
+            400,
+            "invalid_argument",
+        ),
+        (
+            "/v1/kms/sign",
+            r#"{"key":"k","message":"aGk"}"#,
+            400,
+            "invalid_argument",
+        ),
+        (
+            "/v1/kms/sign",
+            r#"{"key":"k","message":42}"#,
+            400,
+            "invalid_argument",
+        ),
         ("/v1/kms/sign", r#"{"key":"k""#, 400, "invalid_argument"),
-        ("/v1/kms/keys", r#"{"name":"z","algorithm":"ed25519","purpse":"sign"}"#, 400, "invalid_argument"),
-        ("/v1/kms/verify", r#"{"key":"k#v1","message":"aGk=","signature":"%%%"}"#, 400, "invalid_argument"),
+        (
+            "/v1/kms/keys",
+            r#"{"name":"z","algorithm":"ed25519","purpse":"sign"}"#,
+            400,
+            "invalid_argument",
+        ),
+        (
+            "/v1/kms/verify",
+            r#"{"key":"k#v1","message":"aGk=","signature":"%%%"}"#,
+            400,
+            "invalid_argument",
+        ),
         ("/v1/kms/nope", "{}", 404, "not_found"),
     ];
     for (path, body, status, code) in cases {
-        let (s, v) = c.http_raw(post.clone(), path, body.as_bytes().to_vec()).await;
-        assert_eq!((s, v["error"]["code"].as_str().unwrap()), (*status, *code), "{path} {body}: {v}");
+        let (s, v) = c
+            .http_raw(post.clone(), path, body.as_bytes().to_vec())
+            .await;
+        assert_eq!(
+            (s, v["error"]["code"].as_str().unwrap()),
+            (*status, *code),
+            "{path} {body}: {v}"
+        );
     }
     // the field is named in the message
-    let (_, v) = c.http_raw(post.clone(), "/v1/kms/sign", br#"{"key":"k","message":"!!"}"#.to_vec()).await;
-    assert!(v["error"]["message"].as_str().unwrap().contains("field message"), "{v}");
-    let (_, v) = c.http_raw(post.clone(), "/v1/kms/sign", br#"{"key":"k","extra":1}"#.to_vec()).await;
-    assert!(v["error"]["message"].as_str().unwrap().contains("extra"), "{v}");
+    let (_, v) = c
+        .http_raw(
+            post.clone(),
+            "/v1/kms/sign",
+            br#"{"key":"k","message":"!!"}"#.to_vec(),
+        )
+        .await;
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("field message"),
+        "{v}"
+    );
+    let (_, v) = c
+        .http_raw(
+            post.clone(),
+            "/v1/kms/sign",
+            br#"{"key":"k","extra":1}"#.to_vec(),
+        )
+        .await;
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("extra"),
+        "{v}"
+    );
     // unknown query parameters too
-    let (s, _) = c.http_raw(reqwest::Method::GET, "/v1/kms/keys?page_sise=3", vec![]).await;
+    let (s, _) = c
+        .http_raw(reqwest::Method::GET, "/v1/kms/keys?page_sise=3", vec![])
+        .await;
     assert_eq!(s, 400);
     // wrong method
-    let (s, v) = c.http_raw(reqwest::Method::DELETE, "/v1/kms/sign", vec![]).await;
-    assert_eq!((s, v["error"]["code"].as_str().unwrap()), (405, "method_not_allowed"));
+    let (s, v) = c
+        .http_raw(reqwest::Method::DELETE, "/v1/kms/sign", vec![])
+        .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str().unwrap()),
+        (405, "method_not_allowed")
+    );
     // unauthenticated requests are refused before the body is read
     let anon = srv.client(Front::Http, "").await;
-    let (s, _) = anon.http_raw(post.clone(), "/v1/kms/sign", vec![b'x'; 2 << 20]).await;
+    let (s, _) = anon
+        .http_raw(post.clone(), "/v1/kms/sign", vec![b'x'; 2 << 20])
+        .await;
     assert_eq!(s, 401);
 }
 
@@ -178,27 +359,59 @@ async fn op_ids_make_retries_safe() {
         let mut c = srv.client(front, &srv.admin_token).await;
         let name = format!("k-{front:?}").to_lowercase();
         let op = |s: &str| format!("{s}-{front:?}");
-        let req = CreateKeyRequest { name: name.clone(), algorithm: "ml-dsa-65".into(), purpose: String::new(), op_id: op("create") };
+        let req = CreateKeyRequest {
+            name: name.clone(),
+            algorithm: "ml-dsa-65".into(),
+            purpose: String::new(),
+            op_id: op("create"),
+        };
         let first = c.create_key(req.clone()).await.unwrap().key.unwrap();
         let again = c.create_key(req.clone()).await.unwrap().key.unwrap();
-        assert_eq!(first.versions[0].public_key_der, again.versions[0].public_key_der, "retry returns the first result");
-        c.create_key(CreateKeyRequest { algorithm: "ed25519".into(), ..req })
-            .await
-            .unwrap_err()
-            .expect(409, Code::AlreadyExists, "already_exists");
+        assert_eq!(
+            first.versions[0].public_key_der, again.versions[0].public_key_der,
+            "retry returns the first result"
+        );
+        c.create_key(CreateKeyRequest {
+            algorithm: "ed25519".into(),
+            ..req
+        })
+        .await
+        .unwrap_err()
+        .expect(409, Code::AlreadyExists, "already_exists");
 
         let r1 = c.rotate(&name, &op("rot")).await.unwrap();
         let r2 = c.rotate(&name, &op("rot")).await.unwrap();
-        assert_eq!((r1.kid.as_str(), r2.kid.as_str()), (format!("{name}#v2").as_str(), format!("{name}#v2").as_str()));
-        assert_eq!(c.get_key(&name, false).await.unwrap().versions.len(), 2, "one rotation, not two");
-        c.rotate(&name, &op("create")).await.unwrap_err().expect(409, Code::AlreadyExists, "already_exists");
+        assert_eq!(
+            (r1.kid.as_str(), r2.kid.as_str()),
+            (format!("{name}#v2").as_str(), format!("{name}#v2").as_str())
+        );
+        assert_eq!(
+            c.get_key(&name, false).await.unwrap().versions.len(),
+            2,
+            "one rotation, not two"
+        );
+        c.rotate(&name, &op("create")).await.unwrap_err().expect(
+            409,
+            Code::AlreadyExists,
+            "already_exists",
+        );
 
         // ML-DSA signing is randomised: equal bytes prove the retry was answered, not re-signed
-        let s = SignRequest { key: name.clone(), message: b"m".to_vec(), op_id: op("sig") };
+        let s = SignRequest {
+            key: name.clone(),
+            message: b"m".to_vec(),
+            op_id: op("sig"),
+        };
         let s1 = c.sign_req(s.clone()).await.unwrap();
         let s2 = c.sign_req(s.clone()).await.unwrap();
         assert_eq!(s1.signature, s2.signature);
-        c.sign_req(SignRequest { message: b"other".to_vec(), ..s }).await.unwrap_err().expect(409, Code::AlreadyExists, "already_exists");
+        c.sign_req(SignRequest {
+            message: b"other".to_vec(),
+            ..s
+        })
+        .await
+        .unwrap_err()
+        .expect(409, Code::AlreadyExists, "already_exists");
     }
 }
 
@@ -223,7 +436,14 @@ async fn listing_pages_through_every_key() {
             }
             token = page.next_page_token;
         }
-        assert_eq!(seen, (0..7).map(|i| format!("key-{i:02}")).collect::<Vec<_>>());
-        c.list_keys(3, "!!!").await.unwrap_err().expect(400, Code::InvalidArgument, "invalid_argument");
+        assert_eq!(
+            seen,
+            (0..7).map(|i| format!("key-{i:02}")).collect::<Vec<_>>()
+        );
+        c.list_keys(3, "!!!").await.unwrap_err().expect(
+            400,
+            Code::InvalidArgument,
+            "invalid_argument",
+        );
     }
 }
