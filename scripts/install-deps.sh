@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs the system packages ron-kms needs to build, when they are missing:
+#   cmake, libclang-dev, pkg-config — liboqs is built from source by the
+#   `oqs` crate (cmake) and its bindings are generated with bindgen (libclang).
+# Idempotent and quiet when everything is present. Debian/Ubuntu (apt-get);
+# uses sudo when not root.
+set -euo pipefail
+
+missing=()
+command -v cmake >/dev/null 2>&1 || missing+=(cmake)
+command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
+if ! ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 \
+    && ! ls /usr/lib/x86_64-linux-gnu/libclang*.so* >/dev/null 2>&1; then
+    missing+=(libclang-dev)
+fi
+command -v cc >/dev/null 2>&1 || missing+=(build-essential)
+
+if [ ${#missing[@]} -eq 0 ]; then
+    exit 0
+fi
+
+if ! command -v apt-get >/dev/null 2>&1; then
+    echo "install-deps: missing ${missing[*]}; install them with your package manager" >&2
+    exit 1
+fi
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+echo "install-deps: installing ${missing[*]}" >&2
+$SUDO apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
