@@ -218,6 +218,7 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
         .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|e| StartError::Other(format!("gRPC reflection: {e}")))?;
     let grpc_front = GrpcFront::new(kms.clone()).into_server();

@@ -199,16 +199,23 @@ mod vectors {
         let env = assemble(&header, &nonce, &sealed);
         assert_eq!(hex::encode(&env), EXAMPLE_AES_ENVELOPE);
         let p = parse(&env).unwrap();
-        assert_eq!(&*aead::open(&key, &p.nonce, &ad, p.sealed).unwrap(), b"hello");
+        assert_eq!(
+            &*aead::open(&key, &p.nonce, &ad, p.sealed).unwrap(),
+            b"hello"
+        );
     }
 
     #[test]
     fn ml_kem_key_derivation_example() {
         let ss = [0x01u8; 32];
-        assert_eq!(hex::encode(kem_wrap_key(Algorithm::MlKem768, &ss).as_slice()), EXAMPLE_KEM768_KEY);
+        assert_eq!(
+            hex::encode(kem_wrap_key(Algorithm::MlKem768, &ss).as_slice()),
+            EXAMPLE_KEM768_KEY
+        );
     }
 
     // Cross-checked with pyca/cryptography (AESGCM, HKDF) on 2026-11-24.
     const EXAMPLE_AES_ENVELOPE: &str = "524b5701100764656d6f2376310000000102030405060708090a0b2f67ba77aad0329af17a6d318ebbbd66ef571ea391";
-    const EXAMPLE_KEM768_KEY: &str = "bd0d4ce866d30092524ce7dbbc2ccc660c0f9a4cafa8defc9f5060fcdeb537eb";
+    const EXAMPLE_KEM768_KEY: &str =
+        "bd0d4ce866d30092524ce7dbbc2ccc660c0f9a4cafa8defc9f5060fcdeb537eb";
 }
