@@ -70,6 +70,8 @@ pub struct FileConfig {
     pub blocking_threads: Option<usize>,
     pub bootstrap_tenant: Option<String>,
     pub log: Option<String>,
+    pub amnesia: Option<bool>,
+    pub store: Option<String>,
 }
 
 /// Flags of `ron-kms serve` that override file and env.
@@ -79,6 +81,8 @@ pub struct Flags {
     pub data_dir: Option<PathBuf>,
     pub grpc_addr: Option<String>,
     pub http_addr: Option<String>,
+    /// `--amnesia`: everything in memory, nothing written anywhere.
+    pub amnesia: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -111,6 +115,9 @@ pub struct Config {
     pub blocking_threads: usize,
     pub bootstrap_tenant: String,
     pub log: String,
+    /// Keys, tokens and the master key live only in process memory; the
+    /// data dir is not created, locked or written. For development and CI.
+    pub amnesia: bool,
 }
 
 impl Config {
@@ -126,6 +133,7 @@ impl Config {
             blocking_threads: default_blocking_threads(),
             bootstrap_tenant: DEFAULT_BOOTSTRAP_TENANT.into(),
             log: "info".into(),
+            amnesia: false,
         }
     }
 
@@ -250,6 +258,48 @@ pub fn load(flags: &Flags, env: &dyn Env) -> Result<Config, ConfigError> {
         return Err(err("KMS_HTTP_ADDR", "must differ from the gRPC address"));
     }
 
+    let amnesia_p = pick(
+        flags.amnesia.then_some(Ok(true)),
+        "--amnesia",
+        env,
+        "KMS_AMNESIA",
+        |s: String| match s.trim().to_ascii_lowercase().as_str() {
+            "1" | "true" | "yes" | "on" => Ok(true),
+            "0" | "false" | "no" | "off" | "" => Ok(false),
+            _ => Err(()),
+        },
+        file.amnesia.map(Ok),
+        "amnesia",
+        fname,
+    );
+    let amnesia = match amnesia_p.value {
+        None => false,
+        Some(Ok(b)) => b,
+        Some(Err(())) => return Err(err(amnesia_p.origin, "must be true or false")),
+    };
+    let amnesia_origin = amnesia_p.origin;
+    let conflict = |what: &str| {
+        format!(
+            "conflicts with {amnesia_origin}: amnesia mode keeps everything in memory only; {what}"
+        )
+    };
+
+    let store_p = pick(None, "", env, "KMS_STORE", id, file.store, "store", fname);
+    if let Some(store) = &store_p.value {
+        if amnesia {
+            return Err(err(
+                store_p.origin,
+                conflict("a configured store would persist keys"),
+            ));
+        }
+        if store != "sqlite" {
+            return Err(err(
+                store_p.origin,
+                format!("{store:?} is not supported by this build; the store is \"sqlite\" (the default)"),
+            ));
+        }
+    }
+
     let backend_p = pick(
         None,
         "",
@@ -260,6 +310,16 @@ pub fn load(flags: &Flags, env: &dyn Env) -> Result<Config, ConfigError> {
         "backend",
         fname,
     );
+    if amnesia {
+        if let Some(b) = backend_p.value.as_deref().filter(|b| *b != "sealed-file") {
+            return Err(err(
+                backend_p.origin,
+                conflict(&format!(
+                    "the {b} backend would persist keys outside this process"
+                )),
+            ));
+        }
+    }
     let backend = match backend_p.value.as_deref().unwrap_or("sealed-file") {
         "sealed-file" => BackendKind::SealedFile,
         "pkcs11" | "tpm" => return Err(err(
@@ -304,6 +364,19 @@ pub fn load(flags: &Flags, env: &dyn Env) -> Result<Config, ConfigError> {
         "master_passphrase_env",
         fname,
     );
+    if amnesia {
+        let set = [
+            (key_file.value.is_some(), &key_file.origin),
+            (pass_file.value.is_some(), &pass_file.origin),
+            (pass_env.value.is_some(), &pass_env.origin),
+        ];
+        if let Some((_, origin)) = set.iter().find(|(is_set, _)| *is_set) {
+            return Err(err(
+                origin.as_str(),
+                conflict("its master key is random and never leaves memory"),
+            ));
+        }
+    }
     let master = match (key_file.value, pass_file.value, pass_env.value) {
         (None, None, None) => MasterKeySource::KeyFile(data_dir.join("master.key")),
         (Some(k), None, None) => MasterKeySource::KeyFile(k),
@@ -409,6 +482,7 @@ pub fn load(flags: &Flags, env: &dyn Env) -> Result<Config, ConfigError> {
         blocking_threads,
         bootstrap_tenant,
         log,
+        amnesia,
     })
 }
 
@@ -498,6 +572,38 @@ mod tests {
         assert!(e.message.contains("only one"), "{e}");
         let e = load(&Flags::default(), &env(&[("KMS_BLOCKING_THREADS", "0")])).unwrap_err();
         assert_eq!(e.field, "KMS_BLOCKING_THREADS");
+    }
+
+    #[test]
+    fn amnesia_conflicts_are_named() {
+        let am = Flags {
+            amnesia: true,
+            ..Default::default()
+        };
+        assert!(load(&am, &env(&[])).unwrap().amnesia);
+        assert!(
+            load(&Flags::default(), &env(&[("KMS_AMNESIA", "true")]))
+                .unwrap()
+                .amnesia
+        );
+        let e = load(&am, &env(&[("KMS_BACKEND", "pkcs11")])).unwrap_err();
+        assert_eq!(e.field, "KMS_BACKEND");
+        assert!(
+            e.message.contains("conflicts with --amnesia") && e.message.contains("pkcs11"),
+            "{e}"
+        );
+        let e = load(
+            &Flags::default(),
+            &env(&[("KMS_AMNESIA", "1"), ("KMS_BACKEND", "tpm")]),
+        )
+        .unwrap_err();
+        assert!(e.message.contains("conflicts with KMS_AMNESIA"), "{e}");
+        let e = load(&am, &env(&[("KMS_STORE", "postgres://db/kms")])).unwrap_err();
+        assert_eq!(e.field, "KMS_STORE");
+        let e = load(&am, &env(&[("KMS_MASTER_KEY_FILE", "/k")])).unwrap_err();
+        assert_eq!(e.field, "KMS_MASTER_KEY_FILE");
+        let e = load(&Flags::default(), &env(&[("KMS_AMNESIA", "maybe")])).unwrap_err();
+        assert_eq!(e.field, "KMS_AMNESIA");
     }
 
     #[test]

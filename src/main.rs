@@ -98,6 +98,10 @@ struct ServeArgs {
     /// HTTP listen address (default 127.0.0.1:9446; also KMS_HTTP_ADDR).
     #[arg(long)]
     http_addr: Option<String>,
+    /// Keep keys, tokens and the master key in memory only; write nothing
+    /// (also KMS_AMNESIA=true). Everything is gone when the process exits.
+    #[arg(long)]
+    amnesia: bool,
 }
 
 #[derive(Subcommand)]
@@ -465,6 +469,7 @@ async fn serve(a: ServeArgs) -> Result<ExitCode, Failure> {
         data_dir: a.data_dir,
         grpc_addr: a.grpc_addr,
         http_addr: a.http_addr,
+        amnesia: a.amnesia,
     };
     let cfg = config::load(&flags, &ProcessEnv)?;
     tracing_subscriber::fmt()
@@ -481,16 +486,23 @@ async fn serve(a: ServeArgs) -> Result<ExitCode, Failure> {
             "bootstrap: created tenant {:?} with an admin token (shown once, store it now):\n{t}",
             cfg.bootstrap_tenant
         );
+        if cfg.amnesia {
+            eprintln!("amnesia mode: keys, tokens and the master key live in memory only and vanish on exit");
+        }
         let _ = std::io::stdout().flush();
     }
     // On stdout, after the bootstrap banner, so a supervisor (or a test)
     // reading stdout knows both the token and the bound addresses.
     println!(
-        "ron-kms {} serving gRPC on {} and HTTP on {} (data dir {})",
+        "ron-kms {} serving gRPC on {} and HTTP on {} ({})",
         env!("CARGO_PKG_VERSION"),
         running.grpc_addr,
         running.http_addr,
-        cfg.data_dir.display()
+        if cfg.amnesia {
+            "amnesia: in memory only".to_string()
+        } else {
+            format!("data dir {}", cfg.data_dir.display())
+        }
     );
     let _ = std::io::stdout().flush();
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

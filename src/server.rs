@@ -54,8 +54,8 @@ pub struct Opened {
     pub store: Arc<dyn Store>,
     pub backend: Arc<SealedFileBackend>,
     pub provider: Arc<Provider>,
-    /// Holds the data-dir lock while alive.
-    _lock: File,
+    /// Holds the data-dir lock while alive (none in amnesia mode).
+    _lock: Option<File>,
 }
 
 fn dir_err(path: &Path, msg: impl std::fmt::Display) -> StartError {
@@ -90,6 +90,9 @@ fn read_passphrase(src: &PassphraseSource) -> Result<Zeroizing<Vec<u8>>, StartEr
 /// Open the data dir: lock it, open the store, load the master key and
 /// check it against the one the store was sealed with.
 pub fn open_data_dir(cfg: &Config) -> Result<Opened, StartError> {
+    if cfg.amnesia {
+        return open_in_memory();
+    }
     let dir = &cfg.data_dir;
     std::fs::DirBuilder::new()
         .recursive(true)
@@ -116,7 +119,24 @@ pub fn open_data_dir(cfg: &Config) -> Result<Opened, StartError> {
         store,
         backend,
         provider,
-        _lock: lock,
+        _lock: Some(lock),
+    })
+}
+
+/// Amnesia mode: an in-memory store and a random master key that exists
+/// only in this process. Nothing is created or written on disk.
+fn open_in_memory() -> Result<Opened, StartError> {
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::in_memory()?);
+    let mut k = Zeroizing::new([0u8; 32]);
+    crate::crypto::random_bytes(&mut k[..]).map_err(|e| StartError::Other(e.to_string()))?;
+    let master = MasterKey::from_bytes(*k);
+    let provider = Arc::new(Provider::default());
+    let backend = Arc::new(SealedFileBackend::new(master, provider.clone()));
+    Ok(Opened {
+        store,
+        backend,
+        provider,
+        _lock: None,
     })
 }
 

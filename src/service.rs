@@ -718,6 +718,11 @@ impl KmsService {
         req: proto::UnwrapRequest,
     ) -> Result<proto::UnwrapResponse> {
         caller.require(Scope::Unwrap)?;
+        if req.aad.len() > MAX_AAD {
+            return Err(Error::InvalidArgument(format!(
+                "aad must be at most {MAX_AAD} bytes"
+            )));
+        }
         let env =
             envelope::parse(&req.ciphertext).map_err(|e| Error::InvalidArgument(e.to_string()))?;
         let named = KeyRef::parse(env.kid)

@@ -2,113 +2,12 @@
 //! admin token once, the client commands talk gRPC to it, `tokens create`
 //! adds a token the running server accepts, SIGTERM stops it cleanly, and a
 //! restart keeps everything.
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_ron-kms");
-
-struct Served {
-    child: Child,
-    grpc: String,
-    http: String,
-    token: Option<String>,
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn serve(data: &Path) -> Served {
-    let mut child = Command::new(BIN)
-        .args([
-            "serve",
-            "--grpc-addr",
-            "127.0.0.1:0",
-            "--http-addr",
-            "127.0.0.1:0",
-            "--data-dir",
-        ])
-        .arg(data)
-        .env("KMS_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    // stdout: the bootstrap banner (first start only: a line, then the
-    // token), then "ron-kms X serving gRPC on A and HTTP on B (data dir D)".
-    let stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut lines = Vec::new();
-    let (mut grpc, mut http) = (String::new(), String::new());
-    for line in stdout.lines() {
-        let line = line.unwrap();
-        if let Some(rest) = line.split(" serving gRPC on ").nth(1) {
-            let mut parts = rest.split_whitespace();
-            grpc = parts.next().unwrap().to_string();
-            http = parts.nth(3).unwrap().to_string();
-            break;
-        }
-        lines.push(line);
-    }
-    assert!(
-        !grpc.is_empty(),
-        "server did not report its addresses; stdout: {lines:?}"
-    );
-    let token = match lines.as_slice() {
-        [] => None,
-        [banner, token] if banner.starts_with("bootstrap:") => Some(token.trim().to_string()),
-        other => panic!("unexpected stdout before the address line: {other:?}"),
-    };
-    Served {
-        child,
-        grpc: format!("http://{grpc}"),
-        http,
-        token,
-    }
-}
-
-fn http_get(addr: &str, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
-}
-
-fn cli(addr: &str, token: &str, args: &[&str], stdin: Option<&[u8]>) -> (i32, Vec<u8>, String) {
-    use std::io::Write;
-    let mut child = Command::new(BIN)
-        .args(args)
-        .env("KMS_ADDR", addr)
-        .env("KMS_TOKEN", token)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    {
-        let mut i = child.stdin.take().unwrap();
-        if let Some(b) = stdin {
-            i.write_all(b).unwrap();
-        }
-    }
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        out.stdout,
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use common::process::{cli, http_get, serve, BIN};
 
 fn json(bytes: &[u8]) -> serde_json::Value {
     serde_json::from_slice(bytes)

@@ -4,11 +4,11 @@
 //! error envelope `{"error":{"code","message","retryable","request_id"}}`.
 //! Also `/healthz` and `/readyz`.
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Path, Query, Request, State};
-use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -236,11 +236,13 @@ async fn set_state(
         From::Body,
         move |m: &mut SetKeyVersionStateRequest| {
             same_name(&name, &mut m.name)?;
-            let v: u32 = version
-                .strip_prefix('v')
-                .unwrap_or(&version)
-                .parse()
-                .map_err(|_| {
+            let digits = version.strip_prefix('v').unwrap_or(&version);
+            let v: u32 = digits
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+                .then(|| digits.parse().ok())
+                .flatten()
+                .ok_or_else(|| {
                     Error::InvalidArgument("version in the path must be a number".into())
                 })?;
             if m.version != 0 && m.version != v {
@@ -338,8 +340,29 @@ async fn readyz(State(f): S) -> Response {
         .into_response()
 }
 
-async fn not_found(method: Method) -> Response {
-    let _ = method;
+/// The OpenAPI description, kept in `docs/openapi/ron-kms.yaml` and served
+/// as JSON. A test keeps its paths equal to [`ROUTES`].
+pub const OPENAPI_YAML: &str = include_str!("../../docs/openapi/ron-kms.yaml");
+
+/// The OpenAPI document as JSON, parsed once.
+pub fn openapi_document() -> Result<&'static serde_json::Value, String> {
+    static DOC: OnceLock<Result<serde_json::Value, String>> = OnceLock::new();
+    DOC.get_or_init(|| serde_yaml_ng::from_str(OPENAPI_YAML).map_err(|e| e.to_string()))
+        .as_ref()
+        .map_err(Clone::clone)
+}
+
+async fn openapi() -> Response {
+    match openapi_document() {
+        Ok(doc) => Json(doc).into_response(),
+        Err(e) => error_response(
+            &Error::Internal(format!("openapi document: {e}")),
+            &new_request_id(),
+        ),
+    }
+}
+
+async fn not_found() -> Response {
     envelope(
         StatusCode::NOT_FOUND,
         "not_found",
@@ -359,6 +382,37 @@ async fn method_not_allowed() -> Response {
     )
 }
 
+/// Health, readiness, the OpenAPI document and the fallbacks get a request
+/// id here; the operations set their own (the one in their logs).
+async fn ensure_request_id(mut r: Response) -> Response {
+    if !r.headers().contains_key(REQUEST_ID_HEADER) {
+        if let Ok(v) = HeaderValue::from_str(&new_request_id()) {
+            r.headers_mut().insert(REQUEST_ID_HEADER, v);
+        }
+    }
+    r
+}
+
+/// Every (method, path) the router serves, in OpenAPI path syntax. The
+/// router below must register exactly these; tests/openapi.rs checks both
+/// the router and docs/openapi/ron-kms.yaml against this list.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("POST", "/v1/kms/keys"),
+    ("GET", "/v1/kms/keys"),
+    ("GET", "/v1/kms/keys/{name}"),
+    ("POST", "/v1/kms/keys/{name}/rotate"),
+    ("POST", "/v1/kms/rotate"),
+    ("POST", "/v1/kms/keys/{name}/versions/{version}/state"),
+    ("POST", "/v1/kms/sign"),
+    ("POST", "/v1/kms/verify"),
+    ("POST", "/v1/kms/wrap"),
+    ("POST", "/v1/kms/unwrap"),
+    ("POST", "/v1/kms/datakey"),
+    ("GET", "/v1/kms/openapi.json"),
+    ("GET", "/healthz"),
+    ("GET", "/readyz"),
+];
+
 /// The whole HTTP router.
 pub fn router(kms: Arc<KmsService>) -> Router {
     Router::new()
@@ -375,10 +429,12 @@ pub fn router(kms: Arc<KmsService>) -> Router {
         .route("/v1/kms/wrap", post(wrap))
         .route("/v1/kms/unwrap", post(unwrap))
         .route("/v1/kms/datakey", post(datakey))
+        .route("/v1/kms/openapi.json", get(openapi))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::map_response(ensure_request_id))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(HttpFront::new(kms))
 }

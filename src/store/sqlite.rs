@@ -131,9 +131,13 @@ impl SqliteStore {
         Self::init(conn)
     }
 
-    /// A private in-memory database (tests, and later amnesia mode).
+    /// A private in-memory database (amnesia mode, tests). Temporary
+    /// tables and sort spills stay in memory too, so nothing reaches disk.
     pub fn in_memory() -> Result<Self, StoreError> {
-        Self::init(Connection::open_in_memory().map_err(db_err)?)
+        let conn = Connection::open_in_memory().map_err(db_err)?;
+        conn.pragma_update(None, "temp_store", "MEMORY")
+            .map_err(db_err)?;
+        Self::init(conn)
     }
 
     fn init(conn: Connection) -> Result<Self, StoreError> {

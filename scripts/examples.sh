@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Starts ron-kms in amnesia mode on free loopback ports and runs, against
+# that live server: the Rust client example, the Python client example
+# (grpcio, stubs generated at run time, local verification with
+# pyca/cryptography), the curl walkthrough, and schemathesis over the
+# OpenAPI document. SCHEMATHESIS_MAX_EXAMPLES sets the run's length
+# (default 25 per operation; scripts/schemathesis-long.sh runs a long one).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/install-deps.sh
+
+MAX_EXAMPLES="${SCHEMATHESIS_MAX_EXAMPLES:-25}"
+VENV=target/py
+if [ ! -x "$VENV/bin/python" ]; then
+    python3 -m venv "$VENV" || { scripts/install-deps.sh; apt-get install -y -qq python3-venv >/dev/null; python3 -m venv "$VENV"; }
+fi
+"$VENV/bin/pip" install -q --disable-pip-version-check -r examples/python/requirements.txt "schemathesis==4.32.5"
+
+cargo build --locked --bin ron-kms --example rust_client
+
+work="$(mktemp -d)"
+pid=""
+cleanup() {
+    if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+./target/debug/ron-kms serve --amnesia --grpc-addr 127.0.0.1:0 --http-addr 127.0.0.1:0 \
+    >"$work/out" 2>"$work/err" &
+pid=$!
+for _ in $(seq 1 100); do
+    grep -q " serving gRPC on " "$work/out" 2>/dev/null && break
+    sleep 0.1
+done
+line="$(grep " serving gRPC on " "$work/out")" || { cat "$work/err"; exit 1; }
+GRPC="$(echo "$line" | sed -E 's/.* serving gRPC on ([^ ]+) and HTTP on ([^ ]+) .*/\1/')"
+HTTP="$(echo "$line" | sed -E 's/.* serving gRPC on ([^ ]+) and HTTP on ([^ ]+) .*/\2/')"
+TOKEN="$(sed -n 2p "$work/out")"
+export KMS_TOKEN="$TOKEN"
+
+passed=0
+failed=0
+run() { # run NAME COMMAND...
+    echo "== example: $1"
+    shift
+    if "$@"; then passed=$((passed + 1)); else failed=$((failed + 1)); echo "FAILED: $*"; fi
+}
+
+run rust env KMS_ADDR="http://$GRPC" ./target/debug/examples/rust_client
+run python env KMS_ADDR="$GRPC" "$VENV/bin/python" examples/python/client.py
+run curl env KMS_HTTP="http://$HTTP" examples/curl.sh
+run schemathesis "$VENV/bin/schemathesis" run "http://$HTTP/v1/kms/openapi.json" \
+    --url "http://$HTTP" \
+    --header "Authorization: Bearer $TOKEN" \
+    --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,response_headers_conformance,ignored_auth \
+    --max-examples "$MAX_EXAMPLES" \
+    --seed 1 \
+    --no-color
+
+echo "examples: $passed passed, $failed failed"
+[ "$failed" -eq 0 ]
