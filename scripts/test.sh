@@ -13,3 +13,5 @@ cargo clippy --locked --all-targets -- -D warnings
 echo "== cargo test"
 cargo test --locked --all-targets
 cargo test --locked --doc
+echo "== client examples and schemathesis against a live server"
+scripts/examples.sh
