@@ -294,7 +294,14 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             )?;
             let scopes =
                 ron_kms::auth::Scopes::parse(&scopes).map_err(|e| format!("--scopes: {e}"))?;
-            std::fs::create_dir_all(&cfg.data_dir)?;
+            if cfg.amnesia {
+                return Err("tokens create: amnesia mode keeps tokens in the server's memory; use the bootstrap token it printed".into());
+            }
+            std::os::unix::fs::DirBuilderExt::mode(
+                std::fs::DirBuilder::new().recursive(true),
+                0o700,
+            )
+            .create(&cfg.data_dir)?;
             let store = ron_kms::store::sqlite::SqliteStore::open(&cfg.store_path())?;
             let token = ron_kms::auth::create_token(&store, &tenant, scopes)?;
             println!("{token}");

@@ -67,9 +67,15 @@ fn dir_err(path: &Path, msg: impl std::fmt::Display) -> StartError {
 
 fn read_passphrase(src: &PassphraseSource) -> Result<Zeroizing<Vec<u8>>, StartError> {
     let raw = match src {
-        PassphraseSource::File(p) => Zeroizing::new(std::fs::read(p).map_err(|e| {
-            StartError::Other(format!("KMS_MASTER_PASSPHRASE_FILE {}: {e}", p.display()))
-        })?),
+        PassphraseSource::File(p) => Zeroizing::new(
+            {
+                crate::backend::sealed_file::master::check_private(p)?;
+                std::fs::read(p)
+            }
+            .map_err(|e| {
+                StartError::Other(format!("KMS_MASTER_PASSPHRASE_FILE {}: {e}", p.display()))
+            })?,
+        ),
         PassphraseSource::Env(name) => Zeroizing::new(
             std::env::var(name)
                 .map_err(|_| {
@@ -131,7 +137,7 @@ fn open_in_memory() -> Result<Opened, StartError> {
     crate::crypto::random_bytes(&mut k[..]).map_err(|e| StartError::Other(e.to_string()))?;
     let master = MasterKey::from_bytes(*k);
     let provider = Arc::new(Provider::default());
-    let backend = Arc::new(SealedFileBackend::new(master, provider.clone()));
+    let backend = Arc::new(SealedFileBackend::new(master, provider.clone()).ephemeral());
     Ok(Opened {
         store,
         backend,
@@ -205,7 +211,7 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
         .map_err(|e| StartError::Other(e.to_string()))??;
     let store = opened.store.clone();
     let tokens = Arc::new(TokenTable::load(store.clone())?);
-    let bootstrap_token = if tokens.is_empty() {
+    let bootstrap_token = if store.load_tokens()?.is_empty() {
         let t = create_token(store.as_ref(), &cfg.bootstrap_tenant, Scopes::all())?;
         tokens.reload()?;
         Some(t)

@@ -8,7 +8,7 @@
 //! inline. Mutations are serialised by one mutex held on a blocking thread,
 //! write the store first and only then swap the in-memory snapshot, so the
 //! hot path never observes a state the store does not hold.
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -62,8 +62,10 @@ pub struct KmsService {
     tokens: Arc<TokenTable>,
     allowed: Vec<Algorithm>,
     blocking: Arc<Semaphore>,
-    /// Serialises mutations; only ever locked on a blocking thread.
-    admin_lock: Mutex<()>,
+    /// Serialises mutations. Taken in async context before a mutation gets
+    /// its blocking thread, so a burst of admin calls waits here instead of
+    /// occupying the crypto pool.
+    admin_lock: tokio::sync::Mutex<()>,
     op_cache: moka::sync::Cache<(String, String), Arc<Cached>>,
 }
 
@@ -153,7 +155,7 @@ impl KmsService {
             tokens,
             allowed,
             blocking: Arc::new(Semaphore::new(blocking_threads.max(1))),
-            admin_lock: Mutex::new(()),
+            admin_lock: tokio::sync::Mutex::new(()),
             op_cache: moka::sync::Cache::builder()
                 .max_capacity(OP_CACHE_MAX)
                 .time_to_live(OP_CACHE_TTL)
@@ -194,6 +196,18 @@ impl KmsService {
         })
         .await
         .map_err(|e| Error::Internal(format!("blocking task failed: {e}")))?
+    }
+
+    /// Run one mutation: serialised with every other mutation, on its own
+    /// blocking thread (store writes fsync; key generation may be slow).
+    async fn mutation<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let _g = self.admin_lock.lock().await;
+        tokio::task::spawn_blocking(f)
+            .await
+            .map_err(|e| Error::Internal(format!("mutation task failed: {e}")))?
     }
 
     fn parse_algorithm(&self, s: &str) -> Result<Algorithm> {
@@ -330,8 +344,7 @@ impl KmsService {
         let tenant = caller.tenant.clone();
         let name = req.name;
         let rec = self
-            .blocking(move || {
-                let _g = this.admin_lock.lock().unwrap_or_else(|p| p.into_inner());
+            .mutation(move || {
                 if this.prior_op(&op)?.is_some() {
                     return this
                         .keyring
@@ -440,8 +453,7 @@ impl KmsService {
         let tenant = caller.tenant.clone();
         let name = req.name;
         let (rec, kid) = self
-            .blocking(move || {
-                let _g = this.admin_lock.lock().unwrap_or_else(|p| p.into_inner());
+            .mutation(move || {
                 let cur = this
                     .keyring
                     .get(&tenant, &name)
@@ -509,8 +521,7 @@ impl KmsService {
         let tenant = caller.tenant.clone();
         let (name, vn) = (req.name, req.version);
         let rec = self
-            .blocking(move || {
-                let _g = this.admin_lock.lock().unwrap_or_else(|p| p.into_inner());
+            .mutation(move || {
                 let cur = this
                     .keyring
                     .get(&tenant, &name)
@@ -572,6 +583,9 @@ impl KmsService {
         let hash = request_hash(&[b"Sign", req.key.as_bytes(), &req.message]);
         if let Some(c) = self.cached(caller, &req.op_id, &hash)? {
             if let CachedAnswer::Sign(r) = &c.answer {
+                // A remembered answer is only given while the version that
+                // produced it is still enabled.
+                self.resolve(caller, &KeyRef::parse(&r.kid)?, Purpose::Sign, "sign")?;
                 return Ok(r.clone());
             }
             return Err(Error::AlreadyExists(
@@ -695,6 +709,9 @@ impl KmsService {
         let hash = request_hash(&[b"Wrap", req.key.as_bytes(), &req.plaintext, &req.aad]);
         if let Some(c) = self.cached(caller, &req.op_id, &hash)? {
             if let CachedAnswer::Wrap(r) = &c.answer {
+                // A remembered answer is only given while the version that
+                // produced it is still enabled.
+                self.resolve(caller, &KeyRef::parse(&r.kid)?, Purpose::Wrap, "wrap")?;
                 return Ok(r.clone());
             }
             return Err(Error::AlreadyExists(
@@ -810,6 +827,9 @@ impl KmsService {
         ]);
         if let Some(c) = self.cached(caller, &req.op_id, &hash)? {
             if let CachedAnswer::DataKey(r) = &c.answer {
+                // A remembered answer is only given while the version that
+                // produced it is still enabled.
+                self.resolve(caller, &KeyRef::parse(&r.kid)?, Purpose::Wrap, "datakey")?;
                 return Ok(r.clone());
             }
             return Err(Error::AlreadyExists(

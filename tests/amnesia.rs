@@ -106,9 +106,12 @@ fn amnesia_writes_nothing_anywhere() {
     assert!(!work.join("ron-kms-data").exists());
 }
 
+/// (serve arguments, environment, field named in the error, text in it)
+type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str, &'a str);
+
 #[test]
 fn configurations_that_would_persist_keys_refuse_to_start() {
-    let cases: &[(&[&str], &[(&str, &str)], &str, &str)] = &[
+    let cases: &[Case] = &[
         (
             &["--amnesia"],
             &[("KMS_BACKEND", "pkcs11")],

@@ -161,10 +161,6 @@ async fn a_wrong_master_key_or_a_second_process_is_refused() {
     let mut cfg = common::config(&srv.data_dir());
     let other = srv.dir.path().join("other.key");
     std::fs::write(&other, [9u8; 32]).unwrap();
-    std::os::unix::fs::PermissionsExt::set_mode(
-        &mut std::fs::metadata(&other).unwrap().permissions(),
-        0o600,
-    );
     std::fs::set_permissions(&other, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     cfg.master = MasterKeySource::KeyFile(other);
     let err = start(&cfg).await.err().expect("must refuse");
@@ -178,6 +174,13 @@ async fn passphrase_custody_round_trips_across_restarts() {
     std::fs::write(&pass, "a long enough passphrase\n").unwrap();
     let mut cfg = common::config(&dir.path().join("data"));
     cfg.master = MasterKeySource::Passphrase(ron_kms::config::PassphraseSource::File(pass.clone()));
+    // a passphrase file others can read is refused
+    let err = start(&cfg)
+        .await
+        .err()
+        .expect("0644 passphrase file is refused");
+    assert!(err.to_string().contains("chmod 600"), "{err}");
+    std::fs::set_permissions(&pass, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let r = start(&cfg).await.unwrap();
     let token = r.bootstrap_token.clone().unwrap();
     let mut c = common::Client::connect(Front::Grpc, &r, &token).await;

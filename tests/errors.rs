@@ -407,11 +407,20 @@ async fn op_ids_make_retries_safe() {
         assert_eq!(s1.signature, s2.signature);
         c.sign_req(SignRequest {
             message: b"other".to_vec(),
-            ..s
+            ..s.clone()
         })
         .await
         .unwrap_err()
         .expect(409, Code::AlreadyExists, "already_exists");
+
+        // a remembered answer is not handed out once its version is disabled
+        assert_eq!(s1.kid, format!("{name}#v2"));
+        c.set_state(&name, 2, "disabled").await.unwrap();
+        c.sign_req(s).await.unwrap_err().expect(
+            409,
+            Code::FailedPrecondition,
+            "key_version_not_enabled",
+        );
     }
 }
 

@@ -2,7 +2,7 @@
 //! verify, encapsulate, decapsulate), looked up in a table, so a faster
 //! implementation replaces one algorithm's without touching the service.
 //!
-//! Private-key formats (what custody seals; documented in docs/keys.md):
+//! Private-key formats (what custody seals; documented in docs/architecture.md):
 //! Ed25519 — the 32-byte RFC 8032 seed; ECDSA P-256 — a PKCS#8 v1 document;
 //! ML-DSA — the FIPS 204 private-key encoding; ML-KEM — the FIPS 203
 //! decapsulation-key encoding; AES-256-GCM — the 32 raw key bytes.

@@ -339,8 +339,14 @@ impl Store for SqliteStore {
             // Move the page images out of the WAL into the main file (where
             // secure_delete has zeroed the old cell) and truncate the WAL, so
             // no copy of the sealed material remains on disk.
-            conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
-                .map_err(db_err)?;
+            // The destroy is committed whatever happens here; a checkpoint
+            // that is busy or fails is retried by SQLite's next automatic
+            // checkpoint, so it is logged rather than reported.
+            match conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get::<_, i64>(0)) {
+                Ok(0) => {}
+                Ok(_) => tracing::warn!("WAL checkpoint after destroy was busy; old pages stay in the WAL until the next checkpoint"),
+                Err(e) => tracing::warn!(error = %e, "WAL checkpoint after destroy failed"),
+            }
         }
         Ok(())
     }

@@ -47,7 +47,7 @@ fn file_err(path: &Path, msg: impl std::fmt::Display) -> MasterKeyError {
 }
 
 /// Refuse secrets that group or others can read.
-fn check_private(path: &Path) -> Result<(), MasterKeyError> {
+pub fn check_private(path: &Path) -> Result<(), MasterKeyError> {
     let meta = std::fs::metadata(path).map_err(|e| file_err(path, e))?;
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {

@@ -57,6 +57,13 @@ impl SealedFileBackend {
         }
     }
 
+    /// The same custody for amnesia mode: the master key exists only in this
+    /// process, so nothing it seals outlives it.
+    pub fn ephemeral(mut self) -> Self {
+        self.caps.persistent = false;
+        self
+    }
+
     /// Seal private key bytes for `label`. Public so tests can seal a key
     /// whose bytes they know and then search the data dir for them.
     pub fn seal(&self, label: KeyLabel<'_>, private: &[u8]) -> Result<Vec<u8>, BackendError> {
@@ -156,8 +163,10 @@ impl Backend for SealedFileBackend {
         let kem = self.provider.kem(label.algorithm).map_err(crypto_err)?;
         // A malformed KEM ciphertext is the caller's fault: report it like a
         // failed AEAD open so it reveals nothing.
-        kem.decapsulate(&private, ciphertext)
-            .map_err(|_| BackendError::Decrypt)
+        kem.decapsulate(&private, ciphertext).map_err(|e| match e {
+            crate::crypto::CryptoError::BadPrivateKey(_) => crypto_err(e),
+            _ => BackendError::Decrypt,
+        })
     }
 
     fn aead_seal(
