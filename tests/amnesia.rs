@@ -87,14 +87,7 @@ fn amnesia_writes_nothing_anywhere() {
     );
     assert_eq!(code, 2, "destroying an enabled version is refused");
 
-    let pid = s.child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
-    let mut s = s;
-    assert!(s.child.wait().unwrap().success());
+    assert!(s.terminate().success(), "clean exit on SIGTERM");
 
     let after = [snapshot(&data), snapshot(&work), snapshot(&tmp)];
     for (name, (b, a)) in ["data dir", "working dir", "TMPDIR"]

@@ -9,6 +9,20 @@ use std::time::{Duration, Instant};
 
 use common::process::{cli, http_get, serve, BIN};
 
+/// `ron-kms verify` of `sig` over `message` with key `release#v1`.
+fn verify_v1(addr: &str, token: &str, sig: &str, message: &str) -> (i32, Vec<u8>, String) {
+    let args = [
+        "verify",
+        "--key",
+        "release#v1",
+        "--signature",
+        sig,
+        "--message",
+        message,
+    ];
+    cli(addr, token, &args, None)
+}
+
 fn json(bytes: &[u8]) -> serde_json::Value {
     serde_json::from_slice(bytes)
         .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(bytes)))
@@ -42,35 +56,9 @@ fn the_binary_end_to_end() {
     );
     assert_eq!(code, 0, "{err}");
     let sig = json(&out)["signature"].as_str().unwrap().to_string();
-    let (code, _, _) = cli(
-        &s.grpc,
-        &admin,
-        &[
-            "verify",
-            "--key",
-            "release#v1",
-            "--signature",
-            &sig,
-            "--message",
-            "v1.2.3",
-        ],
-        None,
-    );
+    let (code, _, _) = verify_v1(&s.grpc, &admin, &sig, "v1.2.3");
     assert_eq!(code, 0, "valid signature exits 0");
-    let (code, out, _) = cli(
-        &s.grpc,
-        &admin,
-        &[
-            "verify",
-            "--key",
-            "release#v1",
-            "--signature",
-            &sig,
-            "--message",
-            "v1.2.4",
-        ],
-        None,
-    );
+    let (code, out, _) = verify_v1(&s.grpc, &admin, &sig, "v1.2.4");
     assert_eq!(code, 1, "invalid signature exits 1");
     assert_eq!(json(&out)["valid"], false);
 
@@ -104,20 +92,7 @@ fn the_binary_end_to_end() {
         None,
     );
     assert_eq!(code, 0);
-    let (code, _, err) = cli(
-        &s.grpc,
-        &admin,
-        &[
-            "verify",
-            "--key",
-            "release#v1",
-            "--signature",
-            &sig,
-            "--message",
-            "v1.2.3",
-        ],
-        None,
-    );
+    let (code, _, err) = verify_v1(&s.grpc, &admin, &sig, "v1.2.3");
     assert_eq!(code, 2, "a disabled version is an error, not a verdict");
     assert!(
         err.contains("FailedPrecondition")
@@ -181,16 +156,8 @@ fn the_binary_end_to_end() {
     );
 
     // SIGTERM stops it; a restart keeps keys and does not bootstrap again
-    let pid = s.child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
-    let mut s = s;
-    let status = s.child.wait().unwrap();
+    let status = s.terminate();
     assert!(status.success(), "clean exit on SIGTERM: {status:?}");
-    drop(s);
     let s2 = serve(&data);
     assert!(s2.token.is_none(), "no second bootstrap");
     let (code, out, err) = cli(&s2.grpc, &admin, &["keys", "get", "release"], None);
