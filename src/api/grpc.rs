@@ -187,6 +187,9 @@ where
                     "kms-error-code",
                     http::HeaderValue::from_static("too_large"),
                 );
+                if let Ok(v) = http::HeaderValue::from_str(&new_request_id()) {
+                    h.insert(REQUEST_ID_HEADER, v);
+                }
             }
             Ok(resp)
         })

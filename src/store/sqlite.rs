@@ -127,6 +127,18 @@ fn insert_version(
 impl SqliteStore {
     /// Open (creating if needed) the database file and migrate it.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        // Create the file owner-only; SQLite gives the -wal and -shm files
+        // the database file's permissions.
+        if !path.exists() {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .open(path)
+                .map_err(|e| StoreError::Backend(format!("{}: {e}", path.display())))?;
+        }
         let conn = Connection::open(path).map_err(db_err)?;
         Self::init(conn)
     }
