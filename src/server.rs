@@ -7,7 +7,7 @@
 //! others, or the store's schema is newer than this binary.
 use std::fs::File;
 use std::net::SocketAddr;
-use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -105,7 +105,13 @@ pub fn open_data_dir(cfg: &Config) -> Result<Opened, StartError> {
         .mode(0o700)
         .create(dir)
         .map_err(|e| dir_err(dir, e))?;
-    let lock = File::create(dir.join("lock")).map_err(|e| dir_err(dir, e))?;
+    let lock = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(dir.join("lock"))
+        .map_err(|e| dir_err(dir, e))?;
     lock.try_lock()
         .map_err(|_| dir_err(dir, "in use by another ron-kms process"))?;
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&cfg.store_path())?);

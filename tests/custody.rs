@@ -106,14 +106,12 @@ fn the_data_dir_holds_no_private_key_in_the_clear() {
         files.iter().any(|f| f.ends_with("kms.sqlite3")),
         "{files:?}"
     );
-    // owner-only: the directory, the database and the master key
+    // owner-only: the directory and every file in it
     use std::os::unix::fs::PermissionsExt;
     let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&dir.path().join("data")), 0o700);
     for f in &files {
-        if f.file_name().is_some_and(|n| n != "lock") {
-            assert_eq!(mode(f), 0o600, "{}", f.display());
-        }
+        assert_eq!(mode(f), 0o600, "{}", f.display());
     }
     let on_disk = disk_windows(&dir.path().join("data"));
     for (i, (private, public)) in secrets.iter().enumerate() {
