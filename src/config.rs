@@ -195,14 +195,15 @@ fn parse_addr(p: Picked<String>, default: &str) -> Result<SocketAddr, ConfigErro
 
 /// Merge and validate.
 pub fn load(flags: &Flags, env: &dyn Env) -> Result<Config, ConfigError> {
-    let config_path = flags
-        .config
-        .clone()
-        .or_else(|| env.var("KMS_CONFIG").map(PathBuf::from));
+    let (config_path, config_origin) = match (&flags.config, env.var("KMS_CONFIG")) {
+        (Some(p), _) => (Some(p.clone()), "--config"),
+        (None, Some(p)) => (Some(PathBuf::from(p)), "KMS_CONFIG"),
+        (None, None) => (None, ""),
+    };
     let (file, file_name) = match &config_path {
         Some(p) => {
             let text = std::fs::read_to_string(p)
-                .map_err(|e| err(format!("--config {}", p.display()), e.to_string()))?;
+                .map_err(|e| err(format!("{config_origin} {}", p.display()), e.to_string()))?;
             let f: FileConfig = toml::from_str(&text).map_err(|e| {
                 err(
                     format!("config file {}", p.display()),

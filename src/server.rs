@@ -76,15 +76,14 @@ fn read_passphrase(src: &PassphraseSource) -> Result<Zeroizing<Vec<u8>>, StartEr
                 StartError::Other(format!("KMS_MASTER_PASSPHRASE_FILE {}: {e}", p.display()))
             })?,
         ),
-        PassphraseSource::Env(name) => Zeroizing::new(
-            std::env::var(name)
-                .map_err(|_| {
-                    StartError::Other(format!(
-                        "KMS_MASTER_PASSPHRASE_ENV names {name}, which is not set"
-                    ))
-                })?
-                .into_bytes(),
-        ),
+        PassphraseSource::Env(name) => match std::env::var_os(name) {
+            Some(v) => Zeroizing::new(std::os::unix::ffi::OsStringExt::into_vec(v)),
+            None => {
+                return Err(StartError::Other(format!(
+                    "KMS_MASTER_PASSPHRASE_ENV names {name}, which is not set"
+                )))
+            }
+        },
     };
     let mut trimmed = Zeroizing::new(raw.to_vec());
     while trimmed.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
