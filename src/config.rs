@@ -72,6 +72,9 @@ pub struct FileConfig {
     pub log: Option<String>,
     pub amnesia: Option<bool>,
     pub store: Option<String>,
+    pub audit_dir: Option<PathBuf>,
+    pub audit_checkpoint_interval: Option<u64>,
+    pub audit_max_file_bytes: Option<u64>,
 }
 
 /// Flags of `ron-kms serve` that override file and env.
@@ -118,6 +121,11 @@ pub struct Config {
     /// Keys, tokens and the master key live only in process memory; the
     /// data dir is not created, locked or written. For development and CI.
     pub amnesia: bool,
+    /// Audit segments; default `<data dir>/audit`. Ignored in amnesia mode
+    /// (the log is kept in memory).
+    pub audit_dir: PathBuf,
+    pub audit_checkpoint_interval: u64,
+    pub audit_max_file_bytes: u64,
 }
 
 impl Config {
@@ -134,6 +142,9 @@ impl Config {
             bootstrap_tenant: DEFAULT_BOOTSTRAP_TENANT.into(),
             log: "info".into(),
             amnesia: false,
+            audit_dir: data_dir.join("audit"),
+            audit_checkpoint_interval: crate::audit::DEFAULT_CHECKPOINT_INTERVAL,
+            audit_max_file_bytes: crate::audit::DEFAULT_MAX_FILE_BYTES,
         }
     }
 
@@ -473,6 +484,60 @@ pub fn load(flags: &Flags, env: &dyn Env) -> Result<Config, ConfigError> {
         .value
         .unwrap_or_else(|| "info".to_string());
 
+    let audit_dir_p = pick(
+        None,
+        "",
+        env,
+        "KMS_AUDIT_DIR",
+        PathBuf::from,
+        file.audit_dir,
+        "audit_dir",
+        fname,
+    );
+    if amnesia && audit_dir_p.value.is_some() {
+        return Err(err(
+            audit_dir_p.origin,
+            conflict("its audit log is kept in memory"),
+        ));
+    }
+    let audit_dir = audit_dir_p.value.unwrap_or_else(|| data_dir.join("audit"));
+    let parse_u64 = |s: String| s.trim().parse::<u64>().unwrap_or(0);
+    let interval_p = pick(
+        None,
+        "",
+        env,
+        "KMS_AUDIT_CHECKPOINT_INTERVAL",
+        parse_u64,
+        file.audit_checkpoint_interval,
+        "audit_checkpoint_interval",
+        fname,
+    );
+    let audit_checkpoint_interval = match interval_p.value {
+        None => crate::audit::DEFAULT_CHECKPOINT_INTERVAL,
+        Some(n @ 1..=10_000_000) => n,
+        Some(_) => {
+            return Err(err(
+                interval_p.origin,
+                "must be a whole number from 1 to 10000000",
+            ))
+        }
+    };
+    let size_p = pick(
+        None,
+        "",
+        env,
+        "KMS_AUDIT_MAX_FILE_BYTES",
+        parse_u64,
+        file.audit_max_file_bytes,
+        "audit_max_file_bytes",
+        fname,
+    );
+    let audit_max_file_bytes = match size_p.value {
+        None => crate::audit::DEFAULT_MAX_FILE_BYTES,
+        Some(n) if n >= 4096 => n,
+        Some(_) => return Err(err(size_p.origin, "must be at least 4096")),
+    };
+
     Ok(Config {
         data_dir,
         grpc_addr,
@@ -484,6 +549,9 @@ pub fn load(flags: &Flags, env: &dyn Env) -> Result<Config, ConfigError> {
         bootstrap_tenant,
         log,
         amnesia,
+        audit_dir,
+        audit_checkpoint_interval,
+        audit_max_file_bytes,
     })
 }
 

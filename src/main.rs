@@ -31,6 +31,9 @@ enum Cmd {
     /// Manage bearer tokens in a data dir.
     #[command(subcommand)]
     Tokens(TokensCmd),
+    /// Work with the audit log.
+    #[command(subcommand)]
+    Audit(AuditCmd),
     /// Manage keys (gRPC client).
     #[command(subcommand)]
     Keys(KeysCmd),
@@ -117,6 +120,20 @@ enum TokensCmd {
         /// Comma-separated: kms:admin,kms:read,kms:sign,kms:verify,kms:wrap,kms:unwrap
         #[arg(long)]
         scopes: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCmd {
+    /// Check the hash chain and checkpoint signatures. PATH is an audit dir
+    /// (with its audit-key.pub and audit.head) or segment files in order.
+    /// Exits 1 naming the first bad record.
+    Verify {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// The audit public key (hex), instead of audit-key.pub beside the log.
+        #[arg(long)]
+        key: Option<PathBuf>,
     },
 }
 
@@ -306,6 +323,48 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             let token = ron_kms::auth::create_token(&store, &tenant, scopes)?;
             println!("{token}");
             Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Audit(AuditCmd::Verify { paths, key }) => {
+            let key = key.map(|k| ron_kms::audit::read_key_file(&k)).transpose()?;
+            let result = if paths.len() == 1 && paths[0].is_dir() {
+                ron_kms::audit::verify_dir(&paths[0], key.as_deref())
+            } else {
+                let key = match key {
+                    Some(k) => k,
+                    None => {
+                        let dir = paths[0].parent().unwrap_or(std::path::Path::new("."));
+                        ron_kms::audit::read_key_file(&dir.join(ron_kms::audit::KEY_FILE))?
+                    }
+                };
+                ron_kms::audit::chain::verify_files(&paths, &key).map_err(|e| e.to_string())
+            };
+            match result {
+                Ok(s) => {
+                    println!(
+                        "audit chain ok: {} records ({} checkpoints), last record {}{}",
+                        s.records,
+                        s.checkpoints,
+                        s.last_seq,
+                        if s.unsealed_tail > 0 {
+                            format!(
+                                ", {} records after the last checkpoint (unsealed)",
+                                s.unsealed_tail
+                            )
+                        } else {
+                            String::new()
+                        }
+                    );
+                    Ok(if s.unsealed_tail > 0 {
+                        ExitCode::from(1)
+                    } else {
+                        ExitCode::SUCCESS
+                    })
+                }
+                Err(e) => {
+                    eprintln!("audit chain broken: {e}");
+                    Ok(ExitCode::from(1))
+                }
+            }
         }
         Cmd::Keys(k) => match k {
             KeysCmd::Create {

@@ -178,6 +178,64 @@ fn check_master(store: &dyn Store, master: &MasterKey) -> Result<(), StartError>
     }
 }
 
+const AUDIT_KEY_HANDLE: &str = "audit_key_handle";
+const AUDIT_KEY_PUBLIC: &str = "audit_key_public";
+
+/// The audit key (Ed25519, in custody, created on first start) and the log.
+async fn open_audit(
+    cfg: &Config,
+    store: Arc<dyn Store>,
+    backend: Arc<dyn Backend>,
+) -> Result<Arc<crate::audit::AuditLog>, StartError> {
+    use crate::backend::KeyLabel;
+    use crate::crypto::Algorithm;
+    const TENANT: &str = "_system";
+    const KID: &str = "audit#v1";
+    let label = KeyLabel {
+        tenant: TENANT,
+        kid: KID,
+        algorithm: Algorithm::Ed25519,
+    };
+    let (handle, public) = match (
+        store.get_meta(AUDIT_KEY_HANDLE)?,
+        store.get_meta(AUDIT_KEY_PUBLIC)?,
+    ) {
+        (Some(h), Some(p)) => (h, p),
+        _ => {
+            let g = backend
+                .generate(label)
+                .map_err(|e| StartError::Other(format!("audit key: {e}")))?;
+            store.put_meta(AUDIT_KEY_HANDLE, &g.handle)?;
+            store.put_meta(AUDIT_KEY_PUBLIC, &g.public)?;
+            (g.handle, g.public)
+        }
+    };
+    let signer: crate::audit::Signer = Arc::new(move |msg: &[u8]| {
+        let label = KeyLabel {
+            tenant: TENANT,
+            kid: KID,
+            algorithm: Algorithm::Ed25519,
+        };
+        backend.sign(label, &handle, msg).map_err(|e| e.to_string())
+    });
+    let opts = crate::audit::Options {
+        sink: if cfg.amnesia {
+            crate::audit::Sink::Memory
+        } else {
+            crate::audit::Sink::Dir(cfg.audit_dir.clone())
+        },
+        checkpoint_interval: cfg.audit_checkpoint_interval,
+        max_file_bytes: cfg.audit_max_file_bytes,
+    };
+    let dir_for_task = opts.clone();
+    tokio::task::spawn_blocking(move || {
+        crate::audit::AuditLog::start_blocking(dir_for_task, &public, signer)
+    })
+    .await
+    .map_err(|e| StartError::Other(e.to_string()))?
+    .map_err(|e| StartError::Other(format!("audit log: {e}")))
+}
+
 /// A running server.
 pub struct Running {
     pub grpc_addr: SocketAddr,
@@ -198,6 +256,8 @@ impl Running {
         for t in self.tasks.drain(..) {
             let _ = t.await;
         }
+        // every request has been answered: seal the audit log
+        self.kms.audit().close().await;
     }
 }
 
@@ -224,6 +284,7 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
         None
     };
     let backend: Arc<dyn Backend> = opened.backend.clone();
+    let audit = open_audit(cfg, store.clone(), backend.clone()).await?;
     let kms = Arc::new(KmsService::new(
         store,
         backend,
@@ -231,6 +292,7 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
         tokens,
         cfg.algorithms.clone(),
         cfg.blocking_threads,
+        audit,
     )?);
 
     let grpc_listener = bind(cfg.grpc_addr).await?;

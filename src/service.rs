@@ -15,6 +15,7 @@ use base64::Engine as _;
 use tokio::sync::Semaphore;
 use zeroize::Zeroizing;
 
+use crate::audit::{AuditLog, Event};
 use crate::auth::{Caller, Scope, TokenTable};
 use crate::backend::{Backend, KeyLabel};
 use crate::crypto::{aead, envelope, random_bytes, sha256, spki, Algorithm, Provider, Purpose};
@@ -67,6 +68,7 @@ pub struct KmsService {
     /// occupying the crypto pool.
     admin_lock: tokio::sync::Mutex<()>,
     op_cache: moka::sync::Cache<(String, String), Arc<Cached>>,
+    audit: Arc<AuditLog>,
 }
 
 fn now_ms() -> i64 {
@@ -107,6 +109,17 @@ fn version_to_proto(rec: &KeyRecord, v: &VersionRecord, pem: bool) -> proto::Key
     }
 }
 
+/// (kid, algorithm) of a key for its audit record: the primary version.
+fn key_desc(k: Option<&proto::Key>) -> (String, String) {
+    k.map(|k| {
+        (
+            keyring::kid(&k.name, k.primary_version),
+            k.algorithm.clone(),
+        )
+    })
+    .unwrap_or_default()
+}
+
 /// The client-visible form of a key record.
 pub fn key_to_proto(rec: &KeyRecord, pem: bool) -> proto::Key {
     proto::Key {
@@ -145,6 +158,7 @@ impl KmsService {
         tokens: Arc<TokenTable>,
         allowed: Vec<Algorithm>,
         blocking_threads: usize,
+        audit: Arc<AuditLog>,
     ) -> Result<Self> {
         let keyring = Keyring::new(store.load_keys()?);
         Ok(KmsService {
@@ -160,7 +174,12 @@ impl KmsService {
                 .max_capacity(OP_CACHE_MAX)
                 .time_to_live(OP_CACHE_TTL)
                 .build(),
+            audit,
         })
+    }
+
+    pub fn audit(&self) -> &Arc<AuditLog> {
+        &self.audit
     }
 
     pub fn tokens(&self) -> &Arc<TokenTable> {
@@ -313,9 +332,255 @@ impl KmsService {
         }
     }
 
-    // ----- admin -------------------------------------------------------
+    // ----- the audited entry points -------------------------------------
+    //
+    // Every operation, allowed or refused, appends one audit record and
+    // answers only once that record's batch is durable. Operations that
+    // change state or use a private key are refused up front while the
+    // audit chain is broken; get, list and verify stay available.
+
+    fn refuse_if_audit_broken(&self) -> Result<()> {
+        self.audit.integrity().map_err(|e| {
+            Error::FailedPrecondition(format!(
+                "the audit log failed its integrity check ({e}); operations that change state or use private keys are refused until an operator restores it"
+            ))
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn audited<T>(
+        &self,
+        caller: &Caller,
+        op: &'static str,
+        key: &str,
+        input: Option<&[u8]>,
+        writes: bool,
+        run: impl std::future::Future<Output = Result<T>>,
+        describe: impl Fn(&T) -> (String, String),
+    ) -> Result<T> {
+        self.audited_inner(caller, op, key, input.map(sha256), writes, run, describe)
+            .await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn audited_inner<T>(
+        &self,
+        caller: &Caller,
+        op: &'static str,
+        key: &str,
+        input_sha256: Option<[u8; 32]>,
+        writes: bool,
+        run: impl std::future::Future<Output = Result<T>>,
+        describe: impl Fn(&T) -> (String, String),
+    ) -> Result<T> {
+        if writes {
+            self.refuse_if_audit_broken()?;
+        }
+        let r = run.await;
+        let (kid, alg, result, reason) = match &r {
+            Ok(v) => {
+                let (k, a) = describe(v);
+                (k, a, "ok".to_string(), String::new())
+            }
+            Err(e) => (
+                key.to_string(),
+                String::new(),
+                crate::api::error::classify(e).code.to_string(),
+                String::new(),
+            ),
+        };
+        let event = Event {
+            tenant: caller.tenant.clone(),
+            principal: caller.principal.clone(),
+            op,
+            kid,
+            alg,
+            result,
+            reason,
+            request_id: caller.request_id.clone(),
+            input_sha256,
+        };
+        match self.audit.append(event).await {
+            Ok(_) => r,
+            Err(e) => {
+                tracing::error!(request_id = %caller.request_id, error = %e, "audit append failed");
+                r.and(Err(Error::Unavailable("audit log unavailable".into())))
+            }
+        }
+    }
 
     pub async fn create_key(
+        self: &Arc<Self>,
+        caller: &Caller,
+        req: proto::CreateKeyRequest,
+    ) -> Result<proto::CreateKeyResponse> {
+        let key = req.name.clone();
+        let run = self.create_key_inner(caller, req);
+        self.audited(caller, "create_key", &key, None, true, run, |r| {
+            key_desc(r.key.as_ref())
+        })
+        .await
+    }
+
+    pub async fn get_key(
+        self: &Arc<Self>,
+        caller: &Caller,
+        req: proto::GetKeyRequest,
+    ) -> Result<proto::GetKeyResponse> {
+        let key = req.name.clone();
+        let run = self.get_key_inner(caller, req);
+        self.audited(caller, "get_key", &key, None, false, run, |r| {
+            key_desc(r.key.as_ref())
+        })
+        .await
+    }
+
+    pub async fn list_keys(
+        self: &Arc<Self>,
+        caller: &Caller,
+        req: proto::ListKeysRequest,
+    ) -> Result<proto::ListKeysResponse> {
+        let run = self.list_keys_inner(caller, req);
+        self.audited(caller, "list_keys", "", None, false, run, |_| {
+            (String::new(), String::new())
+        })
+        .await
+    }
+
+    pub async fn rotate_key(
+        self: &Arc<Self>,
+        caller: &Caller,
+        req: proto::RotateKeyRequest,
+    ) -> Result<proto::RotateKeyResponse> {
+        let key = req.name.clone();
+        let run = self.rotate_key_inner(caller, req);
+        self.audited(caller, "rotate_key", &key, None, true, run, |r| {
+            (
+                r.kid.clone(),
+                r.key
+                    .as_ref()
+                    .map(|k| k.algorithm.clone())
+                    .unwrap_or_default(),
+            )
+        })
+        .await
+    }
+
+    pub async fn set_key_version_state(
+        self: &Arc<Self>,
+        caller: &Caller,
+        req: proto::SetKeyVersionStateRequest,
+    ) -> Result<proto::SetKeyVersionStateResponse> {
+        let kid = keyring::kid(&req.name, req.version);
+        let op: &'static str = match req.state.as_str() {
+            "enabled" => "enable_version",
+            "disabled" => "disable_version",
+            "destroyed" => "destroy_version",
+            _ => "set_version_state",
+        };
+        let run = self.set_key_version_state_inner(caller, req);
+        let k2 = kid.clone();
+        self.audited(caller, op, &kid, None, true, run, move |r| {
+            (
+                k2.clone(),
+                r.key
+                    .as_ref()
+                    .map(|k| k.algorithm.clone())
+                    .unwrap_or_default(),
+            )
+        })
+        .await
+    }
+
+    pub async fn sign(
+        self: &Arc<Self>,
+        caller: &Caller,
+        req: proto::SignRequest,
+    ) -> Result<proto::SignResponse> {
+        let key = req.key.clone();
+        let input = sha256(&req.message);
+        let run = self.sign_inner(caller, req);
+        self.audited_hashed(caller, "sign", &key, input, true, run, |r| {
+            (r.kid.clone(), r.algorithm.clone())
+        })
+        .await
+    }
+
+    pub async fn verify(
+        self: &Arc<Self>,
+        caller: &Caller,
+        req: proto::VerifyRequest,
+    ) -> Result<proto::VerifyResponse> {
+        let key = req.key.clone();
+        let input = sha256(&req.message);
+        let run = self.verify_inner(caller, req);
+        self.audited_hashed(caller, "verify", &key, input, false, run, |r| {
+            (r.kid.clone(), format!("{} valid={}", r.algorithm, r.valid))
+        })
+        .await
+    }
+
+    pub async fn wrap(
+        self: &Arc<Self>,
+        caller: &Caller,
+        req: proto::WrapRequest,
+    ) -> Result<proto::WrapResponse> {
+        let key = req.key.clone();
+        let input = sha256(&req.plaintext);
+        let run = self.wrap_inner(caller, req);
+        self.audited_hashed(caller, "wrap", &key, input, true, run, |r| {
+            (r.kid.clone(), r.algorithm.clone())
+        })
+        .await
+    }
+
+    pub async fn unwrap(
+        self: &Arc<Self>,
+        caller: &Caller,
+        req: proto::UnwrapRequest,
+    ) -> Result<proto::UnwrapResponse> {
+        let key = req.key.clone();
+        let input = sha256(&req.ciphertext);
+        let run = self.unwrap_inner(caller, req);
+        self.audited_hashed(caller, "unwrap", &key, input, true, run, |r| {
+            (r.kid.clone(), String::new())
+        })
+        .await
+    }
+
+    pub async fn generate_data_key(
+        self: &Arc<Self>,
+        caller: &Caller,
+        req: proto::GenerateDataKeyRequest,
+    ) -> Result<proto::GenerateDataKeyResponse> {
+        let key = req.key.clone();
+        let run = self.generate_data_key_inner(caller, req);
+        self.audited(caller, "generate_data_key", &key, None, true, run, |r| {
+            (r.kid.clone(), String::new())
+        })
+        .await
+    }
+
+    /// [`Self::audited`] with the input hash computed by the caller (the
+    /// input itself has moved into the operation).
+    #[allow(clippy::too_many_arguments)]
+    async fn audited_hashed<T>(
+        &self,
+        caller: &Caller,
+        op: &'static str,
+        key: &str,
+        input_sha256: [u8; 32],
+        writes: bool,
+        run: impl std::future::Future<Output = Result<T>>,
+        describe: impl Fn(&T) -> (String, String),
+    ) -> Result<T> {
+        self.audited_inner(caller, op, key, Some(input_sha256), writes, run, describe)
+            .await
+    }
+
+    // ----- admin -------------------------------------------------------
+
+    async fn create_key_inner(
         self: &Arc<Self>,
         caller: &Caller,
         req: proto::CreateKeyRequest,
@@ -389,7 +654,7 @@ impl KmsService {
         })
     }
 
-    pub async fn get_key(
+    async fn get_key_inner(
         self: &Arc<Self>,
         caller: &Caller,
         req: proto::GetKeyRequest,
@@ -405,7 +670,7 @@ impl KmsService {
         })
     }
 
-    pub async fn list_keys(
+    async fn list_keys_inner(
         self: &Arc<Self>,
         caller: &Caller,
         req: proto::ListKeysRequest,
@@ -441,7 +706,7 @@ impl KmsService {
         })
     }
 
-    pub async fn rotate_key(
+    async fn rotate_key_inner(
         self: &Arc<Self>,
         caller: &Caller,
         req: proto::RotateKeyRequest,
@@ -494,7 +759,7 @@ impl KmsService {
         })
     }
 
-    pub async fn set_key_version_state(
+    async fn set_key_version_state_inner(
         self: &Arc<Self>,
         caller: &Caller,
         req: proto::SetKeyVersionStateRequest,
@@ -573,7 +838,7 @@ impl KmsService {
 
     // ----- crypto ------------------------------------------------------
 
-    pub async fn sign(
+    async fn sign_inner(
         self: &Arc<Self>,
         caller: &Caller,
         req: proto::SignRequest,
@@ -615,7 +880,7 @@ impl KmsService {
         Ok(resp)
     }
 
-    pub async fn verify(
+    async fn verify_inner(
         self: &Arc<Self>,
         caller: &Caller,
         req: proto::VerifyRequest,
@@ -689,7 +954,7 @@ impl KmsService {
         }
     }
 
-    pub async fn wrap(
+    async fn wrap_inner(
         self: &Arc<Self>,
         caller: &Caller,
         req: proto::WrapRequest,
@@ -729,7 +994,7 @@ impl KmsService {
         Ok(resp)
     }
 
-    pub async fn unwrap(
+    async fn unwrap_inner(
         self: &Arc<Self>,
         caller: &Caller,
         req: proto::UnwrapRequest,
@@ -798,7 +1063,7 @@ impl KmsService {
         })
     }
 
-    pub async fn generate_data_key(
+    async fn generate_data_key_inner(
         self: &Arc<Self>,
         caller: &Caller,
         req: proto::GenerateDataKeyRequest,
@@ -859,6 +1124,7 @@ impl KmsService {
         vec![
             ("backend", self.backend.health().map_err(|e| e.to_string())),
             ("store", self.store.health().map_err(|e| e.to_string())),
+            ("audit", self.audit.integrity()),
         ]
     }
 }

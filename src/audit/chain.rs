@@ -1,0 +1,216 @@
+//! The audit log's on-disk format and its verifier: pure functions, no I/O
+//! beyond reading the files handed to [`verify_files`].
+//!
+//! One record per line (JSON), in files `audit-NNNNNNNN.log` read in name
+//! order. Every line ends with `,"hash":"<64 hex>"}` where
+//! `hash = SHA-256(prev_hash || body)`, `body` being the line up to (not
+//! including) `,"hash":"`, and `prev_hash` the previous line's hash (32 zero
+//! bytes before the first record). Each body carries `seq` (1, 2, 3, … with
+//! no gaps) and `prev` (the previous hash in hex), so deleting, inserting,
+//! reordering or editing a line breaks the chain at that line.
+//!
+//! A checkpoint is a record with `"op":"checkpoint"` and a `sig`: an Ed25519
+//! signature by the service's audit key over
+//! `"ron-kms audit checkpoint v1" || 0x00 || seq (u64 BE) || prev_hash`, i.e.
+//! over the head of the chain before it. The writer emits one every
+//! `KMS_AUDIT_CHECKPOINT_INTERVAL` records, at least once a second while
+//! records arrive, and on clean shutdown. A log whose last line is not a
+//! checkpoint has an unsealed tail: after a crash that is expected (start-up
+//! seals it), anywhere else it means the tail may have been cut off.
+use std::path::{Path, PathBuf};
+
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+
+use crate::crypto::sha256;
+
+pub const CHECKPOINT_DOMAIN: &[u8] = b"ron-kms audit checkpoint v1\0";
+const HASH_MARK: &str = ",\"hash\":\"";
+
+/// The fields of one record, in line order. `hash` is appended separately.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Body {
+    pub seq: u64,
+    pub ts_ms: i64,
+    pub op: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub tenant: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub principal: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub kid: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub alg: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub result: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub request_id: String,
+    /// SHA-256 of the operation's input (message, plaintext, …), never the
+    /// input itself.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub input_sha256: String,
+    /// Checkpoints only: base64 Ed25519 signature.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub sig: String,
+    pub prev: String,
+}
+
+/// The message a checkpoint signs.
+pub fn checkpoint_message(seq: u64, prev: &[u8; 32]) -> Vec<u8> {
+    [CHECKPOINT_DOMAIN, &seq.to_be_bytes(), prev].concat()
+}
+
+/// Encode `body` (whose `prev` must already be set) as one line, without the
+/// newline; returns the line and its hash.
+pub fn encode(body: &Body, prev: &[u8; 32]) -> (String, [u8; 32]) {
+    let json = serde_json::to_string(body).expect("audit body serialises");
+    let head = &json[..json.len() - 1]; // drop the closing brace
+    let hash = sha256(&[prev.as_slice(), head.as_bytes()].concat());
+    (format!("{head}{HASH_MARK}{}\"}}", hex::encode(hash)), hash)
+}
+
+/// Where and why verification failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{file}:{line}: record {seq}: {reason}")]
+pub struct ChainError {
+    pub file: String,
+    pub line: usize,
+    /// The sequence number expected at that line.
+    pub seq: u64,
+    pub reason: String,
+}
+
+/// What a successful verification saw.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Summary {
+    pub records: u64,
+    pub checkpoints: u64,
+    pub last_seq: u64,
+    pub last_hash: [u8; 32],
+    /// Records after the last checkpoint (0 for a sealed log).
+    pub unsealed_tail: u64,
+}
+
+/// The segment files of an audit dir, in order.
+pub fn segments(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("audit-") && n.ends_with(".log"))
+        })
+        .collect();
+    v.sort();
+    Ok(v)
+}
+
+/// Verify a chain spread over `files` (in order). `audit_key` is the raw
+/// 32-byte Ed25519 public key checkpoints must verify under.
+pub fn verify_files(files: &[PathBuf], audit_key: &[u8]) -> Result<Summary, ChainError> {
+    let mut s = Summary::default();
+    for f in files {
+        let name = f.display().to_string();
+        let text = std::fs::read(f).map_err(|e| ChainError {
+            file: name.clone(),
+            line: 0,
+            seq: s.last_seq + 1,
+            reason: format!("cannot read: {e}"),
+        })?;
+        verify_bytes(&name, &text, audit_key, &mut s)?;
+    }
+    Ok(s)
+}
+
+/// Verify one segment's bytes, continuing the chain state in `s`.
+pub fn verify_bytes(
+    file: &str,
+    text: &[u8],
+    audit_key: &[u8],
+    s: &mut Summary,
+) -> Result<(), ChainError> {
+    let fail = |line: usize, seq: u64, reason: String| ChainError {
+        file: file.to_string(),
+        line,
+        seq,
+        reason,
+    };
+    if !text.is_empty() && !text.ends_with(b"\n") {
+        let line = text.iter().filter(|b| **b == b'\n').count() + 1;
+        return Err(fail(
+            line,
+            s.last_seq + 1,
+            "truncated line at end of file".into(),
+        ));
+    }
+    for (i, raw) in text.split(|b| *b == b'\n').enumerate() {
+        if raw.is_empty() {
+            continue;
+        }
+        let line_no = i + 1;
+        let expect = s.last_seq + 1;
+        let line =
+            std::str::from_utf8(raw).map_err(|_| fail(line_no, expect, "not UTF-8".into()))?;
+        let at = line
+            .rfind(HASH_MARK)
+            .ok_or_else(|| fail(line_no, expect, "no hash field".into()))?;
+        let head = &line[..at];
+        let stated = line[at + HASH_MARK.len()..]
+            .strip_suffix("\"}")
+            .and_then(|h| hex::decode(h).ok())
+            .filter(|h| h.len() == 32)
+            .ok_or_else(|| fail(line_no, expect, "malformed hash field".into()))?;
+        let computed = sha256(&[s.last_hash.as_slice(), head.as_bytes()].concat());
+        let body: Body = serde_json::from_str(&format!("{head}}}"))
+            .map_err(|e| fail(line_no, expect, format!("malformed record: {e}")))?;
+        if body.seq != expect {
+            return Err(fail(
+                line_no,
+                expect,
+                format!(
+                    "found sequence {} (records missing, reordered or inserted)",
+                    body.seq
+                ),
+            ));
+        }
+        if body.prev != hex::encode(s.last_hash) {
+            return Err(fail(
+                line_no,
+                expect,
+                "prev does not match the previous record's hash".into(),
+            ));
+        }
+        if computed.as_slice() != stated.as_slice() {
+            return Err(fail(
+                line_no,
+                expect,
+                "hash does not match the record (edited)".into(),
+            ));
+        }
+        if body.op == "checkpoint" {
+            let sig = base64::engine::general_purpose::STANDARD
+                .decode(&body.sig)
+                .map_err(|_| fail(line_no, expect, "checkpoint signature is not base64".into()))?;
+            ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, audit_key)
+                .verify(&checkpoint_message(body.seq, &s.last_hash), &sig)
+                .map_err(|_| {
+                    fail(
+                        line_no,
+                        expect,
+                        "checkpoint signature does not verify under the audit key".into(),
+                    )
+                })?;
+            s.checkpoints += 1;
+            s.unsealed_tail = 0;
+        } else {
+            s.unsealed_tail += 1;
+        }
+        s.records += 1;
+        s.last_seq = body.seq;
+        s.last_hash = computed;
+    }
+    Ok(())
+}

@@ -1,0 +1,468 @@
+//! The tamper-evident audit log: every operation appends a record (who,
+//! which key version, what result, a hash of the input — never the input),
+//! records are hash-chained and periodically sealed by a checkpoint signed
+//! with the service's audit key ([`chain`] has the format and verifier).
+//!
+//! Writes are group-committed: requests hand their record to a bounded
+//! queue (a full queue makes callers wait: backpressure, never a drop), one
+//! writer task takes everything queued, writes it with one `fsync` on a
+//! blocking thread, and then answers every request in the batch. A request
+//! therefore waits for its batch, not for an fsync of its own.
+//!
+//! At start-up the whole chain is verified. A broken chain, or a log shorter
+//! than the head recorded at the last checkpoint (`audit.head`), marks the
+//! log failed: readiness goes false and operations that use private keys or
+//! change state are refused, while verify, get and list stay available.
+//! After a crash the tail written since the last checkpoint is sealed by a
+//! new checkpoint at start-up.
+//!
+//! In amnesia mode the log lives in memory only.
+pub mod chain;
+
+use std::io::Write as _;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use tokio::sync::{mpsc, oneshot};
+
+use chain::Body;
+
+pub const DEFAULT_CHECKPOINT_INTERVAL: u64 = 5000;
+pub const DEFAULT_MAX_FILE_BYTES: u64 = 64 * 1024 * 1024;
+pub const QUEUE_BOUND: usize = 8192;
+const BATCH_MAX: usize = 1024;
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+pub const KEY_FILE: &str = "audit-key.pub";
+pub const HEAD_FILE: &str = "audit.head";
+
+/// Signs checkpoint messages with the audit key (held in custody).
+pub type Signer = Arc<dyn Fn(&[u8]) -> Result<Vec<u8>, String> + Send + Sync>;
+
+/// One operation's record, before it gets its place in the chain.
+#[derive(Clone, Debug, Default)]
+pub struct Event {
+    pub tenant: String,
+    pub principal: String,
+    pub op: &'static str,
+    pub kid: String,
+    pub alg: String,
+    /// `ok` or the error code (`not_found`, `permission_denied`, …).
+    pub result: String,
+    pub reason: String,
+    pub request_id: String,
+    pub input_sha256: Option<[u8; 32]>,
+}
+
+/// Where the log lives.
+#[derive(Clone, Debug)]
+pub enum Sink {
+    Dir(PathBuf),
+    Memory,
+}
+
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub sink: Sink,
+    pub checkpoint_interval: u64,
+    pub max_file_bytes: u64,
+}
+
+// Nearly every message is an Event; boxing it would add an allocation per
+// operation to save space on the one Close message.
+#[allow(clippy::large_enum_variant)]
+enum Msg {
+    Event(Event, oneshot::Sender<Result<u64, String>>),
+    Close(oneshot::Sender<()>),
+}
+
+/// Handle to the running log.
+pub struct AuditLog {
+    tx: mpsc::Sender<Msg>,
+    failed: AtomicBool,
+    failure: Mutex<Option<String>>,
+    integrity_failures: AtomicU64,
+    memory: Arc<Mutex<Vec<u8>>>,
+}
+
+struct Writer {
+    dir: Option<PathBuf>,
+    file: Option<std::fs::File>,
+    index: u32,
+    file_bytes: u64,
+    memory: Arc<Mutex<Vec<u8>>>,
+    seq: u64,
+    prev: [u8; 32],
+    since_checkpoint: u64,
+    last_checkpoint: Instant,
+    interval: u64,
+    max_file_bytes: u64,
+    signer: Signer,
+    pending: Vec<u8>,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Write a small file, owner-only, and fsync it.
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    f.write_all(bytes).map_err(|e| e.to_string())?;
+    f.sync_all().map_err(|e| e.to_string())
+}
+
+fn segment_name(index: u32) -> String {
+    format!("audit-{index:08}.log")
+}
+
+impl Writer {
+    fn push(&mut self, mut body: Body) -> u64 {
+        self.seq += 1;
+        body.seq = self.seq;
+        body.prev = hex::encode(self.prev);
+        let (line, hash) = chain::encode(&body, &self.prev);
+        self.pending.extend_from_slice(line.as_bytes());
+        self.pending.push(b'\n');
+        self.prev = hash;
+        self.seq
+    }
+
+    fn checkpoint(&mut self) -> Result<(), String> {
+        let seq = self.seq + 1;
+        let sig = (self.signer)(&chain::checkpoint_message(seq, &self.prev))?;
+        self.push(Body {
+            ts_ms: now_ms(),
+            op: "checkpoint".into(),
+            sig: base64::engine::general_purpose::STANDARD.encode(sig),
+            ..Body::default()
+        });
+        self.since_checkpoint = 0;
+        self.last_checkpoint = Instant::now();
+        Ok(())
+    }
+
+    fn checkpoint_due(&self) -> bool {
+        self.since_checkpoint > 0
+            && (self.since_checkpoint >= self.interval
+                || self.last_checkpoint.elapsed() >= CHECKPOINT_EVERY)
+    }
+
+    /// Write what is pending with one fsync; rotate the segment by size.
+    fn commit(&mut self, sealed: bool) -> Result<(), String> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let Some(dir) = self.dir.clone() else {
+            self.memory
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend_from_slice(&self.pending);
+            self.pending.clear();
+            return Ok(());
+        };
+        if self.file.is_none() || self.file_bytes >= self.max_file_bytes {
+            if self.file.is_some() {
+                self.index += 1;
+            }
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o600)
+                .open(dir.join(segment_name(self.index)))
+                .map_err(|e| e.to_string())?;
+            self.file_bytes = f.metadata().map(|m| m.len()).unwrap_or(0);
+            self.file = Some(f);
+        }
+        let f = self.file.as_mut().expect("opened above");
+        f.write_all(&self.pending).map_err(|e| e.to_string())?;
+        f.sync_data().map_err(|e| e.to_string())?;
+        self.file_bytes += self.pending.len() as u64;
+        self.pending.clear();
+        if sealed {
+            let head = format!("{} {}\n", self.seq, hex::encode(self.prev));
+            let tmp = dir.join(format!("{HEAD_FILE}.tmp"));
+            write_private(&tmp, head.as_bytes())?;
+            std::fs::rename(&tmp, dir.join(HEAD_FILE)).map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    fn write_batch(&mut self, events: Vec<Event>) -> Result<Vec<u64>, String> {
+        let mut seqs = Vec::with_capacity(events.len());
+        for e in events {
+            seqs.push(self.push(Body {
+                ts_ms: now_ms(),
+                op: e.op.to_string(),
+                tenant: e.tenant,
+                principal: e.principal,
+                kid: e.kid,
+                alg: e.alg,
+                result: e.result,
+                reason: e.reason,
+                request_id: e.request_id,
+                input_sha256: e.input_sha256.map(hex::encode).unwrap_or_default(),
+                ..Body::default()
+            }));
+            self.since_checkpoint += 1;
+            if self.since_checkpoint >= self.interval {
+                self.checkpoint()?;
+            }
+        }
+        let mut sealed = false;
+        if self.checkpoint_due() {
+            self.checkpoint()?;
+            sealed = true;
+        }
+        self.commit(sealed || self.since_checkpoint == 0)?;
+        Ok(seqs)
+    }
+}
+
+/// Verify an audit dir against the public key stored beside it.
+pub fn verify_dir(dir: &Path, key: Option<&[u8]>) -> Result<chain::Summary, String> {
+    let key = match key {
+        Some(k) => k.to_vec(),
+        None => read_key_file(&dir.join(KEY_FILE))?,
+    };
+    let files = chain::segments(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let s = chain::verify_files(&files, &key).map_err(|e| e.to_string())?;
+    if let Ok(head) = std::fs::read_to_string(dir.join(HEAD_FILE)) {
+        let mut parts = head.split_whitespace();
+        let seq: u64 = parts.next().and_then(|x| x.parse().ok()).unwrap_or(0);
+        let hash = parts.next().unwrap_or("");
+        if seq > s.last_seq {
+            return Err(format!(
+                "{}: the log ends at record {} but was sealed up to record {seq}: records were removed from the end",
+                dir.display(),
+                s.last_seq
+            ));
+        }
+        if seq > 0 && seq == s.last_seq && hash != hex::encode(s.last_hash) {
+            return Err(format!(
+                "{}: record {seq} differs from the sealed head",
+                dir.display()
+            ));
+        }
+    }
+    Ok(s)
+}
+
+/// `audit-key.pub`: the raw Ed25519 public key in hex.
+pub fn read_key_file(p: &Path) -> Result<Vec<u8>, String> {
+    let text = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
+    hex::decode(text.trim())
+        .ok()
+        .filter(|k| k.len() == 32)
+        .ok_or_else(|| format!("{}: not a hex Ed25519 public key", p.display()))
+}
+
+impl AuditLog {
+    /// Open (verifying what is there) and start the writer task. Blocks
+    /// (reads and verifies the whole log); call it from a blocking thread
+    /// inside the runtime.
+    pub fn start_blocking(
+        opts: Options,
+        public_key: &[u8],
+        signer: Signer,
+    ) -> Result<Arc<Self>, String> {
+        let memory = Arc::new(Mutex::new(Vec::new()));
+        let mut failure = None;
+        let mut w = Writer {
+            dir: None,
+            file: None,
+            index: 1,
+            file_bytes: 0,
+            memory: memory.clone(),
+            seq: 0,
+            prev: [0u8; 32],
+            since_checkpoint: 0,
+            last_checkpoint: Instant::now(),
+            interval: opts.checkpoint_interval.max(1),
+            max_file_bytes: opts.max_file_bytes.max(4096),
+            signer,
+            pending: Vec::new(),
+        };
+        if let Sink::Dir(dir) = &opts.sink {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| format!("{}: {e}", dir.display()))?;
+            let key_file = dir.join(KEY_FILE);
+            if !key_file.exists() {
+                write_private(
+                    &key_file,
+                    format!("{}\n", hex::encode(public_key)).as_bytes(),
+                )?;
+            }
+            match verify_dir(dir, Some(public_key)) {
+                Ok(s) => {
+                    w.seq = s.last_seq;
+                    w.prev = s.last_hash;
+                    w.since_checkpoint = s.unsealed_tail;
+                    let segs = chain::segments(dir).map_err(|e| e.to_string())?;
+                    if let Some(last) = segs.last() {
+                        w.index = last
+                            .file_name()
+                            .and_then(|n| n.to_str())
+                            .and_then(|n| {
+                                n.trim_start_matches("audit-")
+                                    .trim_end_matches(".log")
+                                    .parse()
+                                    .ok()
+                            })
+                            .unwrap_or(1);
+                    }
+                }
+                Err(e) => failure = Some(e),
+            }
+            w.dir = Some(dir.clone());
+            if failure.is_none() && w.since_checkpoint > 0 {
+                // sealing the tail a crash left behind
+                w.checkpoint()?;
+                w.commit(true)?;
+            }
+        }
+        let (tx, rx) = mpsc::channel(QUEUE_BOUND);
+        let log = Arc::new(AuditLog {
+            tx,
+            failed: AtomicBool::new(failure.is_some()),
+            integrity_failures: AtomicU64::new(u64::from(failure.is_some())),
+            failure: Mutex::new(failure.clone()),
+            memory,
+        });
+        if let Some(f) = &failure {
+            tracing::error!(failure = %f, "audit chain integrity check failed: writes are refused");
+        }
+        tokio::spawn(run(w, rx, failure.is_some()));
+        Ok(log)
+    }
+
+    /// `Err(reason)` while the chain is broken.
+    pub fn integrity(&self) -> Result<(), String> {
+        if self.failed.load(Ordering::Acquire) {
+            Err(self
+                .failure
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+                .unwrap_or_default())
+        } else {
+            Ok(())
+        }
+    }
+
+    /// How many integrity failures were detected (start-up or writer).
+    pub fn integrity_failures(&self) -> u64 {
+        self.integrity_failures.load(Ordering::Relaxed)
+    }
+
+    /// Append a record and wait until its batch is durable. While the chain
+    /// is broken nothing is appended and this returns `Ok(0)`: callers have
+    /// refused writes already, and reads stay available.
+    pub async fn append(&self, e: Event) -> Result<u64, String> {
+        if self.failed.load(Ordering::Acquire) {
+            return Ok(0);
+        }
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Msg::Event(e, tx))
+            .await
+            .map_err(|_| "audit writer stopped".to_string())?;
+        rx.await.map_err(|_| "audit writer stopped".to_string())?
+    }
+
+    /// Seal the log with a final checkpoint and stop the writer.
+    pub async fn close(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Msg::Close(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    /// The in-memory log (amnesia mode); empty for a file-backed log.
+    pub fn memory_bytes(&self) -> Vec<u8> {
+        self.memory
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+async fn run(mut w: Writer, mut rx: mpsc::Receiver<Msg>, broken: bool) {
+    let mut closing: Option<oneshot::Sender<()>> = None;
+    loop {
+        let mut msgs = Vec::new();
+        let n = match tokio::time::timeout(CHECKPOINT_EVERY, rx.recv_many(&mut msgs, BATCH_MAX))
+            .await
+        {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(_) => 0,
+        };
+        let mut events = Vec::with_capacity(n);
+        let mut waiters = Vec::with_capacity(n);
+        for m in msgs {
+            match m {
+                Msg::Event(e, done) => {
+                    events.push(e);
+                    waiters.push(done);
+                }
+                Msg::Close(done) => closing = Some(done),
+            }
+        }
+        if broken {
+            for d in waiters {
+                let _ = d.send(Err("audit chain is broken".into()));
+            }
+        } else if !events.is_empty()
+            || w.checkpoint_due()
+            || (closing.is_some() && w.since_checkpoint > 0)
+        {
+            let close = closing.is_some();
+            let (back, res) = tokio::task::spawn_blocking(move || {
+                let r = w.write_batch(events);
+                let r = match r {
+                    Ok(seqs) if close && w.since_checkpoint > 0 => {
+                        w.checkpoint().and_then(|_| w.commit(true)).map(|_| seqs)
+                    }
+                    other => other,
+                };
+                (w, r)
+            })
+            .await
+            .expect("audit writer thread panicked");
+            w = back;
+            match res {
+                Ok(seqs) => {
+                    for (d, s) in waiters.into_iter().zip(seqs) {
+                        let _ = d.send(Ok(s));
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "audit write failed");
+                    for d in waiters {
+                        let _ = d.send(Err(e.clone()));
+                    }
+                }
+            }
+        }
+        if let Some(done) = closing.take() {
+            let _ = done.send(());
+            break;
+        }
+    }
+}

@@ -1,0 +1,284 @@
+//! The audit log: every operation leaves a hash-chained record (hashes of
+//! inputs, never inputs); `ron-kms audit verify` and start-up both detect a
+//! flipped byte, a deleted record, a truncated tail and two reordered
+//! records; a broken chain refuses writes but keeps verify; kill -9 loses no
+//! acknowledged operation's record.
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::process::{serve, BIN};
+use common::{Front, TestServer, FRONTS};
+use ron_kms::proto::kms_client::KmsClient;
+use ron_kms::proto::SignRequest;
+use tonic::Code;
+
+fn audit_verify(dir: &Path) -> (bool, String) {
+    let out = Command::new(BIN)
+        .args(["audit", "verify"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            copy_dir(&p, &to.join(p.file_name().unwrap()));
+        } else {
+            std::fs::copy(&p, to.join(p.file_name().unwrap())).unwrap();
+        }
+    }
+}
+
+fn segment(dir: &Path) -> PathBuf {
+    let segs = ron_kms::audit::chain::segments(dir).unwrap();
+    assert_eq!(segs.len(), 1, "{segs:?}");
+    segs[0].clone()
+}
+
+/// A mixed run over both fronts; returns the server (stopped) and the
+/// message whose bytes must not appear in the log.
+async fn mixed_run() -> (TestServer, Vec<u8>) {
+    let mut srv = TestServer::start().await;
+    let secret_msg = b"PAYLOAD-THAT-MUST-NOT-BE-LOGGED".to_vec();
+    let reader = srv.token("admin", "kms:verify");
+    for front in FRONTS {
+        let mut c = srv.client(front, &srv.admin_token).await;
+        let s = format!("s-{front:?}").to_lowercase();
+        let w = format!("w-{front:?}").to_lowercase();
+        c.create(&s, "ml-dsa-44").await.unwrap();
+        c.create(&w, "ml-kem-768").await.unwrap();
+        for i in 0..60 {
+            let sig = c.sign(&s, &secret_msg).await.unwrap();
+            assert!(
+                c.verify(&sig.kid, &secret_msg, &sig.signature)
+                    .await
+                    .unwrap()
+                    .valid
+            );
+            let ct = c.wrap(&w, &secret_msg, b"").await.unwrap().ciphertext;
+            c.unwrap("", &ct, b"").await.unwrap();
+            if i % 20 == 0 {
+                c.rotate(&s, "").await.unwrap();
+            }
+        }
+        let mut r = srv.client(front, &reader).await;
+        r.sign(&s, b"x").await.unwrap_err().expect(
+            403,
+            Code::PermissionDenied,
+            "permission_denied",
+        );
+        c.sign("missing", b"x")
+            .await
+            .unwrap_err()
+            .expect(404, Code::NotFound, "not_found");
+    }
+    srv.stop().await;
+    (srv, secret_msg)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mixed_run_leaves_a_verified_chain_of_hashed_records() {
+    let (srv, secret) = mixed_run().await;
+    let dir = srv.data_dir().join("audit");
+    let (ok, text) = audit_verify(&dir);
+    assert!(ok, "{text}");
+    assert!(text.contains("audit chain ok"), "{text}");
+    let log = std::fs::read_to_string(segment(&dir)).unwrap();
+    // 2 fronts × (2 creates + 60 × 4 ops + 3 rotations + 2 refusals), plus checkpoints
+    let ops = log
+        .lines()
+        .filter(|l| !l.contains("\"op\":\"checkpoint\""))
+        .count();
+    assert_eq!(ops, 2 * (2 + 240 + 3 + 2), "one record per operation");
+    assert!(
+        log.lines()
+            .last()
+            .unwrap()
+            .contains("\"op\":\"checkpoint\""),
+        "sealed on shutdown"
+    );
+    let hash = hex::encode(ron_kms::crypto::sha256(&secret));
+    assert!(log.contains(&hash), "input hashes are recorded");
+    assert!(!log.contains("PAYLOAD"), "inputs are never recorded");
+    let refused = log
+        .lines()
+        .find(|l| l.contains("\"result\":\"permission_denied\""))
+        .expect("refusals are audited");
+    assert!(
+        refused.contains("\"op\":\"sign\"") && refused.contains("\"tenant\":\"admin\""),
+        "{refused}"
+    );
+    assert!(log.contains("\"result\":\"not_found\""));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tampering_is_detected_by_verify_and_at_start_up() {
+    let (srv, _) = mixed_run().await;
+    let data = srv.data_dir();
+    let lines: Vec<String> = std::fs::read_to_string(segment(&data.join("audit")))
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    let n = lines.len();
+    assert!(n > 100);
+    let join = |ls: &[String]| ls.iter().map(|l| format!("{l}\n")).collect::<String>();
+
+    let mut flipped = lines.clone();
+    flipped[50] = flipped[50].replacen("\"ts_ms\":1", "\"ts_ms\":2", 1);
+    assert_ne!(flipped[50], lines[50]);
+    let mut deleted = lines.clone();
+    deleted.remove(50);
+    let truncated = lines[..n - 3].to_vec();
+    let mut reordered = lines.clone();
+    reordered.swap(50, 51);
+
+    for (name, content) in [
+        ("flipped byte", join(&flipped)),
+        ("deleted record", join(&deleted)),
+        ("truncated tail", join(&truncated)),
+        ("reordered records", join(&reordered)),
+        (
+            "cut mid-line",
+            join(&lines)[..join(&lines).len() - 10].to_string(),
+        ),
+    ] {
+        let root = tempfile::tempdir().unwrap();
+        let copy = root.path().join("data");
+        copy_dir(&data, &copy);
+        std::fs::write(segment(&copy.join("audit")), content).unwrap();
+        let (ok, text) = audit_verify(&copy.join("audit"));
+        assert!(!ok, "{name}: verify must fail: {text}");
+        assert!(text.contains("audit chain broken"), "{name}: {text}");
+
+        // start-up: not ready, writes refused, verify still answers
+        let r = ron_kms::server::start(&common::config(&copy))
+            .await
+            .unwrap();
+        assert!(r.kms.audit().integrity().is_err(), "{name}");
+        assert!(r.kms.audit().integrity_failures() >= 1);
+        let mut c = common::Client::connect(Front::Http, &r, &srv.admin_token).await;
+        let (status, body) = c.http_raw(reqwest::Method::GET, "/readyz", vec![]).await;
+        assert_eq!(status, 503, "{name}: {body}");
+        assert!(
+            body["checks"]["audit"]
+                .as_str()
+                .unwrap()
+                .starts_with("error"),
+            "{body}"
+        );
+        c.sign("s-grpc", b"m").await.unwrap_err().expect(
+            409,
+            Code::FailedPrecondition,
+            "failed_precondition",
+        );
+        c.create("new", "ed25519").await.unwrap_err().expect(
+            409,
+            Code::FailedPrecondition,
+            "failed_precondition",
+        );
+        let k = c.get_key("s-grpc", false).await.unwrap();
+        let v = c
+            .verify(
+                &format!("s-grpc#v{}", k.primary_version),
+                b"m",
+                b"not a signature",
+            )
+            .await
+            .unwrap();
+        assert!(!v.valid, "verify stays available");
+        r.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_loses_no_acknowledged_record() {
+    let root = tempfile::tempdir().unwrap();
+    let data = root.path().join("data");
+    let s = serve(&data);
+    let token = s.token.clone().unwrap();
+    let mut c = KmsClient::connect(s.grpc.clone()).await.unwrap();
+    let auth: tonic::metadata::MetadataValue<_> = format!("Bearer {token}").parse().unwrap();
+    let mut req = tonic::Request::new(ron_kms::proto::CreateKeyRequest {
+        name: "k".into(),
+        algorithm: "ed25519".into(),
+        ..Default::default()
+    });
+    req.metadata_mut().insert("authorization", auth.clone());
+    c.create_key(req).await.unwrap();
+
+    // sign from 8 concurrent clients; kill -9 while they run
+    let pid = s.child.id();
+    let mut tasks = Vec::new();
+    for t in 0..8 {
+        let mut c = c.clone();
+        let auth = auth.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut acked = Vec::new();
+            for i in 0..10_000 {
+                let mut r = tonic::Request::new(SignRequest {
+                    key: "k".into(),
+                    message: format!("{t}-{i}").into_bytes(),
+                    op_id: String::new(),
+                });
+                r.metadata_mut().insert("authorization", auth.clone());
+                match c.sign(r).await {
+                    Ok(resp) => acked.push(
+                        resp.metadata()
+                            .get("x-request-id")
+                            .unwrap()
+                            .to_str()
+                            .unwrap()
+                            .to_string(),
+                    ),
+                    Err(_) => break,
+                }
+            }
+            acked
+        }));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    assert!(Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let mut acked = Vec::new();
+    for t in tasks {
+        acked.extend(t.await.unwrap());
+    }
+    drop(s);
+    assert!(
+        acked.len() > 50,
+        "load ran before the kill ({} acknowledged)",
+        acked.len()
+    );
+
+    // restart seals the tail; every acknowledged sign has its record
+    let s2 = serve(&data);
+    drop(s2);
+    let (ok, text) = audit_verify(&data.join("audit"));
+    assert!(ok, "{text}");
+    let log = std::fs::read_to_string(segment(&data.join("audit"))).unwrap();
+    let missing: Vec<_> = acked
+        .iter()
+        .filter(|id| !log.contains(&format!("\"request_id\":\"{id}\"")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} acknowledged signs have no audit record",
+        missing.len(),
+        acked.len()
+    );
+}
