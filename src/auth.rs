@@ -184,6 +184,18 @@ impl TokenTable {
         authorization: Option<&str>,
         request_id: String,
     ) -> Result<Caller, Error> {
+        let r = self.authenticate_inner(authorization, request_id).await;
+        if r.is_err() {
+            crate::telemetry::reject("unauthenticated");
+        }
+        r
+    }
+
+    async fn authenticate_inner(
+        self: &Arc<Self>,
+        authorization: Option<&str>,
+        request_id: String,
+    ) -> Result<Caller, Error> {
         let token = authorization
             .and_then(parse_bearer)
             .ok_or(Error::Unauthenticated)?;

@@ -18,6 +18,7 @@ pub mod keyring;
 pub mod server;
 pub mod service;
 pub mod store;
+pub mod telemetry;
 
 /// Generated protobuf messages and the tonic client/server for `ron.kms.v1`.
 pub mod proto {

@@ -284,7 +284,9 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
         None
     };
     let backend: Arc<dyn Backend> = opened.backend.clone();
+    crate::telemetry::init();
     let audit = open_audit(cfg, store.clone(), backend.clone()).await?;
+    metrics::counter!("kms_audit_integrity_failed_total").increment(audit.integrity_failures());
     let kms = Arc::new(KmsService::new(
         store,
         backend,

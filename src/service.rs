@@ -376,6 +376,8 @@ impl KmsService {
         if writes {
             self.refuse_if_audit_broken()?;
         }
+        let started = std::time::Instant::now();
+        metrics::gauge!("kms_inflight", "op" => op).increment(1.0);
         let r = run.await;
         let (kid, alg, result, reason) = match &r {
             Ok(v) => {
@@ -400,13 +402,24 @@ impl KmsService {
             request_id: caller.request_id.clone(),
             input_sha256,
         };
-        match self.audit.append(event).await {
+        let alg_label = event.alg.split(' ').next().unwrap_or("").to_string();
+        let result_label = event.result.clone();
+        let out = match self.audit.append(event).await {
             Ok(_) => r,
             Err(e) => {
                 tracing::error!(request_id = %caller.request_id, error = %e, "audit append failed");
                 r.and(Err(Error::Unavailable("audit log unavailable".into())))
             }
+        };
+        metrics::gauge!("kms_inflight", "op" => op).decrement(1.0);
+        metrics::histogram!("kms_latency_seconds", "op" => op, "alg" => alg_label.clone())
+            .record(started.elapsed().as_secs_f64());
+        metrics::counter!("kms_ops_total", "op" => op, "alg" => alg_label, "result" => result_label.clone())
+            .increment(1);
+        if result_label == "permission_denied" {
+            crate::telemetry::reject("forbidden");
         }
+        out
     }
 
     pub async fn create_key(

@@ -183,6 +183,7 @@ where
             let h = resp.headers_mut();
             if h.get("grpc-status").map(|v| v.as_bytes()) == Some(b"11") {
                 h.insert("grpc-status", http::HeaderValue::from_static("8"));
+                crate::telemetry::reject("too_large");
                 h.insert(
                     "kms-error-code",
                     http::HeaderValue::from_static("too_large"),

@@ -141,6 +141,7 @@ impl HttpFront {
                 From::Body => {
                     let bytes = Bytes::from_request(req, &()).await.map_err(|rej| {
                         if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                            crate::telemetry::reject("too_large");
                             Error::TooLarge(MAX_BODY_BYTES)
                         } else {
                             Error::InvalidArgument(format!("request body: {}", rej.body_text()))
@@ -362,6 +363,24 @@ async fn openapi() -> Response {
     }
 }
 
+async fn metrics_text() -> Response {
+    match crate::telemetry::render() {
+        Some(text) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response(),
+        None => error_response(
+            &Error::Unavailable("metrics recorder not installed in this process".into()),
+            &new_request_id(),
+        ),
+    }
+}
+
+async fn version() -> Response {
+    Json(serde_json::json!({
+        "name": "ron-kms",
+        "version": env!("CARGO_PKG_VERSION"),
+    }))
+    .into_response()
+}
+
 async fn not_found() -> Response {
     envelope(
         StatusCode::NOT_FOUND,
@@ -411,6 +430,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/kms/openapi.json"),
     ("GET", "/healthz"),
     ("GET", "/readyz"),
+    ("GET", "/metrics"),
+    ("GET", "/version"),
 ];
 
 /// The whole HTTP router.
@@ -432,6 +453,8 @@ pub fn router(kms: Arc<KmsService>) -> Router {
         .route("/v1/kms/openapi.json", get(openapi))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .route("/version", get(version))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::map_response(ensure_request_id))

@@ -1,0 +1,119 @@
+//! Metrics (the `metrics` facade, Prometheus exposition at `/metrics`) with
+//! the names of DESIGN.md §10, and their one place of registration.
+//!
+//! Series that belong to features this build does not have yet (admission
+//! shedding reasons, PQ policy, the verify cache, device breakers and
+//! reconnects, attestation) are registered at zero so dashboards and alerts
+//! can be built against them; they stay at zero until the feature exists,
+//! which is also their truthful value. `kms_attestation_required` says
+//! whether `attestation_ready == 0` matters.
+use std::sync::OnceLock;
+
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, Unit};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// Latency buckets: 10 µs to 10 s, roughly ×2.5 apart.
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+pub const REJECT_REASONS: &[&str] = &[
+    "overload",
+    "tenant_share",
+    "rate_limit",
+    "pq_policy",
+    "too_large",
+    "decompress_ratio",
+    "unauthenticated",
+    "forbidden",
+    "timeout",
+];
+
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Install the Prometheus recorder once per process and register every
+/// series. Returns `None` when another recorder was installed first (an
+/// embedding application's): `/metrics` then says so.
+pub fn init() -> Option<&'static PrometheusHandle> {
+    HANDLE
+        .get_or_init(|| {
+            let h = PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    Matcher::Full("kms_latency_seconds".into()),
+                    LATENCY_BUCKETS,
+                )
+                .ok()?
+                .install_recorder()
+                .ok()?;
+            describe();
+            Some(h)
+        })
+        .as_ref()
+}
+
+fn describe() {
+    describe_histogram!(
+        "kms_latency_seconds",
+        Unit::Seconds,
+        "Operation latency as the caller sees it, audit commit included"
+    );
+    describe_counter!(
+        "kms_ops_total",
+        "Operations by op, algorithm and result (ok or the error code)"
+    );
+    describe_counter!(
+        "kms_reject_total",
+        "Requests refused before or instead of doing work, by reason"
+    );
+    describe_gauge!("kms_inflight", "Operations in progress, by op");
+    describe_counter!("backend_reconnects_total", "Custody device reconnects");
+    describe_gauge!(
+        "backend_breaker_state",
+        "Custody circuit breaker: 0 closed, 1 half-open, 2 open"
+    );
+    describe_counter!("verify_cache_hit_total", "Verify cache hits");
+    describe_counter!("verify_cache_miss_total", "Verify cache misses");
+    describe_counter!(
+        "verify_cache_stale_total",
+        "Verify cache entries served past their TTL"
+    );
+    describe_gauge!(
+        "verify_cache_age_ms",
+        "Age of the oldest verify cache entry served"
+    );
+    describe_counter!(
+        "kms_audit_integrity_failed_total",
+        "Audit chain integrity failures detected"
+    );
+    describe_gauge!(
+        "attestation_ready",
+        "1 when custody attestation is verified"
+    );
+    describe_gauge!(
+        "kms_attestation_required",
+        "1 when the deployment requires attestation before signing"
+    );
+    for r in REJECT_REASONS {
+        counter!("kms_reject_total", "reason" => *r).absolute(0);
+    }
+    counter!("backend_reconnects_total").absolute(0);
+    gauge!("backend_breaker_state").set(0.0);
+    counter!("verify_cache_hit_total").absolute(0);
+    counter!("verify_cache_miss_total").absolute(0);
+    counter!("verify_cache_stale_total").absolute(0);
+    gauge!("verify_cache_age_ms").set(0.0);
+    counter!("kms_audit_integrity_failed_total").absolute(0);
+    gauge!("attestation_ready").set(0.0);
+    gauge!("kms_attestation_required").set(0.0);
+}
+
+/// Count a refusal.
+pub fn reject(reason: &'static str) {
+    counter!("kms_reject_total", "reason" => reason).increment(1);
+}
+
+/// The Prometheus text exposition.
+pub fn render() -> Option<String> {
+    HANDLE.get().and_then(|h| h.as_ref()).map(|h| h.render())
+}
