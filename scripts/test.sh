@@ -15,3 +15,5 @@ cargo test --locked --all-targets
 cargo test --locked --doc
 echo "== client examples and schemathesis against a live server"
 scripts/examples.sh
+echo "== deploy artifacts (promtool)"
+scripts/check-deploy.sh

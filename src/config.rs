@@ -126,6 +126,9 @@ pub struct Config {
     pub audit_dir: PathBuf,
     pub audit_checkpoint_interval: u64,
     pub audit_max_file_bytes: u64,
+    /// Benchmarks only (library API, never from a file, env or flag): run
+    /// without an audit log to measure what it costs.
+    pub audit_off_for_benchmarks: bool,
 }
 
 impl Config {
@@ -145,6 +148,7 @@ impl Config {
             audit_dir: data_dir.join("audit"),
             audit_checkpoint_interval: crate::audit::DEFAULT_CHECKPOINT_INTERVAL,
             audit_max_file_bytes: crate::audit::DEFAULT_MAX_FILE_BYTES,
+            audit_off_for_benchmarks: false,
         }
     }
 
@@ -552,6 +556,7 @@ pub fn load(flags: &Flags, env: &dyn Env) -> Result<Config, ConfigError> {
         audit_dir,
         audit_checkpoint_interval,
         audit_max_file_bytes,
+        audit_off_for_benchmarks: false,
     })
 }
 

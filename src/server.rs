@@ -219,7 +219,9 @@ async fn open_audit(
         backend.sign(label, &handle, msg).map_err(|e| e.to_string())
     });
     let opts = crate::audit::Options {
-        sink: if cfg.amnesia {
+        sink: if cfg.audit_off_for_benchmarks {
+            crate::audit::Sink::Off
+        } else if cfg.amnesia {
             crate::audit::Sink::Memory
         } else {
             crate::audit::Sink::Dir(cfg.audit_dir.clone())

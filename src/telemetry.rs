@@ -103,6 +103,7 @@ fn describe() {
     counter!("verify_cache_miss_total").absolute(0);
     counter!("verify_cache_stale_total").absolute(0);
     gauge!("verify_cache_age_ms").set(0.0);
+    gauge!("verify_cache_ttl_ms").set(0.0);
     counter!("kms_audit_integrity_failed_total").absolute(0);
     gauge!("attestation_ready").set(0.0);
     gauge!("kms_attestation_required").set(0.0);

@@ -1,0 +1,134 @@
+//! What auditing costs: Ed25519 sign throughput over gRPC with the audit log
+//! on (files, group commit, fsync per batch) and off, measured in the same
+//! run on the same machine, alternating on/off so noise hits both.
+//!
+//! ```sh
+//! cargo run --release --example audit_overhead -- [seconds per round, default 5]
+//! ```
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ron_kms::config::Config;
+use ron_kms::proto::kms_client::KmsClient;
+use ron_kms::proto::{CreateKeyRequest, SignRequest};
+use tonic::metadata::MetadataValue;
+
+const CONNECTIONS: usize = 4;
+const IN_FLIGHT: usize = 64;
+
+async fn round(audit_on: bool, memory: bool, secs: u64) -> f64 {
+    let dir = tempfile_dir();
+    let mut cfg = Config::for_data_dir(&dir.join("data"));
+    cfg.grpc_addr = "127.0.0.1:0".parse().unwrap();
+    cfg.http_addr = "127.0.0.1:0".parse().unwrap();
+    cfg.audit_off_for_benchmarks = !audit_on;
+    cfg.amnesia = memory;
+    let r = ron_kms::server::start(&cfg).await.unwrap();
+    let auth: MetadataValue<_> = format!("Bearer {}", r.bootstrap_token.clone().unwrap())
+        .parse()
+        .unwrap();
+    let addr = format!("http://{}", r.grpc_addr);
+    let mut clients = Vec::new();
+    for _ in 0..CONNECTIONS {
+        clients.push(KmsClient::connect(addr.clone()).await.unwrap());
+    }
+    let mut req = tonic::Request::new(CreateKeyRequest {
+        name: "k".into(),
+        algorithm: "ed25519".into(),
+        ..Default::default()
+    });
+    req.metadata_mut().insert("authorization", auth.clone());
+    clients[0].create_key(req).await.unwrap();
+
+    let done = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let mut tasks = Vec::new();
+    for i in 0..IN_FLIGHT {
+        let mut c = clients[i % CONNECTIONS].clone();
+        let (auth, done) = (auth.clone(), done.clone());
+        tasks.push(tokio::spawn(async move {
+            while Instant::now() < deadline {
+                let mut r = tonic::Request::new(SignRequest {
+                    key: "k".into(),
+                    message: b"benchmark".to_vec(),
+                    op_id: String::new(),
+                });
+                r.metadata_mut().insert("authorization", auth.clone());
+                c.sign(r).await.unwrap();
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    let start = Instant::now();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let rate = done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64();
+    r.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    rate
+}
+
+fn tempfile_dir() -> std::path::PathBuf {
+    let mut b = [0u8; 8];
+    ron_kms::crypto::random_bytes(&mut b).unwrap();
+    let d = std::env::temp_dir().join(format!("ron-kms-bench-{}", hex::encode(b)));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[tokio::main]
+async fn main() {
+    let secs: u64 = std::env::args()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5);
+    let (mut on, mut off, mut mem) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..2 {
+        off.push(round(false, false, secs).await);
+        on.push(round(true, false, secs).await);
+        mem.push(round(true, true, secs).await);
+    }
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    println!(
+        "host {} | {} | {CONNECTIONS} connections, {IN_FLIGHT} in flight, {secs} s rounds",
+        hostname(),
+        date()
+    );
+    println!(
+        "audit off: {:?} ops/s, mean {:.0}",
+        off.iter().map(|x| x.round()).collect::<Vec<_>>(),
+        mean(&off)
+    );
+    println!(
+        "audit on:  {:?} ops/s, mean {:.0}",
+        on.iter().map(|x| x.round()).collect::<Vec<_>>(),
+        mean(&on)
+    );
+    println!(
+        "audit in memory (no fsync): {:?} ops/s, mean {:.0}",
+        mem.iter().map(|x| x.round()).collect::<Vec<_>>(),
+        mean(&mem)
+    );
+    println!(
+        "ratio on/off: {:.3}; in-memory/off: {:.3}",
+        mean(&on) / mean(&off),
+        mean(&mem) / mean(&off)
+    );
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+fn date() -> String {
+    std::process::Command::new("date")
+        .arg("-u")
+        .arg("+%Y-%m-%dT%H:%MZ")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
