@@ -28,7 +28,9 @@ echo "   genuine=$V tampered=$T"
 [ "$V" = True ] && [ "$T" = False ]
 
 echo "4. fetch the public key as PEM (verify anywhere without ron-kms)"
-kms GET "/v1/kms/keys/curl-$S?pem=true" | field '["key"]["versions"][0]["public_key_pem"]' | head -2
+PEM=$(kms GET "/v1/kms/keys/curl-$S?pem=true" | field '["key"]["versions"][0]["public_key_pem"]')
+sed -n 1,2p <<< "$PEM"
+[[ "$PEM" == "-----BEGIN PUBLIC KEY-----"* ]]
 
 echo "5. wrap and unwrap with AES-256-GCM"
 kms POST /v1/kms/keys "{\"name\":\"curl-aes-$S\",\"algorithm\":\"aes-256-gcm\"}" > /dev/null

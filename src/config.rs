@@ -73,6 +73,7 @@ pub struct FileConfig {
     pub amnesia: Option<bool>,
     pub store: Option<String>,
     pub audit_dir: Option<PathBuf>,
+    pub log_format: Option<String>,
     pub audit_checkpoint_interval: Option<u64>,
     pub audit_max_file_bytes: Option<u64>,
 }
@@ -86,6 +87,12 @@ pub struct Flags {
     pub http_addr: Option<String>,
     /// `--amnesia`: everything in memory, nothing written anywhere.
     pub amnesia: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -118,6 +125,8 @@ pub struct Config {
     pub blocking_threads: usize,
     pub bootstrap_tenant: String,
     pub log: String,
+    /// `text` (default) or `json` (one JSON object per line).
+    pub log_format: LogFormat,
     /// Keys, tokens and the master key live only in process memory; the
     /// data dir is not created, locked or written. For development and CI.
     pub amnesia: bool,
@@ -144,6 +153,7 @@ impl Config {
             blocking_threads: default_blocking_threads(),
             bootstrap_tenant: DEFAULT_BOOTSTRAP_TENANT.into(),
             log: "info".into(),
+            log_format: LogFormat::Text,
             amnesia: false,
             audit_dir: data_dir.join("audit"),
             audit_checkpoint_interval: crate::audit::DEFAULT_CHECKPOINT_INTERVAL,
@@ -542,6 +552,22 @@ pub fn load(flags: &Flags, env: &dyn Env) -> Result<Config, ConfigError> {
         Some(_) => return Err(err(size_p.origin, "must be at least 4096")),
     };
 
+    let fmt_p = pick(
+        None,
+        "",
+        env,
+        "KMS_LOG_FORMAT",
+        id,
+        file.log_format,
+        "log_format",
+        fname,
+    );
+    let log_format = match fmt_p.value.as_deref() {
+        None | Some("text") => LogFormat::Text,
+        Some("json") => LogFormat::Json,
+        Some(other) => return Err(err(fmt_p.origin, format!("{other:?} is not text or json"))),
+    };
+
     Ok(Config {
         data_dir,
         grpc_addr,
@@ -552,6 +578,7 @@ pub fn load(flags: &Flags, env: &dyn Env) -> Result<Config, ConfigError> {
         blocking_threads,
         bootstrap_tenant,
         log,
+        log_format,
         amnesia,
         audit_dir,
         audit_checkpoint_interval,

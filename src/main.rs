@@ -538,13 +538,15 @@ async fn serve(a: ServeArgs) -> Result<ExitCode, Failure> {
         amnesia: a.amnesia,
     };
     let cfg = config::load(&flags, &ProcessEnv)?;
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_new(&cfg.log)
-                .map_err(|e| format!("config: KMS_LOG: {e}"))?,
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_new(&cfg.log)
+        .map_err(|e| format!("config: KMS_LOG: {e}"))?;
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cfg.log_format {
+        config::LogFormat::Json => logs.json().init(),
+        config::LogFormat::Text => logs.init(),
+    }
     let running = ron_kms::server::start(&cfg).await?;
     if let Some(t) = &running.bootstrap_token {
         // Printed once, on stdout, and never logged; only its hash is stored.

@@ -310,14 +310,46 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
     let (tx, rx) = watch::channel(false);
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<crate::proto::kms_server::KmsServer<GrpcFront>>()
-        .await;
+    if kms.readiness().iter().all(|(_, r)| r.is_ok()) {
+        health_reporter
+            .set_serving::<crate::proto::kms_server::KmsServer<GrpcFront>>()
+            .await;
+    } else {
+        health_reporter
+            .set_not_serving::<crate::proto::kms_server::KmsServer<GrpcFront>>()
+            .await;
+    }
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|e| StartError::Other(format!("gRPC reflection: {e}")))?;
+    // gRPC health follows /readyz, checked every second.
+    let health_kms = kms.clone();
+    let mut health_rx = rx.clone();
+    let health_task = tokio::spawn(async move {
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = every.tick() => {}
+                _ = health_rx.wait_for(|s| *s) => break,
+            }
+            let k = health_kms.clone();
+            let ready =
+                tokio::task::spawn_blocking(move || k.readiness().iter().all(|(_, r)| r.is_ok()))
+                    .await
+                    .unwrap_or(false);
+            if ready {
+                health_reporter
+                    .set_serving::<crate::proto::kms_server::KmsServer<GrpcFront>>()
+                    .await;
+            } else {
+                health_reporter
+                    .set_not_serving::<crate::proto::kms_server::KmsServer<GrpcFront>>()
+                    .await;
+            }
+        }
+    });
     let grpc_front = GrpcFront::new(kms.clone()).into_server();
     let mut grpc_rx = rx.clone();
     let grpc_task = tokio::spawn(async move {
@@ -358,7 +390,7 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
         bootstrap_token,
         kms,
         shutdown: tx,
-        tasks: vec![grpc_task, http_task],
+        tasks: vec![grpc_task, http_task, health_task],
         _opened: opened,
     })
 }

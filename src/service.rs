@@ -402,6 +402,16 @@ impl KmsService {
             request_id: caller.request_id.clone(),
             input_sha256,
         };
+        tracing::debug!(
+            op,
+            tenant = %event.tenant,
+            principal = %event.principal,
+            kid = %event.kid,
+            result = %event.result,
+            input_sha256 = %event.input_sha256.map(hex::encode).unwrap_or_default(),
+            elapsed_us = started.elapsed().as_micros() as u64,
+            "operation"
+        );
         let alg_label = event.alg.split(' ').next().unwrap_or("").to_string();
         let result_label = event.result.clone();
         let out = match self.audit.append(event).await {

@@ -42,22 +42,33 @@ impl GrpcFront {
         F: FnOnce(Arc<KmsService>, Caller, Req) -> Fut,
         Fut: Future<Output = Result<Resp, Error>>,
     {
-        let request_id = new_request_id();
+        let request_id = super::request_id_from(
+            req.metadata()
+                .get(REQUEST_ID_HEADER)
+                .and_then(|v| v.to_str().ok()),
+        );
+        let span = tracing::info_span!("grpc", request_id = %request_id);
         let auth = req
             .metadata()
             .get("authorization")
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        let result = match self
-            .kms
-            .tokens()
-            .authenticate(auth.as_deref(), request_id.clone())
-            .await
-        {
-            Ok(caller) => op(self.kms.clone(), caller, req.into_inner()).await,
-            Err(e) => Err(e),
-        };
-        let rid = MetadataValue::try_from(request_id.as_str()).expect("hex is valid metadata");
+        let result = tracing::Instrument::instrument(
+            async {
+                match self
+                    .kms
+                    .tokens()
+                    .authenticate(auth.as_deref(), request_id.clone())
+                    .await
+                {
+                    Ok(caller) => op(self.kms.clone(), caller, req.into_inner()).await,
+                    Err(e) => Err(e),
+                }
+            },
+            span,
+        )
+        .await;
+        let rid = MetadataValue::try_from(request_id.as_str()).expect("request ids are ASCII");
         match result {
             Ok(resp) => {
                 let mut r = Response::new(resp);

@@ -118,41 +118,51 @@ impl HttpFront {
         F: FnOnce(Arc<KmsService>, Caller, Req) -> Fut,
         Fut: Future<Output = Result<Resp, Error>>,
     {
-        let request_id = new_request_id();
-        let result = async {
-            let auth = req
-                .headers()
-                .get(header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned);
-            // Authenticate before reading the body: an anonymous caller
-            // costs a header parse, not a 1 MiB buffer.
-            let caller = self
-                .kms
-                .tokens()
-                .authenticate(auth.as_deref(), request_id.clone())
-                .await?;
-            let mut msg: Req = match from {
-                From::Query => Query::<Req>::try_from_uri(req.uri())
-                    .map(|q| q.0)
-                    .map_err(|e| {
-                        Error::InvalidArgument(format!("query string: {}", e.body_text()))
-                    })?,
-                From::Body => {
-                    let bytes = Bytes::from_request(req, &()).await.map_err(|rej| {
-                        if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                            crate::telemetry::reject("too_large");
-                            Error::TooLarge(MAX_BODY_BYTES)
-                        } else {
-                            Error::InvalidArgument(format!("request body: {}", rej.body_text()))
-                        }
-                    })?;
-                    decode_json(&bytes)?
-                }
-            };
-            fill(&mut msg)?;
-            op(self.kms.clone(), caller, msg).await
-        }
+        let request_id = super::request_id_from(
+            req.headers()
+                .get(REQUEST_ID_HEADER)
+                .and_then(|v| v.to_str().ok()),
+        );
+        let span = tracing::info_span!("http", request_id = %request_id);
+        let result = tracing::Instrument::instrument(
+            async {
+                let auth = req
+                    .headers()
+                    .get(header::AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned);
+                // Authenticate before reading the body: an anonymous caller
+                // costs a header parse, not a 1 MiB buffer.
+                let caller = self
+                    .kms
+                    .tokens()
+                    .authenticate(auth.as_deref(), request_id.clone())
+                    .await?;
+                let mut msg: Req = match from {
+                    From::Query => {
+                        Query::<Req>::try_from_uri(req.uri())
+                            .map(|q| q.0)
+                            .map_err(|e| {
+                                Error::InvalidArgument(format!("query string: {}", e.body_text()))
+                            })?
+                    }
+                    From::Body => {
+                        let bytes = Bytes::from_request(req, &()).await.map_err(|rej| {
+                            if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                                crate::telemetry::reject("too_large");
+                                Error::TooLarge(MAX_BODY_BYTES)
+                            } else {
+                                Error::InvalidArgument(format!("request body: {}", rej.body_text()))
+                            }
+                        })?;
+                        decode_json(&bytes)?
+                    }
+                };
+                fill(&mut msg)?;
+                op(self.kms.clone(), caller, msg).await
+            },
+            span,
+        )
         .await;
         match result {
             Ok(resp) => ok_response(&resp, &request_id),

@@ -11,6 +11,22 @@ pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 /// Header carrying the request id on both fronts.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
+/// The caller's `x-request-id` when it is sane (1–64 characters of
+/// `[A-Za-z0-9._-]`), else a fresh one. Either way it is safe to log.
+pub fn request_id_from(header: Option<&str>) -> String {
+    match header {
+        Some(h)
+            if !h.is_empty()
+                && h.len() <= 64
+                && h.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')) =>
+        {
+            h.to_string()
+        }
+        _ => new_request_id(),
+    }
+}
+
 /// A fresh request id: 16 hex digits from the OS CSPRNG.
 pub fn new_request_id() -> String {
     let mut b = [0u8; 8];

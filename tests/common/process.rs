@@ -44,6 +44,16 @@ pub fn serve_with(
     envs: &[(&str, &std::ffi::OsStr)],
     cwd: Option<&Path>,
 ) -> Served {
+    serve_logged(args, envs, cwd, Stdio::null())
+}
+
+/// As [`serve_with`], with the server's stderr (its logs) sent to `stderr`.
+pub fn serve_logged(
+    args: &[&std::ffi::OsStr],
+    envs: &[(&str, &std::ffi::OsStr)],
+    cwd: Option<&Path>,
+    stderr: Stdio,
+) -> Served {
     let mut cmd = Command::new(BIN);
     cmd.args([
         "serve",
@@ -56,7 +66,7 @@ pub fn serve_with(
     .env("KMS_LOG", "warn")
     .stdin(Stdio::null())
     .stdout(Stdio::piped())
-    .stderr(Stdio::null());
+    .stderr(stderr);
     for (k, v) in envs {
         cmd.env(k, v);
     }
