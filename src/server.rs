@@ -270,6 +270,16 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
     })
 }
 
+/// Set the gRPC health status of `ron.kms.v1.Kms`.
+async fn report_health(reporter: &tonic_health::server::HealthReporter, ready: bool) {
+    type Svc = crate::proto::kms_server::KmsServer<GrpcFront>;
+    if ready {
+        reporter.set_serving::<Svc>().await;
+    } else {
+        reporter.set_not_serving::<Svc>().await;
+    }
+}
+
 /// Open everything and start serving gRPC and HTTP.
 pub async fn start(cfg: &Config) -> Result<Running, StartError> {
     let cfg2 = cfg.clone();
@@ -310,15 +320,11 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
     let (tx, rx) = watch::channel(false);
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    if kms.readiness().iter().all(|(_, r)| r.is_ok()) {
-        health_reporter
-            .set_serving::<crate::proto::kms_server::KmsServer<GrpcFront>>()
-            .await;
-    } else {
-        health_reporter
-            .set_not_serving::<crate::proto::kms_server::KmsServer<GrpcFront>>()
-            .await;
-    }
+    report_health(
+        &health_reporter,
+        kms.readiness().iter().all(|(_, r)| r.is_ok()),
+    )
+    .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -339,15 +345,7 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
                 tokio::task::spawn_blocking(move || k.readiness().iter().all(|(_, r)| r.is_ok()))
                     .await
                     .unwrap_or(false);
-            if ready {
-                health_reporter
-                    .set_serving::<crate::proto::kms_server::KmsServer<GrpcFront>>()
-                    .await;
-            } else {
-                health_reporter
-                    .set_not_serving::<crate::proto::kms_server::KmsServer<GrpcFront>>()
-                    .await;
-            }
+            report_health(&health_reporter, ready).await;
         }
     });
     let grpc_front = GrpcFront::new(kms.clone()).into_server();
