@@ -1,0 +1,264 @@
+//! Key management: create, get, list, rotate, version state. Mutations are
+//! serialised (`KmsService::mutation`), write the store first and only then
+//! swap the in-memory snapshot.
+use super::*;
+
+impl KmsService {
+    // ----- admin -------------------------------------------------------
+
+    pub(super) async fn create_key_inner(
+        self: &Arc<Self>,
+        caller: &Caller,
+        req: proto::CreateKeyRequest,
+    ) -> Result<proto::CreateKeyResponse> {
+        caller.require(Scope::Admin)?;
+        keyring::validate_name(&req.name)?;
+        let alg = self.parse_algorithm(&req.algorithm)?;
+        if !req.purpose.is_empty() {
+            let p = Purpose::parse(&req.purpose).ok_or_else(|| {
+                Error::InvalidArgument("purpose must be \"sign\" or \"wrap\"".into())
+            })?;
+            if p != alg.purpose() {
+                return Err(Error::InvalidArgument(format!(
+                    "algorithm {alg} is for {}, not {}",
+                    alg.purpose().as_str(),
+                    p.as_str()
+                )));
+            }
+        }
+        let op = Self::op_record(
+            caller,
+            &req.op_id,
+            &[b"CreateKey", req.name.as_bytes(), alg.as_str().as_bytes()],
+        )?;
+        let this = self.clone();
+        let tenant = caller.tenant.clone();
+        let name = req.name;
+        let rec = self
+            .mutation(move || {
+                if this.prior_op(&op)?.is_some() {
+                    return this
+                        .keyring
+                        .get(&tenant, &name)
+                        .ok_or_else(|| Error::NotFound(format!("key {name}")));
+                }
+                if this.keyring.get(&tenant, &name).is_some() {
+                    return Err(Error::AlreadyExists(format!("key {name} already exists")));
+                }
+                let kid = keyring::kid(&name, 1);
+                let g = this.backend.generate(KeyLabel {
+                    tenant: &tenant,
+                    kid: &kid,
+                    algorithm: alg,
+                })?;
+                let now = now_ms();
+                let rec = KeyRecord {
+                    tenant: tenant.clone(),
+                    name: name.clone(),
+                    algorithm: alg,
+                    primary_version: 1,
+                    created_at_ms: now,
+                    versions: vec![VersionRecord {
+                        version: 1,
+                        state: VersionState::Enabled,
+                        public_key: g.public,
+                        handle: Some(g.handle),
+                        created_at_ms: now,
+                    }],
+                };
+                let op = op.map(|o| OpRecord { result: kid, ..o });
+                this.store.create_key(&rec, op.as_ref())?;
+                this.keyring.put(rec);
+                this.keyring
+                    .get(&tenant, &name)
+                    .ok_or_else(|| Error::Internal("key vanished after create".into()))
+            })
+            .await?;
+        tracing::info!(request_id = %caller.request_id, tenant = %caller.tenant, principal = %caller.principal, key = %rec.name, algorithm = %rec.algorithm, "key created");
+        Ok(proto::CreateKeyResponse {
+            key: Some(key_to_proto(&rec, false)),
+        })
+    }
+
+    pub(super) async fn get_key_inner(
+        self: &Arc<Self>,
+        caller: &Caller,
+        req: proto::GetKeyRequest,
+    ) -> Result<proto::GetKeyResponse> {
+        caller.require(Scope::Read)?;
+        keyring::validate_name(&req.name)?;
+        let rec = self
+            .keyring
+            .get(&caller.tenant, &req.name)
+            .ok_or_else(|| Error::NotFound(format!("key {}", req.name)))?;
+        Ok(proto::GetKeyResponse {
+            key: Some(key_to_proto(&rec, req.pem)),
+        })
+    }
+
+    pub(super) async fn list_keys_inner(
+        self: &Arc<Self>,
+        caller: &Caller,
+        req: proto::ListKeysRequest,
+    ) -> Result<proto::ListKeysResponse> {
+        caller.require(Scope::Read)?;
+        let size = match req.page_size {
+            0 => DEFAULT_PAGE_SIZE,
+            n => n.min(MAX_PAGE_SIZE),
+        } as usize;
+        let after = if req.page_token.is_empty() {
+            None
+        } else {
+            let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(&req.page_token)
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok())
+                .filter(|n| keyring::validate_name(n).is_ok())
+                .ok_or_else(|| Error::InvalidArgument("page_token is malformed".into()))?;
+            Some(raw)
+        };
+        let snap = self.keyring.snapshot();
+        let mut page = snap.page(&caller.tenant, after.as_deref(), size + 1);
+        let next_page_token = if page.len() > size {
+            page.truncate(size);
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .encode(page.last().map(|k| k.name.as_bytes()).unwrap_or_default())
+        } else {
+            String::new()
+        };
+        Ok(proto::ListKeysResponse {
+            keys: page.iter().map(|k| key_to_proto(k, false)).collect(),
+            next_page_token,
+        })
+    }
+
+    pub(super) async fn rotate_key_inner(
+        self: &Arc<Self>,
+        caller: &Caller,
+        req: proto::RotateKeyRequest,
+    ) -> Result<proto::RotateKeyResponse> {
+        caller.require(Scope::Admin)?;
+        keyring::validate_name(&req.name)?;
+        let op = Self::op_record(caller, &req.op_id, &[b"RotateKey", req.name.as_bytes()])?;
+        let this = self.clone();
+        let tenant = caller.tenant.clone();
+        let name = req.name;
+        let (rec, kid) = self
+            .mutation(move || {
+                let cur = this
+                    .keyring
+                    .get(&tenant, &name)
+                    .ok_or_else(|| Error::NotFound(format!("key {name}")))?;
+                if let Some(kid) = this.prior_op(&op)? {
+                    return Ok((cur, kid));
+                }
+                let next = cur.latest_version() + 1;
+                let kid = cur.kid(next);
+                let g = this.backend.generate(label(&cur, &kid))?;
+                let v = VersionRecord {
+                    version: next,
+                    state: VersionState::Enabled,
+                    public_key: g.public,
+                    handle: Some(g.handle),
+                    created_at_ms: now_ms(),
+                };
+                let op = op.map(|o| OpRecord {
+                    result: kid.clone(),
+                    ..o
+                });
+                this.store.add_version(&tenant, &name, &v, op.as_ref())?;
+                let mut rec = (*cur).clone();
+                rec.versions.push(v);
+                rec.primary_version = next;
+                this.keyring.put(rec);
+                let rec = this
+                    .keyring
+                    .get(&tenant, &name)
+                    .ok_or_else(|| Error::Internal("key vanished after rotate".into()))?;
+                Ok((rec, kid))
+            })
+            .await?;
+        tracing::info!(request_id = %caller.request_id, tenant = %caller.tenant, principal = %caller.principal, kid = %kid, "key rotated");
+        Ok(proto::RotateKeyResponse {
+            key: Some(key_to_proto(&rec, false)),
+            kid,
+        })
+    }
+
+    pub(super) async fn set_key_version_state_inner(
+        self: &Arc<Self>,
+        caller: &Caller,
+        req: proto::SetKeyVersionStateRequest,
+    ) -> Result<proto::SetKeyVersionStateResponse> {
+        caller.require(Scope::Admin)?;
+        keyring::validate_name(&req.name)?;
+        if req.version == 0 {
+            return Err(Error::InvalidArgument("version must be >= 1".into()));
+        }
+        let state = VersionState::parse(&req.state).ok_or_else(|| {
+            Error::InvalidArgument("state must be enabled, disabled or destroyed".into())
+        })?;
+        let op = Self::op_record(
+            caller,
+            &req.op_id,
+            &[
+                b"SetKeyVersionState",
+                req.name.as_bytes(),
+                &req.version.to_be_bytes(),
+                state.as_str().as_bytes(),
+            ],
+        )?;
+        let this = self.clone();
+        let tenant = caller.tenant.clone();
+        let (name, vn) = (req.name, req.version);
+        let rec = self
+            .mutation(move || {
+                let cur = this
+                    .keyring
+                    .get(&tenant, &name)
+                    .ok_or_else(|| Error::NotFound(format!("key {name}")))?;
+                if this.prior_op(&op)?.is_some() {
+                    return Ok(cur);
+                }
+                let kid = cur.kid(vn);
+                let v = cur
+                    .version(vn)
+                    .ok_or_else(|| Error::NotFound(format!("key version {kid}")))?;
+                if !v.state.can_become(state) {
+                    return Err(Error::FailedPrecondition(format!(
+                        "{kid} cannot go from {} to {} (allowed: enabled <-> disabled, disabled -> destroyed)",
+                        v.state.as_str(),
+                        state.as_str()
+                    )));
+                }
+                if v.state == state {
+                    return Ok(cur);
+                }
+                if state == VersionState::Destroyed {
+                    if let Some(h) = &v.handle {
+                        this.backend.destroy(label(&cur, &kid), h)?;
+                    }
+                }
+                let op = op.map(|o| OpRecord {
+                    result: kid.clone(),
+                    ..o
+                });
+                this.store.set_state(&tenant, &name, vn, state, op.as_ref())?;
+                let mut rec = (*cur).clone();
+                let slot = &mut rec.versions[(vn - 1) as usize];
+                slot.state = state;
+                if state == VersionState::Destroyed {
+                    slot.handle = None;
+                }
+                this.keyring.put(rec);
+                this.keyring
+                    .get(&tenant, &name)
+                    .ok_or_else(|| Error::Internal("key vanished after state change".into()))
+            })
+            .await?;
+        tracing::info!(request_id = %caller.request_id, tenant = %caller.tenant, principal = %caller.principal, kid = %keyring::kid(&rec.name, vn), state = state.as_str(), "key version state set");
+        Ok(proto::SetKeyVersionStateResponse {
+            key: Some(key_to_proto(&rec, false)),
+        })
+    }
+}

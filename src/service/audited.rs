@@ -1,0 +1,276 @@
+//! The public entry points: every operation runs inside [`KmsService::audited`],
+//! which refuses state changes and private-key use while the audit chain is
+//! broken, records metrics, and answers only once the operation's audit
+//! record is durable.
+use super::*;
+
+impl KmsService {
+    // ----- the audited entry points -------------------------------------
+    //
+    // Every operation, allowed or refused, appends one audit record and
+    // answers only once that record's batch is durable. Operations that
+    // change state or use a private key are refused up front while the
+    // audit chain is broken; get, list and verify stay available.
+
+    fn refuse_if_audit_broken(&self) -> Result<()> {
+        self.audit.integrity().map_err(|e| {
+            Error::FailedPrecondition(format!(
+                "the audit log failed its integrity check ({e}); operations that change state or use private keys are refused until an operator restores it"
+            ))
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn audited<T>(
+        &self,
+        caller: &Caller,
+        op: &'static str,
+        key: &str,
+        input: Option<&[u8]>,
+        writes: bool,
+        run: impl std::future::Future<Output = Result<T>>,
+        describe: impl Fn(&T) -> (String, String),
+    ) -> Result<T> {
+        self.audited_inner(caller, op, key, input.map(sha256), writes, run, describe)
+            .await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn audited_inner<T>(
+        &self,
+        caller: &Caller,
+        op: &'static str,
+        key: &str,
+        input_sha256: Option<[u8; 32]>,
+        writes: bool,
+        run: impl std::future::Future<Output = Result<T>>,
+        describe: impl Fn(&T) -> (String, String),
+    ) -> Result<T> {
+        if writes {
+            self.refuse_if_audit_broken()?;
+        }
+        let started = std::time::Instant::now();
+        metrics::gauge!("kms_inflight", "op" => op).increment(1.0);
+        let r = run.await;
+        let (kid, alg, result, reason) = match &r {
+            Ok(v) => {
+                let (k, a) = describe(v);
+                (k, a, "ok".to_string(), String::new())
+            }
+            Err(e) => (
+                key.to_string(),
+                String::new(),
+                crate::api::error::classify(e).code.to_string(),
+                String::new(),
+            ),
+        };
+        let event = Event {
+            tenant: caller.tenant.clone(),
+            principal: caller.principal.clone(),
+            op,
+            kid,
+            alg,
+            result,
+            reason,
+            request_id: caller.request_id.clone(),
+            input_sha256,
+        };
+        tracing::debug!(
+            op,
+            tenant = %event.tenant,
+            principal = %event.principal,
+            kid = %event.kid,
+            result = %event.result,
+            input_sha256 = %event.input_sha256.map(hex::encode).unwrap_or_default(),
+            elapsed_us = started.elapsed().as_micros() as u64,
+            "operation"
+        );
+        let alg_label = event.alg.split(' ').next().unwrap_or("").to_string();
+        let result_label = event.result.clone();
+        let out = match self.audit.append(event).await {
+            Ok(_) => r,
+            Err(e) => {
+                tracing::error!(request_id = %caller.request_id, error = %e, "audit append failed");
+                r.and(Err(Error::Unavailable("audit log unavailable".into())))
+            }
+        };
+        metrics::gauge!("kms_inflight", "op" => op).decrement(1.0);
+        metrics::histogram!("kms_latency_seconds", "op" => op, "alg" => alg_label.clone())
+            .record(started.elapsed().as_secs_f64());
+        metrics::counter!("kms_ops_total", "op" => op, "alg" => alg_label, "result" => result_label.clone())
+            .increment(1);
+        if result_label == "permission_denied" {
+            crate::telemetry::reject("forbidden");
+        }
+        out
+    }
+
+    pub async fn create_key(
+        self: &Arc<Self>,
+        caller: &Caller,
+        req: proto::CreateKeyRequest,
+    ) -> Result<proto::CreateKeyResponse> {
+        let key = req.name.clone();
+        let run = self.create_key_inner(caller, req);
+        self.audited(caller, "create_key", &key, None, true, run, |r| {
+            key_desc(r.key.as_ref())
+        })
+        .await
+    }
+
+    pub async fn get_key(
+        self: &Arc<Self>,
+        caller: &Caller,
+        req: proto::GetKeyRequest,
+    ) -> Result<proto::GetKeyResponse> {
+        let key = req.name.clone();
+        let run = self.get_key_inner(caller, req);
+        self.audited(caller, "get_key", &key, None, false, run, |r| {
+            key_desc(r.key.as_ref())
+        })
+        .await
+    }
+
+    pub async fn list_keys(
+        self: &Arc<Self>,
+        caller: &Caller,
+        req: proto::ListKeysRequest,
+    ) -> Result<proto::ListKeysResponse> {
+        let run = self.list_keys_inner(caller, req);
+        self.audited(caller, "list_keys", "", None, false, run, |_| {
+            (String::new(), String::new())
+        })
+        .await
+    }
+
+    pub async fn rotate_key(
+        self: &Arc<Self>,
+        caller: &Caller,
+        req: proto::RotateKeyRequest,
+    ) -> Result<proto::RotateKeyResponse> {
+        let key = req.name.clone();
+        let run = self.rotate_key_inner(caller, req);
+        self.audited(caller, "rotate_key", &key, None, true, run, |r| {
+            (
+                r.kid.clone(),
+                r.key
+                    .as_ref()
+                    .map(|k| k.algorithm.clone())
+                    .unwrap_or_default(),
+            )
+        })
+        .await
+    }
+
+    pub async fn set_key_version_state(
+        self: &Arc<Self>,
+        caller: &Caller,
+        req: proto::SetKeyVersionStateRequest,
+    ) -> Result<proto::SetKeyVersionStateResponse> {
+        let kid = keyring::kid(&req.name, req.version);
+        let op: &'static str = match req.state.as_str() {
+            "enabled" => "enable_version",
+            "disabled" => "disable_version",
+            "destroyed" => "destroy_version",
+            _ => "set_version_state",
+        };
+        let run = self.set_key_version_state_inner(caller, req);
+        let k2 = kid.clone();
+        self.audited(caller, op, &kid, None, true, run, move |r| {
+            (
+                k2.clone(),
+                r.key
+                    .as_ref()
+                    .map(|k| k.algorithm.clone())
+                    .unwrap_or_default(),
+            )
+        })
+        .await
+    }
+
+    pub async fn sign(
+        self: &Arc<Self>,
+        caller: &Caller,
+        req: proto::SignRequest,
+    ) -> Result<proto::SignResponse> {
+        let key = req.key.clone();
+        let input = sha256(&req.message);
+        let run = self.sign_inner(caller, req);
+        self.audited_hashed(caller, "sign", &key, input, true, run, |r| {
+            (r.kid.clone(), r.algorithm.clone())
+        })
+        .await
+    }
+
+    pub async fn verify(
+        self: &Arc<Self>,
+        caller: &Caller,
+        req: proto::VerifyRequest,
+    ) -> Result<proto::VerifyResponse> {
+        let key = req.key.clone();
+        let input = sha256(&req.message);
+        let run = self.verify_inner(caller, req);
+        self.audited_hashed(caller, "verify", &key, input, false, run, |r| {
+            (r.kid.clone(), format!("{} valid={}", r.algorithm, r.valid))
+        })
+        .await
+    }
+
+    pub async fn wrap(
+        self: &Arc<Self>,
+        caller: &Caller,
+        req: proto::WrapRequest,
+    ) -> Result<proto::WrapResponse> {
+        let key = req.key.clone();
+        let input = sha256(&req.plaintext);
+        let run = self.wrap_inner(caller, req);
+        self.audited_hashed(caller, "wrap", &key, input, true, run, |r| {
+            (r.kid.clone(), r.algorithm.clone())
+        })
+        .await
+    }
+
+    pub async fn unwrap(
+        self: &Arc<Self>,
+        caller: &Caller,
+        req: proto::UnwrapRequest,
+    ) -> Result<proto::UnwrapResponse> {
+        let key = req.key.clone();
+        let input = sha256(&req.ciphertext);
+        let run = self.unwrap_inner(caller, req);
+        self.audited_hashed(caller, "unwrap", &key, input, true, run, |r| {
+            (r.kid.clone(), String::new())
+        })
+        .await
+    }
+
+    pub async fn generate_data_key(
+        self: &Arc<Self>,
+        caller: &Caller,
+        req: proto::GenerateDataKeyRequest,
+    ) -> Result<proto::GenerateDataKeyResponse> {
+        let key = req.key.clone();
+        let run = self.generate_data_key_inner(caller, req);
+        self.audited(caller, "generate_data_key", &key, None, true, run, |r| {
+            (r.kid.clone(), String::new())
+        })
+        .await
+    }
+
+    /// [`Self::audited`] with the input hash computed by the caller (the
+    /// input itself has moved into the operation).
+    #[allow(clippy::too_many_arguments)]
+    async fn audited_hashed<T>(
+        &self,
+        caller: &Caller,
+        op: &'static str,
+        key: &str,
+        input_sha256: [u8; 32],
+        writes: bool,
+        run: impl std::future::Future<Output = Result<T>>,
+        describe: impl Fn(&T) -> (String, String),
+    ) -> Result<T> {
+        self.audited_inner(caller, op, key, Some(input_sha256), writes, run, describe)
+            .await
+    }
+}

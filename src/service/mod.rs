@@ -1,0 +1,347 @@
+//! Every operation of ron-kms, implemented once. Both fronts (gRPC and HTTP)
+//! authenticate, decode into the generated request messages, call one method
+//! here and encode the result; no business logic lives in a front.
+//!
+//! Threading: private-key operations whose CPU cost exceeds ~50 µs (see
+//! [`Algorithm::private_op_is_heavy`]) and every store write run on tokio's
+//! blocking threads, at most `blocking_threads` at once; cheap ones run
+//! inline. Mutations are serialised by one mutex held on a blocking thread,
+//! write the store first and only then swap the in-memory snapshot, so the
+//! hot path never observes a state the store does not hold.
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use tokio::sync::Semaphore;
+use zeroize::Zeroizing;
+
+use crate::audit::{AuditLog, Event};
+use crate::auth::{Caller, Scope, TokenTable};
+use crate::backend::{Backend, KeyLabel};
+use crate::crypto::{aead, envelope, random_bytes, sha256, spki, Algorithm, Provider, Purpose};
+use crate::error::{Error, Result};
+use crate::keyring::{self, KeyRecord, KeyRef, Keyring, VersionRecord, VersionState};
+use crate::proto;
+use crate::store::{OpRecord, Store};
+
+mod admin;
+mod audited;
+mod crypto_ops;
+
+/// Largest plaintext Wrap accepts.
+pub const MAX_WRAP_PLAINTEXT: usize = 8 * 1024;
+/// Largest caller AAD accepted by Wrap, Unwrap and GenerateDataKey.
+pub const MAX_AAD: usize = 8 * 1024;
+pub const MAX_OP_ID_LEN: usize = 128;
+pub const DEFAULT_PAGE_SIZE: u32 = 100;
+pub const MAX_PAGE_SIZE: u32 = 1000;
+/// How long a crypto operation's `op_id` answer is remembered (in memory).
+pub const OP_CACHE_TTL: Duration = Duration::from_secs(600);
+pub const OP_CACHE_MAX: u64 = 100_000;
+
+/// A remembered answer to a crypto operation that carried an `op_id`.
+enum CachedAnswer {
+    Sign(proto::SignResponse),
+    Wrap(proto::WrapResponse),
+    DataKey(proto::GenerateDataKeyResponse),
+}
+
+impl Drop for CachedAnswer {
+    fn drop(&mut self) {
+        if let CachedAnswer::DataKey(r) = self {
+            zeroize::Zeroize::zeroize(&mut r.plaintext);
+        }
+    }
+}
+
+struct Cached {
+    request_hash: [u8; 32],
+    answer: CachedAnswer,
+}
+
+pub struct KmsService {
+    keyring: Keyring,
+    store: Arc<dyn Store>,
+    backend: Arc<dyn Backend>,
+    provider: Arc<Provider>,
+    tokens: Arc<TokenTable>,
+    allowed: Vec<Algorithm>,
+    blocking: Arc<Semaphore>,
+    /// Serialises mutations. Taken in async context before a mutation gets
+    /// its blocking thread, so a burst of admin calls waits here instead of
+    /// occupying the crypto pool.
+    admin_lock: tokio::sync::Mutex<()>,
+    op_cache: moka::sync::Cache<(String, String), Arc<Cached>>,
+    audit: Arc<AuditLog>,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// SHA-256 over length-prefixed parts: the identity of a request's input.
+fn request_hash(parts: &[&[u8]]) -> [u8; 32] {
+    let mut buf = Vec::new();
+    for p in parts {
+        buf.extend_from_slice(&(p.len() as u64).to_be_bytes());
+        buf.extend_from_slice(p);
+    }
+    sha256(&buf)
+}
+
+fn validate_op_id(op_id: &str) -> Result<()> {
+    if op_id.len() > MAX_OP_ID_LEN || !op_id.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(Error::InvalidArgument(format!(
+            "op_id must be at most {MAX_OP_ID_LEN} printable ASCII characters"
+        )));
+    }
+    Ok(())
+}
+
+fn version_to_proto(rec: &KeyRecord, v: &VersionRecord, pem: bool) -> proto::KeyVersion {
+    let der = spki::encode(rec.algorithm, &v.public_key);
+    proto::KeyVersion {
+        version: v.version,
+        kid: rec.kid(v.version),
+        state: v.state.as_str().to_string(),
+        public_key_pem: if pem { spki::pem(&der) } else { String::new() },
+        public_key_der: der,
+        created_at_ms: v.created_at_ms,
+    }
+}
+
+/// (kid, algorithm) of a key for its audit record: the primary version.
+fn key_desc(k: Option<&proto::Key>) -> (String, String) {
+    k.map(|k| {
+        (
+            keyring::kid(&k.name, k.primary_version),
+            k.algorithm.clone(),
+        )
+    })
+    .unwrap_or_default()
+}
+
+/// The client-visible form of a key record.
+pub fn key_to_proto(rec: &KeyRecord, pem: bool) -> proto::Key {
+    proto::Key {
+        name: rec.name.clone(),
+        purpose: rec.purpose().as_str().to_string(),
+        algorithm: rec.algorithm.as_str().to_string(),
+        primary_version: rec.primary_version,
+        versions: rec
+            .versions
+            .iter()
+            .map(|v| version_to_proto(rec, v, pem))
+            .collect(),
+        created_at_ms: rec.created_at_ms,
+    }
+}
+
+fn label<'a>(rec: &'a KeyRecord, kid: &'a str) -> KeyLabel<'a> {
+    KeyLabel {
+        tenant: &rec.tenant,
+        kid,
+        algorithm: rec.algorithm,
+    }
+}
+
+fn handle(rec: &KeyRecord, version: u32) -> Result<&[u8]> {
+    rec.version(version)
+        .and_then(|v| v.handle.as_deref())
+        .ok_or_else(|| Error::Internal(format!("{} has no custody handle", rec.kid(version))))
+}
+
+impl KmsService {
+    pub fn new(
+        store: Arc<dyn Store>,
+        backend: Arc<dyn Backend>,
+        provider: Arc<Provider>,
+        tokens: Arc<TokenTable>,
+        allowed: Vec<Algorithm>,
+        blocking_threads: usize,
+        audit: Arc<AuditLog>,
+    ) -> Result<Self> {
+        let keyring = Keyring::new(store.load_keys()?);
+        Ok(KmsService {
+            keyring,
+            store,
+            backend,
+            provider,
+            tokens,
+            allowed,
+            blocking: Arc::new(Semaphore::new(blocking_threads.max(1))),
+            admin_lock: tokio::sync::Mutex::new(()),
+            op_cache: moka::sync::Cache::builder()
+                .max_capacity(OP_CACHE_MAX)
+                .time_to_live(OP_CACHE_TTL)
+                .build(),
+            audit,
+        })
+    }
+
+    pub fn audit(&self) -> &Arc<AuditLog> {
+        &self.audit
+    }
+
+    pub fn tokens(&self) -> &Arc<TokenTable> {
+        &self.tokens
+    }
+
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.backend
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    pub fn key_count(&self) -> usize {
+        self.keyring.snapshot().len()
+    }
+
+    /// Run `f` on the bounded blocking pool.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let permit = self
+            .blocking
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Error::Unavailable("shutting down".into()))?;
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            f()
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("blocking task failed: {e}")))?
+    }
+
+    /// Run one mutation: serialised with every other mutation, on its own
+    /// blocking thread (store writes fsync; key generation may be slow).
+    async fn mutation<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let _g = self.admin_lock.lock().await;
+        tokio::task::spawn_blocking(f)
+            .await
+            .map_err(|e| Error::Internal(format!("mutation task failed: {e}")))?
+    }
+
+    fn parse_algorithm(&self, s: &str) -> Result<Algorithm> {
+        Algorithm::parse(s)
+            .filter(|a| self.allowed.contains(a))
+            .ok_or_else(|| Error::UnknownAlgorithm(s.to_string()))
+    }
+
+    /// Find an enabled version of the caller's key fit for `need`.
+    fn resolve(
+        &self,
+        caller: &Caller,
+        key: &KeyRef,
+        need: Purpose,
+        op: &'static str,
+    ) -> Result<(Arc<KeyRecord>, u32)> {
+        let rec = self
+            .keyring
+            .get(&caller.tenant, &key.name)
+            .ok_or_else(|| Error::NotFound(format!("key {}", key.name)))?;
+        let vn = key.version.unwrap_or(rec.primary_version);
+        let v = rec
+            .version(vn)
+            .ok_or_else(|| Error::NotFound(format!("key version {}", rec.kid(vn))))?;
+        if rec.purpose() != need {
+            return Err(Error::WrongPurpose {
+                kid: rec.kid(vn),
+                purpose: rec.purpose().as_str(),
+                op,
+                needed: need.as_str(),
+            });
+        }
+        if v.state != VersionState::Enabled {
+            return Err(Error::VersionNotEnabled {
+                kid: rec.kid(vn),
+                state: v.state.as_str(),
+            });
+        }
+        if !self.allowed.contains(&rec.algorithm) {
+            return Err(Error::FailedPrecondition(format!(
+                "algorithm {} is not allowed by this deployment",
+                rec.algorithm
+            )));
+        }
+        Ok((rec, vn))
+    }
+
+    /// For a mutation carrying an `op_id`: the op record to write, or the
+    /// earlier result when this is a retry.
+    fn prior_op(&self, op: &Option<OpRecord>) -> Result<Option<String>> {
+        let Some(op) = op else { return Ok(None) };
+        match self.store.find_op(&op.tenant, &op.op_id)? {
+            None => Ok(None),
+            Some(prev) if prev.request_hash == op.request_hash => Ok(Some(prev.result)),
+            Some(_) => Err(Error::AlreadyExists(format!(
+                "op_id {:?} was already used with different input",
+                op.op_id
+            ))),
+        }
+    }
+
+    fn op_record(caller: &Caller, op_id: &str, parts: &[&[u8]]) -> Result<Option<OpRecord>> {
+        if op_id.is_empty() {
+            return Ok(None);
+        }
+        validate_op_id(op_id)?;
+        Ok(Some(OpRecord {
+            tenant: caller.tenant.clone(),
+            op_id: op_id.to_string(),
+            request_hash: request_hash(parts),
+            result: String::new(),
+        }))
+    }
+
+    /// In-memory idempotency for crypto operations: `Some(answer)` on a
+    /// retry, `AlreadyExists` on reuse with other input.
+    fn cached(&self, caller: &Caller, op_id: &str, hash: &[u8; 32]) -> Result<Option<Arc<Cached>>> {
+        if op_id.is_empty() {
+            return Ok(None);
+        }
+        validate_op_id(op_id)?;
+        match self
+            .op_cache
+            .get(&(caller.tenant.clone(), op_id.to_string()))
+        {
+            None => Ok(None),
+            Some(c) if &c.request_hash == hash => Ok(Some(c)),
+            Some(_) => Err(Error::AlreadyExists(format!(
+                "op_id {op_id:?} was already used with different input"
+            ))),
+        }
+    }
+
+    fn remember(&self, caller: &Caller, op_id: &str, request_hash: [u8; 32], answer: CachedAnswer) {
+        if !op_id.is_empty() {
+            self.op_cache.insert(
+                (caller.tenant.clone(), op_id.to_string()),
+                Arc::new(Cached {
+                    request_hash,
+                    answer,
+                }),
+            );
+        }
+    }
+
+    /// Readiness: each named dependency and whether it answers.
+    pub fn readiness(&self) -> Vec<(&'static str, std::result::Result<(), String>)> {
+        vec![
+            ("backend", self.backend.health().map_err(|e| e.to_string())),
+            ("store", self.store.health().map_err(|e| e.to_string())),
+            ("audit", self.audit.integrity()),
+        ]
+    }
+}
