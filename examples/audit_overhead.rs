@@ -3,7 +3,7 @@
 //! run on the same machine, alternating on/off so noise hits both.
 //!
 //! ```sh
-//! cargo run --release --example audit_overhead -- [seconds per round, default 5]
+//! cargo run --release --example audit_overhead -- [seconds per round, default 5] [requests in flight, default 64] [rounds, default 5]
 //! ```
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -15,9 +15,8 @@ use ron_kms::proto::{CreateKeyRequest, SignRequest};
 use tonic::metadata::MetadataValue;
 
 const CONNECTIONS: usize = 4;
-const IN_FLIGHT: usize = 64;
 
-async fn round(audit_on: bool, memory: bool, secs: u64) -> f64 {
+async fn round(audit_on: bool, memory: bool, secs: u64, in_flight: usize) -> f64 {
     let dir = tempfile_dir();
     let mut cfg = Config::for_data_dir(&dir.join("data"));
     cfg.grpc_addr = "127.0.0.1:0".parse().unwrap();
@@ -44,7 +43,7 @@ async fn round(audit_on: bool, memory: bool, secs: u64) -> f64 {
     let done = Arc::new(AtomicU64::new(0));
     let deadline = Instant::now() + Duration::from_secs(secs);
     let mut tasks = Vec::new();
-    for i in 0..IN_FLIGHT {
+    for i in 0..in_flight {
         let mut c = clients[i % CONNECTIONS].clone();
         let (auth, done) = (auth.clone(), done.clone());
         tasks.push(tokio::spawn(async move {
@@ -84,38 +83,77 @@ async fn main() {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(5);
+    let in_flight: usize = std::env::args()
+        .nth(2)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(64);
+    let pairs: usize = std::env::args()
+        .nth(3)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5);
     let (mut on, mut off, mut mem) = (Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..2 {
-        off.push(round(false, false, secs).await);
-        on.push(round(true, false, secs).await);
-        mem.push(round(true, true, secs).await);
+    // For profiling one configuration: RON_KMS_BENCH_ONLY=off|on|memory.
+    let only = std::env::var("RON_KMS_BENCH_ONLY").unwrap_or_default();
+    let want = |m: &str| only.is_empty() || only == m;
+    for _ in 0..pairs {
+        if want("off") {
+            off.push(round(false, false, secs, in_flight).await);
+        }
+        if want("on") {
+            on.push(round(true, false, secs, in_flight).await);
+        }
+        if want("memory") {
+            mem.push(round(true, true, secs, in_flight).await);
+        }
     }
-    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
     println!(
-        "host {} | {} | {CONNECTIONS} connections, {IN_FLIGHT} in flight, {secs} s rounds",
+        "host {} | {} | {CONNECTIONS} connections, {in_flight} in flight, {pairs} x {secs} s rounds each, alternating",
         hostname(),
         date()
     );
+    let show = |name: &str, v: &[f64]| {
+        println!(
+            "{name:<28} median {:>7.0} ops/s  rounds {:?}",
+            median(v),
+            v.iter().map(|x| x.round()).collect::<Vec<_>>()
+        )
+    };
+    show("audit off", &off);
+    show("audit on (files, fsync)", &on);
+    show("audit in memory (no fsync)", &mem);
+    // The host is shared and noisy: compare each round with the audit-off
+    // round that ran just before it, and report the median of those ratios.
+    let ratios = |v: &[f64]| -> Vec<f64> { v.iter().zip(&off).map(|(x, o)| x / o).collect() };
     println!(
-        "audit off: {:?} ops/s, mean {:.0}",
-        off.iter().map(|x| x.round()).collect::<Vec<_>>(),
-        mean(&off)
+        "ratio on/off: median {:.3} {:?}",
+        median(&ratios(&on)),
+        ratios(&on)
+            .iter()
+            .map(|r| (r * 1000.0).round() / 1000.0)
+            .collect::<Vec<_>>()
     );
     println!(
-        "audit on:  {:?} ops/s, mean {:.0}",
-        on.iter().map(|x| x.round()).collect::<Vec<_>>(),
-        mean(&on)
+        "ratio in-memory/off: median {:.3} {:?}",
+        median(&ratios(&mem)),
+        ratios(&mem)
+            .iter()
+            .map(|r| (r * 1000.0).round() / 1000.0)
+            .collect::<Vec<_>>()
     );
-    println!(
-        "audit in memory (no fsync): {:?} ops/s, mean {:.0}",
-        mem.iter().map(|x| x.round()).collect::<Vec<_>>(),
-        mean(&mem)
-    );
-    println!(
-        "ratio on/off: {:.3}; in-memory/off: {:.3}",
-        mean(&on) / mean(&off),
-        mean(&mem) / mean(&off)
-    );
+}
+
+fn median(v: &[f64]) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    let n = s.len();
+    if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        (s[n / 2 - 1] + s[n / 2]) / 2.0
+    }
 }
 
 fn hostname() -> String {

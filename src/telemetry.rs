@@ -18,6 +18,11 @@ pub const LATENCY_BUCKETS: &[f64] = &[
     0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
+/// Audit batch sizes (records per fsync): 1 to the batch cap.
+pub const BATCH_BUCKETS: &[f64] = &[
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+];
+
 pub const REJECT_REASONS: &[&str] = &[
     "overload",
     "tenant_share",
@@ -42,6 +47,11 @@ pub fn init() -> Option<&'static PrometheusHandle> {
                 .set_buckets_for_metric(
                     Matcher::Full("kms_latency_seconds".into()),
                     LATENCY_BUCKETS,
+                )
+                .ok()?
+                .set_buckets_for_metric(
+                    Matcher::Full("kms_audit_batch_records".into()),
+                    BATCH_BUCKETS,
                 )
                 .ok()?
                 .install_recorder()
@@ -81,6 +91,11 @@ fn describe() {
     describe_gauge!(
         "verify_cache_age_ms",
         "Age of the oldest verify cache entry served"
+    );
+    describe_histogram!(
+        "kms_audit_batch_records",
+        Unit::Count,
+        "Audit records made durable by one group commit (one fsync)"
     );
     describe_counter!(
         "kms_audit_integrity_failed_total",
