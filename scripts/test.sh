@@ -17,3 +17,9 @@ echo "== client examples and schemathesis against a live server"
 scripts/examples.sh
 echo "== deploy artifacts (promtool)"
 scripts/check-deploy.sh
+echo "== tokio-console build (feature console, --cfg tokio_unstable): the endpoint serves tasks"
+# A separate target dir: different RUSTFLAGS would otherwise rebuild the
+# main one from scratch on the next run. -D warnings: the console-only code
+# gets no clippy pass of its own, but it must compile clean.
+RUSTFLAGS="--cfg tokio_unstable -D warnings" cargo test --locked --features console \
+  --target-dir target/console --test console

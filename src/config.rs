@@ -76,6 +76,7 @@ pub struct FileConfig {
     pub log_format: Option<String>,
     pub audit_checkpoint_interval: Option<u64>,
     pub audit_max_file_bytes: Option<u64>,
+    pub console_addr: Option<String>,
 }
 
 /// Flags of `ron-kms serve` that override file and env.
@@ -138,6 +139,9 @@ pub struct Config {
     /// Benchmarks only (library API, never from a file, env or flag): run
     /// without an audit log to measure what it costs.
     pub audit_off_for_benchmarks: bool,
+    /// Serve the tokio-console instrumentation API here (builds with the
+    /// `console` feature and `--cfg tokio_unstable` only). Off when `None`.
+    pub console_addr: Option<SocketAddr>,
 }
 
 impl Config {
@@ -159,6 +163,7 @@ impl Config {
             audit_checkpoint_interval: crate::audit::DEFAULT_CHECKPOINT_INTERVAL,
             audit_max_file_bytes: crate::audit::DEFAULT_MAX_FILE_BYTES,
             audit_off_for_benchmarks: false,
+            console_addr: None,
         }
     }
 
@@ -568,6 +573,32 @@ pub fn load(flags: &Flags, env: &dyn Env) -> Result<Config, ConfigError> {
         Some(other) => return Err(err(fmt_p.origin, format!("{other:?} is not text or json"))),
     };
 
+    let console_p = pick(
+        None,
+        "",
+        env,
+        "KMS_CONSOLE_ADDR",
+        id,
+        file.console_addr,
+        "console_addr",
+        fname,
+    );
+    let console_addr = match console_p.value.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(_) if !cfg!(feature = "console") => {
+            return Err(err(
+                console_p.origin,
+                "this build has no tokio-console support; build with RUSTFLAGS=\"--cfg tokio_unstable\" cargo build --release --features console",
+            ))
+        }
+        Some(a) => Some(a.parse().map_err(|_| {
+            err(
+                &console_p.origin,
+                format!("{a:?} is not a socket address like 127.0.0.1:6669"),
+            )
+        })?),
+    };
+
     Ok(Config {
         data_dir,
         grpc_addr,
@@ -584,6 +615,7 @@ pub fn load(flags: &Flags, env: &dyn Env) -> Result<Config, ConfigError> {
         audit_checkpoint_interval,
         audit_max_file_bytes,
         audit_off_for_benchmarks: false,
+        console_addr,
     })
 }
 

@@ -529,6 +529,41 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
     }
 }
 
+/// Logs to stderr (text or JSON, filtered by `KMS_LOG`), plus the
+/// tokio-console layer when `KMS_CONSOLE_ADDR` is set. The log filter is
+/// attached to the log layer only, so the console still sees the runtime's
+/// task events.
+fn init_tracing(cfg: &config::Config) -> Result<(), Failure> {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    use tracing_subscriber::Layer as _;
+    let filter = tracing_subscriber::EnvFilter::try_new(&cfg.log)
+        .map_err(|e| format!("config: KMS_LOG: {e}"))?;
+    let logs = match cfg.log_format {
+        config::LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .with_writer(std::io::stderr)
+            .with_filter(filter)
+            .boxed(),
+        config::LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_filter(filter)
+            .boxed(),
+    };
+    let registry = tracing_subscriber::registry().with(logs);
+    #[cfg(feature = "console")]
+    if let Some(addr) = cfg.console_addr {
+        let console = console_subscriber::ConsoleLayer::builder()
+            .server_addr(addr)
+            .spawn();
+        registry.with(console).init();
+        tracing::info!(%addr, "tokio-console instrumentation served");
+        return Ok(());
+    }
+    registry.init();
+    Ok(())
+}
+
 async fn serve(a: ServeArgs) -> Result<ExitCode, Failure> {
     let flags = Flags {
         config: a.config,
@@ -538,15 +573,7 @@ async fn serve(a: ServeArgs) -> Result<ExitCode, Failure> {
         amnesia: a.amnesia,
     };
     let cfg = config::load(&flags, &ProcessEnv)?;
-    let filter = tracing_subscriber::EnvFilter::try_new(&cfg.log)
-        .map_err(|e| format!("config: KMS_LOG: {e}"))?;
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match cfg.log_format {
-        config::LogFormat::Json => logs.json().init(),
-        config::LogFormat::Text => logs.init(),
-    }
+    init_tracing(&cfg)?;
     let running = ron_kms::server::start(&cfg).await?;
     if let Some(t) = &running.bootstrap_token {
         // Printed once, on stdout, and never logged; only its hash is stored.

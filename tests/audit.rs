@@ -82,6 +82,15 @@ async fn mixed_run() -> (TestServer, Vec<u8>) {
             .await
             .unwrap_err()
             .expect(404, Code::NotFound, "not_found");
+        // refused at authentication: a revoked-looking token, then no token
+        for token in ["rkms_not-a-real-token", ""] {
+            let mut anon = srv.client(front, token).await;
+            anon.sign(&s, b"x").await.unwrap_err().expect(
+                401,
+                Code::Unauthenticated,
+                "unauthenticated",
+            );
+        }
     }
     srv.stop().await;
     (srv, secret_msg)
@@ -95,12 +104,12 @@ async fn a_mixed_run_leaves_a_verified_chain_of_hashed_records() {
     assert!(ok, "{text}");
     assert!(text.contains("audit chain ok"), "{text}");
     let log = std::fs::read_to_string(segment(&dir)).unwrap();
-    // 2 fronts × (2 creates + 60 × 4 ops + 3 rotations + 2 refusals), plus checkpoints
+    // 2 fronts × (2 creates + 60 × 4 ops + 3 rotations + 4 refusals), plus checkpoints
     let ops = log
         .lines()
         .filter(|l| !l.contains("\"op\":\"checkpoint\""))
         .count();
-    assert_eq!(ops, 2 * (2 + 240 + 3 + 2), "one record per operation");
+    assert_eq!(ops, 2 * (2 + 240 + 3 + 4), "one record per operation");
     assert!(
         log.lines()
             .last()
@@ -120,6 +129,32 @@ async fn a_mixed_run_leaves_a_verified_chain_of_hashed_records() {
         "{refused}"
     );
     assert!(log.contains("\"result\":\"not_found\""));
+    let token_hash = &hex::encode(ron_kms::crypto::sha256(b"rkms_not-a-real-token"))[..12];
+    let unauth: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("\"result\":\"unauthenticated\""))
+        .collect();
+    assert_eq!(unauth.len(), 4, "{unauth:?}");
+    assert!(unauth.iter().all(|l| l.contains("\"op\":\"authenticate\"")));
+    assert_eq!(
+        unauth
+            .iter()
+            .filter(|l| l.contains(&format!("\"principal\":\"token:{token_hash}\"")))
+            .count(),
+        2,
+        "a presented token is identified by its hash prefix"
+    );
+    assert_eq!(
+        unauth
+            .iter()
+            .filter(|l| l.contains("\"principal\":\"anonymous\""))
+            .count(),
+        2
+    );
+    assert!(
+        !log.contains("not-a-real-token"),
+        "tokens are never recorded"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -281,4 +316,66 @@ async fn kill_9_loses_no_acknowledged_record() {
         missing.len(),
         acked.len()
     );
+}
+
+/// Segments rotate by size, and the chain runs on across them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn segments_rotate_by_size_and_the_chain_spans_them() {
+    use ed25519_dalek::Signer as _;
+    use ron_kms::audit::{AuditLog, Event, Options, Sink};
+    let dir = tempfile::tempdir().unwrap();
+    let audit_dir = dir.path().join("audit");
+    let key = ed25519_dalek::SigningKey::from_bytes(&[9u8; 32]);
+    let public = key.verifying_key().to_bytes().to_vec();
+    let signer: ron_kms::audit::Signer =
+        std::sync::Arc::new(move |m: &[u8]| Ok(key.sign(m).to_bytes().to_vec()));
+    let opts = Options {
+        sink: Sink::Dir(audit_dir.clone()),
+        checkpoint_interval: 50,
+        max_file_bytes: 4096,
+    };
+    let log = tokio::task::spawn_blocking({
+        let public = public.clone();
+        move || AuditLog::start_blocking(opts, &public, signer)
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    for i in 0..300 {
+        log.append(Event {
+            tenant: "t".into(),
+            op: "sign",
+            kid: format!("k#v{i}"),
+            result: "ok".into(),
+            ..Event::default()
+        })
+        .await
+        .unwrap();
+    }
+    log.close().await;
+    let segs: Vec<_> = std::fs::read_dir(&audit_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with("audit-") && n.ends_with(".log"))
+        .collect();
+    assert!(
+        segs.len() >= 5,
+        "300 records of ~200 bytes in 4 KiB segments: {segs:?}"
+    );
+    for s in &segs {
+        let len = std::fs::metadata(audit_dir.join(s)).unwrap().len();
+        // a segment is closed once it reaches the limit, so it exceeds it by
+        // at most one batch
+        assert!(len < 4096 + 64 * 1024, "{s}: {len} bytes");
+    }
+    let (ok, text) = audit_verify(&audit_dir);
+    assert!(ok, "{text}");
+    // "audit chain ok: N records (C checkpoints), last record N": every
+    // event is there once
+    let nums: Vec<u64> = text
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    assert_eq!(nums.len(), 3, "{text}");
+    assert_eq!(nums[0] - nums[1], 300, "{text}");
 }

@@ -57,7 +57,6 @@ impl GrpcFront {
             async {
                 match self
                     .kms
-                    .tokens()
                     .authenticate(auth.as_deref(), request_id.clone())
                     .await
                 {

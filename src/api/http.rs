@@ -135,7 +135,6 @@ impl HttpFront {
                 // costs a header parse, not a 1 MiB buffer.
                 let caller = self
                     .kms
-                    .tokens()
                     .authenticate(auth.as_deref(), request_id.clone())
                     .await?;
                 let mut msg: Req = match from {

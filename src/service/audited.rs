@@ -20,6 +20,40 @@ impl KmsService {
         })
     }
 
+    /// Authenticate a request's `authorization` value. A refusal is audited
+    /// too (op `authenticate`, result `unauthenticated`): the principal is
+    /// the presented token's hash prefix when it looked like a token, so a
+    /// revoked or leaked token being tried shows up in the log, else
+    /// `anonymous`. The token itself is never recorded.
+    pub async fn authenticate(
+        &self,
+        authorization: Option<&str>,
+        request_id: String,
+    ) -> Result<Caller> {
+        let r = self
+            .tokens
+            .authenticate(authorization, request_id.clone())
+            .await;
+        if r.is_err() {
+            let principal = authorization
+                .and_then(crate::auth::parse_bearer)
+                .filter(|t| t.starts_with(crate::auth::TOKEN_PREFIX) && t.len() <= 128)
+                .map(|t| format!("token:{}", &hex::encode(sha256(t.as_bytes()))[..12]))
+                .unwrap_or_else(|| "anonymous".into());
+            let event = Event {
+                principal,
+                op: "authenticate",
+                result: "unauthenticated".into(),
+                request_id,
+                ..Event::default()
+            };
+            if let Err(e) = self.audit.append(event).await {
+                tracing::error!(error = %e, "audit append failed");
+            }
+        }
+        r
+    }
+
     #[allow(clippy::too_many_arguments)]
     async fn audited<T>(
         &self,
