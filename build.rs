@@ -16,6 +16,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     for field in [
         "KeyVersion.public_key_der",
+        "ComponentKey.public_key_der",
         "SignRequest.message",
         "SignResponse.signature",
         "VerifyRequest.message",

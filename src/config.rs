@@ -77,6 +77,68 @@ pub struct FileConfig {
     pub audit_checkpoint_interval: Option<u64>,
     pub audit_max_file_bytes: Option<u64>,
     pub console_addr: Option<String>,
+    pub pq: Option<PqFile>,
+    pub verify_cache_max: Option<u64>,
+    pub verify_cache_ttl_ms: Option<u64>,
+    pub fault_injection: Option<bool>,
+}
+
+/// `[pq]`: the default PQ policy, and `[pq.tenants.NAME]` per tenant.
+/// Unset fields take the phase's defaults (docs/pq-policy.md).
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PqFile {
+    pub phase: Option<u8>,
+    pub produce_hybrid: Option<bool>,
+    pub verify_mode: Option<String>,
+    pub rollout_percent: Option<u8>,
+    pub tenants: Option<std::collections::BTreeMap<String, PqTenantFile>>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PqTenantFile {
+    pub phase: Option<u8>,
+    pub produce_hybrid: Option<bool>,
+    pub verify_mode: Option<String>,
+    pub rollout_percent: Option<u8>,
+}
+
+/// A policy from its parts, each with the name of where it came from.
+fn pq_policy(
+    phase: (Option<u8>, String),
+    produce: (Option<bool>, String),
+    mode: (Option<String>, String),
+    rollout: (Option<u8>, String),
+) -> Result<crate::policy::PqPolicy, ConfigError> {
+    let p = phase.0.unwrap_or(0);
+    if p > 3 {
+        return Err(err(phase.1, "must be 0, 1, 2 or 3"));
+    }
+    let mut policy = crate::policy::PqPolicy::for_phase(p);
+    if let Some(b) = produce.0 {
+        policy.produce_hybrid = b;
+    }
+    if let Some(m) = mode.0 {
+        policy.verify_mode = crate::policy::VerifyMode::parse(m.trim())
+            .ok_or_else(|| err(&mode.1, format!("{m:?} is not or, and or pq_only")))?;
+    }
+    if let Some(r) = rollout.0 {
+        if r > 100 {
+            return Err(err(rollout.1, "must be 0 to 100"));
+        }
+        policy.rollout_percent = r;
+    }
+    policy.validate().map_err(|e| err(phase.1, e))?;
+    Ok(policy)
+}
+
+fn parse_bool(s: &str) -> Option<bool> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Some(true),
+        "0" | "false" | "no" | "off" => Some(false),
+        _ => None,
+    }
 }
 
 /// Flags of `ron-kms serve` that override file and env.
@@ -142,7 +204,20 @@ pub struct Config {
     /// Serve the tokio-console instrumentation API here (builds with the
     /// `console` feature and `--cfg tokio_unstable` only). Off when `None`.
     pub console_addr: Option<SocketAddr>,
+    /// The PQ policy of tenants with nothing more specific.
+    pub pq_default: crate::policy::PqPolicy,
+    /// Per-tenant PQ policies from the config file.
+    pub pq_tenants: std::collections::BTreeMap<String, crate::policy::PqPolicy>,
+    /// Verify cache capacity (prepared public keys); 0 turns it off.
+    pub verify_cache_max: u64,
+    /// How long a cached public key may be used while custody is unavailable.
+    pub verify_cache_ttl_ms: u64,
+    /// Wrap custody in the fault-injecting backend (chaos drills, tests).
+    pub fault_injection: bool,
 }
+
+pub const DEFAULT_VERIFY_CACHE_MAX: u64 = 10_000;
+pub const DEFAULT_VERIFY_CACHE_TTL_MS: u64 = 60_000;
 
 impl Config {
     /// Defaults with `data_dir` set: what tests and embedders start from.
@@ -164,6 +239,11 @@ impl Config {
             audit_max_file_bytes: crate::audit::DEFAULT_MAX_FILE_BYTES,
             audit_off_for_benchmarks: false,
             console_addr: None,
+            pq_default: crate::policy::PqPolicy::default(),
+            pq_tenants: Default::default(),
+            verify_cache_max: DEFAULT_VERIFY_CACHE_MAX,
+            verify_cache_ttl_ms: DEFAULT_VERIFY_CACHE_TTL_MS,
+            fault_injection: false,
         }
     }
 
@@ -599,6 +679,114 @@ pub fn load(flags: &Flags, env: &dyn Env) -> Result<Config, ConfigError> {
         })?),
     };
 
+    // PQ policy: env over [pq] for the default; [pq.tenants.NAME] per tenant.
+    let pqf = file.pq.clone().unwrap_or_default();
+    let env_or = |name: &str, key: &str| -> (Option<String>, String) {
+        match env.var(name) {
+            Some(v) => (Some(v), name.to_string()),
+            None => (None, format!("pq.{key} in {fname}")),
+        }
+    };
+    let (phase_s, phase_o) = env_or("KMS_PQ_PHASE", "phase");
+    let phase = match phase_s {
+        Some(v) => Some(
+            v.trim()
+                .parse::<u8>()
+                .map_err(|_| err(&phase_o, "must be 0, 1, 2 or 3"))?,
+        ),
+        None => pqf.phase,
+    };
+    let (prod_s, prod_o) = env_or("KMS_PQ_PRODUCE_HYBRID", "produce_hybrid");
+    let produce = match prod_s {
+        Some(v) => Some(parse_bool(&v).ok_or_else(|| err(&prod_o, "must be true or false"))?),
+        None => pqf.produce_hybrid,
+    };
+    let (mode_s, mode_o) = env_or("KMS_PQ_VERIFY_MODE", "verify_mode");
+    let mode = mode_s.or(pqf.verify_mode.clone());
+    let (roll_s, roll_o) = env_or("KMS_PQ_ROLLOUT_PERCENT", "rollout_percent");
+    let rollout = match roll_s {
+        Some(v) => Some(
+            v.trim()
+                .parse::<u8>()
+                .map_err(|_| err(&roll_o, "must be 0 to 100"))?,
+        ),
+        None => pqf.rollout_percent,
+    };
+    let pq_default = pq_policy(
+        (phase, phase_o),
+        (produce, prod_o),
+        (mode, mode_o),
+        (rollout, roll_o),
+    )?;
+    let mut pq_tenants = std::collections::BTreeMap::new();
+    for (tenant, t) in pqf.tenants.unwrap_or_default() {
+        let at = |k: &str| format!("pq.tenants.{tenant}.{k} in {fname}");
+        crate::auth::validate_tenant(&tenant).map_err(|e| err(at("(name)"), e))?;
+        let p = pq_policy(
+            (t.phase, at("phase")),
+            (t.produce_hybrid, at("produce_hybrid")),
+            (t.verify_mode, at("verify_mode")),
+            (t.rollout_percent, at("rollout_percent")),
+        )?;
+        pq_tenants.insert(tenant, p);
+    }
+
+    let cache_max_p = pick(
+        None,
+        "",
+        env,
+        "KMS_VERIFY_CACHE_MAX",
+        |s: String| s.trim().parse::<u64>().ok(),
+        file.verify_cache_max.map(Some),
+        "verify_cache_max",
+        fname,
+    );
+    let verify_cache_max = match cache_max_p.value {
+        None => DEFAULT_VERIFY_CACHE_MAX,
+        Some(Some(n)) if n <= 10_000_000 => n,
+        Some(_) => {
+            return Err(err(
+                cache_max_p.origin,
+                "must be a whole number from 0 (off) to 10000000",
+            ))
+        }
+    };
+    let cache_ttl_p = pick(
+        None,
+        "",
+        env,
+        "KMS_VERIFY_CACHE_TTL_MS",
+        |s: String| s.trim().parse::<u64>().ok(),
+        file.verify_cache_ttl_ms.map(Some),
+        "verify_cache_ttl_ms",
+        fname,
+    );
+    let verify_cache_ttl_ms = match cache_ttl_p.value {
+        None => DEFAULT_VERIFY_CACHE_TTL_MS,
+        Some(Some(n)) if (1..=86_400_000).contains(&n) => n,
+        Some(_) => {
+            return Err(err(
+                cache_ttl_p.origin,
+                "must be a whole number of milliseconds from 1 to 86400000",
+            ))
+        }
+    };
+    let faults_p = pick(
+        None,
+        "",
+        env,
+        "KMS_FAULT_INJECTION",
+        |s: String| parse_bool(&s),
+        file.fault_injection.map(Some),
+        "fault_injection",
+        fname,
+    );
+    let fault_injection = match faults_p.value {
+        None => false,
+        Some(Some(b)) => b,
+        Some(None) => return Err(err(faults_p.origin, "must be true or false")),
+    };
+
     Ok(Config {
         data_dir,
         grpc_addr,
@@ -616,6 +804,11 @@ pub fn load(flags: &Flags, env: &dyn Env) -> Result<Config, ConfigError> {
         audit_max_file_bytes,
         audit_off_for_benchmarks: false,
         console_addr,
+        pq_default,
+        pq_tenants,
+        verify_cache_max,
+        verify_cache_ttl_ms,
+        fault_injection,
     })
 }
 
@@ -640,7 +833,7 @@ mod tests {
             c.master,
             MasterKeySource::KeyFile(PathBuf::from("./ron-kms-data/master.key"))
         );
-        assert_eq!(c.algorithms.len(), 8);
+        assert_eq!(c.algorithms.len(), 10);
     }
 
     #[test]

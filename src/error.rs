@@ -36,6 +36,9 @@ pub enum Error {
     /// The requested state change is not allowed from the current state.
     #[error("{0}")]
     FailedPrecondition(String),
+    /// The tenant's PQ policy refuses this kind of signature (no downgrade).
+    #[error("{0}")]
+    PqPolicy(String),
     /// A wrapped ciphertext did not authenticate (tampered, wrong AAD, wrong
     /// key). Deliberately says nothing more.
     #[error("ciphertext could not be unwrapped")]

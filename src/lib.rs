@@ -15,6 +15,7 @@ pub mod config;
 pub mod crypto;
 pub mod error;
 pub mod keyring;
+pub mod policy;
 pub mod server;
 pub mod service;
 pub mod store;

@@ -246,6 +246,8 @@ pub struct Running {
     /// bootstrap tenant. The caller prints it once; it is stored only hashed.
     pub bootstrap_token: Option<String>,
     pub kms: Arc<KmsService>,
+    /// The fault-injection switch when `KMS_FAULT_INJECTION` is on.
+    pub faults: Option<Arc<crate::backend::faults::Faults>>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     _opened: Opened,
@@ -295,17 +297,27 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
     } else {
         None
     };
-    let backend: Arc<dyn Backend> = opened.backend.clone();
+    let mut backend: Arc<dyn Backend> = opened.backend.clone();
+    let faults = cfg.fault_injection.then(|| {
+        let f = Arc::new(crate::backend::faults::Faults::default());
+        backend = Arc::new(crate::backend::faults::FaultyBackend::new(
+            backend.clone(),
+            f.clone(),
+        ));
+        tracing::warn!("fault injection is on: custody can be switched off (chaos drills)");
+        f
+    });
     crate::telemetry::init();
-    let audit = open_audit(cfg, store.clone(), backend.clone()).await?;
+    // The audit key's checkpoint signatures use custody without the fault
+    // switch: drills take the request path's custody away, not the audit log.
+    let audit = open_audit(cfg, store.clone(), opened.backend.clone()).await?;
     metrics::counter!("kms_audit_integrity_failed_total").increment(audit.integrity_failures());
     let kms = Arc::new(KmsService::new(
         store,
         backend,
         opened.provider.clone(),
         tokens,
-        cfg.algorithms.clone(),
-        cfg.blocking_threads,
+        crate::service::ServiceOptions::from_config(cfg),
         audit,
     )?);
 
@@ -387,6 +399,7 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
         http_addr,
         bootstrap_token,
         kms,
+        faults,
         shutdown: tx,
         tasks: vec![grpc_task, http_task, health_task],
         _opened: opened,

@@ -82,15 +82,19 @@ fn describe() {
         "backend_breaker_state",
         "Custody circuit breaker: 0 closed, 1 half-open, 2 open"
     );
+    describe_counter!(
+        "kms_pq_policy_rollback_total",
+        "Tenants rolled back to verify_mode=or after a PQ policy refusal"
+    );
     describe_counter!("verify_cache_hit_total", "Verify cache hits");
     describe_counter!("verify_cache_miss_total", "Verify cache misses");
     describe_counter!(
         "verify_cache_stale_total",
-        "Verify cache entries served past their TTL"
+        "Verify cache entries found older than the TTL: reloaded while custody is up, refused while it is down"
     );
     describe_gauge!(
         "verify_cache_age_ms",
-        "Age of the oldest verify cache entry served"
+        "Age of the cached public key last served while custody was unavailable"
     );
     describe_histogram!(
         "kms_audit_batch_records",
@@ -114,6 +118,7 @@ fn describe() {
     }
     counter!("backend_reconnects_total").absolute(0);
     gauge!("backend_breaker_state").set(0.0);
+    counter!("kms_pq_policy_rollback_total").absolute(0);
     counter!("verify_cache_hit_total").absolute(0);
     counter!("verify_cache_miss_total").absolute(0);
     counter!("verify_cache_stale_total").absolute(0);

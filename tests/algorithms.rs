@@ -6,7 +6,7 @@
 mod common;
 
 use common::{files_containing, independent, stored_handle, Front, TestServer};
-use ron_kms::proto::GenerateDataKeyRequest;
+use ron_kms::proto::{GenerateDataKeyRequest, KeyVersion};
 use tonic::Code;
 
 const MSG: &[u8] = b"attack at dawn";
@@ -38,6 +38,28 @@ fn assert_material_gone(srv: &TestServer, name: &str, probe: &[u8]) {
     );
 }
 
+/// A version's public material: its SPKI, or its components' SPKIs.
+fn public_of(v: &KeyVersion) -> Vec<u8> {
+    let mut out = v.public_key_der.clone();
+    for c in &v.components {
+        out.extend_from_slice(&c.public_key_der);
+    }
+    out
+}
+
+/// Independent verification; for a hybrid bundle every component present
+/// must verify (under the default policy a hybrid key signs classical-only).
+fn independent_ok(alg: &str, v: &KeyVersion, msg: &[u8], sig: &[u8]) -> bool {
+    if alg.starts_with("hybrid-") {
+        match independent::verify_hybrid(&v.components, msg, sig) {
+            Some((c, q)) => (c.is_some() || q.is_some()) && c != Some(false) && q != Some(false),
+            None => false,
+        }
+    } else {
+        independent::verify(alg, &v.public_key_der, msg, sig)
+    }
+}
+
 async fn sign_lifecycle(front: Front, alg: &str) {
     let srv = TestServer::start().await;
     let mut c = srv.client(front, &srv.admin_token).await;
@@ -54,16 +76,44 @@ async fn sign_lifecycle(front: Front, alg: &str) {
     assert_eq!(key.versions.len(), 1);
     assert_eq!(key.versions[0].state, "enabled");
     assert_eq!(key.versions[0].kid, "k#v1");
-    let der1 = key.versions[0].public_key_der.clone();
+    let v1 = key.versions[0].clone();
+    let der1 = public_of(&v1);
     let expected_oid = match alg {
         "ed25519" => "1.3.101.112",
         "ecdsa-p256" => "1.2.840.10045.2.1",
         "ml-dsa-44" => "2.16.840.1.101.3.4.3.17",
         "ml-dsa-65" => "2.16.840.1.101.3.4.3.18",
         "ml-dsa-87" => "2.16.840.1.101.3.4.3.19",
+        "hybrid-ed25519-ml-dsa-65" => "",
         _ => unreachable!(),
     };
-    assert_eq!(independent::spki_oid(&der1), expected_oid);
+    if expected_oid.is_empty() {
+        // a hybrid has no single SPKI; each component has its own
+        assert!(v1.public_key_der.is_empty());
+        let oids: Vec<(String, String)> = v1
+            .components
+            .iter()
+            .map(|c| {
+                (
+                    c.algorithm.clone(),
+                    independent::spki_oid(&c.public_key_der),
+                )
+            })
+            .collect();
+        assert_eq!(
+            oids,
+            [
+                ("ed25519".to_string(), "1.3.101.112".to_string()),
+                (
+                    "ml-dsa-65".to_string(),
+                    "2.16.840.1.101.3.4.3.18".to_string()
+                )
+            ]
+        );
+    } else {
+        assert!(v1.components.is_empty());
+        assert_eq!(independent::spki_oid(&der1), expected_oid);
+    }
 
     // sign, verify, tamper
     let s1 = c.sign("k", MSG).await.unwrap();
@@ -90,34 +140,42 @@ async fn sign_lifecycle(front: Front, alg: &str) {
 
     // an independent implementation agrees
     assert!(
-        independent::verify(alg, &der1, MSG, &s1.signature),
+        independent_ok(alg, &v1, MSG, &s1.signature),
         "independent verify of {alg}"
     );
-    assert!(!independent::verify(
-        alg,
-        &der1,
-        b"attack at dusk",
-        &s1.signature
-    ));
+    assert!(!independent_ok(alg, &v1, b"attack at dusk", &s1.signature));
 
     // PEM on request
     let k = c.get_key("k", true).await.unwrap();
+    let pems: Vec<&str> = if alg.starts_with("hybrid-") {
+        assert!(k.versions[0].public_key_pem.is_empty());
+        k.versions[0]
+            .components
+            .iter()
+            .map(|c| c.public_key_pem.as_str())
+            .collect()
+    } else {
+        vec![k.versions[0].public_key_pem.as_str()]
+    };
+    assert!(pems
+        .iter()
+        .all(|p| p.starts_with("-----BEGIN PUBLIC KEY-----\n")));
+    let k = c.get_key("k", false).await.unwrap();
+    assert!(k.versions[0].public_key_pem.is_empty());
     assert!(k.versions[0]
-        .public_key_pem
-        .starts_with("-----BEGIN PUBLIC KEY-----\n"));
-    assert!(c.get_key("k", false).await.unwrap().versions[0]
-        .public_key_pem
-        .is_empty());
+        .components
+        .iter()
+        .all(|c| c.public_key_pem.is_empty()));
 
     // rotate: new primary, old signatures keep verifying
     let r = c.rotate("k", "").await.unwrap();
     assert_eq!(r.kid, "k#v2");
     assert_eq!(r.key.as_ref().unwrap().primary_version, 2);
-    let der2 = r.key.unwrap().versions[1].public_key_der.clone();
-    assert_ne!(der1, der2);
+    let v2 = r.key.unwrap().versions[1].clone();
+    assert_ne!(der1, public_of(&v2));
     let s2 = c.sign("k", MSG).await.unwrap();
     assert_eq!(s2.kid, "k#v2");
-    assert!(independent::verify(alg, &der2, MSG, &s2.signature));
+    assert!(independent_ok(alg, &v2, MSG, &s2.signature));
     assert!(
         c.verify("k#v1", MSG, &s1.signature).await.unwrap().valid,
         "old signature after rotation"
@@ -240,6 +298,26 @@ async fn wrap_lifecycle(front: Front, alg: &str) {
     );
 
     // an envelope built by an independent implementation unwraps
+    if alg == "hybrid-x25519-ml-kem-768" {
+        assert!(der1.is_empty(), "a hybrid has no single SPKI");
+        let comps = &key.versions[0].components;
+        let ext = independent::hybrid_kem_wrap(comps, "w#v1", b"from outside", b"aad!");
+        let u = c.unwrap("", &ext, b"aad!").await.unwrap();
+        assert_eq!(u.plaintext, b"from outside");
+        c.unwrap("", &ext, b"aad?").await.unwrap_err().expect(
+            400,
+            Code::InvalidArgument,
+            "unwrap_failed",
+        );
+        // a flipped bit in the X25519 half of the KEM ciphertext
+        let mut bad = ext.clone();
+        bad[6 + 4 + 2 + 1088 + 5] ^= 0x01;
+        c.unwrap("", &bad, b"aad!").await.unwrap_err().expect(
+            400,
+            Code::InvalidArgument,
+            "unwrap_failed",
+        );
+    }
     if alg.starts_with("ml-kem") {
         assert!(independent::spki_oid(&der1).starts_with("2.16.840.1.101.3.4.4."));
         let ext = independent::kem_wrap(alg, &der1, "w#v1", b"from outside", b"aad!");
@@ -316,4 +394,8 @@ cases! {
     http_ml_kem_768 => wrap_lifecycle(Front::Http, "ml-kem-768");
     grpc_ml_kem_1024 => wrap_lifecycle(Front::Grpc, "ml-kem-1024");
     http_ml_kem_1024 => wrap_lifecycle(Front::Http, "ml-kem-1024");
+    grpc_hybrid_ed25519_ml_dsa_65 => sign_lifecycle(Front::Grpc, "hybrid-ed25519-ml-dsa-65");
+    http_hybrid_ed25519_ml_dsa_65 => sign_lifecycle(Front::Http, "hybrid-ed25519-ml-dsa-65");
+    grpc_hybrid_x25519_ml_kem_768 => wrap_lifecycle(Front::Grpc, "hybrid-x25519-ml-kem-768");
+    http_hybrid_x25519_ml_kem_768 => wrap_lifecycle(Front::Http, "hybrid-x25519-ml-kem-768");
 }

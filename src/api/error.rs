@@ -67,6 +67,12 @@ pub fn classify(e: &Error) -> Class {
             "failed_precondition",
             false,
         ),
+        PqPolicy(_) => class(
+            StatusCode::CONFLICT,
+            Code::FailedPrecondition,
+            "pq_policy",
+            false,
+        ),
         UnwrapFailed => class(
             StatusCode::BAD_REQUEST,
             Code::InvalidArgument,

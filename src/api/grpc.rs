@@ -151,6 +151,20 @@ impl Kms for GrpcFront {
         self.unary(r, |k, c, b| async move { k.generate_data_key(&c, b).await })
             .await
     }
+    async fn get_pq_policy(
+        &self,
+        r: Request<GetPqPolicyRequest>,
+    ) -> Result<Response<PqPolicyResponse>, Status> {
+        self.unary(r, |k, c, b| async move { k.get_pq_policy(&c, b).await })
+            .await
+    }
+    async fn set_pq_policy(
+        &self,
+        r: Request<SetPqPolicyRequest>,
+    ) -> Result<Response<PqPolicyResponse>, Status> {
+        self.unary(r, |k, c, b| async move { k.set_pq_policy(&c, b).await })
+            .await
+    }
 }
 
 /// tonic reports a message over the decode limit as OUT_OF_RANGE; our

@@ -318,6 +318,26 @@ async fn datakey(State(f): S, r: Request) -> Response {
     .await
 }
 
+async fn get_pq_policy(State(f): S, r: Request) -> Response {
+    f.unary(
+        r,
+        From::Query,
+        |_: &mut GetPqPolicyRequest| Ok(()),
+        |k, c, b| async move { k.get_pq_policy(&c, b).await },
+    )
+    .await
+}
+
+async fn set_pq_policy(State(f): S, r: Request) -> Response {
+    f.unary(
+        r,
+        From::Body,
+        |_: &mut SetPqPolicyRequest| Ok(()),
+        |k, c, b| async move { k.set_pq_policy(&c, b).await },
+    )
+    .await
+}
+
 async fn healthz() -> Response {
     Json(serde_json::json!({"status": "ok"})).into_response()
 }
@@ -436,6 +456,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/kms/wrap"),
     ("POST", "/v1/kms/unwrap"),
     ("POST", "/v1/kms/datakey"),
+    ("GET", "/v1/kms/policy/pq"),
+    ("PUT", "/v1/kms/policy/pq"),
     ("GET", "/v1/kms/openapi.json"),
     ("GET", "/healthz"),
     ("GET", "/readyz"),
@@ -459,6 +481,7 @@ pub fn router(kms: Arc<KmsService>) -> Router {
         .route("/v1/kms/wrap", post(wrap))
         .route("/v1/kms/unwrap", post(unwrap))
         .route("/v1/kms/datakey", post(datakey))
+        .route("/v1/kms/policy/pq", get(get_pq_policy).put(set_pq_policy))
         .route("/v1/kms/openapi.json", get(openapi))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))

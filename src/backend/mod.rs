@@ -12,6 +12,7 @@
 //!
 //! This module must not: return private key material to callers, log inputs,
 //! or touch the store.
+pub mod faults;
 pub mod sealed_file;
 
 use thiserror::Error;

@@ -4,7 +4,8 @@
 //! ```text
 //! offset  size  field
 //! 0       4     magic and version: 0x52 0x4B 0x57 0x01 ("RKW", 1)
-//! 4       1     algorithm id: 0x10 aes-256-gcm, 0x20 ml-kem-768, 0x21 ml-kem-1024
+//! 4       1     algorithm id: 0x10 aes-256-gcm, 0x20 ml-kem-768, 0x21 ml-kem-1024,
+//!               0x30 hybrid-x25519-ml-kem-768
 //! 5       1     L = length of the kid (1..=140)
 //! 6       L     kid, ASCII "name#vN"
 //! 6+L     2     C = KEM ciphertext length, big-endian (0 for aes-256-gcm)
@@ -62,6 +63,7 @@ pub fn kem_ciphertext_len(alg: Algorithm) -> Option<usize> {
         Algorithm::Aes256Gcm => Some(0),
         Algorithm::MlKem768 => Some(1088),
         Algorithm::MlKem1024 => Some(1568),
+        Algorithm::HybridX25519MlKem768 => Some(1120),
         _ => None,
     }
 }

@@ -6,6 +6,7 @@
 //! case the backend does not call into this module for them).
 pub mod aead;
 pub mod envelope;
+pub mod hybrid;
 pub mod provider;
 pub mod spki;
 
@@ -68,10 +69,12 @@ pub enum Algorithm {
     Aes256Gcm,
     MlKem768,
     MlKem1024,
+    HybridEd25519MlDsa65,
+    HybridX25519MlKem768,
 }
 
 impl Algorithm {
-    pub const ALL: [Algorithm; 8] = [
+    pub const ALL: [Algorithm; 10] = [
         Algorithm::Ed25519,
         Algorithm::EcdsaP256,
         Algorithm::MlDsa44,
@@ -80,6 +83,8 @@ impl Algorithm {
         Algorithm::Aes256Gcm,
         Algorithm::MlKem768,
         Algorithm::MlKem1024,
+        Algorithm::HybridEd25519MlDsa65,
+        Algorithm::HybridX25519MlKem768,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -92,6 +97,8 @@ impl Algorithm {
             Algorithm::Aes256Gcm => "aes-256-gcm",
             Algorithm::MlKem768 => "ml-kem-768",
             Algorithm::MlKem1024 => "ml-kem-1024",
+            Algorithm::HybridEd25519MlDsa65 => "hybrid-ed25519-ml-dsa-65",
+            Algorithm::HybridX25519MlKem768 => "hybrid-x25519-ml-kem-768",
         }
     }
 
@@ -105,9 +112,34 @@ impl Algorithm {
             | Algorithm::EcdsaP256
             | Algorithm::MlDsa44
             | Algorithm::MlDsa65
-            | Algorithm::MlDsa87 => Purpose::Sign,
-            Algorithm::Aes256Gcm | Algorithm::MlKem768 | Algorithm::MlKem1024 => Purpose::Wrap,
+            | Algorithm::MlDsa87
+            | Algorithm::HybridEd25519MlDsa65 => Purpose::Sign,
+            Algorithm::Aes256Gcm
+            | Algorithm::MlKem768
+            | Algorithm::MlKem1024
+            | Algorithm::HybridX25519MlKem768 => Purpose::Wrap,
         }
+    }
+
+    /// Hybrid (classical + post-quantum) algorithms.
+    pub fn is_hybrid(self) -> bool {
+        matches!(
+            self,
+            Algorithm::HybridEd25519MlDsa65 | Algorithm::HybridX25519MlKem768
+        )
+    }
+
+    /// Signature algorithms with no post-quantum component.
+    pub fn is_classical_signature(self) -> bool {
+        matches!(self, Algorithm::Ed25519 | Algorithm::EcdsaP256)
+    }
+
+    /// Key-encapsulation algorithms (the wrap envelope carries a KEM ciphertext).
+    pub fn is_kem(self) -> bool {
+        matches!(
+            self,
+            Algorithm::MlKem768 | Algorithm::MlKem1024 | Algorithm::HybridX25519MlKem768
+        )
     }
 
     /// The one-byte identifier used in the wrap envelope
@@ -117,6 +149,7 @@ impl Algorithm {
             Algorithm::Aes256Gcm => Some(0x10),
             Algorithm::MlKem768 => Some(0x20),
             Algorithm::MlKem1024 => Some(0x21),
+            Algorithm::HybridX25519MlKem768 => Some(0x30),
             _ => None,
         }
     }
@@ -126,6 +159,7 @@ impl Algorithm {
             Algorithm::Aes256Gcm,
             Algorithm::MlKem768,
             Algorithm::MlKem1024,
+            Algorithm::HybridX25519MlKem768,
         ]
         .into_iter()
         .find(|a| a.envelope_id() == Some(id))
@@ -144,6 +178,8 @@ impl Algorithm {
                 | Algorithm::MlDsa87
                 | Algorithm::MlKem768
                 | Algorithm::MlKem1024
+                | Algorithm::HybridEd25519MlDsa65
+                | Algorithm::HybridX25519MlKem768
         )
     }
 

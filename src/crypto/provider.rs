@@ -60,6 +60,8 @@ pub trait KemScheme: Send + Sync {
 pub struct Provider {
     signers: HashMap<Algorithm, Arc<dyn SignatureScheme>>,
     kems: HashMap<Algorithm, Arc<dyn KemScheme>>,
+    /// The hybrid signer again, typed, for per-component verification.
+    hybrid_sig: Option<Arc<super::hybrid::HybridSig>>,
 }
 
 impl Default for Provider {
@@ -67,7 +69,13 @@ impl Default for Provider {
         let mut p = Provider {
             signers: HashMap::new(),
             kems: HashMap::new(),
+            hybrid_sig: None,
         };
+        let hybrid = Arc::new(super::hybrid::HybridSig {
+            classical: Box::new(RingEd25519),
+            pq: Box::new(OqsSig::new(oqs::sig::Algorithm::MlDsa65, "ml-dsa-65")),
+        });
+        p.hybrid_sig = Some(hybrid.clone());
         p = p
             .with_signer(Algorithm::Ed25519, Arc::new(RingEd25519))
             .with_signer(Algorithm::EcdsaP256, Arc::new(RingEcdsaP256))
@@ -90,6 +98,13 @@ impl Default for Provider {
             .with_kem(
                 Algorithm::MlKem1024,
                 Arc::new(OqsKem::new(oqs::kem::Algorithm::MlKem1024, "ml-kem-1024")),
+            )
+            .with_signer(Algorithm::HybridEd25519MlDsa65, hybrid)
+            .with_kem(
+                Algorithm::HybridX25519MlKem768,
+                Arc::new(super::hybrid::HybridKem {
+                    mlkem: Box::new(OqsKem::new(oqs::kem::Algorithm::MlKem768, "ml-kem-768")),
+                }),
             );
         p
     }
@@ -106,6 +121,11 @@ impl Provider {
     pub fn with_kem(mut self, alg: Algorithm, imp: Arc<dyn KemScheme>) -> Self {
         self.kems.insert(alg, imp);
         self
+    }
+
+    /// The hybrid signature scheme, for per-component verification.
+    pub fn hybrid_signer(&self) -> Option<&super::hybrid::HybridSig> {
+        self.hybrid_sig.as_deref()
     }
 
     pub fn signer(&self, alg: Algorithm) -> Result<&dyn SignatureScheme, CryptoError> {
@@ -133,7 +153,7 @@ impl Provider {
                     private: k,
                 })
             }
-            Algorithm::MlKem768 | Algorithm::MlKem1024 => self.kem(alg)?.generate(),
+            a if a.is_kem() => self.kem(alg)?.generate(),
             _ => self.signer(alg)?.generate(),
         }
     }

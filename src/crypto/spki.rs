@@ -6,6 +6,7 @@ use base64::Engine as _;
 use super::Algorithm;
 
 const OID_ED25519: &[u8] = &[0x2b, 0x65, 0x70]; // 1.3.101.112 (RFC 8410)
+const OID_X25519: &[u8] = &[0x2b, 0x65, 0x6e]; // 1.3.101.110 (RFC 8410)
 const OID_EC_PUBLIC_KEY: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01]; // 1.2.840.10045.2.1
 const OID_P256: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07]; // 1.2.840.10045.3.1.7
 /// 2.16.840.1.101.3.4 (NIST algorithms arc); the last two arcs follow.
@@ -52,7 +53,10 @@ fn algorithm_identifier(alg: Algorithm) -> Option<Vec<u8>> {
         // id-alg-ml-kem-768/1024: 2.16.840.1.101.3.4.4.2/3, no parameters.
         Algorithm::MlKem768 => nist_oid(4, 2),
         Algorithm::MlKem1024 => nist_oid(4, 3),
-        Algorithm::Aes256Gcm => return None,
+        // Hybrids have no single standard SPKI; their components do.
+        Algorithm::Aes256Gcm
+        | Algorithm::HybridEd25519MlDsa65
+        | Algorithm::HybridX25519MlKem768 => return None,
     };
     Some(tlv(0x30, &content))
 }
@@ -66,6 +70,43 @@ pub fn encode(alg: Algorithm, raw_public: &[u8]) -> Vec<u8> {
     bits.push(0); // no unused bits
     bits.extend_from_slice(raw_public);
     tlv(0x30, &[algid, tlv(0x03, &bits)].concat())
+}
+
+fn wrap_bits(algid_content: Vec<u8>, raw_public: &[u8]) -> Vec<u8> {
+    let mut bits = Vec::with_capacity(raw_public.len() + 1);
+    bits.push(0);
+    bits.extend_from_slice(raw_public);
+    tlv(
+        0x30,
+        &[tlv(0x30, &algid_content), tlv(0x03, &bits)].concat(),
+    )
+}
+
+/// A hybrid key's components, each as (algorithm name, DER SPKI): for
+/// `hybrid-ed25519-ml-dsa-65` ed25519 then ml-dsa-65; for
+/// `hybrid-x25519-ml-kem-768` ml-kem-768 then x25519 (RFC 8410 OID
+/// 1.3.101.110). Empty for other algorithms or a malformed public key.
+pub fn components(alg: Algorithm, raw_public: &[u8]) -> Vec<(&'static str, Vec<u8>)> {
+    use super::hybrid::*;
+    match alg {
+        Algorithm::HybridEd25519MlDsa65 => match split_sig_public(raw_public) {
+            Some((c, q)) => vec![
+                ("ed25519", encode(Algorithm::Ed25519, c)),
+                ("ml-dsa-65", encode(Algorithm::MlDsa65, q)),
+            ],
+            None => Vec::new(),
+        },
+        Algorithm::HybridX25519MlKem768
+            if raw_public.len() == ML_KEM_768_PUBLIC_LEN + X25519_LEN =>
+        {
+            let (m, x) = raw_public.split_at(ML_KEM_768_PUBLIC_LEN);
+            vec![
+                ("ml-kem-768", encode(Algorithm::MlKem768, m)),
+                ("x25519", wrap_bits(oid(OID_X25519), x)),
+            ]
+        }
+        _ => Vec::new(),
+    }
 }
 
 /// PEM ("PUBLIC KEY") armour of a DER SPKI; empty input gives empty output.

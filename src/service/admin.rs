@@ -170,6 +170,8 @@ impl KmsService {
                 let mut rec = (*cur).clone();
                 rec.versions.push(v);
                 rec.primary_version = next;
+                this.verify_cache
+                    .invalidate(&tenant, rec.versions.iter().map(|v| rec.kid(v.version)));
                 this.keyring.put(rec);
                 let rec = this
                     .keyring
@@ -250,6 +252,8 @@ impl KmsService {
                 if state == VersionState::Destroyed {
                     slot.handle = None;
                 }
+                this.verify_cache
+                    .invalidate(&tenant, rec.versions.iter().map(|v| rec.kid(v.version)));
                 this.keyring.put(rec);
                 this.keyring
                     .get(&tenant, &name)

@@ -65,8 +65,17 @@ impl KmsService {
         run: impl std::future::Future<Output = Result<T>>,
         describe: impl Fn(&T) -> (String, String),
     ) -> Result<T> {
-        self.audited_inner(caller, op, key, input.map(sha256), writes, run, describe)
-            .await
+        self.audited_inner(
+            caller,
+            op,
+            key,
+            input.map(sha256),
+            String::new(),
+            writes,
+            run,
+            describe,
+        )
+        .await
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -76,6 +85,7 @@ impl KmsService {
         op: &'static str,
         key: &str,
         input_sha256: Option<[u8; 32]>,
+        reason: String,
         writes: bool,
         run: impl std::future::Future<Output = Result<T>>,
         describe: impl Fn(&T) -> (String, String),
@@ -89,13 +99,13 @@ impl KmsService {
         let (kid, alg, result, reason) = match &r {
             Ok(v) => {
                 let (k, a) = describe(v);
-                (k, a, "ok".to_string(), String::new())
+                (k, a, "ok".to_string(), reason)
             }
             Err(e) => (
                 key.to_string(),
                 String::new(),
                 crate::api::error::classify(e).code.to_string(),
-                String::new(),
+                reason,
             ),
         };
         let event = Event {
@@ -291,6 +301,42 @@ impl KmsService {
         .await
     }
 
+    pub async fn get_pq_policy(
+        self: &Arc<Self>,
+        caller: &Caller,
+        req: proto::GetPqPolicyRequest,
+    ) -> Result<proto::PqPolicyResponse> {
+        let run = self.get_pq_policy_inner(caller, req);
+        self.audited(caller, "get_pq_policy", "", None, false, run, |_| {
+            (String::new(), String::new())
+        })
+        .await
+    }
+
+    pub async fn set_pq_policy(
+        self: &Arc<Self>,
+        caller: &Caller,
+        req: proto::SetPqPolicyRequest,
+    ) -> Result<proto::PqPolicyResponse> {
+        // the audit record says what was asked for and why
+        let asked = match &req.policy {
+            Some(p) => format!(
+                "phase={} produce_hybrid={} verify_mode={} rollout_percent={}; {}",
+                p.phase,
+                p.produce_hybrid,
+                p.verify_mode.chars().take(16).collect::<String>(),
+                p.rollout_percent.unwrap_or(100),
+                req.reason.chars().take(200).collect::<String>()
+            ),
+            None => String::new(),
+        };
+        let run = self.set_pq_policy_inner(caller, req);
+        self.audited_inner(caller, "set_pq_policy", "", None, asked, true, run, |_| {
+            (String::new(), String::new())
+        })
+        .await
+    }
+
     /// [`Self::audited`] with the input hash computed by the caller (the
     /// input itself has moved into the operation).
     #[allow(clippy::too_many_arguments)]
@@ -304,7 +350,16 @@ impl KmsService {
         run: impl std::future::Future<Output = Result<T>>,
         describe: impl Fn(&T) -> (String, String),
     ) -> Result<T> {
-        self.audited_inner(caller, op, key, Some(input_sha256), writes, run, describe)
-            .await
+        self.audited_inner(
+            caller,
+            op,
+            key,
+            Some(input_sha256),
+            String::new(),
+            writes,
+            run,
+            describe,
+        )
+        .await
     }
 }

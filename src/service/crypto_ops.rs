@@ -26,18 +26,35 @@ impl KmsService {
             ));
         }
         let (rec, vn) = self.resolve(caller, &key, Purpose::Sign, "sign")?;
+        if !self.custody_up() {
+            // fail fast: no queueing for the blocking pool behind a dead device
+            return Err(Error::Unavailable(format!(
+                "custody ({}) is unavailable",
+                self.backend.name()
+            )));
+        }
         let kid = rec.kid(vn);
         let signature = if rec.algorithm.private_op_is_heavy() {
             let (this, rec, kid, msg) = (self.clone(), rec.clone(), kid.clone(), req.message);
             self.blocking(move || {
-                Ok(this
+                let r = this
                     .backend
-                    .sign(label(&rec, &kid), handle(&rec, vn)?, &msg)?)
+                    .sign(label(&rec, &kid), handle(&rec, vn)?, &msg);
+                this.custody_saw(&r);
+                Ok(r?)
             })
             .await?
         } else {
-            self.backend
-                .sign(label(&rec, &kid), handle(&rec, vn)?, &req.message)?
+            let r = self
+                .backend
+                .sign(label(&rec, &kid), handle(&rec, vn)?, &req.message);
+            self.custody_saw(&r);
+            r?
+        };
+        let signature = if rec.algorithm == Algorithm::HybridEd25519MlDsa65 {
+            self.hybrid_as_policy_says(caller, &rec, signature)?
+        } else {
+            signature
         };
         let resp = proto::SignResponse {
             kid,
@@ -57,29 +74,64 @@ impl KmsService {
         let key = KeyRef::parse(&req.key)?;
         let (rec, vn) = self.resolve(caller, &key, Purpose::Sign, "verify")?;
         let alg = rec.algorithm;
-        let public = &rec
-            .version(vn)
-            .ok_or_else(|| Error::Internal("resolved version missing".into()))?
-            .public_key;
-        let valid = if alg.verify_is_heavy() {
-            let (p, public, msg, sig) = (
-                self.provider.clone(),
-                public.clone(),
-                req.message,
-                req.signature,
-            );
-            self.blocking(move || Ok(p.signer(alg)?.verify(&public, &msg, &sig)))
-                .await?
+        let kid = rec.kid(vn);
+        let (public, cache_age_ms) = self.verify_key(caller, &rec, vn, &kid)?;
+        let mode = self
+            .policies
+            .get(&caller.tenant)
+            .policy
+            .effective(&caller.tenant, &rec.name)
+            .verify_mode;
+        let (decision, kind) = if alg == Algorithm::HybridEd25519MlDsa65 {
+            match crate::crypto::hybrid::parse_bundle(&req.signature) {
+                // a malformed bundle is an invalid signature, like any other
+                Err(_) => (crate::policy::Decision::Judged(false), String::new()),
+                Ok(bundle) => {
+                    let kind = bundle.kind().as_str().to_string();
+                    let hybrid = self.provider.hybrid_signer().ok_or_else(|| {
+                        Error::Internal("no hybrid signer in the provider".into())
+                    })?;
+                    let results = hybrid.verify_components(&public.public, &req.message, &bundle);
+                    (crate::policy::decide(mode, alg, Some(results), false), kind)
+                }
+            }
         } else {
-            self.provider
-                .signer(alg)?
-                .verify(public, &req.message, &req.signature)
+            let valid = if alg.verify_is_heavy() {
+                let (p, public, msg, sig) = (
+                    self.provider.clone(),
+                    public.clone(),
+                    req.message,
+                    req.signature,
+                );
+                self.blocking(move || Ok(p.signer(alg)?.verify(&public.public, &msg, &sig)))
+                    .await?
+            } else {
+                self.provider
+                    .signer(alg)?
+                    .verify(&public.public, &req.message, &req.signature)
+            };
+            let kind = if alg.is_classical_signature() {
+                crate::crypto::hybrid::SignatureKind::ClassicalOnly
+            } else {
+                crate::crypto::hybrid::SignatureKind::PqOnly
+            };
+            (
+                crate::policy::decide(mode, alg, None, valid),
+                kind.as_str().to_string(),
+            )
         };
-        Ok(proto::VerifyResponse {
-            valid,
-            kid: rec.kid(vn),
-            algorithm: alg.as_str().to_string(),
-        })
+        match decision {
+            crate::policy::Decision::Judged(valid) => Ok(proto::VerifyResponse {
+                valid,
+                kid,
+                algorithm: alg.as_str().to_string(),
+                signature_kind: kind,
+                cache_age_ms,
+            }),
+            crate::policy::Decision::Refused { why, genuine } => {
+                Err(self.refused_by_pq_policy(caller, &kid, why, genuine).await)
+            }
+        }
     }
 
     /// Seal `plaintext` into a wrap envelope under `rec` version `vn`.
@@ -106,7 +158,7 @@ impl KmsService {
                 )?;
                 Ok(envelope::assemble(&header, &nonce, &sealed))
             }
-            Algorithm::MlKem768 | Algorithm::MlKem1024 => {
+            a if a.is_kem() => {
                 let public = &rec
                     .version(vn)
                     .ok_or_else(|| Error::Internal("resolved version missing".into()))?

@@ -27,6 +27,10 @@ use crate::store::{OpRecord, Store};
 mod admin;
 mod audited;
 mod crypto_ops;
+mod pq;
+pub mod verify_cache;
+
+use verify_cache::VerifyCache;
 
 /// Largest plaintext Wrap accepts.
 pub const MAX_WRAP_PLAINTEXT: usize = 8 * 1024;
@@ -73,6 +77,45 @@ pub struct KmsService {
     admin_lock: tokio::sync::Mutex<()>,
     op_cache: moka::sync::Cache<(String, String), Arc<Cached>>,
     audit: Arc<AuditLog>,
+    policies: crate::policy::Policies,
+    verify_cache: VerifyCache,
+    custody: CustodyProbe,
+}
+
+/// What the service was configured with beyond its parts.
+#[derive(Clone, Debug)]
+pub struct ServiceOptions {
+    pub allowed: Vec<Algorithm>,
+    pub blocking_threads: usize,
+    pub pq_default: crate::policy::PqPolicy,
+    pub pq_tenants: std::collections::BTreeMap<String, crate::policy::PqPolicy>,
+    pub verify_cache_max: u64,
+    pub verify_cache_ttl: Duration,
+}
+
+impl ServiceOptions {
+    pub fn from_config(cfg: &crate::config::Config) -> Self {
+        ServiceOptions {
+            allowed: cfg.algorithms.clone(),
+            blocking_threads: cfg.blocking_threads,
+            pq_default: cfg.pq_default,
+            pq_tenants: cfg.pq_tenants.clone(),
+            verify_cache_max: cfg.verify_cache_max,
+            verify_cache_ttl: Duration::from_millis(cfg.verify_cache_ttl_ms),
+        }
+    }
+}
+
+/// Whether custody answers, probed at most every [`CustodyProbe::EVERY`]
+/// and updated by every custody call's outcome, so the hot path knows
+/// without a device round trip per request.
+struct CustodyProbe {
+    up: std::sync::atomic::AtomicBool,
+    last: std::sync::Mutex<std::time::Instant>,
+}
+
+impl CustodyProbe {
+    const EVERY: Duration = Duration::from_millis(200);
 }
 
 fn now_ms() -> i64 {
@@ -103,6 +146,14 @@ fn validate_op_id(op_id: &str) -> Result<()> {
 
 fn version_to_proto(rec: &KeyRecord, v: &VersionRecord, pem: bool) -> proto::KeyVersion {
     let der = spki::encode(rec.algorithm, &v.public_key);
+    let components = spki::components(rec.algorithm, &v.public_key)
+        .into_iter()
+        .map(|(alg, der)| proto::ComponentKey {
+            algorithm: alg.to_string(),
+            public_key_pem: if pem { spki::pem(&der) } else { String::new() },
+            public_key_der: der,
+        })
+        .collect();
     proto::KeyVersion {
         version: v.version,
         kid: rec.kid(v.version),
@@ -110,6 +161,7 @@ fn version_to_proto(rec: &KeyRecord, v: &VersionRecord, pem: bool) -> proto::Key
         public_key_pem: if pem { spki::pem(&der) } else { String::new() },
         public_key_der: der,
         created_at_ms: v.created_at_ms,
+        components,
     }
 }
 
@@ -160,12 +212,22 @@ impl KmsService {
         backend: Arc<dyn Backend>,
         provider: Arc<Provider>,
         tokens: Arc<TokenTable>,
-        allowed: Vec<Algorithm>,
-        blocking_threads: usize,
+        opts: ServiceOptions,
         audit: Arc<AuditLog>,
     ) -> Result<Self> {
         let keyring = Keyring::new(store.load_keys()?);
+        let policies =
+            crate::policy::Policies::load(store.clone(), opts.pq_default, opts.pq_tenants)
+                .map_err(Error::Internal)?;
+        let allowed = opts.allowed;
+        let blocking_threads = opts.blocking_threads;
         Ok(KmsService {
+            policies,
+            verify_cache: VerifyCache::new(opts.verify_cache_max, opts.verify_cache_ttl),
+            custody: CustodyProbe {
+                up: std::sync::atomic::AtomicBool::new(true),
+                last: std::sync::Mutex::new(std::time::Instant::now()),
+            },
             keyring,
             store,
             backend,
@@ -334,6 +396,60 @@ impl KmsService {
                 }),
             );
         }
+    }
+
+    /// Whether custody answers: the last known state, re-probed (a cheap
+    /// health call) when older than [`CustodyProbe::EVERY`].
+    fn custody_up(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        let due = {
+            let mut last = self.custody.last.lock().unwrap_or_else(|p| p.into_inner());
+            if last.elapsed() >= CustodyProbe::EVERY {
+                *last = std::time::Instant::now();
+                true
+            } else {
+                false
+            }
+        };
+        if due {
+            self.custody
+                .up
+                .store(self.backend.health().is_ok(), Ordering::Release);
+        }
+        self.custody.up.load(Ordering::Acquire)
+    }
+
+    /// Record a custody call's outcome: an `Unavailable` marks custody down
+    /// at once, a success marks it up.
+    fn custody_saw<T>(&self, r: &std::result::Result<T, crate::backend::BackendError>) {
+        use std::sync::atomic::Ordering;
+        match r {
+            Ok(_) => self.custody.up.store(true, Ordering::Release),
+            Err(crate::backend::BackendError::Unavailable(_)) => {
+                self.custody.up.store(false, Ordering::Release)
+            }
+            Err(_) => {}
+        }
+    }
+
+    /// The raw public key of one of the caller's key versions (`name#vN`),
+    /// as the provider takes it; for benchmarks that compare against the
+    /// raw algorithm.
+    pub fn public_key_of(&self, caller: &Caller, kid: &str) -> Result<Vec<u8>> {
+        let key = KeyRef::parse(kid)?;
+        let rec = self
+            .keyring
+            .get(&caller.tenant, &key.name)
+            .ok_or_else(|| Error::NotFound(format!("key {}", key.name)))?;
+        let vn = key.version.unwrap_or(rec.primary_version);
+        rec.version(vn)
+            .map(|v| v.public_key.clone())
+            .ok_or_else(|| Error::NotFound(format!("key version {kid}")))
+    }
+
+    /// The verify cache (for tests and benches).
+    pub fn verify_cache(&self) -> &VerifyCache {
+        &self.verify_cache
     }
 
     /// Readiness: each named dependency and whether it answers.

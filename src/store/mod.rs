@@ -86,6 +86,8 @@ pub trait Store: Send + Sync {
 
     fn get_meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
     fn put_meta(&self, key: &str, value: &[u8]) -> Result<(), StoreError>;
+    /// Every meta entry whose key starts with `prefix`, in key order.
+    fn list_meta(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
 
     /// A cheap liveness probe for `/readyz`.
     fn health(&self) -> Result<(), StoreError>;

@@ -443,6 +443,21 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    fn list_meta(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare(
+                "SELECT key, value FROM meta WHERE substr(key, 1, length(?1)) = ?1 ORDER BY key",
+            )
+            .map_err(db_err)?;
+        let rows = stmt
+            .query_map([prefix], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?))
+            })
+            .map_err(db_err)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(db_err)
+    }
+
     fn health(&self) -> Result<(), StoreError> {
         self.conn()
             .query_row("SELECT 1", [], |_| Ok(()))

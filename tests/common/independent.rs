@@ -107,3 +107,120 @@ pub fn kem_wrap(alg: &str, der: &[u8], kid: &str, plaintext: &[u8], aad: &[u8]) 
         .unwrap();
     [header, nonce.to_vec(), sealed].concat()
 }
+
+/// A bundle's (ed25519, ml-dsa-65) signatures, each `None` when absent.
+pub type Components = (Option<Vec<u8>>, Option<Vec<u8>>);
+
+/// A ron-kms hybrid signature bundle (docs/hybrid.md), parsed from the
+/// document alone: `(ed25519 signature, ml-dsa-65 signature)`, each `None`
+/// when absent; `None` overall when the bytes are not a well-formed bundle.
+pub fn parse_bundle(sig: &[u8]) -> Option<Components> {
+    let rest = sig.strip_prefix(b"RKS\x01")?;
+    let (&n, mut rest) = rest.split_first()?;
+    if !(1..=2).contains(&n) {
+        return None;
+    }
+    let (mut ed, mut ml, mut last) = (None, None, 0u8);
+    for _ in 0..n {
+        if rest.len() < 3 || rest[0] <= last {
+            return None;
+        }
+        let (id, len) = (rest[0], u16::from_be_bytes([rest[1], rest[2]]) as usize);
+        last = id;
+        let body = rest.get(3..3 + len)?.to_vec();
+        match (id, len) {
+            (0x01, 64) => ed = Some(body),
+            (0x12, 3309) => ml = Some(body),
+            _ => return None,
+        }
+        rest = &rest[3 + len..];
+    }
+    rest.is_empty().then_some((ed, ml))
+}
+
+/// Verify each component of a hybrid bundle with RustCrypto against the
+/// component SPKIs GetKey returns: `(ed25519 valid, ml-dsa-65 valid)`, each
+/// `None` when the component is absent.
+pub fn verify_hybrid(
+    components: &[ron_kms::proto::ComponentKey],
+    msg: &[u8],
+    sig: &[u8],
+) -> Option<(Option<bool>, Option<bool>)> {
+    let der = |alg: &str| {
+        components
+            .iter()
+            .find(|c| c.algorithm == alg)
+            .map(|c| c.public_key_der.clone())
+            .expect("component present")
+    };
+    assert_eq!(spki_oid(&der("ed25519")), "1.3.101.112");
+    assert_eq!(spki_oid(&der("ml-dsa-65")), "2.16.840.1.101.3.4.3.18");
+    let (ed, ml) = parse_bundle(sig)?;
+    Some((
+        ed.map(|s| verify("ed25519", &der("ed25519"), msg, &s)),
+        ml.map(|s| verify("ml-dsa-65", &der("ml-dsa-65"), msg, &s)),
+    ))
+}
+
+/// Build a hybrid-x25519-ml-kem-768 wrap envelope from the component public
+/// keys alone (docs/hybrid.md, docs/wrap-envelope.md): RustCrypto ML-KEM,
+/// ring's ephemeral X25519, tiny-keccak's SHA3-256 for X-Wing's combiner,
+/// RustCrypto HKDF and AES-GCM.
+pub fn hybrid_kem_wrap(
+    components: &[ron_kms::proto::ComponentKey],
+    kid: &str,
+    plaintext: &[u8],
+    aad: &[u8],
+) -> Vec<u8> {
+    use tiny_keccak::Hasher;
+    let raw = |alg: &str, oid: &str| {
+        let c = components
+            .iter()
+            .find(|c| c.algorithm == alg)
+            .expect("component present");
+        let spki = spki::SubjectPublicKeyInfoRef::try_from(c.public_key_der.as_slice())
+            .expect("well-formed SPKI");
+        assert_eq!(spki.algorithm.oid.to_string(), oid);
+        spki.subject_public_key.as_bytes().unwrap().to_vec()
+    };
+    let pk_m = raw("ml-kem-768", "2.16.840.1.101.3.4.4.2");
+    let pk_x = raw("x25519", "1.3.101.110");
+    let (ct_m, ss_m) = encapsulate("ml-kem-768", &pk_m);
+    let rng = ring::rand::SystemRandom::new();
+    let eph =
+        ring::agreement::EphemeralPrivateKey::generate(&ring::agreement::X25519, &rng).unwrap();
+    let ct_x = eph.compute_public_key().unwrap().as_ref().to_vec();
+    let peer = ring::agreement::UnparsedPublicKey::new(&ring::agreement::X25519, &pk_x);
+    let ss_x = ring::agreement::agree_ephemeral(eph, &peer, |k| k.to_vec()).unwrap();
+    let mut ss = [0u8; 32];
+    let mut h = tiny_keccak::Sha3::v256();
+    for part in [&b"\\.//^\\"[..], &ss_m, &ss_x, &ct_x, &pk_x] {
+        h.update(part);
+    }
+    h.finalize(&mut ss);
+
+    let ct = [ct_m, ct_x].concat();
+    assert_eq!(ct.len(), 1120);
+    let mut header = vec![0x52, 0x4B, 0x57, 0x01, 0x30, kid.len() as u8];
+    header.extend_from_slice(kid.as_bytes());
+    header.extend_from_slice(&(ct.len() as u16).to_be_bytes());
+    header.extend_from_slice(&ct);
+    let mut key = [0u8; 32];
+    hkdf::Hkdf::<sha2::Sha256>::new(None, &ss)
+        .expand(b"ron-kms/wrap/v1/hybrid-x25519-ml-kem-768", &mut key)
+        .unwrap();
+    let mut nonce = [0u8; 12];
+    OsRng.fill_bytes(&mut nonce);
+    let cipher = aes_gcm::Aes256Gcm::new_from_slice(&key).unwrap();
+    let full_aad = [header.as_slice(), aad].concat();
+    let sealed = cipher
+        .encrypt(
+            (&nonce).into(),
+            Payload {
+                msg: plaintext,
+                aad: &full_aad,
+            },
+        )
+        .unwrap();
+    [header, nonce.to_vec(), sealed].concat()
+}

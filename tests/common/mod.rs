@@ -32,10 +32,15 @@ pub fn config(data_dir: &Path) -> Config {
 
 impl TestServer {
     pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Start with the test config adjusted by `f`.
+    pub async fn start_with(f: impl FnOnce(&mut Config)) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let running = server::start(&config(&dir.path().join("data")))
-            .await
-            .unwrap();
+        let mut cfg = config(&dir.path().join("data"));
+        f(&mut cfg);
+        let running = server::start(&cfg).await.unwrap();
         let admin_token = running
             .bootstrap_token
             .clone()
@@ -418,6 +423,52 @@ impl Client {
             }
             Transport::Http(..) => {
                 self.http(reqwest::Method::POST, "/v1/kms/verify", Some(&req))
+                    .await
+            }
+        }
+    }
+
+    pub async fn get_pq_policy(&mut self) -> Result<PqPolicyResponse, ApiErr> {
+        match &mut self.transport {
+            Transport::Grpc(_) => {
+                let r = self.grpc_req(GetPqPolicyRequest {});
+                let Transport::Grpc(c) = &mut self.transport else {
+                    unreachable!()
+                };
+                c.get_pq_policy(r)
+                    .await
+                    .map(|r| r.into_inner())
+                    .map_err(from_status)
+            }
+            Transport::Http(..) => {
+                self.http::<(), _>(reqwest::Method::GET, "/v1/kms/policy/pq", None)
+                    .await
+            }
+        }
+    }
+
+    pub async fn set_pq_policy(
+        &mut self,
+        policy: PqPolicy,
+        reason: &str,
+    ) -> Result<PqPolicyResponse, ApiErr> {
+        let req = SetPqPolicyRequest {
+            policy: Some(policy),
+            reason: reason.into(),
+        };
+        match &mut self.transport {
+            Transport::Grpc(_) => {
+                let r = self.grpc_req(req);
+                let Transport::Grpc(c) = &mut self.transport else {
+                    unreachable!()
+                };
+                c.set_pq_policy(r)
+                    .await
+                    .map(|r| r.into_inner())
+                    .map_err(from_status)
+            }
+            Transport::Http(..) => {
+                self.http(reqwest::Method::PUT, "/v1/kms/policy/pq", Some(&req))
                     .await
             }
         }

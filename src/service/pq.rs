@@ -1,0 +1,211 @@
+//! The PQ policy in the request path: what hybrid signing produces, the
+//! verify cache's custody-outage rules, policy refusals with their automatic
+//! rollback, and the admin operations that read and change a tenant's policy.
+use super::*;
+use crate::crypto::hybrid;
+use crate::policy::{Entry, PqPolicy, VerifyMode};
+
+fn policy_to_proto(tenant: &str, e: &Entry) -> proto::PqPolicyResponse {
+    proto::PqPolicyResponse {
+        tenant: tenant.to_string(),
+        policy: Some(proto::PqPolicy {
+            phase: e.policy.phase.into(),
+            produce_hybrid: e.policy.produce_hybrid,
+            verify_mode: e.policy.verify_mode.as_str().to_string(),
+            rollout_percent: Some(e.policy.rollout_percent.into()),
+        }),
+        source: e.source.as_str().to_string(),
+        updated_at_ms: e.updated_at_ms,
+        rollback_reason: e.rollback_reason.clone(),
+        rolled_back_at_ms: e.rolled_back_at_ms,
+    }
+}
+
+impl KmsService {
+    /// A hybrid key's full bundle, or its classical component alone when
+    /// the tenant's policy (for this key, within the rollout) says so.
+    pub(super) fn hybrid_as_policy_says(
+        &self,
+        caller: &Caller,
+        rec: &KeyRecord,
+        bundle: Vec<u8>,
+    ) -> Result<Vec<u8>> {
+        let eff = self
+            .policies
+            .get(&caller.tenant)
+            .policy
+            .effective(&caller.tenant, &rec.name);
+        if eff.produce_hybrid {
+            return Ok(bundle);
+        }
+        let b = hybrid::parse_bundle(&bundle)
+            .map_err(|e| Error::Internal(format!("custody returned a bad bundle: {e}")))?;
+        Ok(hybrid::encode_bundle(b.classical, None))
+    }
+
+    /// The prepared public key of `kid` and, while custody is unavailable,
+    /// the age of the cached copy used. Refuses with UNAVAILABLE when custody
+    /// is down and the key is not cached, or cached longer ago than the TTL.
+    pub(super) fn verify_key(
+        &self,
+        caller: &Caller,
+        rec: &KeyRecord,
+        vn: u32,
+        kid: &str,
+    ) -> Result<(Arc<verify_cache::Prepared>, u64)> {
+        use verify_cache::Lookup;
+        let up = self.custody_up();
+        let cached = self.verify_cache.get(&caller.tenant, kid);
+        let load = || -> Result<Arc<verify_cache::Prepared>> {
+            let public = &rec
+                .version(vn)
+                .ok_or_else(|| Error::Internal("resolved version missing".into()))?
+                .public_key;
+            Ok(self
+                .verify_cache
+                .insert(&caller.tenant, kid, rec.algorithm, public))
+        };
+        match (cached, up) {
+            (Lookup::Hit(p), true) => Ok((p, 0)),
+            (Lookup::Hit(p), false) => {
+                let age = p.loaded.elapsed().as_millis() as u64;
+                metrics::gauge!("verify_cache_age_ms").set(age as f64);
+                Ok((p, age.max(1)))
+            }
+            (Lookup::Stale(_) | Lookup::Miss, true) => Ok((load()?, 0)),
+            (Lookup::Stale(p), false) => Err(Error::Unavailable(format!(
+                "custody ({}) is unavailable and the cached public key of {kid} is {} ms old, past the verify cache TTL of {} ms",
+                self.backend.name(),
+                p.loaded.elapsed().as_millis(),
+                self.verify_cache.ttl().as_millis()
+            ))),
+            (Lookup::Miss, false) => Err(Error::Unavailable(format!(
+                "custody ({}) is unavailable and {kid} is not in the verify cache",
+                self.backend.name()
+            ))),
+        }
+    }
+
+    /// Count a policy refusal, roll the tenant back to `verify_mode = or`
+    /// when it is in phase 0–2 (the first refusal only; audited and
+    /// metered), and return the error for the caller.
+    pub(super) async fn refused_by_pq_policy(
+        self: &Arc<Self>,
+        caller: &Caller,
+        kid: &str,
+        why: String,
+        genuine: bool,
+    ) -> Error {
+        crate::telemetry::reject("pq_policy");
+        if !genuine || !self.policies.would_roll_back(&caller.tenant) {
+            // a signature that does not verify rolls nothing back: otherwise
+            // anyone who may call verify could downgrade the tenant
+            return Error::PqPolicy(why);
+        }
+        let this = self.clone();
+        let tenant = caller.tenant.clone();
+        let reason = format!("verify of {kid} refused: {why}");
+        let rolled = self
+            .mutation(move || this.policies.rollback(&tenant, &reason, now_ms()))
+            .await;
+        match rolled {
+            Ok(Some(entry)) => {
+                metrics::counter!("kms_pq_policy_rollback_total").increment(1);
+                tracing::warn!(
+                    request_id = %caller.request_id,
+                    tenant = %caller.tenant,
+                    kid,
+                    phase = entry.policy.phase,
+                    "PQ policy refusal: tenant rolled back to verify_mode or"
+                );
+                let event = Event {
+                    tenant: caller.tenant.clone(),
+                    principal: "ron-kms".into(),
+                    op: "pq_policy_rollback",
+                    kid: kid.to_string(),
+                    result: "ok".into(),
+                    reason: entry.rollback_reason.clone(),
+                    request_id: caller.request_id.clone(),
+                    ..Event::default()
+                };
+                if let Err(e) = self.audit.append(event).await {
+                    tracing::error!(error = %e, "audit append failed");
+                }
+                Error::PqPolicy(format!(
+                    "{why}; the tenant (phase {}) has been rolled back to verify_mode or",
+                    entry.policy.phase
+                ))
+            }
+            Ok(None) => Error::PqPolicy(why),
+            Err(e) => {
+                tracing::error!(error = %e, "PQ policy rollback failed");
+                Error::PqPolicy(why)
+            }
+        }
+    }
+
+    pub(super) async fn get_pq_policy_inner(
+        self: &Arc<Self>,
+        caller: &Caller,
+        _req: proto::GetPqPolicyRequest,
+    ) -> Result<proto::PqPolicyResponse> {
+        caller.require(Scope::Admin)?;
+        Ok(policy_to_proto(
+            &caller.tenant,
+            &self.policies.get(&caller.tenant),
+        ))
+    }
+
+    pub(super) async fn set_pq_policy_inner(
+        self: &Arc<Self>,
+        caller: &Caller,
+        req: proto::SetPqPolicyRequest,
+    ) -> Result<proto::PqPolicyResponse> {
+        caller.require(Scope::Admin)?;
+        let p = req
+            .policy
+            .ok_or_else(|| Error::InvalidArgument("field policy: required".into()))?;
+        if req.reason.chars().count() > 200 {
+            return Err(Error::InvalidArgument(
+                "field reason: at most 200 characters".into(),
+            ));
+        }
+        let verify_mode = VerifyMode::parse(&p.verify_mode).ok_or_else(|| {
+            Error::InvalidArgument("field policy.verify_mode: must be or, and or pq_only".into())
+        })?;
+        let phase = u8::try_from(p.phase)
+            .ok()
+            .filter(|p| *p <= 3)
+            .ok_or_else(|| Error::InvalidArgument("field policy.phase: must be 0 to 3".into()))?;
+        // absent means the whole tenant, as in the config file
+        let rollout_percent = u8::try_from(p.rollout_percent.unwrap_or(100))
+            .ok()
+            .filter(|p| *p <= 100)
+            .ok_or_else(|| {
+                Error::InvalidArgument("field policy.rollout_percent: must be 0 to 100".into())
+            })?;
+        let policy = PqPolicy {
+            phase,
+            produce_hybrid: p.produce_hybrid,
+            verify_mode,
+            rollout_percent,
+        };
+        policy
+            .validate()
+            .map_err(|e| Error::InvalidArgument(format!("field policy: {e}")))?;
+        let this = self.clone();
+        let tenant = caller.tenant.clone();
+        let entry = self
+            .mutation(move || this.policies.set(&tenant, policy, now_ms()))
+            .await?;
+        tracing::info!(
+            request_id = %caller.request_id,
+            tenant = %caller.tenant,
+            principal = %caller.principal,
+            phase = policy.phase,
+            verify_mode = policy.verify_mode.as_str(),
+            "PQ policy set"
+        );
+        Ok(policy_to_proto(&caller.tenant, &entry))
+    }
+}
