@@ -864,6 +864,88 @@ mod tests {
     }
 
     #[test]
+    fn pq_policy_and_verify_cache_settings() {
+        use crate::policy::{PqPolicy, VerifyMode};
+        let c = load(&Flags::default(), &env(&[])).unwrap();
+        assert_eq!(c.pq_default, PqPolicy::for_phase(0));
+        assert_eq!(
+            (c.verify_cache_max, c.verify_cache_ttl_ms),
+            (10_000, 60_000)
+        );
+        assert!(!c.fault_injection);
+
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(
+            &f,
+            "verify_cache_max = 5\n[pq]\nphase = 1\nrollout_percent = 40\n\
+             [pq.tenants.acme]\nphase = 2\n[pq.tenants.bank]\nphase = 3\n",
+        )
+        .unwrap();
+        let flags = Flags {
+            config: Some(f.clone()),
+            ..Default::default()
+        };
+        let c = load(&flags, &env(&[])).unwrap();
+        assert_eq!(c.verify_cache_max, 5);
+        assert_eq!(
+            (
+                c.pq_default.phase,
+                c.pq_default.verify_mode,
+                c.pq_default.rollout_percent
+            ),
+            (1, VerifyMode::Or, 40)
+        );
+        assert_eq!(c.pq_tenants["acme"], PqPolicy::for_phase(2));
+        assert_eq!(c.pq_tenants["bank"].verify_mode, VerifyMode::PqOnly);
+        // env wins over [pq] for the default, field by field
+        let c = load(
+            &flags,
+            &env(&[
+                ("KMS_PQ_VERIFY_MODE", "and"),
+                ("KMS_PQ_PRODUCE_HYBRID", "false"),
+                ("KMS_PQ_ROLLOUT_PERCENT", "7"),
+                ("KMS_VERIFY_CACHE_TTL_MS", "1500"),
+                ("KMS_FAULT_INJECTION", "true"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                c.pq_default.phase,
+                c.pq_default.produce_hybrid,
+                c.pq_default.verify_mode,
+                c.pq_default.rollout_percent
+            ),
+            (1, false, VerifyMode::And, 7)
+        );
+        assert_eq!(c.verify_cache_ttl_ms, 1500);
+        assert!(c.fault_injection);
+        // bad values name their place
+        for (k, v) in [
+            ("KMS_PQ_PHASE", "4"),
+            ("KMS_PQ_VERIFY_MODE", "xor"),
+            ("KMS_PQ_ROLLOUT_PERCENT", "101"),
+            ("KMS_PQ_PRODUCE_HYBRID", "maybe"),
+            ("KMS_VERIFY_CACHE_TTL_MS", "0"),
+            ("KMS_VERIFY_CACHE_MAX", "-1"),
+        ] {
+            let e = load(&Flags::default(), &env(&[(k, v)])).unwrap_err();
+            assert_eq!(e.field, k, "{k}={v}: {e}");
+        }
+        // phase 3 must be pq_only
+        let e = load(
+            &Flags::default(),
+            &env(&[("KMS_PQ_PHASE", "3"), ("KMS_PQ_VERIFY_MODE", "or")]),
+        )
+        .unwrap_err();
+        assert!(e.message.contains("phase 3"), "{e}");
+        std::fs::write(&f, "[pq.tenants.acme]\nverify_mode = \"both\"\n").unwrap();
+        let e = load(&flags, &env(&[])).unwrap_err();
+        assert!(e.field.starts_with("pq.tenants.acme.verify_mode"), "{e}");
+    }
+
+    #[test]
     fn errors_name_the_field() {
         let e = load(&Flags::default(), &env(&[("KMS_GRPC_ADDR", "nope")])).unwrap_err();
         assert_eq!(e.field, "KMS_GRPC_ADDR");

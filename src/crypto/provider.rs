@@ -225,13 +225,86 @@ impl SignatureScheme for RingEcdsaP256 {
 struct OqsSig {
     sig: oqs::sig::Sig,
     name: &'static str,
+    params: MlDsaParams,
+}
+
+/// The FIPS 204 parameters the signature-side checks need.
+#[derive(Clone, Copy)]
+struct MlDsaParams {
+    /// length of the commitment hash c~ in bytes (lambda / 4)
+    c_tilde: usize,
+    /// number of polynomials in z
+    l: usize,
+    /// gamma1 = 2^gamma1_bits
+    gamma1_bits: u32,
+    /// beta = tau * eta
+    beta: i64,
+}
+
+fn mldsa_params(alg: oqs::sig::Algorithm) -> MlDsaParams {
+    match alg {
+        oqs::sig::Algorithm::MlDsa44 => MlDsaParams {
+            c_tilde: 32,
+            l: 4,
+            gamma1_bits: 17,
+            beta: 39 * 2,
+        },
+        oqs::sig::Algorithm::MlDsa65 => MlDsaParams {
+            c_tilde: 48,
+            l: 5,
+            gamma1_bits: 19,
+            beta: 49 * 4,
+        },
+        _ => MlDsaParams {
+            c_tilde: 64,
+            l: 7,
+            gamma1_bits: 19,
+            beta: 60 * 2,
+        },
+    }
+}
+
+/// FIPS 204 Algorithm 8, step 13: a signature is only valid when every
+/// coefficient of `z` satisfies |z_i| < gamma1 - beta. liboqs 0.13 does not
+/// enforce this bound (Wycheproof's InfinityNormViolation vectors verify
+/// under it; see tests/kat.rs), so ron-kms checks it before calling liboqs.
+/// `z` is packed right after c~ as `gamma1 - z_i` in `gamma1_bits + 1` bits,
+/// little-endian (FIPS 204 Algorithms 17 and 19). Returns `false` for a
+/// signature too short to hold z.
+fn mldsa_z_within_bound(p: MlDsaParams, signature: &[u8]) -> bool {
+    let bits = (p.gamma1_bits + 1) as usize;
+    let poly_bytes = 256 * bits / 8;
+    let Some(z) = signature.get(p.c_tilde..p.c_tilde + p.l * poly_bytes) else {
+        return false;
+    };
+    let gamma1 = 1i64 << p.gamma1_bits;
+    let bound = gamma1 - p.beta;
+    let mask = (1u64 << bits) - 1;
+    for poly in z.chunks_exact(poly_bytes) {
+        for i in 0..256 {
+            let bit = i * bits;
+            let mut word = [0u8; 8];
+            let avail = &poly[bit / 8..poly.len().min(bit / 8 + 8)];
+            word[..avail.len()].copy_from_slice(avail);
+            let v = (u64::from_le_bytes(word) >> (bit % 8)) & mask;
+            let zi = gamma1 - v as i64;
+            if zi.abs() >= bound {
+                return false;
+            }
+        }
+    }
+    true
 }
 
 impl OqsSig {
     fn new(alg: oqs::sig::Algorithm, name: &'static str) -> Self {
         oqs::init();
         let sig = oqs::sig::Sig::new(alg).expect("liboqs was built with ML-DSA enabled");
-        OqsSig { sig, name }
+        OqsSig {
+            sig,
+            name,
+            params: mldsa_params(alg),
+        }
     }
 }
 
@@ -259,6 +332,11 @@ impl SignatureScheme for OqsSig {
     }
 
     fn verify(&self, public: &[u8], message: &[u8], signature: &[u8]) -> bool {
+        if signature.len() != self.sig.length_signature()
+            || !mldsa_z_within_bound(self.params, signature)
+        {
+            return false;
+        }
         let (Some(pk), Some(sig)) = (
             self.sig.public_key_from_bytes(public),
             self.sig.signature_from_bytes(signature),
