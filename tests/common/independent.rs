@@ -82,14 +82,27 @@ pub fn kem_wrap(alg: &str, der: &[u8], kid: &str, plaintext: &[u8], aad: &[u8]) 
     );
     let public = spki.subject_public_key.as_bytes().expect("no unused bits");
     let (ct, ss) = encapsulate(alg, public);
+    envelope_from_kem(id, alg, kid, &ct, &ss, plaintext, aad)
+}
 
+/// The rest of docs/wrap-envelope.md once a KEM has run: header, HKDF-SHA256
+/// key with info "ron-kms/wrap/v1/<alg>", AES-256-GCM over header || aad.
+fn envelope_from_kem(
+    id: u8,
+    alg: &str,
+    kid: &str,
+    ct: &[u8],
+    ss: &[u8],
+    plaintext: &[u8],
+    aad: &[u8],
+) -> Vec<u8> {
     let mut header = vec![0x52, 0x4B, 0x57, 0x01, id, kid.len() as u8];
     header.extend_from_slice(kid.as_bytes());
     header.extend_from_slice(&(ct.len() as u16).to_be_bytes());
-    header.extend_from_slice(&ct);
+    header.extend_from_slice(ct);
 
     let mut key = [0u8; 32];
-    hkdf::Hkdf::<sha2::Sha256>::new(None, &ss)
+    hkdf::Hkdf::<sha2::Sha256>::new(None, ss)
         .expand(format!("ron-kms/wrap/v1/{alg}").as_bytes(), &mut key)
         .unwrap();
     let mut nonce = [0u8; 12];
@@ -201,26 +214,13 @@ pub fn hybrid_kem_wrap(
 
     let ct = [ct_m, ct_x].concat();
     assert_eq!(ct.len(), 1120);
-    let mut header = vec![0x52, 0x4B, 0x57, 0x01, 0x30, kid.len() as u8];
-    header.extend_from_slice(kid.as_bytes());
-    header.extend_from_slice(&(ct.len() as u16).to_be_bytes());
-    header.extend_from_slice(&ct);
-    let mut key = [0u8; 32];
-    hkdf::Hkdf::<sha2::Sha256>::new(None, &ss)
-        .expand(b"ron-kms/wrap/v1/hybrid-x25519-ml-kem-768", &mut key)
-        .unwrap();
-    let mut nonce = [0u8; 12];
-    OsRng.fill_bytes(&mut nonce);
-    let cipher = aes_gcm::Aes256Gcm::new_from_slice(&key).unwrap();
-    let full_aad = [header.as_slice(), aad].concat();
-    let sealed = cipher
-        .encrypt(
-            (&nonce).into(),
-            Payload {
-                msg: plaintext,
-                aad: &full_aad,
-            },
-        )
-        .unwrap();
-    [header, nonce.to_vec(), sealed].concat()
+    envelope_from_kem(
+        0x30,
+        "hybrid-x25519-ml-kem-768",
+        kid,
+        &ct,
+        &ss,
+        plaintext,
+        aad,
+    )
 }
