@@ -6,7 +6,7 @@
 //! components, and tampering either one fails under `and`.
 mod common;
 
-use common::{independent, Front, TestServer, FRONTS};
+use common::{independent, metric, Front, TestServer, FRONTS};
 use ron_kms::proto::PqPolicy;
 use tonic::Code;
 
@@ -14,18 +14,6 @@ use tonic::Code;
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 const MSG: &[u8] = b"release 1.2.3 artefact digest";
-
-/// A counter or gauge from the in-process Prometheus exposition.
-fn metric(series: &str) -> f64 {
-    let text = ron_kms::telemetry::render().expect("recorder installed");
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix(series)
-                .filter(|rest| rest.starts_with(' '))
-                .and_then(|rest| rest.trim().parse().ok())
-        })
-        .unwrap_or(0.0)
-}
 
 const REJECT: &str = "kms_reject_total{reason=\"pq_policy\"}";
 const ROLLBACKS: &str = "kms_pq_policy_rollback_total";

@@ -6,21 +6,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Front, TestServer, FRONTS};
+use common::{metric, Front, TestServer, FRONTS};
 use tonic::Code;
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-fn metric(series: &str) -> f64 {
-    let text = ron_kms::telemetry::render().expect("recorder installed");
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix(series)
-                .filter(|rest| rest.starts_with(' '))
-                .and_then(|rest| rest.trim().parse().ok())
-        })
-        .unwrap_or(0.0)
-}
 
 fn cache_counts() -> (f64, f64, f64) {
     (

@@ -597,3 +597,15 @@ pub fn stored_handle(data_dir: &Path, tenant: &str, name: &str, version: u32) ->
     )
     .unwrap()
 }
+
+/// A counter or gauge from the in-process Prometheus exposition.
+pub fn metric(series: &str) -> f64 {
+    let text = ron_kms::telemetry::render().expect("recorder installed");
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .filter(|rest| rest.starts_with(' '))
+                .and_then(|rest| rest.trim().parse().ok())
+        })
+        .unwrap_or(0.0)
+}
