@@ -111,7 +111,10 @@ impl ServiceOptions {
 /// without a device round trip per request.
 struct CustodyProbe {
     up: std::sync::atomic::AtomicBool,
-    last: std::sync::Mutex<std::time::Instant>,
+    /// Milliseconds since `origin` of the last probe: an atomic, so every
+    /// sign and verify reads it without taking a lock.
+    last_ms: std::sync::atomic::AtomicU64,
+    origin: std::time::Instant,
 }
 
 impl CustodyProbe {
@@ -226,7 +229,8 @@ impl KmsService {
             verify_cache: VerifyCache::new(opts.verify_cache_max, opts.verify_cache_ttl),
             custody: CustodyProbe {
                 up: std::sync::atomic::AtomicBool::new(true),
-                last: std::sync::Mutex::new(std::time::Instant::now()),
+                last_ms: std::sync::atomic::AtomicU64::new(0),
+                origin: std::time::Instant::now(),
             },
             keyring,
             store,
@@ -402,15 +406,15 @@ impl KmsService {
     /// health call) when older than [`CustodyProbe::EVERY`].
     fn custody_up(&self) -> bool {
         use std::sync::atomic::Ordering;
-        let due = {
-            let mut last = self.custody.last.lock().unwrap_or_else(|p| p.into_inner());
-            if last.elapsed() >= CustodyProbe::EVERY {
-                *last = std::time::Instant::now();
-                true
-            } else {
-                false
-            }
-        };
+        let now = self.custody.origin.elapsed().as_millis() as u64;
+        let last = self.custody.last_ms.load(Ordering::Relaxed);
+        // one caller wins the probe; the others use the last known state
+        let due = now.saturating_sub(last) >= CustodyProbe::EVERY.as_millis() as u64
+            && self
+                .custody
+                .last_ms
+                .compare_exchange(last, now, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok();
         if due {
             self.custody
                 .up
