@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# Installs the system packages ron-kms needs to build, when they are missing:
+# Installs the system packages ron-kms needs to build and test, when they
+# are missing:
 #   cmake, libclang-dev, pkg-config — liboqs is built from source by the
-#   `oqs` crate (cmake) and its bindings are generated with bindgen (libclang).
+#   `oqs` crate (cmake) and its bindings are generated with bindgen (libclang);
+#   softhsm2 — the PKCS#11 token the pkcs11 backend is tested on;
+#   opensc — pkcs11-tool, the tests' independent look into that token.
 # Idempotent and quiet when everything is present. Debian/Ubuntu (apt-get);
 # uses sudo when not root.
 set -euo pipefail
@@ -14,6 +17,8 @@ if ! ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 \
     missing+=(libclang-dev)
 fi
 command -v cc >/dev/null 2>&1 || missing+=(build-essential)
+command -v softhsm2-util >/dev/null 2>&1 || missing+=(softhsm2)
+command -v pkcs11-tool >/dev/null 2>&1 || missing+=(opensc)
 
 if [ ${#missing[@]} -eq 0 ]; then
     exit 0

@@ -81,6 +81,11 @@ pub struct FileConfig {
     pub verify_cache_max: Option<u64>,
     pub verify_cache_ttl_ms: Option<u64>,
     pub fault_injection: Option<bool>,
+    pub pkcs11_module: Option<PathBuf>,
+    pub pkcs11_token_label: Option<String>,
+    pub pkcs11_pin_file: Option<PathBuf>,
+    pub pkcs11_pin_env: Option<String>,
+    pub pkcs11_pool_size: Option<usize>,
 }
 
 /// `[pq]`: the default PQ policy, and `[pq.tenants.NAME]` per tenant.
@@ -158,10 +163,23 @@ pub enum LogFormat {
     Json,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum BackendKind {
     SealedFile,
+    Pkcs11(Pkcs11Config),
 }
+
+/// Where the token is and how to log in (`KMS_PKCS11_*`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pkcs11Config {
+    pub module: PathBuf,
+    pub token_label: String,
+    /// The user PIN: a file (0600) or the *name* of an env var.
+    pub pin: PassphraseSource,
+    pub pool_size: usize,
+}
+
+pub const DEFAULT_PKCS11_POOL_SIZE: usize = 8;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PassphraseSource {
@@ -290,6 +308,23 @@ fn pick<T>(
     Picked {
         value: file,
         origin: format!("{file_key} in {file_name}"),
+    }
+}
+
+/// A picked value plus whether it was set, kept after the value is moved.
+struct Seen<T> {
+    value: Option<T>,
+    origin: String,
+    value_was_set: bool,
+}
+
+impl<T> Seen<T> {
+    fn of(p: Picked<T>) -> Self {
+        Seen {
+            value_was_set: p.value.is_some(),
+            value: p.value,
+            origin: p.origin,
+        }
     }
 }
 
@@ -431,12 +466,122 @@ pub fn load(flags: &Flags, env: &dyn Env) -> Result<Config, ConfigError> {
             ));
         }
     }
+    let pk_module = pick(
+        None,
+        "",
+        env,
+        "KMS_PKCS11_MODULE",
+        PathBuf::from,
+        file.pkcs11_module,
+        "pkcs11_module",
+        fname,
+    );
+    let pk_label = pick(
+        None,
+        "",
+        env,
+        "KMS_PKCS11_TOKEN_LABEL",
+        id,
+        file.pkcs11_token_label,
+        "pkcs11_token_label",
+        fname,
+    );
+    let pk_pin_file = pick(
+        None,
+        "",
+        env,
+        "KMS_PKCS11_PIN_FILE",
+        PathBuf::from,
+        file.pkcs11_pin_file,
+        "pkcs11_pin_file",
+        fname,
+    );
+    let pk_pin_env = pick(
+        None,
+        "",
+        env,
+        "KMS_PKCS11_PIN_ENV",
+        id,
+        file.pkcs11_pin_env,
+        "pkcs11_pin_env",
+        fname,
+    );
+    let pk_pool = pick(
+        None,
+        "",
+        env,
+        "KMS_PKCS11_POOL_SIZE",
+        |s: String| s.trim().parse::<usize>().unwrap_or(0),
+        file.pkcs11_pool_size,
+        "pkcs11_pool_size",
+        fname,
+    );
     let backend = match backend_p.value.as_deref().unwrap_or("sealed-file") {
-        "sealed-file" => BackendKind::SealedFile,
-        "pkcs11" | "tpm" => return Err(err(
-            backend_p.origin,
-            "this build has only the sealed-file backend; pkcs11 and tpm are not implemented yet",
-        )),
+        "sealed-file" => {
+            let set = [
+                (pk_module.value.is_some(), &pk_module.origin),
+                (pk_label.value.is_some(), &pk_label.origin),
+                (pk_pin_file.value.is_some(), &pk_pin_file.origin),
+                (pk_pin_env.value.is_some(), &pk_pin_env.origin),
+                (pk_pool.value.is_some(), &pk_pool.origin),
+            ];
+            if let Some((_, origin)) = set.iter().find(|(is_set, _)| *is_set) {
+                return Err(err(
+                    origin.as_str(),
+                    "is a pkcs11 setting, but the backend is sealed-file (set KMS_BACKEND=pkcs11)",
+                ));
+            }
+            BackendKind::SealedFile
+        }
+        "pkcs11" => {
+            let module = pk_module
+                .value
+                .ok_or_else(|| err("KMS_PKCS11_MODULE", "is required with KMS_BACKEND=pkcs11 (the path of the PKCS#11 module, e.g. libsofthsm2.so)"))?;
+            let token_label = pk_label
+                .value
+                .filter(|l| !l.is_empty())
+                .ok_or_else(|| err("KMS_PKCS11_TOKEN_LABEL", "is required with KMS_BACKEND=pkcs11"))?;
+            let pin = match (pk_pin_file.value, pk_pin_env.value) {
+                (Some(f), None) => PassphraseSource::File(f),
+                (None, Some(e)) => {
+                    if e.is_empty() || e.contains('=') {
+                        return Err(err(pk_pin_env.origin, "must be the name of an environment variable"));
+                    }
+                    PassphraseSource::Env(e)
+                }
+                (None, None) => {
+                    return Err(err(
+                        "KMS_PKCS11_PIN_FILE",
+                        "the user PIN is required with KMS_BACKEND=pkcs11: set KMS_PKCS11_PIN_FILE or KMS_PKCS11_PIN_ENV",
+                    ))
+                }
+                (Some(_), Some(_)) => {
+                    return Err(err(
+                        "KMS_PKCS11_PIN_FILE",
+                        "set only one of KMS_PKCS11_PIN_FILE, KMS_PKCS11_PIN_ENV",
+                    ))
+                }
+            };
+            let pool_size = match pk_pool.value {
+                None => DEFAULT_PKCS11_POOL_SIZE,
+                Some(n @ 1..=256) => n,
+                Some(_) => {
+                    return Err(err(pk_pool.origin, "must be a whole number from 1 to 256"))
+                }
+            };
+            BackendKind::Pkcs11(Pkcs11Config {
+                module,
+                token_label,
+                pin,
+                pool_size,
+            })
+        }
+        "tpm" => {
+            return Err(err(
+                backend_p.origin,
+                "this build has the sealed-file and pkcs11 backends; tpm is not implemented yet",
+            ))
+        }
         other => {
             return Err(err(
                 backend_p.origin,
@@ -488,6 +633,9 @@ pub fn load(flags: &Flags, env: &dyn Env) -> Result<Config, ConfigError> {
             ));
         }
     }
+    let key_file = Seen::of(key_file);
+    let pass_file = Seen::of(pass_file);
+    let pass_env = Seen::of(pass_env);
     let master = match (key_file.value, pass_file.value, pass_env.value) {
         (None, None, None) => MasterKeySource::KeyFile(data_dir.join("master.key")),
         (Some(k), None, None) => MasterKeySource::KeyFile(k),
@@ -506,6 +654,19 @@ pub fn load(flags: &Flags, env: &dyn Env) -> Result<Config, ConfigError> {
         }
     };
 
+    if matches!(backend, BackendKind::Pkcs11(_)) {
+        let set = [
+            (key_file.value_was_set, &key_file.origin),
+            (pass_file.value_was_set, &pass_file.origin),
+            (pass_env.value_was_set, &pass_env.origin),
+        ];
+        if let Some((_, origin)) = set.iter().find(|(is_set, _)| *is_set) {
+            return Err(err(
+                origin.as_str(),
+                "is a sealed-file setting; with KMS_BACKEND=pkcs11 the token's KEK seals keys",
+            ));
+        }
+    }
     let algs_p = pick(
         None,
         "",

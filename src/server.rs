@@ -20,6 +20,8 @@ use zeroize::Zeroizing;
 use crate::api::grpc::{GrpcFront, OversizeAsResourceExhausted};
 use crate::api::http;
 use crate::auth::{create_token, Scopes, TokenTable};
+use crate::backend::breaker::{Breaker, BreakerSettings};
+use crate::backend::pkcs11::{Pkcs11Backend, Pkcs11Settings};
 use crate::backend::sealed_file::{MasterKey, SealedFileBackend};
 use crate::backend::Backend;
 use crate::config::{BackendKind, Config, MasterKeySource, PassphraseSource};
@@ -52,7 +54,11 @@ const MASTER_CHECK_PLAINTEXT: &[u8] = b"ron-kms master key check v1";
 /// Everything that custody and the service need, opened from a data dir.
 pub struct Opened {
     pub store: Arc<dyn Store>,
-    pub backend: Arc<SealedFileBackend>,
+    pub backend: Arc<dyn Backend>,
+    /// The same backend, typed, when custody is `sealed-file`.
+    pub sealed_file: Option<Arc<SealedFileBackend>>,
+    /// The same backend, typed, when custody is `pkcs11`.
+    pub pkcs11: Option<Arc<Pkcs11Backend>>,
     pub provider: Arc<Provider>,
     /// Holds the data-dir lock while alive (none in amnesia mode).
     _lock: Option<File>,
@@ -65,22 +71,26 @@ fn dir_err(path: &Path, msg: impl std::fmt::Display) -> StartError {
     }
 }
 
-fn read_passphrase(src: &PassphraseSource) -> Result<Zeroizing<Vec<u8>>, StartError> {
+/// Read a secret from its file (which must not be readable by others) or
+/// from the env var it names; `what` names the setting in errors.
+fn read_secret(
+    src: &PassphraseSource,
+    file_var: &str,
+    env_var: &str,
+) -> Result<Zeroizing<Vec<u8>>, StartError> {
     let raw = match src {
         PassphraseSource::File(p) => Zeroizing::new(
             {
                 crate::backend::sealed_file::master::check_private(p)?;
                 std::fs::read(p)
             }
-            .map_err(|e| {
-                StartError::Other(format!("KMS_MASTER_PASSPHRASE_FILE {}: {e}", p.display()))
-            })?,
+            .map_err(|e| StartError::Other(format!("{file_var} {}: {e}", p.display())))?,
         ),
         PassphraseSource::Env(name) => match std::env::var_os(name) {
             Some(v) => Zeroizing::new(std::os::unix::ffi::OsStringExt::into_vec(v)),
             None => {
                 return Err(StartError::Other(format!(
-                    "KMS_MASTER_PASSPHRASE_ENV names {name}, which is not set"
+                    "{env_var} names {name}, which is not set"
                 )))
             }
         },
@@ -114,24 +124,59 @@ pub fn open_data_dir(cfg: &Config) -> Result<Opened, StartError> {
     lock.try_lock()
         .map_err(|_| dir_err(dir, "in use by another ron-kms process"))?;
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&cfg.store_path())?);
-    let master = match &cfg.master {
-        MasterKeySource::KeyFile(p) => MasterKey::load_or_create(p)?.0,
-        MasterKeySource::Passphrase(src) => {
-            let pass = read_passphrase(src)?;
-            MasterKey::from_passphrase(&pass, &dir.join("master.salt"))?
-        }
-    };
-    check_master(store.as_ref(), &master)?;
     let provider = Arc::new(Provider::default());
-    let backend = match cfg.backend {
-        BackendKind::SealedFile => Arc::new(SealedFileBackend::new(master, provider.clone())),
-    };
-    Ok(Opened {
-        store,
-        backend,
-        provider,
-        _lock: Some(lock),
-    })
+    match &cfg.backend {
+        BackendKind::SealedFile => {
+            let master = match &cfg.master {
+                MasterKeySource::KeyFile(p) => MasterKey::load_or_create(p)?.0,
+                MasterKeySource::Passphrase(src) => {
+                    let pass = read_secret(
+                        src,
+                        "KMS_MASTER_PASSPHRASE_FILE",
+                        "KMS_MASTER_PASSPHRASE_ENV",
+                    )?;
+                    MasterKey::from_passphrase(&pass, &dir.join("master.salt"))?
+                }
+            };
+            check_master(store.as_ref(), &master)?;
+            let b = Arc::new(SealedFileBackend::new(master, provider.clone()));
+            Ok(Opened {
+                store,
+                backend: b.clone(),
+                sealed_file: Some(b),
+                pkcs11: None,
+                provider,
+                _lock: Some(lock),
+            })
+        }
+        BackendKind::Pkcs11(p) => {
+            let pin = read_secret(&p.pin, "KMS_PKCS11_PIN_FILE", "KMS_PKCS11_PIN_ENV")?;
+            let pin = Zeroizing::new(
+                String::from_utf8(pin.to_vec())
+                    .map_err(|_| StartError::Other("the PKCS#11 PIN is not UTF-8".into()))?,
+            );
+            let b = Arc::new(
+                Pkcs11Backend::open(
+                    Pkcs11Settings {
+                        module: p.module.clone(),
+                        token_label: p.token_label.clone(),
+                        pin,
+                        pool_size: p.pool_size,
+                    },
+                    provider.clone(),
+                )
+                .map_err(|e| StartError::Other(format!("pkcs11: {e}")))?,
+            );
+            Ok(Opened {
+                store,
+                backend: b.clone(),
+                sealed_file: None,
+                pkcs11: Some(b),
+                provider,
+                _lock: Some(lock),
+            })
+        }
+    }
 }
 
 /// Amnesia mode: an in-memory store and a random master key that exists
@@ -145,7 +190,9 @@ fn open_in_memory() -> Result<Opened, StartError> {
     let backend = Arc::new(SealedFileBackend::new(master, provider.clone()).ephemeral());
     Ok(Opened {
         store,
-        backend,
+        backend: backend.clone(),
+        sealed_file: Some(backend),
+        pkcs11: None,
         provider,
         _lock: None,
     })
@@ -248,6 +295,8 @@ pub struct Running {
     pub kms: Arc<KmsService>,
     /// The fault-injection switch when `KMS_FAULT_INJECTION` is on.
     pub faults: Option<Arc<crate::backend::faults::Faults>>,
+    /// The circuit breaker in front of custody.
+    pub breaker: Arc<Breaker>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     _opened: Opened,
@@ -308,6 +357,8 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
         f
     });
     crate::telemetry::init();
+    let breaker = Arc::new(Breaker::new(backend, BreakerSettings::default()));
+    let backend: Arc<dyn Backend> = breaker.clone();
     // The audit key's checkpoint signatures use custody without the fault
     // switch: drills take the request path's custody away, not the audit log.
     let audit = open_audit(cfg, store.clone(), opened.backend.clone()).await?;
@@ -400,6 +451,7 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
         bootstrap_token,
         kms,
         faults,
+        breaker,
         shutdown: tx,
         tasks: vec![grpc_task, http_task, health_task],
         _opened: opened,

@@ -1,20 +1,46 @@
-//! Every algorithm over both fronts, against a real server on loopback:
-//! create, sign/verify or wrap/unwrap, tampering, rotation, old signatures
-//! and ciphertexts after rotation, disable (fails at once), destroy (material
-//! gone from the store's files) — and every signature and ML-KEM ciphertext
-//! checked by an independent implementation.
+//! The backend conformance suite: every algorithm over both fronts, against
+//! a real server on loopback, once per custody backend (`sealed-file`
+//! in-process; `pkcs11` on a fresh SoftHSM2 token, the real binary in its
+//! own process): create, sign/verify or wrap/unwrap, tampering, rotation, old
+//! signatures and ciphertexts after rotation, disable (fails at once),
+//! destroy (material gone from the store's files, or the object gone from the
+//! token) — and every signature and ML-KEM ciphertext checked by an
+//! independent implementation.
 mod common;
 
-use common::{files_containing, independent, stored_handle, Front, TestServer};
+use common::{files_containing, independent, stored_handle, Custody, Front, TestServer};
 use ron_kms::proto::{GenerateDataKeyRequest, KeyVersion};
 use tonic::Code;
 
 const MSG: &[u8] = b"attack at dawn";
 
-/// Asserts that v1's custody handle is stored now, and returns a 32-byte
-/// slice of it to search for after destruction.
-fn handle_probe(srv: &TestServer, name: &str) -> Vec<u8> {
+/// What shows that v1's material exists now, to check again after destroy.
+enum Probe {
+    /// 32 bytes of the sealed handle, searched for in every data-dir file.
+    Sealed(Vec<u8>),
+    /// The token object's label, looked up with `pkcs11-tool`.
+    TokenObject(String),
+}
+
+/// PKCS#11 handles of token-native keys start with "P11" 0x01.
+fn is_native_pkcs11(h: &[u8]) -> bool {
+    h.starts_with(b"P11\x01")
+}
+
+/// Asserts that v1's custody handle is stored now, and that its material
+/// exists (in the data dir for sealed keys, in the token for native ones).
+fn handle_probe(srv: &TestServer, name: &str) -> Probe {
     let h = stored_handle(&srv.data_dir(), "admin", name, 1).expect("v1 has a stored handle");
+    if let Some(hsm) = &srv.hsm {
+        if is_native_pkcs11(&h) {
+            let label = format!("ron-kms/admin/{name}#v1");
+            assert!(
+                hsm.list_objects().contains(&label),
+                "{label} is in the token before destroy"
+            );
+            return Probe::TokenObject(label);
+        }
+    }
     assert!(h.len() >= 48);
     // the tail: ciphertext and tag, unique to this blob
     let probe = h[h.len() - 32..].to_vec();
@@ -22,20 +48,31 @@ fn handle_probe(srv: &TestServer, name: &str) -> Vec<u8> {
         !files_containing(&srv.data_dir(), &probe).is_empty(),
         "probe is found before destroy"
     );
-    probe
+    Probe::Sealed(probe)
 }
 
-fn assert_material_gone(srv: &TestServer, name: &str, probe: &[u8]) {
+fn assert_material_gone(srv: &TestServer, name: &str, probe: &Probe) {
     assert_eq!(
         stored_handle(&srv.data_dir(), "admin", name, 1),
         None,
         "handle column wiped"
     );
-    let hits = files_containing(&srv.data_dir(), probe);
-    assert!(
-        hits.is_empty(),
-        "destroyed material still on disk in {hits:?}"
-    );
+    match probe {
+        Probe::Sealed(p) => {
+            let hits = files_containing(&srv.data_dir(), p);
+            assert!(
+                hits.is_empty(),
+                "destroyed material still on disk in {hits:?}"
+            );
+        }
+        Probe::TokenObject(label) => {
+            let listing = srv.hsm.as_ref().unwrap().list_objects();
+            assert!(
+                !listing.contains(&format!("{label}\n")),
+                "{label} still in the token after destroy (C_DestroyObject):\n{listing}"
+            );
+        }
+    }
 }
 
 /// A version's public material: its SPKI, or its components' SPKIs.
@@ -60,8 +97,8 @@ fn independent_ok(alg: &str, v: &KeyVersion, msg: &[u8], sig: &[u8]) -> bool {
     }
 }
 
-async fn sign_lifecycle(front: Front, alg: &str) {
-    let srv = TestServer::start().await;
+async fn sign_lifecycle(custody: Custody, front: Front, alg: &str) {
+    let srv = TestServer::start_on(custody).await;
     let mut c = srv.client(front, &srv.admin_token).await;
 
     let key = c.create("k", alg).await.unwrap();
@@ -227,8 +264,8 @@ async fn sign_lifecycle(front: Front, alg: &str) {
     assert!(c.verify("k#v2", MSG, &s2.signature).await.unwrap().valid);
 }
 
-async fn wrap_lifecycle(front: Front, alg: &str) {
-    let srv = TestServer::start().await;
+async fn wrap_lifecycle(custody: Custody, front: Front, alg: &str) {
+    let srv = TestServer::start_on(custody).await;
     let mut c = srv.client(front, &srv.admin_token).await;
 
     let key = c.create("w", alg).await.unwrap();
@@ -369,12 +406,28 @@ async fn wrap_lifecycle(front: Front, alg: &str) {
 }
 
 macro_rules! cases {
-    ($($name:ident => $f:ident($front:expr, $alg:expr);)*) => {$(
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn $name() {
-            $f($front, $alg).await
+    ($($name:ident => $f:ident($front:expr, $alg:expr);)*) => {
+        /// Custody: sealed-file, in-process.
+        mod sealed_file {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    $f(Custody::SealedFile, $front, $alg).await
+                }
+            )*
         }
-    )*};
+        /// Custody: PKCS#11 on a fresh SoftHSM2 token per test.
+        mod pkcs11 {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    $f(Custody::Pkcs11, $front, $alg).await
+                }
+            )*
+        }
+    };
 }
 
 cases! {

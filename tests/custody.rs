@@ -3,7 +3,8 @@
 mod common;
 
 use common::{all_files, files_containing, Front, TestServer, FRONTS};
-use ron_kms::backend::{Backend, KeyLabel};
+use ron_kms::backend::soft::Sealer;
+use ron_kms::backend::KeyLabel;
 use ron_kms::config::MasterKeySource;
 use ron_kms::crypto::Algorithm;
 use ron_kms::keyring::{KeyRecord, VersionRecord, VersionState};
@@ -63,7 +64,7 @@ fn the_data_dir_holds_no_private_key_in_the_clear() {
         kid: "known#v1",
         algorithm: Algorithm::Ed25519,
     };
-    let handle = opened.backend.seal(label, &known).unwrap();
+    let handle = opened.sealed_file.as_ref().unwrap().seal(label, &known).unwrap();
     secrets.push((known, Vec::new()));
     let mut records = vec![("known".to_string(), Algorithm::Ed25519, Vec::new(), handle)];
 
@@ -77,7 +78,7 @@ fn the_data_dir_holds_no_private_key_in_the_clear() {
         };
         let g = opened.backend.generate(label).unwrap();
         // the test may look inside custody; the service never does this
-        let private = opened.backend.unseal(label, &g.handle).unwrap();
+        let private = opened.sealed_file.as_ref().unwrap().unseal(label, &g.handle).unwrap();
         secrets.push((private.to_vec(), g.public.clone()));
         records.push((name, alg, g.public, g.handle));
     }

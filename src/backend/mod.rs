@@ -12,8 +12,11 @@
 //!
 //! This module must not: return private key material to callers, log inputs,
 //! or touch the store.
+pub mod breaker;
 pub mod faults;
+pub mod pkcs11;
 pub mod sealed_file;
+pub mod soft;
 
 use thiserror::Error;
 use zeroize::Zeroizing;
@@ -135,4 +138,12 @@ pub trait Backend: Send + Sync {
 
     /// A cheap liveness probe for `/readyz`.
     fn health(&self) -> Result<(), BackendError>;
+}
+
+/// Jitter for backoffs: a uniform point in [d/2, d].
+pub(crate) fn jittered(d: std::time::Duration) -> std::time::Duration {
+    let mut b = [0u8; 2];
+    let _ = crate::crypto::random_bytes(&mut b);
+    let frac = u16::from_le_bytes(b) as f64 / u16::MAX as f64;
+    d.mul_f64(0.5 + frac / 2.0)
 }

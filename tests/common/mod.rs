@@ -5,6 +5,7 @@
 
 pub mod independent;
 pub mod process;
+pub mod softhsm;
 
 use std::path::{Path, PathBuf};
 
@@ -20,7 +21,19 @@ use tonic::transport::Channel;
 pub struct TestServer {
     pub dir: tempfile::TempDir,
     pub running: Option<Running>,
+    /// For custody that is process-wide (a PKCS#11 module is initialised
+    /// once per process): the real binary, serving from its own process.
+    pub process: Option<process::Served>,
+    pub hsm: Option<softhsm::SoftHsm>,
     pub admin_token: String,
+}
+
+/// Which custody a conformance test runs against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Custody {
+    SealedFile,
+    /// A fresh SoftHSM2 token, served by the real binary in its own process.
+    Pkcs11,
 }
 
 pub fn config(data_dir: &Path) -> Config {
@@ -48,6 +61,39 @@ impl TestServer {
         TestServer {
             dir,
             running: Some(running),
+            process: None,
+            hsm: None,
+            admin_token,
+        }
+    }
+
+    /// A server on `custody`: in-process for sealed-file; for PKCS#11 a
+    /// fresh SoftHSM2 token and the real binary in its own process.
+    pub async fn start_on(custody: Custody) -> Self {
+        match custody {
+            Custody::SealedFile => Self::start().await,
+            Custody::Pkcs11 => Self::start_pkcs11(&[]).await,
+        }
+    }
+
+    /// The real binary on a fresh SoftHSM2 token, with extra environment.
+    pub async fn start_pkcs11(extra_env: &[(&str, &std::ffi::OsStr)]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let hsm = softhsm::SoftHsm::new(&dir.path().join("hsm"), "ron-kms-test");
+        let data = dir.path().join("data");
+        let env = hsm.env();
+        let mut envs: Vec<(&str, &std::ffi::OsStr)> =
+            env.iter().map(|(k, v)| (*k, v.as_os_str())).collect();
+        envs.extend_from_slice(extra_env);
+        let served = tokio::task::block_in_place(|| {
+            process::serve_with(&["--data-dir".as_ref(), data.as_os_str()], &envs, None)
+        });
+        let admin_token = served.token.clone().expect("first start bootstraps");
+        TestServer {
+            dir,
+            running: None,
+            process: Some(served),
+            hsm: Some(hsm),
             admin_token,
         }
     }
@@ -85,7 +131,13 @@ impl TestServer {
     }
 
     pub async fn client(&self, front: Front, token: &str) -> Client {
-        Client::connect(front, self.running(), token).await
+        match (&self.running, &self.process) {
+            (Some(r), _) => Client::connect(front, r, token).await,
+            (None, Some(p)) => {
+                Client::connect_to(front, &p.grpc, &format!("http://{}", p.http), token).await
+            }
+            (None, None) => panic!("server is stopped"),
+        }
     }
 }
 
@@ -146,16 +198,25 @@ fn from_status(s: tonic::Status) -> ApiErr {
 
 impl Client {
     pub async fn connect(front: Front, r: &Running, token: &str) -> Self {
+        Self::connect_to(
+            front,
+            &format!("http://{}", r.grpc_addr),
+            &format!("http://{}", r.http_addr),
+            token,
+        )
+        .await
+    }
+
+    /// `grpc` and `http` are base URLs (`http://host:port`).
+    pub async fn connect_to(front: Front, grpc: &str, http: &str, token: &str) -> Self {
         let transport = match front {
             Front::Grpc => Transport::Grpc(
-                KmsClient::connect(format!("http://{}", r.grpc_addr))
+                KmsClient::connect(grpc.to_string())
                     .await
                     .unwrap()
                     .max_encoding_message_size(8 << 20),
             ),
-            Front::Http => {
-                Transport::Http(reqwest::Client::new(), format!("http://{}", r.http_addr))
-            }
+            Front::Http => Transport::Http(reqwest::Client::new(), http.to_string()),
         };
         Client {
             front,

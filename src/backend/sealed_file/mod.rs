@@ -13,13 +13,13 @@ use std::sync::Arc;
 
 use zeroize::Zeroizing;
 
+use super::soft::{self, label_aad, Sealer};
 use super::{Backend, BackendError, Capabilities, Generated, KeyLabel};
 use crate::crypto::{aead, random_bytes, Algorithm, Provider};
 
 pub use master::MasterKey;
 
 const BLOB_VERSION: u8 = 1;
-const AAD_PREFIX: &[u8] = b"ron-kms/sealed/v1\0";
 
 pub struct SealedFileBackend {
     master: MasterKey,
@@ -31,16 +31,6 @@ impl std::fmt::Debug for SealedFileBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SealedFileBackend").finish_non_exhaustive()
     }
-}
-
-fn label_aad(label: &KeyLabel<'_>) -> Vec<u8> {
-    let mut aad = AAD_PREFIX.to_vec();
-    aad.extend_from_slice(label.algorithm.as_str().as_bytes());
-    aad.push(0);
-    aad.extend_from_slice(label.tenant.as_bytes());
-    aad.push(b'/');
-    aad.extend_from_slice(label.kid.as_bytes());
-    aad
 }
 
 impl SealedFileBackend {
@@ -64,9 +54,20 @@ impl SealedFileBackend {
         self
     }
 
-    /// Seal private key bytes for `label`. Public so tests can seal a key
-    /// whose bytes they know and then search the data dir for them.
-    pub fn seal(&self, label: KeyLabel<'_>, private: &[u8]) -> Result<Vec<u8>, BackendError> {
+    fn check(&self, label: &KeyLabel<'_>) -> Result<(), BackendError> {
+        if self.caps.supports(label.algorithm) {
+            Ok(())
+        } else {
+            Err(BackendError::Unsupported(label.algorithm))
+        }
+    }
+}
+
+impl Sealer for SealedFileBackend {
+    /// Seal private key bytes for `label`. Public (through the trait) so
+    /// tests can seal a key whose bytes they know and then search the data
+    /// dir for them.
+    fn seal(&self, label: KeyLabel<'_>, private: &[u8]) -> Result<Vec<u8>, BackendError> {
         let mut nonce = [0u8; aead::AEAD_NONCE_LEN];
         random_bytes(&mut nonce).map_err(|e| BackendError::Crypto(e.to_string()))?;
         let ct = aead::seal(self.master.bytes(), &nonce, &label_aad(&label), private)
@@ -79,7 +80,7 @@ impl SealedFileBackend {
     }
 
     /// Unseal a handle into a zeroizing buffer.
-    pub fn unseal(
+    fn unseal(
         &self,
         label: KeyLabel<'_>,
         handle: &[u8],
@@ -102,18 +103,6 @@ impl SealedFileBackend {
             BackendError::Sealed("authentication failed (wrong master key or corrupted record)")
         })
     }
-
-    fn check(&self, label: &KeyLabel<'_>) -> Result<(), BackendError> {
-        if self.caps.supports(label.algorithm) {
-            Ok(())
-        } else {
-            Err(BackendError::Unsupported(label.algorithm))
-        }
-    }
-}
-
-fn crypto_err(e: crate::crypto::CryptoError) -> BackendError {
-    BackendError::Crypto(e.to_string())
 }
 
 impl Backend for SealedFileBackend {
@@ -127,15 +116,7 @@ impl Backend for SealedFileBackend {
 
     fn generate(&self, label: KeyLabel<'_>) -> Result<Generated, BackendError> {
         self.check(&label)?;
-        let kp = self
-            .provider
-            .generate(label.algorithm)
-            .map_err(crypto_err)?;
-        let handle = self.seal(label, &kp.private)?;
-        Ok(Generated {
-            public: kp.public,
-            handle,
-        })
+        soft::generate(self, &self.provider, label)
     }
 
     fn sign(
@@ -145,11 +126,7 @@ impl Backend for SealedFileBackend {
         message: &[u8],
     ) -> Result<Vec<u8>, BackendError> {
         self.check(&label)?;
-        let private = self.unseal(label, handle)?;
-        self.provider
-            .signer(label.algorithm)
-            .and_then(|s| s.sign(&private, message))
-            .map_err(crypto_err)
+        soft::sign(self, &self.provider, label, handle, message)
     }
 
     fn decapsulate(
@@ -159,14 +136,7 @@ impl Backend for SealedFileBackend {
         ciphertext: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>, BackendError> {
         self.check(&label)?;
-        let private = self.unseal(label, handle)?;
-        let kem = self.provider.kem(label.algorithm).map_err(crypto_err)?;
-        // A malformed KEM ciphertext is the caller's fault: report it like a
-        // failed AEAD open so it reveals nothing.
-        kem.decapsulate(&private, ciphertext).map_err(|e| match e {
-            crate::crypto::CryptoError::BadPrivateKey(_) => crypto_err(e),
-            _ => BackendError::Decrypt,
-        })
+        soft::decapsulate(self, &self.provider, label, handle, ciphertext)
     }
 
     fn aead_seal(
@@ -178,8 +148,7 @@ impl Backend for SealedFileBackend {
         plaintext: &[u8],
     ) -> Result<Vec<u8>, BackendError> {
         self.check(&label)?;
-        let key = self.unseal(label, handle)?;
-        aead::seal(&key, nonce, aad, plaintext).map_err(crypto_err)
+        soft::aead_seal(self, label, handle, nonce, aad, plaintext)
     }
 
     fn aead_open(
@@ -191,8 +160,7 @@ impl Backend for SealedFileBackend {
         ciphertext: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>, BackendError> {
         self.check(&label)?;
-        let key = self.unseal(label, handle)?;
-        aead::open(&key, nonce, aad, ciphertext).map_err(|_| BackendError::Decrypt)
+        soft::aead_open(self, label, handle, nonce, aad, ciphertext)
     }
 
     fn destroy(&self, _label: KeyLabel<'_>, _handle: &[u8]) -> Result<(), BackendError> {
