@@ -537,10 +537,12 @@ pub fn load(flags: &Flags, env: &dyn Env) -> Result<Config, ConfigError> {
             let module = pk_module
                 .value
                 .ok_or_else(|| err("KMS_PKCS11_MODULE", "is required with KMS_BACKEND=pkcs11 (the path of the PKCS#11 module, e.g. libsofthsm2.so)"))?;
-            let token_label = pk_label
-                .value
-                .filter(|l| !l.is_empty())
-                .ok_or_else(|| err("KMS_PKCS11_TOKEN_LABEL", "is required with KMS_BACKEND=pkcs11"))?;
+            let token_label = pk_label.value.filter(|l| !l.is_empty()).ok_or_else(|| {
+                err(
+                    "KMS_PKCS11_TOKEN_LABEL",
+                    "is required with KMS_BACKEND=pkcs11",
+                )
+            })?;
             let pin = match (pk_pin_file.value, pk_pin_env.value) {
                 (Some(f), None) => PassphraseSource::File(f),
                 (None, Some(e)) => {
@@ -565,9 +567,7 @@ pub fn load(flags: &Flags, env: &dyn Env) -> Result<Config, ConfigError> {
             let pool_size = match pk_pool.value {
                 None => DEFAULT_PKCS11_POOL_SIZE,
                 Some(n @ 1..=256) => n,
-                Some(_) => {
-                    return Err(err(pk_pool.origin, "must be a whole number from 1 to 256"))
-                }
+                Some(_) => return Err(err(pk_pool.origin, "must be a whole number from 1 to 256")),
             };
             BackendKind::Pkcs11(Pkcs11Config {
                 module,

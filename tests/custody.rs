@@ -2,7 +2,7 @@
 //! data dir is guarded against a wrong master key and a second process.
 mod common;
 
-use common::{all_files, files_containing, Front, TestServer, FRONTS};
+use common::{all_files, disk_windows, files_containing, Front, TestServer, FRONTS};
 use ron_kms::backend::soft::Sealer;
 use ron_kms::backend::KeyLabel;
 use ron_kms::config::MasterKeySource;
@@ -64,7 +64,12 @@ fn the_data_dir_holds_no_private_key_in_the_clear() {
         kid: "known#v1",
         algorithm: Algorithm::Ed25519,
     };
-    let handle = opened.sealed_file.as_ref().unwrap().seal(label, &known).unwrap();
+    let handle = opened
+        .sealed_file
+        .as_ref()
+        .unwrap()
+        .seal(label, &known)
+        .unwrap();
     secrets.push((known, Vec::new()));
     let mut records = vec![("known".to_string(), Algorithm::Ed25519, Vec::new(), handle)];
 
@@ -78,7 +83,12 @@ fn the_data_dir_holds_no_private_key_in_the_clear() {
         };
         let g = opened.backend.generate(label).unwrap();
         // the test may look inside custody; the service never does this
-        let private = opened.sealed_file.as_ref().unwrap().unseal(label, &g.handle).unwrap();
+        let private = opened
+            .sealed_file
+            .as_ref()
+            .unwrap()
+            .unseal(label, &g.handle)
+            .unwrap();
         secrets.push((private.to_vec(), g.public.clone()));
         records.push((name, alg, g.public, g.handle));
     }
@@ -117,7 +127,7 @@ fn the_data_dir_holds_no_private_key_in_the_clear() {
     for f in &files {
         assert_eq!(mode(f), 0o600, "{}", f.display());
     }
-    let on_disk = disk_windows(&dir.path().join("data"));
+    let on_disk = disk_windows(&[dir.path().join("data")]);
     for (i, (private, public)) in secrets.iter().enumerate() {
         // Every 16-byte window of the private encoding. Some encodings embed
         // public values (a P-256 PKCS#8 carries the public point, an ML-KEM
@@ -143,16 +153,6 @@ fn the_data_dir_holds_no_private_key_in_the_clear() {
 }
 
 /// Every 16-byte window of every file under `dir`.
-fn disk_windows(dir: &std::path::Path) -> std::collections::HashSet<Vec<u8>> {
-    let mut set = std::collections::HashSet::new();
-    for f in all_files(dir) {
-        for w in std::fs::read(f).unwrap().windows(16) {
-            set.insert(w.to_vec());
-        }
-    }
-    set
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_master_key_or_a_second_process_is_refused() {
     let srv = TestServer::start().await;

@@ -69,7 +69,6 @@ fn publish(s: &State) {
     metrics::gauge!("backend_breaker_state").set(v);
 }
 
-
 impl Breaker {
     pub fn new(inner: Arc<dyn Backend>, settings: BreakerSettings) -> Self {
         let state = State::Closed { failures: 0 };
@@ -153,7 +152,10 @@ impl Breaker {
             Ok(()) => {
                 *st = State::Closed { failures: 0 };
                 publish(&st);
-                tracing::info!(backend = self.inner.name(), "custody circuit breaker closed");
+                tracing::info!(
+                    backend = self.inner.name(),
+                    "custody circuit breaker closed"
+                );
             }
             Err(_) => self.open(&mut st, period * 2),
         }

@@ -187,7 +187,10 @@ mod tests {
         assert!(!f.is_down());
         // 200 ms up, 200 ms down: checked at ~300 ms and ~500 ms, so a
         // sleep may overrun by up to ~90 ms on a busy machine
-        f.set_flap(Some((Duration::from_millis(200), Duration::from_millis(200))));
+        f.set_flap(Some((
+            Duration::from_millis(200),
+            Duration::from_millis(200),
+        )));
         assert!(!f.is_down(), "starts up");
         std::thread::sleep(Duration::from_millis(300));
         assert!(f.is_down(), "then down");

@@ -11,8 +11,9 @@
 //!   hybrids) are software keys sealed with AES-256-GCM *by the token* under a
 //!   token-resident KEK (`ron-kms/kek/v1`, created once, non-extractable).
 //!   They are unsealed into zeroizing memory for one operation.
-//! - Which path an algorithm takes comes from the token's mechanism list,
-//!   probed at start-up ([`Pkcs11Backend::open`]), never from a fixed list.
+//! - Which path an algorithm takes comes from the token's mechanisms, probed
+//!   at start-up with `C_GetMechanismInfo` ([`Pkcs11Backend::open`]), never
+//!   from a fixed list.
 //!
 //! Handles (docs/pkcs11.md): native `"P11" 0x01 kind(1) id(16)` with kind
 //! `k` (key pair, private half) or `s` (secret key); sealed `"P11" 0x02
@@ -230,7 +231,6 @@ fn unavailable(e: impl std::fmt::Display) -> BackendError {
     BackendError::Unavailable(format!("pkcs11: {e}"))
 }
 
-
 fn connect(
     module: &std::path::Path,
     token_label: &str,
@@ -250,10 +250,18 @@ fn connect(
         Ok(s) => s,
         Err(m) => return Err(fail(&ctx, m)),
     };
-    let mechs = match ctx.get_mechanism_list(slot) {
-        Ok(m) => m,
-        Err(e) => return Err(fail(&ctx, format!("C_GetMechanismList: {e}"))),
-    };
+    // C_GetMechanismInfo per mechanism we can use: supported ones answer
+    let mechs: Vec<MechanismType> = [
+        MechanismType::ECDSA,
+        MechanismType::ECC_KEY_PAIR_GEN,
+        MechanismType::EDDSA,
+        MechanismType::ECC_EDWARDS_KEY_PAIR_GEN,
+        MechanismType::AES_GCM,
+        MechanismType::AES_KEY_GEN,
+    ]
+    .into_iter()
+    .filter(|m| ctx.get_mechanism_info(slot, *m).is_ok())
+    .collect();
     let mut sessions = Vec::with_capacity(pool_size);
     for _ in 0..pool_size.max(1) {
         match ctx.open_rw_session(slot) {
@@ -330,6 +338,11 @@ fn find_or_create_kek(s: &Session) -> Result<ObjectHandle, CkError> {
             Attribute::Extractable(false),
             Attribute::Encrypt(true),
             Attribute::Decrypt(true),
+            Attribute::Sign(false),
+            Attribute::Verify(false),
+            Attribute::Wrap(false),
+            Attribute::Unwrap(false),
+            Attribute::Derive(false),
             Attribute::Id(KEK_ID.to_vec()),
             Attribute::Label(KEK_ID.to_vec()),
         ],
@@ -468,9 +481,15 @@ impl Pkcs11Backend {
                 (retry.next - now).as_millis()
             )));
         }
-        if retry.draining.as_ref().is_some_and(|w| w.strong_count() > 0) {
+        if retry
+            .draining
+            .as_ref()
+            .is_some_and(|w| w.strong_count() > 0)
+        {
             retry.next = now + Duration::from_millis(20);
-            return Err(unavailable("token unavailable; previous session still closing"));
+            return Err(unavailable(
+                "token unavailable; previous session still closing",
+            ));
         }
         retry.draining = None;
         match connect(
@@ -569,12 +588,11 @@ impl Pkcs11Backend {
 /// token-object search.
 fn token_answers(s: &Session) -> bool {
     s.get_session_info().is_ok()
-        && s
-            .find_objects(&[
-                Attribute::Class(ObjectClass::SECRET_KEY),
-                Attribute::Id(KEK_ID.to_vec()),
-            ])
-            .is_ok()
+        && s.find_objects(&[
+            Attribute::Class(ObjectClass::SECRET_KEY),
+            Attribute::Id(KEK_ID.to_vec()),
+        ])
+        .is_ok()
 }
 
 fn capabilities(mechs: &[MechanismType]) -> Capabilities {
@@ -767,11 +785,13 @@ impl Backend for Pkcs11Backend {
                 v.extend(extra);
                 v
             };
+            // least privilege: every usage not asked for is off
             let private = || {
                 common(vec![
                     Attribute::Private(true),
                     Attribute::Sensitive(true),
                     Attribute::Extractable(false),
+                    Attribute::Derive(false),
                 ])
             };
             match alg {
@@ -783,6 +803,10 @@ impl Backend for Pkcs11Backend {
                         Attribute::ValueLen(32.into()),
                         Attribute::Encrypt(true),
                         Attribute::Decrypt(true),
+                        Attribute::Sign(false),
+                        Attribute::Verify(false),
+                        Attribute::Wrap(false),
+                        Attribute::Unwrap(false),
                     ]);
                     s.generate_key(&Mechanism::AesKeyGen, &t)?;
                     Ok((KIND_SECRET, Vec::new()))
@@ -796,10 +820,16 @@ impl Backend for Pkcs11Backend {
                     let pub_t = common(vec![
                         Attribute::Private(false),
                         Attribute::Verify(true),
+                        Attribute::Encrypt(false),
+                        Attribute::Wrap(false),
                         Attribute::EcParams(params.to_vec()),
                     ]);
                     let mut priv_t = private();
-                    priv_t.push(Attribute::Sign(true));
+                    priv_t.extend([
+                        Attribute::Sign(true),
+                        Attribute::Decrypt(false),
+                        Attribute::Unwrap(false),
+                    ]);
                     let (pubh, privh) = s.generate_key_pair(&mech, &pub_t, &priv_t)?;
                     let point = s
                         .get_attributes(pubh, &[AttributeType::EcPoint])
@@ -940,18 +970,27 @@ impl Backend for Pkcs11Backend {
         })
     }
 
-    /// A token-object read: the KEK must still be found.
+    /// A token-object read: the KEK must still be found. When it is not,
+    /// the token this module instance sees is not the whole token (its
+    /// storage went away): drop the connection, so the next call
+    /// re-initialises the module and reads the token afresh.
     fn health(&self) -> Result<(), BackendError> {
-        self.run(|_, s| {
-            let found = s.find_objects(&[
+        let conn = self.conn()?;
+        let found = {
+            let s = conn.checkout()?;
+            s.find_objects(&[
                 Attribute::Class(ObjectClass::SECRET_KEY),
                 Attribute::Id(KEK_ID.to_vec()),
-            ])?;
-            if found.is_empty() && !self.caps.sealed.is_empty() {
-                return Err(Fail::Backend(unavailable("the token's KEK is not found")));
+            ])
+        };
+        match found {
+            Err(e) => Err(self.classify(&conn, e)),
+            Ok(f) if f.is_empty() && conn.kek.is_some() => {
+                self.drop_conn(&conn);
+                Err(unavailable("the token's KEK is not found"))
             }
-            Ok(())
-        })
+            Ok(_) => Ok(()),
+        }
     }
 }
 

@@ -27,8 +27,11 @@ pub fn label_aad(label: &KeyLabel<'_>) -> Vec<u8> {
 /// Seals private key bytes for one label, and opens what it sealed.
 pub trait Sealer {
     fn seal(&self, label: KeyLabel<'_>, private: &[u8]) -> Result<Vec<u8>, BackendError>;
-    fn unseal(&self, label: KeyLabel<'_>, handle: &[u8])
-        -> Result<Zeroizing<Vec<u8>>, BackendError>;
+    fn unseal(
+        &self,
+        label: KeyLabel<'_>,
+        handle: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, BackendError>;
 }
 
 pub fn crypto_err(e: crate::crypto::CryptoError) -> BackendError {

@@ -636,6 +636,30 @@ pub fn all_files(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// Files under `dir` containing `needle`.
+/// Every 16-byte window of every file under `dirs`.
+pub fn disk_windows(dirs: &[PathBuf]) -> std::collections::HashSet<Vec<u8>> {
+    let mut set = std::collections::HashSet::new();
+    for d in dirs {
+        for f in all_files(d) {
+            for w in std::fs::read(f).unwrap().windows(16) {
+                set.insert(w.to_vec());
+            }
+        }
+    }
+    set
+}
+
+/// The public key stored for a key version.
+pub fn stored_public(data_dir: &Path, tenant: &str, name: &str, version: u32) -> Vec<u8> {
+    let conn = rusqlite::Connection::open(data_dir.join("kms.sqlite3")).unwrap();
+    conn.query_row(
+        "SELECT public_key FROM key_versions WHERE tenant = ?1 AND name = ?2 AND version = ?3",
+        rusqlite::params![tenant, name, version],
+        |r| r.get(0),
+    )
+    .unwrap()
+}
+
 pub fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
     assert!(needle.len() >= 16, "needle too short to be meaningful");
     all_files(dir)

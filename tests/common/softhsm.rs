@@ -120,6 +120,7 @@ impl SoftHsm {
     pub fn list_objects(&self) -> String {
         let out = Command::new("pkcs11-tool")
             .env("SOFTHSM2_CONF", &self.conf)
+            .env("RON_KMS_TEST_PIN", PIN)
             .arg("--module")
             .arg(module())
             .args([
@@ -127,7 +128,7 @@ impl SoftHsm {
                 &self.label,
                 "--login",
                 "--pin",
-                PIN,
+                "env:RON_KMS_TEST_PIN",
                 "--list-objects",
             ])
             .output()

@@ -1,0 +1,166 @@
+//! PKCS#11 custody seen from outside ron-kms.
+//!
+//! The real binary creates one key of every algorithm on a fresh SoftHSM2
+//! token. Then OpenSC's `pkcs11-tool` (an independent PKCS#11 client) lists
+//! the token: every private and secret key ron-kms created is sensitive and
+//! never extractable, and the token holds exactly the native keys, the KEK
+//! and the audit key — no ML-DSA/ML-KEM object. Finally the sealed PQ keys
+//! are unsealed (by the test, through the token's KEK) and their private
+//! bytes searched for in every file of the data dir and of the token: they
+//! are nowhere in the clear.
+mod common;
+
+use common::softhsm::{self, SoftHsm};
+use common::{
+    all_files, disk_windows, files_containing, stored_handle, stored_public, Custody, Front,
+    TestServer,
+};
+use ron_kms::backend::pkcs11::{Pkcs11Backend, Pkcs11Settings};
+use ron_kms::backend::soft::Sealer;
+use ron_kms::backend::KeyLabel;
+use ron_kms::crypto::{Algorithm, Provider};
+
+const NATIVE: [&str; 3] = ["ecdsa-p256", "ed25519", "aes-256-gcm"];
+
+/// `pkcs11-tool --list-objects` output, one block per object.
+fn objects(listing: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for line in listing.lines() {
+        if line.is_empty() {
+            continue;
+        }
+        if !line.starts_with(' ') {
+            out.push(String::new());
+        }
+        if let Some(last) = out.last_mut() {
+            last.push_str(line);
+            last.push('\n');
+        }
+    }
+    out
+}
+
+fn field<'a>(block: &'a str, name: &str) -> Option<&'a str> {
+    block.lines().find_map(|l| {
+        l.trim_start()
+            .strip_prefix(name)
+            .and_then(|r| r.strip_prefix(':'))
+            .map(str::trim)
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_keys_are_sensitive_and_pq_keys_are_sealed() {
+    let mut srv = TestServer::start_on(Custody::Pkcs11).await;
+    let mut c = srv.client(Front::Http, &srv.admin_token).await;
+    for alg in Algorithm::ALL {
+        c.create(&format!("k-{}", alg.as_str()), alg.as_str())
+            .await
+            .unwrap();
+    }
+    let hsm: &SoftHsm = srv.hsm.as_ref().unwrap();
+    let listing = hsm.list_objects();
+    let blocks = objects(&listing);
+
+    // private and secret keys: exactly the native keys, the KEK and the
+    // audit key; each sensitive and never extractable
+    let mut secret_labels: Vec<&str> = Vec::new();
+    for b in &blocks {
+        let label = field(b, "label").unwrap_or("");
+        if b.starts_with("Private Key Object") || b.starts_with("Secret Key Object") {
+            let access = field(b, "Access").unwrap_or("");
+            for flag in ["sensitive", "always sensitive", "never extractable"] {
+                assert!(
+                    access.split(", ").any(|a| a == flag),
+                    "{label}: access {access:?} lacks {flag:?}"
+                );
+            }
+            let usage = field(b, "Usage").unwrap_or("");
+            assert!(
+                !usage.contains("wrap") && !usage.contains("derive"),
+                "{label}: usage {usage:?} is wider than needed"
+            );
+            secret_labels.push(label);
+        }
+    }
+    secret_labels.sort();
+    let mut expected: Vec<String> = NATIVE
+        .iter()
+        .map(|a| format!("ron-kms/admin/k-{a}#v1"))
+        .collect();
+    expected.push("ron-kms/_system/audit#v1".into());
+    expected.push("ron-kms/kek/v1".into());
+    expected.sort();
+    assert_eq!(secret_labels, expected, "token contents:\n{listing}");
+    for alg in Algorithm::ALL
+        .iter()
+        .filter(|a| !NATIVE.contains(&a.as_str()))
+    {
+        assert!(
+            !listing.contains(&format!("k-{}#", alg.as_str())),
+            "{} has an object in the token",
+            alg.as_str()
+        );
+    }
+
+    // the sealed keys: unseal them the way custody does, then look for the
+    // private bytes in every file the deployment and the token have
+    srv.process.take().unwrap().terminate();
+    std::env::set_var("SOFTHSM2_CONF", &hsm.conf);
+    let pin = std::fs::read_to_string(&hsm.pin_file).unwrap();
+    let backend = Pkcs11Backend::open(
+        Pkcs11Settings {
+            module: softhsm::module(),
+            token_label: hsm.label.clone(),
+            pin: pin.into(),
+            pool_size: 1,
+        },
+        std::sync::Arc::new(Provider::default()),
+    )
+    .unwrap();
+    let searched = [srv.data_dir(), hsm.tokens.clone()];
+    let on_disk = disk_windows(&searched);
+    assert!(
+        searched.iter().map(|d| all_files(d).len()).sum::<usize>() > 5,
+        "files to search"
+    );
+    let mut checked = 0;
+    for alg in Algorithm::ALL
+        .iter()
+        .filter(|a| !NATIVE.contains(&a.as_str()))
+    {
+        let name = format!("k-{}", alg.as_str());
+        let handle = stored_handle(&srv.data_dir(), "admin", &name, 1).unwrap();
+        assert!(handle.starts_with(b"P11\x02"), "{name} is a sealed handle");
+        let kid = format!("{name}#v1");
+        let private = backend
+            .unseal(
+                KeyLabel {
+                    tenant: "admin",
+                    kid: &kid,
+                    algorithm: *alg,
+                },
+                &handle,
+            )
+            .unwrap();
+        // Every 16-byte window of the private encoding that is not also in
+        // the public key (an ML-DSA key shares rho with its public key; an
+        // ML-KEM decapsulation key embeds its encapsulation key).
+        let public = stored_public(&srv.data_dir(), "admin", &name, 1);
+        let mut windows = 0;
+        for (off, w) in private.windows(16).enumerate() {
+            if public.windows(16).any(|p| p == w) {
+                continue;
+            }
+            windows += 1;
+            if on_disk.contains(w) {
+                let mut hits = files_containing(&srv.data_dir(), w);
+                hits.extend(files_containing(&hsm.tokens, w));
+                panic!("{name}: private key bytes at offset {off} in the clear in {hits:?}");
+            }
+        }
+        assert!(windows >= 16, "{name}: {windows} private windows checked");
+        checked += 1;
+    }
+    assert_eq!(checked, 7, "every non-native algorithm checked");
+}
