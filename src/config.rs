@@ -1107,6 +1107,83 @@ mod tests {
     }
 
     #[test]
+    fn pkcs11_settings() {
+        let base = [
+            ("KMS_BACKEND", "pkcs11"),
+            ("KMS_PKCS11_MODULE", "/usr/lib/softhsm/libsofthsm2.so"),
+            ("KMS_PKCS11_TOKEN_LABEL", "hsm1"),
+            ("KMS_PKCS11_PIN_ENV", "HSM_PIN"),
+        ];
+        let c = load(&Flags::default(), &env(&base)).unwrap();
+        assert_eq!(
+            c.backend,
+            BackendKind::Pkcs11(Pkcs11Config {
+                module: "/usr/lib/softhsm/libsofthsm2.so".into(),
+                token_label: "hsm1".into(),
+                pin: PassphraseSource::Env("HSM_PIN".into()),
+                pool_size: DEFAULT_PKCS11_POOL_SIZE,
+            })
+        );
+        // each required setting, named when missing
+        for (missing, field) in [
+            ("KMS_PKCS11_MODULE", "KMS_PKCS11_MODULE"),
+            ("KMS_PKCS11_TOKEN_LABEL", "KMS_PKCS11_TOKEN_LABEL"),
+            ("KMS_PKCS11_PIN_ENV", "KMS_PKCS11_PIN_FILE"),
+        ] {
+            let pairs: Vec<_> = base
+                .iter()
+                .copied()
+                .filter(|(k, _)| *k != missing)
+                .collect();
+            let e = load(&Flags::default(), &env(&pairs)).unwrap_err();
+            assert_eq!(e.field, field, "{e}");
+        }
+        let mut both = base.to_vec();
+        both.push(("KMS_PKCS11_PIN_FILE", "/etc/pin"));
+        let e = load(&Flags::default(), &env(&both)).unwrap_err();
+        assert!(e.message.contains("only one"), "{e}");
+        let mut pool = base.to_vec();
+        pool.push(("KMS_PKCS11_POOL_SIZE", "0"));
+        assert_eq!(
+            load(&Flags::default(), &env(&pool)).unwrap_err().field,
+            "KMS_PKCS11_POOL_SIZE"
+        );
+        let mut master = base.to_vec();
+        master.push(("KMS_MASTER_KEY_FILE", "/etc/master.key"));
+        assert_eq!(
+            load(&Flags::default(), &env(&master)).unwrap_err().field,
+            "KMS_MASTER_KEY_FILE"
+        );
+        // a pkcs11 setting without the pkcs11 backend is a mistake, named
+        let e = load(
+            &Flags::default(),
+            &env(&[("KMS_PKCS11_TOKEN_LABEL", "hsm1")]),
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "KMS_PKCS11_TOKEN_LABEL");
+        // the file keys work too
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(
+            &f,
+            "backend = \"pkcs11\"\npkcs11_module = \"/m.so\"\npkcs11_token_label = \"t\"\npkcs11_pin_file = \"/p\"\npkcs11_pool_size = 3\n",
+        )
+        .unwrap();
+        let c = load(
+            &Flags {
+                config: Some(f),
+                ..Default::default()
+            },
+            &env(&[]),
+        )
+        .unwrap();
+        assert!(matches!(
+            c.backend,
+            BackendKind::Pkcs11(Pkcs11Config { pool_size: 3, ref pin, .. }) if *pin == PassphraseSource::File("/p".into())
+        ));
+    }
+
+    #[test]
     fn errors_name_the_field() {
         let e = load(&Flags::default(), &env(&[("KMS_GRPC_ADDR", "nope")])).unwrap_err();
         assert_eq!(e.field, "KMS_GRPC_ADDR");

@@ -1,0 +1,298 @@
+//! PKCS#11 ECDSA P-256 sign through ron-kms vs. directly through cryptoki,
+//! on the same SoftHSM2 token, in the same run, at equal concurrency (1 and
+//! 2). Rounds alternate direct / service / gRPC so machine noise hits all.
+//!
+//! - `direct`: N threads, each with its own logged-in session, each op
+//!   SHA-256 of the message + `C_Sign(CKM_ECDSA)` (what the backend does).
+//! - `service`: N requests in flight through the in-process service API
+//!   (`KmsService::sign`: key lookup, policy, blocking-pool hop, session
+//!   pool, DER encoding, audit record with group commit) — no transport.
+//! - `grpc`: the same over gRPC on loopback (client and server share the
+//!   machine's cores), for context.
+//!
+//! Needs softhsm2 (scripts/install-deps.sh installs it).
+//!
+//! ```sh
+//! cargo run --release --example pkcs11_bench -- [seconds per run, default 3] [rounds, default 5]
+//! ```
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::error::{Error as CkError, RvError};
+use cryptoki::mechanism::Mechanism;
+use cryptoki::object::Attribute;
+use cryptoki::session::UserType;
+use cryptoki::types::AuthPin;
+use ron_kms::config::{BackendKind, Config, PassphraseSource, Pkcs11Config};
+use ron_kms::proto::kms_client::KmsClient;
+use ron_kms::proto::{CreateKeyRequest, SignRequest};
+
+const PIN: &str = "bench-pin-1234";
+const LABEL: &str = "ron-kms-bench";
+const MSG: &[u8] = b"benchmark message";
+
+fn module() -> std::path::PathBuf {
+    [
+        "/usr/lib/softhsm/libsofthsm2.so",
+        "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
+    ]
+    .iter()
+    .map(std::path::PathBuf::from)
+    .find(|p| p.exists())
+    .expect("libsofthsm2.so (install softhsm2)")
+}
+
+fn make_token(dir: &std::path::Path) -> std::path::PathBuf {
+    let tokens = dir.join("tokens");
+    std::fs::create_dir_all(&tokens).unwrap();
+    let conf = dir.join("softhsm2.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
+            tokens.display()
+        ),
+    )
+    .unwrap();
+    let ok = std::process::Command::new("softhsm2-util")
+        .env("SOFTHSM2_CONF", &conf)
+        .args([
+            "--init-token",
+            "--free",
+            "--label",
+            LABEL,
+            "--pin",
+            PIN,
+            "--so-pin",
+            "bench-so",
+        ])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "softhsm2-util --init-token");
+    let pin_file = dir.join("pin");
+    std::fs::write(&pin_file, PIN).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&pin_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    conf
+}
+
+/// Direct cryptoki: `threads` threads signing for `secs`; ops/s.
+fn direct(ctx: &Pkcs11, slot: cryptoki::slot::Slot, threads: usize, secs: f64) -> f64 {
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let mut hs = Vec::new();
+    for t in 0..threads {
+        let (ctx, stop, done) = (ctx.clone(), stop.clone(), done.clone());
+        hs.push(std::thread::spawn(move || {
+            let s = ctx.open_rw_session(slot).unwrap();
+            match s.login(UserType::User, Some(&AuthPin::new(PIN.into()))) {
+                Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
+                Err(e) => panic!("login: {e}"),
+            }
+            let id = format!("direct-{t}").into_bytes();
+            let (_, key) = s
+                .generate_key_pair(
+                    &Mechanism::EccKeyPairGen,
+                    &[
+                        Attribute::Token(true),
+                        Attribute::Id(id.clone()),
+                        Attribute::Verify(true),
+                        Attribute::EcParams(vec![
+                            0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07,
+                        ]),
+                    ],
+                    &[
+                        Attribute::Token(true),
+                        Attribute::Id(id),
+                        Attribute::Private(true),
+                        Attribute::Sensitive(true),
+                        Attribute::Extractable(false),
+                        Attribute::Sign(true),
+                    ],
+                )
+                .unwrap();
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let d = ring::digest::digest(&ring::digest::SHA256, MSG);
+                let sig = s.sign(&Mechanism::Ecdsa, key, d.as_ref()).unwrap();
+                assert_eq!(sig.len(), 64);
+                n += 1;
+            }
+            done.fetch_add(n, Ordering::Relaxed);
+        }));
+    }
+    // keys are generated before the clock starts: give threads a moment
+    std::thread::sleep(Duration::from_millis(100));
+    let before = done.load(Ordering::Relaxed);
+    let t = Instant::now();
+    std::thread::sleep(Duration::from_secs_f64(secs));
+    stop.store(true, Ordering::Relaxed);
+    for h in hs {
+        h.join().unwrap();
+    }
+    (done.load(Ordering::Relaxed) - before) as f64 / t.elapsed().as_secs_f64()
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let secs: f64 = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(3.0);
+    let rounds: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(5);
+    let dir = std::env::temp_dir().join(format!("ron-kms-pkcs11-bench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let conf = make_token(&dir);
+    // read by the module when it is loaded, before any thread starts
+    std::env::set_var("SOFTHSM2_CONF", &conf);
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut cfg = Config::for_data_dir(&dir.join("data"));
+    cfg.grpc_addr = "127.0.0.1:0".parse().unwrap();
+    cfg.http_addr = "127.0.0.1:0".parse().unwrap();
+    // RON_KMS_BENCH_AUDIT=off: run without the audit log, to see its share
+    let audit = std::env::var("RON_KMS_BENCH_AUDIT").unwrap_or_else(|_| "on".into());
+    cfg.audit_off_for_benchmarks = audit == "off";
+    cfg.backend = BackendKind::Pkcs11(Pkcs11Config {
+        module: module(),
+        token_label: LABEL.into(),
+        pin: PassphraseSource::File(dir.join("pin")),
+        pool_size: 4,
+    });
+    let running = rt.block_on(ron_kms::server::start(&cfg)).unwrap();
+    let token = running.bootstrap_token.clone().unwrap();
+    let kms = running.kms.clone();
+    let caller = rt
+        .block_on(kms.authenticate(Some(&format!("Bearer {token}")), "bench".into()))
+        .unwrap();
+    rt.block_on(kms.create_key(
+        &caller,
+        CreateKeyRequest {
+            name: "p256".into(),
+            algorithm: "ecdsa-p256".into(),
+            ..Default::default()
+        },
+    ))
+    .unwrap();
+
+    // the direct client: the module is already initialised in this process
+    let ctx = Pkcs11::new(module()).unwrap();
+    match ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
+        Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
+        Err(e) => panic!("C_Initialize: {e}"),
+    }
+    let slot = ctx
+        .get_slots_with_initialized_token()
+        .unwrap()
+        .into_iter()
+        .find(|s| ctx.get_token_info(*s).unwrap().label().trim_end() == LABEL)
+        .unwrap();
+
+    let service = |inflight: usize| -> f64 {
+        rt.block_on(async {
+            let done = Arc::new(AtomicU64::new(0));
+            let deadline = Instant::now() + Duration::from_secs_f64(secs);
+            let t = Instant::now();
+            let mut tasks = Vec::new();
+            for _ in 0..inflight {
+                let (kms, caller, done) = (kms.clone(), caller.clone(), done.clone());
+                tasks.push(tokio::spawn(async move {
+                    while Instant::now() < deadline {
+                        let r = kms
+                            .sign(
+                                &caller,
+                                SignRequest {
+                                    key: "p256".into(),
+                                    message: MSG.to_vec(),
+                                    op_id: String::new(),
+                                },
+                            )
+                            .await
+                            .unwrap();
+                        assert!(!r.signature.is_empty());
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                }));
+            }
+            for t in tasks {
+                t.await.unwrap();
+            }
+            done.load(Ordering::Relaxed) as f64 / t.elapsed().as_secs_f64()
+        })
+    };
+    let grpc = |inflight: usize| -> f64 {
+        rt.block_on(async {
+            let addr = format!("http://{}", running.grpc_addr);
+            let auth: tonic::metadata::MetadataValue<_> =
+                format!("Bearer {token}").parse().unwrap();
+            let done = Arc::new(AtomicU64::new(0));
+            let deadline = Instant::now() + Duration::from_secs_f64(secs);
+            let t = Instant::now();
+            let mut tasks = Vec::new();
+            for _ in 0..inflight {
+                let mut c = KmsClient::connect(addr.clone()).await.unwrap();
+                let (auth, done) = (auth.clone(), done.clone());
+                tasks.push(tokio::spawn(async move {
+                    while Instant::now() < deadline {
+                        let mut r = tonic::Request::new(SignRequest {
+                            key: "p256".into(),
+                            message: MSG.to_vec(),
+                            op_id: String::new(),
+                        });
+                        r.metadata_mut().insert("authorization", auth.clone());
+                        c.sign(r).await.unwrap();
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                }));
+            }
+            for t in tasks {
+                t.await.unwrap();
+            }
+            done.load(Ordering::Relaxed) as f64 / t.elapsed().as_secs_f64()
+        })
+    };
+
+    // warm-up
+    direct(&ctx, slot, 1, 0.5);
+    service(1);
+
+    let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+    println!(
+        "# pkcs11 ECDSA P-256 sign, SoftHSM2; host {} ({} cpus); audit {audit}; {secs} s per run, {rounds} rounds",
+        host.trim(),
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
+    );
+    for conc in [1usize, 2] {
+        let mut ratios = Vec::new();
+        let mut grpc_ratios = Vec::new();
+        for round in 0..rounds {
+            let d = direct(&ctx, slot, conc, secs);
+            let s = service(conc);
+            let g = grpc(conc);
+            println!(
+                "concurrency {conc} round {round}: direct {d:.0} ops/s, service {s:.0} ops/s ({:.2}), grpc {g:.0} ops/s ({:.2})",
+                s / d,
+                g / d
+            );
+            ratios.push(s / d);
+            grpc_ratios.push(g / d);
+        }
+        ratios.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        grpc_ratios.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        println!(
+            "concurrency {conc}: median service/direct {:.2} (min {:.2}, max {:.2}); median grpc/direct {:.2}",
+            ratios[ratios.len() / 2],
+            ratios[0],
+            ratios[ratios.len() - 1],
+            grpc_ratios[grpc_ratios.len() / 2]
+        );
+    }
+    rt.block_on(running.shutdown());
+    let _ = std::fs::remove_dir_all(&dir);
+}
