@@ -23,3 +23,5 @@ echo "== tokio-console build (feature console, --cfg tokio_unstable): the endpoi
 # gets no clippy pass of its own, but it must compile clean.
 RUSTFLAGS="--cfg tokio_unstable -D warnings" cargo test --locked --features console \
   --target-dir target/console --test console
+echo "== fuzz smoke: every cargo-fuzz target for 10 s (scripts/fuzz.sh --smoke)"
+scripts/fuzz.sh --smoke 10
