@@ -3,6 +3,8 @@
 # are missing:
 #   cmake, libclang-dev, pkg-config — liboqs is built from source by the
 #   `oqs` crate (cmake) and its bindings are generated with bindgen (libclang);
+# and, with --test (scripts/test.sh passes it; running the service does not
+# need them):
 #   softhsm2 — the PKCS#11 token the pkcs11 backend is tested on;
 #   opensc — pkcs11-tool, the tests' independent look into that token.
 # Idempotent and quiet when everything is present. Debian/Ubuntu (apt-get);
@@ -17,8 +19,10 @@ if ! ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 \
     missing+=(libclang-dev)
 fi
 command -v cc >/dev/null 2>&1 || missing+=(build-essential)
-command -v softhsm2-util >/dev/null 2>&1 || missing+=(softhsm2)
-command -v pkcs11-tool >/dev/null 2>&1 || missing+=(opensc)
+if [ "${1:-}" = "--test" ]; then
+    command -v softhsm2-util >/dev/null 2>&1 || missing+=(softhsm2)
+    command -v pkcs11-tool >/dev/null 2>&1 || missing+=(opensc)
+fi
 
 if [ ${#missing[@]} -eq 0 ]; then
     exit 0

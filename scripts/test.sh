@@ -4,7 +4,7 @@
 # on loopback, both fronts, every algorithm).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/install-deps.sh
+scripts/install-deps.sh --test
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
