@@ -177,6 +177,13 @@ pub struct Pkcs11Backend {
     caps: Capabilities,
     conn: RwLock<Option<Arc<Conn>>>,
     retry: Mutex<Retry>,
+    /// Creating or destroying token objects takes this exclusively, every
+    /// other token call shares it. SoftHSM2's file object store fails
+    /// (`CKR_GENERAL_ERROR`) when an object is created while other threads
+    /// read objects (SoftHSMv2 issue 573; seen here about once in twelve
+    /// start-ups); key management is rare, so serialising it costs nothing
+    /// on the signing path.
+    objects_lock: RwLock<()>,
 }
 
 impl std::fmt::Debug for Pkcs11Backend {
@@ -452,6 +459,7 @@ impl Pkcs11Backend {
                 backoff: RECONNECT_BASE,
                 draining: None,
             }),
+            objects_lock: RwLock::new(()),
         };
         if kek.is_none() && !me.caps.sealed.is_empty() {
             return Err("the token has no KEK".into());
@@ -534,6 +542,23 @@ impl Pkcs11Backend {
     /// Run `f` with a pooled session; map its failure, dropping the
     /// connection on a device-class error.
     fn run<T>(
+        &self,
+        f: impl FnOnce(&Conn, &Session) -> Result<T, Fail>,
+    ) -> Result<T, BackendError> {
+        let _shared = self.objects_lock.read().unwrap_or_else(|p| p.into_inner());
+        self.run_locked(f)
+    }
+
+    /// [`Self::run`] for calls that create or destroy token objects.
+    fn run_exclusive<T>(
+        &self,
+        f: impl FnOnce(&Conn, &Session) -> Result<T, Fail>,
+    ) -> Result<T, BackendError> {
+        let _exclusive = self.objects_lock.write().unwrap_or_else(|p| p.into_inner());
+        self.run_locked(f)
+    }
+
+    fn run_locked<T>(
         &self,
         f: impl FnOnce(&Conn, &Session) -> Result<T, Fail>,
     ) -> Result<T, BackendError> {
@@ -775,7 +800,7 @@ impl Backend for Pkcs11Backend {
         random_bytes(&mut id).map_err(|e| BackendError::Crypto(e.to_string()))?;
         let olabel = object_label(&label);
         let alg = label.algorithm;
-        let (kind, public) = self.run(|_, s| {
+        let (kind, public) = self.run_exclusive(|_, s| {
             let common = |extra: Vec<Attribute>| {
                 let mut v = vec![
                     Attribute::Token(true),
@@ -957,7 +982,7 @@ impl Backend for Pkcs11Backend {
             Parsed::Sealed(_) => return Ok(()),
             Parsed::Native(r) => r,
         };
-        self.run(|conn, s| {
+        self.run_exclusive(|conn, s| {
             let found = s.find_objects(&[
                 Attribute::Id(r.id.clone()),
                 Attribute::Label(object_label(&label)),
@@ -975,6 +1000,7 @@ impl Backend for Pkcs11Backend {
     /// storage went away): drop the connection, so the next call
     /// re-initialises the module and reads the token afresh.
     fn health(&self) -> Result<(), BackendError> {
+        let _shared = self.objects_lock.read().unwrap_or_else(|p| p.into_inner());
         let conn = self.conn()?;
         let found = {
             let s = conn.checkout()?;
