@@ -164,3 +164,61 @@ async fn token_keys_are_sensitive_and_pq_keys_are_sealed() {
     }
     assert_eq!(checked, 7, "every non-native algorithm checked");
 }
+
+/// Key creation, rotation and destruction concurrent with signing on one
+/// token: every call succeeds, and afterwards the token holds exactly the
+/// live versions (destroyed ones are gone). (The SoftHSM2 object-store race
+/// that the backend's object lock prevents is rare — about 1 in 18 start-ups
+/// without the lock — and this test did not reproduce it in 5 runs without
+/// the lock; docs/pkcs11.md has the figures.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_management_races_with_signing() {
+    let srv = TestServer::start_on(Custody::Pkcs11).await;
+    let mut c = srv.client(Front::Grpc, &srv.admin_token).await;
+    c.create("busy", "ecdsa-p256").await.unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut signers = Vec::new();
+    for _ in 0..3 {
+        let mut c = srv.client(Front::Grpc, &srv.admin_token).await;
+        let stop = stop.clone();
+        signers.push(tokio::spawn(async move {
+            let mut n = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                c.sign("busy", b"racing").await.unwrap();
+                n += 1;
+            }
+            n
+        }));
+    }
+    let mut managers = Vec::new();
+    for m in 0..4 {
+        let mut c = srv.client(Front::Http, &srv.admin_token).await;
+        managers.push(tokio::spawn(async move {
+            for i in 0..6 {
+                let alg = ["ecdsa-p256", "ed25519", "aes-256-gcm"][i % 3];
+                let name = format!("m{m}-{i}");
+                c.create(&name, alg).await.unwrap();
+                c.rotate(&name, "").await.unwrap();
+                c.set_state(&name, 1, "disabled").await.unwrap();
+                c.set_state(&name, 1, "destroyed").await.unwrap();
+            }
+        }));
+    }
+    for m in managers {
+        m.await.unwrap();
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut signed = 0;
+    for s in signers {
+        signed += s.await.unwrap();
+    }
+    assert!(signed > 0);
+    // 24 keys × 2 versions created, 24 first versions destroyed: the token
+    // holds the second versions, the busy key, the audit key and the KEK
+    let listing = srv.hsm.as_ref().unwrap().list_objects();
+    let private = objects(&listing)
+        .iter()
+        .filter(|b| b.starts_with("Private Key Object") || b.starts_with("Secret Key Object"))
+        .count();
+    assert_eq!(private, 24 + 3, "token contents:\n{listing}");
+}
