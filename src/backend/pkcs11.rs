@@ -326,34 +326,42 @@ fn find_slot(ctx: &Pkcs11, token_label: &str) -> Result<Slot, String> {
 }
 
 fn find_or_create_kek(s: &Session) -> Result<ObjectHandle, CkError> {
-    let found = s.find_objects(&[
-        Attribute::Class(ObjectClass::SECRET_KEY),
-        Attribute::Id(KEK_ID.to_vec()),
-    ])?;
+    let found = find_kek(s)?;
     if let Some(h) = found.first() {
         return Ok(*h);
     }
-    s.generate_key(
-        &Mechanism::AesKeyGen,
-        &[
-            Attribute::Class(ObjectClass::SECRET_KEY),
-            Attribute::KeyType(KeyType::AES),
-            Attribute::ValueLen(32.into()),
-            Attribute::Token(true),
-            Attribute::Private(true),
-            Attribute::Sensitive(true),
-            Attribute::Extractable(false),
-            Attribute::Encrypt(true),
-            Attribute::Decrypt(true),
-            Attribute::Sign(false),
-            Attribute::Verify(false),
-            Attribute::Wrap(false),
-            Attribute::Unwrap(false),
-            Attribute::Derive(false),
-            Attribute::Id(KEK_ID.to_vec()),
-            Attribute::Label(KEK_ID.to_vec()),
-        ],
-    )
+    s.generate_key(&Mechanism::AesKeyGen, &aes_key_template(KEK_ID, KEK_ID))
+}
+
+/// A token-resident AES-256 secret key: sensitive, non-extractable,
+/// encrypt/decrypt only.
+fn aes_key_template(id: &[u8], label: &[u8]) -> Vec<Attribute> {
+    vec![
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::KeyType(KeyType::AES),
+        Attribute::ValueLen(32.into()),
+        Attribute::Token(true),
+        Attribute::Private(true),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(false),
+        Attribute::Encrypt(true),
+        Attribute::Decrypt(true),
+        Attribute::Sign(false),
+        Attribute::Verify(false),
+        Attribute::Wrap(false),
+        Attribute::Unwrap(false),
+        Attribute::Derive(false),
+        Attribute::Id(id.to_vec()),
+        Attribute::Label(label.to_vec()),
+    ]
+}
+
+/// Find the KEK by class and `CKA_ID`.
+fn find_kek(s: &Session) -> Result<Vec<ObjectHandle>, CkError> {
+    s.find_objects(&[
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::Id(KEK_ID.to_vec()),
+    ])
 }
 
 fn object_label(label: &KeyLabel<'_>) -> Vec<u8> {
@@ -612,12 +620,7 @@ impl Pkcs11Backend {
 /// Whether the token still answers on this session: session info and a
 /// token-object search.
 fn token_answers(s: &Session) -> bool {
-    s.get_session_info().is_ok()
-        && s.find_objects(&[
-            Attribute::Class(ObjectClass::SECRET_KEY),
-            Attribute::Id(KEK_ID.to_vec()),
-        ])
-        .is_ok()
+    s.get_session_info().is_ok() && find_kek(s).is_ok()
 }
 
 fn capabilities(mechs: &[MechanismType]) -> Capabilities {
@@ -821,19 +824,7 @@ impl Backend for Pkcs11Backend {
             };
             match alg {
                 Algorithm::Aes256Gcm => {
-                    let mut t = private();
-                    t.extend([
-                        Attribute::Class(ObjectClass::SECRET_KEY),
-                        Attribute::KeyType(KeyType::AES),
-                        Attribute::ValueLen(32.into()),
-                        Attribute::Encrypt(true),
-                        Attribute::Decrypt(true),
-                        Attribute::Sign(false),
-                        Attribute::Verify(false),
-                        Attribute::Wrap(false),
-                        Attribute::Unwrap(false),
-                    ]);
-                    s.generate_key(&Mechanism::AesKeyGen, &t)?;
+                    s.generate_key(&Mechanism::AesKeyGen, &aes_key_template(&id, &olabel))?;
                     Ok((KIND_SECRET, Vec::new()))
                 }
                 Algorithm::EcdsaP256 | Algorithm::Ed25519 => {
@@ -1004,10 +995,7 @@ impl Backend for Pkcs11Backend {
         let conn = self.conn()?;
         let found = {
             let s = conn.checkout()?;
-            s.find_objects(&[
-                Attribute::Class(ObjectClass::SECRET_KEY),
-                Attribute::Id(KEK_ID.to_vec()),
-            ])
+            find_kek(&s)
         };
         match found {
             Err(e) => Err(self.classify(&conn, e)),
