@@ -72,7 +72,8 @@ fn dir_err(path: &Path, msg: impl std::fmt::Display) -> StartError {
 }
 
 /// Read a secret from its file (which must not be readable by others) or
-/// from the env var it names; `what` names the setting in errors.
+/// from the env var it names; `file_var` and `env_var` name the settings in
+/// errors.
 fn read_secret(
     src: &PassphraseSource,
     file_var: &str,
