@@ -29,56 +29,16 @@ use ron_kms::config::{BackendKind, Config, PassphraseSource, Pkcs11Config};
 use ron_kms::proto::kms_client::KmsClient;
 use ron_kms::proto::{CreateKeyRequest, SignRequest};
 
-const PIN: &str = "bench-pin-1234";
+// The tests' throw-away SoftHSM2 token: temp dir, own SOFTHSM2_CONF,
+// softhsm2-util --init-token, a 0600 PIN file.
+#[path = "../tests/common/softhsm.rs"]
+#[allow(dead_code)]
+mod softhsm;
+
+use softhsm::{module, SoftHsm, PIN};
+
 const LABEL: &str = "ron-kms-bench";
 const MSG: &[u8] = b"benchmark message";
-
-fn module() -> std::path::PathBuf {
-    [
-        "/usr/lib/softhsm/libsofthsm2.so",
-        "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
-    ]
-    .iter()
-    .map(std::path::PathBuf::from)
-    .find(|p| p.exists())
-    .expect("libsofthsm2.so (install softhsm2)")
-}
-
-fn make_token(dir: &std::path::Path) -> std::path::PathBuf {
-    let tokens = dir.join("tokens");
-    std::fs::create_dir_all(&tokens).unwrap();
-    let conf = dir.join("softhsm2.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
-            tokens.display()
-        ),
-    )
-    .unwrap();
-    let ok = std::process::Command::new("softhsm2-util")
-        .env("SOFTHSM2_CONF", &conf)
-        .args([
-            "--init-token",
-            "--free",
-            "--label",
-            LABEL,
-            "--pin",
-            PIN,
-            "--so-pin",
-            "bench-so",
-        ])
-        .stdout(std::process::Stdio::null())
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "softhsm2-util --init-token");
-    let pin_file = dir.join("pin");
-    std::fs::write(&pin_file, PIN).unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&pin_file, std::fs::Permissions::from_mode(0o600)).unwrap();
-    conf
-}
 
 /// Direct cryptoki: `threads` threads signing for `secs`; ops/s.
 fn direct(ctx: &Pkcs11, slot: cryptoki::slot::Slot, threads: usize, secs: f64) -> f64 {
@@ -144,9 +104,9 @@ fn main() {
     let dir = std::env::temp_dir().join(format!("ron-kms-pkcs11-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let conf = make_token(&dir);
+    let hsm = SoftHsm::new(&dir, LABEL);
     // read by the module when it is loaded, before any thread starts
-    std::env::set_var("SOFTHSM2_CONF", &conf);
+    std::env::set_var("SOFTHSM2_CONF", &hsm.conf);
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -162,7 +122,7 @@ fn main() {
     cfg.backend = BackendKind::Pkcs11(Pkcs11Config {
         module: module(),
         token_label: LABEL.into(),
-        pin: PassphraseSource::File(dir.join("pin")),
+        pin: PassphraseSource::File(hsm.pin_file.clone()),
         pool_size: 4,
     });
     let running = rt.block_on(ron_kms::server::start(&cfg)).unwrap();
