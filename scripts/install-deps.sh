@@ -3,10 +3,13 @@
 # are missing:
 #   cmake, libclang-dev, pkg-config — liboqs is built from source by the
 #   `oqs` crate (cmake) and its bindings are generated with bindgen (libclang);
+#   libtss2-dev — the TPM software stack the `tss-esapi` crate links (the
+#   tpm backend);
 # and, with --test (scripts/test.sh passes it; running the service does not
 # need them):
 #   softhsm2 — the PKCS#11 token the pkcs11 backend is tested on;
-#   opensc — pkcs11-tool, the tests' independent look into that token.
+#   opensc — pkcs11-tool, the tests' independent look into that token;
+#   swtpm, swtpm-tools — the TPM 2.0 simulator the tpm backend is tested on.
 # Idempotent and quiet when everything is present. Debian/Ubuntu (apt-get);
 # uses sudo when not root.
 set -euo pipefail
@@ -19,9 +22,11 @@ if ! ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 \
     missing+=(libclang-dev)
 fi
 command -v cc >/dev/null 2>&1 || missing+=(build-essential)
+pkg-config --exists tss2-esys 2>/dev/null || missing+=(libtss2-dev)
 if [ "${1:-}" = "--test" ]; then
     command -v softhsm2-util >/dev/null 2>&1 || missing+=(softhsm2)
     command -v pkcs11-tool >/dev/null 2>&1 || missing+=(opensc)
+    command -v swtpm >/dev/null 2>&1 || missing+=(swtpm swtpm-tools)
 fi
 
 if [ ${#missing[@]} -eq 0 ]; then

@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 use thiserror::Error;
@@ -86,6 +87,12 @@ pub struct FileConfig {
     pub pkcs11_pin_file: Option<PathBuf>,
     pub pkcs11_pin_env: Option<String>,
     pub pkcs11_pool_size: Option<usize>,
+    pub tpm_tcti: Option<String>,
+    pub tpm_queue_depth: Option<usize>,
+    pub attestation_required: Option<bool>,
+    pub attestation_pcrs: Option<String>,
+    pub attestation_pcr_digest: Option<String>,
+    pub attestation_interval_secs: Option<u64>,
 }
 
 /// `[pq]`: the default PQ policy, and `[pq.tenants.NAME]` per tenant.
@@ -167,7 +174,26 @@ pub enum LogFormat {
 pub enum BackendKind {
     SealedFile,
     Pkcs11(Pkcs11Config),
+    Tpm(TpmConfig),
 }
+
+/// Where the TPM is and what its attestation must show (`KMS_TPM_*`,
+/// `KMS_ATTESTATION_*`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TpmConfig {
+    /// TCTI: `swtpm:host=…,port=…`, `device:/dev/tpmrm0`, `tabrmd`.
+    pub tcti: String,
+    /// Calls allowed to wait for the TPM at once; more are refused
+    /// (`overloaded`).
+    pub queue_depth: usize,
+    pub attestation: crate::backend::tpm::attest::AttestationSettings,
+    /// Refuse private-key operations while the quote does not verify.
+    pub attestation_required: bool,
+    /// How often the quote is taken again.
+    pub attestation_interval: Duration,
+}
+
+pub const DEFAULT_ATTESTATION_INTERVAL_SECS: u64 = 60;
 
 /// Where the token is and how to log in (`KMS_PKCS11_*`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -267,6 +293,11 @@ impl Config {
 
     pub fn store_path(&self) -> PathBuf {
         self.data_dir.join("kms.sqlite3")
+    }
+
+    /// `KMS_ATTESTATION_REQUIRED` (only a TPM can attest).
+    pub fn attestation_required(&self) -> bool {
+        matches!(&self.backend, BackendKind::Tpm(t) if t.attestation_required)
     }
 }
 
@@ -516,23 +547,102 @@ pub fn load(flags: &Flags, env: &dyn Env) -> Result<Config, ConfigError> {
         "pkcs11_pool_size",
         fname,
     );
-    let backend = match backend_p.value.as_deref().unwrap_or("sealed-file") {
-        "sealed-file" => {
-            let set = [
-                (pk_module.value.is_some(), &pk_module.origin),
-                (pk_label.value.is_some(), &pk_label.origin),
-                (pk_pin_file.value.is_some(), &pk_pin_file.origin),
-                (pk_pin_env.value.is_some(), &pk_pin_env.origin),
-                (pk_pool.value.is_some(), &pk_pool.origin),
-            ];
-            if let Some((_, origin)) = set.iter().find(|(is_set, _)| *is_set) {
-                return Err(err(
-                    origin.as_str(),
-                    "is a pkcs11 setting, but the backend is sealed-file (set KMS_BACKEND=pkcs11)",
-                ));
-            }
-            BackendKind::SealedFile
+    let tpm_tcti = pick(
+        None,
+        "",
+        env,
+        "KMS_TPM_TCTI",
+        id,
+        file.tpm_tcti,
+        "tpm_tcti",
+        fname,
+    );
+    let tpm_queue = pick(
+        None,
+        "",
+        env,
+        "KMS_TPM_QUEUE_DEPTH",
+        |s: String| s.trim().parse::<usize>().unwrap_or(0),
+        file.tpm_queue_depth,
+        "tpm_queue_depth",
+        fname,
+    );
+    let att_required = pick(
+        None,
+        "",
+        env,
+        "KMS_ATTESTATION_REQUIRED",
+        |s: String| parse_bool(&s),
+        file.attestation_required.map(Some),
+        "attestation_required",
+        fname,
+    );
+    let att_pcrs = pick(
+        None,
+        "",
+        env,
+        "KMS_ATTESTATION_PCRS",
+        id,
+        file.attestation_pcrs,
+        "attestation_pcrs",
+        fname,
+    );
+    let att_digest = pick(
+        None,
+        "",
+        env,
+        "KMS_ATTESTATION_PCR_DIGEST",
+        id,
+        file.attestation_pcr_digest,
+        "attestation_pcr_digest",
+        fname,
+    );
+    let att_interval = pick(
+        None,
+        "",
+        env,
+        "KMS_ATTESTATION_INTERVAL_SECS",
+        |s: String| s.trim().parse::<u64>().unwrap_or(0),
+        file.attestation_interval_secs,
+        "attestation_interval_secs",
+        fname,
+    );
+    let backend_name = backend_p.value.as_deref().unwrap_or("sealed-file");
+    if backend_name != "tpm" {
+        let set = [
+            (tpm_tcti.value.is_some(), &tpm_tcti.origin),
+            (tpm_queue.value.is_some(), &tpm_queue.origin),
+            (att_required.value.is_some(), &att_required.origin),
+            (att_pcrs.value.is_some(), &att_pcrs.origin),
+            (att_digest.value.is_some(), &att_digest.origin),
+            (att_interval.value.is_some(), &att_interval.origin),
+        ];
+        if let Some((_, origin)) = set.iter().find(|(is_set, _)| *is_set) {
+            return Err(err(
+                origin.as_str(),
+                format!(
+                    "is a tpm setting, but the backend is {backend_name} (set KMS_BACKEND=tpm)"
+                ),
+            ));
         }
+    }
+    if backend_name != "pkcs11" {
+        let set = [
+            (pk_module.value.is_some(), &pk_module.origin),
+            (pk_label.value.is_some(), &pk_label.origin),
+            (pk_pin_file.value.is_some(), &pk_pin_file.origin),
+            (pk_pin_env.value.is_some(), &pk_pin_env.origin),
+            (pk_pool.value.is_some(), &pk_pool.origin),
+        ];
+        if let Some((_, origin)) = set.iter().find(|(is_set, _)| *is_set) {
+            return Err(err(
+                origin.as_str(),
+                format!("is a pkcs11 setting, but the backend is {backend_name} (set KMS_BACKEND=pkcs11)"),
+            ));
+        }
+    }
+    let backend = match backend_name {
+        "sealed-file" => BackendKind::SealedFile,
         "pkcs11" => {
             let module = pk_module
                 .value
@@ -577,10 +687,65 @@ pub fn load(flags: &Flags, env: &dyn Env) -> Result<Config, ConfigError> {
             })
         }
         "tpm" => {
-            return Err(err(
-                backend_p.origin,
-                "this build has the sealed-file and pkcs11 backends; tpm is not implemented yet",
-            ))
+            use crate::backend::tpm::attest::AttestationSettings;
+            let tcti = tpm_tcti.value.filter(|t| !t.trim().is_empty()).ok_or_else(|| {
+                err(
+                    "KMS_TPM_TCTI",
+                    "is required with KMS_BACKEND=tpm (e.g. device:/dev/tpmrm0, tabrmd, swtpm:host=127.0.0.1,port=2321)",
+                )
+            })?;
+            let queue_depth = match tpm_queue.value {
+                None => crate::backend::tpm::DEFAULT_QUEUE_DEPTH,
+                Some(n @ 1..=4096) => n,
+                Some(_) => {
+                    return Err(err(
+                        tpm_queue.origin,
+                        "must be a whole number from 1 to 4096",
+                    ))
+                }
+            };
+            let mut attestation = AttestationSettings::default();
+            if let Some(sel) = att_pcrs.value {
+                let (bank, slots) = AttestationSettings::parse_selection(sel.trim())
+                    .map_err(|m| err(&att_pcrs.origin, m))?;
+                attestation.bank = bank;
+                attestation.slots = slots;
+            }
+            if let Some(d) = att_digest.value {
+                let bytes = hex::decode(d.trim())
+                    .ok()
+                    .filter(|b| b.len() == 32)
+                    .ok_or_else(|| {
+                        err(
+                            &att_digest.origin,
+                            "must be 64 hex digits (a SHA-256 digest)",
+                        )
+                    })?;
+                attestation.expected_digest = Some(bytes);
+            }
+            let attestation_required = match att_required.value {
+                None => false,
+                Some(Some(b)) => b,
+                Some(None) => return Err(err(att_required.origin, "must be true or false")),
+            };
+            if attestation_required && attestation.expected_digest.is_none() {
+                return Err(err(
+                    "KMS_ATTESTATION_PCR_DIGEST",
+                    "is required with KMS_ATTESTATION_REQUIRED=true: the PCR digest the quote must show",
+                ));
+            }
+            let attestation_interval = match att_interval.value {
+                None => Duration::from_secs(DEFAULT_ATTESTATION_INTERVAL_SECS),
+                Some(n @ 1..=86_400) => Duration::from_secs(n),
+                Some(_) => return Err(err(att_interval.origin, "must be 1 to 86400 seconds")),
+            };
+            BackendKind::Tpm(TpmConfig {
+                tcti,
+                queue_depth,
+                attestation,
+                attestation_required,
+                attestation_interval,
+            })
         }
         other => {
             return Err(err(
@@ -654,7 +819,7 @@ pub fn load(flags: &Flags, env: &dyn Env) -> Result<Config, ConfigError> {
         }
     };
 
-    if matches!(backend, BackendKind::Pkcs11(_)) {
+    if !matches!(backend, BackendKind::SealedFile) {
         let set = [
             (key_file.value_was_set, &key_file.origin),
             (pass_file.value_was_set, &pass_file.origin),
@@ -663,7 +828,7 @@ pub fn load(flags: &Flags, env: &dyn Env) -> Result<Config, ConfigError> {
         if let Some((_, origin)) = set.iter().find(|(is_set, _)| *is_set) {
             return Err(err(
                 origin.as_str(),
-                "is a sealed-file setting; with KMS_BACKEND=pkcs11 the token's KEK seals keys",
+                "is a sealed-file setting; with KMS_BACKEND=pkcs11 or tpm, custody seals keys itself",
             ));
         }
     }
@@ -1181,6 +1346,88 @@ mod tests {
             c.backend,
             BackendKind::Pkcs11(Pkcs11Config { pool_size: 3, ref pin, .. }) if *pin == PassphraseSource::File("/p".into())
         ));
+    }
+
+    #[test]
+    fn tpm_settings() {
+        use crate::backend::tpm::attest::{AttestationSettings, PcrBank};
+        let tcti = "swtpm:host=127.0.0.1,port=2321";
+        let base = [("KMS_BACKEND", "tpm"), ("KMS_TPM_TCTI", tcti)];
+        let c = load(&Flags::default(), &env(&base)).unwrap();
+        assert_eq!(
+            c.backend,
+            BackendKind::Tpm(TpmConfig {
+                tcti: tcti.into(),
+                queue_depth: crate::backend::tpm::DEFAULT_QUEUE_DEPTH,
+                attestation: AttestationSettings::default(),
+                attestation_required: false,
+                attestation_interval: Duration::from_secs(DEFAULT_ATTESTATION_INTERVAL_SECS),
+            })
+        );
+        assert!(!c.attestation_required());
+        let digest = "ab".repeat(32);
+        let mut full = base.to_vec();
+        full.extend([
+            ("KMS_TPM_QUEUE_DEPTH", "8"),
+            ("KMS_ATTESTATION_PCRS", "sha1:0,7"),
+            ("KMS_ATTESTATION_PCR_DIGEST", digest.as_str()),
+            ("KMS_ATTESTATION_REQUIRED", "true"),
+            ("KMS_ATTESTATION_INTERVAL_SECS", "5"),
+        ]);
+        let c = load(&Flags::default(), &env(&full)).unwrap();
+        let BackendKind::Tpm(t) = &c.backend else {
+            panic!("tpm")
+        };
+        assert_eq!(t.queue_depth, 8);
+        assert_eq!(t.attestation.bank, PcrBank::Sha1);
+        assert_eq!(t.attestation.slots, vec![0, 7]);
+        assert_eq!(t.attestation.expected_digest, Some(vec![0xab; 32]));
+        assert_eq!(t.attestation_interval, Duration::from_secs(5));
+        assert!(c.attestation_required());
+        // each bad value is named
+        for (k, v) in [
+            ("KMS_TPM_QUEUE_DEPTH", "0"),
+            ("KMS_ATTESTATION_PCRS", "sha256:0-99"),
+            ("KMS_ATTESTATION_PCR_DIGEST", "abcd"),
+            ("KMS_ATTESTATION_REQUIRED", "maybe"),
+            ("KMS_ATTESTATION_INTERVAL_SECS", "0"),
+        ] {
+            let mut bad = base.to_vec();
+            bad.push((k, v));
+            assert_eq!(load(&Flags::default(), &env(&bad)).unwrap_err().field, k);
+        }
+        // required attestation needs a policy to check
+        let mut req = base.to_vec();
+        req.push(("KMS_ATTESTATION_REQUIRED", "true"));
+        assert_eq!(
+            load(&Flags::default(), &env(&req)).unwrap_err().field,
+            "KMS_ATTESTATION_PCR_DIGEST"
+        );
+        // the TCTI is required; tpm settings need the tpm backend; the
+        // master key settings and pkcs11 settings do not go with it
+        assert_eq!(
+            load(&Flags::default(), &env(&[("KMS_BACKEND", "tpm")]))
+                .unwrap_err()
+                .field,
+            "KMS_TPM_TCTI"
+        );
+        assert_eq!(
+            load(
+                &Flags::default(),
+                &env(&[("KMS_ATTESTATION_REQUIRED", "true")])
+            )
+            .unwrap_err()
+            .field,
+            "KMS_ATTESTATION_REQUIRED"
+        );
+        for (k, v) in [
+            ("KMS_MASTER_KEY_FILE", "/etc/master.key"),
+            ("KMS_PKCS11_TOKEN_LABEL", "hsm1"),
+        ] {
+            let mut bad = base.to_vec();
+            bad.push((k, v));
+            assert_eq!(load(&Flags::default(), &env(&bad)).unwrap_err().field, k);
+        }
     }
 
     #[test]

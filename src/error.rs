@@ -49,6 +49,13 @@ pub enum Error {
     PermissionDenied(String),
     #[error("request body exceeds the {0} byte limit")]
     TooLarge(usize),
+    /// Custody's queue is full; retry after a short pause.
+    #[error("overloaded: {0}")]
+    Overloaded(String),
+    /// Attestation is required and the device's attestation is not (or no
+    /// longer) verified: private-key operations are refused.
+    #[error("attestation required but not verified: {0}")]
+    AttestationMissing(String),
     /// A dependency (custody device, store) is unavailable; retry later.
     #[error("service unavailable: {0}")]
     Unavailable(String),
@@ -69,6 +76,8 @@ impl From<crate::backend::BackendError> for Error {
             B::Unsupported(a) => Error::UnknownAlgorithm(a.to_string()),
             B::Sealed(m) => Error::Internal(format!("custody: {m}")),
             B::Crypto(m) => Error::Internal(format!("custody crypto: {m}")),
+            B::Busy(m) => Error::Overloaded(m),
+            B::Attestation(m) => Error::AttestationMissing(m),
         }
     }
 }

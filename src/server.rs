@@ -23,6 +23,7 @@ use crate::auth::{create_token, Scopes, TokenTable};
 use crate::backend::breaker::{Breaker, BreakerSettings};
 use crate::backend::pkcs11::{Pkcs11Backend, Pkcs11Settings};
 use crate::backend::sealed_file::{MasterKey, SealedFileBackend};
+use crate::backend::tpm::{TpmBackend, TpmSettings};
 use crate::backend::Backend;
 use crate::config::{BackendKind, Config, MasterKeySource, PassphraseSource};
 use crate::crypto::{aead, Provider};
@@ -59,6 +60,8 @@ pub struct Opened {
     pub sealed_file: Option<Arc<SealedFileBackend>>,
     /// The same backend, typed, when custody is `pkcs11`.
     pub pkcs11: Option<Arc<Pkcs11Backend>>,
+    /// The same backend, typed, when custody is `tpm`.
+    pub tpm: Option<Arc<TpmBackend>>,
     pub provider: Arc<Provider>,
     /// Holds the data-dir lock while alive (none in amnesia mode).
     _lock: Option<File>,
@@ -146,6 +149,7 @@ pub fn open_data_dir(cfg: &Config) -> Result<Opened, StartError> {
                 backend: b.clone(),
                 sealed_file: Some(b),
                 pkcs11: None,
+                tpm: None,
                 provider,
                 _lock: Some(lock),
             })
@@ -173,6 +177,29 @@ pub fn open_data_dir(cfg: &Config) -> Result<Opened, StartError> {
                 backend: b.clone(),
                 sealed_file: None,
                 pkcs11: Some(b),
+                tpm: None,
+                provider,
+                _lock: Some(lock),
+            })
+        }
+        BackendKind::Tpm(t) => {
+            let b = Arc::new(
+                TpmBackend::open(
+                    TpmSettings {
+                        tcti: t.tcti.clone(),
+                        queue_depth: t.queue_depth,
+                        attestation: t.attestation.clone(),
+                    },
+                    provider.clone(),
+                )
+                .map_err(|e| StartError::Other(format!("tpm: {e}")))?,
+            );
+            Ok(Opened {
+                store,
+                backend: b.clone(),
+                sealed_file: None,
+                pkcs11: None,
+                tpm: Some(b),
                 provider,
                 _lock: Some(lock),
             })
@@ -194,6 +221,7 @@ fn open_in_memory() -> Result<Opened, StartError> {
         backend: backend.clone(),
         sealed_file: Some(backend),
         pkcs11: None,
+        tpm: None,
         provider,
         _lock: None,
     })
@@ -322,6 +350,22 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
     })
 }
 
+/// Take and verify one attestation (on a blocking thread: the TPM is a
+/// device) and record the outcome.
+async fn attest_once(backend: &Arc<dyn Backend>, gate: &Arc<crate::service::AttestationGate>) {
+    let b = backend.clone();
+    let outcome = match tokio::task::spawn_blocking(move || b.attest()).await {
+        Ok(Some(Ok(a))) => {
+            tracing::debug!(pcr_digest = %hex::encode(&a.pcr_digest), "quote verified");
+            Ok(())
+        }
+        Ok(Some(Err(e))) => Err(e.to_string()),
+        Ok(None) => Err("custody cannot attest".into()),
+        Err(e) => Err(format!("attestation task failed: {e}")),
+    };
+    gate.record(outcome);
+}
+
 /// Set the gRPC health status of `ron.kms.v1.Kms`.
 async fn report_health(reporter: &tonic_health::server::HealthReporter, ready: bool) {
     type Svc = crate::proto::kms_server::KmsServer<GrpcFront>;
@@ -373,6 +417,29 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
         audit,
     )?);
 
+    // Attestation (a TPM): once before serving, so a required attestation
+    // is decided before the first request, then on the configured interval.
+    let (tx, rx) = watch::channel(false);
+    let mut tasks = Vec::new();
+    if let BackendKind::Tpm(t) = &cfg.backend {
+        attest_once(kms.backend(), kms.attestation()).await;
+        let (b, gate, every) = (
+            kms.backend().clone(),
+            kms.attestation().clone(),
+            t.attestation_interval,
+        );
+        let mut stop = rx.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(every) => {}
+                    _ = stop.wait_for(|s| *s) => break,
+                }
+                attest_once(&b, &gate).await;
+            }
+        }));
+    }
+
     let grpc_listener = bind(cfg.grpc_addr).await?;
     let http_listener = bind(cfg.http_addr).await?;
     let grpc_addr = grpc_listener
@@ -381,7 +448,6 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
     let http_addr = http_listener
         .local_addr()
         .map_err(|e| StartError::Other(e.to_string()))?;
-    let (tx, rx) = watch::channel(false);
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     report_health(
@@ -454,7 +520,10 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
         faults,
         breaker,
         shutdown: tx,
-        tasks: vec![grpc_task, http_task, health_task],
+        tasks: {
+            tasks.extend([grpc_task, http_task, health_task]);
+            tasks
+        },
         _opened: opened,
     })
 }

@@ -1,7 +1,7 @@
 //! The backend conformance suite: every algorithm over both fronts, against
 //! a real server on loopback, once per custody backend (`sealed-file`
 //! in-process; `pkcs11` on a fresh SoftHSM2 token, the real binary in its
-//! own process): create, sign/verify or wrap/unwrap, tampering, rotation, old
+//! own process; `tpm` on a fresh swtpm, in-process): create, sign/verify or wrap/unwrap, tampering, rotation, old
 //! signatures and ciphertexts after rotation, disable (fails at once),
 //! destroy (material gone from the store's files, or the object gone from the
 //! token) — and every signature and ML-KEM ciphertext checked by an
@@ -424,6 +424,16 @@ macro_rules! cases {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
                     $f(Custody::Pkcs11, $front, $alg).await
+                }
+            )*
+        }
+        /// Custody: TPM 2.0 on a fresh swtpm per test.
+        mod tpm {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    $f(Custody::Tpm, $front, $alg).await
                 }
             )*
         }

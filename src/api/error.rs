@@ -97,6 +97,18 @@ pub fn classify(e: &Error) -> Class {
             "too_large",
             false,
         ),
+        Overloaded(_) => class(
+            StatusCode::TOO_MANY_REQUESTS,
+            Code::ResourceExhausted,
+            "overloaded",
+            true,
+        ),
+        AttestationMissing(_) => class(
+            StatusCode::FORBIDDEN,
+            Code::FailedPrecondition,
+            "attestation_missing",
+            false,
+        ),
         Unavailable(_) => class(
             StatusCode::SERVICE_UNAVAILABLE,
             Code::Unavailable,

@@ -243,6 +243,12 @@ impl Backend for Breaker {
             Admit::Probe(period) => self.probe(period),
         }
     }
+    /// Not gated: attestation is how an operator learns the device's state,
+    /// and it must not open the breaker (a failed quote is not a failed
+    /// device).
+    fn attest(&self) -> Option<Result<super::Attested, BackendError>> {
+        self.inner.attest()
+    }
 }
 
 #[cfg(test)]

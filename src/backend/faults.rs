@@ -175,6 +175,12 @@ impl Backend for FaultyBackend {
         self.gate()?;
         self.inner.health()
     }
+    fn attest(&self) -> Option<Result<super::Attested, BackendError>> {
+        if let Err(e) = self.gate() {
+            return self.inner.capabilities().attestation.then_some(Err(e));
+        }
+        self.inner.attest()
+    }
 }
 
 #[cfg(test)]

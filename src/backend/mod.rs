@@ -17,6 +17,7 @@ pub mod faults;
 pub mod pkcs11;
 pub mod sealed_file;
 pub mod soft;
+pub mod tpm;
 
 use thiserror::Error;
 use zeroize::Zeroizing;
@@ -43,6 +44,12 @@ pub enum BackendError {
     /// The algorithm implementation failed on key material that unsealed.
     #[error("{0}")]
     Crypto(String),
+    /// The device's queue is full: shed load, do not open the breaker.
+    #[error("custody busy: {0}")]
+    Busy(String),
+    /// An attestation did not verify; the message says which check failed.
+    #[error("attestation failed: {0}")]
+    Attestation(String),
 }
 
 /// What a backend can do; reported, not assumed.
@@ -56,6 +63,10 @@ pub struct Capabilities {
     pub attestation: bool,
     /// Whether keys survive a process restart.
     pub persistent: bool,
+    /// Whether every call waits on a slow or serial device (a TPM): the
+    /// service then runs all custody calls on its blocking pool, not only
+    /// the CPU-heavy ones.
+    pub device_bound: bool,
 }
 
 impl Capabilities {
@@ -79,6 +90,15 @@ pub struct KeyLabel<'a> {
 pub struct Generated {
     pub public: Vec<u8>,
     pub handle: Vec<u8>,
+}
+
+/// A verified attestation (TPM quote).
+#[derive(Clone, Debug)]
+pub struct Attested {
+    /// The quoted PCR composite digest (SHA-256 over the selected PCRs).
+    pub pcr_digest: Vec<u8>,
+    /// The attestation key's public point (uncompressed SEC1).
+    pub ak_public: Vec<u8>,
 }
 
 /// The custody interface. Implementations are `Send + Sync` and internally
@@ -138,6 +158,12 @@ pub trait Backend: Send + Sync {
 
     /// A cheap liveness probe for `/readyz`.
     fn health(&self) -> Result<(), BackendError>;
+
+    /// Attest to the device's state (a TPM quote, verified); `None` when
+    /// the backend cannot attest.
+    fn attest(&self) -> Option<Result<Attested, BackendError>> {
+        None
+    }
 }
 
 /// Jitter for backoffs: a uniform point in [d/2, d].

@@ -651,6 +651,7 @@ fn capabilities(mechs: &[MechanismType]) -> Capabilities {
         sealed,
         attestation: false,
         persistent: true,
+        device_bound: false,
     }
 }
 

@@ -26,6 +26,7 @@ impl KmsService {
             ));
         }
         let (rec, vn) = self.resolve(caller, &key, Purpose::Sign, "sign")?;
+        self.attestation.check()?;
         if !self.custody_up() {
             // fail fast: no queueing for the blocking pool behind a dead device
             return Err(Error::Unavailable(format!(
@@ -34,7 +35,7 @@ impl KmsService {
             )));
         }
         let kid = rec.kid(vn);
-        let signature = if rec.algorithm.private_op_is_heavy() {
+        let signature = if self.offload(rec.algorithm) {
             let (this, rec, kid, msg) = (self.clone(), rec.clone(), kid.clone(), req.message);
             self.blocking(move || {
                 let r = this
@@ -147,6 +148,7 @@ impl KmsService {
         random_bytes(&mut nonce)?;
         match rec.algorithm {
             Algorithm::Aes256Gcm => {
+                self.attestation.check()?;
                 let header = envelope::header(rec.algorithm, &kid, &[]);
                 let ad = envelope::associated_data(&header, aad);
                 let sealed = self.backend.aead_seal(
@@ -171,6 +173,25 @@ impl KmsService {
                 Ok(envelope::assemble(&header, &nonce, &sealed))
             }
             other => Err(Error::Internal(format!("{other} is not a wrap algorithm"))),
+        }
+    }
+
+    /// [`Self::wrap_bytes`], on the blocking pool when the key is in a
+    /// device (AES keys; a KEM wrap uses only the public key).
+    async fn wrap_offloaded(
+        self: &Arc<Self>,
+        rec: &Arc<KeyRecord>,
+        vn: u32,
+        plaintext: &[u8],
+        aad: &[u8],
+    ) -> Result<Vec<u8>> {
+        if rec.algorithm == Algorithm::Aes256Gcm && self.offload(rec.algorithm) {
+            let (this, rec) = (self.clone(), rec.clone());
+            let (plaintext, aad) = (Zeroizing::new(plaintext.to_vec()), aad.to_vec());
+            self.blocking(move || this.wrap_bytes(&rec, vn, &plaintext, &aad))
+                .await
+        } else {
+            self.wrap_bytes(rec, vn, plaintext, aad)
         }
     }
 
@@ -204,7 +225,9 @@ impl KmsService {
             ));
         }
         let (rec, vn) = self.resolve(caller, &key, Purpose::Wrap, "wrap")?;
-        let ciphertext = self.wrap_bytes(&rec, vn, &req.plaintext, &req.aad)?;
+        let ciphertext = self
+            .wrap_offloaded(&rec, vn, &req.plaintext, &req.aad)
+            .await?;
         let resp = proto::WrapResponse {
             kid: rec.kid(vn),
             algorithm: rec.algorithm.as_str().to_string(),
@@ -248,7 +271,22 @@ impl KmsService {
         }
         let kid = rec.kid(vn);
         let ad = envelope::associated_data(env.header, &req.aad);
+        self.attestation.check()?;
         let plaintext: Zeroizing<Vec<u8>> = match rec.algorithm {
+            Algorithm::Aes256Gcm if self.offload(rec.algorithm) => {
+                let (this, rec2, kid2) = (self.clone(), rec.clone(), kid.clone());
+                let (nonce, sealed) = (env.nonce, env.sealed.to_vec());
+                self.blocking(move || {
+                    Ok(this.backend.aead_open(
+                        label(&rec2, &kid2),
+                        handle(&rec2, vn)?,
+                        &nonce,
+                        &ad,
+                        &sealed,
+                    )?)
+                })
+                .await?
+            }
             Algorithm::Aes256Gcm => self.backend.aead_open(
                 label(&rec, &kid),
                 handle(&rec, vn)?,
@@ -324,7 +362,7 @@ impl KmsService {
         let (rec, vn) = self.resolve(caller, &key, Purpose::Wrap, "datakey")?;
         let mut plaintext = Zeroizing::new(vec![0u8; len]);
         random_bytes(&mut plaintext)?;
-        let ciphertext = self.wrap_bytes(&rec, vn, &plaintext, &req.aad)?;
+        let ciphertext = self.wrap_offloaded(&rec, vn, &plaintext, &req.aad).await?;
         let resp = proto::GenerateDataKeyResponse {
             kid: rec.kid(vn),
             plaintext: plaintext.to_vec(),

@@ -80,6 +80,84 @@ pub struct KmsService {
     policies: crate::policy::Policies,
     verify_cache: VerifyCache,
     custody: CustodyProbe,
+    attestation: Arc<AttestationGate>,
+    /// Custody is a serial device: every custody call goes to the
+    /// blocking pool (see [`crate::backend::Capabilities::device_bound`]).
+    device_bound: bool,
+}
+
+/// The service's view of custody attestation: whether it is required, and
+/// the outcome of the last attestation (updated at start-up and on the
+/// configured interval by the server).
+pub struct AttestationGate {
+    required: bool,
+    ready: std::sync::atomic::AtomicBool,
+    /// Why the last attestation failed (for the log and `/readyz`; callers
+    /// are told only that attestation is missing).
+    detail: std::sync::Mutex<String>,
+}
+
+impl AttestationGate {
+    pub fn new(required: bool) -> Self {
+        metrics::gauge!("kms_attestation_required").set(if required { 1.0 } else { 0.0 });
+        AttestationGate {
+            required,
+            ready: std::sync::atomic::AtomicBool::new(false),
+            detail: std::sync::Mutex::new("not attested yet".into()),
+        }
+    }
+
+    pub fn required(&self) -> bool {
+        self.required
+    }
+
+    pub fn ready(&self) -> bool {
+        self.ready.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Record one attestation's outcome; exported as `attestation_ready`.
+    pub fn record(&self, outcome: std::result::Result<(), String>) {
+        let ok = outcome.is_ok();
+        let was = self.ready.swap(ok, std::sync::atomic::Ordering::AcqRel);
+        metrics::gauge!("attestation_ready").set(if ok { 1.0 } else { 0.0 });
+        match outcome {
+            Ok(()) => {
+                if !was {
+                    tracing::info!("attestation verified");
+                }
+            }
+            Err(why) => {
+                if was {
+                    tracing::warn!(reason = %why, "attestation lost");
+                } else {
+                    tracing::warn!(reason = %why, "attestation failed");
+                }
+                *self.detail.lock().unwrap_or_else(|p| p.into_inner()) = why;
+            }
+        }
+    }
+
+    /// `Err` while attestation is required and not verified.
+    pub fn check(&self) -> Result<()> {
+        if !self.required || self.ready() {
+            return Ok(());
+        }
+        Err(Error::AttestationMissing(
+            "custody's last attestation did not verify; private-key operations are refused".into(),
+        ))
+    }
+
+    fn readiness(&self) -> std::result::Result<(), String> {
+        if self.ready() {
+            Ok(())
+        } else {
+            Err(self
+                .detail
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone())
+        }
+    }
 }
 
 /// What the service was configured with beyond its parts.
@@ -91,6 +169,9 @@ pub struct ServiceOptions {
     pub pq_tenants: std::collections::BTreeMap<String, crate::policy::PqPolicy>,
     pub verify_cache_max: u64,
     pub verify_cache_ttl: Duration,
+    /// Refuse private-key operations while custody's attestation is not
+    /// verified (`KMS_ATTESTATION_REQUIRED`).
+    pub attestation_required: bool,
 }
 
 impl ServiceOptions {
@@ -102,6 +183,7 @@ impl ServiceOptions {
             pq_tenants: cfg.pq_tenants.clone(),
             verify_cache_max: cfg.verify_cache_max,
             verify_cache_ttl: Duration::from_millis(cfg.verify_cache_ttl_ms),
+            attestation_required: cfg.attestation_required(),
         }
     }
 }
@@ -224,7 +306,10 @@ impl KmsService {
                 .map_err(Error::Internal)?;
         let allowed = opts.allowed;
         let blocking_threads = opts.blocking_threads;
+        let device_bound = backend.capabilities().device_bound;
         Ok(KmsService {
+            attestation: Arc::new(AttestationGate::new(opts.attestation_required)),
+            device_bound,
             policies,
             verify_cache: VerifyCache::new(opts.verify_cache_max, opts.verify_cache_ttl),
             custody: CustodyProbe {
@@ -416,9 +501,12 @@ impl KmsService {
                 .compare_exchange(last, now, Ordering::AcqRel, Ordering::Relaxed)
                 .is_ok();
         if due {
-            self.custody
-                .up
-                .store(self.backend.health().is_ok(), Ordering::Release);
+            // a busy device is a live one
+            let up = !matches!(
+                self.backend.health(),
+                Err(crate::backend::BackendError::Unavailable(_))
+            );
+            self.custody.up.store(up, Ordering::Release);
         }
         self.custody.up.load(Ordering::Acquire)
     }
@@ -456,12 +544,34 @@ impl KmsService {
         &self.verify_cache
     }
 
-    /// Readiness: each named dependency and whether it answers.
+    /// Readiness: each named dependency and whether it answers; with
+    /// attestation required, whether it is verified.
     pub fn readiness(&self) -> Vec<(&'static str, std::result::Result<(), String>)> {
-        vec![
-            ("backend", self.backend.health().map_err(|e| e.to_string())),
+        let mut r = vec![
+            (
+                "backend",
+                match self.backend.health() {
+                    Ok(()) | Err(crate::backend::BackendError::Busy(_)) => Ok(()),
+                    Err(e) => Err(e.to_string()),
+                },
+            ),
             ("store", self.store.health().map_err(|e| e.to_string())),
             ("audit", self.audit.integrity()),
-        ]
+        ];
+        if self.attestation.required() {
+            r.push(("attestation", self.attestation.readiness()));
+        }
+        r
+    }
+
+    /// The attestation state the server updates.
+    pub fn attestation(&self) -> &Arc<AttestationGate> {
+        &self.attestation
+    }
+
+    /// Whether a custody call for `alg` runs on the blocking pool: when the
+    /// algorithm is CPU-heavy, or custody is a serial device.
+    fn offload(&self, alg: Algorithm) -> bool {
+        alg.private_op_is_heavy() || self.device_bound
     }
 }

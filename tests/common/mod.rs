@@ -6,6 +6,7 @@
 pub mod independent;
 pub mod process;
 pub mod softhsm;
+pub mod swtpm;
 
 use std::path::{Path, PathBuf};
 
@@ -21,6 +22,8 @@ use tonic::transport::Channel;
 pub struct TestServer {
     pub dir: tempfile::TempDir,
     pub running: Option<Running>,
+    /// The TPM simulator when custody is `tpm` (dropped after the server).
+    pub tpm: Option<swtpm::Swtpm>,
     /// For custody that is process-wide (a PKCS#11 module is initialised
     /// once per process): the real binary, serving from its own process.
     pub process: Option<process::Served>,
@@ -34,6 +37,8 @@ pub enum Custody {
     SealedFile,
     /// A fresh SoftHSM2 token, served by the real binary in its own process.
     Pkcs11,
+    /// A fresh swtpm, served in-process.
+    Tpm,
 }
 
 pub fn config(data_dir: &Path) -> Config {
@@ -61,6 +66,30 @@ impl TestServer {
         TestServer {
             dir,
             running: Some(running),
+            tpm: None,
+            process: None,
+            hsm: None,
+            admin_token,
+        }
+    }
+
+    /// In-process on a fresh swtpm (state under the test's temp dir), with
+    /// the config adjusted by `f`.
+    pub async fn start_tpm_with(f: impl FnOnce(&mut Config, &swtpm::Swtpm)) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let tpm = swtpm::Swtpm::start(&dir.path().join("tpm"));
+        let mut cfg = config(&dir.path().join("data"));
+        cfg.backend = tpm.backend();
+        f(&mut cfg, &tpm);
+        let running = server::start(&cfg).await.unwrap();
+        let admin_token = running
+            .bootstrap_token
+            .clone()
+            .expect("first start bootstraps");
+        TestServer {
+            dir,
+            running: Some(running),
+            tpm: Some(tpm),
             process: None,
             hsm: None,
             admin_token,
@@ -73,6 +102,7 @@ impl TestServer {
         match custody {
             Custody::SealedFile => Self::start().await,
             Custody::Pkcs11 => Self::start_pkcs11(&[]).await,
+            Custody::Tpm => Self::start_tpm_with(|_, _| {}).await,
         }
     }
 
@@ -92,6 +122,7 @@ impl TestServer {
         TestServer {
             dir,
             running: None,
+            tpm: None,
             process: Some(served),
             hsm: Some(hsm),
             admin_token,
@@ -111,7 +142,11 @@ impl TestServer {
         if let Some(r) = self.running.take() {
             r.shutdown().await;
         }
-        let r = server::start(&config(&self.data_dir())).await.unwrap();
+        let mut cfg = config(&self.data_dir());
+        if let Some(t) = &self.tpm {
+            cfg.backend = t.backend();
+        }
+        let r = server::start(&cfg).await.unwrap();
         assert!(r.bootstrap_token.is_none(), "bootstrap happens only once");
         self.running = Some(r);
     }

@@ -43,6 +43,7 @@ impl SealedFileBackend {
                 sealed: Algorithm::ALL.to_vec(),
                 attestation: false,
                 persistent: true,
+                device_bound: false,
             },
         }
     }

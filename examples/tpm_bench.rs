@@ -1,0 +1,306 @@
+//! TPM ECDSA P-256 sign through ron-kms vs. directly through tss-esapi, in
+//! the same run, on two swtpm instances started side by side (swtpm serves
+//! one connection at a time, and ron-kms holds its own). Rounds alternate
+//! direct / service / gRPC so machine noise hits all.
+//!
+//! - `direct load+sign`: one thread, one ESAPI context; each op is
+//!   SHA-256 of the message, `TPM2_Load` of the key's blobs under the SRK,
+//!   `TPM2_Sign`, `TPM2_FlushContext` — what the backend does per call.
+//! - `direct sign`: the same key kept loaded, `TPM2_Sign` only: the
+//!   device's own ceiling.
+//! - `service`: N requests in flight through the in-process service API
+//!   (key lookup, policy, blocking-pool hop, the TPM queue, DER encoding,
+//!   audit record) — no transport.
+//! - `grpc`: the same over gRPC on loopback, for context.
+//!
+//! Needs swtpm and libtss2 (scripts/install-deps.sh --test installs them).
+//!
+//! ```sh
+//! cargo run --release --example tpm_bench -- [seconds per run, default 3] [rounds, default 5]
+//! ```
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ron_kms::config::Config;
+use ron_kms::proto::kms_client::KmsClient;
+use ron_kms::proto::{CreateKeyRequest, SignRequest};
+use tss_esapi::attributes::ObjectAttributesBuilder;
+use tss_esapi::constants::tss::{TPM2_RH_NULL, TPM2_ST_HASHCHECK};
+use tss_esapi::interface_types::algorithm::{HashingAlgorithm, PublicAlgorithm};
+use tss_esapi::interface_types::ecc::EccCurve;
+use tss_esapi::interface_types::resource_handles::Hierarchy;
+use tss_esapi::interface_types::session_handles::AuthSession;
+use tss_esapi::structures::{
+    Digest, EccPoint, EccScheme, HashScheme, HashcheckTicket, PublicBuilder,
+    PublicEccParametersBuilder, SignatureScheme, SymmetricDefinitionObject,
+};
+use tss_esapi::tss2_esys::TPMT_TK_HASHCHECK;
+use tss_esapi::utils::create_unrestricted_signing_ecc_public;
+use tss_esapi::{Context, TctiNameConf};
+
+// The tests' throw-away swtpm: own state dir, two free loopback ports.
+#[path = "../tests/common/swtpm.rs"]
+#[allow(dead_code)]
+mod swtpm;
+
+const MSG: &[u8] = b"benchmark message";
+
+fn ticket() -> HashcheckTicket {
+    TPMT_TK_HASHCHECK {
+        tag: TPM2_ST_HASHCHECK,
+        hierarchy: TPM2_RH_NULL,
+        digest: Default::default(),
+    }
+    .try_into()
+    .unwrap()
+}
+
+/// An ESAPI context on `tcti` with an ECC P-256 SRK and one ECDSA key
+/// created under it (blobs kept, not loaded).
+struct Direct {
+    ctx: Context,
+    srk: tss_esapi::handles::KeyHandle,
+    public: tss_esapi::structures::Public,
+    private: tss_esapi::structures::Private,
+}
+
+impl Direct {
+    fn new(tcti: &str) -> Self {
+        let mut ctx = Context::new(TctiNameConf::from_str(tcti).unwrap()).unwrap();
+        ctx.set_sessions((Some(AuthSession::Password), None, None));
+        let attrs = ObjectAttributesBuilder::new()
+            .with_fixed_tpm(true)
+            .with_fixed_parent(true)
+            .with_sensitive_data_origin(true)
+            .with_user_with_auth(true)
+            .with_no_da(true)
+            .with_restricted(true)
+            .with_decrypt(true)
+            .build()
+            .unwrap();
+        let srk_t = PublicBuilder::new()
+            .with_public_algorithm(PublicAlgorithm::Ecc)
+            .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
+            .with_object_attributes(attrs)
+            .with_ecc_parameters(
+                PublicEccParametersBuilder::new_restricted_decryption_key(
+                    SymmetricDefinitionObject::AES_128_CFB,
+                    EccCurve::NistP256,
+                )
+                .build()
+                .unwrap(),
+            )
+            .with_ecc_unique_identifier(EccPoint::default())
+            .build()
+            .unwrap();
+        let srk = ctx
+            .create_primary(Hierarchy::Owner, srk_t, None, None, None, None)
+            .unwrap()
+            .key_handle;
+        let key_t = create_unrestricted_signing_ecc_public(
+            EccScheme::EcDsa(HashScheme::new(HashingAlgorithm::Sha256)),
+            EccCurve::NistP256,
+        )
+        .unwrap();
+        let k = ctx.create(srk, key_t, None, None, None, None).unwrap();
+        Direct {
+            ctx,
+            srk,
+            public: k.out_public,
+            private: k.out_private,
+        }
+    }
+
+    fn digest() -> Digest {
+        Digest::try_from(
+            ring::digest::digest(&ring::digest::SHA256, MSG)
+                .as_ref()
+                .to_vec(),
+        )
+        .unwrap()
+    }
+
+    /// Load, sign, flush per op for `secs`; ops/s.
+    fn load_sign(&mut self, secs: f64) -> f64 {
+        let (t, mut n) = (Instant::now(), 0u64);
+        while t.elapsed().as_secs_f64() < secs {
+            let h = self
+                .ctx
+                .load(self.srk, self.private.clone(), self.public.clone())
+                .unwrap();
+            self.ctx
+                .sign(h, Self::digest(), SignatureScheme::Null, ticket())
+                .unwrap();
+            self.ctx.flush_context(h.into()).unwrap();
+            n += 1;
+        }
+        n as f64 / t.elapsed().as_secs_f64()
+    }
+
+    /// Sign with the key kept loaded for `secs`; ops/s.
+    fn sign_only(&mut self, secs: f64) -> f64 {
+        let h = self
+            .ctx
+            .load(self.srk, self.private.clone(), self.public.clone())
+            .unwrap();
+        let (t, mut n) = (Instant::now(), 0u64);
+        while t.elapsed().as_secs_f64() < secs {
+            self.ctx
+                .sign(h, Self::digest(), SignatureScheme::Null, ticket())
+                .unwrap();
+            n += 1;
+        }
+        let r = n as f64 / t.elapsed().as_secs_f64();
+        self.ctx.flush_context(h.into()).unwrap();
+        r
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let secs: f64 = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(3.0);
+    let rounds: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(5);
+    let dir = std::env::temp_dir().join(format!("ron-kms-tpm-bench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let tpm_direct = swtpm::Swtpm::start(&dir.join("tpm-direct"));
+    let tpm_service = swtpm::Swtpm::start(&dir.join("tpm-service"));
+    let mut direct = Direct::new(&tpm_direct.tcti());
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut cfg = Config::for_data_dir(&dir.join("data"));
+    cfg.grpc_addr = "127.0.0.1:0".parse().unwrap();
+    cfg.http_addr = "127.0.0.1:0".parse().unwrap();
+    let audit = std::env::var("RON_KMS_BENCH_AUDIT").unwrap_or_else(|_| "on".into());
+    cfg.audit_off_for_benchmarks = audit == "off";
+    cfg.backend = tpm_service.backend();
+    let running = rt.block_on(ron_kms::server::start(&cfg)).unwrap();
+    let token = running.bootstrap_token.clone().unwrap();
+    let kms = running.kms.clone();
+    let caller = rt
+        .block_on(kms.authenticate(Some(&format!("Bearer {token}")), "bench".into()))
+        .unwrap();
+    rt.block_on(kms.create_key(
+        &caller,
+        CreateKeyRequest {
+            name: "p256".into(),
+            algorithm: "ecdsa-p256".into(),
+            ..Default::default()
+        },
+    ))
+    .unwrap();
+
+    let service = |inflight: usize| -> f64 {
+        rt.block_on(async {
+            let done = Arc::new(AtomicU64::new(0));
+            let deadline = Instant::now() + Duration::from_secs_f64(secs);
+            let t = Instant::now();
+            let mut tasks = Vec::new();
+            for _ in 0..inflight {
+                let (kms, caller, done) = (kms.clone(), caller.clone(), done.clone());
+                tasks.push(tokio::spawn(async move {
+                    while Instant::now() < deadline {
+                        let r = kms
+                            .sign(
+                                &caller,
+                                SignRequest {
+                                    key: "p256".into(),
+                                    message: MSG.to_vec(),
+                                    op_id: String::new(),
+                                },
+                            )
+                            .await
+                            .unwrap();
+                        assert!(!r.signature.is_empty());
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                }));
+            }
+            for t in tasks {
+                t.await.unwrap();
+            }
+            done.load(Ordering::Relaxed) as f64 / t.elapsed().as_secs_f64()
+        })
+    };
+    let grpc = |inflight: usize| -> f64 {
+        rt.block_on(async {
+            let addr = format!("http://{}", running.grpc_addr);
+            let auth: tonic::metadata::MetadataValue<_> =
+                format!("Bearer {token}").parse().unwrap();
+            let done = Arc::new(AtomicU64::new(0));
+            let deadline = Instant::now() + Duration::from_secs_f64(secs);
+            let t = Instant::now();
+            let mut tasks = Vec::new();
+            for _ in 0..inflight {
+                let mut c = KmsClient::connect(addr.clone()).await.unwrap();
+                let (auth, done) = (auth.clone(), done.clone());
+                tasks.push(tokio::spawn(async move {
+                    while Instant::now() < deadline {
+                        let mut r = tonic::Request::new(SignRequest {
+                            key: "p256".into(),
+                            message: MSG.to_vec(),
+                            op_id: String::new(),
+                        });
+                        r.metadata_mut().insert("authorization", auth.clone());
+                        c.sign(r).await.unwrap();
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                }));
+            }
+            for t in tasks {
+                t.await.unwrap();
+            }
+            done.load(Ordering::Relaxed) as f64 / t.elapsed().as_secs_f64()
+        })
+    };
+
+    // warm-up
+    direct.load_sign(0.5);
+    service(1);
+
+    let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+    println!(
+        "# tpm ECDSA P-256 sign, swtpm; host {} ({} cpus); audit {audit}; {secs} s per run, {rounds} rounds",
+        host.trim(),
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
+    );
+    let (mut r1, mut r4, mut rg, mut raw) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for round in 0..rounds {
+        let d = direct.load_sign(secs);
+        let d_raw = direct.sign_only(secs);
+        let s1 = service(1);
+        let s4 = service(4);
+        let g4 = grpc(4);
+        println!(
+            "round {round}: direct load+sign {d:.0} ops/s (sign only {d_raw:.0}); service 1 in flight {s1:.0} ({:.2}), 4 in flight {s4:.0} ({:.2}); grpc 4 in flight {g4:.0} ({:.2})",
+            s1 / d,
+            s4 / d,
+            g4 / d
+        );
+        r1.push(s1 / d);
+        r4.push(s4 / d);
+        rg.push(g4 / d);
+        raw.push(d / d_raw);
+    }
+    println!(
+        "median service/direct: 1 in flight {:.2}, 4 in flight {:.2}; grpc/direct {:.2}; direct load+sign / sign-only {:.2}",
+        median(r1),
+        median(r4),
+        median(rg),
+        median(raw)
+    );
+    rt.block_on(running.shutdown());
+    drop(direct);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,0 +1,309 @@
+//! TPM attestation: a quote over the configured PCRs, signed by an
+//! attestation key (AK), verified here in software.
+//!
+//! The AK is an ECC P-256 restricted signing key created as a primary in the
+//! endorsement hierarchy (the same key on every call, from the TPM's
+//! endorsement seed); it is flushed after each quote. One attestation:
+//!
+//! 1. a fresh 32-byte nonce;
+//! 2. `TPM2_Quote` over the PCR selection, qualified by the nonce, and
+//!    `TPM2_PCR_Read` of the same PCRs;
+//! 3. checks, all in software: the quote's ECDSA signature verifies under
+//!    the AK's public key (ring); it is a quote (`TPM_ST_ATTEST_QUOTE`);
+//!    its extra data is the nonce (fresh, not replayed); its PCR digest is
+//!    SHA-256 over the PCR values read (in slot order); and, when a policy is
+//!    configured, that digest is the expected one.
+//!
+//! Any failed check makes the attestation fail with the reason; the service
+//! keeps the result as its `attestation_ready` state (docs/tpm.md).
+use tss_esapi::abstraction::pcr::read_all;
+use tss_esapi::attributes::ObjectAttributesBuilder;
+use tss_esapi::interface_types::algorithm::{HashingAlgorithm, PublicAlgorithm};
+use tss_esapi::interface_types::ecc::EccCurve;
+use tss_esapi::interface_types::resource_handles::Hierarchy;
+use tss_esapi::interface_types::structure_tags::AttestationType;
+use tss_esapi::structures::{
+    Attest, AttestInfo, Data, EccPoint, EccScheme, HashScheme, PcrSelectionListBuilder, PcrSlot,
+    Public, PublicBuilder, PublicEccParametersBuilder, Signature, SignatureScheme,
+};
+use tss_esapi::traits::Marshall;
+
+use super::{ecdsa_rs, p256_point, Ctx, Fail, TpmBackend};
+use crate::backend::{Attested, BackendError};
+use crate::crypto::random_bytes;
+
+/// The PCR bank a selection reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PcrBank {
+    Sha1,
+    Sha256,
+    Sha384,
+}
+
+impl PcrBank {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "sha1" => Some(PcrBank::Sha1),
+            "sha256" => Some(PcrBank::Sha256),
+            "sha384" => Some(PcrBank::Sha384),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PcrBank::Sha1 => "sha1",
+            PcrBank::Sha256 => "sha256",
+            PcrBank::Sha384 => "sha384",
+        }
+    }
+
+    fn hashing(self) -> HashingAlgorithm {
+        match self {
+            PcrBank::Sha1 => HashingAlgorithm::Sha1,
+            PcrBank::Sha256 => HashingAlgorithm::Sha256,
+            PcrBank::Sha384 => HashingAlgorithm::Sha384,
+        }
+    }
+}
+
+/// Which PCRs to quote and what they must hash to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AttestationSettings {
+    pub bank: PcrBank,
+    /// PCR indices, ascending, 0–23.
+    pub slots: Vec<u8>,
+    /// SHA-256 over the selected PCR values in slot order (the quote's
+    /// `pcrDigest`); `None` accepts any PCR state (the quote then proves
+    /// only that this TPM answered, freshly).
+    pub expected_digest: Option<Vec<u8>>,
+}
+
+impl Default for AttestationSettings {
+    fn default() -> Self {
+        AttestationSettings {
+            bank: PcrBank::Sha256,
+            slots: (0..8).collect(),
+            expected_digest: None,
+        }
+    }
+}
+
+impl AttestationSettings {
+    /// `BANK:I,J,K-L` (e.g. `sha256:0-7`), as `KMS_ATTESTATION_PCRS` takes it.
+    pub fn parse_selection(s: &str) -> Result<(PcrBank, Vec<u8>), String> {
+        let (bank, list) = s
+            .split_once(':')
+            .ok_or("must look like sha256:0-7 or sha256:0,2,7")?;
+        let bank = PcrBank::parse(bank.trim())
+            .ok_or_else(|| format!("bank {bank:?} is not sha1, sha256 or sha384"))?;
+        let mut slots = Vec::new();
+        for part in list.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (a, b) = part.split_once('-').unwrap_or((part, part));
+            let a: u8 = a
+                .trim()
+                .parse()
+                .map_err(|_| format!("{part:?} is not a PCR index"))?;
+            let b: u8 = b
+                .trim()
+                .parse()
+                .map_err(|_| format!("{part:?} is not a PCR index"))?;
+            if a > b || b > 23 {
+                return Err(format!("{part:?}: PCR indices are 0 to 23"));
+            }
+            slots.extend(a..=b);
+        }
+        slots.sort_unstable();
+        slots.dedup();
+        if slots.is_empty() {
+            return Err("names no PCR".into());
+        }
+        Ok((bank, slots))
+    }
+}
+
+/// The attestation key: ECC P-256, restricted to signing TPM-generated
+/// structures (a quote), ECDSA with SHA-256.
+fn ak_template() -> tss_esapi::Result<Public> {
+    let attrs = ObjectAttributesBuilder::new()
+        .with_fixed_tpm(true)
+        .with_fixed_parent(true)
+        .with_sensitive_data_origin(true)
+        .with_user_with_auth(true)
+        .with_no_da(true)
+        .with_restricted(true)
+        .with_sign_encrypt(true)
+        .with_decrypt(false)
+        .build()?;
+    PublicBuilder::new()
+        .with_public_algorithm(PublicAlgorithm::Ecc)
+        .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
+        .with_object_attributes(attrs)
+        .with_ecc_parameters(
+            PublicEccParametersBuilder::new_unrestricted_signing_key(
+                EccScheme::EcDsa(HashScheme::new(HashingAlgorithm::Sha256)),
+                EccCurve::NistP256,
+            )
+            .with_restricted(true)
+            .build()?,
+        )
+        .with_ecc_unique_identifier(EccPoint::default())
+        .build()
+}
+
+fn slot(i: u8) -> tss_esapi::Result<PcrSlot> {
+    PcrSlot::try_from(1u32 << i)
+}
+
+/// What the TPM returned for one attestation.
+struct Quote {
+    attest: Attest,
+    signature: Signature,
+    ak: Public,
+    /// PCR values in slot order.
+    pcrs: Vec<Vec<u8>>,
+}
+
+/// Quote, read and verify; `Ok` only when every check in the module doc
+/// passes.
+pub fn attest(b: &TpmBackend) -> Result<Attested, BackendError> {
+    let s = b.attestation_settings().clone();
+    let mut nonce = [0u8; 32];
+    random_bytes(&mut nonce).map_err(|e| BackendError::Crypto(e.to_string()))?;
+    let q = b.run(|conn| {
+        let slots = s
+            .slots
+            .iter()
+            .map(|i| slot(*i))
+            .collect::<Result<Vec<_>, _>>();
+        let selection = PcrSelectionListBuilder::new()
+            .with_selection(s.bank.hashing(), &slots.ctx("PCR slots")?)
+            .build()
+            .ctx("PCR selection")?;
+        let ak = conn
+            .ctx
+            .create_primary(
+                Hierarchy::Endorsement,
+                ak_template().ctx("AK template")?,
+                None,
+                None,
+                None,
+                None,
+            )
+            .ctx("create AK")?;
+        let quoted: Result<_, Fail> = (|| {
+            let (attest, signature) = conn
+                .ctx
+                .quote(
+                    ak.key_handle,
+                    Data::try_from(nonce.to_vec()).ctx("nonce")?,
+                    SignatureScheme::Null,
+                    selection.clone(),
+                )
+                .ctx("TPM2_Quote")?;
+            let data = conn
+                .ctx
+                .execute_without_session(|c| read_all(c, selection))
+                .ctx("TPM2_PCR_Read")?;
+            let bank =
+                data.pcr_bank(s.bank.hashing())
+                    .ok_or(Fail::Backend(BackendError::Attestation(format!(
+                        "the TPM has no {} PCR bank",
+                        s.bank.as_str()
+                    ))))?;
+            let mut pcrs = Vec::with_capacity(s.slots.len());
+            for i in &s.slots {
+                let d = slot(*i)
+                    .ok()
+                    .and_then(|sl| bank.get_digest(sl))
+                    .ok_or(Fail::Backend(BackendError::Attestation(format!(
+                        "PCR {i} was not read"
+                    ))))?;
+                pcrs.push(d.value().to_vec());
+            }
+            Ok((attest, signature, pcrs))
+        })();
+        let flushed = conn.ctx.flush_context(ak.key_handle.into()).ctx("flush AK");
+        let (attest, signature, pcrs) = quoted?;
+        flushed?;
+        Ok(Quote {
+            attest,
+            signature,
+            ak: ak.out_public,
+            pcrs,
+        })
+    })?;
+    verify(&q, &nonce, s.expected_digest.as_deref()).map_err(BackendError::Attestation)
+}
+
+/// The software checks of one quote.
+fn verify(q: &Quote, nonce: &[u8], expected: Option<&[u8]>) -> Result<Attested, String> {
+    let ak = p256_point(&q.ak).map_err(|e| e.to_string())?;
+    let signed = q
+        .attest
+        .marshall()
+        .map_err(|e| format!("marshal quote: {e}"))?;
+    let der =
+        crate::backend::pkcs11::ecdsa_der(&ecdsa_rs(&q.signature).map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
+    ring::signature::UnparsedPublicKey::new(&ring::signature::ECDSA_P256_SHA256_ASN1, &ak)
+        .verify(&signed, &der)
+        .map_err(|_| "the quote's signature does not verify under the AK".to_string())?;
+    if q.attest.attestation_type() != AttestationType::Quote {
+        return Err("the attestation is not a quote".into());
+    }
+    if q.attest.extra_data().value() != nonce {
+        return Err("the quote does not carry this attestation's nonce (replayed?)".into());
+    }
+    let AttestInfo::Quote { info } = q.attest.attested() else {
+        return Err("the attestation carries no quote info".into());
+    };
+    let quoted = info.pcr_digest().value().to_vec();
+    let mut h = ring::digest::Context::new(&ring::digest::SHA256);
+    for v in &q.pcrs {
+        h.update(v);
+    }
+    if h.finish().as_ref() != quoted.as_slice() {
+        return Err("the quoted PCR digest is not the digest of the PCR values read".into());
+    }
+    if let Some(e) = expected {
+        if e != quoted.as_slice() {
+            return Err(format!(
+                "PCR digest {} is not the expected {}",
+                hex::encode(&quoted),
+                hex::encode(e)
+            ));
+        }
+    }
+    Ok(Attested {
+        pcr_digest: quoted,
+        ak_public: ak,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pcr_selections_parse() {
+        assert_eq!(
+            AttestationSettings::parse_selection("sha256:0-7").unwrap(),
+            (PcrBank::Sha256, (0..8).collect())
+        );
+        assert_eq!(
+            AttestationSettings::parse_selection("sha1: 7, 0,2-3,2").unwrap(),
+            (PcrBank::Sha1, vec![0, 2, 3, 7])
+        );
+        for bad in [
+            "0-7",
+            "md5:0",
+            "sha256:",
+            "sha256:7-3",
+            "sha256:24",
+            "sha256:x",
+        ] {
+            assert!(AttestationSettings::parse_selection(bad).is_err(), "{bad}");
+        }
+    }
+}

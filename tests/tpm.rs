@@ -1,0 +1,171 @@
+//! The TPM backend on a real TPM 2.0 simulator (swtpm, one per test):
+//! the device going away under a signing load and coming back, and the
+//! bounded queue in front of it. The conformance suite (every algorithm)
+//! runs on the TPM in `tests/algorithms.rs`; attestation is in
+//! `tests/tpm_attestation.rs`.
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{independent, ApiErr, Front, TestServer};
+use tonic::Code;
+
+const MSG: &[u8] = b"tpm says hello";
+
+/// What one load worker saw.
+#[derive(Default)]
+struct Seen {
+    ok: u64,
+    /// (code, how long the failed call took)
+    errors: Vec<(String, Duration)>,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swtpm_killed_mid_load_fails_fast_and_every_key_works_after_restart() {
+    let mut srv = TestServer::start_tpm_with(|_, _| {}).await;
+    let mut c = srv.client(Front::Grpc, &srv.admin_token).await;
+    let native = c.create("native", "ecdsa-p256").await.unwrap();
+    let sealed = c.create("sealed", "ed25519").await.unwrap();
+    let pq = c.create("pq", "ml-dsa-65").await.unwrap();
+    c.create("aes", "aes-256-gcm").await.unwrap();
+    let wrapped = c.wrap("aes", b"data key", b"ctx").await.unwrap();
+    let reconnects_before = common::metric("backend_reconnects_total");
+
+    // a signing load: four clients, native and sealed keys
+    let stop = Arc::new(AtomicBool::new(false));
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let mut workers = Vec::new();
+    for i in 0..4 {
+        let mut c = srv.client(Front::Grpc, &srv.admin_token).await;
+        let (stop, seen) = (stop.clone(), seen.clone());
+        let key = if i % 2 == 0 { "native" } else { "sealed" };
+        workers.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let t = Instant::now();
+                let r = c.sign(key, MSG).await;
+                let took = t.elapsed();
+                let mut s = seen.lock().unwrap();
+                match r {
+                    Ok(_) => s.ok += 1,
+                    Err(e) => s.errors.push((e.code.clone(), took)),
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let ok_before_kill = seen.lock().unwrap().ok;
+    assert!(ok_before_kill > 0, "the load signs while the TPM is up");
+
+    // the TPM goes away for two seconds
+    tokio::task::block_in_place(|| srv.tpm.as_mut().unwrap().kill());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (ok_while_down, errors_while_down) = {
+        let s = seen.lock().unwrap();
+        (s.ok, s.errors.len())
+    };
+    assert!(errors_while_down > 0, "calls fail while the TPM is away");
+
+    // back, on the same state dir: the same seeds, so the same SRK
+    tokio::task::block_in_place(|| srv.tpm.as_mut().unwrap().restart());
+    let back = Instant::now();
+    loop {
+        if seen.lock().unwrap().ok > ok_while_down + 20 {
+            break;
+        }
+        assert!(
+            back.elapsed() < Duration::from_secs(30),
+            "signing did not recover within 30 s of the TPM's restart"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let recovered_after = back.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.await.unwrap();
+    }
+    let s = std::mem::take(&mut *seen.lock().unwrap());
+    // every failure was a fast, retryable "unavailable": no hang, no
+    // other error (QUEUE_WAIT, the longest a call may wait, is 5 s)
+    for (code, took) in &s.errors {
+        assert_eq!(code, "unavailable", "errors while down: {:?}", s.errors);
+        assert!(
+            *took < Duration::from_secs(2),
+            "a call took {took:?} to fail: not fast"
+        );
+    }
+    let slowest = s.errors.iter().map(|(_, t)| *t).max().unwrap();
+    eprintln!(
+        "swtpm kill/restart: {} ok before kill, {} failed while down (slowest failure {slowest:?}), \
+         signing again {recovered_after:?} after restart",
+        ok_before_kill,
+        s.errors.len()
+    );
+    assert!(
+        common::metric("backend_reconnects_total") > reconnects_before,
+        "the backend reconnected"
+    );
+
+    // every key still works, checked independently; the wrapped secret opens
+    for (name, alg, key) in [
+        ("native", "ecdsa-p256", &native),
+        ("sealed", "ed25519", &sealed),
+        ("pq", "ml-dsa-65", &pq),
+    ] {
+        let sig = c.sign(name, MSG).await.unwrap().signature;
+        assert!(
+            independent::verify(alg, &key.versions[0].public_key_der, MSG, &sig),
+            "{name} verifies independently after the restart"
+        );
+    }
+    let opened = c.unwrap("aes", &wrapped.ciphertext, b"ctx").await.unwrap();
+    assert_eq!(opened.plaintext, b"data key");
+    // and ron-kms never restarted: same process, same server
+    assert!(srv.running.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_sheds_load_as_overloaded_and_does_not_open_the_breaker() {
+    let srv = TestServer::start_tpm_with(|cfg, tpm| {
+        cfg.backend = tpm.backend_with(|t| t.queue_depth = 1);
+        cfg.blocking_threads = 16;
+    })
+    .await;
+    let mut c = srv.client(Front::Grpc, &srv.admin_token).await;
+    c.create("k", "ecdsa-p256").await.unwrap();
+    let mut calls = Vec::new();
+    for _ in 0..8 {
+        let mut c = srv.client(Front::Grpc, &srv.admin_token).await;
+        calls.push(tokio::spawn(async move {
+            let mut out: Vec<Result<(), ApiErr>> = Vec::new();
+            for _ in 0..16 {
+                out.push(c.sign("k", MSG).await.map(|_| ()));
+            }
+            out
+        }));
+    }
+    let (mut ok, mut shed) = (0, 0);
+    for call in calls {
+        for r in call.await.unwrap() {
+            match r {
+                Ok(()) => ok += 1,
+                Err(e) => {
+                    e.expect(429, Code::ResourceExhausted, "overloaded");
+                    shed += 1;
+                }
+            }
+        }
+    }
+    eprintln!("queue depth 1, 8 clients x 16 signs: {ok} signed, {shed} shed");
+    assert!(ok > 0, "some calls get the TPM");
+    assert!(
+        shed > 0,
+        "with 16 blocking threads and a queue of 1, some are shed"
+    );
+    assert_eq!(
+        srv.running().breaker.state(),
+        ron_kms::backend::breaker::BreakerState::Closed,
+        "shedding is not a device failure"
+    );
+}
