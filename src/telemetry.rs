@@ -105,6 +105,10 @@ fn describe() {
         "kms_audit_integrity_failed_total",
         "Audit chain integrity failures detected"
     );
+    describe_counter!(
+        "kms_audit_checkpoint_deferred_total",
+        "Audit checkpoints put off because the audit key in custody could not sign"
+    );
     describe_gauge!(
         "attestation_ready",
         "1 when custody attestation is verified"
@@ -125,6 +129,7 @@ fn describe() {
     gauge!("verify_cache_age_ms").set(0.0);
     gauge!("verify_cache_ttl_ms").set(0.0);
     counter!("kms_audit_integrity_failed_total").absolute(0);
+    counter!("kms_audit_checkpoint_deferred_total").absolute(0);
     gauge!("attestation_ready").set(0.0);
     gauge!("kms_attestation_required").set(0.0);
 }

@@ -379,3 +379,65 @@ async fn segments_rotate_by_size_and_the_chain_spans_them() {
     assert_eq!(nums.len(), 3, "{text}");
     assert_eq!(nums[0] - nums[1], 300, "{text}");
 }
+
+/// When the audit key cannot sign (custody away), appends still succeed and
+/// stay hash-chained; the checkpoint is written once the key signs again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpoints_are_deferred_while_the_audit_key_cannot_sign() {
+    use ed25519_dalek::Signer as _;
+    use ron_kms::audit::{verify_dir, AuditLog, Event, Options, Sink};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    ron_kms::telemetry::init();
+    let dir = tempfile::tempdir().unwrap();
+    let audit_dir = dir.path().join("audit");
+    let key = ed25519_dalek::SigningKey::from_bytes(&[7u8; 32]);
+    let public = key.verifying_key().to_bytes().to_vec();
+    let custody_up = std::sync::Arc::new(AtomicBool::new(true));
+    let up = custody_up.clone();
+    let signer: ron_kms::audit::Signer = std::sync::Arc::new(move |m: &[u8]| {
+        if up.load(Ordering::SeqCst) {
+            Ok(key.sign(m).to_bytes().to_vec())
+        } else {
+            Err("custody unavailable".into())
+        }
+    });
+    let opts = Options {
+        sink: Sink::Dir(audit_dir.clone()),
+        checkpoint_interval: 5,
+        max_file_bytes: 1 << 20,
+    };
+    let log = tokio::task::spawn_blocking({
+        let public = public.clone();
+        move || AuditLog::start_blocking(opts, &public, signer)
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let event = |i: u32| Event {
+        tenant: "t".into(),
+        op: "verify",
+        kid: format!("k#v{i}"),
+        result: "ok".into(),
+        ..Event::default()
+    };
+    custody_up.store(false, Ordering::SeqCst);
+    for i in 0..20 {
+        log.append(event(i))
+            .await
+            .expect("appends succeed while the audit key cannot sign");
+    }
+    let s = verify_dir(&audit_dir, Some(&public)).unwrap();
+    assert_eq!(s.checkpoints, 0, "no checkpoint could be signed");
+    assert_eq!(s.unsealed_tail, 20, "every record is durable and chained");
+    assert!(common::metric("kms_audit_checkpoint_deferred_total") >= 1.0);
+
+    custody_up.store(true, Ordering::SeqCst);
+    // the deferral lasts one checkpoint period (1 s); then the next append
+    // is sealed
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    log.append(event(20)).await.unwrap();
+    let s = verify_dir(&audit_dir, Some(&public)).unwrap();
+    assert!(s.checkpoints >= 1, "sealed once the key signs again: {s:?}");
+    assert_eq!(s.unsealed_tail, 0);
+    log.close().await;
+}

@@ -31,6 +31,10 @@ async fn swtpm_killed_mid_load_fails_fast_and_every_key_works_after_restart() {
     let pq = c.create("pq", "ml-dsa-65").await.unwrap();
     c.create("aes", "aes-256-gcm").await.unwrap();
     let wrapped = c.wrap("aes", b"data key", b"ctx").await.unwrap();
+    let before = c.sign("native", MSG).await.unwrap().signature;
+    // (a verify now puts the public key in the verify cache, which answers
+    // while custody is marked down: docs/pq-policy.md)
+    assert!(c.verify("native", MSG, &before).await.unwrap().valid);
     let reconnects_before = common::metric("backend_reconnects_total");
 
     // a signing load: four clients, native and sealed keys
@@ -66,6 +70,12 @@ async fn swtpm_killed_mid_load_fails_fast_and_every_key_works_after_restart() {
         (s.ok, s.errors.len())
     };
     assert!(errors_while_down > 0, "calls fail while the TPM is away");
+    // verification is software on the stored public key: the TPM's absence
+    // does not touch it
+    assert!(
+        c.verify("native", MSG, &before).await.unwrap().valid,
+        "verify works while the TPM is away"
+    );
 
     // back, on the same state dir: the same seeds, so the same SRK
     tokio::task::block_in_place(|| srv.tpm.as_mut().unwrap().restart());
@@ -168,4 +178,60 @@ async fn a_full_queue_sheds_load_as_overloaded_and_does_not_open_the_breaker() {
         ron_kms::backend::breaker::BreakerState::Closed,
         "shedding is not a device failure"
     );
+}
+
+/// The real binary, configured through the environment as an operator
+/// would (`KMS_BACKEND=tpm`, `KMS_TPM_TCTI`): keys are created in the TPM
+/// and survive a restart of ron-kms on the same data dir and TPM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_serves_from_a_tpm_configured_by_env_and_keeps_keys_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let tpm = common::swtpm::Swtpm::start(&dir.path().join("tpm"));
+    let data = dir.path().join("data");
+    let tcti = tpm.tcti();
+    let envs: Vec<(&str, &std::ffi::OsStr)> = vec![
+        ("KMS_BACKEND", "tpm".as_ref()),
+        ("KMS_TPM_TCTI", tcti.as_ref()),
+    ];
+    let args = ["--data-dir".as_ref(), data.as_os_str()];
+    let served = tokio::task::block_in_place(|| common::process::serve_with(&args, &envs, None));
+    let token = served.token.clone().unwrap();
+    let mut c = common::Client::connect_to(
+        Front::Http,
+        &served.grpc,
+        &format!("http://{}", served.http),
+        &token,
+    )
+    .await;
+    let key = c.create("k", "ecdsa-p256").await.unwrap();
+    let first = c.sign("k", MSG).await.unwrap().signature;
+    assert!(independent::verify(
+        "ecdsa-p256",
+        &key.versions[0].public_key_der,
+        MSG,
+        &first
+    ));
+    // the handle in the store is a TPM blob, not a software key
+    drop(c);
+    assert!(tokio::task::block_in_place(|| served.terminate()).success());
+    let h = common::stored_handle(&data, "admin", "k", 1).unwrap();
+    assert!(h.starts_with(b"TPM\x01"), "native TPM handle");
+
+    let served = tokio::task::block_in_place(|| common::process::serve_with(&args, &envs, None));
+    let mut c = common::Client::connect_to(
+        Front::Grpc,
+        &served.grpc,
+        &format!("http://{}", served.http),
+        &token,
+    )
+    .await;
+    let again = c.sign("k", MSG).await.unwrap().signature;
+    assert!(independent::verify(
+        "ecdsa-p256",
+        &key.versions[0].public_key_der,
+        MSG,
+        &again
+    ));
+    drop(c);
+    drop(served);
 }

@@ -104,6 +104,9 @@ struct Writer {
     prev: [u8; 32],
     since_checkpoint: u64,
     last_checkpoint: Instant,
+    /// After the audit key could not sign (custody away), no checkpoint is
+    /// tried before this instant.
+    deferred_until: Option<Instant>,
     interval: u64,
     max_file_bytes: u64,
     signer: Signer,
@@ -160,10 +163,39 @@ impl Writer {
         Ok(())
     }
 
+    /// A checkpoint where one is due, unless signing failed a moment ago.
+    /// When the audit key cannot sign (custody is away) the checkpoint is
+    /// deferred: records are still hash-chained and made durable, requests
+    /// that do not need custody go on, and the checkpoint is tried again
+    /// after [`CHECKPOINT_EVERY`] (`kms_audit_checkpoint_deferred_total`).
+    /// Returns whether a checkpoint was written.
+    fn try_checkpoint(&mut self) -> bool {
+        if self.deferred_until.is_some_and(|t| Instant::now() < t) {
+            return false;
+        }
+        match self.checkpoint() {
+            Ok(()) => {
+                if self.deferred_until.take().is_some() {
+                    tracing::info!("audit checkpoint written after a deferral");
+                }
+                true
+            }
+            Err(e) => {
+                if self.deferred_until.is_none() {
+                    tracing::warn!(error = %e, unsealed = self.since_checkpoint, "audit checkpoint deferred: the audit key could not sign");
+                }
+                self.deferred_until = Some(Instant::now() + CHECKPOINT_EVERY);
+                metrics::counter!("kms_audit_checkpoint_deferred_total").increment(1);
+                false
+            }
+        }
+    }
+
     fn checkpoint_due(&self) -> bool {
         self.since_checkpoint > 0
             && (self.since_checkpoint >= self.interval
                 || self.last_checkpoint.elapsed() >= CHECKPOINT_EVERY)
+            && self.deferred_until.is_none_or(|t| Instant::now() >= t)
     }
 
     /// Write what is pending with one fsync; rotate the segment by size.
@@ -224,14 +256,10 @@ impl Writer {
             }));
             self.since_checkpoint += 1;
             if self.since_checkpoint >= self.interval {
-                self.checkpoint()?;
+                self.try_checkpoint();
             }
         }
-        let mut sealed = false;
-        if self.checkpoint_due() {
-            self.checkpoint()?;
-            sealed = true;
-        }
+        let sealed = self.checkpoint_due() && self.try_checkpoint();
         self.commit(sealed || self.since_checkpoint == 0)?;
         Ok(seqs)
     }
@@ -296,6 +324,7 @@ impl AuditLog {
             prev: [0u8; 32],
             since_checkpoint: 0,
             last_checkpoint: Instant::now(),
+            deferred_until: None,
             interval: opts.checkpoint_interval.max(1),
             max_file_bytes: opts.max_file_bytes.max(4096),
             signer,
@@ -496,7 +525,9 @@ async fn run(mut w: Writer, mut rx: mpsc::Receiver<Msg>, broken: bool) {
                 let mut res = w.write_batch(events);
                 if closing_now && w.since_checkpoint > 0 {
                     res = match res {
-                        Ok(seqs) => w.checkpoint().and_then(|_| w.commit(true)).map(|_| seqs),
+                        // when custody is away the tail stays unsealed; the
+                        // next start seals it
+                        Ok(seqs) if w.try_checkpoint() => w.commit(true).map(|_| seqs),
                         e => e,
                     };
                 }
