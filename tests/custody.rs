@@ -129,16 +129,8 @@ fn the_data_dir_holds_no_private_key_in_the_clear() {
     }
     let on_disk = disk_windows(&[dir.path().join("data")]);
     for (i, (private, public)) in secrets.iter().enumerate() {
-        // Every 16-byte window of the private encoding. Some encodings embed
-        // public values (a P-256 PKCS#8 carries the public point, an ML-KEM
-        // decapsulation key carries the encapsulation key, an ML-DSA key
-        // shares rho with its public key): windows that also occur in the
-        // public key are public and are skipped.
         let mut checked = 0;
-        for (off, w) in private.windows(16).enumerate() {
-            if public.windows(16).any(|p| p == w) {
-                continue;
-            }
+        for (off, w) in common::private_windows(private, public) {
             checked += 1;
             if on_disk.contains(w) {
                 let hits = files_containing(&dir.path().join("data"), w);
@@ -152,7 +144,6 @@ fn the_data_dir_holds_no_private_key_in_the_clear() {
     }
 }
 
-/// Every 16-byte window of every file under `dir`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_master_key_or_a_second_process_is_refused() {
     let srv = TestServer::start().await;

@@ -143,15 +143,10 @@ async fn token_keys_are_sensitive_and_pq_keys_are_sealed() {
                 &handle,
             )
             .unwrap();
-        // Every 16-byte window of the private encoding that is not also in
-        // the public key (an ML-DSA key shares rho with its public key; an
-        // ML-KEM decapsulation key embeds its encapsulation key).
+        // every wholly private 16-byte window of the private encoding
         let public = stored_public(&srv.data_dir(), "admin", &name, 1);
         let mut windows = 0;
-        for (off, w) in private.windows(16).enumerate() {
-            if public.windows(16).any(|p| p == w) {
-                continue;
-            }
+        for (off, w) in common::private_windows(&private, &public) {
             windows += 1;
             if on_disk.contains(w) {
                 let mut hits = files_containing(&srv.data_dir(), w);

@@ -235,3 +235,65 @@ async fn the_binary_serves_from_a_tpm_configured_by_env_and_keeps_keys_across_re
     drop(c);
     drop(served);
 }
+
+/// No private key is on disk in the clear: not in the data dir, not in the
+/// TPM's own state. Each sealed key is opened through the TPM (as the
+/// service does, from a fresh start on the same data dir and TPM) and every
+/// wholly private 16-byte window of it is searched for in both directories.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_private_key_in_the_clear_in_the_data_dir_or_the_tpm_state() {
+    use ron_kms::backend::soft::Sealer;
+    use ron_kms::backend::KeyLabel;
+    use ron_kms::crypto::Algorithm;
+    let mut srv = TestServer::start_tpm_with(|_, _| {}).await;
+    let mut c = srv.client(Front::Grpc, &srv.admin_token).await;
+    for alg in Algorithm::ALL {
+        c.create(&format!("k-{}", alg.as_str()), alg.as_str())
+            .await
+            .unwrap();
+    }
+    drop(c);
+    srv.stop().await;
+    let tpm_state = srv.tpm.as_ref().unwrap().state.clone();
+    let mut cfg = common::config(&srv.data_dir());
+    cfg.backend = srv.tpm.as_ref().unwrap().backend();
+    let opened = tokio::task::block_in_place(|| ron_kms::server::open_data_dir(&cfg)).unwrap();
+    let tpm = opened.tpm.clone().unwrap();
+    let on_disk = common::disk_windows(&[srv.data_dir(), tpm_state.clone()]);
+    let mut sealed = 0;
+    for alg in Algorithm::ALL {
+        let name = format!("k-{}", alg.as_str());
+        let handle = common::stored_handle(&srv.data_dir(), "admin", &name, 1).unwrap();
+        if alg == Algorithm::EcdsaP256 {
+            // its private part exists only inside the TPM-encrypted blob
+            assert!(handle.starts_with(b"TPM\x01"), "{name} is TPM-native");
+            continue;
+        }
+        assert!(handle.starts_with(b"TPM\x02"), "{name} is TPM-sealed");
+        let kid = format!("{name}#v1");
+        let private = tokio::task::block_in_place(|| {
+            tpm.unseal(
+                KeyLabel {
+                    tenant: "admin",
+                    kid: &kid,
+                    algorithm: alg,
+                },
+                &handle,
+            )
+        })
+        .unwrap();
+        let public = common::stored_public(&srv.data_dir(), "admin", &name, 1);
+        let mut windows = 0;
+        for (off, w) in common::private_windows(&private, &public) {
+            windows += 1;
+            assert!(
+                !on_disk.contains(w),
+                "{name}: private key bytes at offset {off} in the clear"
+            );
+        }
+        assert!(windows >= 16, "{name}: {windows} private windows checked");
+        sealed += 1;
+    }
+    assert_eq!(sealed, Algorithm::ALL.len() - 1);
+    drop(opened);
+}
