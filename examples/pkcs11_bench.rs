@@ -26,11 +26,14 @@ use cryptoki::object::Attribute;
 use cryptoki::session::UserType;
 use cryptoki::types::AuthPin;
 use ron_kms::config::{BackendKind, Config, PassphraseSource, Pkcs11Config};
-use ron_kms::proto::kms_client::KmsClient;
-use ron_kms::proto::{CreateKeyRequest, SignRequest};
+use ron_kms::proto::CreateKeyRequest;
 
 // The tests' throw-away SoftHSM2 token: temp dir, own SOFTHSM2_CONF,
 // softhsm2-util --init-token, a 0600 PIN file.
+// The closed-loop signing load both custody benchmarks use.
+#[path = "common/sign_load.rs"]
+mod sign_load;
+
 #[path = "../tests/common/softhsm.rs"]
 #[allow(dead_code)]
 mod softhsm;
@@ -154,68 +157,10 @@ fn main() {
         .find(|s| ctx.get_token_info(*s).unwrap().label().trim_end() == LABEL)
         .unwrap();
 
-    let service = |inflight: usize| -> f64 {
-        rt.block_on(async {
-            let done = Arc::new(AtomicU64::new(0));
-            let deadline = Instant::now() + Duration::from_secs_f64(secs);
-            let t = Instant::now();
-            let mut tasks = Vec::new();
-            for _ in 0..inflight {
-                let (kms, caller, done) = (kms.clone(), caller.clone(), done.clone());
-                tasks.push(tokio::spawn(async move {
-                    while Instant::now() < deadline {
-                        let r = kms
-                            .sign(
-                                &caller,
-                                SignRequest {
-                                    key: "p256".into(),
-                                    message: MSG.to_vec(),
-                                    op_id: String::new(),
-                                },
-                            )
-                            .await
-                            .unwrap();
-                        assert!(!r.signature.is_empty());
-                        done.fetch_add(1, Ordering::Relaxed);
-                    }
-                }));
-            }
-            for t in tasks {
-                t.await.unwrap();
-            }
-            done.load(Ordering::Relaxed) as f64 / t.elapsed().as_secs_f64()
-        })
-    };
-    let grpc = |inflight: usize| -> f64 {
-        rt.block_on(async {
-            let addr = format!("http://{}", running.grpc_addr);
-            let auth: tonic::metadata::MetadataValue<_> =
-                format!("Bearer {token}").parse().unwrap();
-            let done = Arc::new(AtomicU64::new(0));
-            let deadline = Instant::now() + Duration::from_secs_f64(secs);
-            let t = Instant::now();
-            let mut tasks = Vec::new();
-            for _ in 0..inflight {
-                let mut c = KmsClient::connect(addr.clone()).await.unwrap();
-                let (auth, done) = (auth.clone(), done.clone());
-                tasks.push(tokio::spawn(async move {
-                    while Instant::now() < deadline {
-                        let mut r = tonic::Request::new(SignRequest {
-                            key: "p256".into(),
-                            message: MSG.to_vec(),
-                            op_id: String::new(),
-                        });
-                        r.metadata_mut().insert("authorization", auth.clone());
-                        c.sign(r).await.unwrap();
-                        done.fetch_add(1, Ordering::Relaxed);
-                    }
-                }));
-            }
-            for t in tasks {
-                t.await.unwrap();
-            }
-            done.load(Ordering::Relaxed) as f64 / t.elapsed().as_secs_f64()
-        })
+    let service =
+        |inflight: usize| sign_load::service(&rt, &kms, &caller, "p256", MSG, inflight, secs);
+    let grpc = |inflight: usize| {
+        sign_load::grpc(&rt, running.grpc_addr, &token, "p256", MSG, inflight, secs)
     };
 
     // warm-up

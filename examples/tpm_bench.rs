@@ -19,26 +19,19 @@
 //! cargo run --release --example tpm_bench -- [seconds per run, default 3] [rounds, default 5]
 //! ```
 use std::str::FromStr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
+use ron_kms::backend::tpm;
 use ron_kms::config::Config;
-use ron_kms::proto::kms_client::KmsClient;
-use ron_kms::proto::{CreateKeyRequest, SignRequest};
-use tss_esapi::attributes::ObjectAttributesBuilder;
-use tss_esapi::constants::tss::{TPM2_RH_NULL, TPM2_ST_HASHCHECK};
-use tss_esapi::interface_types::algorithm::{HashingAlgorithm, PublicAlgorithm};
-use tss_esapi::interface_types::ecc::EccCurve;
+use ron_kms::proto::CreateKeyRequest;
 use tss_esapi::interface_types::resource_handles::Hierarchy;
 use tss_esapi::interface_types::session_handles::AuthSession;
-use tss_esapi::structures::{
-    Digest, EccPoint, EccScheme, HashScheme, HashcheckTicket, PublicBuilder,
-    PublicEccParametersBuilder, SignatureScheme, SymmetricDefinitionObject,
-};
-use tss_esapi::tss2_esys::TPMT_TK_HASHCHECK;
-use tss_esapi::utils::create_unrestricted_signing_ecc_public;
+use tss_esapi::structures::{Digest, SignatureScheme};
 use tss_esapi::{Context, TctiNameConf};
+
+// The closed-loop signing load both custody benchmarks use.
+#[path = "common/sign_load.rs"]
+mod sign_load;
 
 // The tests' throw-away swtpm: own state dir, two free loopback ports.
 #[path = "../tests/common/swtpm.rs"]
@@ -46,16 +39,6 @@ use tss_esapi::{Context, TctiNameConf};
 mod swtpm;
 
 const MSG: &[u8] = b"benchmark message";
-
-fn ticket() -> HashcheckTicket {
-    TPMT_TK_HASHCHECK {
-        tag: TPM2_ST_HASHCHECK,
-        hierarchy: TPM2_RH_NULL,
-        digest: Default::default(),
-    }
-    .try_into()
-    .unwrap()
-}
 
 /// An ESAPI context on `tcti` with an ECC P-256 SRK and one ECDSA key
 /// created under it (blobs kept, not loaded).
@@ -70,40 +53,19 @@ impl Direct {
     fn new(tcti: &str) -> Self {
         let mut ctx = Context::new(TctiNameConf::from_str(tcti).unwrap()).unwrap();
         ctx.set_sessions((Some(AuthSession::Password), None, None));
-        let attrs = ObjectAttributesBuilder::new()
-            .with_fixed_tpm(true)
-            .with_fixed_parent(true)
-            .with_sensitive_data_origin(true)
-            .with_user_with_auth(true)
-            .with_no_da(true)
-            .with_restricted(true)
-            .with_decrypt(true)
-            .build()
-            .unwrap();
-        let srk_t = PublicBuilder::new()
-            .with_public_algorithm(PublicAlgorithm::Ecc)
-            .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
-            .with_object_attributes(attrs)
-            .with_ecc_parameters(
-                PublicEccParametersBuilder::new_restricted_decryption_key(
-                    SymmetricDefinitionObject::AES_128_CFB,
-                    EccCurve::NistP256,
-                )
-                .build()
-                .unwrap(),
-            )
-            .with_ecc_unique_identifier(EccPoint::default())
-            .build()
-            .unwrap();
+        // the same templates the backend uses, so both sides do the same work
         let srk = ctx
-            .create_primary(Hierarchy::Owner, srk_t, None, None, None, None)
+            .create_primary(
+                Hierarchy::Owner,
+                tpm::srk_template().unwrap(),
+                None,
+                None,
+                None,
+                None,
+            )
             .unwrap()
             .key_handle;
-        let key_t = create_unrestricted_signing_ecc_public(
-            EccScheme::EcDsa(HashScheme::new(HashingAlgorithm::Sha256)),
-            EccCurve::NistP256,
-        )
-        .unwrap();
+        let key_t = tpm::signing_key_template().unwrap();
         let k = ctx.create(srk, key_t, None, None, None, None).unwrap();
         Direct {
             ctx,
@@ -131,7 +93,12 @@ impl Direct {
                 .load(self.srk, self.private.clone(), self.public.clone())
                 .unwrap();
             self.ctx
-                .sign(h, Self::digest(), SignatureScheme::Null, ticket())
+                .sign(
+                    h,
+                    Self::digest(),
+                    SignatureScheme::Null,
+                    tpm::null_ticket().unwrap(),
+                )
                 .unwrap();
             self.ctx.flush_context(h.into()).unwrap();
             n += 1;
@@ -148,7 +115,12 @@ impl Direct {
         let (t, mut n) = (Instant::now(), 0u64);
         while t.elapsed().as_secs_f64() < secs {
             self.ctx
-                .sign(h, Self::digest(), SignatureScheme::Null, ticket())
+                .sign(
+                    h,
+                    Self::digest(),
+                    SignatureScheme::Null,
+                    tpm::null_ticket().unwrap(),
+                )
                 .unwrap();
             n += 1;
         }
@@ -201,68 +173,10 @@ fn main() {
     ))
     .unwrap();
 
-    let service = |inflight: usize| -> f64 {
-        rt.block_on(async {
-            let done = Arc::new(AtomicU64::new(0));
-            let deadline = Instant::now() + Duration::from_secs_f64(secs);
-            let t = Instant::now();
-            let mut tasks = Vec::new();
-            for _ in 0..inflight {
-                let (kms, caller, done) = (kms.clone(), caller.clone(), done.clone());
-                tasks.push(tokio::spawn(async move {
-                    while Instant::now() < deadline {
-                        let r = kms
-                            .sign(
-                                &caller,
-                                SignRequest {
-                                    key: "p256".into(),
-                                    message: MSG.to_vec(),
-                                    op_id: String::new(),
-                                },
-                            )
-                            .await
-                            .unwrap();
-                        assert!(!r.signature.is_empty());
-                        done.fetch_add(1, Ordering::Relaxed);
-                    }
-                }));
-            }
-            for t in tasks {
-                t.await.unwrap();
-            }
-            done.load(Ordering::Relaxed) as f64 / t.elapsed().as_secs_f64()
-        })
-    };
-    let grpc = |inflight: usize| -> f64 {
-        rt.block_on(async {
-            let addr = format!("http://{}", running.grpc_addr);
-            let auth: tonic::metadata::MetadataValue<_> =
-                format!("Bearer {token}").parse().unwrap();
-            let done = Arc::new(AtomicU64::new(0));
-            let deadline = Instant::now() + Duration::from_secs_f64(secs);
-            let t = Instant::now();
-            let mut tasks = Vec::new();
-            for _ in 0..inflight {
-                let mut c = KmsClient::connect(addr.clone()).await.unwrap();
-                let (auth, done) = (auth.clone(), done.clone());
-                tasks.push(tokio::spawn(async move {
-                    while Instant::now() < deadline {
-                        let mut r = tonic::Request::new(SignRequest {
-                            key: "p256".into(),
-                            message: MSG.to_vec(),
-                            op_id: String::new(),
-                        });
-                        r.metadata_mut().insert("authorization", auth.clone());
-                        c.sign(r).await.unwrap();
-                        done.fetch_add(1, Ordering::Relaxed);
-                    }
-                }));
-            }
-            for t in tasks {
-                t.await.unwrap();
-            }
-            done.load(Ordering::Relaxed) as f64 / t.elapsed().as_secs_f64()
-        })
+    let service =
+        |inflight: usize| sign_load::service(&rt, &kms, &caller, "p256", MSG, inflight, secs);
+    let grpc = |inflight: usize| {
+        sign_load::grpc(&rt, running.grpc_addr, &token, "p256", MSG, inflight, secs)
     };
 
     // warm-up

@@ -432,12 +432,20 @@ async fn checkpoints_are_deferred_while_the_audit_key_cannot_sign() {
     assert!(common::metric("kms_audit_checkpoint_deferred_total") >= 1.0);
 
     custody_up.store(true, Ordering::SeqCst);
-    // the deferral lasts one checkpoint period (1 s); then the next append
-    // is sealed
-    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
-    log.append(event(20)).await.unwrap();
-    let s = verify_dir(&audit_dir, Some(&public)).unwrap();
-    assert!(s.checkpoints >= 1, "sealed once the key signs again: {s:?}");
-    assert_eq!(s.unsealed_tail, 0);
+    // the deferral lasts one checkpoint period (1 s); the writer's next
+    // tick after it seals the tail
+    let t = std::time::Instant::now();
+    loop {
+        let s = verify_dir(&audit_dir, Some(&public)).unwrap();
+        if s.checkpoints >= 1 && s.unsealed_tail == 0 {
+            assert_eq!(s.records, 21, "20 events and one checkpoint: {s:?}");
+            break;
+        }
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(10),
+            "not sealed within 10 s of the key signing again: {s:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     log.close().await;
 }

@@ -17,14 +17,11 @@
 //! Any failed check makes the attestation fail with the reason; the service
 //! keeps the result as its `attestation_ready` state (docs/tpm.md).
 use tss_esapi::abstraction::pcr::read_all;
-use tss_esapi::attributes::ObjectAttributesBuilder;
-use tss_esapi::interface_types::algorithm::{HashingAlgorithm, PublicAlgorithm};
-use tss_esapi::interface_types::ecc::EccCurve;
+use tss_esapi::interface_types::algorithm::HashingAlgorithm;
 use tss_esapi::interface_types::resource_handles::Hierarchy;
 use tss_esapi::interface_types::structure_tags::AttestationType;
 use tss_esapi::structures::{
-    Attest, AttestInfo, Data, EccPoint, EccScheme, HashScheme, PcrSelectionListBuilder, PcrSlot,
-    Public, PublicBuilder, PublicEccParametersBuilder, Signature, SignatureScheme,
+    Attest, AttestInfo, Data, PcrSelectionListBuilder, PcrSlot, Public, Signature, SignatureScheme,
 };
 use tss_esapi::traits::Marshall;
 
@@ -125,30 +122,7 @@ impl AttestationSettings {
 /// The attestation key: ECC P-256, restricted to signing TPM-generated
 /// structures (a quote), ECDSA with SHA-256.
 fn ak_template() -> tss_esapi::Result<Public> {
-    let attrs = ObjectAttributesBuilder::new()
-        .with_fixed_tpm(true)
-        .with_fixed_parent(true)
-        .with_sensitive_data_origin(true)
-        .with_user_with_auth(true)
-        .with_no_da(true)
-        .with_restricted(true)
-        .with_sign_encrypt(true)
-        .with_decrypt(false)
-        .build()?;
-    PublicBuilder::new()
-        .with_public_algorithm(PublicAlgorithm::Ecc)
-        .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
-        .with_object_attributes(attrs)
-        .with_ecc_parameters(
-            PublicEccParametersBuilder::new_unrestricted_signing_key(
-                EccScheme::EcDsa(HashScheme::new(HashingAlgorithm::Sha256)),
-                EccCurve::NistP256,
-            )
-            .with_restricted(true)
-            .build()?,
-        )
-        .with_ecc_unique_identifier(EccPoint::default())
-        .build()
+    super::ecdsa_p256_template(true)
 }
 
 fn slot(i: u8) -> tss_esapi::Result<PcrSlot> {

@@ -128,16 +128,23 @@ fn tss_err(what: &str, e: tss_esapi::Error) -> String {
     format!("{what}: {e}")
 }
 
-/// The storage root key's template: an ECC P-256 restricted decryption
-/// key (AES-128-CFB for its children), as the TCG's provisioning guidance
-/// describes; the same template under the same seed gives the same key.
-fn srk_template() -> tss_esapi::Result<Public> {
-    let attrs = ObjectAttributesBuilder::new()
+/// What every key ron-kms has the TPM generate shares: it cannot leave
+/// this TPM or its parent, the TPM made its secret, it is used with its
+/// (empty) authValue, and it is exempt from dictionary-attack lockout.
+pub(crate) fn key_attributes() -> ObjectAttributesBuilder {
+    ObjectAttributesBuilder::new()
         .with_fixed_tpm(true)
         .with_fixed_parent(true)
         .with_sensitive_data_origin(true)
         .with_user_with_auth(true)
         .with_no_da(true)
+}
+
+/// The storage root key's template: an ECC P-256 restricted decryption
+/// key (AES-128-CFB for its children), as the TCG's provisioning guidance
+/// describes; the same template under the same seed gives the same key.
+pub fn srk_template() -> tss_esapi::Result<Public> {
+    let attrs = key_attributes()
         .with_restricted(true)
         .with_decrypt(true)
         .build()?;
@@ -158,16 +165,17 @@ fn srk_template() -> tss_esapi::Result<Public> {
 
 /// An ECDSA P-256 (SHA-256) signing key: generated in the TPM, never
 /// duplicable (`fixedTPM`, `fixedParent`), signing only.
-fn signing_key_template() -> tss_esapi::Result<Public> {
-    let attrs = ObjectAttributesBuilder::new()
-        .with_fixed_tpm(true)
-        .with_fixed_parent(true)
-        .with_sensitive_data_origin(true)
-        .with_user_with_auth(true)
-        .with_no_da(true)
+pub fn signing_key_template() -> tss_esapi::Result<Public> {
+    ecdsa_p256_template(false)
+}
+
+/// ECDSA P-256 with SHA-256, signing only; `restricted` keys (the
+/// attestation key) sign only structures the TPM itself produced.
+pub(crate) fn ecdsa_p256_template(restricted: bool) -> tss_esapi::Result<Public> {
+    let attrs = key_attributes()
         .with_sign_encrypt(true)
         .with_decrypt(false)
-        .with_restricted(false)
+        .with_restricted(restricted)
         .build()?;
     PublicBuilder::new()
         .with_public_algorithm(PublicAlgorithm::Ecc)
@@ -178,6 +186,7 @@ fn signing_key_template() -> tss_esapi::Result<Public> {
                 EccScheme::EcDsa(HashScheme::new(HashingAlgorithm::Sha256)),
                 EccCurve::NistP256,
             )
+            .with_restricted(restricted)
             .build()?,
         )
         .with_ecc_unique_identifier(EccPoint::default())
@@ -364,7 +373,7 @@ pub(crate) fn p256_point(public: &Public) -> Result<Vec<u8>, BackendError> {
 
 /// The hash-check ticket `TPM2_Sign` wants for a digest it did not compute
 /// itself: the null ticket, allowed for unrestricted keys.
-fn null_ticket() -> tss_esapi::Result<tss_esapi::structures::HashcheckTicket> {
+pub fn null_ticket() -> tss_esapi::Result<tss_esapi::structures::HashcheckTicket> {
     TPMT_TK_HASHCHECK {
         tag: TPM2_ST_HASHCHECK,
         hierarchy: TPM2_RH_NULL,
