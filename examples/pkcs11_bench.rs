@@ -26,7 +26,6 @@ use cryptoki::object::Attribute;
 use cryptoki::session::UserType;
 use cryptoki::types::AuthPin;
 use ron_kms::config::{BackendKind, Config, PassphraseSource, Pkcs11Config};
-use ron_kms::proto::CreateKeyRequest;
 
 // The tests' throw-away SoftHSM2 token: temp dir, own SOFTHSM2_CONF,
 // softhsm2-util --init-token, a 0600 PIN file.
@@ -128,21 +127,12 @@ fn main() {
         pin: PassphraseSource::File(hsm.pin_file.clone()),
         pool_size: 4,
     });
-    let running = rt.block_on(ron_kms::server::start(&cfg)).unwrap();
-    let token = running.bootstrap_token.clone().unwrap();
-    let kms = running.kms.clone();
-    let caller = rt
-        .block_on(kms.authenticate(Some(&format!("Bearer {token}")), "bench".into()))
-        .unwrap();
-    rt.block_on(kms.create_key(
-        &caller,
-        CreateKeyRequest {
-            name: "p256".into(),
-            algorithm: "ecdsa-p256".into(),
-            ..Default::default()
-        },
-    ))
-    .unwrap();
+    let sign_load::Served {
+        running,
+        token,
+        kms,
+        caller,
+    } = sign_load::start_with_p256(&rt, &cfg);
 
     // the direct client: the module is already initialised in this process
     let ctx = Pkcs11::new(module()).unwrap();

@@ -23,7 +23,6 @@ use std::time::Instant;
 
 use ron_kms::backend::tpm;
 use ron_kms::config::Config;
-use ron_kms::proto::CreateKeyRequest;
 use tss_esapi::interface_types::resource_handles::Hierarchy;
 use tss_esapi::interface_types::session_handles::AuthSession;
 use tss_esapi::structures::{Digest, SignatureScheme};
@@ -157,21 +156,12 @@ fn main() {
     let audit = std::env::var("RON_KMS_BENCH_AUDIT").unwrap_or_else(|_| "on".into());
     cfg.audit_off_for_benchmarks = audit == "off";
     cfg.backend = tpm_service.backend();
-    let running = rt.block_on(ron_kms::server::start(&cfg)).unwrap();
-    let token = running.bootstrap_token.clone().unwrap();
-    let kms = running.kms.clone();
-    let caller = rt
-        .block_on(kms.authenticate(Some(&format!("Bearer {token}")), "bench".into()))
-        .unwrap();
-    rt.block_on(kms.create_key(
-        &caller,
-        CreateKeyRequest {
-            name: "p256".into(),
-            algorithm: "ecdsa-p256".into(),
-            ..Default::default()
-        },
-    ))
-    .unwrap();
+    let sign_load::Served {
+        running,
+        token,
+        kms,
+        caller,
+    } = sign_load::start_with_p256(&rt, &cfg);
 
     let service =
         |inflight: usize| sign_load::service(&rt, &kms, &caller, "p256", MSG, inflight, secs);

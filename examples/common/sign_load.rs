@@ -6,9 +6,45 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ron_kms::auth::Caller;
+use ron_kms::config::Config;
 use ron_kms::proto::kms_client::KmsClient;
-use ron_kms::proto::SignRequest;
+use ron_kms::proto::{CreateKeyRequest, SignRequest};
+use ron_kms::server::Running;
 use ron_kms::service::KmsService;
+
+/// A started server with an ECDSA P-256 key named `p256`, and the
+/// bootstrap token and caller to sign with.
+pub struct Served {
+    pub running: Running,
+    pub token: String,
+    pub kms: Arc<KmsService>,
+    pub caller: Caller,
+}
+
+/// Start ron-kms on `cfg` and create the `p256` key.
+pub fn start_with_p256(rt: &tokio::runtime::Runtime, cfg: &Config) -> Served {
+    let running = rt.block_on(ron_kms::server::start(cfg)).unwrap();
+    let token = running.bootstrap_token.clone().unwrap();
+    let kms = running.kms.clone();
+    let caller = rt
+        .block_on(kms.authenticate(Some(&format!("Bearer {token}")), "bench".into()))
+        .unwrap();
+    rt.block_on(kms.create_key(
+        &caller,
+        CreateKeyRequest {
+            name: "p256".into(),
+            algorithm: "ecdsa-p256".into(),
+            ..Default::default()
+        },
+    ))
+    .unwrap();
+    Served {
+        running,
+        token,
+        kms,
+        caller,
+    }
+}
 
 fn request(key: &str, msg: &[u8]) -> SignRequest {
     SignRequest {

@@ -58,7 +58,12 @@ impl TestServer {
         let dir = tempfile::tempdir().unwrap();
         let mut cfg = config(&dir.path().join("data"));
         f(&mut cfg);
-        let running = server::start(&cfg).await.unwrap();
+        Self::start_in(dir, &cfg, None).await
+    }
+
+    /// Serve `cfg` in-process from `dir` (with its swtpm, if any).
+    async fn start_in(dir: tempfile::TempDir, cfg: &Config, tpm: Option<swtpm::Swtpm>) -> Self {
+        let running = server::start(cfg).await.unwrap();
         let admin_token = running
             .bootstrap_token
             .clone()
@@ -66,7 +71,7 @@ impl TestServer {
         TestServer {
             dir,
             running: Some(running),
-            tpm: None,
+            tpm,
             process: None,
             hsm: None,
             admin_token,
@@ -81,19 +86,7 @@ impl TestServer {
         let mut cfg = config(&dir.path().join("data"));
         cfg.backend = tpm.backend();
         f(&mut cfg, &tpm);
-        let running = server::start(&cfg).await.unwrap();
-        let admin_token = running
-            .bootstrap_token
-            .clone()
-            .expect("first start bootstraps");
-        TestServer {
-            dir,
-            running: Some(running),
-            tpm: Some(tpm),
-            process: None,
-            hsm: None,
-            admin_token,
-        }
+        Self::start_in(dir, &cfg, Some(tpm)).await
     }
 
     /// A server on `custody`: in-process for sealed-file; for PKCS#11 a
