@@ -17,8 +17,10 @@ set -euo pipefail
 missing=()
 command -v cmake >/dev/null 2>&1 || missing+=(cmake)
 command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
-if ! ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 \
-    && ! ls /usr/lib/x86_64-linux-gnu/libclang*.so* >/dev/null 2>&1; then
+# libclang itself (libclang.so or libclang-N.so), not libclang-cpp, which
+# some images ship alone and bindgen cannot use
+if ! ls /usr/lib/llvm-*/lib/libclang.so* >/dev/null 2>&1 \
+    && ! ls /usr/lib/*/libclang-[0-9]*.so* >/dev/null 2>&1; then
     missing+=(libclang-dev)
 fi
 command -v cc >/dev/null 2>&1 || missing+=(build-essential)

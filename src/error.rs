@@ -56,6 +56,20 @@ pub enum Error {
     /// longer) verified: private-key operations are refused.
     #[error("attestation required but not verified: {0}")]
     AttestationMissing(String),
+    /// Admission refused the request before any work: the tenant is over
+    /// its fair share or its rate cap (429), or the service is saturated
+    /// (503). Carries the retry advice.
+    #[error("{}", shed_message(.0))]
+    Shed(crate::admission::Shed),
+    /// The request did not finish within the server's request timeout.
+    #[error("request timed out after {0} ms")]
+    Timeout(u64),
+    /// A compressed body expanded past the allowed ratio while inflating.
+    #[error("compressed request body expands more than {0}x")]
+    DecompressRatio(u64),
+    /// A `Content-Encoding` this server does not accept.
+    #[error("unsupported content encoding: {0}")]
+    UnsupportedEncoding(String),
     /// A dependency (custody device, store) is unavailable; retry later.
     #[error("service unavailable: {0}")]
     Unavailable(String),
@@ -66,6 +80,31 @@ pub enum Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+fn shed_message(s: &crate::admission::Shed) -> String {
+    use crate::admission::ShedKind;
+    let what = match s.kind {
+        ShedKind::TenantShare => "this tenant is over its fair share of",
+        ShedKind::RateLimit => "this tenant is over its rate limit for",
+        ShedKind::Overload => "the service is saturated for",
+    };
+    format!(
+        "{what} {} requests; retry after {} ms",
+        s.op.as_str(),
+        s.retry_after.as_millis().max(1)
+    )
+}
+
+impl Error {
+    /// How long a client should wait before retrying, when a retry can help.
+    pub fn retry_after_ms(&self) -> Option<u64> {
+        match self {
+            Error::Shed(s) => Some((s.retry_after.as_millis() as u64).max(1)),
+            Error::Timeout(_) | Error::Overloaded(_) | Error::Unavailable(_) => Some(1000),
+            _ => None,
+        }
+    }
+}
 
 impl From<crate::backend::BackendError> for Error {
     fn from(e: crate::backend::BackendError) -> Self {
@@ -79,6 +118,12 @@ impl From<crate::backend::BackendError> for Error {
             B::Busy(m) => Error::Overloaded(m),
             B::Attestation(m) => Error::AttestationMissing(m),
         }
+    }
+}
+
+impl From<crate::admission::Shed> for Error {
+    fn from(s: crate::admission::Shed) -> Self {
+        Error::Shed(s)
     }
 }
 

@@ -7,6 +7,7 @@
 //! `docs/architecture.md`.
 #![forbid(unsafe_code)]
 
+pub mod admission;
 pub mod api;
 pub mod audit;
 pub mod auth;
@@ -14,6 +15,7 @@ pub mod backend;
 pub mod config;
 pub mod crypto;
 pub mod error;
+pub mod ingress;
 pub mod keyring;
 pub mod policy;
 pub mod server;

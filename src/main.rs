@@ -154,6 +154,17 @@ struct Conn {
     /// File holding the bearer token.
     #[arg(long, global = true)]
     token_file: Option<PathBuf>,
+    /// CA bundle (PEM) that signed the server's certificate; needed for an
+    /// `https://` address.
+    #[arg(long, env = "KMS_CA_FILE", global = true)]
+    ca_file: Option<PathBuf>,
+    /// Client certificate (PEM) for mTLS; with --key-file it can stand in
+    /// for a token.
+    #[arg(long, env = "KMS_CLIENT_CERT_FILE", global = true)]
+    cert_file: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, env = "KMS_CLIENT_KEY_FILE", global = true)]
+    key_file: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -243,26 +254,57 @@ fn read_input(input: &Input) -> Result<Vec<u8>, Failure> {
 
 struct Client {
     inner: KmsClient<Channel>,
-    auth: tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
+    auth: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
 }
 
 impl Client {
     async fn connect(conn: &Conn) -> Result<Self, Failure> {
-        let token = match (&conn.token, &conn.token_file) {
-            (_, Some(f)) => std::fs::read_to_string(f)?.trim().to_string(),
-            (Some(t), None) => t.clone(),
-            (None, None) => return Err("no token: set KMS_TOKEN or pass --token-file".into()),
+        let identity = match (&conn.cert_file, &conn.key_file) {
+            (Some(c), Some(k)) => Some(tonic::transport::Identity::from_pem(
+                std::fs::read(c)?,
+                std::fs::read(k)?,
+            )),
+            (None, None) => None,
+            _ => return Err("--cert-file and --key-file go together".into()),
         };
-        let inner = KmsClient::connect(conn.addr.clone()).await?;
+        let token = match (&conn.token, &conn.token_file) {
+            (_, Some(f)) => Some(std::fs::read_to_string(f)?.trim().to_string()),
+            (Some(t), None) => Some(t.clone()),
+            (None, None) if identity.is_some() => None,
+            (None, None) => {
+                return Err("no token: set KMS_TOKEN, pass --token-file, or use a client certificate (--cert-file, --key-file)".into())
+            }
+        };
+        let mut endpoint = Channel::from_shared(conn.addr.clone())?;
+        if conn.addr.starts_with("https://") {
+            let ca = conn
+                .ca_file
+                .as_ref()
+                .ok_or("an https:// address needs --ca-file (or KMS_CA_FILE)")?;
+            let mut tls = tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(std::fs::read(ca)?));
+            if let Some(id) = identity {
+                tls = tls.identity(id);
+            }
+            endpoint = endpoint.tls_config(tls)?;
+        } else if identity.is_some() || conn.ca_file.is_some() {
+            return Err("--ca-file and client certificates need an https:// address".into());
+        }
+        let inner = KmsClient::new(endpoint.connect().await?);
         Ok(Client {
             inner,
-            auth: format!("Bearer {token}").parse()?,
+            auth: match token {
+                Some(t) => Some(format!("Bearer {t}").parse()?),
+                None => None,
+            },
         })
     }
 
     fn req<T>(&self, msg: T) -> tonic::Request<T> {
         let mut r = tonic::Request::new(msg);
-        r.metadata_mut().insert("authorization", self.auth.clone());
+        if let Some(a) = &self.auth {
+            r.metadata_mut().insert("authorization", a.clone());
+        }
         r
     }
 }

@@ -27,6 +27,7 @@ use crate::backend::tpm::{TpmBackend, TpmSettings};
 use crate::backend::Backend;
 use crate::config::{BackendKind, Config, MasterKeySource, PassphraseSource};
 use crate::crypto::{aead, Provider};
+use crate::ingress::Ingress;
 use crate::service::KmsService;
 use crate::store::sqlite::SqliteStore;
 use crate::store::Store;
@@ -326,6 +327,9 @@ pub struct Running {
     pub faults: Option<Arc<crate::backend::faults::Faults>>,
     /// The circuit breaker in front of custody.
     pub breaker: Arc<Breaker>,
+    /// The fronts' listeners (connection counts, limits).
+    pub grpc_ingress: Arc<Ingress>,
+    pub http_ingress: Arc<Ingress>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     _opened: Opened,
@@ -399,6 +403,9 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
             f.clone(),
         ));
         tracing::warn!("fault injection is on: custody can be switched off (chaos drills)");
+        if let Some(l) = cfg.fault_latency {
+            f.set_latency(l);
+        }
         f
     });
     crate::telemetry::init();
@@ -478,16 +485,44 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
             report_health(&health_reporter, ready).await;
         }
     });
+    // Ingress: both fronts accept through our own loop (connection cap,
+    // first-request and idle deadlines, TLS), one per front.
+    let (grpc_tls, http_tls, mtls) = match &cfg.tls {
+        Some(t) => {
+            let tls_err = |e: crate::api::tls::TlsError| StartError::Other(format!("tls: {e}"));
+            (
+                Some(crate::api::tls::server_config(t, &[b"h2"]).map_err(tls_err)?),
+                Some(crate::api::tls::server_config(t, &[b"h2", b"http/1.1"]).map_err(tls_err)?),
+                t.mtls.clone(),
+            )
+        }
+        None => {
+            for addr in [grpc_addr, http_addr] {
+                if !addr.ip().is_loopback() {
+                    tracing::warn!(%addr, "serving plain text on a non-loopback address; set KMS_TLS_CERT_FILE and KMS_TLS_KEY_FILE");
+                }
+            }
+            (None, None, None)
+        }
+    };
+    let limits = cfg.ingress.clone();
+    let grpc_ingress = Arc::new(Ingress::new(limits.clone(), grpc_tls, mtls.clone()));
+    let http_ingress = Arc::new(Ingress::new(limits.clone(), http_tls, mtls));
+
     let grpc_front = GrpcFront::new(kms.clone()).into_server();
+    let grpc_accepted = grpc_ingress.accept(grpc_listener, rx.clone());
     let mut grpc_rx = rx.clone();
     let grpc_task = tokio::spawn(async move {
         let res = tonic::transport::Server::builder()
+            .max_concurrent_streams(limits.h2_max_streams)
+            .http2_max_header_list_size(crate::ingress::MAX_HEADER_BYTES as u32)
+            .http2_max_pending_accept_reset_streams(Some(20))
             .layer(OversizeAsResourceExhausted)
             .add_service(health_service)
             .add_service(reflection)
             .add_service(grpc_front)
             .serve_with_incoming_shutdown(
-                tonic::transport::server::TcpIncoming::from(grpc_listener),
+                tokio_stream::wrappers::ReceiverStream::new(grpc_accepted),
                 async move {
                     let _ = grpc_rx.wait_for(|s| *s).await;
                 },
@@ -499,17 +534,12 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
     });
 
     let router = http::router(kms.clone());
-    let mut http_rx = rx.clone();
-    let http_task = tokio::spawn(async move {
-        let res = axum::serve(http_listener, router)
-            .with_graceful_shutdown(async move {
-                let _ = http_rx.wait_for(|s| *s).await;
-            })
-            .await;
-        if let Err(e) = res {
-            tracing::error!(error = %e, "HTTP server stopped with an error");
-        }
-    });
+    let http_accepted = http_ingress.accept(http_listener, rx.clone());
+    let http_task = tokio::spawn(http_ingress.clone().serve_http(
+        http_accepted,
+        router,
+        rx.clone(),
+    ));
 
     tracing::info!(%grpc_addr, %http_addr, backend = kms.backend().name(), keys = kms.key_count(), "ron-kms serving");
     Ok(Running {
@@ -519,6 +549,8 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
         kms,
         faults,
         breaker,
+        grpc_ingress,
+        http_ingress,
         shutdown: tx,
         tasks: {
             tasks.extend([grpc_task, http_task, health_task]);

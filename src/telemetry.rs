@@ -49,6 +49,8 @@ pub fn init() -> Option<&'static PrometheusHandle> {
                     LATENCY_BUCKETS,
                 )
                 .ok()?
+                .set_buckets_for_metric(Matcher::Full("kms_shed_seconds".into()), LATENCY_BUCKETS)
+                .ok()?
                 .set_buckets_for_metric(
                     Matcher::Full("kms_audit_batch_records".into()),
                     BATCH_BUCKETS,
@@ -77,6 +79,16 @@ fn describe() {
         "Requests refused before or instead of doing work, by reason"
     );
     describe_gauge!("kms_inflight", "Operations in progress, by op");
+    describe_histogram!(
+        "kms_shed_seconds",
+        Unit::Seconds,
+        "Server time spent on a request that admission refused, from its arrival at the front"
+    );
+    describe_gauge!("kms_admission_in_use", "Admission cost units in use, by op");
+    describe_gauge!(
+        "kms_admission_waiting",
+        "Requests waiting in the admission queue, by op"
+    );
     describe_counter!("backend_reconnects_total", "Custody device reconnects");
     describe_gauge!(
         "backend_breaker_state",
@@ -137,6 +149,12 @@ fn describe() {
 /// Count a refusal.
 pub fn reject(reason: &'static str) {
     counter!("kms_reject_total", "reason" => reason).increment(1);
+}
+
+/// Server time from a request's arrival at its front to the admission
+/// refusal's answer (`kms_shed_seconds{front}`): what a shed costs.
+pub fn shed_time(front: &'static str, elapsed: std::time::Duration) {
+    metrics::histogram!("kms_shed_seconds", "front" => front).record(elapsed.as_secs_f64());
 }
 
 /// The Prometheus text exposition.

@@ -109,6 +109,44 @@ pub fn classify(e: &Error) -> Class {
             "attestation_missing",
             false,
         ),
+        Shed(s) => match s.kind {
+            crate::admission::ShedKind::TenantShare => class(
+                StatusCode::TOO_MANY_REQUESTS,
+                Code::ResourceExhausted,
+                "tenant_share",
+                true,
+            ),
+            crate::admission::ShedKind::RateLimit => class(
+                StatusCode::TOO_MANY_REQUESTS,
+                Code::ResourceExhausted,
+                "rate_limit",
+                true,
+            ),
+            crate::admission::ShedKind::Overload => class(
+                StatusCode::SERVICE_UNAVAILABLE,
+                Code::Unavailable,
+                "saturated",
+                true,
+            ),
+        },
+        Timeout(_) => class(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Code::Unavailable,
+            "timeout",
+            true,
+        ),
+        DecompressRatio(_) => class(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            Code::ResourceExhausted,
+            "decompress_ratio",
+            false,
+        ),
+        UnsupportedEncoding(_) => class(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Code::InvalidArgument,
+            "unsupported_encoding",
+            false,
+        ),
         Unavailable(_) => class(
             StatusCode::SERVICE_UNAVAILABLE,
             Code::Unavailable,

@@ -12,6 +12,7 @@ use super::error::{classify, public_message};
 use super::{new_request_id, MAX_BODY_BYTES, REQUEST_ID_HEADER};
 use crate::auth::Caller;
 use crate::error::Error;
+use crate::ingress::conn::ConnInfo;
 use crate::proto::kms_server::{Kms, KmsServer};
 use crate::proto::*;
 use crate::service::KmsService;
@@ -33,6 +34,9 @@ impl GrpcFront {
             .max_encoding_message_size(4 * MAX_BODY_BYTES)
     }
 
+    /// Authenticate (token or client certificate), run within the request
+    /// timeout, encode. Admission runs inside the operation; tonic has
+    /// already decoded the (≤ 1 MiB) message by the time this is called.
     async fn unary<Req, Resp, F, Fut>(
         &self,
         req: Request<Req>,
@@ -42,6 +46,7 @@ impl GrpcFront {
         F: FnOnce(Arc<KmsService>, Caller, Req) -> Fut,
         Fut: Future<Output = Result<Resp, Error>>,
     {
+        let started = std::time::Instant::now();
         let request_id = super::request_id_from(
             req.metadata()
                 .get(REQUEST_ID_HEADER)
@@ -53,15 +58,30 @@ impl GrpcFront {
             .get("authorization")
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
+        let conn = req.extensions().get::<ConnInfo>().cloned();
+        if let Some(c) = &conn {
+            c.mark_seen();
+        }
+        let limit = self.kms.request_timeout();
         let result = tracing::Instrument::instrument(
             async {
-                match self
-                    .kms
-                    .authenticate(auth.as_deref(), request_id.clone())
-                    .await
-                {
-                    Ok(caller) => op(self.kms.clone(), caller, req.into_inner()).await,
-                    Err(e) => Err(e),
+                let work = async {
+                    let caller = self
+                        .kms
+                        .authenticate_peer(
+                            auth.as_deref(),
+                            conn.as_ref().map(|c| &c.peer),
+                            request_id.clone(),
+                        )
+                        .await?;
+                    op(self.kms.clone(), caller, req.into_inner()).await
+                };
+                match tokio::time::timeout(limit, work).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        crate::telemetry::reject("timeout");
+                        Err(Error::Timeout(limit.as_millis() as u64))
+                    }
                 }
             },
             span,
@@ -74,7 +94,12 @@ impl GrpcFront {
                 r.metadata_mut().insert(REQUEST_ID_HEADER, rid);
                 Ok(r)
             }
-            Err(e) => Err(to_status(&e, &request_id)),
+            Err(e) => {
+                if matches!(e, Error::Shed(_)) {
+                    crate::telemetry::shed_time("grpc", started.elapsed());
+                }
+                Err(to_status(&e, &request_id))
+            }
         }
     }
 }
@@ -88,6 +113,13 @@ pub fn to_status(e: &Error, request_id: &str) -> Status {
         md.insert(REQUEST_ID_HEADER, v);
     }
     md.insert("kms-error-code", MetadataValue::from_static(c.code));
+    if c.retryable {
+        // gRFC A6: how long the client should wait before its next attempt
+        let ms = e.retry_after_ms().unwrap_or(1000);
+        if let Ok(v) = MetadataValue::try_from(ms.to_string()) {
+            md.insert("grpc-retry-pushback-ms", v);
+        }
+    }
     st
 }
 
@@ -167,10 +199,15 @@ impl Kms for GrpcFront {
     }
 }
 
-/// tonic reports a message over the decode limit as OUT_OF_RANGE; our
-/// contract says RESOURCE_EXHAUSTED (as grpc-go and grpc-java do). The
-/// service itself never returns OUT_OF_RANGE, so this layer rewrites that
-/// code in trailers-only responses and nothing else.
+/// Two of tonic's own answers to bad input, rewritten to our contract in
+/// trailers-only responses (the service's errors always carry
+/// `kms-error-code`, tonic's never do):
+/// - a message over the decode limit is OUT_OF_RANGE in tonic; our contract
+///   says RESOURCE_EXHAUSTED `too_large` (as grpc-go and grpc-java do);
+/// - a message that is not valid protobuf (or a broken gRPC frame) is
+///   INTERNAL in tonic, following gRPC's status-code guide; the fault is the
+///   caller's, so we answer INVALID_ARGUMENT `invalid_argument`, and
+///   INTERNAL stays reserved for our own faults (the ones alerts page on).
 #[derive(Clone, Copy, Default)]
 pub struct OversizeAsResourceExhausted;
 
@@ -205,13 +242,20 @@ where
         Box::pin(async move {
             let mut resp = fut.await?;
             let h = resp.headers_mut();
-            if h.get("grpc-status").map(|v| v.as_bytes()) == Some(b"11") {
-                h.insert("grpc-status", http::HeaderValue::from_static("8"));
-                crate::telemetry::reject("too_large");
-                h.insert(
-                    "kms-error-code",
-                    http::HeaderValue::from_static("too_large"),
-                );
+            if h.contains_key("kms-error-code") {
+                return Ok(resp);
+            }
+            let rewrite = match h.get("grpc-status").map(|v| v.as_bytes()) {
+                Some(b"11") => {
+                    crate::telemetry::reject("too_large");
+                    Some(("8", "too_large"))
+                }
+                Some(b"13") => Some(("3", "invalid_argument")),
+                _ => None,
+            };
+            if let Some((status, code)) = rewrite {
+                h.insert("grpc-status", http::HeaderValue::from_static(status));
+                h.insert("kms-error-code", http::HeaderValue::from_static(code));
                 if let Ok(v) = http::HeaderValue::from_str(&new_request_id()) {
                     h.insert(REQUEST_ID_HEADER, v);
                 }

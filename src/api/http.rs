@@ -6,8 +6,7 @@
 use std::future::Future;
 use std::sync::{Arc, OnceLock};
 
-use axum::body::Bytes;
-use axum::extract::{FromRequest, Path, Query, Request, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -17,8 +16,11 @@ use serde::Serialize;
 
 use super::error::{classify, public_message};
 use super::{new_request_id, MAX_BODY_BYTES, REQUEST_ID_HEADER};
+use crate::admission::Op;
 use crate::auth::Caller;
 use crate::error::Error;
+use crate::ingress::conn::ConnInfo;
+use crate::ingress::decompress;
 use crate::proto::*;
 use crate::service::KmsService;
 
@@ -40,9 +42,10 @@ fn envelope(
     status: StatusCode,
     code: &str,
     message: &str,
-    retryable: bool,
+    retry_after_ms: Option<u64>,
     request_id: &str,
 ) -> Response {
+    let retryable = retry_after_ms.is_some();
     let body = serde_json::json!({
         "error": {
             "code": code,
@@ -55,9 +58,12 @@ fn envelope(
     if let Ok(v) = HeaderValue::from_str(request_id) {
         r.headers_mut().insert(REQUEST_ID_HEADER, v);
     }
-    if retryable {
-        r.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    if let Some(ms) = retry_after_ms {
+        // whole seconds, rounded up: never "retry at once"
+        let secs = ms.div_ceil(1000).max(1);
+        if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+            r.headers_mut().insert(header::RETRY_AFTER, v);
+        }
     }
     r
 }
@@ -69,7 +75,7 @@ pub fn error_response(e: &Error, request_id: &str) -> Response {
         c.http,
         c.code,
         &public_message(e, request_id),
-        c.retryable,
+        c.retryable.then(|| e.retry_after_ms().unwrap_or(1000)),
         request_id,
     )
 }
@@ -103,10 +109,12 @@ impl HttpFront {
         HttpFront { kms }
     }
 
-    /// Authenticate, decode, fill path parameters, run, encode.
+    /// Authenticate, shed early, read and decode, fill path parameters,
+    /// run, encode — all within the request timeout.
     async fn unary<Req, Resp, Fill, F, Fut>(
         &self,
         req: Request,
+        class: Op,
         from: From,
         fill: Fill,
         op: F,
@@ -118,54 +126,70 @@ impl HttpFront {
         F: FnOnce(Arc<KmsService>, Caller, Req) -> Fut,
         Fut: Future<Output = Result<Resp, Error>>,
     {
+        let started = std::time::Instant::now();
         let request_id = super::request_id_from(
             req.headers()
                 .get(REQUEST_ID_HEADER)
                 .and_then(|v| v.to_str().ok()),
         );
         let span = tracing::info_span!("http", request_id = %request_id);
+        let limit = self.kms.request_timeout();
+        let rid = request_id.clone();
+        let work = async move {
+            let auth = req
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            let peer = req.extensions().get::<ConnInfo>().map(|c| c.peer.clone());
+            // Authenticate before reading the body: an anonymous caller
+            // costs a header parse, not a 1 MiB buffer.
+            let caller = self
+                .kms
+                .authenticate_peer(auth.as_deref(), peer.as_ref(), rid)
+                .await?;
+            // A request that admission would shed is shed before its body
+            // is read or decoded.
+            self.kms.admission().precheck(class, &caller.tenant)?;
+            let mut msg: Req = match from {
+                From::Query => Query::<Req>::try_from_uri(req.uri())
+                    .map(|q| q.0)
+                    .map_err(|e| {
+                        Error::InvalidArgument(format!("query string: {}", e.body_text()))
+                    })?,
+                From::Body => {
+                    let encoding = decompress::encoding(req.headers())?;
+                    let (parts, body) = req.into_parts();
+                    let bytes =
+                        decompress::read_body(&parts.headers, body, encoding, MAX_BODY_BYTES)
+                            .await?;
+                    decode_json(&bytes)?
+                }
+            };
+            fill(&mut msg)?;
+            op(self.kms.clone(), caller, msg).await
+        };
         let result = tracing::Instrument::instrument(
             async {
-                let auth = req
-                    .headers()
-                    .get(header::AUTHORIZATION)
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_owned);
-                // Authenticate before reading the body: an anonymous caller
-                // costs a header parse, not a 1 MiB buffer.
-                let caller = self
-                    .kms
-                    .authenticate(auth.as_deref(), request_id.clone())
-                    .await?;
-                let mut msg: Req = match from {
-                    From::Query => {
-                        Query::<Req>::try_from_uri(req.uri())
-                            .map(|q| q.0)
-                            .map_err(|e| {
-                                Error::InvalidArgument(format!("query string: {}", e.body_text()))
-                            })?
+                match tokio::time::timeout(limit, work).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        crate::telemetry::reject("timeout");
+                        Err(Error::Timeout(limit.as_millis() as u64))
                     }
-                    From::Body => {
-                        let bytes = Bytes::from_request(req, &()).await.map_err(|rej| {
-                            if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                                crate::telemetry::reject("too_large");
-                                Error::TooLarge(MAX_BODY_BYTES)
-                            } else {
-                                Error::InvalidArgument(format!("request body: {}", rej.body_text()))
-                            }
-                        })?;
-                        decode_json(&bytes)?
-                    }
-                };
-                fill(&mut msg)?;
-                op(self.kms.clone(), caller, msg).await
+                }
             },
             span,
         )
         .await;
         match result {
             Ok(resp) => ok_response(&resp, &request_id),
-            Err(e) => error_response(&e, &request_id),
+            Err(e) => {
+                if matches!(e, Error::Shed(_)) {
+                    crate::telemetry::shed_time("http", started.elapsed());
+                }
+                error_response(&e, &request_id)
+            }
         }
     }
 }
@@ -189,6 +213,7 @@ type S = State<HttpFront>;
 async fn create_key(State(f): S, r: Request) -> Response {
     f.unary(
         r,
+        Op::Admin,
         From::Body,
         |_: &mut CreateKeyRequest| Ok(()),
         |k, c, b| async move { k.create_key(&c, b).await },
@@ -199,6 +224,7 @@ async fn create_key(State(f): S, r: Request) -> Response {
 async fn list_keys(State(f): S, r: Request) -> Response {
     f.unary(
         r,
+        Op::Admin,
         From::Query,
         |_: &mut ListKeysRequest| Ok(()),
         |k, c, b| async move { k.list_keys(&c, b).await },
@@ -209,6 +235,7 @@ async fn list_keys(State(f): S, r: Request) -> Response {
 async fn get_key(State(f): S, Path(name): Path<String>, r: Request) -> Response {
     f.unary(
         r,
+        Op::Admin,
         From::Query,
         move |m: &mut GetKeyRequest| same_name(&name, &mut m.name),
         |k, c, b| async move { k.get_key(&c, b).await },
@@ -219,6 +246,7 @@ async fn get_key(State(f): S, Path(name): Path<String>, r: Request) -> Response 
 async fn rotate_key_at(State(f): S, Path(name): Path<String>, r: Request) -> Response {
     f.unary(
         r,
+        Op::Admin,
         From::Body,
         move |m: &mut RotateKeyRequest| same_name(&name, &mut m.name),
         |k, c, b| async move { k.rotate_key(&c, b).await },
@@ -229,6 +257,7 @@ async fn rotate_key_at(State(f): S, Path(name): Path<String>, r: Request) -> Res
 async fn rotate_key(State(f): S, r: Request) -> Response {
     f.unary(
         r,
+        Op::Admin,
         From::Body,
         |_: &mut RotateKeyRequest| Ok(()),
         |k, c, b| async move { k.rotate_key(&c, b).await },
@@ -243,6 +272,7 @@ async fn set_state(
 ) -> Response {
     f.unary(
         r,
+        Op::Admin,
         From::Body,
         move |m: &mut SetKeyVersionStateRequest| {
             same_name(&name, &mut m.name)?;
@@ -271,6 +301,7 @@ async fn set_state(
 async fn sign(State(f): S, r: Request) -> Response {
     f.unary(
         r,
+        Op::Sign,
         From::Body,
         |_: &mut SignRequest| Ok(()),
         |k, c, b| async move { k.sign(&c, b).await },
@@ -281,6 +312,7 @@ async fn sign(State(f): S, r: Request) -> Response {
 async fn verify(State(f): S, r: Request) -> Response {
     f.unary(
         r,
+        Op::Verify,
         From::Body,
         |_: &mut VerifyRequest| Ok(()),
         |k, c, b| async move { k.verify(&c, b).await },
@@ -291,6 +323,7 @@ async fn verify(State(f): S, r: Request) -> Response {
 async fn wrap(State(f): S, r: Request) -> Response {
     f.unary(
         r,
+        Op::Wrap,
         From::Body,
         |_: &mut WrapRequest| Ok(()),
         |k, c, b| async move { k.wrap(&c, b).await },
@@ -301,6 +334,7 @@ async fn wrap(State(f): S, r: Request) -> Response {
 async fn unwrap(State(f): S, r: Request) -> Response {
     f.unary(
         r,
+        Op::Unwrap,
         From::Body,
         |_: &mut UnwrapRequest| Ok(()),
         |k, c, b| async move { k.unwrap(&c, b).await },
@@ -311,6 +345,7 @@ async fn unwrap(State(f): S, r: Request) -> Response {
 async fn datakey(State(f): S, r: Request) -> Response {
     f.unary(
         r,
+        Op::Wrap,
         From::Body,
         |_: &mut GenerateDataKeyRequest| Ok(()),
         |k, c, b| async move { k.generate_data_key(&c, b).await },
@@ -321,6 +356,7 @@ async fn datakey(State(f): S, r: Request) -> Response {
 async fn get_pq_policy(State(f): S, r: Request) -> Response {
     f.unary(
         r,
+        Op::Admin,
         From::Query,
         |_: &mut GetPqPolicyRequest| Ok(()),
         |k, c, b| async move { k.get_pq_policy(&c, b).await },
@@ -331,6 +367,7 @@ async fn get_pq_policy(State(f): S, r: Request) -> Response {
 async fn set_pq_policy(State(f): S, r: Request) -> Response {
     f.unary(
         r,
+        Op::Admin,
         From::Body,
         |_: &mut SetPqPolicyRequest| Ok(()),
         |k, c, b| async move { k.set_pq_policy(&c, b).await },
@@ -392,7 +429,12 @@ async fn openapi() -> Response {
     }
 }
 
-async fn metrics_text() -> Response {
+async fn metrics_text(State(f): S) -> Response {
+    let adm = f.kms.admission();
+    for op in crate::admission::Op::ALL {
+        metrics::gauge!("kms_admission_in_use", "op" => op.as_str()).set(adm.in_use(op) as f64);
+        metrics::gauge!("kms_admission_waiting", "op" => op.as_str()).set(adm.waiting(op) as f64);
+    }
     match crate::telemetry::render() {
         Some(text) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response(),
         None => error_response(
@@ -415,7 +457,7 @@ async fn not_found() -> Response {
         StatusCode::NOT_FOUND,
         "not_found",
         "no such route",
-        false,
+        None,
         &new_request_id(),
     )
 }
@@ -425,7 +467,7 @@ async fn method_not_allowed() -> Response {
         StatusCode::METHOD_NOT_ALLOWED,
         "method_not_allowed",
         "method not allowed on this route",
-        false,
+        None,
         &new_request_id(),
     )
 }
@@ -490,6 +532,5 @@ pub fn router(kms: Arc<KmsService>) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::map_response(ensure_request_id))
-        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(HttpFront::new(kms))
 }

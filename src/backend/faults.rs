@@ -88,11 +88,33 @@ impl Faults {
 pub struct FaultyBackend {
     inner: Arc<dyn Backend>,
     faults: Arc<Faults>,
+    /// The inner backend's, marked `device_bound`: injected latency sleeps
+    /// the calling thread, so every custody call must run on the blocking
+    /// pool, as for a real slow device.
+    caps: Capabilities,
 }
 
 impl FaultyBackend {
     pub fn new(inner: Arc<dyn Backend>, faults: Arc<Faults>) -> Self {
-        FaultyBackend { inner, faults }
+        let mut caps = inner.capabilities().clone();
+        caps.device_bound = true;
+        FaultyBackend {
+            inner,
+            faults,
+            caps,
+        }
+    }
+
+    /// Down and error-rate faults without the latency: for the health
+    /// probe, which the service may run on a request's async worker.
+    fn gate_no_latency(&self) -> Result<(), BackendError> {
+        if self.faults.is_down() {
+            return Err(BackendError::Unavailable(format!(
+                "{} is down (fault injection)",
+                self.inner.name()
+            )));
+        }
+        Ok(())
     }
 
     fn gate(&self) -> Result<(), BackendError> {
@@ -121,7 +143,7 @@ impl Backend for FaultyBackend {
         self.inner.name()
     }
     fn capabilities(&self) -> &Capabilities {
-        self.inner.capabilities()
+        &self.caps
     }
     fn generate(&self, label: KeyLabel<'_>) -> Result<Generated, BackendError> {
         self.gate()?;
@@ -172,7 +194,7 @@ impl Backend for FaultyBackend {
         self.inner.destroy(label, handle)
     }
     fn health(&self) -> Result<(), BackendError> {
-        self.gate()?;
+        self.gate_no_latency()?;
         self.inner.health()
     }
     fn attest(&self) -> Option<Result<super::Attested, BackendError>> {

@@ -93,6 +93,11 @@ pub struct FileConfig {
     pub attestation_pcrs: Option<String>,
     pub attestation_pcr_digest: Option<String>,
     pub attestation_interval_secs: Option<u64>,
+    pub fault_latency_ms: Option<u64>,
+    pub admission: Option<limits::AdmissionFile>,
+    pub tenants: Option<std::collections::BTreeMap<String, limits::TenantFile>>,
+    pub ingress: Option<limits::IngressFile>,
+    pub tls: Option<limits::TlsFile>,
 }
 
 /// `[pq]`: the default PQ policy, and `[pq.tenants.NAME]` per tenant.
@@ -258,6 +263,16 @@ pub struct Config {
     pub verify_cache_ttl_ms: u64,
     /// Wrap custody in the fault-injecting backend (chaos drills, tests).
     pub fault_injection: bool,
+    /// With fault injection: latency every custody call starts with
+    /// (`KMS_FAULT_LATENCY_MS`), so drills and tests can run the binary as a
+    /// slow device.
+    pub fault_latency: Option<Duration>,
+    /// Per-op capacity, tenant fair share and rate caps.
+    pub admission: crate::admission::AdmissionConfig,
+    /// Connection cap, timeouts, HTTP/2 stream limit.
+    pub ingress: crate::ingress::Limits,
+    /// TLS (and mTLS identity) on both fronts; plain text when `None`.
+    pub tls: Option<crate::api::tls::TlsSettings>,
 }
 
 pub const DEFAULT_VERIFY_CACHE_MAX: u64 = 10_000;
@@ -288,6 +303,10 @@ impl Config {
             verify_cache_max: DEFAULT_VERIFY_CACHE_MAX,
             verify_cache_ttl_ms: DEFAULT_VERIFY_CACHE_TTL_MS,
             fault_injection: false,
+            fault_latency: None,
+            admission: Default::default(),
+            ingress: Default::default(),
+            tls: None,
         }
     }
 
@@ -1112,6 +1131,37 @@ pub fn load(flags: &Flags, env: &dyn Env) -> Result<Config, ConfigError> {
         Some(Some(b)) => b,
         Some(None) => return Err(err(faults_p.origin, "must be true or false")),
     };
+    let lat_p = pick(
+        None,
+        "",
+        env,
+        "KMS_FAULT_LATENCY_MS",
+        |s: String| s.trim().parse::<u64>().ok(),
+        file.fault_latency_ms.map(Some),
+        "fault_latency_ms",
+        fname,
+    );
+    let fault_latency = match lat_p.value {
+        None => None,
+        Some(Some(ms)) if fault_injection && ms <= 60_000 => Some(Duration::from_millis(ms)),
+        Some(Some(_)) if !fault_injection => {
+            return Err(err(lat_p.origin, "needs KMS_FAULT_INJECTION=true"))
+        }
+        Some(_) => {
+            return Err(err(
+                lat_p.origin,
+                "must be a whole number of milliseconds up to 60000",
+            ))
+        }
+    };
+    let limits = limits::load(
+        file.admission.unwrap_or_default(),
+        file.tenants,
+        file.ingress.unwrap_or_default(),
+        file.tls.unwrap_or_default(),
+        env,
+        fname,
+    )?;
 
     Ok(Config {
         data_dir,
@@ -1135,8 +1185,14 @@ pub fn load(flags: &Flags, env: &dyn Env) -> Result<Config, ConfigError> {
         verify_cache_max,
         verify_cache_ttl_ms,
         fault_injection,
+        fault_latency,
+        admission: limits.admission,
+        ingress: limits.ingress,
+        tls: limits.tls,
     })
 }
+
+mod limits;
 
 #[cfg(test)]
 mod tests;

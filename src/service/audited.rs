@@ -3,6 +3,16 @@
 //! broken, records metrics, and answers only once the operation's audit
 //! record is durable.
 use super::*;
+use crate::admission::{Op, Permit};
+
+/// Run `f`, then give its admission units back — before the audit commit
+/// the caller then waits for: units bound work in progress, and the audit
+/// queue has its own bound.
+async fn released<T>(permit: Permit, f: impl std::future::Future<Output = T>) -> T {
+    let r = f.await;
+    drop(permit);
+    r
+}
 
 impl KmsService {
     // ----- the audited entry points -------------------------------------
@@ -30,10 +40,47 @@ impl KmsService {
         authorization: Option<&str>,
         request_id: String,
     ) -> Result<Caller> {
-        let r = self
-            .tokens
-            .authenticate(authorization, request_id.clone())
-            .await;
+        self.authenticate_peer(authorization, None, request_id)
+            .await
+    }
+
+    /// [`Self::authenticate`] with what the connection proved: a verified
+    /// client certificate mapped to a tenant (mTLS) is a credential of its
+    /// own. A bearer token, when present, decides the identity; with both, the
+    /// certificate's tenant must be the token's, or the request is refused.
+    /// A verified certificate that maps to no tenant is refused, never
+    /// treated as anonymous.
+    pub async fn authenticate_peer(
+        &self,
+        authorization: Option<&str>,
+        peer: Option<&crate::api::tls::PeerInfo>,
+        request_id: String,
+    ) -> Result<Caller> {
+        let cert = peer.and_then(|p| p.cert.as_ref());
+        let r = match (authorization, cert) {
+            (None, Some(Ok(id))) => Ok(Caller {
+                tenant: id.tenant.clone(),
+                principal: id.principal.clone(),
+                scopes: id.scopes,
+                request_id: request_id.clone(),
+            }),
+            (None, Some(Err(why))) => {
+                tracing::debug!(request_id = %request_id, reason = %why, "client certificate maps to no tenant");
+                crate::telemetry::reject("unauthenticated");
+                Err(Error::Unauthenticated)
+            }
+            (auth, cert) => {
+                let r = self.tokens.authenticate(auth, request_id.clone()).await;
+                match (r, cert) {
+                    (Ok(c), Some(Ok(id))) if id.tenant != c.tenant => {
+                        tracing::debug!(request_id = %request_id, "token and client certificate name different tenants");
+                        crate::telemetry::reject("unauthenticated");
+                        Err(Error::Unauthenticated)
+                    }
+                    (r, _) => r,
+                }
+            }
+        };
         if r.is_err() {
             let principal = authorization
                 .and_then(crate::auth::parse_bearer)
@@ -52,6 +99,26 @@ impl KmsService {
             }
         }
         r
+    }
+
+    /// Admission for one request that names `key` (empty when it names
+    /// none). The cost comes from the key's algorithm in the in-memory
+    /// snapshot (a map read; no store, no custody); an unknown key costs 1.
+    /// A shed is answered at once and is not audited (a flood must not turn
+    /// into audit writes); it is counted in `kms_reject_total{reason}`.
+    async fn admit(&self, op: Op, caller: &Caller, key: &str) -> Result<Permit> {
+        let alg = if key.is_empty() {
+            None
+        } else {
+            KeyRef::parse(key)
+                .ok()
+                .and_then(|k| self.keyring.get(&caller.tenant, &k.name))
+                .map(|r| r.algorithm)
+        };
+        self.admission
+            .admit(op, &caller.tenant, crate::admission::cost::cost(op, alg))
+            .await
+            .map_err(Error::Shed)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -155,7 +222,8 @@ impl KmsService {
         req: proto::CreateKeyRequest,
     ) -> Result<proto::CreateKeyResponse> {
         let key = req.name.clone();
-        let run = self.create_key_inner(caller, req);
+        let permit = self.admit(Op::Admin, caller, &req.name).await?;
+        let run = released(permit, self.create_key_inner(caller, req));
         self.audited(caller, "create_key", &key, None, true, run, |r| {
             key_desc(r.key.as_ref())
         })
@@ -168,7 +236,8 @@ impl KmsService {
         req: proto::GetKeyRequest,
     ) -> Result<proto::GetKeyResponse> {
         let key = req.name.clone();
-        let run = self.get_key_inner(caller, req);
+        let permit = self.admit(Op::Admin, caller, &req.name).await?;
+        let run = released(permit, self.get_key_inner(caller, req));
         self.audited(caller, "get_key", &key, None, false, run, |r| {
             key_desc(r.key.as_ref())
         })
@@ -180,7 +249,8 @@ impl KmsService {
         caller: &Caller,
         req: proto::ListKeysRequest,
     ) -> Result<proto::ListKeysResponse> {
-        let run = self.list_keys_inner(caller, req);
+        let permit = self.admit(Op::Admin, caller, "").await?;
+        let run = released(permit, self.list_keys_inner(caller, req));
         self.audited(caller, "list_keys", "", None, false, run, |_| {
             (String::new(), String::new())
         })
@@ -193,7 +263,8 @@ impl KmsService {
         req: proto::RotateKeyRequest,
     ) -> Result<proto::RotateKeyResponse> {
         let key = req.name.clone();
-        let run = self.rotate_key_inner(caller, req);
+        let permit = self.admit(Op::Admin, caller, &req.name).await?;
+        let run = released(permit, self.rotate_key_inner(caller, req));
         self.audited(caller, "rotate_key", &key, None, true, run, |r| {
             (
                 r.kid.clone(),
@@ -218,7 +289,8 @@ impl KmsService {
             "destroyed" => "destroy_version",
             _ => "set_version_state",
         };
-        let run = self.set_key_version_state_inner(caller, req);
+        let permit = self.admit(Op::Admin, caller, &req.name).await?;
+        let run = released(permit, self.set_key_version_state_inner(caller, req));
         let k2 = kid.clone();
         self.audited(caller, op, &kid, None, true, run, move |r| {
             (
@@ -239,7 +311,8 @@ impl KmsService {
     ) -> Result<proto::SignResponse> {
         let key = req.key.clone();
         let input = sha256(&req.message);
-        let run = self.sign_inner(caller, req);
+        let permit = self.admit(Op::Sign, caller, &req.key).await?;
+        let run = released(permit, self.sign_inner(caller, req));
         self.audited_hashed(caller, "sign", &key, input, true, run, |r| {
             (r.kid.clone(), r.algorithm.clone())
         })
@@ -253,7 +326,8 @@ impl KmsService {
     ) -> Result<proto::VerifyResponse> {
         let key = req.key.clone();
         let input = sha256(&req.message);
-        let run = self.verify_inner(caller, req);
+        let permit = self.admit(Op::Verify, caller, &req.key).await?;
+        let run = released(permit, self.verify_inner(caller, req));
         self.audited_hashed(caller, "verify", &key, input, false, run, |r| {
             (r.kid.clone(), format!("{} valid={}", r.algorithm, r.valid))
         })
@@ -267,7 +341,8 @@ impl KmsService {
     ) -> Result<proto::WrapResponse> {
         let key = req.key.clone();
         let input = sha256(&req.plaintext);
-        let run = self.wrap_inner(caller, req);
+        let permit = self.admit(Op::Wrap, caller, &req.key).await?;
+        let run = released(permit, self.wrap_inner(caller, req));
         self.audited_hashed(caller, "wrap", &key, input, true, run, |r| {
             (r.kid.clone(), r.algorithm.clone())
         })
@@ -281,7 +356,8 @@ impl KmsService {
     ) -> Result<proto::UnwrapResponse> {
         let key = req.key.clone();
         let input = sha256(&req.ciphertext);
-        let run = self.unwrap_inner(caller, req);
+        let permit = self.admit(Op::Unwrap, caller, &req.key).await?;
+        let run = released(permit, self.unwrap_inner(caller, req));
         self.audited_hashed(caller, "unwrap", &key, input, true, run, |r| {
             (r.kid.clone(), String::new())
         })
@@ -294,7 +370,8 @@ impl KmsService {
         req: proto::GenerateDataKeyRequest,
     ) -> Result<proto::GenerateDataKeyResponse> {
         let key = req.key.clone();
-        let run = self.generate_data_key_inner(caller, req);
+        let permit = self.admit(Op::Wrap, caller, &req.key).await?;
+        let run = released(permit, self.generate_data_key_inner(caller, req));
         self.audited(caller, "generate_data_key", &key, None, true, run, |r| {
             (r.kid.clone(), String::new())
         })
@@ -306,7 +383,8 @@ impl KmsService {
         caller: &Caller,
         req: proto::GetPqPolicyRequest,
     ) -> Result<proto::PqPolicyResponse> {
-        let run = self.get_pq_policy_inner(caller, req);
+        let permit = self.admit(Op::Admin, caller, "").await?;
+        let run = released(permit, self.get_pq_policy_inner(caller, req));
         self.audited(caller, "get_pq_policy", "", None, false, run, |_| {
             (String::new(), String::new())
         })
@@ -330,7 +408,8 @@ impl KmsService {
             ),
             None => String::new(),
         };
-        let run = self.set_pq_policy_inner(caller, req);
+        let permit = self.admit(Op::Admin, caller, "").await?;
+        let run = released(permit, self.set_pq_policy_inner(caller, req));
         self.audited_inner(caller, "set_pq_policy", "", None, asked, true, run, |_| {
             (String::new(), String::new())
         })

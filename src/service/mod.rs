@@ -84,6 +84,8 @@ pub struct KmsService {
     /// Custody is a serial device: every custody call goes to the
     /// blocking pool (see [`crate::backend::Capabilities::device_bound`]).
     device_bound: bool,
+    admission: crate::admission::Admission,
+    request_timeout: Duration,
 }
 
 /// The service's view of custody attestation: whether it is required, and
@@ -172,6 +174,9 @@ pub struct ServiceOptions {
     /// Refuse private-key operations while custody's attestation is not
     /// verified (`KMS_ATTESTATION_REQUIRED`).
     pub attestation_required: bool,
+    pub admission: crate::admission::AdmissionConfig,
+    /// Longest a request may take on either front (`KMS_REQUEST_TIMEOUT_MS`).
+    pub request_timeout: Duration,
 }
 
 impl ServiceOptions {
@@ -184,6 +189,8 @@ impl ServiceOptions {
             verify_cache_max: cfg.verify_cache_max,
             verify_cache_ttl: Duration::from_millis(cfg.verify_cache_ttl_ms),
             attestation_required: cfg.attestation_required(),
+            admission: cfg.admission.clone(),
+            request_timeout: cfg.ingress.request_timeout,
         }
     }
 }
@@ -308,6 +315,8 @@ impl KmsService {
         let blocking_threads = opts.blocking_threads;
         let device_bound = backend.capabilities().device_bound;
         Ok(KmsService {
+            admission: crate::admission::Admission::new(opts.admission),
+            request_timeout: opts.request_timeout,
             attestation: Arc::new(AttestationGate::new(opts.attestation_required)),
             device_bound,
             policies,
@@ -331,6 +340,16 @@ impl KmsService {
                 .build(),
             audit,
         })
+    }
+
+    /// Admission control: per-op capacity, tenant fair share, rate caps.
+    pub fn admission(&self) -> &crate::admission::Admission {
+        &self.admission
+    }
+
+    /// The request timeout both fronts apply.
+    pub fn request_timeout(&self) -> Duration {
+        self.request_timeout
     }
 
     pub fn audit(&self) -> &Arc<AuditLog> {

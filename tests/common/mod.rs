@@ -3,7 +3,9 @@
 //! every scenario runs unchanged over both.
 #![allow(dead_code)]
 
+pub mod certs;
 pub mod independent;
+pub mod load;
 pub mod process;
 pub mod softhsm;
 pub mod swtpm;

@@ -1,0 +1,118 @@
+//! The cost table: what one request weighs in an op's gate and a tenant's
+//! token bucket.
+//!
+//! One unit is about 25 µs of CPU on the reference host (2 cores). A row's
+//! units are `round(µs / 25)`, at least 1, from these single-core figures
+//! measured on that host:
+//!
+//! | operation                         | ops/s  | µs   |
+//! |-----------------------------------|--------|------|
+//! | Ed25519 sign / verify (ring)      | 43k / 22k | 23 / 45 |
+//! | ECDSA P-256 sign / verify (ring)  | 60k / 19k | 17 / 53 |
+//! | ML-DSA-44 sign (liboqs)           | 16.9k  | 59   |
+//! | ML-DSA-65 sign / verify           | 10.4k / 26.6k | 96 / 38 |
+//! | ML-DSA-87 sign                    | 8k     | 125  |
+//! | ML-KEM-768 encaps / decaps        | 84k / 71k | 12 / 14 |
+//! | X25519                            |        | ≈ 40 |
+//! | AES-256-GCM (a wrapped key)       |        | ≈ 0  |
+//!
+//! A hybrid costs the sum of its parts before rounding (Ed25519 + ML-DSA-65
+//! verify: 45 + 38 µs = 3 units). Figures not measured (ML-DSA-44 and -87
+//! verify, ML-KEM-1024) are scaled from their neighbours. Admin requests
+//! (create, rotate, list, …) cost 1 whatever the algorithm: they are rare and
+//! the key generation they may do is not what the gate protects against.
+//!
+//! [`TABLE`] is the whole table, for docs; [`cost`] looks a request up.
+use crate::crypto::Algorithm;
+
+use super::Op;
+
+/// Every (op, algorithm, units) pair that makes sense: signing algorithms
+/// for [`Op::Sign`] and [`Op::Verify`], wrapping algorithms for
+/// [`Op::Wrap`] and [`Op::Unwrap`]. [`Op::Admin`] is not listed: it always
+/// costs 1.
+pub const TABLE: &[(Op, Algorithm, u32)] = &[
+    (Op::Sign, Algorithm::Ed25519, 1),
+    (Op::Sign, Algorithm::EcdsaP256, 1),
+    (Op::Sign, Algorithm::MlDsa44, 2),
+    (Op::Sign, Algorithm::MlDsa65, 4),
+    (Op::Sign, Algorithm::MlDsa87, 5),
+    (Op::Sign, Algorithm::HybridEd25519MlDsa65, 5),
+    (Op::Verify, Algorithm::Ed25519, 2),
+    (Op::Verify, Algorithm::EcdsaP256, 2),
+    (Op::Verify, Algorithm::MlDsa44, 1),
+    (Op::Verify, Algorithm::MlDsa65, 2),
+    (Op::Verify, Algorithm::MlDsa87, 3),
+    (Op::Verify, Algorithm::HybridEd25519MlDsa65, 3),
+    (Op::Wrap, Algorithm::Aes256Gcm, 1),
+    (Op::Wrap, Algorithm::MlKem768, 1),
+    (Op::Wrap, Algorithm::MlKem1024, 1),
+    (Op::Wrap, Algorithm::HybridX25519MlKem768, 2),
+    (Op::Unwrap, Algorithm::Aes256Gcm, 1),
+    (Op::Unwrap, Algorithm::MlKem768, 1),
+    (Op::Unwrap, Algorithm::MlKem1024, 1),
+    (Op::Unwrap, Algorithm::HybridX25519MlKem768, 2),
+];
+
+/// Cost units of one request. `alg` is the key's algorithm, `None` when the
+/// key is unknown (the op will fail anyway): 1. So does a pair the table does
+/// not list (signing with a wrapping key fails too) and every admin request.
+pub fn cost(op: Op, alg: Option<Algorithm>) -> u32 {
+    let Some(alg) = alg else { return 1 };
+    TABLE
+        .iter()
+        .find(|&&(o, a, _)| o == op && a == alg)
+        .map_or(1, |&(_, _, units)| units)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::Purpose;
+
+    fn makes_sense(op: Op, alg: Algorithm) -> bool {
+        match op {
+            Op::Sign | Op::Verify => alg.purpose() == Purpose::Sign,
+            Op::Wrap | Op::Unwrap => alg.purpose() == Purpose::Wrap,
+            Op::Admin => false,
+        }
+    }
+
+    #[test]
+    fn every_sensible_pair_has_exactly_one_row() {
+        for op in Op::ALL {
+            for alg in Algorithm::ALL {
+                let rows = TABLE
+                    .iter()
+                    .filter(|&&(o, a, _)| o == op && a == alg)
+                    .count();
+                let want = usize::from(makes_sense(op, alg));
+                assert_eq!(rows, want, "{} {}", op.as_str(), alg.as_str());
+            }
+        }
+    }
+
+    #[test]
+    fn units_are_positive_and_ordered_by_work() {
+        assert!(TABLE.iter().all(|&(_, _, u)| u >= 1));
+        let sign = |a| cost(Op::Sign, Some(a));
+        assert!(sign(Algorithm::MlDsa87) > sign(Algorithm::Ed25519));
+        assert!(sign(Algorithm::MlDsa87) > sign(Algorithm::MlDsa65));
+        assert!(sign(Algorithm::MlDsa65) > sign(Algorithm::MlDsa44));
+        assert!(
+            cost(Op::Verify, Some(Algorithm::HybridEd25519MlDsa65))
+                >= cost(Op::Verify, Some(Algorithm::MlDsa65))
+        );
+    }
+
+    #[test]
+    fn unknown_key_mismatched_pair_and_admin_cost_one() {
+        assert_eq!(cost(Op::Sign, None), 1);
+        assert_eq!(cost(Op::Verify, None), 1);
+        assert_eq!(cost(Op::Sign, Some(Algorithm::Aes256Gcm)), 1);
+        assert_eq!(cost(Op::Unwrap, Some(Algorithm::MlDsa87)), 1);
+        for alg in Algorithm::ALL {
+            assert_eq!(cost(Op::Admin, Some(alg)), 1);
+        }
+    }
+}

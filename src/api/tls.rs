@@ -1,0 +1,747 @@
+//! TLS for both fronts, and the tenant a verified client certificate speaks
+//! for (mTLS).
+//!
+//! One rustls server config serves both fronts (they differ only in ALPN).
+//! The ring provider is named explicitly, so nothing depends on a
+//! process-wide default provider. With a client CA bundle the server asks
+//! for a client certificate (and requires one when configured to); a
+//! presented certificate that does not chain to that bundle fails the
+//! handshake. A verified certificate is mapped to a tenant by its URI SANs
+//! ([`MtlsRule`]); a certificate that maps to no tenant is not an error of
+//! the handshake, but every request on that connection is refused as
+//! unauthenticated ([`PeerInfo::cert`]).
+//!
+//! Errors name the file and what is wrong with it; they never carry key
+//! bytes or PEM contents.
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::server::WebPkiClientVerifier;
+use rustls::{RootCertStore, ServerConfig};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use zeroize::Zeroizing;
+
+use crate::auth::{validate_tenant, Scopes};
+use crate::backend::sealed_file::master::{check_private, MasterKeyError};
+
+/// The placeholder an [`MtlsRule::uri_pattern`] must contain exactly once.
+pub const TENANT_PLACEHOLDER: &str = "{tenant}";
+
+/// Scopes certificate callers get unless configured otherwise: everything
+/// but `kms:admin`.
+pub const DEFAULT_MTLS_SCOPES: &str = "kms:read,kms:sign,kms:verify,kms:wrap,kms:unwrap";
+
+/// How a verified client certificate maps to a tenant.
+#[derive(Clone, Debug)]
+pub struct MtlsRule {
+    /// A URI SAN pattern with exactly one `{tenant}` placeholder, e.g.
+    /// `spiffe://ron-kms.test/tenant/{tenant}`. The placeholder matches a
+    /// tenant name ([`validate_tenant`]) and nothing else (no `/`; the text
+    /// around it must match exactly).
+    pub uri_pattern: String,
+    /// Scopes granted to certificate callers (default
+    /// [`DEFAULT_MTLS_SCOPES`]: no admin).
+    pub scopes: Scopes,
+}
+
+impl MtlsRule {
+    /// The default scopes for certificate callers ([`DEFAULT_MTLS_SCOPES`]).
+    pub fn default_scopes() -> Scopes {
+        Scopes::parse(DEFAULT_MTLS_SCOPES).expect("DEFAULT_MTLS_SCOPES parses")
+    }
+
+    /// Check `pattern` (exactly one `{tenant}`, not the placeholder alone)
+    /// and build the rule. The error says what is wrong with the pattern.
+    pub fn parse(pattern: &str, scopes: Scopes) -> Result<Self, String> {
+        let (prefix, suffix) = split_pattern(pattern).ok_or_else(|| {
+            format!("mTLS URI pattern {pattern:?} must contain {TENANT_PLACEHOLDER} exactly once")
+        })?;
+        if prefix.is_empty() && suffix.is_empty() {
+            return Err(format!(
+                "mTLS URI pattern {pattern:?} needs fixed text around {TENANT_PLACEHOLDER}, \
+                 e.g. spiffe://example.org/tenant/{TENANT_PLACEHOLDER}"
+            ));
+        }
+        if pattern.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            return Err(format!(
+                "mTLS URI pattern {pattern:?} must not contain whitespace or control characters"
+            ));
+        }
+        Ok(MtlsRule {
+            uri_pattern: pattern.to_string(),
+            scopes,
+        })
+    }
+
+    /// The tenant `uri` names under this rule: the text between the
+    /// pattern's exact prefix and suffix, when it is a valid tenant name.
+    pub fn tenant_of(&self, uri: &str) -> Option<String> {
+        let (prefix, suffix) = split_pattern(&self.uri_pattern)?;
+        let tenant = uri.strip_prefix(prefix)?.strip_suffix(suffix)?;
+        validate_tenant(tenant).ok()?;
+        Some(tenant.to_string())
+    }
+}
+
+/// `(prefix, suffix)` around the single placeholder, or None when the
+/// pattern has no placeholder or more than one.
+fn split_pattern(pattern: &str) -> Option<(&str, &str)> {
+    let (prefix, suffix) = pattern.split_once(TENANT_PLACEHOLDER)?;
+    if suffix.contains(TENANT_PLACEHOLDER) {
+        return None;
+    }
+    Some((prefix, suffix))
+}
+
+/// Where the server's certificate and key are, and how clients are
+/// authenticated.
+#[derive(Clone, Debug)]
+pub struct TlsSettings {
+    /// PEM certificate chain, leaf first.
+    pub cert_file: PathBuf,
+    /// PEM private key (PKCS#8, SEC1 or PKCS#1); must not be readable by
+    /// group or others.
+    pub key_file: PathBuf,
+    /// PEM CA bundle: enables client certificates (optional unless
+    /// `require_client_cert`).
+    pub client_ca_file: Option<PathBuf>,
+    /// When true, a handshake without a client certificate fails. Needs
+    /// `client_ca_file`.
+    pub require_client_cert: bool,
+    /// How verified certificates map to tenants. Needed when
+    /// `client_ca_file` is set.
+    pub mtls: Option<MtlsRule>,
+}
+
+/// The identity a verified client certificate carries, put in request
+/// extensions by the fronts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CertIdentity {
+    pub tenant: String,
+    /// `cert:<first 12 hex digits of the SHA-256 of the leaf DER>`: safe to
+    /// log, stable per certificate.
+    pub principal: String,
+    pub scopes: Scopes,
+}
+
+/// Per-connection peer info (both fronts attach it to every request of the
+/// connection).
+#[derive(Clone, Debug, Default)]
+pub struct PeerInfo {
+    pub remote: Option<std::net::SocketAddr>,
+    /// `Some(Ok)`: a verified certificate mapped to a tenant.
+    /// `Some(Err(reason))`: a verified certificate that matches no rule; the
+    /// request must be refused as unauthenticated (log the reason).
+    /// `None`: no client certificate.
+    pub cert: Option<Result<CertIdentity, String>>,
+    pub tls: bool,
+}
+
+/// What is wrong with the TLS settings. Messages name the file; they never
+/// include key bytes or PEM contents.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("TLS certificate file {path}: {msg}")]
+    Cert { path: String, msg: String },
+    #[error("TLS private key file {path}: {msg}")]
+    Key { path: String, msg: String },
+    #[error("TLS client CA file {path}: {msg}")]
+    ClientCa { path: String, msg: String },
+    #[error("TLS settings: {0}")]
+    Settings(String),
+}
+
+fn shown(path: &Path) -> String {
+    path.display().to_string()
+}
+
+/// A PEM parsing error in words, without echoing any of the file's bytes
+/// (the library's own messages can include lines of the file).
+fn pem_reason(e: &rustls_pki_types::pem::Error, wanted: &str) -> String {
+    use rustls_pki_types::pem::Error as E;
+    match e {
+        E::NoItemsFound => format!("no {wanted} PEM section found"),
+        E::MissingSectionEnd { .. } => "a PEM section has no END line".into(),
+        E::IllegalSectionStart { .. } => "a PEM BEGIN line is malformed".into(),
+        E::Base64Decode(_) => "a PEM section is not valid base64".into(),
+        E::Io(io) => format!("cannot read: {io}"),
+        E::SectionTooLarge => "a PEM section is too large".into(),
+        _ => "not valid PEM".into(),
+    }
+}
+
+fn read_file(path: &Path) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("cannot read: {e}"))
+}
+
+/// All `CERTIFICATE` sections of a PEM file, in order; at least one.
+fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let bytes = read_file(path)?;
+    let certs = CertificateDer::pem_slice_iter(&bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| pem_reason(&e, "CERTIFICATE"))?;
+    if certs.is_empty() {
+        return Err("no CERTIFICATE PEM section found".into());
+    }
+    Ok(certs)
+}
+
+fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
+    check_private(path).map_err(|e| match e {
+        MasterKeyError::File { msg, .. } => msg,
+        other => other.to_string(),
+    })?;
+    let bytes = Zeroizing::new(read_file(path)?);
+    PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| {
+        pem_reason(
+            &e,
+            "PRIVATE KEY (PKCS#8), EC PRIVATE KEY (SEC1) or RSA PRIVATE KEY (PKCS#1)",
+        )
+    })
+}
+
+/// Build the rustls server config for one front: ring provider, TLS 1.2 and
+/// 1.3, the given ALPN list (HTTP: `[b"h2", b"http/1.1"]`, gRPC: `[b"h2"]`).
+/// With `client_ca_file`, client certificates are verified against that
+/// bundle (required when `require_client_cert`, else optional); a presented
+/// certificate from another CA fails the handshake.
+pub fn server_config(s: &TlsSettings, alpn: &[&[u8]]) -> Result<Arc<ServerConfig>, TlsError> {
+    if s.require_client_cert && s.client_ca_file.is_none() {
+        return Err(TlsError::Settings(
+            "requiring client certificates needs a client CA file".into(),
+        ));
+    }
+    if s.client_ca_file.is_some() && s.mtls.is_none() {
+        return Err(TlsError::Settings(
+            "a client CA file needs an mTLS URI pattern mapping certificates to tenants".into(),
+        ));
+    }
+
+    let chain = read_certs(&s.cert_file).map_err(|msg| TlsError::Cert {
+        path: shown(&s.cert_file),
+        msg,
+    })?;
+    let key = read_key(&s.key_file).map_err(|msg| TlsError::Key {
+        path: shown(&s.key_file),
+        msg,
+    })?;
+
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Settings(format!("protocol versions: {e}")))?;
+
+    let builder = match &s.client_ca_file {
+        None => builder.with_no_client_auth(),
+        Some(ca_file) => {
+            let ca_err = |msg: String| TlsError::ClientCa {
+                path: shown(ca_file),
+                msg,
+            };
+            let mut roots = RootCertStore::empty();
+            for (i, cert) in read_certs(ca_file).map_err(ca_err)?.into_iter().enumerate() {
+                roots
+                    .add(cert)
+                    .map_err(|e| ca_err(format!("certificate #{} is not usable: {e}", i + 1)))?;
+            }
+            let mut vb = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+            if !s.require_client_cert {
+                vb = vb.allow_unauthenticated();
+            }
+            let verifier = vb.build().map_err(|e| ca_err(e.to_string()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+
+    let mut config = builder.with_single_cert(chain, key).map_err(|e| {
+        TlsError::Settings(format!(
+            "certificate {} with key {}: {e}",
+            shown(&s.cert_file),
+            shown(&s.key_file)
+        ))
+    })?;
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(Arc::new(config))
+}
+
+/// `cert:<first 12 hex digits of SHA-256(der)>`.
+fn principal_of(der: &[u8]) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, der);
+    format!("cert:{}", &hex::encode(digest.as_ref())[..12])
+}
+
+/// Map the verified peer chain (leaf first, as
+/// `rustls::ServerConnection::peer_certificates()` returns it) to a
+/// [`PeerInfo::cert`] value: None without certificates; otherwise the first
+/// URI SAN of the leaf that matches the rule gives the tenant.
+pub fn identity_from_chain(
+    chain: Option<&[CertificateDer<'_>]>,
+    rule: Option<&MtlsRule>,
+) -> Option<Result<CertIdentity, String>> {
+    let leaf = chain?.first()?;
+    let Some(rule) = rule else {
+        return Some(Err("client certificates are not mapped to tenants".into()));
+    };
+    let principal = principal_of(leaf.as_ref());
+    Some(
+        map_leaf(leaf.as_ref(), rule, &principal).map(|tenant| CertIdentity {
+            tenant,
+            principal: principal.clone(),
+            scopes: rule.scopes,
+        }),
+    )
+}
+
+fn map_leaf(der: &[u8], rule: &MtlsRule, principal: &str) -> Result<String, String> {
+    use x509_parser::extensions::GeneralName;
+
+    let (_, cert) = x509_parser::parse_x509_certificate(der)
+        .map_err(|e| format!("client certificate {principal} cannot be parsed: {e}"))?;
+    let san = cert.subject_alternative_name().map_err(|e| {
+        format!("client certificate {principal} has an unreadable subjectAltName: {e}")
+    })?;
+    let uris: Vec<&str> = san
+        .iter()
+        .flat_map(|ext| ext.value.general_names.iter())
+        .filter_map(|n| match n {
+            GeneralName::URI(u) => Some(*u),
+            _ => None,
+        })
+        .collect();
+    if let Some(tenant) = uris.iter().find_map(|u| rule.tenant_of(u)) {
+        return Ok(tenant);
+    }
+    // The URIs come from a certificate our CA signed; show a few, quoted
+    // (escapes control characters) and cut short, for the log.
+    let seen: Vec<String> = uris
+        .iter()
+        .take(3)
+        .map(|u| format!("{:?}", u.chars().take(128).collect::<String>()))
+        .collect();
+    Err(format!(
+        "client certificate {principal} has no URI SAN matching {:?} (URI SANs: [{}])",
+        rule.uri_pattern,
+        seen.join(", ")
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+        KeyPair, KeyUsagePurpose, SanType,
+    };
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    const PATTERN: &str = "spiffe://ron-kms.test/tenant/{tenant}";
+
+    fn rule() -> MtlsRule {
+        MtlsRule::parse(PATTERN, MtlsRule::default_scopes()).unwrap()
+    }
+
+    struct Ca {
+        issuer: Issuer<'static, KeyPair>,
+        pem: String,
+    }
+
+    fn ca(name: &str) -> Ca {
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name.push(DnType::CommonName, name);
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let key = KeyPair::generate().unwrap();
+        let cert = p.self_signed(&key).unwrap();
+        Ca {
+            issuer: Issuer::new(p, key),
+            pem: cert.pem(),
+        }
+    }
+
+    /// (cert DER, cert PEM, key PEM) of a leaf signed by `ca`.
+    fn leaf(
+        ca: &Ca,
+        sans: Vec<SanType>,
+        server: bool,
+    ) -> (CertificateDer<'static>, String, String) {
+        let mut p = CertificateParams::default();
+        p.distinguished_name.push(DnType::CommonName, "leaf");
+        p.subject_alt_names = sans;
+        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        p.extended_key_usages = vec![if server {
+            ExtendedKeyUsagePurpose::ServerAuth
+        } else {
+            ExtendedKeyUsagePurpose::ClientAuth
+        }];
+        let key = KeyPair::generate().unwrap();
+        let cert = p.signed_by(&key, &ca.issuer).unwrap();
+        (cert.der().clone(), cert.pem(), key.serialize_pem())
+    }
+
+    fn uri(u: &str) -> SanType {
+        SanType::URI(u.try_into().unwrap())
+    }
+
+    fn write(path: &Path, body: &str, mode: u32) {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(path)
+            .unwrap();
+        f.write_all(body.as_bytes()).unwrap();
+    }
+
+    struct Files {
+        dir: tempfile::TempDir,
+        ca: Ca,
+        settings: TlsSettings,
+    }
+
+    fn files(key_mode: u32, with_ca: bool, require: bool) -> Files {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = ca("test CA");
+        let (_, cert_pem, key_pem) = leaf(
+            &ca,
+            vec![SanType::DnsName("localhost".try_into().unwrap())],
+            true,
+        );
+        let cert_file = dir.path().join("server.pem");
+        let key_file = dir.path().join("server.key");
+        let ca_file = dir.path().join("ca.pem");
+        write(&cert_file, &format!("{cert_pem}{}", ca.pem), 0o644);
+        write(&key_file, &key_pem, key_mode);
+        write(&ca_file, &ca.pem, 0o644);
+        let settings = TlsSettings {
+            cert_file,
+            key_file,
+            client_ca_file: with_ca.then_some(ca_file),
+            require_client_cert: require,
+            mtls: with_ca.then(rule),
+        };
+        Files { dir, ca, settings }
+    }
+
+    #[test]
+    fn pattern_needs_exactly_one_placeholder() {
+        let s = Scopes::all();
+        assert!(MtlsRule::parse(PATTERN, s).is_ok());
+        assert!(MtlsRule::parse("spiffe://x/{tenant}/svc", s).is_ok());
+        for bad in [
+            "spiffe://ron-kms.test/tenant/",
+            "spiffe://x/{tenant}/{tenant}",
+            "spiffe://x/{tenan}",
+            "{tenant}",
+            "",
+            "spiffe://x/ {tenant}",
+        ] {
+            let err = MtlsRule::parse(bad, s).unwrap_err();
+            assert!(err.contains("pattern"), "{bad:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn default_scopes_exclude_admin() {
+        use crate::auth::Scope;
+        let s = MtlsRule::default_scopes();
+        assert!(!s.contains(Scope::Admin));
+        for sc in [
+            Scope::Read,
+            Scope::Sign,
+            Scope::Verify,
+            Scope::Wrap,
+            Scope::Unwrap,
+        ] {
+            assert!(s.contains(sc));
+        }
+    }
+
+    #[test]
+    fn tenant_of_matches_exactly() {
+        let r = rule();
+        assert_eq!(
+            r.tenant_of("spiffe://ron-kms.test/tenant/a").as_deref(),
+            Some("a")
+        );
+        assert_eq!(
+            r.tenant_of("spiffe://ron-kms.test/tenant/team-1.prod_x")
+                .as_deref(),
+            Some("team-1.prod_x")
+        );
+        for bad in [
+            "spiffe://ron-kms.test/tenant/",
+            "spiffe://ron-kms.test/tenant/../b",
+            "spiffe://ron-kms.test/tenant/a/b",
+            "spiffe://ron-kms.test/tenant/a/",
+            "spiffe://ron-kms.test/tenant/A",
+            "spiffe://ron-kms.test/tenant/.hidden",
+            "spiffe://ron-kms.test/tenant/a?x=1",
+            "spiffe://ron-kms.test/tenant/a#f",
+            "spiffe://ron-kms.test/tenant/a%2fb",
+            "spiffe://other.test/tenant/a",
+            "xspiffe://ron-kms.test/tenant/a",
+            "SPIFFE://ron-kms.test/tenant/a",
+            "",
+        ] {
+            assert_eq!(r.tenant_of(bad), None, "{bad:?}");
+        }
+        let long = format!("spiffe://ron-kms.test/tenant/{}", "a".repeat(129));
+        assert_eq!(r.tenant_of(&long), None);
+
+        let with_suffix = MtlsRule::parse("spiffe://x/{tenant}/svc", Scopes::all()).unwrap();
+        assert_eq!(
+            with_suffix.tenant_of("spiffe://x/t1/svc").as_deref(),
+            Some("t1")
+        );
+        assert_eq!(with_suffix.tenant_of("spiffe://x/t1/svc/"), None);
+        assert_eq!(with_suffix.tenant_of("spiffe://x/t1/x/svc"), None);
+        assert_eq!(with_suffix.tenant_of("spiffe://x/t1"), None);
+    }
+
+    #[test]
+    fn server_config_builds() {
+        let f = files(0o600, false, false);
+        let c = server_config(&f.settings, &[b"h2", b"http/1.1"]).unwrap();
+        assert_eq!(c.alpn_protocols, vec![b"h2".to_vec(), b"http/1.1".to_vec()]);
+        let f = files(0o600, true, true);
+        let c = server_config(&f.settings, &[b"h2"]).unwrap();
+        assert_eq!(c.alpn_protocols, vec![b"h2".to_vec()]);
+    }
+
+    #[test]
+    fn world_readable_key_is_refused() {
+        let f = files(0o644, false, false);
+        let err = server_config(&f.settings, &[b"h2"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(&f.settings.key_file.display().to_string()),
+            "{err}"
+        );
+        assert!(err.contains("0644"), "{err}");
+        assert!(!err.contains("BEGIN"), "{err}");
+    }
+
+    #[test]
+    fn bad_files_are_named() {
+        let f = files(0o600, true, false);
+
+        let mut s = f.settings.clone();
+        s.cert_file = f.settings.key_file.clone();
+        let err = server_config(&s, &[b"h2"]).unwrap_err().to_string();
+        assert!(err.starts_with("TLS certificate file"), "{err}");
+        assert!(err.contains("no CERTIFICATE"), "{err}");
+
+        let mut s = f.settings.clone();
+        s.key_file = f.dir.path().join("missing.key");
+        let err = server_config(&s, &[b"h2"]).unwrap_err().to_string();
+        assert!(err.contains("missing.key"), "{err}");
+
+        // A key that is not the certificate's.
+        let other_key = f.dir.path().join("other.key");
+        write(
+            &other_key,
+            &KeyPair::generate().unwrap().serialize_pem(),
+            0o600,
+        );
+        let mut s = f.settings.clone();
+        s.key_file = other_key;
+        let err = server_config(&s, &[b"h2"]).unwrap_err().to_string();
+        assert!(err.contains("other.key"), "{err}");
+        assert!(!err.contains("BEGIN"), "{err}");
+
+        // Garbage in the key file is described, not echoed.
+        let junk_key = f.dir.path().join("junk.key");
+        write(
+            &junk_key,
+            "-----BEGIN PRIVATE KEY-----\nc2VjcmV0!!\n-----END PRIVATE KEY-----\n",
+            0o600,
+        );
+        let mut s = f.settings.clone();
+        s.key_file = junk_key;
+        let err = server_config(&s, &[b"h2"]).unwrap_err().to_string();
+        assert!(err.contains("junk.key"), "{err}");
+        assert!(!err.contains("c2VjcmV0"), "{err}");
+
+        let mut s = f.settings.clone();
+        s.client_ca_file = Some(f.settings.key_file.clone());
+        let err = server_config(&s, &[b"h2"]).unwrap_err().to_string();
+        assert!(err.starts_with("TLS client CA file"), "{err}");
+
+        let mut s = f.settings.clone();
+        s.mtls = None;
+        assert!(server_config(&s, &[b"h2"]).is_err());
+
+        let mut s = f.settings.clone();
+        s.client_ca_file = None;
+        s.require_client_cert = true;
+        assert!(server_config(&s, &[b"h2"]).is_err());
+    }
+
+    #[test]
+    fn identity_maps_uri_san_to_tenant() {
+        let ca = ca("id CA");
+        let (der, _, _) = leaf(
+            &ca,
+            vec![
+                SanType::DnsName("client.example".try_into().unwrap()),
+                uri("spiffe://elsewhere/tenant/zzz"),
+                uri("spiffe://ron-kms.test/tenant/acme"),
+            ],
+            false,
+        );
+        let chain = [der.clone()];
+        let id = identity_from_chain(Some(&chain), Some(&rule()))
+            .unwrap()
+            .unwrap();
+        assert_eq!(id.tenant, "acme");
+        assert_eq!(id.scopes, MtlsRule::default_scopes());
+        let hex12 = id.principal.strip_prefix("cert:").unwrap();
+        assert_eq!(hex12.len(), 12);
+        assert!(hex12
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+        // Stable per certificate.
+        let again = identity_from_chain(Some(&chain), Some(&rule()))
+            .unwrap()
+            .unwrap();
+        assert_eq!(again, id);
+    }
+
+    #[test]
+    fn identity_without_matching_san_is_an_error() {
+        let ca = ca("id CA");
+        let (der, _, _) = leaf(&ca, vec![uri("spiffe://ron-kms.test/tenant/Bad/x")], false);
+        let chain = [der];
+        let err = identity_from_chain(Some(&chain), Some(&rule()))
+            .unwrap()
+            .unwrap_err();
+        assert!(err.starts_with("client certificate cert:"), "{err}");
+        assert!(err.contains("no URI SAN"), "{err}");
+
+        let (der, _, _) = leaf(
+            &ca,
+            vec![SanType::DnsName("x.test".try_into().unwrap())],
+            false,
+        );
+        let chain = [der];
+        assert!(identity_from_chain(Some(&chain), Some(&rule()))
+            .unwrap()
+            .is_err());
+
+        let err = identity_from_chain(Some(&chain), None)
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(err, "client certificates are not mapped to tenants");
+
+        assert!(identity_from_chain(None, Some(&rule())).is_none());
+        assert!(identity_from_chain(Some(&[]), Some(&rule())).is_none());
+
+        let junk = [CertificateDer::from(vec![0x30, 0x03, 0x02, 0x01, 0x00])];
+        assert!(identity_from_chain(Some(&junk), Some(&rule()))
+            .unwrap()
+            .is_err());
+    }
+
+    /// One handshake over an in-memory pipe. Returns the server's result
+    /// (the mapped identity of the peer) once a byte made it across.
+    async fn handshake(
+        server: Arc<ServerConfig>,
+        ca_pem: &str,
+        client_cert: Option<(String, String)>,
+    ) -> Result<Option<Result<CertIdentity, String>>, String> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap())
+            .unwrap();
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots);
+        let mut client = match client_cert {
+            None => builder.with_no_client_auth(),
+            Some((cert, key)) => builder
+                .with_client_auth_cert(
+                    vec![CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()],
+                    PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+                )
+                .unwrap(),
+        };
+        client.alpn_protocols = vec![b"h2".to_vec()];
+
+        let (c_io, s_io) = tokio::io::duplex(64 * 1024);
+        let acceptor = tokio_rustls::TlsAcceptor::from(server);
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+
+        let server_side = async move {
+            let mut tls = acceptor.accept(s_io).await.map_err(|e| e.to_string())?;
+            let mut b = [0u8; 1];
+            tls.read_exact(&mut b).await.map_err(|e| e.to_string())?;
+            let (_, conn) = tls.get_ref();
+            assert_eq!(conn.alpn_protocol(), Some(&b"h2"[..]));
+            let id = identity_from_chain(conn.peer_certificates(), Some(&rule()));
+            tls.write_all(b"k").await.map_err(|e| e.to_string())?;
+            tls.flush().await.map_err(|e| e.to_string())?;
+            Ok::<_, String>(id)
+        };
+        let client_side = async move {
+            let mut tls = connector.connect(name, c_io).await?;
+            tls.write_all(b"x").await?;
+            tls.flush().await?;
+            let mut b = [0u8; 1];
+            tls.read_exact(&mut b).await?;
+            Ok::<_, std::io::Error>(())
+        };
+        let (s, c) = tokio::join!(server_side, client_side);
+        if s.is_ok() {
+            c.map_err(|e| format!("client: {e}"))?;
+        }
+        s
+    }
+
+    #[tokio::test]
+    async fn handshake_maps_client_certs() {
+        let f = files(0o600, true, false);
+        let config = server_config(&f.settings, &[b"h2"]).unwrap();
+
+        // A client certificate from the configured CA: accepted and mapped.
+        let (_, cert, key) = leaf(&f.ca, vec![uri("spiffe://ron-kms.test/tenant/a")], false);
+        let id = handshake(config.clone(), &f.ca.pem, Some((cert, key)))
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(id.tenant, "a");
+        assert!(id.principal.starts_with("cert:"));
+
+        // Verified but unmapped: the handshake succeeds, the identity is an error.
+        let (_, cert, key) = leaf(&f.ca, vec![uri("spiffe://other/a")], false);
+        let got = handshake(config.clone(), &f.ca.pem, Some((cert, key)))
+            .await
+            .unwrap();
+        assert!(matches!(got, Some(Err(_))), "{got:?}");
+
+        // A client certificate from another CA: the handshake fails.
+        let other = ca("other CA");
+        let (_, cert, key) = leaf(&other, vec![uri("spiffe://ron-kms.test/tenant/a")], false);
+        let err = handshake(config.clone(), &f.ca.pem, Some((cert, key)))
+            .await
+            .unwrap_err();
+        assert!(err.contains("UnknownIssuer"), "{err}");
+
+        // No client certificate while optional: fine, no identity.
+        let got = handshake(config, &f.ca.pem, None).await.unwrap();
+        assert!(got.is_none());
+
+        // No client certificate while required: the handshake fails.
+        let f = files(0o600, true, true);
+        let config = server_config(&f.settings, &[b"h2"]).unwrap();
+        let err = handshake(config, &f.ca.pem, None).await.unwrap_err();
+        assert!(err.contains("no certificates"), "{err}");
+    }
+}
