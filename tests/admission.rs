@@ -17,11 +17,7 @@ use common::{process, Client, Front, TestServer};
 const LATENCY_MS: u64 = 5;
 
 /// The tests measure latency: one at a time, or they measure each other.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
-}
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 const SIGN_UNITS: u32 = 8;
 
 async fn start() -> TestServer {
@@ -67,7 +63,7 @@ fn only_admission_answers(r: &load::Report, who: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tenants_at_80_20_over_capacity_share_fairly() {
-    let _one_at_a_time = serial();
+    let _one_at_a_time = SERIAL.lock().await;
     let s = start().await;
     let a = tenant(&s, "a").await;
     let b = tenant(&s, "b").await;
@@ -96,7 +92,7 @@ async fn tenants_at_80_20_over_capacity_share_fairly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tenant_at_10x_load_does_not_slow_another() {
-    let _one_at_a_time = serial();
+    let _one_at_a_time = SERIAL.lock().await;
     let s = start().await;
     let a = tenant(&s, "noisy").await;
     let b = tenant(&s, "quiet").await;
@@ -145,7 +141,7 @@ fn shed_histogram(text: &str, front: &str, le: &str) -> (f64, f64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_times_capacity_is_shed_fast_with_bounded_memory() {
-    let _one_at_a_time = serial();
+    let _one_at_a_time = SERIAL.lock().await;
     const LAT: u64 = 10;
     const MAX_WAIT_MS: u64 = 50;
     let dir = tempfile::tempdir().unwrap();
