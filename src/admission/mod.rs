@@ -18,7 +18,9 @@
 //!    tenant whose demand (units held plus waiting) is already over it is
 //!    refused with [`ShedKind::TenantShare`], and anyone else waits in a
 //!    queue of at most `queue` requests for at most `max_wait`. A full queue,
-//!    or a wait that runs out, is [`ShedKind::Overload`]. Freed units go to
+//!    a wait expected to pass half of `max_wait` (from the moving average of
+//!    how long units are held), or a wait that runs out, is
+//!    [`ShedKind::Overload`]. Freed units go to
 //!    the waiting tenant holding the least per weight, oldest request first
 //!    within a tenant, and a big request at the head is not overtaken by
 //!    small ones.
