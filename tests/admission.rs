@@ -168,33 +168,13 @@ async fn five_times_capacity_is_shed_fast_with_bounded_memory() {
     let mut c = Client::connect_to(Front::Grpc, &grpc, &http, &token).await;
     c.create("k", "ed25519").await.unwrap();
     let pid = served.child.id();
-    let rss_idle = load::rss_kib(pid);
+    let rss_idle = load::status_kib(pid, "VmRSS");
 
     let t = Tenant::new("admin", token.clone(), "k", &grpc, 8).await;
     let capacity = SIGN_UNITS as f64 * 1000.0 / LAT as f64;
     let offered = 5.0 * capacity;
     // while the flood runs, another tenant's normal client is still served
-    let probe_token = {
-        let out = std::process::Command::new(process::BIN)
-            .args([
-                "tokens",
-                "create",
-                "--tenant",
-                "probe",
-                "--scopes",
-                "kms:admin,kms:sign",
-                "--data-dir",
-            ])
-            .arg(&data)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap().trim().to_string()
-    };
+    let probe_token = process::create_token(&data, "probe", "kms:admin,kms:sign");
     // the server picks up new tokens on a miss, at most once a second
     tokio::time::sleep(Duration::from_millis(1100)).await;
     Client::connect_to(Front::Grpc, &grpc, &http, &probe_token)
@@ -211,7 +191,7 @@ async fn five_times_capacity_is_shed_fast_with_bounded_memory() {
     };
     let r = open_loop(&t, offered, Duration::from_secs(4)).await;
     let probe = probe.await.unwrap();
-    let rss_peak = load::peak_rss_kib(pid);
+    let rss_peak = load::status_kib(pid, "VmHWM");
     println!("capacity {capacity:.0}/s, offered {offered:.0}/s for 4 s");
     println!("{}", r.line("flood"));
     println!(

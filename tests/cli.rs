@@ -4,10 +4,9 @@
 //! restart keeps everything.
 mod common;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::process::{cli, http_get, serve, BIN};
+use common::process::{cli, http_get, serve};
 
 /// `ron-kms verify` of `sig` over `message` with key `release#v1`.
 fn verify_v1(addr: &str, token: &str, sig: &str, message: &str) -> (i32, Vec<u8>, String) {
@@ -102,25 +101,7 @@ fn the_binary_end_to_end() {
     );
 
     // a token made by `tokens create` while the server runs is accepted
-    let out = Command::new(BIN)
-        .args([
-            "tokens",
-            "create",
-            "--tenant",
-            "ci",
-            "--scopes",
-            "kms:admin,kms:read",
-            "--data-dir",
-        ])
-        .arg(&data)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let ci = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let ci = common::process::create_token(&data, "ci", "kms:admin,kms:read");
     assert!(
         ci.starts_with("rkms_") && !ci.contains('\n'),
         "only the token on stdout"

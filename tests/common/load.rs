@@ -232,21 +232,12 @@ pub async fn closed_loop(t: &Tenant, inflight: usize, dur: Duration) -> Report {
     }
 }
 
-/// Peak resident set (VmHWM) of a process, in KiB.
-pub fn peak_rss_kib(pid: u32) -> u64 {
+/// A `/proc/PID/status` field in KiB: `VmHWM` (peak resident set) or
+/// `VmRSS` (current).
+pub fn status_kib(pid: u32, field: &str) -> u64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     s.lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap()
-}
-
-/// Current resident set (VmRSS) of a process, in KiB.
-pub fn rss_kib(pid: u32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    s.lines()
-        .find(|l| l.starts_with("VmRSS:"))
+        .find(|l| l.strip_prefix(field).is_some_and(|r| r.starts_with(':')))
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
         .unwrap()

@@ -143,3 +143,27 @@ pub fn cli(addr: &str, token: &str, args: &[&str], stdin: Option<&[u8]>) -> (i32
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// `ron-kms tokens create` against `data` (the store a running server
+/// shares): the token it printed, the only thing on its stdout.
+pub fn create_token(data: &Path, tenant: &str, scopes: &str) -> String {
+    let out = Command::new(BIN)
+        .args([
+            "tokens",
+            "create",
+            "--tenant",
+            tenant,
+            "--scopes",
+            scopes,
+            "--data-dir",
+        ])
+        .arg(data)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
