@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use zeroize::Zeroizing;
 
-use crate::api::grpc::{GrpcFront, OversizeAsResourceExhausted};
+use crate::api::grpc::{GrpcEdge, GrpcFront};
 use crate::api::http;
 use crate::auth::{create_token, Scopes, TokenTable};
 use crate::backend::breaker::{Breaker, BreakerSettings};
@@ -517,7 +517,7 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
             .max_concurrent_streams(limits.h2_max_streams)
             .http2_max_header_list_size(crate::ingress::MAX_HEADER_BYTES as u32)
             .http2_max_pending_accept_reset_streams(Some(20))
-            .layer(OversizeAsResourceExhausted)
+            .layer(GrpcEdge)
             .add_service(health_service)
             .add_service(reflection)
             .add_service(grpc_front)

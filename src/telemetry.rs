@@ -1,12 +1,12 @@
 //! Metrics (the `metrics` facade, Prometheus exposition at `/metrics`) with
 //! the names of DESIGN.md §10, and their one place of registration.
 //!
-//! Series that belong to features this build does not have yet (admission
-//! shedding reasons, PQ policy, the verify cache, device breakers and
-//! reconnects, attestation) are registered at zero so dashboards and alerts
-//! can be built against them; they stay at zero until the feature exists,
-//! which is also their truthful value. `kms_attestation_required` says
-//! whether `attestation_ready == 0` matters.
+//! Counters and gauges that may stay untouched in a deployment (every
+//! `kms_reject_total` reason, the PQ policy rollbacks, the verify cache,
+//! device breakers and reconnects, attestation) are registered at zero at
+//! start, so dashboards and alerts see a series from the first scrape; zero
+//! is their truthful value until something happens. `kms_attestation_required`
+//! says whether `attestation_ready == 0` matters.
 use std::sync::OnceLock;
 
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, Unit};

@@ -241,3 +241,53 @@ async fn five_times_capacity_is_shed_fast_with_bounded_memory() {
     let ready = reqwest::get(format!("{http}/readyz")).await.unwrap();
     assert_eq!(ready.status(), 200);
 }
+
+/// A request timeout (or a client hanging up) never cuts an operation
+/// between its effect and its audit record: the caller is told `timeout`,
+/// the operation finishes in its own task, and its record is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timed_out_operation_still_finishes_and_is_audited() {
+    let _one_at_a_time = SERIAL.lock().await;
+    let mut s = TestServer::start_with(|c| {
+        c.fault_injection = true;
+        c.ingress.request_timeout = Duration::from_millis(300);
+    })
+    .await;
+    for front in common::FRONTS {
+        let mut c = s.client(front, &s.admin_token).await;
+        let name = format!("slow-{front:?}").to_lowercase();
+        s.running()
+            .faults
+            .as_ref()
+            .unwrap()
+            .set_latency(Duration::from_millis(800));
+        let t0 = std::time::Instant::now();
+        let e = c.create(&name, "ed25519").await.unwrap_err();
+        e.expect(503, tonic::Code::Unavailable, "timeout");
+        assert!(
+            t0.elapsed() < Duration::from_millis(700),
+            "{:?}",
+            t0.elapsed()
+        );
+        s.running().faults.as_ref().unwrap().clear();
+        // the key was created after all, once custody answered
+        tokio::time::sleep(Duration::from_millis(900)).await;
+        let k = c.get_key(&name, false).await.unwrap();
+        assert_eq!(k.primary_version, 1);
+    }
+    let dir = s.data_dir().join("audit");
+    s.stop().await;
+    let log: String = ron_kms::audit::chain::segments(&dir)
+        .unwrap()
+        .iter()
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .collect();
+    for name in ["slow-grpc", "slow-http"] {
+        assert!(
+            log.lines().any(|l| l.contains("\"op\":\"create_key\"")
+                && l.contains(&format!("\"kid\":\"{name}#v1\""))
+                && l.contains("\"result\":\"ok\"")),
+            "{name}'s creation is audited"
+        );
+    }
+}

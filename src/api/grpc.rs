@@ -9,6 +9,7 @@ use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status};
 
 use super::error::{classify, public_message};
+use super::http::within;
 use super::{new_request_id, MAX_BODY_BYTES, REQUEST_ID_HEADER};
 use crate::auth::Caller;
 use crate::error::Error;
@@ -44,7 +45,8 @@ impl GrpcFront {
     ) -> Result<Response<Resp>, Status>
     where
         F: FnOnce(Arc<KmsService>, Caller, Req) -> Fut,
-        Fut: Future<Output = Result<Resp, Error>>,
+        Fut: Future<Output = Result<Resp, Error>> + Send + 'static,
+        Resp: Send + 'static,
     {
         let started = std::time::Instant::now();
         let request_id = super::request_id_from(
@@ -59,30 +61,33 @@ impl GrpcFront {
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
         let conn = req.extensions().get::<ConnInfo>().cloned();
-        if let Some(c) = &conn {
-            c.mark_seen();
-        }
         let limit = self.kms.request_timeout();
+        let deadline = tokio::time::Instant::now() + limit;
         let result = tracing::Instrument::instrument(
             async {
-                let work = async {
-                    let caller = self
-                        .kms
-                        .authenticate_peer(
-                            auth.as_deref(),
-                            conn.as_ref().map(|c| &c.peer),
-                            request_id.clone(),
-                        )
-                        .await?;
-                    op(self.kms.clone(), caller, req.into_inner()).await
-                };
-                match tokio::time::timeout(limit, work).await {
-                    Ok(r) => r,
-                    Err(_) => {
-                        crate::telemetry::reject("timeout");
-                        Err(Error::Timeout(limit.as_millis() as u64))
-                    }
-                }
+                let caller = within(
+                    deadline,
+                    limit,
+                    self.kms.authenticate_peer(
+                        auth.as_deref(),
+                        conn.as_ref().map(|c| &c.peer),
+                        request_id.clone(),
+                    ),
+                )
+                .await?;
+                // The operation runs to its end in a task of its own: neither
+                // the request timeout nor a client that hangs up can stop it
+                // between its effect and its audit record.
+                let task = tokio::spawn(tracing::Instrument::in_current_span(op(
+                    self.kms.clone(),
+                    caller,
+                    req.into_inner(),
+                )));
+                within(deadline, limit, async {
+                    task.await
+                        .map_err(|e| Error::Internal(format!("operation task failed: {e}")))?
+                })
+                .await
             },
             span,
         )
@@ -199,31 +204,35 @@ impl Kms for GrpcFront {
     }
 }
 
-/// Two of tonic's own answers to bad input, rewritten to our contract in
-/// trailers-only responses (the service's errors always carry
-/// `kms-error-code`, tonic's never do):
-/// - a message over the decode limit is OUT_OF_RANGE in tonic; our contract
-///   says RESOURCE_EXHAUSTED `too_large` (as grpc-go and grpc-java do);
-/// - a message that is not valid protobuf (or a broken gRPC frame) is
-///   INTERNAL in tonic, following gRPC's status-code guide; the fault is the
-///   caller's, so we answer INVALID_ARGUMENT `invalid_argument`, and
-///   INTERNAL stays reserved for our own faults (the ones alerts page on).
+/// What the gRPC edge does around tonic, for every service (ours, health,
+/// reflection):
+/// - marks the connection as serving as soon as a request's head arrives,
+///   which lifts the ingress's first-request deadline
+///   ([`crate::ingress::conn`]);
+/// - rewrites two of tonic's own answers to bad input in trailers-only
+///   responses (the service's errors always carry `kms-error-code`, tonic's
+///   never do): a message over the decode limit is OUT_OF_RANGE in tonic,
+///   our contract says RESOURCE_EXHAUSTED `too_large` (as grpc-go and
+///   grpc-java do); a message that is not valid protobuf (or a broken gRPC
+///   frame) is INTERNAL in tonic, following gRPC's status-code guide, but the
+///   fault is the caller's, so we answer INVALID_ARGUMENT `invalid_argument`
+///   and INTERNAL stays reserved for our own faults (the ones alerts page on).
 #[derive(Clone, Copy, Default)]
-pub struct OversizeAsResourceExhausted;
+pub struct GrpcEdge;
 
-impl<S> tower::Layer<S> for OversizeAsResourceExhausted {
-    type Service = OversizeService<S>;
+impl<S> tower::Layer<S> for GrpcEdge {
+    type Service = GrpcEdgeService<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        OversizeService { inner }
+        GrpcEdgeService { inner }
     }
 }
 
 #[derive(Clone)]
-pub struct OversizeService<S> {
+pub struct GrpcEdgeService<S> {
     inner: S,
 }
 
-impl<S, B, RB> tower::Service<http::Request<B>> for OversizeService<S>
+impl<S, B, RB> tower::Service<http::Request<B>> for GrpcEdgeService<S>
 where
     S: tower::Service<http::Request<B>, Response = http::Response<RB>>,
     S::Future: Send + 'static,
@@ -238,6 +247,9 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        if let Some(c) = req.extensions().get::<ConnInfo>() {
+            c.mark_seen();
+        }
         let fut = self.inner.call(req);
         Box::pin(async move {
             let mut resp = fut.await?;

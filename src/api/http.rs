@@ -124,7 +124,8 @@ impl HttpFront {
         Resp: Serialize,
         Fill: FnOnce(&mut Req) -> Result<(), Error>,
         F: FnOnce(Arc<KmsService>, Caller, Req) -> Fut,
-        Fut: Future<Output = Result<Resp, Error>>,
+        Fut: Future<Output = Result<Resp, Error>> + Send + 'static,
+        Resp: Send + 'static,
     {
         let started = std::time::Instant::now();
         let request_id = super::request_id_from(
@@ -134,7 +135,9 @@ impl HttpFront {
         );
         let span = tracing::info_span!("http", request_id = %request_id);
         let limit = self.kms.request_timeout();
+        let deadline = tokio::time::Instant::now() + limit;
         let rid = request_id.clone();
+        let kms = self.kms.clone();
         let work = async move {
             let auth = req
                 .headers()
@@ -144,13 +147,12 @@ impl HttpFront {
             let peer = req.extensions().get::<ConnInfo>().map(|c| c.peer.clone());
             // Authenticate before reading the body: an anonymous caller
             // costs a header parse, not a 1 MiB buffer.
-            let caller = self
-                .kms
+            let caller = kms
                 .authenticate_peer(auth.as_deref(), peer.as_ref(), rid)
                 .await?;
             // A request that admission would shed is shed before its body
             // is read or decoded.
-            self.kms.admission().precheck(class, &caller.tenant)?;
+            kms.admission().precheck(class, &caller.tenant)?;
             let mut msg: Req = match from {
                 From::Query => Query::<Req>::try_from_uri(req.uri())
                     .map(|q| q.0)
@@ -167,17 +169,24 @@ impl HttpFront {
                 }
             };
             fill(&mut msg)?;
-            op(self.kms.clone(), caller, msg).await
+            Ok((caller, msg))
         };
         let result = tracing::Instrument::instrument(
             async {
-                match tokio::time::timeout(limit, work).await {
-                    Ok(r) => r,
-                    Err(_) => {
-                        crate::telemetry::reject("timeout");
-                        Err(Error::Timeout(limit.as_millis() as u64))
-                    }
-                }
+                let (caller, msg) = within(deadline, limit, work).await?;
+                // Once decoded, the operation runs to its end in a task of its
+                // own: neither the request timeout nor a client that hangs up
+                // can stop it between its effect and its audit record.
+                let task = tokio::spawn(tracing::Instrument::in_current_span(op(
+                    self.kms.clone(),
+                    caller,
+                    msg,
+                )));
+                within(deadline, limit, async {
+                    task.await
+                        .map_err(|e| Error::Internal(format!("operation task failed: {e}")))?
+                })
+                .await
             },
             span,
         )
@@ -190,6 +199,21 @@ impl HttpFront {
                 }
                 error_response(&e, &request_id)
             }
+        }
+    }
+}
+
+/// `work` under the request's deadline; past it, `timeout`.
+pub(super) async fn within<T>(
+    deadline: tokio::time::Instant,
+    limit: std::time::Duration,
+    work: impl Future<Output = Result<T, Error>>,
+) -> Result<T, Error> {
+    match tokio::time::timeout_at(deadline, work).await {
+        Ok(r) => r,
+        Err(_) => {
+            crate::telemetry::reject("timeout");
+            Err(Error::Timeout(limit.as_millis() as u64))
         }
     }
 }

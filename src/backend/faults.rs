@@ -105,8 +105,10 @@ impl FaultyBackend {
         }
     }
 
-    /// Down and error-rate faults without the latency: for the health
-    /// probe, which the service may run on a request's async worker.
+    /// The down switch and flap schedule only — no latency and no random
+    /// errors: for the health probe, which the service may run on a
+    /// request's async worker, and which a random error would make report
+    /// custody down.
     fn gate_no_latency(&self) -> Result<(), BackendError> {
         if self.faults.is_down() {
             return Err(BackendError::Unavailable(format!(

@@ -597,6 +597,14 @@ impl Pkcs11Backend {
                 self.drop_conn(conn);
                 unavailable(e)
             }
+            // A handle this connection holds (the KEK's, or a native key's
+            // looked up afresh) is no longer valid: the token's objects
+            // changed under us (seen when SoftHSM2's token directory goes
+            // away mid-call). Reconnect, as for a device error.
+            CkError::Pkcs11(RvError::KeyHandleInvalid | RvError::ObjectHandleInvalid, _) => {
+                self.drop_conn(conn);
+                unavailable(e)
+            }
             CkError::Pkcs11(RvError::EncryptedDataInvalid | RvError::EncryptedDataLenRange, _) => {
                 BackendError::Decrypt
             }

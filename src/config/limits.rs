@@ -197,8 +197,11 @@ pub(super) fn load(
         let field = format!("tenants.{name} in {fname}");
         crate::auth::validate_tenant(&name).map_err(|e| err(&field, e))?;
         let weight = t.weight.unwrap_or(1.0);
-        if !(weight > 0.0 && weight.is_finite()) {
-            return Err(err(&field, "weight must be greater than 0"));
+        if !(weight > 0.0 && weight <= 10_000.0) {
+            return Err(err(
+                &field,
+                "weight must be greater than 0 and at most 10000",
+            ));
         }
         if t.rps.is_some_and(|r| r < 0.0 || !r.is_finite()) || t.burst == Some(0) {
             return Err(err(&field, "rps must be ≥ 0 (0 = no cap) and burst > 0"));

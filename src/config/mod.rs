@@ -1144,7 +1144,7 @@ pub fn load(flags: &Flags, env: &dyn Env) -> Result<Config, ConfigError> {
     let fault_latency = match lat_p.value {
         None => None,
         Some(Some(ms)) if fault_injection && ms <= 60_000 => Some(Duration::from_millis(ms)),
-        Some(Some(_)) if !fault_injection => {
+        Some(Some(ms)) if !fault_injection && ms <= 60_000 => {
             return Err(err(lat_p.origin, "needs KMS_FAULT_INJECTION=true"))
         }
         Some(_) => {

@@ -11,9 +11,9 @@
 //!   certificate becomes the connection's [`crate::api::tls::PeerInfo`].
 //! - **Timers** ([`conn`]): a connection must deliver a complete first
 //!   request within `KMS_HEADER_TIMEOUT_MS` of being accepted, and is closed
-//!   after `KMS_IDLE_TIMEOUT_MS` without a byte either way. HTTP/1.1 also
-//!   gets hyper's header-read timeout for every later request on a kept-alive
-//!   connection.
+//!   after `KMS_IDLE_TIMEOUT_MS` without a byte either way. On HTTP/1.1,
+//!   hyper's header-read timeout, set to the idle timeout, bounds every later
+//!   request head on a kept-alive connection and closes idle ones.
 //! - **HTTP/2** (both fronts): at most `KMS_H2_MAX_STREAMS` concurrent
 //!   streams per connection, header lists capped at 64 KiB, and hyper/h2's
 //!   limits on streams reset before they are accepted (the rapid-reset
@@ -197,7 +197,10 @@ impl Ingress {
         builder
             .http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(self.limits.header_timeout)
+            // hyper starts this timer whenever it waits for a request head,
+            // so it is also the keep-alive idle timeout: the idle timeout.
+            // The first request's deadline is the header timeout (conn.rs).
+            .header_read_timeout(self.limits.idle_timeout)
             .max_buf_size(MAX_HEADER_BYTES);
         builder
             .http2()

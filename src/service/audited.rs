@@ -48,8 +48,8 @@ impl KmsService {
     /// client certificate mapped to a tenant (mTLS) is a credential of its
     /// own. A bearer token, when present, decides the identity; with both, the
     /// certificate's tenant must be the token's, or the request is refused.
-    /// A verified certificate that maps to no tenant is refused, never
-    /// treated as anonymous.
+    /// A verified certificate that maps to no tenant is refused, with or
+    /// without a token, never treated as anonymous.
     pub async fn authenticate_peer(
         &self,
         authorization: Option<&str>,
@@ -64,7 +64,9 @@ impl KmsService {
                 scopes: id.scopes,
                 request_id: request_id.clone(),
             }),
-            (None, Some(Err(why))) => {
+            // a verified certificate that maps to no tenant is refused even
+            // beside a token: the connection's identity is not one we know
+            (_, Some(Err(why))) => {
                 tracing::debug!(request_id = %request_id, reason = %why, "client certificate maps to no tenant");
                 crate::telemetry::reject("unauthenticated");
                 Err(Error::Unauthenticated)
