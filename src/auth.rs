@@ -178,6 +178,17 @@ impl TokenTable {
             .cloned()
     }
 
+    /// The tenant of a known token, from the in-memory table only (no
+    /// reload, no audit): for decisions made before a request is decoded.
+    /// `None` for anything that is not a known token.
+    pub fn known_tenant(&self, authorization: Option<&str>) -> Option<String> {
+        let token = authorization.and_then(parse_bearer)?;
+        if !token.starts_with(TOKEN_PREFIX) || token.len() > 128 {
+            return None;
+        }
+        self.lookup(&sha256(token.as_bytes())).map(|id| id.tenant)
+    }
+
     /// Authenticate the value of an `authorization` header.
     pub async fn authenticate(
         self: &Arc<Self>,

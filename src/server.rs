@@ -511,13 +511,14 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
 
     let grpc_front = GrpcFront::new(kms.clone()).into_server();
     let grpc_accepted = grpc_ingress.accept(grpc_listener, rx.clone());
+    let grpc_edge = GrpcEdge::new(kms.clone());
     let mut grpc_rx = rx.clone();
     let grpc_task = tokio::spawn(async move {
         let res = tonic::transport::Server::builder()
             .max_concurrent_streams(limits.h2_max_streams)
             .http2_max_header_list_size(crate::ingress::MAX_HEADER_BYTES as u32)
             .http2_max_pending_accept_reset_streams(Some(20))
-            .layer(GrpcEdge)
+            .layer(grpc_edge)
             .add_service(health_service)
             .add_service(reflection)
             .add_service(grpc_front)

@@ -14,17 +14,19 @@ use std::time::Duration;
 use common::load::{self, ms, open_loop, Tenant};
 use common::{process, Client, Front, TestServer};
 
-const LATENCY_MS: u64 = 5;
+/// Long enough that the machine's own per-request cost (a few ms in a debug
+/// build on a busy 2-core box) is small beside it.
+const LATENCY_MS: u64 = 20;
 
 /// The tests measure latency: one at a time, or they measure each other.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-const SIGN_UNITS: u32 = 8;
+const SIGN_UNITS: u32 = 32;
 
 async fn start() -> TestServer {
     TestServer::start_with(|c| {
         c.fault_injection = true;
         c.fault_latency = Some(Duration::from_millis(LATENCY_MS));
-        c.blocking_threads = 32;
+        c.blocking_threads = 64;
         c.admission.inflight[0] = SIGN_UNITS;
         c.admission.queue = 64;
         c.admission.max_wait = Duration::from_millis(100);
@@ -143,6 +145,7 @@ fn shed_histogram(text: &str, front: &str, le: &str) -> (f64, f64) {
 async fn five_times_capacity_is_shed_fast_with_bounded_memory() {
     let _one_at_a_time = SERIAL.lock().await;
     const LAT: u64 = 10;
+    const UNITS: u32 = 8;
     const MAX_WAIT_MS: u64 = 50;
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
@@ -152,7 +155,7 @@ async fn five_times_capacity_is_shed_fast_with_bounded_memory() {
             &[
                 ("KMS_FAULT_INJECTION", "true".as_ref()),
                 ("KMS_FAULT_LATENCY_MS", LAT.to_string().as_ref()),
-                ("KMS_MAX_INFLIGHT_SIGN", SIGN_UNITS.to_string().as_ref()),
+                ("KMS_MAX_INFLIGHT_SIGN", UNITS.to_string().as_ref()),
                 ("KMS_BLOCKING_THREADS", "32".as_ref()),
                 (
                     "KMS_ADMISSION_MAX_WAIT_MS",
@@ -171,7 +174,7 @@ async fn five_times_capacity_is_shed_fast_with_bounded_memory() {
     let rss_idle = load::status_kib(pid, "VmRSS");
 
     let t = Tenant::new("admin", token.clone(), "k", &grpc, 8).await;
-    let capacity = SIGN_UNITS as f64 * 1000.0 / LAT as f64;
+    let capacity = UNITS as f64 * 1000.0 / LAT as f64;
     let offered = 5.0 * capacity;
     // while the flood runs, another tenant's normal client is still served
     let probe_token = process::create_token(&data, "probe", "kms:admin,kms:sign");
@@ -290,4 +293,56 @@ async fn a_timed_out_operation_still_finishes_and_is_audited() {
             "{name}'s creation is audited"
         );
     }
+}
+
+/// Over gRPC a request that admission would refuse is refused from its head:
+/// the answer comes while the client is still holding back the message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_sheds_from_the_request_head_before_the_message_arrives() {
+    let _one_at_a_time = SERIAL.lock().await;
+    let s = TestServer::start_with(|c| {
+        c.fault_injection = true;
+        c.blocking_threads = 8;
+        c.admission.inflight[0] = 1;
+        c.admission.queue = 0;
+    })
+    .await;
+    let mut c = Client::connect(Front::Grpc, s.running(), &s.admin_token).await;
+    c.create("k", "ed25519").await.unwrap();
+    s.running()
+        .faults
+        .as_ref()
+        .unwrap()
+        .set_latency(Duration::from_millis(1500));
+    // one sign holds the only unit for 1.5 s
+    let busy = tokio::spawn(async move { c.sign("k", b"slow").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let sock = tokio::net::TcpStream::connect(s.running().grpc_addr)
+        .await
+        .unwrap();
+    let (send, conn) = h2::client::handshake(sock).await.unwrap();
+    tokio::spawn(conn);
+    let mut send = send.ready().await.unwrap();
+    let head = http::Request::builder()
+        .method("POST")
+        .uri("http://localhost/ron.kms.v1.Kms/Sign")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("authorization", format!("Bearer {}", s.admin_token))
+        .body(())
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    // the stream stays open and no message is ever sent on it
+    let (resp, _body) = send.send_request(head, false).unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(1), resp)
+        .await
+        .expect("answered without the message")
+        .unwrap();
+    let h = resp.headers();
+    assert_eq!(h.get("grpc-status").unwrap(), "14", "{h:?}");
+    assert_eq!(h.get("kms-error-code").unwrap(), "saturated");
+    assert!(h.contains_key("grpc-retry-pushback-ms"));
+    assert!(h.contains_key("x-request-id"));
+    println!("shed from the head in {:?}", t0.elapsed());
+    assert!(busy.await.unwrap().is_ok());
 }

@@ -209,6 +209,12 @@ impl Kms for GrpcFront {
 /// - marks the connection as serving as soon as a request's head arrives,
 ///   which lifts the ingress's first-request deadline
 ///   ([`crate::ingress::conn`]);
+/// - sheds early: for a `ron.kms.v1.Kms` call whose caller is already known
+///   from the head (a known token, or a client certificate mapped to a
+///   tenant), asks admission whether it would be refused (nothing taken) and,
+///   if so, answers trailers-only with the refusal and its retry advice
+///   before tonic reads or decodes the message. Callers that are not known
+///   yet go on to the handler, which authenticates them properly;
 /// - rewrites two of tonic's own answers to bad input in trailers-only
 ///   responses (the service's errors always carry `kms-error-code`, tonic's
 ///   never do): a message over the decode limit is OUT_OF_RANGE in tonic,
@@ -217,25 +223,119 @@ impl Kms for GrpcFront {
 ///   frame) is INTERNAL in tonic, following gRPC's status-code guide, but the
 ///   fault is the caller's, so we answer INVALID_ARGUMENT `invalid_argument`
 ///   and INTERNAL stays reserved for our own faults (the ones alerts page on).
-#[derive(Clone, Copy, Default)]
-pub struct GrpcEdge;
+#[derive(Clone)]
+pub struct GrpcEdge {
+    kms: Arc<KmsService>,
+}
+
+impl GrpcEdge {
+    pub fn new(kms: Arc<KmsService>) -> Self {
+        GrpcEdge { kms }
+    }
+}
 
 impl<S> tower::Layer<S> for GrpcEdge {
     type Service = GrpcEdgeService<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        GrpcEdgeService { inner }
+        GrpcEdgeService {
+            inner,
+            kms: self.kms.clone(),
+        }
     }
 }
 
 #[derive(Clone)]
 pub struct GrpcEdgeService<S> {
     inner: S,
+    kms: Arc<KmsService>,
+}
+
+/// The admission gate of a `ron.kms.v1.Kms` method, from the request path.
+fn gate_of(path: &str) -> Option<crate::admission::Op> {
+    use crate::admission::Op;
+    let method = path.strip_prefix("/ron.kms.v1.Kms/")?;
+    Some(match method {
+        "Sign" => Op::Sign,
+        "Verify" => Op::Verify,
+        "Wrap" | "GenerateDataKey" => Op::Wrap,
+        "Unwrap" => Op::Unwrap,
+        _ => Op::Admin,
+    })
+}
+
+impl<S> GrpcEdgeService<S> {
+    /// The refusal admission would give this request now, judged from its
+    /// head alone.
+    fn early_shed<B>(&self, req: &http::Request<B>) -> Option<Error> {
+        let op = gate_of(req.uri().path())?;
+        let auth = req
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok());
+        let tenant = match auth {
+            Some(_) => self.kms.tokens().known_tenant(auth)?,
+            None => match req
+                .extensions()
+                .get::<ConnInfo>()
+                .and_then(|c| c.peer.cert.as_ref())
+            {
+                Some(Ok(id)) => id.tenant.clone(),
+                _ => return None,
+            },
+        };
+        self.kms
+            .admission()
+            .precheck(op, &tenant)
+            .err()
+            .map(Error::Shed)
+    }
+}
+
+/// A trailers-only gRPC answer for `e`: status, code, retry advice and a
+/// request id in the headers, no body.
+fn trailers_only<RB: Default>(e: &Error, request_id: &str) -> http::Response<RB> {
+    let st = to_status(e, request_id);
+    let mut resp = http::Response::new(RB::default());
+    let h = resp.headers_mut();
+    h.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/grpc"),
+    );
+    h.insert("grpc-status", http::HeaderValue::from(i32::from(st.code())));
+    if let Ok(v) = http::HeaderValue::from_str(&percent_message(st.message())) {
+        h.insert("grpc-message", v);
+    }
+    for kv in st.metadata().iter() {
+        if let tonic::metadata::KeyAndValueRef::Ascii(k, v) = kv {
+            if let (Ok(k), Ok(v)) = (
+                http::HeaderName::from_bytes(k.as_str().as_bytes()),
+                http::HeaderValue::from_bytes(v.as_encoded_bytes()),
+            ) {
+                h.insert(k, v);
+            }
+        }
+    }
+    resp
+}
+
+/// grpc-message is percent-encoded outside printable ASCII (gRPC spec).
+fn percent_message(m: &str) -> String {
+    let mut out = String::with_capacity(m.len());
+    for b in m.bytes() {
+        if (0x20..0x7f).contains(&b) && b != b'%' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 impl<S, B, RB> tower::Service<http::Request<B>> for GrpcEdgeService<S>
 where
     S: tower::Service<http::Request<B>, Response = http::Response<RB>>,
     S::Future: Send + 'static,
+    RB: Default + Send + 'static,
 {
     type Response = http::Response<RB>;
     type Error = S::Error;
@@ -247,8 +347,19 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let started = std::time::Instant::now();
         if let Some(c) = req.extensions().get::<ConnInfo>() {
             c.mark_seen();
+        }
+        if let Some(e) = self.early_shed(&req) {
+            let request_id = super::request_id_from(
+                req.headers()
+                    .get(REQUEST_ID_HEADER)
+                    .and_then(|v| v.to_str().ok()),
+            );
+            let resp = trailers_only(&e, &request_id);
+            crate::telemetry::shed_time("grpc", started.elapsed());
+            return Box::pin(async move { Ok(resp) });
         }
         let fut = self.inner.call(req);
         Box::pin(async move {
