@@ -341,8 +341,14 @@ async fn an_http2_stream_flood_is_cut_off_and_others_are_served() {
         println!(
             "{addr}: flood refused after {refused_at:?} streams; connection ended with {ended:?}"
         );
-        let reason = ended.expect_err("the connection ends in an error").reason();
-        assert_eq!(reason, Some(h2::Reason::ENHANCE_YOUR_CALM));
+        // the server's GOAWAY ENHANCE_YOUR_CALM, or — when the client was
+        // still writing as the server closed the socket — a broken pipe
+        // before the GOAWAY could be read: either way the server ended it
+        let e = ended.expect_err("the connection ends in an error");
+        assert!(
+            e.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM) || e.is_io(),
+            "{e:?}"
+        );
         normal_sign_works(&s).await;
     }
 }
