@@ -63,13 +63,39 @@ pub fn checkpoint_message(seq: u64, prev: &[u8; 32]) -> Vec<u8> {
     [CHECKPOINT_DOMAIN, &seq.to_be_bytes(), prev].concat()
 }
 
+/// Lower-case hex of a 32-byte hash, without `hex::encode`'s char-by-char
+/// `String` building (it showed in the writer's profile).
+pub fn hex32(bytes: &[u8; 32]) -> String {
+    let mut out = [0u8; 64];
+    hex::encode_to_slice(bytes, &mut out).expect("64 bytes hold 32 in hex");
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// Encode `body` (whose `prev` must already be set) as one line, without the
 /// newline; returns the line and its hash.
 pub fn encode(body: &Body, prev: &[u8; 32]) -> (String, [u8; 32]) {
-    let json = serde_json::to_string(body).expect("audit body serialises");
-    let head = &json[..json.len() - 1]; // drop the closing brace
-    let hash = sha256(&[prev.as_slice(), head.as_bytes()].concat());
-    (format!("{head}{HASH_MARK}{}\"}}", hex::encode(hash)), hash)
+    let mut out = Vec::new();
+    let hash = encode_into(body, prev, &mut out);
+    (String::from_utf8(out).expect("JSON is UTF-8"), hash)
+}
+
+/// [`encode`] appending to `out` (no intermediate strings): the writer
+/// encodes a batch straight into its pending buffer.
+pub fn encode_into(body: &Body, prev: &[u8; 32], out: &mut Vec<u8>) -> [u8; 32] {
+    let start = out.len();
+    serde_json::to_writer(&mut *out, body).expect("audit body serialises");
+    out.pop(); // drop the closing brace
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(prev);
+    ctx.update(&out[start..]);
+    let mut hash = [0u8; 32];
+    hash.copy_from_slice(ctx.finish().as_ref());
+    out.extend_from_slice(HASH_MARK.as_bytes());
+    let mut hex = [0u8; 64];
+    hex::encode_to_slice(hash, &mut hex).expect("64 bytes hold 32 in hex");
+    out.extend_from_slice(&hex);
+    out.extend_from_slice(b"\"}");
+    hash
 }
 
 /// Where and why verification failed.
@@ -176,7 +202,7 @@ pub fn verify_bytes(
                 ),
             ));
         }
-        if body.prev != hex::encode(s.last_hash) {
+        if body.prev != hex32(&s.last_hash) {
             return Err(fail(
                 line_no,
                 expect,
@@ -213,4 +239,34 @@ pub fn verify_bytes(
         s.last_hash = computed;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encode_into_appends_the_line_and_chains_its_hash() {
+        let body = Body {
+            seq: 7,
+            ts_ms: 1,
+            op: "sign".into(),
+            tenant: "t\"quoted".into(),
+            prev: hex32(&[3u8; 32]),
+            ..Body::default()
+        };
+        let mut out = b"earlier\n".to_vec();
+        let hash = encode_into(&body, &[3u8; 32], &mut out);
+        let line = std::str::from_utf8(&out[8..]).unwrap();
+        let (head, tail) = line.split_once(HASH_MARK).unwrap();
+        assert_eq!(
+            hash,
+            sha256(&[[3u8; 32].as_slice(), head.as_bytes()].concat())
+        );
+        assert_eq!(tail, format!("{}\"}}", hex::encode(hash)));
+        assert_eq!(encode(&body, &[3u8; 32]), (line.to_string(), hash));
+        let parsed: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(parsed["tenant"], "t\"quoted");
+        assert_eq!(hex32(&[0xab; 32]), "ab".repeat(32));
+    }
 }

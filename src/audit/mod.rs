@@ -141,9 +141,8 @@ impl Writer {
     fn push(&mut self, mut body: Body) -> u64 {
         self.seq += 1;
         body.seq = self.seq;
-        body.prev = hex::encode(self.prev);
-        let (line, hash) = chain::encode(&body, &self.prev);
-        self.pending.extend_from_slice(line.as_bytes());
+        body.prev = chain::hex32(&self.prev);
+        let hash = chain::encode_into(&body, &self.prev, &mut self.pending);
         self.pending.push(b'\n');
         self.prev = hash;
         self.seq
@@ -241,19 +240,25 @@ impl Writer {
     fn write_batch(&mut self, events: Vec<Event>) -> Result<Vec<u64>, String> {
         let mut seqs = Vec::with_capacity(events.len());
         for e in events {
-            seqs.push(self.push(Body {
-                ts_ms: now_ms(),
-                op: e.op.to_string(),
-                tenant: e.tenant,
-                principal: e.principal,
-                kid: e.kid,
-                alg: e.alg,
-                result: e.result,
-                reason: e.reason,
-                request_id: e.request_id,
-                input_sha256: e.input_sha256.map(hex::encode).unwrap_or_default(),
-                ..Body::default()
-            }));
+            seqs.push(
+                self.push(Body {
+                    ts_ms: now_ms(),
+                    op: e.op.to_string(),
+                    tenant: e.tenant,
+                    principal: e.principal,
+                    kid: e.kid,
+                    alg: e.alg,
+                    result: e.result,
+                    reason: e.reason,
+                    request_id: e.request_id,
+                    input_sha256: e
+                        .input_sha256
+                        .as_ref()
+                        .map(chain::hex32)
+                        .unwrap_or_default(),
+                    ..Body::default()
+                }),
+            );
             self.since_checkpoint += 1;
             if self.since_checkpoint >= self.interval {
                 self.try_checkpoint();
