@@ -5,10 +5,12 @@
 //! A backend supplies the [`Sealer`] (master key, or a token-resident KEK);
 //! this module generates, unseals into zeroizing memory for one operation,
 //! and runs the algorithm.
+use std::sync::Arc;
+
 use zeroize::Zeroizing;
 
 use super::{BackendError, Generated, KeyLabel};
-use crate::crypto::{aead, Provider};
+use crate::crypto::{aead, Algorithm, Provider};
 
 const AAD_PREFIX: &[u8] = b"ron-kms/sealed/v1\0";
 
@@ -49,6 +51,108 @@ pub fn generate(
         public: kp.public,
         handle,
     })
+}
+
+/// Prepared Ed25519 signing keys for hot keys, so a sign is one scalar
+/// multiplication instead of two: deriving the key pair from the seed costs
+/// as much as the signature itself (half of a sign's crypto in the service's
+/// profile; docs/PERFORMANCE.md).
+///
+/// Entries are `ed25519_dalek::SigningKey`s, which wipe themselves when
+/// dropped (zeroize on drop), keyed by SHA-256 of the label's associated
+/// data and the sealed handle, so an entry only ever serves the exact
+/// sealed blob it was unsealed from. Bounded ([`KEY_CACHE_ENTRIES`]) and
+/// dropped after [`KEY_CACHE_IDLE`] without use; `destroy` drops an entry at
+/// once. Only `sealed-file` custody uses it: a key sealed under a device's
+/// KEK is unsealed by the device on every operation, so a device outage is
+/// seen at once.
+pub struct KeyCache {
+    cache: moka::sync::Cache<[u8; 32], Arc<ed25519_dalek::SigningKey>>,
+}
+
+/// At most this many prepared keys (each ~100 bytes with its entry).
+pub const KEY_CACHE_ENTRIES: u64 = 16_384;
+/// A prepared key unused for this long is dropped (and wiped).
+pub const KEY_CACHE_IDLE: std::time::Duration = std::time::Duration::from_secs(300);
+
+impl KeyCache {
+    pub fn new() -> Self {
+        KeyCache {
+            cache: moka::sync::Cache::builder()
+                .max_capacity(KEY_CACHE_ENTRIES)
+                .time_to_idle(KEY_CACHE_IDLE)
+                .build(),
+        }
+    }
+
+    fn id(label: &KeyLabel<'_>, handle: &[u8]) -> [u8; 32] {
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        ctx.update(&label_aad(label));
+        ctx.update(&(handle.len() as u64).to_be_bytes());
+        ctx.update(handle);
+        let mut id = [0u8; 32];
+        id.copy_from_slice(ctx.finish().as_ref());
+        id
+    }
+
+    fn ed25519(
+        &self,
+        s: &dyn Sealer,
+        label: KeyLabel<'_>,
+        handle: &[u8],
+    ) -> Result<Arc<ed25519_dalek::SigningKey>, BackendError> {
+        let id = Self::id(&label, handle);
+        if let Some(k) = self.cache.get(&id) {
+            return Ok(k);
+        }
+        let private = s.unseal(label, handle)?;
+        let seed: &[u8; 32] = private
+            .as_slice()
+            .try_into()
+            .map_err(|_| BackendError::Crypto("ed25519 private key is not 32 bytes".into()))?;
+        let k = Arc::new(ed25519_dalek::SigningKey::from_bytes(seed));
+        self.cache.insert(id, k.clone());
+        Ok(k)
+    }
+
+    /// Drop (and wipe) the prepared key for this handle, if any.
+    pub fn forget(&self, label: KeyLabel<'_>, handle: &[u8]) {
+        self.cache.invalidate(&Self::id(&label, handle));
+    }
+
+    /// Prepared keys held now (approximate: moka counts lazily).
+    pub fn len(&self) -> u64 {
+        self.cache.run_pending_tasks();
+        self.cache.entry_count()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Default for KeyCache {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Sign with a prepared key from `cache` when the algorithm has one
+/// (Ed25519), else as [`sign`] does.
+pub fn sign_cached(
+    s: &dyn Sealer,
+    cache: &KeyCache,
+    provider: &Provider,
+    label: KeyLabel<'_>,
+    handle: &[u8],
+    message: &[u8],
+) -> Result<Vec<u8>, BackendError> {
+    if label.algorithm == Algorithm::Ed25519 {
+        use ed25519_dalek::Signer as _;
+        let k = cache.ed25519(s, label, handle)?;
+        return Ok(k.sign(message).to_bytes().to_vec());
+    }
+    sign(s, provider, label, handle, message)
 }
 
 pub fn sign(

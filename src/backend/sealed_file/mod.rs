@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use zeroize::Zeroizing;
 
-use super::soft::{self, label_aad, Sealer};
+use super::soft::{self, label_aad, KeyCache, Sealer};
 use super::{Backend, BackendError, Capabilities, Generated, KeyLabel};
 use crate::crypto::{aead, random_bytes, Algorithm, Provider};
 
@@ -25,6 +25,8 @@ pub struct SealedFileBackend {
     master: MasterKey,
     provider: Arc<Provider>,
     caps: Capabilities,
+    /// Prepared Ed25519 keys for hot keys ([`KeyCache`]).
+    prepared: KeyCache,
 }
 
 impl std::fmt::Debug for SealedFileBackend {
@@ -45,6 +47,7 @@ impl SealedFileBackend {
                 persistent: true,
                 device_bound: false,
             },
+            prepared: KeyCache::new(),
         }
     }
 
@@ -127,7 +130,7 @@ impl Backend for SealedFileBackend {
         message: &[u8],
     ) -> Result<Vec<u8>, BackendError> {
         self.check(&label)?;
-        soft::sign(self, &self.provider, label, handle, message)
+        soft::sign_cached(self, &self.prepared, &self.provider, label, handle, message)
     }
 
     fn decapsulate(
@@ -164,8 +167,10 @@ impl Backend for SealedFileBackend {
         soft::aead_open(self, label, handle, nonce, aad, ciphertext)
     }
 
-    fn destroy(&self, _label: KeyLabel<'_>, _handle: &[u8]) -> Result<(), BackendError> {
+    fn destroy(&self, label: KeyLabel<'_>, handle: &[u8]) -> Result<(), BackendError> {
         // The handle is the only copy of the material; the store wipes it.
+        // A prepared copy of it goes now, not at idle expiry.
+        self.prepared.forget(label, handle);
         Ok(())
     }
 
@@ -183,6 +188,36 @@ mod tests {
             MasterKey::from_bytes([7u8; 32]),
             Arc::new(Provider::default()),
         )
+    }
+
+    #[test]
+    fn ed25519_signs_through_prepared_keys_that_destroy_drops() {
+        let b = backend();
+        let l = KeyLabel {
+            tenant: "t",
+            kid: "k#v1",
+            algorithm: Algorithm::Ed25519,
+        };
+        let g = b.generate(l).unwrap();
+        assert!(b.prepared.is_empty());
+        let sig = b.sign(l, &g.handle, b"m").unwrap();
+        assert_eq!(b.prepared.len(), 1);
+        // served from the cache the second time; Ed25519 is deterministic
+        assert_eq!(b.sign(l, &g.handle, b"m").unwrap(), sig);
+        assert!(
+            ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, &g.public)
+                .verify(b"m", &sig)
+                .is_ok(),
+            "verifies under ring"
+        );
+        // the cache never serves a handle under another label
+        let other = KeyLabel { kid: "k#v2", ..l };
+        assert!(matches!(
+            b.sign(other, &g.handle, b"m"),
+            Err(BackendError::Sealed(_))
+        ));
+        b.destroy(l, &g.handle).unwrap();
+        assert!(b.prepared.is_empty(), "destroy wipes the prepared key");
     }
 
     #[test]

@@ -1,0 +1,328 @@
+//! The load generator: clients for both fronts, the request each operation
+//! sends, and the two loops.
+//!
+//! - Closed loop: `concurrency` workers, each sending its next request when
+//!   the previous one answers. Throughput is what the server sustains at that
+//!   concurrency.
+//! - Open loop: requests are due at a fixed rate (request *i* at
+//!   `start + i / rate`) and latency is measured from that due time, not from
+//!   when a worker got round to sending it, so a stall shows up in the
+//!   latency of every request it delayed (no coordinated omission). Workers
+//!   take the next due request from a shared counter; if all of them are busy
+//!   the due times slip and the slip is counted as latency.
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use ron_kms::proto::kms_client::KmsClient;
+use ron_kms::proto::{SignRequest, UnwrapRequest, VerifyRequest, WrapRequest};
+use tonic::metadata::MetadataValue;
+use tonic::transport::Channel;
+
+use crate::stats::Tally;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Op {
+    Sign,
+    Verify,
+    Wrap,
+    Unwrap,
+}
+
+impl Op {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Sign => "sign",
+            Op::Verify => "verify",
+            Op::Wrap => "wrap",
+            Op::Unwrap => "unwrap",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Transport {
+    Grpc,
+    Http,
+}
+
+impl Transport {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Grpc => "grpc",
+            Transport::Http => "http",
+        }
+    }
+}
+
+/// The one request a run repeats, prepared once (the verify signature and
+/// the unwrap ciphertext are made during set-up).
+#[derive(Clone, Debug)]
+pub enum Work {
+    Sign(SignRequest),
+    Verify(VerifyRequest),
+    Wrap(WrapRequest),
+    Unwrap(UnwrapRequest),
+}
+
+impl Work {
+    fn path(&self) -> &'static str {
+        match self {
+            Work::Sign(_) => "/v1/kms/sign",
+            Work::Verify(_) => "/v1/kms/verify",
+            Work::Wrap(_) => "/v1/kms/wrap",
+            Work::Unwrap(_) => "/v1/kms/unwrap",
+        }
+    }
+
+    fn json(&self) -> Bytes {
+        let v = match self {
+            Work::Sign(r) => serde_json::to_vec(r),
+            Work::Verify(r) => serde_json::to_vec(r),
+            Work::Wrap(r) => serde_json::to_vec(r),
+            Work::Unwrap(r) => serde_json::to_vec(r),
+        };
+        Bytes::from(v.expect("proto messages serialise"))
+    }
+}
+
+/// Where the load goes.
+#[derive(Clone)]
+pub struct Endpoint {
+    pub transport: Transport,
+    pub grpc: String,
+    pub http: String,
+    pub token: String,
+}
+
+/// gRPC channels, one per connection, shared round-robin by the workers.
+pub async fn grpc_clients(
+    ep: &Endpoint,
+    connections: usize,
+) -> Result<Vec<KmsClient<Channel>>, String> {
+    let mut v = Vec::new();
+    for _ in 0..connections.max(1) {
+        let ch = Channel::from_shared(ep.grpc.clone())
+            .map_err(|e| e.to_string())?
+            .connect()
+            .await
+            .map_err(|e| format!("{}: {e}", ep.grpc))?;
+        v.push(KmsClient::new(ch).max_decoding_message_size(16 << 20));
+    }
+    Ok(v)
+}
+
+/// One client a worker owns: a gRPC client (cloned from a shared channel)
+/// or an HTTP/1.1 connection of its own (keep-alive, one request at a time,
+/// as wrk does).
+pub enum Client {
+    Grpc(KmsClient<Channel>, MetadataValue<tonic::metadata::Ascii>),
+    Http {
+        send: http1::SendRequest<Full<Bytes>>,
+        auth: String,
+        authority: String,
+    },
+}
+
+impl Client {
+    pub async fn http(ep: &Endpoint) -> Result<Client, String> {
+        let authority = ep
+            .http
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_string();
+        let tcp = tokio::net::TcpStream::connect(&authority)
+            .await
+            .map_err(|e| format!("{authority}: {e}"))?;
+        let _ = tcp.set_nodelay(true);
+        let (send, conn) = http1::handshake(TokioIo::new(tcp))
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        Ok(Client::Http {
+            send,
+            auth: format!("Bearer {}", ep.token),
+            authority,
+        })
+    }
+
+    pub fn grpc(c: KmsClient<Channel>, token: &str) -> Result<Client, String> {
+        let auth = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| "the token is not a valid header value".to_string())?;
+        Ok(Client::Grpc(c, auth))
+    }
+
+    /// Send `w` once; `Err(code)` names the failure.
+    pub async fn call(&mut self, w: &Work) -> Result<(), String> {
+        match self {
+            Client::Grpc(c, auth) => {
+                fn req<T>(m: T, auth: &MetadataValue<tonic::metadata::Ascii>) -> tonic::Request<T> {
+                    let mut r = tonic::Request::new(m);
+                    r.metadata_mut().insert("authorization", auth.clone());
+                    r
+                }
+                let r = match w {
+                    Work::Sign(m) => c.sign(req(m.clone(), auth)).await.map(drop),
+                    Work::Verify(m) => match c.verify(req(m.clone(), auth)).await {
+                        Ok(v) if v.get_ref().valid => Ok(()),
+                        Ok(_) => return Err("invalid_signature".into()),
+                        Err(e) => Err(e),
+                    },
+                    Work::Wrap(m) => c.wrap(req(m.clone(), auth)).await.map(drop),
+                    Work::Unwrap(m) => c.unwrap(req(m.clone(), auth)).await.map(drop),
+                };
+                r.map_err(|s| grpc_code(&s))
+            }
+            Client::Http {
+                send,
+                auth,
+                authority,
+            } => {
+                send.ready()
+                    .await
+                    .map_err(|_| "connection_closed".to_string())?;
+                let req = http::Request::post(w.path())
+                    .header(http::header::HOST, authority.as_str())
+                    .header(http::header::AUTHORIZATION, auth.as_str())
+                    .header(http::header::CONTENT_TYPE, "application/json")
+                    .body(Full::new(w.json()))
+                    .map_err(|e| e.to_string())?;
+                let resp = send
+                    .send_request(req)
+                    .await
+                    .map_err(|_| "connection_closed".to_string())?;
+                let status = resp.status();
+                let body = resp
+                    .into_body()
+                    .collect()
+                    .await
+                    .map_err(|_| "connection_closed".to_string())?
+                    .to_bytes();
+                if status.is_success() {
+                    if let Work::Verify(_) = w {
+                        let v: serde_json::Value = serde_json::from_slice(&body)
+                            .map_err(|_| "bad_response".to_string())?;
+                        if v["valid"] != serde_json::Value::Bool(true) {
+                            return Err("invalid_signature".into());
+                        }
+                    }
+                    Ok(())
+                } else {
+                    Err(http_code(status, &body))
+                }
+            }
+        }
+    }
+}
+
+/// The KMS error code from `kms-error-code`, else the gRPC status name.
+pub fn grpc_code(s: &tonic::Status) -> String {
+    s.metadata()
+        .get("kms-error-code")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("grpc_{:?}", s.code()).to_lowercase())
+}
+
+/// The KMS error code from the JSON error body, else `http_<status>`.
+fn http_code(status: http::StatusCode, body: &[u8]) -> String {
+    serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v["error"]["code"].as_str().map(str::to_string))
+        .unwrap_or_else(|| format!("http_{}", status.as_u16()))
+}
+
+/// How a run paces its requests.
+#[derive(Clone, Copy, Debug)]
+pub enum Pace {
+    Closed,
+    /// Requests per second, due at fixed intervals.
+    Open(f64),
+}
+
+/// Run `clients.len()` workers for `warmup + duration`; only requests sent
+/// after the warm-up are counted. `on_measure` is called once, when the
+/// measured window starts (to take /proc readings).
+pub async fn run(
+    clients: Vec<Client>,
+    work: Work,
+    pace: Pace,
+    warmup: Duration,
+    duration: Duration,
+    progress: bool,
+) -> (Tally, Duration) {
+    let work = Arc::new(work);
+    let start = Instant::now();
+    let measure_from = start + warmup;
+    let end = measure_from + duration;
+    let next = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for mut c in clients {
+        let (work, next, done, stop) = (work.clone(), next.clone(), done.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut t = Tally::new();
+            loop {
+                let due = match pace {
+                    Pace::Closed => Instant::now(),
+                    Pace::Open(rate) => {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let due = start + Duration::from_secs_f64(i as f64 / rate);
+                        if due >= end {
+                            break;
+                        }
+                        tokio::time::sleep_until(due.into()).await;
+                        due
+                    }
+                };
+                if due >= end || stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let r = c.call(&work).await;
+                if due >= measure_from {
+                    t.record(due.elapsed().as_micros() as u64, r);
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            t
+        }));
+    }
+    let ticker = progress.then(|| {
+        let done = done.clone();
+        tokio::spawn(async move {
+            let mut last = 0;
+            let mut every = tokio::time::interval(Duration::from_secs(1));
+            every.tick().await;
+            loop {
+                every.tick().await;
+                let now = done.load(Ordering::Relaxed);
+                let phase = if Instant::now() < measure_from {
+                    "warm-up"
+                } else {
+                    "measuring"
+                };
+                eprint!("\r  {phase}: {:>8} ops/s, {:>9} done   ", now - last, now);
+                last = now;
+            }
+        })
+    });
+    tokio::time::sleep_until(end.into()).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut total = Tally::new();
+    for t in tasks {
+        if let Ok(t) = t.await {
+            total.merge(t);
+        }
+    }
+    if let Some(t) = ticker {
+        t.abort();
+        eprint!("\r{:70}\r", "");
+    }
+    (total, duration)
+}

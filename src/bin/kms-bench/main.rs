@@ -1,0 +1,601 @@
+//! kms-bench: the load generator and its yardstick (docs/PERFORMANCE.md).
+//!
+//! `kms-bench run` starts ron-kms in a child process (a temp data dir,
+//! sealed-file custody, the audit log on unless `--no-audit`), creates a
+//! key, drives one operation over gRPC or HTTP and prints latency
+//! percentiles, throughput, errors by code and the server's CPU and peak
+//! RSS. With `--yardstick` it also starts a bare server of the same
+//! transport (handlers do only the crypto with a preloaded key) and drives
+//! it with the same load, and reports the service's throughput and p99 as
+//! ratios to it — figures that stay comparable across noisy machines.
+//! `--json FILE` writes everything, with host, commit and date.
+#![forbid(unsafe_code)]
+
+mod bare;
+mod load;
+mod stats;
+
+use std::io::{BufRead, BufReader, IsTerminal as _, Write as _};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use ron_kms::crypto::Algorithm;
+use ron_kms::proto::{CreateKeyRequest, SignRequest, UnwrapRequest, VerifyRequest, WrapRequest};
+use serde::Serialize;
+
+use load::{Client, Endpoint, Op, Pace, Transport, Work};
+use stats::{proc_sample, RunReport};
+
+#[derive(Parser)]
+#[command(
+    name = "kms-bench",
+    version,
+    about = "Load generator and yardstick for ron-kms"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Drive one operation against a fresh ron-kms (and, with --yardstick,
+    /// the bare server); one run per --concurrency value.
+    Run(RunArgs),
+    /// (internal) Run ron-kms in this process for the bench.
+    #[command(hide = true)]
+    Service {
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(long)]
+        no_audit: bool,
+    },
+    /// (internal) Run the bare yardstick server.
+    #[command(hide = true)]
+    Bare {
+        #[arg(long)]
+        alg: String,
+    },
+}
+
+#[derive(clap::Args, Clone)]
+struct RunArgs {
+    #[arg(long, value_enum, default_value = "grpc")]
+    transport: Transport,
+    #[arg(long, value_enum, default_value = "sign")]
+    op: Op,
+    /// ed25519, ecdsa-p256, ml-dsa-44/65/87 (sign, verify); ml-kem-768/1024
+    /// (wrap, unwrap).
+    #[arg(long, default_value = "ed25519")]
+    alg: String,
+    /// Requests in flight (closed loop), or workers (open loop); a
+    /// comma-separated list sweeps.
+    #[arg(long, default_value = "64", value_delimiter = ',')]
+    concurrency: Vec<usize>,
+    /// gRPC: HTTP/2 connections shared by the workers. HTTP: ignored (one
+    /// HTTP/1.1 keep-alive connection per worker, as wrk does).
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// Open loop: requests per second, latency measured from each
+    /// request's due time. Without it the loop is closed.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Seconds measured per run.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Seconds of load before measuring.
+    #[arg(long, default_value_t = 2.0)]
+    warmup: f64,
+    /// Bytes per message (sign, verify) or plaintext (wrap, unwrap).
+    #[arg(long, default_value_t = 32)]
+    size: usize,
+    /// Also run the bare server and report ratios to it.
+    #[arg(long)]
+    yardstick: bool,
+    /// Run the service with its audit log off (only the bench can).
+    #[arg(long)]
+    no_audit: bool,
+    /// Write the report as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// No progress line.
+    #[arg(long)]
+    quiet: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let r = match cli.cmd {
+        Cmd::Run(a) => rt.block_on(run(a)),
+        Cmd::Service { data_dir, no_audit } => rt.block_on(child_service(data_dir, no_audit)),
+        Cmd::Bare { alg } => rt.block_on(child_bare(&alg)),
+    };
+    match r {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("kms-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The child that runs ron-kms: prints its token and addresses, then serves
+/// until its stdin closes (the bench exiting closes it).
+async fn child_service(data_dir: PathBuf, no_audit: bool) -> Result<ExitCode, String> {
+    let flags = ron_kms::config::Flags {
+        config: None,
+        data_dir: Some(data_dir),
+        grpc_addr: Some("127.0.0.1:0".into()),
+        http_addr: Some("127.0.0.1:0".into()),
+        amnesia: false,
+    };
+    let mut cfg =
+        ron_kms::config::load(&flags, &ron_kms::config::ProcessEnv).map_err(|e| e.to_string())?;
+    cfg.audit_off_for_benchmarks = no_audit;
+    let running = ron_kms::server::start(&cfg)
+        .await
+        .map_err(|e| e.to_string())?;
+    let token = running
+        .bootstrap_token
+        .clone()
+        .ok_or("the data dir was not empty")?;
+    println!("token {token}");
+    println!(
+        "grpc http://{} http http://{}",
+        running.grpc_addr, running.http_addr
+    );
+    let _ = std::io::stdout().flush();
+    wait_for_stdin_eof().await;
+    running.shutdown().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn child_bare(alg: &str) -> Result<ExitCode, String> {
+    let alg = Algorithm::parse(alg).ok_or_else(|| format!("unknown algorithm {alg}"))?;
+    let (g, h) = bare::serve(alg).await?;
+    println!("token none");
+    println!("grpc http://{g} http http://{h}");
+    let _ = std::io::stdout().flush();
+    wait_for_stdin_eof().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn wait_for_stdin_eof() {
+    let _ = tokio::task::spawn_blocking(|| {
+        let mut sink = String::new();
+        while std::io::stdin()
+            .read_line(&mut sink)
+            .map(|n| n > 0)
+            .unwrap_or(false)
+        {
+            sink.clear();
+        }
+    })
+    .await;
+}
+
+/// A server in a child process; killed when dropped.
+struct Server {
+    child: Child,
+    endpoint: Endpoint,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Server {
+    fn start(
+        args: &[&str],
+        transport: Transport,
+        dir: Option<tempfile::TempDir>,
+    ) -> Result<Server, String> {
+        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        let mut child = Command::new(exe)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        let mut lines = BufReader::new(child.stdout.take().ok_or("no stdout")?).lines();
+        let mut next = || -> Result<String, String> {
+            lines
+                .next()
+                .ok_or("the server exited during start-up")?
+                .map_err(|e| e.to_string())
+        };
+        let token = next()?.trim_start_matches("token ").to_string();
+        let addrs = next()?;
+        let parts: Vec<&str> = addrs.split_whitespace().collect();
+        let (grpc, http) = match parts.as_slice() {
+            ["grpc", g, "http", h] => (g.to_string(), h.to_string()),
+            _ => return Err(format!("unexpected start-up line {addrs:?}")),
+        };
+        Ok(Server {
+            child,
+            endpoint: Endpoint {
+                transport,
+                grpc,
+                http,
+                token,
+            },
+            _dir: dir,
+        })
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        drop(self.child.stdin.take());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Create the key (service only) and prepare the request the run repeats.
+async fn prepare(
+    ep: &Endpoint,
+    a: &RunArgs,
+    alg: Algorithm,
+    service: bool,
+) -> Result<Work, String> {
+    let mut c = load::grpc_clients(ep, 1).await?.remove(0);
+    let auth: tonic::metadata::MetadataValue<_> = format!("Bearer {}", ep.token)
+        .parse()
+        .map_err(|_| "bad token".to_string())?;
+    fn with_auth<T>(
+        m: T,
+        auth: &tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
+    ) -> tonic::Request<T> {
+        let mut r = tonic::Request::new(m);
+        r.metadata_mut().insert("authorization", auth.clone());
+        r
+    }
+    let name = format!("bench-{}", alg.as_str());
+    if service {
+        c.create_key(with_auth(
+            CreateKeyRequest {
+                name: name.clone(),
+                algorithm: alg.as_str().into(),
+                ..Default::default()
+            },
+            &auth,
+        ))
+        .await
+        .map_err(|s| format!("create_key: {}", load::grpc_code(&s)))?;
+    }
+    let message = vec![0x5a; a.size];
+    Ok(match a.op {
+        Op::Sign => Work::Sign(SignRequest {
+            key: name,
+            message,
+            op_id: String::new(),
+        }),
+        Op::Verify => {
+            let s = c
+                .sign(with_auth(
+                    SignRequest {
+                        key: name,
+                        message: message.clone(),
+                        op_id: String::new(),
+                    },
+                    &auth,
+                ))
+                .await
+                .map_err(|s| format!("sign: {}", load::grpc_code(&s)))?
+                .into_inner();
+            Work::Verify(VerifyRequest {
+                key: s.kid,
+                message,
+                signature: s.signature,
+            })
+        }
+        Op::Wrap => Work::Wrap(WrapRequest {
+            key: name,
+            plaintext: message,
+            ..Default::default()
+        }),
+        Op::Unwrap => {
+            let w = c
+                .wrap(with_auth(
+                    WrapRequest {
+                        key: name,
+                        plaintext: message,
+                        ..Default::default()
+                    },
+                    &auth,
+                ))
+                .await
+                .map_err(|s| format!("wrap: {}", load::grpc_code(&s)))?
+                .into_inner();
+            Work::Unwrap(UnwrapRequest {
+                ciphertext: w.ciphertext,
+                ..Default::default()
+            })
+        }
+    })
+}
+
+/// One measured run against `srv`.
+async fn measure(
+    srv: &Server,
+    a: &RunArgs,
+    work: &Work,
+    conc: usize,
+    role: &str,
+) -> Result<RunReport, String> {
+    let ep = &srv.endpoint;
+    let mut clients = Vec::new();
+    match ep.transport {
+        Transport::Grpc => {
+            let shared = load::grpc_clients(ep, a.connections).await?;
+            for i in 0..conc {
+                clients.push(Client::grpc(shared[i % shared.len()].clone(), &ep.token)?);
+            }
+        }
+        Transport::Http => {
+            for _ in 0..conc {
+                clients.push(Client::http(ep).await?);
+            }
+        }
+    }
+    let pace = a.rate.map(Pace::Open).unwrap_or(Pace::Closed);
+    let (warmup, duration) = (
+        Duration::from_secs_f64(a.warmup),
+        Duration::from_secs_f64(a.duration),
+    );
+    // /proc readings: at the start and end of the measured window, and the
+    // server's RSS every 100 ms in between
+    let pid = srv.pid();
+    let sampler = tokio::spawn(async move {
+        tokio::time::sleep(warmup).await;
+        let s0 = proc_sample(pid).unwrap_or_default();
+        let c0 = proc_sample(std::process::id()).unwrap_or_default();
+        let t0 = Instant::now();
+        let mut peak = s0.rss_kib;
+        while t0.elapsed() < duration {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if let Some(s) = proc_sample(pid) {
+                peak = peak.max(s.rss_kib);
+            }
+        }
+        let s1 = proc_sample(pid).unwrap_or_default();
+        let c1 = proc_sample(std::process::id()).unwrap_or_default();
+        let secs = t0.elapsed().as_secs_f64();
+        (
+            (s1.cpu_seconds - s0.cpu_seconds) / secs,
+            (c1.cpu_seconds - c0.cpu_seconds) / secs,
+            peak,
+        )
+    });
+    let (tally, window) = load::run(
+        clients,
+        work.clone(),
+        pace,
+        warmup,
+        duration,
+        !a.quiet && std::io::stderr().is_terminal(),
+    )
+    .await;
+    let (server_cpu, client_cpu, peak_kib) = sampler.await.map_err(|e| e.to_string())?;
+    let h = &tally.latency_us;
+    let secs = window.as_secs_f64();
+    let ops = tally.ok as f64 / secs;
+    Ok(RunReport {
+        server: role.into(),
+        transport: ep.transport.as_str().into(),
+        op: a.op.as_str().into(),
+        alg: a.alg.clone(),
+        mode: if a.rate.is_some() { "open" } else { "closed" }.into(),
+        concurrency: conc,
+        connections: if ep.transport == Transport::Grpc {
+            a.connections
+        } else {
+            conc
+        },
+        rate: a.rate,
+        audit: role == "service" && !a.no_audit,
+        seconds: secs,
+        requests: h.len(),
+        ok: tally.ok,
+        errors: tally.errors,
+        ops_per_sec: ops,
+        p50_us: h.value_at_quantile(0.50),
+        p95_us: h.value_at_quantile(0.95),
+        p99_us: h.value_at_quantile(0.99),
+        max_us: h.max(),
+        server_cpu_cores: server_cpu,
+        server_cpu_us_per_op: if ops > 0.0 {
+            server_cpu * 1e6 / ops
+        } else {
+            0.0
+        },
+        client_cpu_cores: client_cpu,
+        server_peak_rss_mib: peak_kib as f64 / 1024.0,
+    })
+}
+
+/// Single-core ops/s of the raw crypto (a preloaded key, no server), for
+/// one second: the ceiling no server on one core can beat.
+fn raw_crypto(a: &RunArgs, alg: Algorithm) -> Result<f64, String> {
+    let b = bare::Bare::new(alg)?;
+    let msg = vec![0x5a; a.size];
+    let sig = if matches!(a.op, Op::Verify | Op::Sign) {
+        b.sign_bytes(&msg)?
+    } else {
+        Vec::new()
+    };
+    let ct = if a.op == Op::Unwrap {
+        b.wrap_bytes(&msg)?
+    } else {
+        Vec::new()
+    };
+    let t0 = Instant::now();
+    let mut n = 0u64;
+    while t0.elapsed() < Duration::from_secs(1) {
+        for _ in 0..16 {
+            match a.op {
+                Op::Sign => drop(b.sign_bytes(&msg)?),
+                Op::Verify => drop(b.verify_bytes(&msg, &sig)?),
+                Op::Wrap => drop(b.wrap_bytes(&msg)?),
+                Op::Unwrap => drop(b.unwrap_bytes(&ct)?),
+            }
+            n += 1;
+        }
+    }
+    Ok(n as f64 / t0.elapsed().as_secs_f64())
+}
+
+#[derive(Serialize)]
+struct Ratio {
+    transport: String,
+    op: String,
+    alg: String,
+    concurrency: usize,
+    /// service ops/s ÷ bare ops/s
+    throughput: f64,
+    /// service p99 ÷ bare p99
+    p99: f64,
+}
+
+#[derive(Serialize)]
+struct Report {
+    tool: &'static str,
+    version: &'static str,
+    host: String,
+    cpus: usize,
+    commit: String,
+    date: String,
+    raw_crypto_ops_per_sec_single_core: f64,
+    runs: Vec<RunReport>,
+    ratios: Vec<Ratio>,
+}
+
+async fn run(a: RunArgs) -> Result<ExitCode, String> {
+    let alg = Algorithm::parse(&a.alg).ok_or_else(|| format!("unknown algorithm {}", a.alg))?;
+    let wants_kem = matches!(a.op, Op::Wrap | Op::Unwrap);
+    if wants_kem != alg.is_kem() {
+        return Err(format!(
+            "{} is not an algorithm for {}",
+            a.alg,
+            a.op.as_str()
+        ));
+    }
+    let raw = raw_crypto(&a, alg)?;
+    eprintln!(
+        "kms-bench: {} {} {} | raw {} single core: {raw:.0} ops/s",
+        a.transport.as_str(),
+        a.op.as_str(),
+        a.alg,
+        a.op.as_str()
+    );
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let data = dir.path().join("data");
+    let data_s = data.to_string_lossy().to_string();
+    let mut svc_args = vec!["service", "--data-dir", data_s.as_str()];
+    if a.no_audit {
+        svc_args.push("--no-audit");
+    }
+    let service = Server::start(&svc_args, a.transport, Some(dir))?;
+    let svc_work = prepare(&service.endpoint, &a, alg, true).await?;
+    let bare = if a.yardstick {
+        let b = Server::start(&["bare", "--alg", alg.as_str()], a.transport, None)?;
+        let w = prepare(&b.endpoint, &a, alg, false).await?;
+        Some((b, w))
+    } else {
+        None
+    };
+    println!("{}", RunReport::header());
+    let mut runs = Vec::new();
+    let mut ratios = Vec::new();
+    for &conc in &a.concurrency {
+        let s = measure(&service, &a, &svc_work, conc, "service").await?;
+        println!("{}", s.row());
+        if let Some((b, w)) = &bare {
+            let y = measure(b, &a, w, conc, "bare").await?;
+            println!("{}", y.row());
+            let r = Ratio {
+                transport: s.transport.clone(),
+                op: s.op.clone(),
+                alg: s.alg.clone(),
+                concurrency: conc,
+                throughput: s.ops_per_sec / y.ops_per_sec.max(f64::MIN_POSITIVE),
+                p99: s.p99_us as f64 / (y.p99_us.max(1)) as f64,
+            };
+            println!(
+                "  ratio service/bare: throughput {:.3}, p99 {:.3}",
+                r.throughput, r.p99
+            );
+            ratios.push(r);
+            runs.push(y);
+        }
+        for (code, n) in &s.errors {
+            println!("  service errors: {code} x{n}");
+        }
+        runs.push(s);
+    }
+    let report = Report {
+        tool: "kms-bench",
+        version: env!("CARGO_PKG_VERSION"),
+        host: host(),
+        cpus: std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
+        commit: commit(),
+        date: date(),
+        raw_crypto_ops_per_sec_single_core: raw,
+        runs,
+        ratios,
+    };
+    println!(
+        "host {} | {} cpus | commit {} | {}",
+        report.host, report.cpus, report.commit, report.date
+    );
+    if let Some(p) = &a.json {
+        let text = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
+        std::fs::write(p, text + "\n").map_err(|e| format!("{}: {e}", p.display()))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn host() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+fn commit() -> String {
+    if let Ok(c) = std::env::var("RON_KMS_COMMIT") {
+        return c;
+    }
+    Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+fn date() -> String {
+    Command::new("date")
+        .args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
