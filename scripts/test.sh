@@ -15,13 +15,17 @@ cargo test --locked --all-targets
 cargo test --locked --doc
 echo "== client examples and schemathesis against a live server"
 scripts/examples.sh
+echo "== performance smoke: kms-bench with its yardstick, drift gate on the ratios (scripts/perf/smoke.sh)"
+scripts/perf/smoke.sh
 echo "== deploy artifacts (promtool)"
 scripts/check-deploy.sh
 echo "== tokio-console build (feature console, --cfg tokio_unstable): the endpoint serves tasks"
 # A separate target dir: different RUSTFLAGS would otherwise rebuild the
 # main one from scratch on the next run. -D warnings: the console-only code
 # gets no clippy pass of its own, but it must compile clean.
+# Profile console-ci: dependencies unoptimised, which compiles faster; the
+# test only checks that the endpoint serves tasks.
 RUSTFLAGS="--cfg tokio_unstable -D warnings" cargo test --locked --features console \
-  --target-dir target/console --test console
+  --profile console-ci --target-dir target/console --test console
 echo "== fuzz smoke: every cargo-fuzz target for 10 s (scripts/fuzz.sh --smoke)"
 scripts/fuzz.sh --smoke 10

@@ -10,7 +10,7 @@
 /// mimalloc instead of the system allocator (feature `mimalloc`, on by
 /// default): requests allocate on one thread and free on another (the audit
 /// writer, the connection tasks), which glibc's malloc handles poorly; its
-/// cost showed up as ~5 µs per audited sign (docs/PERFORMANCE.md). The fuzz
+/// cost showed up as ~5 µs per audited sign (PERFORMANCE.md). The fuzz
 /// crate turns the feature off so the sanitizers see every allocation.
 #[cfg(feature = "mimalloc")]
 #[global_allocator]

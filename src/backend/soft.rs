@@ -56,7 +56,7 @@ pub fn generate(
 /// Prepared Ed25519 signing keys for hot keys, so a sign is one scalar
 /// multiplication instead of two: deriving the key pair from the seed costs
 /// as much as the signature itself (half of a sign's crypto in the service's
-/// profile; docs/PERFORMANCE.md).
+/// profile; PERFORMANCE.md).
 ///
 /// Entries are `ed25519_dalek::SigningKey`s, which wipe themselves when
 /// dropped (zeroize on drop), keyed by SHA-256 of the label's associated

@@ -6,7 +6,9 @@
 //! Sealed blob, version 1: `0x01 || nonce (12) || AES-256-GCM(ciphertext || tag)`
 //! with associated data `"ron-kms/sealed/v1" || 0x00 || algorithm || 0x00 ||
 //! tenant "/" kid`. Private keys are unsealed into zeroizing buffers for the
-//! duration of one operation and never written anywhere unsealed.
+//! duration of one operation and never written anywhere unsealed; the one
+//! exception is Ed25519, whose prepared signing keys stay in a bounded
+//! in-memory cache that wipes them on eviction ([`soft::KeyCache`]).
 pub mod master;
 
 use std::sync::Arc;

@@ -1,4 +1,4 @@
-//! kms-bench: the load generator and its yardstick (docs/PERFORMANCE.md).
+//! kms-bench: the load generator and its yardstick (PERFORMANCE.md).
 //!
 //! `kms-bench run` starts ron-kms in a child process (a temp data dir,
 //! sealed-file custody, the audit log on unless `--no-audit`), creates a
@@ -469,8 +469,12 @@ struct Ratio {
     concurrency: usize,
     /// service ops/s ÷ bare ops/s
     throughput: f64,
+    /// service p95 ÷ bare p95
+    p95: f64,
     /// service p99 ÷ bare p99
     p99: f64,
+    /// service server-CPU per operation ÷ bare's
+    cpu_per_op: f64,
 }
 
 #[derive(Serialize)]
@@ -535,11 +539,13 @@ async fn run(a: RunArgs) -> Result<ExitCode, String> {
                 alg: s.alg.clone(),
                 concurrency: conc,
                 throughput: s.ops_per_sec / y.ops_per_sec.max(f64::MIN_POSITIVE),
+                p95: s.p95_us as f64 / (y.p95_us.max(1)) as f64,
                 p99: s.p99_us as f64 / (y.p99_us.max(1)) as f64,
+                cpu_per_op: s.server_cpu_us_per_op / y.server_cpu_us_per_op.max(f64::MIN_POSITIVE),
             };
             println!(
-                "  ratio service/bare: throughput {:.3}, p99 {:.3}",
-                r.throughput, r.p99
+                "  ratio service/bare: throughput {:.3}, p95 {:.3}, p99 {:.3}, CPU per op {:.3}",
+                r.throughput, r.p95, r.p99, r.cpu_per_op
             );
             ratios.push(r);
             runs.push(y);

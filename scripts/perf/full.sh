@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# The full performance suite, for a quiet machine (~15 minutes after the
+# release build): every single operation with its yardstick at 64 in flight,
+# a concurrency sweep for Ed25519 sign, audit off vs on, then the drift gate
+# against the release baselines. Reports go to target/perf/<UTC date>/.
+#
+#   scripts/perf/full.sh [--rebaseline]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+rebase=0
+if [ "${1:-}" = "--rebaseline" ]; then rebase=1; fi
+cargo build --locked --release --bin kms-bench
+bench=target/release/kms-bench
+out="target/perf/$(date -u +%Y%m%dT%H%M%SZ)"
+base=testing/performance/baselines/ron-kms/release
+mkdir -p "$out"
+run() {
+  local name="$1"; shift
+  echo "== $name"
+  "$bench" run --yardstick --quiet --duration 10 --warmup 2 --json "$out/$name.json" "$@"
+}
+for t in grpc http; do
+  run "$t-sign-ed25519" --transport "$t" --op sign --alg ed25519
+done
+run grpc-sign-ecdsa-p256 --transport grpc --op sign --alg ecdsa-p256
+run grpc-sign-ml-dsa-65 --transport grpc --op sign --alg ml-dsa-65
+run grpc-verify-ed25519 --transport grpc --op verify --alg ed25519
+run grpc-verify-ml-dsa-65 --transport grpc --op verify --alg ml-dsa-65
+run grpc-wrap-ml-kem-768 --transport grpc --op wrap --alg ml-kem-768
+run grpc-unwrap-ml-kem-768 --transport grpc --op unwrap --alg ml-kem-768
+run grpc-sign-ed25519-sweep --transport grpc --op sign --alg ed25519 --concurrency 1,8,32,64,256
+echo "== audit off (compare with grpc-sign-ed25519)"
+"$bench" run --quiet --duration 10 --warmup 2 --no-audit --transport grpc --op sign --alg ed25519 \
+  --json "$out/grpc-sign-ed25519-no-audit.json"
+if [ "$rebase" = 1 ]; then
+  rm -f "$base"/*.json
+  cp "$out"/*.json "$base"/
+  rm -f "$base"/grpc-sign-ed25519-no-audit.json
+  echo "baselines written to $base"
+fi
+scripts/perf/check_drift "$base" $(ls "$out"/*.json | grep -v no-audit)

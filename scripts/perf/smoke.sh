@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# CI smoke of the performance harness (under 3 minutes): kms-bench with its
+# yardstick for five single operations, 3-second rounds, then the drift gate
+# on the yardstick ratios against the debug-build baselines.
+#
+#   scripts/perf/smoke.sh [OUT_DIR]           run and gate
+#   scripts/perf/smoke.sh --rebaseline        run and store as the baselines
+#
+# The smoke uses the debug build the test suite has just made (no release
+# build in CI), so its baselines are of the debug build too
+# (testing/performance/baselines/ron-kms/smoke-debug). The gates are scaled
+# 4x (--scale 4): a shared 2-core host cannot hold +-10% on 3-second rounds (two runs back to back differed by up to 25%)
+# (PERFORMANCE.md has the run-to-run spread). The full suite on a quiet
+# machine is scripts/perf/full.sh.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+rebase=0
+if [ "${1:-}" = "--rebaseline" ]; then rebase=1; shift; fi
+out="${1:-target/perf/smoke}"
+base=testing/performance/baselines/ron-kms/smoke-debug
+cargo build --locked --bin kms-bench
+bench=target/debug/kms-bench
+mkdir -p "$out"
+rm -f "$out"/*.json
+run() {
+  local name="$1"; shift
+  "$bench" run --yardstick --quiet --duration 3 --warmup 1 --concurrency 32 --json "$out/$name.json" "$@"
+}
+run grpc-sign-ed25519 --transport grpc --op sign --alg ed25519
+run grpc-verify-ed25519 --transport grpc --op verify --alg ed25519
+run grpc-sign-ml-dsa-65 --transport grpc --op sign --alg ml-dsa-65
+run grpc-wrap-ml-kem-768 --transport grpc --op wrap --alg ml-kem-768
+run http-sign-ed25519 --transport http --op sign --alg ed25519
+if [ "$rebase" = 1 ]; then
+  cp "$out"/*.json "$base"/
+  echo "baselines written to $base"
+fi
+scripts/perf/check_drift "$base" "$out"/*.json --scale 4
