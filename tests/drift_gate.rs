@@ -57,7 +57,10 @@ fn the_drift_gate_passes_its_baseline_and_names_each_breach() {
     let slow = write(dir.path(), "slow.json", &slow);
     let (ok, out) = gate(std::slice::from_ref(&slow), &[]);
     assert!(!ok, "{out}");
-    assert!(out.contains("breach: throughput ratio grpc/sign/ed25519"), "{out}");
+    assert!(
+        out.contains("breach: throughput ratio grpc/sign/ed25519"),
+        "{out}"
+    );
     // the CI smoke's scaled gate lets a 20% drop through
     let (ok, out) = gate(&[slow], &["--scale", "4"]);
     assert!(ok, "{out}");
