@@ -34,13 +34,16 @@ pub enum Op {
 }
 
 impl Op {
+    /// The name admission and metrics use for it.
     pub fn as_str(self) -> &'static str {
-        match self {
-            Op::Sign => "sign",
-            Op::Verify => "verify",
-            Op::Wrap => "wrap",
-            Op::Unwrap => "unwrap",
-        }
+        use ron_kms::admission::Op as Gate;
+        let gate = match self {
+            Op::Sign => Gate::Sign,
+            Op::Verify => Gate::Verify,
+            Op::Wrap => Gate::Wrap,
+            Op::Unwrap => Gate::Unwrap,
+        };
+        gate.as_str()
     }
 }
 
