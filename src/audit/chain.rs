@@ -72,15 +72,8 @@ pub fn hex32(bytes: &[u8; 32]) -> String {
 }
 
 /// Encode `body` (whose `prev` must already be set) as one line, without the
-/// newline; returns the line and its hash.
-pub fn encode(body: &Body, prev: &[u8; 32]) -> (String, [u8; 32]) {
-    let mut out = Vec::new();
-    let hash = encode_into(body, prev, &mut out);
-    (String::from_utf8(out).expect("JSON is UTF-8"), hash)
-}
-
-/// [`encode`] appending to `out` (no intermediate strings): the writer
-/// encodes a batch straight into its pending buffer.
+/// newline, appended to `out` (no intermediate strings: the writer encodes a
+/// batch straight into its pending buffer); returns the line's hash.
 pub fn encode_into(body: &Body, prev: &[u8; 32], out: &mut Vec<u8>) -> [u8; 32] {
     let start = out.len();
     serde_json::to_writer(&mut *out, body).expect("audit body serialises");
@@ -264,7 +257,6 @@ mod tests {
             sha256(&[[3u8; 32].as_slice(), head.as_bytes()].concat())
         );
         assert_eq!(tail, format!("{}\"}}", hex::encode(hash)));
-        assert_eq!(encode(&body, &[3u8; 32]), (line.to_string(), hash));
         let parsed: serde_json::Value = serde_json::from_str(line).unwrap();
         assert_eq!(parsed["tenant"], "t\"quoted");
         assert_eq!(hex32(&[0xab; 32]), "ab".repeat(32));
