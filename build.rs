@@ -36,6 +36,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "#[serde(with = \"crate::api::b64\")]",
         );
     }
+    // A batch item holds one of ok and error: JSON leaves the other out.
+    for item in [
+        "SignBatchItem",
+        "VerifyBatchItem",
+        "WrapBatchItem",
+        "UnwrapBatchItem",
+    ] {
+        for field in ["ok", "error"] {
+            b = b.field_attribute(
+                format!(".ron.kms.v1.{item}.{field}"),
+                "#[serde(skip_serializing_if = \"Option::is_none\")]",
+            );
+        }
+    }
     // Requests and responses that carry caller input or secrets get a
     // hand-written, redacting Debug (src/api/redact.rs).
     b = b.skip_debug([

@@ -202,6 +202,34 @@ impl Kms for GrpcFront {
         self.unary(r, |k, c, b| async move { k.set_pq_policy(&c, b).await })
             .await
     }
+    async fn sign_batch(
+        &self,
+        r: Request<SignBatchRequest>,
+    ) -> Result<Response<SignBatchResponse>, Status> {
+        self.unary(r, |k, c, b| async move { k.sign_batch(&c, b).await })
+            .await
+    }
+    async fn verify_batch(
+        &self,
+        r: Request<VerifyBatchRequest>,
+    ) -> Result<Response<VerifyBatchResponse>, Status> {
+        self.unary(r, |k, c, b| async move { k.verify_batch(&c, b).await })
+            .await
+    }
+    async fn wrap_batch(
+        &self,
+        r: Request<WrapBatchRequest>,
+    ) -> Result<Response<WrapBatchResponse>, Status> {
+        self.unary(r, |k, c, b| async move { k.wrap_batch(&c, b).await })
+            .await
+    }
+    async fn unwrap_batch(
+        &self,
+        r: Request<UnwrapBatchRequest>,
+    ) -> Result<Response<UnwrapBatchResponse>, Status> {
+        self.unary(r, |k, c, b| async move { k.unwrap_batch(&c, b).await })
+            .await
+    }
 }
 
 /// What the gRPC edge does around tonic, for every service (ours, health,
@@ -255,10 +283,10 @@ fn gate_of(path: &str) -> Option<crate::admission::Op> {
     use crate::admission::Op;
     let method = path.strip_prefix("/ron.kms.v1.Kms/")?;
     Some(match method {
-        "Sign" => Op::Sign,
-        "Verify" => Op::Verify,
-        "Wrap" | "GenerateDataKey" => Op::Wrap,
-        "Unwrap" => Op::Unwrap,
+        "Sign" | "SignBatch" => Op::Sign,
+        "Verify" | "VerifyBatch" => Op::Verify,
+        "Wrap" | "GenerateDataKey" | "WrapBatch" => Op::Wrap,
+        "Unwrap" | "UnwrapBatch" => Op::Unwrap,
         _ => Op::Admin,
     })
 }

@@ -377,6 +377,50 @@ async fn datakey(State(f): S, r: Request) -> Response {
     .await
 }
 
+async fn sign_batch(State(f): S, r: Request) -> Response {
+    f.unary(
+        r,
+        Op::Sign,
+        From::Body,
+        |_: &mut SignBatchRequest| Ok(()),
+        |k, c, b| async move { k.sign_batch(&c, b).await },
+    )
+    .await
+}
+
+async fn verify_batch(State(f): S, r: Request) -> Response {
+    f.unary(
+        r,
+        Op::Verify,
+        From::Body,
+        |_: &mut VerifyBatchRequest| Ok(()),
+        |k, c, b| async move { k.verify_batch(&c, b).await },
+    )
+    .await
+}
+
+async fn wrap_batch(State(f): S, r: Request) -> Response {
+    f.unary(
+        r,
+        Op::Wrap,
+        From::Body,
+        |_: &mut WrapBatchRequest| Ok(()),
+        |k, c, b| async move { k.wrap_batch(&c, b).await },
+    )
+    .await
+}
+
+async fn unwrap_batch(State(f): S, r: Request) -> Response {
+    f.unary(
+        r,
+        Op::Unwrap,
+        From::Body,
+        |_: &mut UnwrapBatchRequest| Ok(()),
+        |k, c, b| async move { k.unwrap_batch(&c, b).await },
+    )
+    .await
+}
+
 async fn get_pq_policy(State(f): S, r: Request) -> Response {
     f.unary(
         r,
@@ -522,6 +566,10 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/kms/wrap"),
     ("POST", "/v1/kms/unwrap"),
     ("POST", "/v1/kms/datakey"),
+    ("POST", "/v1/kms/batch/sign"),
+    ("POST", "/v1/kms/batch/verify"),
+    ("POST", "/v1/kms/batch/wrap"),
+    ("POST", "/v1/kms/batch/unwrap"),
     ("GET", "/v1/kms/policy/pq"),
     ("PUT", "/v1/kms/policy/pq"),
     ("GET", "/v1/kms/openapi.json"),
@@ -547,6 +595,10 @@ pub fn router(kms: Arc<KmsService>) -> Router {
         .route("/v1/kms/wrap", post(wrap))
         .route("/v1/kms/unwrap", post(unwrap))
         .route("/v1/kms/datakey", post(datakey))
+        .route("/v1/kms/batch/sign", post(sign_batch))
+        .route("/v1/kms/batch/verify", post(verify_batch))
+        .route("/v1/kms/batch/wrap", post(wrap_batch))
+        .route("/v1/kms/batch/unwrap", post(unwrap_batch))
         .route("/v1/kms/policy/pq", get(get_pq_policy).put(set_pq_policy))
         .route("/v1/kms/openapi.json", get(openapi))
         .route("/healthz", get(healthz))

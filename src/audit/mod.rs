@@ -80,6 +80,8 @@ pub struct Options {
 #[allow(clippy::large_enum_variant)]
 enum Msg {
     Event(Event, oneshot::Sender<Result<u64, String>>),
+    /// A batch RPC's records: queued, written and answered together.
+    Events(Vec<Event>, oneshot::Sender<Result<Vec<u64>, String>>),
     Tick,
     Close(oneshot::Sender<()>),
 }
@@ -440,6 +442,25 @@ impl AuditLog {
         rx.await.map_err(|_| "audit writer stopped".to_string())?
     }
 
+    /// Append several records (a batch RPC's items, in order) and wait until
+    /// they are durable: one queue slot and one wake-up for all of them, and
+    /// they land in the same group commit. Sequence numbers come back in
+    /// order; while the chain is broken nothing is appended and they are 0.
+    pub async fn append_many(&self, events: Vec<Event>) -> Result<Vec<u64>, String> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        if self.off || self.failed.load(Ordering::Acquire) {
+            return Ok(vec![0; events.len()]);
+        }
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Msg::Events(events, tx))
+            .await
+            .map_err(|_| "audit writer stopped".to_string())?;
+        rx.await.map_err(|_| "audit writer stopped".to_string())?
+    }
+
     /// Seal the log with a final checkpoint and stop the writer.
     pub async fn close(&self) {
         let (tx, rx) = oneshot::channel();
@@ -468,11 +489,44 @@ impl AuditLog {
 const COMMIT_PACE: Duration = Duration::from_millis(2);
 const PACE_MIN_BATCH: usize = 8;
 
-fn drain(rx: &mut mpsc::Receiver<Msg>, msgs: &mut Vec<Msg>) {
-    while msgs.len() < BATCH_MAX {
+/// How many records a message carries.
+fn records(m: &Msg) -> usize {
+    match m {
+        Msg::Event(..) => 1,
+        Msg::Events(e, _) => e.len(),
+        Msg::Tick | Msg::Close(_) => 0,
+    }
+}
+
+/// Take what is queued until the batch holds [`BATCH_MAX`] records;
+/// `held` counts the records gathered so far.
+fn drain(rx: &mut mpsc::Receiver<Msg>, msgs: &mut Vec<Msg>, held: &mut usize) {
+    while *held < BATCH_MAX {
         match rx.try_recv() {
-            Ok(m) => msgs.push(m),
+            Ok(m) => {
+                *held += records(&m);
+                msgs.push(m);
+            }
             Err(_) => break,
+        }
+    }
+}
+
+/// Who waits for which records of a batch.
+enum Waiter {
+    One(oneshot::Sender<Result<u64, String>>),
+    Many(usize, oneshot::Sender<Result<Vec<u64>, String>>),
+}
+
+impl Waiter {
+    fn fail(self, why: &str) {
+        match self {
+            Waiter::One(d) => {
+                let _ = d.send(Err(why.to_string()));
+            }
+            Waiter::Many(_, d) => {
+                let _ = d.send(Err(why.to_string()));
+            }
         }
     }
 }
@@ -493,25 +547,30 @@ async fn run(mut w: Writer, mut rx: mpsc::Receiver<Msg>, broken: bool) {
         let Some(first) = rx.recv().await else {
             break;
         };
+        let mut held = records(&first);
         let mut msgs = vec![first];
-        drain(&mut rx, &mut msgs);
-        if last_batch >= PACE_MIN_BATCH && msgs.len() < BATCH_MAX {
+        drain(&mut rx, &mut msgs, &mut held);
+        if last_batch >= PACE_MIN_BATCH && held < BATCH_MAX {
             // Group commit's classic trade: wait a moment for more records
             // so one fsync covers many (fsync costs kernel CPU here).
             tokio::time::sleep_until(last_commit + COMMIT_PACE).await;
-            drain(&mut rx, &mut msgs);
+            drain(&mut rx, &mut msgs, &mut held);
         }
         last_commit = tokio::time::Instant::now();
-        last_batch = msgs.len();
-        metrics::histogram!("kms_audit_batch_records").record(msgs.len() as f64);
-        let mut events = Vec::with_capacity(msgs.len());
+        last_batch = held;
+        metrics::histogram!("kms_audit_batch_records").record(held as f64);
+        let mut events = Vec::with_capacity(held);
         let mut waiters = Vec::with_capacity(msgs.len());
         let mut closing = None;
         for m in msgs {
             match m {
                 Msg::Event(e, done) => {
                     events.push(e);
-                    waiters.push(done);
+                    waiters.push(Waiter::One(done));
+                }
+                Msg::Events(es, done) => {
+                    waiters.push(Waiter::Many(es.len(), done));
+                    events.extend(es);
                 }
                 Msg::Tick => {}
                 Msg::Close(done) => closing = Some(done),
@@ -519,7 +578,7 @@ async fn run(mut w: Writer, mut rx: mpsc::Receiver<Msg>, broken: bool) {
         }
         if broken {
             for d in waiters {
-                let _ = d.send(Err("audit chain is broken".into()));
+                d.fail("audit chain is broken");
             }
         } else if !events.is_empty()
             || w.checkpoint_due()
@@ -549,7 +608,7 @@ async fn run(mut w: Writer, mut rx: mpsc::Receiver<Msg>, broken: bool) {
                         // nothing more can be appended.
                         tracing::error!(error = %e, "audit writer panicked");
                         for d in waiters {
-                            let _ = d.send(Err("audit writer stopped".into()));
+                            d.fail("audit writer stopped");
                         }
                         return;
                     }
@@ -557,14 +616,29 @@ async fn run(mut w: Writer, mut rx: mpsc::Receiver<Msg>, broken: bool) {
             }
             match res {
                 Ok(seqs) => {
-                    for (d, s) in waiters.into_iter().zip(seqs) {
-                        let _ = d.send(Ok(s));
+                    let mut seqs = seqs.into_iter();
+                    for w in waiters {
+                        match w {
+                            Waiter::One(d) => {
+                                let _ = d.send(seqs.next().ok_or_else(|| {
+                                    "audit writer lost a sequence number".to_string()
+                                }));
+                            }
+                            Waiter::Many(n, d) => {
+                                let mine: Vec<u64> = seqs.by_ref().take(n).collect();
+                                let _ = d.send(if mine.len() == n {
+                                    Ok(mine)
+                                } else {
+                                    Err("audit writer lost a sequence number".to_string())
+                                });
+                            }
+                        }
                     }
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "audit write failed");
                     for d in waiters {
-                        let _ = d.send(Err(e.clone()));
+                        d.fail(&e);
                     }
                 }
             }

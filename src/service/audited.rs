@@ -14,6 +14,32 @@ async fn released<T>(permit: Permit, f: impl std::future::Future<Output = T>) ->
     r
 }
 
+/// An operation's metric labels, taken from its audit record.
+pub(super) struct Labels {
+    alg: String,
+    result: String,
+}
+
+impl Labels {
+    pub(super) fn of(e: &Event) -> Self {
+        Labels {
+            alg: e.alg.split(' ').next().unwrap_or("").to_string(),
+            result: e.result.clone(),
+        }
+    }
+
+    /// Latency histogram, op counter, and the forbidden reject count.
+    pub(super) fn account(self, op: &'static str, elapsed: std::time::Duration) {
+        metrics::histogram!("kms_latency_seconds", "op" => op, "alg" => self.alg.clone())
+            .record(elapsed.as_secs_f64());
+        if self.result == "permission_denied" {
+            crate::telemetry::reject("forbidden");
+        }
+        metrics::counter!("kms_ops_total", "op" => op, "alg" => self.alg, "result" => self.result)
+            .increment(1);
+    }
+}
+
 impl KmsService {
     // ----- the audited entry points -------------------------------------
     //
@@ -22,7 +48,7 @@ impl KmsService {
     // change state or use a private key are refused up front while the
     // audit chain is broken; get, list and verify stay available.
 
-    fn refuse_if_audit_broken(&self) -> Result<()> {
+    pub(super) fn refuse_if_audit_broken(&self) -> Result<()> {
         self.audit.integrity().map_err(|e| {
             Error::FailedPrecondition(format!(
                 "the audit log failed its integrity check ({e}); operations that change state or use private keys are refused until an operator restores it"
@@ -108,7 +134,7 @@ impl KmsService {
     /// snapshot (a map read; no store, no custody); an unknown key costs 1.
     /// A shed is answered at once and is not audited (a flood must not turn
     /// into audit writes); it is counted in `kms_reject_total{reason}`.
-    async fn admit(&self, op: Op, caller: &Caller, key: &str) -> Result<Permit> {
+    pub(super) async fn admit(&self, op: Op, caller: &Caller, key: &str) -> Result<Permit> {
         let alg = if key.is_empty() {
             None
         } else {
@@ -165,16 +191,41 @@ impl KmsService {
         let started = std::time::Instant::now();
         metrics::gauge!("kms_inflight", "op" => op).increment(1.0);
         let r = run.await;
-        let (kid, alg, result, reason) = match &r {
+        let event = self.audit_event(caller, op, key, input_sha256, reason, &r, &describe);
+        let labels = Labels::of(&event);
+        let out = match self.audit.append(event).await {
+            Ok(_) => r,
+            Err(e) => {
+                tracing::error!(request_id = %caller.request_id, error = %e, "audit append failed");
+                r.and(Err(Error::Unavailable("audit log unavailable".into())))
+            }
+        };
+        metrics::gauge!("kms_inflight", "op" => op).decrement(1.0);
+        labels.account(op, started.elapsed());
+        out
+    }
+
+    /// The audit record (and debug log line) of one finished operation.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn audit_event<T>(
+        &self,
+        caller: &Caller,
+        op: &'static str,
+        key: &str,
+        input_sha256: Option<[u8; 32]>,
+        reason: String,
+        r: &Result<T>,
+        describe: &impl Fn(&T) -> (String, String),
+    ) -> Event {
+        let (kid, alg, result) = match r {
             Ok(v) => {
                 let (k, a) = describe(v);
-                (k, a, "ok".to_string(), reason)
+                (k, a, "ok".to_string())
             }
             Err(e) => (
                 key.to_string(),
                 String::new(),
                 crate::api::error::classify(e).code.to_string(),
-                reason,
             ),
         };
         let event = Event {
@@ -195,27 +246,9 @@ impl KmsService {
             kid = %event.kid,
             result = %event.result,
             input_sha256 = %event.input_sha256.map(hex::encode).unwrap_or_default(),
-            elapsed_us = started.elapsed().as_micros() as u64,
             "operation"
         );
-        let alg_label = event.alg.split(' ').next().unwrap_or("").to_string();
-        let result_label = event.result.clone();
-        let out = match self.audit.append(event).await {
-            Ok(_) => r,
-            Err(e) => {
-                tracing::error!(request_id = %caller.request_id, error = %e, "audit append failed");
-                r.and(Err(Error::Unavailable("audit log unavailable".into())))
-            }
-        };
-        metrics::gauge!("kms_inflight", "op" => op).decrement(1.0);
-        metrics::histogram!("kms_latency_seconds", "op" => op, "alg" => alg_label.clone())
-            .record(started.elapsed().as_secs_f64());
-        metrics::counter!("kms_ops_total", "op" => op, "alg" => alg_label, "result" => result_label.clone())
-            .increment(1);
-        if result_label == "permission_denied" {
-            crate::telemetry::reject("forbidden");
-        }
-        out
+        event
     }
 
     pub async fn create_key(

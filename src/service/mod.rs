@@ -26,6 +26,8 @@ use crate::store::{OpRecord, Store};
 
 mod admin;
 mod audited;
+mod batch;
+pub use batch::MAX_BATCH_ITEMS;
 mod crypto_ops;
 mod pq;
 pub mod verify_cache;

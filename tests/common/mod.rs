@@ -201,6 +201,27 @@ impl ApiErr {
     }
 }
 
+/// A batch RPC on either front: `$name` is the tonic method.
+macro_rules! batch_call {
+    ($name:ident, $req:ident, $resp:ident, $path:literal) => {
+        pub async fn $name(&mut self, req: $req) -> Result<$resp, ApiErr> {
+            match &mut self.transport {
+                Transport::Grpc(_) => {
+                    let r = self.grpc_req(req);
+                    let Transport::Grpc(c) = &mut self.transport else {
+                        unreachable!()
+                    };
+                    c.$name(r)
+                        .await
+                        .map(|r| r.into_inner())
+                        .map_err(from_status)
+                }
+                Transport::Http(..) => self.http(reqwest::Method::POST, $path, Some(&req)).await,
+            }
+        }
+    };
+}
+
 pub enum Transport {
     Grpc(KmsClient<Channel>),
     Http(reqwest::Client, String),
@@ -464,6 +485,31 @@ impl Client {
             }
         }
     }
+
+    batch_call!(
+        sign_batch,
+        SignBatchRequest,
+        SignBatchResponse,
+        "/v1/kms/batch/sign"
+    );
+    batch_call!(
+        verify_batch,
+        VerifyBatchRequest,
+        VerifyBatchResponse,
+        "/v1/kms/batch/verify"
+    );
+    batch_call!(
+        wrap_batch,
+        WrapBatchRequest,
+        WrapBatchResponse,
+        "/v1/kms/batch/wrap"
+    );
+    batch_call!(
+        unwrap_batch,
+        UnwrapBatchRequest,
+        UnwrapBatchResponse,
+        "/v1/kms/batch/unwrap"
+    );
 
     pub async fn sign_req(&mut self, req: SignRequest) -> Result<SignResponse, ApiErr> {
         match &mut self.transport {

@@ -1,7 +1,7 @@
 //! The yardstick: a bare server speaking the same gRPC service and the same
 //! HTTP/JSON routes as ron-kms, whose handlers do only the crypto with one
 //! key loaded at start — no auth, no keyring, no admission, no audit, no
-//! metrics. Whatever throughput and latency the service loses against it, at
+//! metrics (batches loop over the same crypto per item). Whatever throughput and latency the service loses against it, at
 //! the same concurrency in the same run, is the service's own overhead.
 //!
 //! Classical keys are parsed once (ring key pairs); ML-DSA and ML-KEM go
@@ -203,6 +203,50 @@ impl Kms for Svc {
     async fn set_pq_policy(&self, _: Request<SetPqPolicyRequest>) -> R<PqPolicyResponse> {
         unimplemented()
     }
+    async fn sign_batch(&self, r: Request<SignBatchRequest>) -> R<SignBatchResponse> {
+        Ok(Response::new(sign_batch(&self.0, &r.into_inner())))
+    }
+    async fn verify_batch(&self, r: Request<VerifyBatchRequest>) -> R<VerifyBatchResponse> {
+        Ok(Response::new(verify_batch(&self.0, &r.into_inner())))
+    }
+    async fn wrap_batch(&self, r: Request<WrapBatchRequest>) -> R<WrapBatchResponse> {
+        Ok(Response::new(wrap_batch(&self.0, &r.into_inner())))
+    }
+    async fn unwrap_batch(&self, r: Request<UnwrapBatchRequest>) -> R<UnwrapBatchResponse> {
+        Ok(Response::new(unwrap_batch(&self.0, &r.into_inner())))
+    }
+}
+
+fn item_error(s: Status) -> Option<ItemError> {
+    Some(ItemError {
+        code: "invalid_argument".into(),
+        message: s.message().to_string(),
+        ..Default::default()
+    })
+}
+
+/// The batch answers: every item in order, each with its crypto's result.
+macro_rules! bare_batch {
+    ($($name:ident: $req:ident => $resp:ident of $item:ident by $one:ident),* $(,)?) => {$(
+        fn $name(b: &Bare, r: &$req) -> $resp {
+            let items = r
+                .items
+                .iter()
+                .map(|i| match $one(b, i) {
+                    Ok(ok) => $item { ok: Some(ok), error: None },
+                    Err(s) => $item { ok: None, error: item_error(s) },
+                })
+                .collect();
+            $resp { items }
+        }
+    )*};
+}
+
+bare_batch! {
+    sign_batch: SignBatchRequest => SignBatchResponse of SignBatchItem by sign_response,
+    verify_batch: VerifyBatchRequest => VerifyBatchResponse of VerifyBatchItem by verify_response,
+    wrap_batch: WrapBatchRequest => WrapBatchResponse of WrapBatchItem by wrap_response,
+    unwrap_batch: UnwrapBatchRequest => UnwrapBatchResponse of UnwrapBatchItem by unwrap_response,
 }
 
 fn sign_response(b: &Bare, r: &SignRequest) -> Result<SignResponse, Status> {
@@ -257,6 +301,34 @@ async fn http_verify(
     verify_response(&b, &r).map(Json).map_err(http_err)
 }
 
+async fn http_sign_batch(
+    State(b): State<Arc<Bare>>,
+    Json(r): Json<SignBatchRequest>,
+) -> Json<SignBatchResponse> {
+    Json(sign_batch(&b, &r))
+}
+
+async fn http_verify_batch(
+    State(b): State<Arc<Bare>>,
+    Json(r): Json<VerifyBatchRequest>,
+) -> Json<VerifyBatchResponse> {
+    Json(verify_batch(&b, &r))
+}
+
+async fn http_wrap_batch(
+    State(b): State<Arc<Bare>>,
+    Json(r): Json<WrapBatchRequest>,
+) -> Json<WrapBatchResponse> {
+    Json(wrap_batch(&b, &r))
+}
+
+async fn http_unwrap_batch(
+    State(b): State<Arc<Bare>>,
+    Json(r): Json<UnwrapBatchRequest>,
+) -> Json<UnwrapBatchResponse> {
+    Json(unwrap_batch(&b, &r))
+}
+
 async fn http_wrap(
     State(b): State<Arc<Bare>>,
     Json(r): Json<WrapRequest>,
@@ -304,6 +376,10 @@ pub async fn serve(alg: Algorithm) -> Result<(SocketAddr, SocketAddr), String> {
         .route("/v1/kms/verify", post(http_verify))
         .route("/v1/kms/wrap", post(http_wrap))
         .route("/v1/kms/unwrap", post(http_unwrap))
+        .route("/v1/kms/batch/sign", post(http_sign_batch))
+        .route("/v1/kms/batch/verify", post(http_verify_batch))
+        .route("/v1/kms/batch/wrap", post(http_wrap_batch))
+        .route("/v1/kms/batch/unwrap", post(http_unwrap_batch))
         .with_state(bare);
     tokio::spawn(async move {
         use axum::serve::ListenerExt as _;

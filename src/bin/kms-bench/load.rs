@@ -19,7 +19,11 @@ use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use ron_kms::proto::kms_client::KmsClient;
-use ron_kms::proto::{SignRequest, UnwrapRequest, VerifyRequest, WrapRequest};
+use ron_kms::proto::{
+    SignBatchRequest, SignBatchResponse, SignRequest, UnwrapBatchRequest, UnwrapBatchResponse,
+    UnwrapRequest, VerifyBatchRequest, VerifyBatchResponse, VerifyRequest, WrapBatchRequest,
+    WrapBatchResponse, WrapRequest,
+};
 use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
 
@@ -63,22 +67,52 @@ impl Transport {
 }
 
 /// The one request a run repeats, prepared once (the verify signature and
-/// the unwrap ciphertext are made during set-up).
+/// the unwrap ciphertext are made during set-up). A batch repeats one item.
 #[derive(Clone, Debug)]
 pub enum Work {
     Sign(SignRequest),
     Verify(VerifyRequest),
     Wrap(WrapRequest),
     Unwrap(UnwrapRequest),
+    SignBatch(SignBatchRequest),
+    VerifyBatch(VerifyBatchRequest),
+    WrapBatch(WrapBatchRequest),
+    UnwrapBatch(UnwrapBatchRequest),
 }
 
 impl Work {
+    /// Operations per request.
+    pub fn items(&self) -> usize {
+        match self {
+            Work::SignBatch(r) => r.items.len(),
+            Work::VerifyBatch(r) => r.items.len(),
+            Work::WrapBatch(r) => r.items.len(),
+            Work::UnwrapBatch(r) => r.items.len(),
+            _ => 1,
+        }
+    }
+
+    /// `n` copies of a single request's item in one batch request.
+    pub fn batch(self, n: usize) -> Work {
+        match self {
+            Work::Sign(r) => Work::SignBatch(SignBatchRequest { items: vec![r; n] }),
+            Work::Verify(r) => Work::VerifyBatch(VerifyBatchRequest { items: vec![r; n] }),
+            Work::Wrap(r) => Work::WrapBatch(WrapBatchRequest { items: vec![r; n] }),
+            Work::Unwrap(r) => Work::UnwrapBatch(UnwrapBatchRequest { items: vec![r; n] }),
+            batch => batch,
+        }
+    }
+
     fn path(&self) -> &'static str {
         match self {
             Work::Sign(_) => "/v1/kms/sign",
             Work::Verify(_) => "/v1/kms/verify",
             Work::Wrap(_) => "/v1/kms/wrap",
             Work::Unwrap(_) => "/v1/kms/unwrap",
+            Work::SignBatch(_) => "/v1/kms/batch/sign",
+            Work::VerifyBatch(_) => "/v1/kms/batch/verify",
+            Work::WrapBatch(_) => "/v1/kms/batch/wrap",
+            Work::UnwrapBatch(_) => "/v1/kms/batch/unwrap",
         }
     }
 
@@ -88,8 +122,93 @@ impl Work {
             Work::Verify(r) => serde_json::to_vec(r),
             Work::Wrap(r) => serde_json::to_vec(r),
             Work::Unwrap(r) => serde_json::to_vec(r),
+            Work::SignBatch(r) => serde_json::to_vec(r),
+            Work::VerifyBatch(r) => serde_json::to_vec(r),
+            Work::WrapBatch(r) => serde_json::to_vec(r),
+            Work::UnwrapBatch(r) => serde_json::to_vec(r),
         };
         Bytes::from(v.expect("proto messages serialise"))
+    }
+
+    /// A successful HTTP answer's items (single calls: none to look at
+    /// except a verify's `valid`).
+    fn http_items(&self, body: &[u8]) -> Result<Items, String> {
+        fn parse<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, String> {
+            serde_json::from_slice(b).map_err(|_| "bad_response".to_string())
+        }
+        match self {
+            Work::Verify(_) => {
+                let v: serde_json::Value = parse(body)?;
+                if v["valid"] != serde_json::Value::Bool(true) {
+                    return Err("invalid_signature".into());
+                }
+                Ok(Items::one())
+            }
+            Work::SignBatch(_) => Ok(Items::of(&parse::<SignBatchResponse>(body)?.items)),
+            Work::VerifyBatch(_) => Ok(Items::of(&parse::<VerifyBatchResponse>(body)?.items)),
+            Work::WrapBatch(_) => Ok(Items::of(&parse::<WrapBatchResponse>(body)?.items)),
+            Work::UnwrapBatch(_) => Ok(Items::of(&parse::<UnwrapBatchResponse>(body)?.items)),
+            _ => Ok(Items::one()),
+        }
+    }
+}
+
+/// What one request did: how many operations succeeded, and the codes of
+/// those that failed (a batch's items; a single call is one item).
+#[derive(Debug, Default)]
+pub struct Items {
+    pub ok: u64,
+    pub failed: Vec<String>,
+}
+
+impl Items {
+    fn one() -> Items {
+        Items {
+            ok: 1,
+            failed: Vec::new(),
+        }
+    }
+
+    fn of<T: BatchItem>(items: &[T]) -> Items {
+        let mut it = Items::default();
+        for i in items {
+            match i.failure() {
+                None => it.ok += 1,
+                Some(code) => it.failed.push(code),
+            }
+        }
+        it
+    }
+}
+
+/// One answer in a batch: `None` when it succeeded.
+trait BatchItem {
+    fn failure(&self) -> Option<String>;
+}
+
+macro_rules! batch_item {
+    ($($t:ident),*) => {$(
+        impl BatchItem for ron_kms::proto::$t {
+            fn failure(&self) -> Option<String> {
+                match (&self.ok, &self.error) {
+                    (_, Some(e)) => Some(e.code.clone()),
+                    (Some(_), None) => None,
+                    (None, None) => Some("bad_response".into()),
+                }
+            }
+        }
+    )*};
+}
+batch_item!(SignBatchItem, WrapBatchItem, UnwrapBatchItem);
+
+impl BatchItem for ron_kms::proto::VerifyBatchItem {
+    fn failure(&self) -> Option<String> {
+        match (&self.ok, &self.error) {
+            (_, Some(e)) => Some(e.code.clone()),
+            (Some(v), None) if v.valid => None,
+            (Some(_), None) => Some("invalid_signature".into()),
+            (None, None) => Some("bad_response".into()),
+        }
     }
 }
 
@@ -160,8 +279,8 @@ impl Client {
         Ok(Client::Grpc(c, auth))
     }
 
-    /// Send `w` once; `Err(code)` names the failure.
-    pub async fn call(&mut self, w: &Work) -> Result<(), String> {
+    /// Send `w` once; `Err(code)` names a whole request's failure.
+    pub async fn call(&mut self, w: &Work) -> Result<Items, String> {
         match self {
             Client::Grpc(c, auth) => {
                 fn req<T>(m: T, auth: &MetadataValue<tonic::metadata::Ascii>) -> tonic::Request<T> {
@@ -170,14 +289,30 @@ impl Client {
                     r
                 }
                 let r = match w {
-                    Work::Sign(m) => c.sign(req(m.clone(), auth)).await.map(drop),
+                    Work::Sign(m) => c.sign(req(m.clone(), auth)).await.map(|_| Items::one()),
                     Work::Verify(m) => match c.verify(req(m.clone(), auth)).await {
-                        Ok(v) if v.get_ref().valid => Ok(()),
+                        Ok(v) if v.get_ref().valid => Ok(Items::one()),
                         Ok(_) => return Err("invalid_signature".into()),
                         Err(e) => Err(e),
                     },
-                    Work::Wrap(m) => c.wrap(req(m.clone(), auth)).await.map(drop),
-                    Work::Unwrap(m) => c.unwrap(req(m.clone(), auth)).await.map(drop),
+                    Work::Wrap(m) => c.wrap(req(m.clone(), auth)).await.map(|_| Items::one()),
+                    Work::Unwrap(m) => c.unwrap(req(m.clone(), auth)).await.map(|_| Items::one()),
+                    Work::SignBatch(m) => c
+                        .sign_batch(req(m.clone(), auth))
+                        .await
+                        .map(|r| Items::of(&r.get_ref().items)),
+                    Work::VerifyBatch(m) => c
+                        .verify_batch(req(m.clone(), auth))
+                        .await
+                        .map(|r| Items::of(&r.get_ref().items)),
+                    Work::WrapBatch(m) => c
+                        .wrap_batch(req(m.clone(), auth))
+                        .await
+                        .map(|r| Items::of(&r.get_ref().items)),
+                    Work::UnwrapBatch(m) => c
+                        .unwrap_batch(req(m.clone(), auth))
+                        .await
+                        .map(|r| Items::of(&r.get_ref().items)),
                 };
                 r.map_err(|s| grpc_code(&s))
             }
@@ -207,14 +342,7 @@ impl Client {
                     .map_err(|_| "connection_closed".to_string())?
                     .to_bytes();
                 if status.is_success() {
-                    if let Work::Verify(_) = w {
-                        let v: serde_json::Value = serde_json::from_slice(&body)
-                            .map_err(|_| "bad_response".to_string())?;
-                        if v["valid"] != serde_json::Value::Bool(true) {
-                            return Err("invalid_signature".into());
-                        }
-                    }
-                    Ok(())
+                    w.http_items(&body)
                 } else {
                     Err(http_code(status, &body))
                 }
@@ -259,6 +387,7 @@ pub async fn run(
     duration: Duration,
     progress: bool,
 ) -> (Tally, Duration) {
+    let items = work.items() as u64;
     let work = Arc::new(work);
     let start = Instant::now();
     let measure_from = start + warmup;
@@ -289,8 +418,8 @@ pub async fn run(
                 }
                 let r = c.call(&work).await;
                 if due >= measure_from {
-                    t.record(due.elapsed().as_micros() as u64, r);
-                    done.fetch_add(1, Ordering::Relaxed);
+                    t.record(due.elapsed().as_micros() as u64, r, items);
+                    done.fetch_add(items, Ordering::Relaxed);
                 }
             }
             t

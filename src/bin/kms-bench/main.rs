@@ -91,6 +91,10 @@ struct RunArgs {
     /// Bytes per message (sign, verify) or plaintext (wrap, unwrap).
     #[arg(long, default_value_t = 32)]
     size: usize,
+    /// Send batch RPCs of this many items instead of single calls (ops/s
+    /// counts items, latencies are per batch request).
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
     /// Also run the bare server and report ratios to it.
     #[arg(long)]
     yardstick: bool,
@@ -403,6 +407,7 @@ async fn measure(
         alg: a.alg.clone(),
         mode: if a.rate.is_some() { "open" } else { "closed" }.into(),
         concurrency: conc,
+        batch: work.items(),
         connections: if ep.transport == Transport::Grpc {
             a.connections
         } else {
@@ -427,6 +432,21 @@ async fn measure(
         },
         client_cpu_cores: client_cpu,
         server_peak_rss_mib: peak_kib as f64 / 1024.0,
+    })
+}
+
+/// [`raw_crypto`] on `threads` threads at once, summed: the ceiling for the
+/// whole machine (the load generator shares it in a real run).
+fn raw_crypto_all_cores(a: &RunArgs, alg: Algorithm, threads: usize) -> Result<f64, String> {
+    std::thread::scope(|s| {
+        let hs: Vec<_> = (0..threads)
+            .map(|_| s.spawn(|| raw_crypto(a, alg)))
+            .collect();
+        let mut sum = 0.0;
+        for h in hs {
+            sum += h.join().map_err(|_| "raw crypto thread panicked")??;
+        }
+        Ok(sum)
     })
 }
 
@@ -486,6 +506,8 @@ struct Report {
     commit: String,
     date: String,
     raw_crypto_ops_per_sec_single_core: f64,
+    /// The same loop on every core at once (one thread per core).
+    raw_crypto_ops_per_sec_all_cores: f64,
     runs: Vec<RunReport>,
     ratios: Vec<Ratio>,
 }
@@ -501,8 +523,12 @@ async fn run(a: RunArgs) -> Result<ExitCode, String> {
         ));
     }
     let raw = raw_crypto(&a, alg)?;
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let raw_all = raw_crypto_all_cores(&a, alg, cpus)?;
     eprintln!(
-        "kms-bench: {} {} {} | raw {} single core: {raw:.0} ops/s",
+        "kms-bench: {} {} {} | raw {} single core: {raw:.0} ops/s, {cpus} cores: {raw_all:.0} ops/s",
         a.transport.as_str(),
         a.op.as_str(),
         a.alg,
@@ -516,10 +542,12 @@ async fn run(a: RunArgs) -> Result<ExitCode, String> {
         svc_args.push("--no-audit");
     }
     let service = Server::start(&svc_args, a.transport, Some(dir))?;
-    let svc_work = prepare(&service.endpoint, &a, alg, true).await?;
+    let svc_work = prepare(&service.endpoint, &a, alg, true)
+        .await?
+        .batch(a.batch);
     let bare = if a.yardstick {
         let b = Server::start(&["bare", "--alg", alg.as_str()], a.transport, None)?;
-        let w = prepare(&b.endpoint, &a, alg, false).await?;
+        let w = prepare(&b.endpoint, &a, alg, false).await?.batch(a.batch);
         Some((b, w))
     } else {
         None
@@ -530,6 +558,10 @@ async fn run(a: RunArgs) -> Result<ExitCode, String> {
     for &conc in &a.concurrency {
         let s = measure(&service, &a, &svc_work, conc, "service").await?;
         println!("{}", s.row());
+        println!(
+            "  service / raw crypto on all {cpus} cores: {:.3}",
+            s.ops_per_sec / raw_all.max(f64::MIN_POSITIVE)
+        );
         if let Some((b, w)) = &bare {
             let y = measure(b, &a, w, conc, "bare").await?;
             println!("{}", y.row());
@@ -559,12 +591,11 @@ async fn run(a: RunArgs) -> Result<ExitCode, String> {
         tool: "kms-bench",
         version: env!("CARGO_PKG_VERSION"),
         host: host(),
-        cpus: std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1),
+        cpus,
         commit: commit(),
         date: date(),
         raw_crypto_ops_per_sec_single_core: raw,
+        raw_crypto_ops_per_sec_all_cores: raw_all,
         runs,
         ratios,
     };

@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use crate::load::Items;
+
 /// Latency histogram in microseconds.
 pub fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
@@ -29,11 +31,19 @@ impl Tally {
         }
     }
 
-    pub fn record(&mut self, micros: u64, outcome: Result<(), String>) {
+    /// One request's latency and outcome. A request that failed as a
+    /// whole fails all of its `items` operations (1 for a single call, the
+    /// batch size for a batch).
+    pub fn record(&mut self, micros: u64, outcome: Result<Items, String>, items: u64) {
         let _ = self.latency_us.record(micros.clamp(1, 60_000_000));
         match outcome {
-            Ok(()) => self.ok += 1,
-            Err(code) => *self.errors.entry(code).or_default() += 1,
+            Ok(it) => {
+                self.ok += it.ok;
+                for code in it.failed {
+                    *self.errors.entry(code).or_default() += 1;
+                }
+            }
+            Err(code) => *self.errors.entry(code).or_default() += items,
         }
     }
 
@@ -98,6 +108,9 @@ pub struct RunReport {
     pub mode: String,
     pub concurrency: usize,
     pub connections: usize,
+    /// Items per request: 1 for single calls, N for `--batch N` (ops/s
+    /// counts items; the latencies are whole batch requests').
+    pub batch: usize,
     /// Open loop only: the intended request rate.
     pub rate: Option<f64>,
     pub audit: bool,
@@ -171,15 +184,31 @@ mod tests {
     #[test]
     fn a_tally_counts_outcomes_and_merges() {
         let mut a = Tally::new();
-        a.record(100, Ok(()));
-        a.record(0, Err("saturated".into()));
+        let one = || Items {
+            ok: 1,
+            failed: Vec::new(),
+        };
+        a.record(100, Ok(one()), 1);
+        a.record(0, Err("saturated".into()), 1);
         let mut b = Tally::new();
-        b.record(300, Ok(()));
-        b.record(90_000_000, Err("saturated".into()));
+        b.record(300, Ok(one()), 1);
+        b.record(90_000_000, Err("saturated".into()), 1);
+        // a batch of 4: 3 signed, 1 shed; then a batch refused whole
+        b.record(
+            200,
+            Ok(Items {
+                ok: 3,
+                failed: vec!["rate_limit".into()],
+            }),
+            4,
+        );
+        b.record(200, Err("unauthenticated".into()), 4);
         a.merge(b);
-        assert_eq!(a.ok, 2);
+        assert_eq!(a.ok, 5);
         assert_eq!(a.errors["saturated"], 2);
-        assert_eq!(a.latency_us.len(), 4);
+        assert_eq!(a.errors["rate_limit"], 1);
+        assert_eq!(a.errors["unauthenticated"], 4);
+        assert_eq!(a.latency_us.len(), 6, "one latency per request");
         assert!(a.latency_us.max() >= 59_000_000, "clamped to the top bound");
         assert_eq!(a.latency_us.min(), 1, "zero clamps to one microsecond");
     }
