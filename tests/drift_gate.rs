@@ -116,3 +116,34 @@ fn ed25519_verify_far_below_sign_is_refused() {
     assert!(!ok, "{out}");
     assert!(out.contains("less than half of sign"), "{out}");
 }
+
+#[test]
+fn tenant_skew_is_gated_and_the_burst_mix_may_shed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut skewed = baseline("grpc-sign-ed25519.json");
+    skewed["ratios"] = serde_json::json!([]);
+    let run = service_run(&mut skewed);
+    run["op"] = "mix-tenant-isolation".into();
+    run["tenant_p95_skew"] = 1.5.into();
+    let fair = write(dir.path(), "fair.json", &skewed);
+    let (ok, out) = gate(&[fair], &[]);
+    assert!(ok, "a skew of 1.5 is within the gate: {out}");
+    service_run(&mut skewed)["tenant_p95_skew"] = 3.0.into();
+    let unfair = write(dir.path(), "unfair.json", &skewed);
+    let (ok, out) = gate(&[unfair], &[]);
+    assert!(!ok, "{out}");
+    assert!(out.contains("breach: tenant p95 skew"), "{out}");
+
+    // 2% shed: a breach for a steady run, allowed in the burst mix
+    for (op, allowed) in [("mix-steady", false), ("mix-burst", true)] {
+        let mut v = baseline("grpc-sign-ed25519.json");
+        v["ratios"] = serde_json::json!([]);
+        let run = service_run(&mut v);
+        run["op"] = op.into();
+        let n = run["requests"].as_u64().unwrap();
+        run["errors"] = serde_json::json!({ "saturated": n / 50 });
+        let p = write(dir.path(), &format!("{op}.json"), &v);
+        let (ok, out) = gate(&[p], &[]);
+        assert_eq!(ok, allowed, "{op}: {out}");
+    }
+}

@@ -20,9 +20,9 @@ use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use ron_kms::proto::kms_client::KmsClient;
 use ron_kms::proto::{
-    SignBatchRequest, SignBatchResponse, SignRequest, UnwrapBatchRequest, UnwrapBatchResponse,
-    UnwrapRequest, VerifyBatchRequest, VerifyBatchResponse, VerifyRequest, WrapBatchRequest,
-    WrapBatchResponse, WrapRequest,
+    RotateKeyRequest, SignBatchRequest, SignBatchResponse, SignRequest, UnwrapBatchRequest,
+    UnwrapBatchResponse, UnwrapRequest, VerifyBatchRequest, VerifyBatchResponse, VerifyRequest,
+    WrapBatchRequest, WrapBatchResponse, WrapRequest,
 };
 use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
@@ -78,6 +78,8 @@ pub enum Work {
     VerifyBatch(VerifyBatchRequest),
     WrapBatch(WrapBatchRequest),
     UnwrapBatch(UnwrapBatchRequest),
+    /// The rotate-flood mix's rotations.
+    Rotate(RotateKeyRequest),
 }
 
 impl Work {
@@ -113,6 +115,7 @@ impl Work {
             Work::VerifyBatch(_) => "/v1/kms/batch/verify",
             Work::WrapBatch(_) => "/v1/kms/batch/wrap",
             Work::UnwrapBatch(_) => "/v1/kms/batch/unwrap",
+            Work::Rotate(_) => "/v1/kms/rotate",
         }
     }
 
@@ -126,6 +129,7 @@ impl Work {
             Work::VerifyBatch(r) => serde_json::to_vec(r),
             Work::WrapBatch(r) => serde_json::to_vec(r),
             Work::UnwrapBatch(r) => serde_json::to_vec(r),
+            Work::Rotate(r) => serde_json::to_vec(r),
         };
         Bytes::from(v.expect("proto messages serialise"))
     }
@@ -219,6 +223,8 @@ pub struct Endpoint {
     pub grpc: String,
     pub http: String,
     pub token: String,
+    /// A second tenant's token (the service only).
+    pub token_b: Option<String>,
 }
 
 /// gRPC channels, one per connection, shared round-robin by the workers.
@@ -251,7 +257,7 @@ pub enum Client {
 }
 
 impl Client {
-    pub async fn http(ep: &Endpoint) -> Result<Client, String> {
+    pub async fn http(ep: &Endpoint, token: &str) -> Result<Client, String> {
         let authority = ep
             .http
             .trim_start_matches("http://")
@@ -267,7 +273,7 @@ impl Client {
         tokio::spawn(conn);
         Ok(Client::Http {
             send,
-            auth: format!("Bearer {}", ep.token),
+            auth: format!("Bearer {token}"),
             authority,
         })
     }
@@ -297,6 +303,10 @@ impl Client {
                     },
                     Work::Wrap(m) => c.wrap(req(m.clone(), auth)).await.map(|_| Items::one()),
                     Work::Unwrap(m) => c.unwrap(req(m.clone(), auth)).await.map(|_| Items::one()),
+                    Work::Rotate(m) => c
+                        .rotate_key(req(m.clone(), auth))
+                        .await
+                        .map(|_| Items::one()),
                     Work::SignBatch(m) => c
                         .sign_batch(req(m.clone(), auth))
                         .await
@@ -368,62 +378,169 @@ fn http_code(status: http::StatusCode, body: &[u8]) -> String {
         .unwrap_or_else(|| format!("http_{}", status.as_u16()))
 }
 
-/// How a run paces its requests.
+/// A weighted choice of requests; each entry's label names its part of the
+/// report (`sign`, `tenant-b:sign`, …).
+pub struct Mix {
+    entries: Vec<(String, Work, u32)>,
+    total: u32,
+    /// Every weight the same: pick by index (10,000 keys).
+    uniform: bool,
+}
+
+impl Mix {
+    pub fn new(entries: Vec<(String, Work, u32)>) -> Mix {
+        let total = entries.iter().map(|e| e.2).sum::<u32>().max(1);
+        let uniform = entries.windows(2).all(|w| w[0].2 == w[1].2);
+        Mix {
+            entries,
+            total,
+            uniform,
+        }
+    }
+
+    /// The entry a uniform `roll` picks, by weight.
+    fn pick(&self, roll: u64) -> usize {
+        if self.uniform {
+            return (roll % self.entries.len().max(1) as u64) as usize;
+        }
+        let mut r = (roll % u64::from(self.total)) as u32;
+        for (i, e) in self.entries.iter().enumerate() {
+            if r < e.2 {
+                return i;
+            }
+            r -= e.2;
+        }
+        self.entries.len() - 1
+    }
+}
+
+/// xorshift64*: a worker's own cheap, reproducible choice of entries.
+fn next_roll(state: &mut u64) -> u64 {
+    *state ^= *state >> 12;
+    *state ^= *state << 25;
+    *state ^= *state >> 27;
+    state.wrapping_mul(0x2545_f491_4f6c_dd1d)
+}
+
+/// How a group paces its requests.
 #[derive(Clone, Copy, Debug)]
 pub enum Pace {
     Closed,
-    /// Requests per second, due at fixed intervals.
-    Open(f64),
+    /// Requests due on a fixed schedule.
+    Open(Schedule),
 }
 
-/// Run `clients.len()` workers for `warmup + duration`; only requests sent
-/// after the warm-up are counted. `on_measure` is called once, when the
-/// measured window starts (to take /proc readings).
+/// An open loop's schedule: `rate` requests a second, and during the burst
+/// window `factor` times that.
+#[derive(Clone, Copy, Debug)]
+pub struct Schedule {
+    pub rate: f64,
+    pub burst: Option<Burst>,
+}
+
+/// A window of the run (seconds from the start of the warm-up).
+#[derive(Clone, Copy, Debug)]
+pub struct Burst {
+    pub start: f64,
+    pub len: f64,
+    pub factor: f64,
+}
+
+impl Schedule {
+    /// When request `i` is due, in seconds from the start.
+    pub fn due(&self, i: u64) -> f64 {
+        let i = i as f64;
+        let r = self.rate;
+        let Some(b) = self.burst else {
+            return i / r;
+        };
+        let before = r * b.start;
+        let during = r * b.factor * b.len;
+        if i < before {
+            i / r
+        } else if i < before + during {
+            b.start + (i - before) / (r * b.factor)
+        } else {
+            b.start + b.len + (i - before - during) / r
+        }
+    }
+}
+
+/// Workers that share a mix and a pace (an open loop's workers share its
+/// schedule).
+pub struct Group {
+    pub clients: Vec<Client>,
+    pub mix: Mix,
+    pub pace: Pace,
+}
+
+/// A run's tallies: all requests, and per mix label.
+pub struct Outcome {
+    pub total: Tally,
+    pub parts: std::collections::BTreeMap<String, Tally>,
+}
+
+/// Run every group's workers for `warmup + duration`; only requests due
+/// after the warm-up are counted.
 pub async fn run(
-    clients: Vec<Client>,
-    work: Work,
-    pace: Pace,
+    groups: Vec<Group>,
     warmup: Duration,
     duration: Duration,
     progress: bool,
-) -> (Tally, Duration) {
-    let items = work.items() as u64;
-    let work = Arc::new(work);
+) -> (Outcome, Duration) {
     let start = Instant::now();
     let measure_from = start + warmup;
     let end = measure_from + duration;
-    let next = Arc::new(AtomicU64::new(0));
     let done = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
-    for mut c in clients {
-        let (work, next, done, stop) = (work.clone(), next.clone(), done.clone(), stop.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut t = Tally::new();
-            loop {
-                let due = match pace {
-                    Pace::Closed => Instant::now(),
-                    Pace::Open(rate) => {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        let due = start + Duration::from_secs_f64(i as f64 / rate);
-                        if due >= end {
-                            break;
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    for g in groups {
+        let mix = Arc::new(g.mix);
+        let next = Arc::new(AtomicU64::new(0));
+        for mut c in g.clients {
+            let (mix, next, done, stop) = (mix.clone(), next.clone(), done.clone(), stop.clone());
+            let pace = g.pace;
+            seed = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut roll = seed | 1;
+            tasks.push(tokio::spawn(async move {
+                let mut tallies: Vec<Tally> = mix.entries.iter().map(|_| Tally::new()).collect();
+                loop {
+                    let due = match pace {
+                        Pace::Closed => Instant::now(),
+                        Pace::Open(sched) => {
+                            let i = next.fetch_add(1, Ordering::Relaxed);
+                            let due = start + Duration::from_secs_f64(sched.due(i));
+                            if due >= end {
+                                break;
+                            }
+                            tokio::time::sleep_until(due.into()).await;
+                            due
                         }
-                        tokio::time::sleep_until(due.into()).await;
-                        due
+                    };
+                    if due >= end || stop.load(Ordering::Relaxed) {
+                        break;
                     }
-                };
-                if due >= end || stop.load(Ordering::Relaxed) {
-                    break;
+                    let e = if mix.entries.len() == 1 {
+                        0
+                    } else {
+                        mix.pick(next_roll(&mut roll))
+                    };
+                    let work = &mix.entries[e].1;
+                    let r = c.call(work).await;
+                    if due >= measure_from {
+                        let items = work.items() as u64;
+                        tallies[e].record(due.elapsed().as_micros() as u64, r, items);
+                        done.fetch_add(items, Ordering::Relaxed);
+                    }
                 }
-                let r = c.call(&work).await;
-                if due >= measure_from {
-                    t.record(due.elapsed().as_micros() as u64, r, items);
-                    done.fetch_add(items, Ordering::Relaxed);
-                }
-            }
-            t
-        }));
+                mix.entries
+                    .iter()
+                    .map(|e| e.0.clone())
+                    .zip(tallies)
+                    .collect::<Vec<_>>()
+            }));
+        }
     }
     let ticker = progress.then(|| {
         let done = done.clone();
@@ -446,15 +563,72 @@ pub async fn run(
     });
     tokio::time::sleep_until(end.into()).await;
     stop.store(true, Ordering::Relaxed);
-    let mut total = Tally::new();
+    let mut out = Outcome {
+        total: Tally::new(),
+        parts: Default::default(),
+    };
     for t in tasks {
-        if let Ok(t) = t.await {
-            total.merge(t);
+        if let Ok(parts) = t.await {
+            for (label, tally) in parts {
+                out.parts
+                    .entry(label)
+                    .or_insert_with(Tally::new)
+                    .merge(tally);
+            }
         }
+    }
+    for t in out.parts.values() {
+        out.total.merge_ref(t);
     }
     if let Some(t) = ticker {
         t.abort();
         eprint!("\r{:70}\r", "");
     }
-    (total, duration)
+    (out, duration)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_burst_schedule_is_dense_inside_its_window_only() {
+        let s = Schedule {
+            rate: 100.0,
+            burst: Some(Burst {
+                start: 1.0,
+                len: 1.0,
+                factor: 10.0,
+            }),
+        };
+        assert_eq!(s.due(50), 0.5);
+        assert_eq!(s.due(100), 1.0);
+        // 1000 requests in the window: the 500th is half-way through it
+        assert!((s.due(600) - 1.5).abs() < 1e-9);
+        assert!((s.due(1100) - 2.0).abs() < 1e-9);
+        assert!((s.due(1150) - 2.5).abs() < 1e-9);
+        let flat = Schedule {
+            rate: 10.0,
+            burst: None,
+        };
+        assert_eq!(flat.due(25), 2.5);
+    }
+
+    #[test]
+    fn a_mix_picks_by_weight() {
+        let w = Work::Sign(SignRequest::default());
+        let m = Mix::new(vec![
+            ("a".into(), w.clone(), 70),
+            ("b".into(), w.clone(), 20),
+            ("c".into(), w, 10),
+        ]);
+        let mut counts = [0u32; 3];
+        let mut roll = 12345u64;
+        for _ in 0..100_000 {
+            counts[m.pick(next_roll(&mut roll))] += 1;
+        }
+        for (n, want) in counts.iter().zip([70_000, 20_000, 10_000]) {
+            assert!((*n as i64 - want).abs() < 1500, "{counts:?}");
+        }
+    }
 }

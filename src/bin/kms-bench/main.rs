@@ -22,11 +22,13 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 use ron_kms::crypto::Algorithm;
-use ron_kms::proto::{CreateKeyRequest, SignRequest, UnwrapRequest, VerifyRequest, WrapRequest};
+use ron_kms::proto::{
+    CreateKeyRequest, RotateKeyRequest, SignRequest, UnwrapRequest, VerifyRequest, WrapRequest,
+};
 use serde::Serialize;
 
-use load::{Client, Endpoint, Op, Pace, Transport, Work};
-use stats::{proc_sample, RunReport};
+use load::{Burst, Client, Endpoint, Group, Mix, Op, Pace, Schedule, Transport, Work};
+use stats::{proc_sample, PartReport, RunReport};
 
 #[derive(Parser)]
 #[command(
@@ -60,6 +62,25 @@ enum Cmd {
     },
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum MixKind {
+    Steady,
+    Burst,
+    RotateFlood,
+    TenantIsolation,
+}
+
+impl MixKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            MixKind::Steady => "steady",
+            MixKind::Burst => "burst",
+            MixKind::RotateFlood => "rotate-flood",
+            MixKind::TenantIsolation => "tenant-isolation",
+        }
+    }
+}
+
 #[derive(clap::Args, Clone)]
 struct RunArgs {
     #[arg(long, value_enum, default_value = "grpc")]
@@ -91,6 +112,23 @@ struct RunArgs {
     /// Bytes per message (sign, verify) or plaintext (wrap, unwrap).
     #[arg(long, default_value_t = 32)]
     size: usize,
+    /// A load mix instead of one operation (PERFORMANCE.md, "Mixes"):
+    /// `steady` 70% sign / 20% verify / 5% wrap / 5% unwrap; `burst` the
+    /// same mix in an open loop (needs --rate) at 10x the rate for the
+    /// middle fifth of the measured window; `rotate-flood` signing while
+    /// the key is rotated --rotate-rate times a second; `tenant-isolation`
+    /// two tenants signing, one with 80% of the workers. Sign keys use
+    /// --alg, wrap keys ml-kem-768. No yardstick (the bare server holds one
+    /// key of one algorithm).
+    #[arg(long, value_enum)]
+    mix: Option<MixKind>,
+    /// rotate-flood: rotations per second (10x a busy rotation rate of 1/s).
+    #[arg(long, default_value_t = 10.0)]
+    rotate_rate: f64,
+    /// Create this many keys (of --alg) and spread the load over them
+    /// uniformly (the memory target: 10,000 keys under full load).
+    #[arg(long, default_value_t = 1)]
+    keys: usize,
     /// Send batch RPCs of this many items instead of single calls (ops/s
     /// counts items, latencies are per batch request).
     #[arg(long, default_value_t = 1)]
@@ -129,6 +167,9 @@ fn main() -> ExitCode {
     }
 }
 
+/// The second tenant the service child makes a token for.
+const TENANT_B: &str = "bench-b";
+
 /// The child that runs ron-kms: prints its token and addresses, then serves
 /// until its stdin closes (the bench exiting closes it).
 async fn child_service(data_dir: PathBuf, no_audit: bool) -> Result<ExitCode, String> {
@@ -149,7 +190,15 @@ async fn child_service(data_dir: PathBuf, no_audit: bool) -> Result<ExitCode, St
         .bootstrap_token
         .clone()
         .ok_or("the data dir was not empty")?;
-    println!("token {token}");
+    // a second tenant, for the tenant-isolation mix
+    let other = ron_kms::auth::create_token(
+        running.kms.store().as_ref(),
+        TENANT_B,
+        ron_kms::auth::Scopes::all(),
+    )
+    .map_err(|e| e.to_string())?;
+    running.kms.tokens().reload().map_err(|e| e.to_string())?;
+    println!("token {token} {other}");
     println!(
         "grpc http://{} http http://{}",
         running.grpc_addr, running.http_addr
@@ -212,7 +261,10 @@ impl Server {
                 .ok_or("the server exited during start-up")?
                 .map_err(|e| e.to_string())
         };
-        let token = next()?.trim_start_matches("token ").to_string();
+        let tokens = next()?;
+        let mut tokens = tokens.trim_start_matches("token ").split_whitespace();
+        let token = tokens.next().unwrap_or_default().to_string();
+        let token_b = tokens.next().map(str::to_string);
         let addrs = next()?;
         let parts: Vec<&str> = addrs.split_whitespace().collect();
         let (grpc, http) = match parts.as_slice() {
@@ -226,6 +278,7 @@ impl Server {
                 grpc,
                 http,
                 token,
+                token_b,
             },
             _dir: dir,
         })
@@ -251,40 +304,44 @@ impl Drop for Server {
     }
 }
 
-/// Create the key (service only) and prepare the request the run repeats.
+fn with_auth<T>(m: T, token: &str) -> Result<tonic::Request<T>, String> {
+    let mut r = tonic::Request::new(m);
+    r.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}")
+            .parse()
+            .map_err(|_| "bad token".to_string())?,
+    );
+    Ok(r)
+}
+
+/// Create key `name` (when `create`) and prepare the request `op` repeats
+/// against it (a verify's signature and an unwrap's envelope are made here).
 async fn prepare(
     ep: &Endpoint,
-    a: &RunArgs,
+    token: &str,
+    op: Op,
     alg: Algorithm,
-    service: bool,
+    name: &str,
+    size: usize,
+    create: bool,
 ) -> Result<Work, String> {
     let mut c = load::grpc_clients(ep, 1).await?.remove(0);
-    let auth: tonic::metadata::MetadataValue<_> = format!("Bearer {}", ep.token)
-        .parse()
-        .map_err(|_| "bad token".to_string())?;
-    fn with_auth<T>(
-        m: T,
-        auth: &tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
-    ) -> tonic::Request<T> {
-        let mut r = tonic::Request::new(m);
-        r.metadata_mut().insert("authorization", auth.clone());
-        r
-    }
-    let name = format!("bench-{}", alg.as_str());
-    if service {
+    let name = name.to_string();
+    if create {
         c.create_key(with_auth(
             CreateKeyRequest {
                 name: name.clone(),
                 algorithm: alg.as_str().into(),
                 ..Default::default()
             },
-            &auth,
-        ))
+            token,
+        )?)
         .await
         .map_err(|s| format!("create_key: {}", load::grpc_code(&s)))?;
     }
-    let message = vec![0x5a; a.size];
-    Ok(match a.op {
+    let message = vec![0x5a; size];
+    Ok(match op {
         Op::Sign => Work::Sign(SignRequest {
             key: name,
             message,
@@ -298,8 +355,8 @@ async fn prepare(
                         message: message.clone(),
                         op_id: String::new(),
                     },
-                    &auth,
-                ))
+                    token,
+                )?)
                 .await
                 .map_err(|s| format!("sign: {}", load::grpc_code(&s)))?
                 .into_inner();
@@ -322,8 +379,8 @@ async fn prepare(
                         plaintext: message,
                         ..Default::default()
                     },
-                    &auth,
-                ))
+                    token,
+                )?)
                 .await
                 .map_err(|s| format!("wrap: {}", load::grpc_code(&s)))?
                 .into_inner();
@@ -335,30 +392,221 @@ async fn prepare(
     })
 }
 
-/// One measured run against `srv`.
+/// Whose token a group's workers present.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Tenant {
+    A,
+    B,
+}
+
+/// How many of a run's `concurrency` workers a group gets.
+#[derive(Clone, Copy)]
+enum Workers {
+    /// This fraction of the concurrency (at least one).
+    Share(f64),
+    Fixed(usize),
+}
+
+struct PlanGroup {
+    tenant: Tenant,
+    workers: Workers,
+    entries: Vec<(String, Work, u32)>,
+    pace: Pace,
+}
+
+/// What one run sends: groups of workers, each with its mix and pace.
+struct Plan {
+    /// The report's `op`: the operation, or `mix-<name>`.
+    name: String,
+    groups: Vec<PlanGroup>,
+}
+
+impl Plan {
+    fn items(&self) -> usize {
+        self.groups
+            .first()
+            .and_then(|g| g.entries.first())
+            .map(|e| e.1.items())
+            .unwrap_or(1)
+    }
+}
+
+/// The main group's pace: closed, or open at --rate (with the burst window
+/// for the burst mix: the middle fifth of the measured window at 10x).
+fn main_pace(a: &RunArgs) -> Pace {
+    match a.rate {
+        None => Pace::Closed,
+        Some(rate) => Pace::Open(Schedule {
+            rate,
+            burst: (a.mix == Some(MixKind::Burst)).then_some(Burst {
+                start: a.warmup + 0.4 * a.duration,
+                len: 0.2 * a.duration,
+                factor: 10.0,
+            }),
+        }),
+    }
+}
+
+/// Create what the run needs on `ep` and plan it. `service` is false for
+/// the bare server (one preloaded key: nothing to create).
+async fn plan(ep: &Endpoint, a: &RunArgs, alg: Algorithm, service: bool) -> Result<Plan, String> {
+    let token = ep.token.as_str();
+    let size = a.size;
+    let Some(mix) = a.mix else {
+        // one operation, on --keys keys
+        let mut entries = Vec::new();
+        for k in 0..a.keys.max(1) {
+            let name = if k == 0 {
+                format!("bench-{}", alg.as_str())
+            } else {
+                format!("bench-{}-{k}", alg.as_str())
+            };
+            let w = prepare(ep, token, a.op, alg, &name, size, service).await?;
+            entries.push((a.op.as_str().to_string(), w.batch(a.batch), 1));
+            if k > 0 && k % 1000 == 0 && !a.quiet {
+                eprintln!("  {k} keys created");
+            }
+        }
+        return Ok(Plan {
+            name: a.op.as_str().into(),
+            groups: vec![PlanGroup {
+                tenant: Tenant::A,
+                workers: Workers::Share(1.0),
+                entries,
+                pace: main_pace(a),
+            }],
+        });
+    };
+    let sign = format!("bench-{}", alg.as_str());
+    let kem = Algorithm::MlKem768;
+    let wrap = "bench-wrap".to_string();
+    let groups = match mix {
+        MixKind::Steady | MixKind::Burst => {
+            let mut entries = vec![(
+                "sign".to_string(),
+                prepare(ep, token, Op::Sign, alg, &sign, size, true).await?,
+                70,
+            )];
+            entries.push((
+                "verify".into(),
+                prepare(ep, token, Op::Verify, alg, &sign, size, false).await?,
+                20,
+            ));
+            entries.push((
+                "wrap".into(),
+                prepare(ep, token, Op::Wrap, kem, &wrap, size, true).await?,
+                5,
+            ));
+            entries.push((
+                "unwrap".into(),
+                prepare(ep, token, Op::Unwrap, kem, &wrap, size, false).await?,
+                5,
+            ));
+            vec![PlanGroup {
+                tenant: Tenant::A,
+                workers: Workers::Share(1.0),
+                entries,
+                pace: main_pace(a),
+            }]
+        }
+        MixKind::RotateFlood => {
+            let w = prepare(ep, token, Op::Sign, alg, &sign, size, true).await?;
+            vec![
+                PlanGroup {
+                    tenant: Tenant::A,
+                    workers: Workers::Share(1.0),
+                    entries: vec![("sign".into(), w, 1)],
+                    pace: main_pace(a),
+                },
+                PlanGroup {
+                    tenant: Tenant::A,
+                    workers: Workers::Fixed(1),
+                    entries: vec![(
+                        "rotate".into(),
+                        Work::Rotate(RotateKeyRequest {
+                            name: sign.clone(),
+                            ..Default::default()
+                        }),
+                        1,
+                    )],
+                    pace: Pace::Open(Schedule {
+                        rate: a.rotate_rate,
+                        burst: None,
+                    }),
+                },
+            ]
+        }
+        MixKind::TenantIsolation => {
+            let b = ep
+                .token_b
+                .as_deref()
+                .ok_or("the server gave no second tenant token")?;
+            let wa = prepare(ep, token, Op::Sign, alg, &sign, size, true).await?;
+            let wb = prepare(ep, b, Op::Sign, alg, &sign, size, true).await?;
+            vec![
+                PlanGroup {
+                    tenant: Tenant::A,
+                    workers: Workers::Share(0.8),
+                    entries: vec![("tenant-a:sign".into(), wa, 1)],
+                    pace: main_pace(a),
+                },
+                PlanGroup {
+                    tenant: Tenant::B,
+                    workers: Workers::Share(0.2),
+                    entries: vec![("tenant-b:sign".into(), wb, 1)],
+                    pace: main_pace(a),
+                },
+            ]
+        }
+    };
+    Ok(Plan {
+        name: format!("mix-{}", mix.as_str()),
+        groups,
+    })
+}
+
+/// One measured run of `plan` against `srv` at `conc` workers.
 async fn measure(
     srv: &Server,
     a: &RunArgs,
-    work: &Work,
+    plan: &Plan,
     conc: usize,
     role: &str,
 ) -> Result<RunReport, String> {
     let ep = &srv.endpoint;
-    let mut clients = Vec::new();
-    match ep.transport {
-        Transport::Grpc => {
-            let shared = load::grpc_clients(ep, a.connections).await?;
-            for i in 0..conc {
-                clients.push(Client::grpc(shared[i % shared.len()].clone(), &ep.token)?);
-            }
+    let shared = match ep.transport {
+        Transport::Grpc => load::grpc_clients(ep, a.connections).await?,
+        Transport::Http => Vec::new(),
+    };
+    let mut groups = Vec::new();
+    let mut made = 0usize;
+    let mut workers_total = 0usize;
+    for g in &plan.groups {
+        let token = match g.tenant {
+            Tenant::A => ep.token.clone(),
+            Tenant::B => ep.token_b.clone().unwrap_or_default(),
+        };
+        let n = match g.workers {
+            Workers::Share(f) => ((conc as f64 * f).round() as usize).max(1),
+            Workers::Fixed(n) => n,
+        };
+        if matches!(g.workers, Workers::Share(_)) {
+            workers_total += n;
         }
-        Transport::Http => {
-            for _ in 0..conc {
-                clients.push(Client::http(ep).await?);
-            }
+        let mut clients = Vec::new();
+        for _ in 0..n {
+            clients.push(match ep.transport {
+                Transport::Grpc => Client::grpc(shared[made % shared.len()].clone(), &token)?,
+                Transport::Http => Client::http(ep, &token).await?,
+            });
+            made += 1;
         }
+        groups.push(Group {
+            clients,
+            mix: Mix::new(g.entries.clone()),
+            pace: g.pace,
+        });
     }
-    let pace = a.rate.map(Pace::Open).unwrap_or(Pace::Closed);
     let (warmup, duration) = (
         Duration::from_secs_f64(a.warmup),
         Duration::from_secs_f64(a.duration),
@@ -387,43 +635,61 @@ async fn measure(
             peak,
         )
     });
-    let (tally, window) = load::run(
-        clients,
-        work.clone(),
-        pace,
+    let (outcome, window) = load::run(
+        groups,
         warmup,
         duration,
         !a.quiet && std::io::stderr().is_terminal(),
     )
     .await;
     let (server_cpu, client_cpu, peak_kib) = sampler.await.map_err(|e| e.to_string())?;
-    let h = &tally.latency_us;
     let secs = window.as_secs_f64();
-    let ops = tally.ok as f64 / secs;
+    let parts: Vec<PartReport> = if outcome.parts.len() > 1 {
+        outcome
+            .parts
+            .iter()
+            .map(|(label, t)| PartReport::of(label, t, secs))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let tenant_p95: Vec<u64> = parts
+        .iter()
+        .filter(|p| p.label.starts_with("tenant-"))
+        .map(|p| p.p95_us)
+        .collect();
+    let tenant_p95_skew = (tenant_p95.len() > 1).then(|| {
+        let max = *tenant_p95.iter().max().unwrap_or(&1) as f64;
+        let min = (*tenant_p95.iter().min().unwrap_or(&1)).max(1) as f64;
+        max / min
+    });
+    let total = PartReport::of(&plan.name, &outcome.total, secs);
+    let ops = total.ops_per_sec;
     Ok(RunReport {
         server: role.into(),
         transport: ep.transport.as_str().into(),
-        op: a.op.as_str().into(),
+        op: plan.name.clone(),
         alg: a.alg.clone(),
         mode: if a.rate.is_some() { "open" } else { "closed" }.into(),
-        concurrency: conc,
-        batch: work.items(),
+        concurrency: workers_total,
+        batch: plan.items(),
+        keys: a.keys.max(1),
         connections: if ep.transport == Transport::Grpc {
             a.connections
         } else {
-            conc
+            made
         },
         rate: a.rate,
         audit: role == "service" && !a.no_audit,
         seconds: secs,
-        requests: h.len(),
-        ok: tally.ok,
-        errors: tally.errors,
+        requests: total.requests,
+        ok: total.ok,
+        errors: total.errors,
         ops_per_sec: ops,
-        p50_us: h.value_at_quantile(0.50),
-        p95_us: h.value_at_quantile(0.95),
-        p99_us: h.value_at_quantile(0.99),
-        max_us: h.max(),
+        p50_us: total.p50_us,
+        p95_us: total.p95_us,
+        p99_us: total.p99_us,
+        max_us: total.max_us,
         server_cpu_cores: server_cpu,
         server_cpu_us_per_op: if ops > 0.0 {
             server_cpu * 1e6 / ops
@@ -432,6 +698,8 @@ async fn measure(
         },
         client_cpu_cores: client_cpu,
         server_peak_rss_mib: peak_kib as f64 / 1024.0,
+        parts,
+        tenant_p95_skew,
     })
 }
 
@@ -487,6 +755,7 @@ struct Ratio {
     op: String,
     alg: String,
     concurrency: usize,
+    batch: usize,
     /// service ops/s ÷ bare ops/s
     throughput: f64,
     /// service p95 ÷ bare p95
@@ -508,19 +777,27 @@ struct Report {
     raw_crypto_ops_per_sec_single_core: f64,
     /// The same loop on every core at once (one thread per core).
     raw_crypto_ops_per_sec_all_cores: f64,
+    /// The service's RSS right after start-up, before any key or load.
+    service_idle_rss_mib: f64,
     runs: Vec<RunReport>,
     ratios: Vec<Ratio>,
 }
 
 async fn run(a: RunArgs) -> Result<ExitCode, String> {
     let alg = Algorithm::parse(&a.alg).ok_or_else(|| format!("unknown algorithm {}", a.alg))?;
-    let wants_kem = matches!(a.op, Op::Wrap | Op::Unwrap);
+    let wants_kem = a.mix.is_none() && matches!(a.op, Op::Wrap | Op::Unwrap);
     if wants_kem != alg.is_kem() {
         return Err(format!(
             "{} is not an algorithm for {}",
             a.alg,
-            a.op.as_str()
+            a.mix.map(MixKind::as_str).unwrap_or(a.op.as_str())
         ));
+    }
+    if a.mix.is_some() && a.yardstick {
+        return Err("mixes have no yardstick: the bare server holds one key".into());
+    }
+    if a.mix == Some(MixKind::Burst) && a.rate.is_none() {
+        return Err("the burst mix is an open loop: give --rate".into());
     }
     let raw = raw_crypto(&a, alg)?;
     let cpus = std::thread::available_parallelism()
@@ -530,7 +807,7 @@ async fn run(a: RunArgs) -> Result<ExitCode, String> {
     eprintln!(
         "kms-bench: {} {} {} | raw {} single core: {raw:.0} ops/s, {cpus} cores: {raw_all:.0} ops/s",
         a.transport.as_str(),
-        a.op.as_str(),
+        a.mix.map(MixKind::as_str).unwrap_or(a.op.as_str()),
         a.alg,
         a.op.as_str()
     );
@@ -542,13 +819,16 @@ async fn run(a: RunArgs) -> Result<ExitCode, String> {
         svc_args.push("--no-audit");
     }
     let service = Server::start(&svc_args, a.transport, Some(dir))?;
-    let svc_work = prepare(&service.endpoint, &a, alg, true)
-        .await?
-        .batch(a.batch);
+    let idle_rss_mib = proc_sample(service.pid())
+        .map(|s| s.rss_kib as f64 / 1024.0)
+        .unwrap_or(0.0);
+    let svc_plan = plan(&service.endpoint, &a, alg, true).await?;
     let bare = if a.yardstick {
         let b = Server::start(&["bare", "--alg", alg.as_str()], a.transport, None)?;
-        let w = prepare(&b.endpoint, &a, alg, false).await?.batch(a.batch);
-        Some((b, w))
+        let mut one = a.clone();
+        one.keys = 1;
+        let p = plan(&b.endpoint, &one, alg, false).await?;
+        Some((b, p))
     } else {
         None
     };
@@ -556,20 +836,29 @@ async fn run(a: RunArgs) -> Result<ExitCode, String> {
     let mut runs = Vec::new();
     let mut ratios = Vec::new();
     for &conc in &a.concurrency {
-        let s = measure(&service, &a, &svc_work, conc, "service").await?;
+        let s = measure(&service, &a, &svc_plan, conc, "service").await?;
         println!("{}", s.row());
-        println!(
-            "  service / raw crypto on all {cpus} cores: {:.3}",
-            s.ops_per_sec / raw_all.max(f64::MIN_POSITIVE)
-        );
-        if let Some((b, w)) = &bare {
-            let y = measure(b, &a, w, conc, "bare").await?;
+        for p in &s.parts {
+            println!("{}", p.row());
+        }
+        if let Some(skew) = s.tenant_p95_skew {
+            println!("  tenant p95 skew (highest / lowest): {skew:.2}");
+        }
+        if a.mix.is_none() {
+            println!(
+                "  service / raw crypto on all {cpus} cores: {:.3}",
+                s.ops_per_sec / raw_all.max(f64::MIN_POSITIVE)
+            );
+        }
+        if let Some((b, p)) = &bare {
+            let y = measure(b, &a, p, conc, "bare").await?;
             println!("{}", y.row());
             let r = Ratio {
                 transport: s.transport.clone(),
                 op: s.op.clone(),
                 alg: s.alg.clone(),
                 concurrency: conc,
+                batch: s.batch,
                 throughput: s.ops_per_sec / y.ops_per_sec.max(f64::MIN_POSITIVE),
                 p95: s.p95_us as f64 / (y.p95_us.max(1)) as f64,
                 p99: s.p99_us as f64 / (y.p99_us.max(1)) as f64,
@@ -596,12 +885,13 @@ async fn run(a: RunArgs) -> Result<ExitCode, String> {
         date: date(),
         raw_crypto_ops_per_sec_single_core: raw,
         raw_crypto_ops_per_sec_all_cores: raw_all,
+        service_idle_rss_mib: idle_rss_mib,
         runs,
         ratios,
     };
     println!(
-        "host {} | {} cpus | commit {} | {}",
-        report.host, report.cpus, report.commit, report.date
+        "host {} | {} cpus | commit {} | {} | service RSS at start {:.1} MiB",
+        report.host, report.cpus, report.commit, report.date, report.service_idle_rss_mib
     );
     if let Some(p) = &a.json {
         let text = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;

@@ -47,12 +47,16 @@ impl Tally {
         }
     }
 
-    pub fn merge(&mut self, other: Tally) {
+    pub fn merge_ref(&mut self, other: &Tally) {
         let _ = self.latency_us.add(&other.latency_us);
         self.ok += other.ok;
-        for (k, v) in other.errors {
-            *self.errors.entry(k).or_default() += v;
+        for (k, v) in &other.errors {
+            *self.errors.entry(k.clone()).or_default() += v;
         }
+    }
+
+    pub fn merge(&mut self, other: Tally) {
+        self.merge_ref(&other);
     }
 }
 
@@ -111,6 +115,8 @@ pub struct RunReport {
     /// Items per request: 1 for single calls, N for `--batch N` (ops/s
     /// counts items; the latencies are whole batch requests').
     pub batch: usize,
+    /// Keys the load is spread over (uniformly).
+    pub keys: usize,
     /// Open loop only: the intended request rate.
     pub rate: Option<f64>,
     pub audit: bool,
@@ -131,6 +137,52 @@ pub struct RunReport {
     pub client_cpu_cores: f64,
     /// Highest server RSS sampled during the window.
     pub server_peak_rss_mib: f64,
+    /// A mix's parts (per operation, per tenant); empty for one operation.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub parts: Vec<PartReport>,
+    /// tenant-isolation: the highest tenant p95 over the lowest.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tenant_p95_skew: Option<f64>,
+}
+
+/// The figures of one part of a run (or of all of it).
+#[derive(Clone, Debug, Serialize)]
+pub struct PartReport {
+    pub label: String,
+    pub requests: u64,
+    pub ok: u64,
+    pub errors: BTreeMap<String, u64>,
+    pub ops_per_sec: f64,
+    pub p50_us: u64,
+    pub p95_us: u64,
+    pub p99_us: u64,
+    pub max_us: u64,
+}
+
+impl PartReport {
+    pub fn of(label: &str, t: &Tally, secs: f64) -> PartReport {
+        let h = &t.latency_us;
+        PartReport {
+            label: label.to_string(),
+            requests: h.len(),
+            ok: t.ok,
+            errors: t.errors.clone(),
+            ops_per_sec: t.ok as f64 / secs.max(f64::MIN_POSITIVE),
+            p50_us: h.value_at_quantile(0.50),
+            p95_us: h.value_at_quantile(0.95),
+            p99_us: h.value_at_quantile(0.99),
+            max_us: h.max(),
+        }
+    }
+
+    /// An indented line under its run's row.
+    pub fn row(&self) -> String {
+        let errs: u64 = self.errors.values().sum();
+        format!(
+            "  part {:<20} {:>10.0} {:>8} {:>8} {:>8} {:>9} {:>7}",
+            self.label, self.ops_per_sec, self.p50_us, self.p95_us, self.p99_us, self.max_us, errs
+        )
+    }
 }
 
 impl RunReport {
