@@ -67,7 +67,42 @@ pub fn generate(
 /// KEK is unsealed by the device on every operation, so a device outage is
 /// seen at once.
 pub struct KeyCache {
-    cache: moka::sync::Cache<[u8; 32], Arc<ed25519_dalek::SigningKey>>,
+    cache: moka::sync::Cache<[u8; 32], Arc<Prepared>>,
+}
+
+/// A prepared Ed25519 key: ed25519-dalek's (zeroized on drop) by default;
+/// with the `aws-lc` feature, aws-lc-rs's key pair (its private key lives in
+/// AWS-LC's memory, which `OPENSSL_free` cleanses when the pair is dropped).
+/// The feature exists to measure the provider at the service level
+/// (PERFORMANCE.md, "Crypto providers").
+#[cfg(not(feature = "aws-lc"))]
+pub type Prepared = ed25519_dalek::SigningKey;
+#[cfg(feature = "aws-lc")]
+pub type Prepared = aws_lc_rs::signature::Ed25519KeyPair;
+
+/// Expand an Ed25519 seed into the prepared key [`sign_prepared`] uses (also
+/// the benchmark's bare server, so both do the same crypto).
+#[cfg(not(feature = "aws-lc"))]
+pub fn prepare(seed: &[u8; 32]) -> Result<Prepared, BackendError> {
+    Ok(ed25519_dalek::SigningKey::from_bytes(seed))
+}
+
+#[cfg(feature = "aws-lc")]
+pub fn prepare(seed: &[u8; 32]) -> Result<Prepared, BackendError> {
+    aws_lc_rs::signature::Ed25519KeyPair::from_seed_unchecked(seed)
+        .map_err(|_| BackendError::Crypto("ed25519 private key rejected".into()))
+}
+
+/// An Ed25519 signature with a prepared key.
+#[cfg(not(feature = "aws-lc"))]
+pub fn sign_prepared(k: &Prepared, message: &[u8]) -> Vec<u8> {
+    use ed25519_dalek::Signer as _;
+    k.sign(message).to_bytes().to_vec()
+}
+
+#[cfg(feature = "aws-lc")]
+pub fn sign_prepared(k: &Prepared, message: &[u8]) -> Vec<u8> {
+    k.sign(message).as_ref().to_vec()
 }
 
 /// At most this many prepared keys (each ~100 bytes with its entry).
@@ -100,7 +135,7 @@ impl KeyCache {
         s: &dyn Sealer,
         label: KeyLabel<'_>,
         handle: &[u8],
-    ) -> Result<Arc<ed25519_dalek::SigningKey>, BackendError> {
+    ) -> Result<Arc<Prepared>, BackendError> {
         let id = Self::id(&label, handle);
         if let Some(k) = self.cache.get(&id) {
             return Ok(k);
@@ -110,7 +145,7 @@ impl KeyCache {
             .as_slice()
             .try_into()
             .map_err(|_| BackendError::Crypto("ed25519 private key is not 32 bytes".into()))?;
-        let k = Arc::new(ed25519_dalek::SigningKey::from_bytes(seed));
+        let k = Arc::new(prepare(seed)?);
         self.cache.insert(id, k.clone());
         Ok(k)
     }
@@ -148,9 +183,8 @@ pub fn sign_cached(
     message: &[u8],
 ) -> Result<Vec<u8>, BackendError> {
     if label.algorithm == Algorithm::Ed25519 {
-        use ed25519_dalek::Signer as _;
         let k = cache.ed25519(s, label, handle)?;
-        return Ok(k.sign(message).to_bytes().to_vec());
+        return Ok(sign_prepared(&k, message));
     }
     sign(s, provider, label, handle, message)
 }

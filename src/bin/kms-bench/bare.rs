@@ -4,7 +4,9 @@
 //! metrics (batches loop over the same crypto per item). Whatever throughput and latency the service loses against it, at
 //! the same concurrency in the same run, is the service's own overhead.
 //!
-//! Classical keys are parsed once (ring key pairs); ML-DSA and ML-KEM go
+//! Classical keys are parsed once: Ed25519 into the service's own prepared
+//! key type (ed25519-dalek, or aws-lc-rs with the `aws-lc` feature), P-256
+//! into a ring key pair; ML-DSA and ML-KEM go
 //! through the same provider the service uses, with the private key held in
 //! memory.
 use std::net::SocketAddr;
@@ -13,7 +15,7 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::routing::post;
 use axum::{Json, Router};
-use ring::signature::{self as rsig, KeyPair as _};
+use ring::signature as rsig;
 use ron_kms::crypto::envelope;
 use ron_kms::crypto::{aead, random_bytes, Algorithm, Provider};
 use ron_kms::proto::kms_server::{Kms, KmsServer};
@@ -24,7 +26,8 @@ use zeroize::Zeroizing;
 const KID: &str = "bare#v1";
 
 enum Signer {
-    Ed25519(rsig::Ed25519KeyPair),
+    /// The service's own prepared Ed25519 key type (backend::soft).
+    Ed25519(ron_kms::backend::soft::Prepared),
     P256(rsig::EcdsaKeyPair),
     /// ML-DSA (and anything else the provider signs) from raw private bytes.
     Provider(Zeroizing<Vec<u8>>),
@@ -45,10 +48,14 @@ impl Bare {
         let kp = provider.generate(alg).map_err(|e| e.to_string())?;
         let rng = ring::rand::SystemRandom::new();
         let signer = match alg {
-            Algorithm::Ed25519 => Signer::Ed25519(
-                rsig::Ed25519KeyPair::from_seed_unchecked(&kp.private)
-                    .map_err(|_| "ed25519 key".to_string())?,
-            ),
+            Algorithm::Ed25519 => {
+                let seed: &[u8; 32] = kp
+                    .private
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| "ed25519 seed")?;
+                Signer::Ed25519(ron_kms::backend::soft::prepare(seed).map_err(|e| e.to_string())?)
+            }
             Algorithm::EcdsaP256 => Signer::P256(
                 rsig::EcdsaKeyPair::from_pkcs8(
                     &rsig::ECDSA_P256_SHA256_ASN1_SIGNING,
@@ -60,9 +67,6 @@ impl Bare {
             a if a.is_kem() || a == Algorithm::Aes256Gcm => Signer::None,
             _ => Signer::Provider(kp.private.clone()),
         };
-        if let Signer::Ed25519(k) = &signer {
-            debug_assert_eq!(k.public_key().as_ref(), &kp.public[..]);
-        }
         Ok(Bare {
             alg,
             provider,
@@ -74,7 +78,7 @@ impl Bare {
 
     fn sign(&self, message: &[u8]) -> Result<Vec<u8>, Status> {
         match &self.signer {
-            Signer::Ed25519(k) => Ok(k.sign(message).as_ref().to_vec()),
+            Signer::Ed25519(k) => Ok(ron_kms::backend::soft::sign_prepared(k, message)),
             Signer::P256(k) => k
                 .sign(&ring::rand::SystemRandom::new(), message)
                 .map(|s| s.as_ref().to_vec())

@@ -22,10 +22,12 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 use ron_kms::crypto::Algorithm;
+use ron_kms::proto::kms_client::KmsClient;
 use ron_kms::proto::{
     CreateKeyRequest, RotateKeyRequest, SignRequest, UnwrapRequest, VerifyRequest, WrapRequest,
 };
 use serde::Serialize;
+use tonic::transport::Channel;
 
 use load::{Burst, Client, Endpoint, Group, Mix, Op, Pace, Schedule, Transport, Work};
 use stats::{proc_sample, PartReport, RunReport};
@@ -318,7 +320,7 @@ fn with_auth<T>(m: T, token: &str) -> Result<tonic::Request<T>, String> {
 /// Create key `name` (when `create`) and prepare the request `op` repeats
 /// against it (a verify's signature and an unwrap's envelope are made here).
 async fn prepare(
-    ep: &Endpoint,
+    mut c: KmsClient<Channel>,
     token: &str,
     op: Op,
     alg: Algorithm,
@@ -326,7 +328,6 @@ async fn prepare(
     size: usize,
     create: bool,
 ) -> Result<Work, String> {
-    let mut c = load::grpc_clients(ep, 1).await?.remove(0);
     let name = name.to_string();
     if create {
         c.create_key(with_auth(
@@ -452,18 +453,31 @@ fn main_pace(a: &RunArgs) -> Pace {
 async fn plan(ep: &Endpoint, a: &RunArgs, alg: Algorithm, service: bool) -> Result<Plan, String> {
     let token = ep.token.as_str();
     let size = a.size;
+    let c = load::grpc_clients(ep, 1).await?.remove(0);
     let Some(mix) = a.mix else {
-        // one operation, on --keys keys
+        // one operation, on --keys keys, created 16 at a time
         let mut entries = Vec::new();
-        for k in 0..a.keys.max(1) {
-            let name = if k == 0 {
-                format!("bench-{}", alg.as_str())
-            } else {
-                format!("bench-{}-{k}", alg.as_str())
-            };
-            let w = prepare(ep, token, a.op, alg, &name, size, service).await?;
-            entries.push((a.op.as_str().to_string(), w.batch(a.batch), 1));
-            if k > 0 && k % 1000 == 0 && !a.quiet {
+        let keys = a.keys.max(1);
+        let mut k = 0;
+        while k < keys {
+            let mut tasks = Vec::new();
+            for i in k..(k + 16).min(keys) {
+                let name = if i == 0 {
+                    format!("bench-{}", alg.as_str())
+                } else {
+                    format!("bench-{}-{i}", alg.as_str())
+                };
+                let (c, token, op) = (c.clone(), token.to_string(), a.op);
+                tasks.push(tokio::spawn(async move {
+                    prepare(c, &token, op, alg, &name, size, service).await
+                }));
+            }
+            k = (k + 16).min(keys);
+            for t in tasks {
+                let w = t.await.map_err(|e| e.to_string())??;
+                entries.push((a.op.as_str().to_string(), w.batch(a.batch), 1));
+            }
+            if keys > 1 && k % 1000 == 0 && !a.quiet {
                 eprintln!("  {k} keys created");
             }
         }
@@ -484,22 +498,22 @@ async fn plan(ep: &Endpoint, a: &RunArgs, alg: Algorithm, service: bool) -> Resu
         MixKind::Steady | MixKind::Burst => {
             let mut entries = vec![(
                 "sign".to_string(),
-                prepare(ep, token, Op::Sign, alg, &sign, size, true).await?,
+                prepare(c.clone(), token, Op::Sign, alg, &sign, size, true).await?,
                 70,
             )];
             entries.push((
                 "verify".into(),
-                prepare(ep, token, Op::Verify, alg, &sign, size, false).await?,
+                prepare(c.clone(), token, Op::Verify, alg, &sign, size, false).await?,
                 20,
             ));
             entries.push((
                 "wrap".into(),
-                prepare(ep, token, Op::Wrap, kem, &wrap, size, true).await?,
+                prepare(c.clone(), token, Op::Wrap, kem, &wrap, size, true).await?,
                 5,
             ));
             entries.push((
                 "unwrap".into(),
-                prepare(ep, token, Op::Unwrap, kem, &wrap, size, false).await?,
+                prepare(c.clone(), token, Op::Unwrap, kem, &wrap, size, false).await?,
                 5,
             ));
             vec![PlanGroup {
@@ -510,7 +524,7 @@ async fn plan(ep: &Endpoint, a: &RunArgs, alg: Algorithm, service: bool) -> Resu
             }]
         }
         MixKind::RotateFlood => {
-            let w = prepare(ep, token, Op::Sign, alg, &sign, size, true).await?;
+            let w = prepare(c.clone(), token, Op::Sign, alg, &sign, size, true).await?;
             vec![
                 PlanGroup {
                     tenant: Tenant::A,
@@ -541,8 +555,8 @@ async fn plan(ep: &Endpoint, a: &RunArgs, alg: Algorithm, service: bool) -> Resu
                 .token_b
                 .as_deref()
                 .ok_or("the server gave no second tenant token")?;
-            let wa = prepare(ep, token, Op::Sign, alg, &sign, size, true).await?;
-            let wb = prepare(ep, b, Op::Sign, alg, &sign, size, true).await?;
+            let wa = prepare(c.clone(), token, Op::Sign, alg, &sign, size, true).await?;
+            let wb = prepare(c.clone(), b, Op::Sign, alg, &sign, size, true).await?;
             vec![
                 PlanGroup {
                     tenant: Tenant::A,
