@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The full performance suite, for a quiet machine (~15 minutes after the
+# The full performance suite, for a quiet machine (~20 minutes after the
 # release build): every single operation with its yardstick at 64 in flight,
-# a concurrency sweep for Ed25519 sign, audit off vs on, then the drift gate
-# against the release baselines. Reports go to target/perf/<UTC date>/.
+# a concurrency sweep for Ed25519 sign, batches with their yardstick, the
+# four load mixes, 10,000 keys under load, audit off vs on, then the drift
+# gate against the release baselines. Reports go to target/perf/<UTC date>/.
 #
 #   scripts/perf/full.sh [--rebaseline]
 set -euo pipefail
@@ -29,6 +30,23 @@ run grpc-verify-ml-dsa-65 --transport grpc --op verify --alg ml-dsa-65
 run grpc-wrap-ml-kem-768 --transport grpc --op wrap --alg ml-kem-768
 run grpc-unwrap-ml-kem-768 --transport grpc --op unwrap --alg ml-kem-768
 run grpc-sign-ed25519-sweep --transport grpc --op sign --alg ed25519 --concurrency 1,8,32,64,256
+# batches of 64 (ops/s counts items)
+run grpc-signbatch64-ed25519 --transport grpc --op sign --alg ed25519 --batch 64 --concurrency 4,16
+run grpc-verifybatch64-ed25519 --transport grpc --op verify --alg ed25519 --batch 64 --concurrency 4
+run grpc-wrapbatch64-ml-kem-768 --transport grpc --op wrap --alg ml-kem-768 --batch 64 --concurrency 4
+run http-signbatch64-ed25519 --transport http --op sign --alg ed25519 --batch 64 --concurrency 4
+# the mixes have no yardstick (absolute figures)
+mix() {
+  local name="$1"; shift
+  echo "== $name"
+  "$bench" run --quiet --duration 10 --warmup 2 --json "$out/$name.json" "$@"
+}
+mix grpc-mix-steady --mix steady --concurrency 64
+mix grpc-mix-burst --mix burst --rate 2000 --concurrency 256
+mix grpc-mix-rotate-flood --mix rotate-flood --concurrency 64
+mix grpc-mix-tenant-isolation --mix tenant-isolation --concurrency 64
+# memory: 10,000 keys, the load spread over all of them
+mix grpc-sign-ed25519-10k-keys --op sign --alg ed25519 --keys 10000 --concurrency 64
 echo "== audit off (compare with grpc-sign-ed25519)"
 "$bench" run --quiet --duration 10 --warmup 2 --no-audit --transport grpc --op sign --alg ed25519 \
   --json "$out/grpc-sign-ed25519-no-audit.json"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # CI smoke of the performance harness (under 3 minutes): kms-bench with its
-# yardstick for five single operations, 3-second rounds, then the drift gate
+# yardstick for five single operations and a SignBatch of 64, 3-second rounds, then the drift gate
 # on the yardstick ratios against the debug-build baselines.
 #
 #   scripts/perf/smoke.sh [OUT_DIR]           run and gate
@@ -24,13 +24,14 @@ mkdir -p "$out"
 rm -f "$out"/*.json
 run() {
   local name="$1"; shift
-  "$bench" run --yardstick --quiet --duration 3 --warmup 1 --concurrency 32 --json "$out/$name.json" "$@"
+  "$bench" run --yardstick --quiet --duration 3 --warmup 1 --json "$out/$name.json" "$@"
 }
-run grpc-sign-ed25519 --transport grpc --op sign --alg ed25519
-run grpc-verify-ed25519 --transport grpc --op verify --alg ed25519
-run grpc-sign-ml-dsa-65 --transport grpc --op sign --alg ml-dsa-65
-run grpc-wrap-ml-kem-768 --transport grpc --op wrap --alg ml-kem-768
-run http-sign-ed25519 --transport http --op sign --alg ed25519
+run grpc-sign-ed25519 --concurrency 32 --transport grpc --op sign --alg ed25519
+run grpc-verify-ed25519 --concurrency 32 --transport grpc --op verify --alg ed25519
+run grpc-sign-ml-dsa-65 --concurrency 32 --transport grpc --op sign --alg ml-dsa-65
+run grpc-wrap-ml-kem-768 --concurrency 32 --transport grpc --op wrap --alg ml-kem-768
+run http-sign-ed25519 --concurrency 32 --transport http --op sign --alg ed25519
+run grpc-signbatch64-ed25519 --transport grpc --op sign --alg ed25519 --batch 64 --concurrency 4
 if [ "$rebase" = 1 ]; then
   cp "$out"/*.json "$base"/
   echo "baselines written to $base"

@@ -295,21 +295,28 @@ impl KmsService {
                 env.sealed,
             )?,
             _ => {
-                let (this, rec2, kid2, kem_ct) = (
-                    self.clone(),
-                    rec.clone(),
-                    kid.clone(),
-                    env.kem_ciphertext.to_vec(),
-                );
-                let ss = self
-                    .blocking(move || {
+                let ss = if self.offload(rec.algorithm) {
+                    let (this, rec2, kid2, kem_ct) = (
+                        self.clone(),
+                        rec.clone(),
+                        kid.clone(),
+                        env.kem_ciphertext.to_vec(),
+                    );
+                    self.blocking(move || {
                         Ok(this.backend.decapsulate(
                             label(&rec2, &kid2),
                             handle(&rec2, vn)?,
                             &kem_ct,
                         )?)
                     })
-                    .await?;
+                    .await?
+                } else {
+                    self.backend.decapsulate(
+                        label(&rec, &kid),
+                        handle(&rec, vn)?,
+                        env.kem_ciphertext,
+                    )?
+                };
                 let key = envelope::kem_wrap_key(rec.algorithm, &ss);
                 aead::open(&key[..], &env.nonce, &ad, env.sealed)
                     .map_err(|_| Error::UnwrapFailed)?

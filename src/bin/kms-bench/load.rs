@@ -385,16 +385,33 @@ pub struct Mix {
     total: u32,
     /// Every weight the same: pick by index (10,000 keys).
     uniform: bool,
+    /// The distinct labels, and each entry's index among them: workers keep
+    /// one tally per label, not per entry (10,000 keys share one).
+    labels: Vec<String>,
+    label_of: Vec<usize>,
 }
 
 impl Mix {
     pub fn new(entries: Vec<(String, Work, u32)>) -> Mix {
         let total = entries.iter().map(|e| e.2).sum::<u32>().max(1);
         let uniform = entries.windows(2).all(|w| w[0].2 == w[1].2);
+        let mut labels: Vec<String> = Vec::new();
+        let label_of = entries
+            .iter()
+            .map(|e| match labels.iter().position(|l| *l == e.0) {
+                Some(i) => i,
+                None => {
+                    labels.push(e.0.clone());
+                    labels.len() - 1
+                }
+            })
+            .collect();
         Mix {
             entries,
             total,
             uniform,
+            labels,
+            label_of,
         }
     }
 
@@ -504,7 +521,7 @@ pub async fn run(
             seed = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
             let mut roll = seed | 1;
             tasks.push(tokio::spawn(async move {
-                let mut tallies: Vec<Tally> = mix.entries.iter().map(|_| Tally::new()).collect();
+                let mut tallies: Vec<Tally> = mix.labels.iter().map(|_| Tally::new()).collect();
                 loop {
                     let due = match pace {
                         Pace::Closed => Instant::now(),
@@ -530,15 +547,11 @@ pub async fn run(
                     let r = c.call(work).await;
                     if due >= measure_from {
                         let items = work.items() as u64;
-                        tallies[e].record(due.elapsed().as_micros() as u64, r, items);
+                        tallies[mix.label_of[e]].record(due.elapsed().as_micros() as u64, r, items);
                         done.fetch_add(items, Ordering::Relaxed);
                     }
                 }
-                mix.entries
-                    .iter()
-                    .map(|e| e.0.clone())
-                    .zip(tallies)
-                    .collect::<Vec<_>>()
+                mix.labels.iter().cloned().zip(tallies).collect::<Vec<_>>()
             }));
         }
     }
