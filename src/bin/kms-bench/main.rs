@@ -793,6 +793,8 @@ struct Report {
     raw_crypto_ops_per_sec_all_cores: f64,
     /// The service's RSS right after start-up, before any key or load.
     service_idle_rss_mib: f64,
+    /// The service's custody (`KMS_BACKEND`, which the child inherits).
+    backend: String,
     runs: Vec<RunReport>,
     ratios: Vec<Ratio>,
 }
@@ -900,6 +902,7 @@ async fn run(a: RunArgs) -> Result<ExitCode, String> {
         raw_crypto_ops_per_sec_single_core: raw,
         raw_crypto_ops_per_sec_all_cores: raw_all,
         service_idle_rss_mib: idle_rss_mib,
+        backend: std::env::var("KMS_BACKEND").unwrap_or_else(|_| "sealed-file".into()),
         runs,
         ratios,
     };
