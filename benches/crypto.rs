@@ -34,14 +34,8 @@ use criterion::{
 };
 use ron_kms::crypto::{aead, Algorithm, Provider};
 
-const SIGN_ALGS: &[Algorithm] = &[
-    Algorithm::Ed25519,
-    Algorithm::EcdsaP256,
-    Algorithm::MlDsa44,
-    Algorithm::MlDsa65,
-    Algorithm::MlDsa87,
-    Algorithm::HybridEd25519MlDsa65,
-];
+mod common;
+use common::SIGN_ALGS;
 
 const MSG: &[u8; 32] = b"a 32-byte message digest to sign";
 

@@ -51,36 +51,21 @@ use criterion::{
     black_box, criterion_group, criterion_main, BenchmarkGroup, BenchmarkId, Criterion, Throughput,
 };
 use ron_kms::admission::{Admission, AdmissionConfig, Op};
-use ron_kms::auth::{Caller, Scopes};
+
 use ron_kms::config::Config;
 use ron_kms::crypto::{aead, envelope, random_bytes, Algorithm, KeyPair, Provider};
-use ron_kms::proto::{CreateKeyRequest, SignRequest, UnwrapRequest, WrapRequest};
+use ron_kms::proto::{SignRequest, UnwrapRequest, WrapRequest};
 use ron_kms::service::KmsService;
 use tokio::runtime::Runtime;
 
-const SIGN_ALGS: &[Algorithm] = &[
-    Algorithm::Ed25519,
-    Algorithm::EcdsaP256,
-    Algorithm::MlDsa44,
-    Algorithm::MlDsa65,
-    Algorithm::MlDsa87,
-    Algorithm::HybridEd25519MlDsa65,
-];
+mod common;
+use common::{caller, SIGN_ALGS};
 
 const WRAP_ALGS: &[Algorithm] = &[Algorithm::MlKem768, Algorithm::Aes256Gcm];
 
 const MSG: &[u8; 32] = b"a 32-byte message digest to sign";
 const DATA_KEY: &[u8; 32] = b"a 32-byte data key to be wrapped";
 const BATCH: usize = 64;
-
-fn caller() -> Caller {
-    Caller {
-        tenant: "admin".into(),
-        principal: "bench".into(),
-        scopes: Scopes::all(),
-        request_id: "bench".into(),
-    }
-}
 
 fn quick(g: &mut BenchmarkGroup<'_, WallTime>, elements: u64) {
     g.sample_size(15)
@@ -118,25 +103,9 @@ fn server(rt: &Runtime, audit: Option<bool>, algs: &[Algorithm]) -> Server {
         }
     };
     cfg.audit_off_for_benchmarks = audit != Some(true);
-    cfg.grpc_addr = "127.0.0.1:0".parse().unwrap();
-    cfg.http_addr = "127.0.0.1:0".parse().unwrap();
-    // phase 1: hybrid keys sign with both components
-    cfg.pq_default = ron_kms::policy::PqPolicy::for_phase(1);
+    common::loopback(&mut cfg);
     rt.block_on(async {
-        let r = ron_kms::server::start(&cfg).await.unwrap();
-        let kms = r.kms.clone();
-        for alg in algs {
-            kms.create_key(
-                &caller(),
-                CreateKeyRequest {
-                    name: alg.to_string(),
-                    algorithm: alg.to_string(),
-                    ..Default::default()
-                },
-            )
-            .await
-            .unwrap();
-        }
+        let (r, kms) = common::start_with_keys(&cfg, algs).await;
         Server {
             kms,
             _running: r,

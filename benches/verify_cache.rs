@@ -10,29 +10,12 @@
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use ron_kms::auth::{Caller, Scopes};
-use ron_kms::config::Config;
-use ron_kms::crypto::{Algorithm, Provider};
-use ron_kms::proto::{CreateKeyRequest, SignRequest, VerifyRequest};
+use ron_kms::crypto::Provider;
+use ron_kms::proto::{SignRequest, VerifyRequest};
 use ron_kms::service::KmsService;
 
-const ALGS: &[&str] = &[
-    "ed25519",
-    "ecdsa-p256",
-    "ml-dsa-44",
-    "ml-dsa-65",
-    "ml-dsa-87",
-    "hybrid-ed25519-ml-dsa-65",
-];
-
-fn caller() -> Caller {
-    Caller {
-        tenant: "admin".into(),
-        principal: "bench".into(),
-        scopes: Scopes::all(),
-        request_id: "bench".into(),
-    }
-}
+mod common;
+use common::{caller, SIGN_ALGS};
 
 struct Server {
     _running: ron_kms::server::Running,
@@ -40,29 +23,10 @@ struct Server {
 }
 
 fn server(rt: &tokio::runtime::Runtime, cache_max: u64) -> Server {
+    let mut cfg = common::amnesia_config();
+    cfg.verify_cache_max = cache_max;
     rt.block_on(async {
-        let mut cfg = Config::for_data_dir(std::path::Path::new("unused-in-amnesia"));
-        cfg.amnesia = true;
-        cfg.audit_off_for_benchmarks = true;
-        cfg.grpc_addr = "127.0.0.1:0".parse().unwrap();
-        cfg.http_addr = "127.0.0.1:0".parse().unwrap();
-        cfg.verify_cache_max = cache_max;
-        // phase 1: hybrid keys sign with both components, verify "or"
-        cfg.pq_default = ron_kms::policy::PqPolicy::for_phase(1);
-        let r = ron_kms::server::start(&cfg).await.unwrap();
-        let kms = r.kms.clone();
-        for alg in ALGS {
-            kms.create_key(
-                &caller(),
-                CreateKeyRequest {
-                    name: alg.to_string(),
-                    algorithm: alg.to_string(),
-                    ..Default::default()
-                },
-            )
-            .await
-            .unwrap();
-        }
+        let (r, kms) = common::start_with_keys(&cfg, SIGN_ALGS).await;
         Server { _running: r, kms }
     })
 }
@@ -77,7 +41,8 @@ fn bench(c: &mut Criterion) {
     let provider = Provider::default();
     let msg = b"a 32-byte message digest to sign".to_vec();
     let mut g = c.benchmark_group("verify");
-    for alg in ALGS {
+    for &a in SIGN_ALGS {
+        let alg = a.as_str();
         for (label, srv) in [("cache_hit", &cached), ("cache_miss", &uncached)] {
             let kms = srv.kms.clone();
             let sig = rt
@@ -115,7 +80,6 @@ fn bench(c: &mut Criterion) {
                     .unwrap()
                     .key
                     .unwrap();
-                let a = Algorithm::parse(alg).unwrap();
                 let public = kms.public_key_of(&caller(), &key.versions[0].kid).unwrap();
                 let signer = provider.signer(a).unwrap();
                 g.bench_with_input(BenchmarkId::new("raw_crypto", alg), &sig, |b, sig| {
