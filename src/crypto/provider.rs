@@ -78,7 +78,7 @@ impl Default for Provider {
         p.hybrid_sig = Some(hybrid.clone());
         p = p
             .with_signer(Algorithm::Ed25519, Arc::new(RingEd25519))
-            .with_signer(Algorithm::EcdsaP256, Arc::new(RingEcdsaP256))
+            .with_signer(Algorithm::EcdsaP256, Arc::new(EcdsaP256))
             .with_signer(
                 Algorithm::MlDsa44,
                 Arc::new(OqsSig::new(oqs::sig::Algorithm::MlDsa44, "ml-dsa-44")),
@@ -186,38 +186,69 @@ impl SignatureScheme for RingEd25519 {
     }
 }
 
-struct RingEcdsaP256;
+/// ECDSA P-256 with SHA-256 in a crate with ring's API: ring by default,
+/// aws-lc-rs with the `aws-lc` feature (the provider comparison in
+/// PERFORMANCE.md). The private key is PKCS#8, parsed for each sign.
+macro_rules! ecdsa_p256 {
+    ($name:ident, $krate:ident) => {
+        struct $name;
 
-impl SignatureScheme for RingEcdsaP256 {
-    fn generate(&self) -> Result<KeyPair, CryptoError> {
-        let rng = ring::rand::SystemRandom::new();
-        let pkcs8 = rsig::EcdsaKeyPair::generate_pkcs8(&rsig::ECDSA_P256_SHA256_ASN1_SIGNING, &rng)
-            .map_err(|_| CryptoError::KeyGen("ecdsa-p256"))?;
-        let private = Zeroizing::new(pkcs8.as_ref().to_vec());
-        let kp =
-            rsig::EcdsaKeyPair::from_pkcs8(&rsig::ECDSA_P256_SHA256_ASN1_SIGNING, &private, &rng)
-                .map_err(|_| CryptoError::KeyGen("ecdsa-p256"))?;
-        Ok(KeyPair {
-            public: kp.public_key().as_ref().to_vec(),
-            private,
-        })
-    }
+        impl SignatureScheme for $name {
+            fn generate(&self) -> Result<KeyPair, CryptoError> {
+                use $krate::signature::{self as s, KeyPair as _};
+                let rng = $krate::rand::SystemRandom::new();
+                let pkcs8 =
+                    s::EcdsaKeyPair::generate_pkcs8(&s::ECDSA_P256_SHA256_ASN1_SIGNING, &rng)
+                        .map_err(|_| CryptoError::KeyGen("ecdsa-p256"))?;
+                let private = Zeroizing::new(pkcs8.as_ref().to_vec());
+                let kp = p256_from_pkcs8(&private, &rng)
+                    .map_err(|_| CryptoError::KeyGen("ecdsa-p256"))?;
+                Ok(KeyPair {
+                    public: kp.public_key().as_ref().to_vec(),
+                    private,
+                })
+            }
 
-    fn sign(&self, private: &[u8], message: &[u8]) -> Result<Vec<u8>, CryptoError> {
-        let rng = ring::rand::SystemRandom::new();
-        let kp =
-            rsig::EcdsaKeyPair::from_pkcs8(&rsig::ECDSA_P256_SHA256_ASN1_SIGNING, private, &rng)
-                .map_err(|_| CryptoError::BadPrivateKey("ecdsa-p256"))?;
-        kp.sign(&rng, message)
-            .map(|s| s.as_ref().to_vec())
-            .map_err(|_| CryptoError::Sign("ecdsa-p256"))
-    }
+            fn sign(&self, private: &[u8], message: &[u8]) -> Result<Vec<u8>, CryptoError> {
+                let rng = $krate::rand::SystemRandom::new();
+                let kp = p256_from_pkcs8(private, &rng)
+                    .map_err(|_| CryptoError::BadPrivateKey("ecdsa-p256"))?;
+                kp.sign(&rng, message)
+                    .map(|s| s.as_ref().to_vec())
+                    .map_err(|_| CryptoError::Sign("ecdsa-p256"))
+            }
 
-    fn verify(&self, public: &[u8], message: &[u8], signature: &[u8]) -> bool {
-        rsig::UnparsedPublicKey::new(&rsig::ECDSA_P256_SHA256_ASN1, public)
-            .verify(message, signature)
-            .is_ok()
-    }
+            fn verify(&self, public: &[u8], message: &[u8], signature: &[u8]) -> bool {
+                use $krate::signature as s;
+                s::UnparsedPublicKey::new(&s::ECDSA_P256_SHA256_ASN1, public)
+                    .verify(message, signature)
+                    .is_ok()
+            }
+        }
+    };
+}
+
+#[cfg(not(feature = "aws-lc"))]
+ecdsa_p256!(EcdsaP256, ring);
+#[cfg(feature = "aws-lc")]
+ecdsa_p256!(EcdsaP256, aws_lc_rs);
+
+#[cfg(not(feature = "aws-lc"))]
+fn p256_from_pkcs8(
+    der: &[u8],
+    rng: &ring::rand::SystemRandom,
+) -> Result<rsig::EcdsaKeyPair, ring::error::KeyRejected> {
+    rsig::EcdsaKeyPair::from_pkcs8(&rsig::ECDSA_P256_SHA256_ASN1_SIGNING, der, rng)
+}
+
+/// aws-lc-rs takes no RNG to parse a key.
+#[cfg(feature = "aws-lc")]
+fn p256_from_pkcs8(
+    der: &[u8],
+    _rng: &aws_lc_rs::rand::SystemRandom,
+) -> Result<aws_lc_rs::signature::EcdsaKeyPair, aws_lc_rs::error::KeyRejected> {
+    use aws_lc_rs::signature as s;
+    s::EcdsaKeyPair::from_pkcs8(&s::ECDSA_P256_SHA256_ASN1_SIGNING, der)
 }
 
 /// ML-DSA through liboqs: pure FIPS 204 signing with an empty context
