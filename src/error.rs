@@ -131,7 +131,8 @@ impl From<crate::store::StoreError> for Error {
     fn from(e: crate::store::StoreError) -> Self {
         use crate::store::StoreError as S;
         match e {
-            S::AlreadyExists(m) => Error::AlreadyExists(m),
+            S::AlreadyExists(m) | S::OpConflict(m) => Error::AlreadyExists(m),
+            S::VersionConflict(m) => Error::Unavailable(format!("store: {m}")),
             S::NotFound(m) => Error::NotFound(m),
             S::Backend(m) => Error::Unavailable(format!("store: {m}")),
             S::Corrupt(m) => Error::Internal(format!("store: {m}")),

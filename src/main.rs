@@ -126,7 +126,8 @@ enum TokensCmd {
 #[derive(Subcommand)]
 enum AuditCmd {
     /// Check the hash chain and checkpoint signatures. PATH is an audit dir
-    /// (with its audit-key.pub and audit.head) or segment files in order.
+    /// (with its audit-key.pub and audit.head) or segment files in order;
+    /// several audit dirs (one per replica) are checked one chain each.
     /// Exits 1 naming the first bad record.
     Verify {
         #[arg(required = true)]
@@ -361,52 +362,79 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 0o700,
             )
             .create(&cfg.data_dir)?;
-            let store = ron_kms::store::sqlite::SqliteStore::open(&cfg.store_path())?;
-            let token = ron_kms::auth::create_token(&store, &tenant, scopes)?;
+            let store = ron_kms::server::open_store(&cfg)?;
+            let token = ron_kms::auth::create_token(store.as_ref(), &tenant, scopes)?;
             println!("{token}");
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Audit(AuditCmd::Verify { paths, key }) => {
             let key = key.map(|k| ron_kms::audit::read_key_file(&k)).transpose()?;
-            let result = if paths.len() == 1 && paths[0].is_dir() {
-                ron_kms::audit::verify_dir(&paths[0], key.as_deref())
-            } else {
-                let key = match key {
-                    Some(k) => k,
-                    None => {
-                        let dir = paths[0].parent().unwrap_or(std::path::Path::new("."));
-                        ron_kms::audit::read_key_file(&dir.join(ron_kms::audit::KEY_FILE))?
-                    }
-                };
-                ron_kms::audit::chain::verify_files(&paths, &key).map_err(|e| e.to_string())
-            };
-            match result {
-                Ok(s) => {
-                    println!(
-                        "audit chain ok: {} records ({} checkpoints), last record {}{}",
-                        s.records,
-                        s.checkpoints,
-                        s.last_seq,
-                        if s.unsealed_tail > 0 {
-                            format!(
-                                ", {} records after the last checkpoint (unsealed)",
-                                s.unsealed_tail
+            let chains: Vec<(String, Result<ron_kms::audit::chain::Summary, String>)> =
+                if paths.iter().all(|p| p.is_dir()) {
+                    paths
+                        .iter()
+                        .map(|d| {
+                            (
+                                d.display().to_string(),
+                                ron_kms::audit::verify_dir(d, key.as_deref()),
                             )
-                        } else {
-                            String::new()
+                        })
+                        .collect()
+                } else {
+                    let key = match key {
+                        Some(k) => k,
+                        None => {
+                            let dir = paths[0].parent().unwrap_or(std::path::Path::new("."));
+                            ron_kms::audit::read_key_file(&dir.join(ron_kms::audit::KEY_FILE))?
                         }
-                    );
-                    Ok(if s.unsealed_tail > 0 {
-                        ExitCode::from(1)
-                    } else {
-                        ExitCode::SUCCESS
-                    })
-                }
-                Err(e) => {
-                    eprintln!("audit chain broken: {e}");
-                    Ok(ExitCode::from(1))
+                    };
+                    let r = ron_kms::audit::chain::verify_files(&paths, &key)
+                        .map_err(|e| e.to_string());
+                    vec![(paths[0].display().to_string(), r)]
+                };
+            let several = chains.len() > 1;
+            let mut code = ExitCode::SUCCESS;
+            for (name, result) in chains {
+                let prefix = if several {
+                    format!("{name}: ")
+                } else {
+                    String::new()
+                };
+                match result {
+                    Ok(s) => {
+                        let nodes = if s.nodes.is_empty() {
+                            String::new()
+                        } else {
+                            format!(
+                                " (node {})",
+                                s.nodes.iter().cloned().collect::<Vec<_>>().join(", ")
+                            )
+                        };
+                        println!(
+                            "{prefix}audit chain ok: {} records ({} checkpoints), last record {}{}{nodes}",
+                            s.records,
+                            s.checkpoints,
+                            s.last_seq,
+                            if s.unsealed_tail > 0 {
+                                format!(
+                                    ", {} records after the last checkpoint (unsealed)",
+                                    s.unsealed_tail
+                                )
+                            } else {
+                                String::new()
+                            }
+                        );
+                        if s.unsealed_tail > 0 {
+                            code = ExitCode::from(1);
+                        }
+                    }
+                    Err(e) => {
+                        eprintln!("{prefix}audit chain broken: {e}");
+                        code = ExitCode::from(1);
+                    }
                 }
             }
+            Ok(code)
         }
         Cmd::Keys(k) => match k {
             KeysCmd::Create {

@@ -230,6 +230,18 @@ fn genuine(r: &ComponentResults) -> bool {
     (r.classical.is_some() || r.pq.is_some()) && r.classical != Some(false) && r.pq != Some(false)
 }
 
+/// The stored overrides, by tenant.
+fn read_stored(store: &dyn Store) -> Result<HashMap<String, Entry>, String> {
+    let mut stored = HashMap::new();
+    for (k, v) in store.list_meta(META_PREFIX).map_err(|e| e.to_string())? {
+        let tenant = k[META_PREFIX.len()..].to_string();
+        let e: Entry = serde_json::from_slice(&v)
+            .map_err(|e| format!("stored PQ policy of tenant {tenant:?}: {e}"))?;
+        stored.insert(tenant, e);
+    }
+    Ok(stored)
+}
+
 /// Every tenant's policy: defaults, config, stored overrides.
 pub struct Policies {
     default: PqPolicy,
@@ -247,13 +259,7 @@ impl Policies {
         default: PqPolicy,
         configured: BTreeMap<String, PqPolicy>,
     ) -> Result<Self, String> {
-        let mut stored = HashMap::new();
-        for (k, v) in store.list_meta(META_PREFIX).map_err(|e| e.to_string())? {
-            let tenant = k[META_PREFIX.len()..].to_string();
-            let e: Entry = serde_json::from_slice(&v)
-                .map_err(|e| format!("stored PQ policy of tenant {tenant:?}: {e}"))?;
-            stored.insert(tenant, e);
-        }
+        let stored = read_stored(store.as_ref())?;
         Ok(Policies {
             default,
             configured,
@@ -261,6 +267,18 @@ impl Policies {
             store,
             change: Mutex::new(()),
         })
+    }
+
+    /// Re-read the stored overrides (another replica changed one).
+    pub fn reload(&self) -> Result<(), String> {
+        let stored = read_stored(self.store.as_ref())?;
+        *self.stored.write().unwrap_or_else(|p| p.into_inner()) = stored;
+        Ok(())
+    }
+
+    /// Whether a meta key holds a PQ policy.
+    pub fn is_policy_key(key: &str) -> bool {
+        key.starts_with(META_PREFIX)
     }
 
     pub fn get(&self, tenant: &str) -> Entry {

@@ -128,7 +128,7 @@ pub fn open_data_dir(cfg: &Config) -> Result<Opened, StartError> {
         .map_err(|e| dir_err(dir, e))?;
     lock.try_lock()
         .map_err(|_| dir_err(dir, "in use by another ron-kms process"))?;
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&cfg.store_path())?);
+    let store = open_store(cfg)?;
     let provider = Arc::new(Provider::default());
     match &cfg.backend {
         BackendKind::SealedFile => {
@@ -208,6 +208,40 @@ pub fn open_data_dir(cfg: &Config) -> Result<Opened, StartError> {
     }
 }
 
+/// The configured store: SQLite under the data dir, or PostgreSQL.
+pub fn open_store(cfg: &Config) -> Result<Arc<dyn Store>, StartError> {
+    match &cfg.store {
+        crate::config::StoreKind::Sqlite => Ok(Arc::new(SqliteStore::open(&cfg.store_path())?)),
+        crate::config::StoreKind::Postgres(pg) => {
+            let password = match &pg.password_file {
+                Some(p) => Some(read_secret(
+                    &PassphraseSource::File(p.clone()),
+                    "KMS_STORE_PASSWORD_FILE",
+                    "",
+                )?),
+                None => None,
+            };
+            let settings = crate::store::postgres::PgSettings {
+                pool_size: pg.pool_size,
+                reconcile_interval: pg.reconcile_interval,
+                ..Default::default()
+            };
+            let store = crate::store::postgres::PgStore::open(
+                &pg.url,
+                password.as_ref().map(|p| p.as_slice()),
+                settings,
+            )
+            .map_err(|e| StartError::Other(format!("store: {e}")))?;
+            tracing::info!(
+                store = %crate::store::postgres::redact_url(&pg.url),
+                node = %cfg.node_id,
+                "shared store (PostgreSQL)"
+            );
+            Ok(Arc::new(store))
+        }
+    }
+}
+
 /// Amnesia mode: an in-memory store and a random master key that exists
 /// only in this process. Nothing is created or written on disk.
 fn open_in_memory() -> Result<Opened, StartError> {
@@ -231,27 +265,27 @@ fn open_in_memory() -> Result<Opened, StartError> {
 /// The store remembers a value sealed under the master key; a different
 /// master key fails here, at start-up, instead of on the first unseal.
 fn check_master(store: &dyn Store, master: &MasterKey) -> Result<(), StartError> {
-    match store.get_meta(MASTER_CHECK_KEY)? {
-        Some(blob) => {
-            if blob.len() < aead::AEAD_NONCE_LEN {
-                return Err(StartError::MasterKeyMismatch);
-            }
-            let mut nonce = [0u8; aead::AEAD_NONCE_LEN];
-            nonce.copy_from_slice(&blob[..aead::AEAD_NONCE_LEN]);
-            match aead::open(master.bytes(), &nonce, b"", &blob[aead::AEAD_NONCE_LEN..]) {
-                Ok(p) if p.as_slice() == MASTER_CHECK_PLAINTEXT => Ok(()),
-                _ => Err(StartError::MasterKeyMismatch),
-            }
-        }
+    let stored = match store.get_meta(MASTER_CHECK_KEY)? {
+        Some(blob) => blob,
         None => {
             let mut nonce = [0u8; aead::AEAD_NONCE_LEN];
             crate::crypto::random_bytes(&mut nonce)
                 .map_err(|e| StartError::Other(e.to_string()))?;
             let ct = aead::seal(master.bytes(), &nonce, b"", MASTER_CHECK_PLAINTEXT)
                 .map_err(|e| StartError::Other(e.to_string()))?;
-            store.put_meta(MASTER_CHECK_KEY, &[&nonce[..], &ct].concat())?;
-            Ok(())
+            // Replicas starting together on an empty shared store: the first
+            // value stored wins and every replica checks against it.
+            store.insert_meta(MASTER_CHECK_KEY, &[&nonce[..], &ct].concat())?
         }
+    };
+    if stored.len() < aead::AEAD_NONCE_LEN {
+        return Err(StartError::MasterKeyMismatch);
+    }
+    let mut nonce = [0u8; aead::AEAD_NONCE_LEN];
+    nonce.copy_from_slice(&stored[..aead::AEAD_NONCE_LEN]);
+    match aead::open(master.bytes(), &nonce, b"", &stored[aead::AEAD_NONCE_LEN..]) {
+        Ok(p) if p.as_slice() == MASTER_CHECK_PLAINTEXT => Ok(()),
+        _ => Err(StartError::MasterKeyMismatch),
     }
 }
 
@@ -273,17 +307,24 @@ async fn open_audit(
         kid: KID,
         algorithm: Algorithm::Ed25519,
     };
-    let (handle, public) = match (
-        store.get_meta(AUDIT_KEY_HANDLE)?,
-        store.get_meta(AUDIT_KEY_PUBLIC)?,
-    ) {
+    // On a shared store every replica has its own audit key (and chain),
+    // stored under its node id.
+    let (handle_key, public_key) = if store.shared() {
+        (
+            format!("{AUDIT_KEY_HANDLE}/{}", cfg.node_id),
+            format!("{AUDIT_KEY_PUBLIC}/{}", cfg.node_id),
+        )
+    } else {
+        (AUDIT_KEY_HANDLE.to_string(), AUDIT_KEY_PUBLIC.to_string())
+    };
+    let (handle, public) = match (store.get_meta(&handle_key)?, store.get_meta(&public_key)?) {
         (Some(h), Some(p)) => (h, p),
         _ => {
             let g = backend
                 .generate(label)
                 .map_err(|e| StartError::Other(format!("audit key: {e}")))?;
-            store.put_meta(AUDIT_KEY_HANDLE, &g.handle)?;
-            store.put_meta(AUDIT_KEY_PUBLIC, &g.public)?;
+            store.put_meta(&handle_key, &g.handle)?;
+            store.put_meta(&public_key, &g.public)?;
             (g.handle, g.public)
         }
     };
@@ -296,6 +337,7 @@ async fn open_audit(
         backend.sign(label, &handle, msg).map_err(|e| e.to_string())
     });
     let opts = crate::audit::Options {
+        node: cfg.node_id.clone(),
         sink: if cfg.audit_off_for_benchmarks {
             crate::audit::Sink::Off
         } else if cfg.amnesia {
@@ -423,6 +465,7 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
         crate::service::ServiceOptions::from_config(cfg),
         audit,
     )?);
+    kms.follow_store()?;
 
     // Attestation (a TPM): once before serving, so a required attestation
     // is decided before the first request, then on the configured interval.
@@ -457,11 +500,7 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
         .map_err(|e| StartError::Other(e.to_string()))?;
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    report_health(
-        &health_reporter,
-        kms.readiness().iter().all(|(_, r)| r.is_ok()),
-    )
-    .await;
+    report_health(&health_reporter, kms.ready()).await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -478,10 +517,9 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
                 _ = health_rx.wait_for(|s| *s) => break,
             }
             let k = health_kms.clone();
-            let ready =
-                tokio::task::spawn_blocking(move || k.readiness().iter().all(|(_, r)| r.is_ok()))
-                    .await
-                    .unwrap_or(false);
+            let ready = tokio::task::spawn_blocking(move || k.ready())
+                .await
+                .unwrap_or(false);
             report_health(&health_reporter, ready).await;
         }
     });

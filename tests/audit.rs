@@ -330,6 +330,7 @@ async fn segments_rotate_by_size_and_the_chain_spans_them() {
     let signer: ron_kms::audit::Signer =
         std::sync::Arc::new(move |m: &[u8]| Ok(key.sign(m).to_bytes().to_vec()));
     let opts = Options {
+        node: "node-a".into(),
         sink: Sink::Dir(audit_dir.clone()),
         checkpoint_interval: 50,
         max_file_bytes: 4096,
@@ -402,6 +403,7 @@ async fn checkpoints_are_deferred_while_the_audit_key_cannot_sign() {
         }
     });
     let opts = Options {
+        node: "node-a".into(),
         sink: Sink::Dir(audit_dir.clone()),
         checkpoint_interval: 5,
         max_file_bytes: 1 << 20,

@@ -452,15 +452,16 @@ async fn readyz(State(f): S) -> Response {
     let checks = tokio::task::spawn_blocking(move || kms.readiness())
         .await
         .unwrap_or_default();
-    let ready = !checks.is_empty() && checks.iter().all(|(_, r)| r.is_ok());
+    let ready = !checks.is_empty() && checks.iter().all(|c| c.outcome.is_ok() || !c.required);
     let detail: serde_json::Map<String, serde_json::Value> = checks
         .into_iter()
-        .map(|(name, r)| {
-            let v = match r {
+        .map(|c| {
+            let v = match c.outcome {
                 Ok(()) => "ok".to_string(),
-                Err(e) => format!("error: {e}"),
+                Err(e) if c.required => format!("error: {e}"),
+                Err(e) => format!("degraded: {e}"),
             };
-            (name.to_string(), serde_json::Value::String(v))
+            (c.name.to_string(), serde_json::Value::String(v))
         })
         .collect();
     let status = if ready {

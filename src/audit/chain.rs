@@ -33,6 +33,10 @@ const HASH_MARK: &str = ",\"hash\":\"";
 pub struct Body {
     pub seq: u64,
     pub ts_ms: i64,
+    /// The replica that wrote the record (`KMS_NODE_ID`). Each replica keeps
+    /// its own chain; records before this field existed have none.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub node: String,
     pub op: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub tenant: String,
@@ -111,6 +115,8 @@ pub struct Summary {
     pub last_hash: [u8; 32],
     /// Records after the last checkpoint (0 for a sealed log).
     pub unsealed_tail: u64,
+    /// The node ids the records name (one for a replica's chain).
+    pub nodes: std::collections::BTreeSet<String>,
 }
 
 /// The segment files of an audit dir, in order.
@@ -226,6 +232,9 @@ pub fn verify_bytes(
             s.unsealed_tail = 0;
         } else {
             s.unsealed_tail += 1;
+        }
+        if !body.node.is_empty() && !s.nodes.contains(&body.node) {
+            s.nodes.insert(body.node);
         }
         s.records += 1;
         s.last_seq = body.seq;

@@ -71,6 +71,8 @@ pub enum Sink {
 #[derive(Clone, Debug)]
 pub struct Options {
     pub sink: Sink,
+    /// Written into every record (`node`).
+    pub node: String,
     pub checkpoint_interval: u64,
     pub max_file_bytes: u64,
 }
@@ -113,6 +115,7 @@ struct Writer {
     max_file_bytes: u64,
     signer: Signer,
     pending: Vec<u8>,
+    node: String,
 }
 
 fn now_ms() -> i64 {
@@ -155,6 +158,7 @@ impl Writer {
         let sig = (self.signer)(&chain::checkpoint_message(seq, &self.prev))?;
         self.push(Body {
             ts_ms: now_ms(),
+            node: self.node.clone(),
             op: "checkpoint".into(),
             sig: base64::engine::general_purpose::STANDARD.encode(sig),
             ..Body::default()
@@ -245,6 +249,7 @@ impl Writer {
             seqs.push(
                 self.push(Body {
                     ts_ms: now_ms(),
+                    node: self.node.clone(),
                     op: e.op.to_string(),
                     tenant: e.tenant,
                     principal: e.principal,
@@ -336,6 +341,7 @@ impl AuditLog {
             max_file_bytes: opts.max_file_bytes.max(4096),
             signer,
             pending: Vec::new(),
+            node: opts.node.clone(),
         };
         if let Sink::Dir(dir) = &opts.sink {
             std::fs::DirBuilder::new()

@@ -73,6 +73,10 @@ pub struct FileConfig {
     pub log: Option<String>,
     pub amnesia: Option<bool>,
     pub store: Option<String>,
+    pub store_password_file: Option<PathBuf>,
+    pub store_pool_size: Option<u32>,
+    pub store_reconcile_secs: Option<u64>,
+    pub node_id: Option<String>,
     pub audit_dir: Option<PathBuf>,
     pub log_format: Option<String>,
     pub audit_checkpoint_interval: Option<u64>,
@@ -229,6 +233,12 @@ pub enum MasterKeySource {
 #[derive(Clone, Debug)]
 pub struct Config {
     pub data_dir: PathBuf,
+    /// Where records persist: SQLite under the data dir, or PostgreSQL
+    /// shared by several replicas.
+    pub store: StoreKind,
+    /// This replica's name in audit records and logs (`KMS_NODE_ID`,
+    /// default the host name).
+    pub node_id: String,
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
     pub backend: BackendKind,
@@ -275,6 +285,56 @@ pub struct Config {
     pub tls: Option<crate::api::tls::TlsSettings>,
 }
 
+/// `KMS_STORE`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreKind {
+    /// `<data dir>/kms.sqlite3` (the default).
+    Sqlite,
+    Postgres(PgConfig),
+}
+
+/// `KMS_STORE=postgres://…` and its companions.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PgConfig {
+    /// libpq-style URL or key=value string. May carry a password (it comes
+    /// from an env var or the config file, never a flag); never printed.
+    pub url: String,
+    /// `KMS_STORE_PASSWORD_FILE`: the password, instead of one in the URL.
+    pub password_file: Option<PathBuf>,
+    pub pool_size: u32,
+    pub reconcile_interval: Duration,
+}
+
+impl std::fmt::Debug for PgConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgConfig")
+            .field("url", &crate::store::postgres::redact_url(&self.url))
+            .field("password_file", &self.password_file)
+            .field("pool_size", &self.pool_size)
+            .field("reconcile_interval", &self.reconcile_interval)
+            .finish()
+    }
+}
+
+pub const DEFAULT_STORE_POOL_SIZE: u32 = 4;
+pub const DEFAULT_STORE_RECONCILE_SECS: u64 = 10;
+
+/// The host name, for the default node id.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| valid_node_id(s))
+        .unwrap_or_else(|| "node".into())
+}
+
+fn valid_node_id(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
+}
+
 pub const DEFAULT_VERIFY_CACHE_MAX: u64 = 10_000;
 pub const DEFAULT_VERIFY_CACHE_TTL_MS: u64 = 60_000;
 
@@ -283,6 +343,8 @@ impl Config {
     pub fn for_data_dir(data_dir: &Path) -> Self {
         Config {
             data_dir: data_dir.to_path_buf(),
+            store: StoreKind::Sqlite,
+            node_id: host_name(),
             grpc_addr: DEFAULT_GRPC_ADDR.parse().expect("valid default"),
             http_addr: DEFAULT_HTTP_ADDR.parse().expect("valid default"),
             backend: BackendKind::SealedFile,
@@ -481,20 +543,92 @@ pub fn load(flags: &Flags, env: &dyn Env) -> Result<Config, ConfigError> {
     };
 
     let store_p = pick(None, "", env, "KMS_STORE", id, file.store, "store", fname);
-    if let Some(store) = &store_p.value {
-        if amnesia {
+    let store = match store_p.value.as_deref() {
+        _ if amnesia && store_p.value.is_some() => {
             return Err(err(
                 store_p.origin,
                 conflict("a configured store would persist keys"),
             ));
         }
-        if store != "sqlite" {
+        None | Some("sqlite") => StoreKind::Sqlite,
+        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+            let pw = pick(
+                None,
+                "",
+                env,
+                "KMS_STORE_PASSWORD_FILE",
+                PathBuf::from,
+                file.store_password_file,
+                "store_password_file",
+                fname,
+            );
+            let pool = pick(
+                None,
+                "",
+                env,
+                "KMS_STORE_POOL_SIZE",
+                |s: String| s.trim().parse::<u32>().unwrap_or(0),
+                file.store_pool_size,
+                "store_pool_size",
+                fname,
+            );
+            let pool_size = match pool.value {
+                None => DEFAULT_STORE_POOL_SIZE,
+                Some(n @ 1..=64) => n,
+                Some(_) => return Err(err(pool.origin, "must be a whole number from 1 to 64")),
+            };
+            let rec = pick(
+                None,
+                "",
+                env,
+                "KMS_STORE_RECONCILE_SECS",
+                |s: String| s.trim().parse::<u64>().unwrap_or(0),
+                file.store_reconcile_secs,
+                "store_reconcile_secs",
+                fname,
+            );
+            let reconcile = match rec.value {
+                None => DEFAULT_STORE_RECONCILE_SECS,
+                Some(n @ 1..=3600) => n,
+                Some(_) => return Err(err(rec.origin, "must be 1 to 3600 seconds")),
+            };
+            StoreKind::Postgres(PgConfig {
+                url: url.to_string(),
+                password_file: pw.value,
+                pool_size,
+                reconcile_interval: Duration::from_secs(reconcile),
+            })
+        }
+        Some(other) => {
+            let shown = crate::store::postgres::redact_url(other);
             return Err(err(
                 store_p.origin,
-                format!("{store:?} is not supported by this build; the store is \"sqlite\" (the default)"),
+                format!(
+                    "{shown:?} is not a store: use \"sqlite\" (the default) or a postgres:// URL"
+                ),
             ));
         }
-    }
+    };
+    let node_p = pick(
+        None,
+        "",
+        env,
+        "KMS_NODE_ID",
+        id,
+        file.node_id,
+        "node_id",
+        fname,
+    );
+    let node_id = match node_p.value {
+        None => host_name(),
+        Some(n) if valid_node_id(&n) => n,
+        Some(_) => {
+            return Err(err(
+                node_p.origin,
+                "must be 1 to 64 characters of A-Z a-z 0-9 . _ -",
+            ))
+        }
+    };
 
     let backend_p = pick(
         None,
@@ -1163,8 +1297,17 @@ pub fn load(flags: &Flags, env: &dyn Env) -> Result<Config, ConfigError> {
         fname,
     )?;
 
+    if matches!(store, StoreKind::Postgres(_)) && matches!(backend, BackendKind::Tpm(_)) {
+        return Err(err(
+            store_p.origin,
+            "TPM custody is per host: keys sealed by one TPM cannot be used by replicas on other hosts, so a shared store cannot hold them; use sealed-file (the same master key on every node) or pkcs11 (a shared HSM)",
+        ));
+    }
+
     Ok(Config {
         data_dir,
+        store,
+        node_id,
         grpc_addr,
         http_addr,
         backend,

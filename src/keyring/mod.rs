@@ -209,16 +209,33 @@ impl Keyring {
         self.current.load().get(tenant, name).cloned()
     }
 
-    /// Replace (or insert) one record. Callers serialise writers; readers see
-    /// either the old or the new map, never a mix.
-    pub fn put(&self, record: KeyRecord) {
-        let old = self.current.load_full();
-        let mut keys = old.keys.clone();
-        keys.insert(
-            (record.tenant.clone(), record.name.clone()),
-            Arc::new(record),
-        );
-        self.current.store(Arc::new(Snapshot { keys }));
+    /// Replace (or insert) one record. Readers see either the old or the
+    /// new map, never a mix.
+    pub fn put(&self, record: KeyRecord) -> Arc<KeyRecord> {
+        let record = Arc::new(record);
+        self.put_arcs(std::slice::from_ref(&record));
+        record
+    }
+
+    /// Replace (or insert) several records in one swap. Safe against a
+    /// concurrent writer (the store listener and a mutation): the swap is a
+    /// compare-and-swap loop, so neither write is lost.
+    pub fn put_many(&self, records: Vec<KeyRecord>) {
+        let records: Vec<_> = records.into_iter().map(Arc::new).collect();
+        self.put_arcs(&records);
+    }
+
+    fn put_arcs(&self, records: &[Arc<KeyRecord>]) {
+        if records.is_empty() {
+            return;
+        }
+        self.current.rcu(|old| {
+            let mut keys = old.keys.clone();
+            for r in records {
+                keys.insert((r.tenant.clone(), r.name.clone()), r.clone());
+            }
+            Snapshot { keys }
+        });
     }
 }
 

@@ -1,6 +1,7 @@
 //! Key management: create, get, list, rotate, version state. Mutations are
 //! serialised (`KmsService::mutation`), write the store first and only then
 //! swap the in-memory snapshot.
+use super::replica::{Settled, ROTATE_ATTEMPTS};
 use super::*;
 
 impl KmsService {
@@ -36,13 +37,11 @@ impl KmsService {
         let name = req.name;
         let rec = self
             .mutation(move || {
+                let existing = this.fresh(&tenant, &name)?;
                 if this.prior_op(&op)?.is_some() {
-                    return this
-                        .keyring
-                        .get(&tenant, &name)
-                        .ok_or_else(|| Error::NotFound(format!("key {name}")));
+                    return existing.ok_or_else(|| Error::NotFound(format!("key {name}")));
                 }
-                if this.keyring.get(&tenant, &name).is_some() {
+                if existing.is_some() {
                     return Err(Error::AlreadyExists(format!("key {name} already exists")));
                 }
                 let kid = keyring::kid(&name, 1);
@@ -66,12 +65,21 @@ impl KmsService {
                         created_at_ms: now,
                     }],
                 };
-                let op = op.map(|o| OpRecord { result: kid, ..o });
-                this.store.create_key(&rec, op.as_ref())?;
-                this.keyring.put(rec);
-                this.keyring
-                    .get(&tenant, &name)
-                    .ok_or_else(|| Error::Internal("key vanished after create".into()))
+                let op = op.map(|o| OpRecord {
+                    result: kid.clone(),
+                    ..o
+                });
+                let written = this.store.create_key(&rec, op.as_ref());
+                let handle = rec.versions[0].handle.as_deref().unwrap_or_default();
+                match this.settle(written, &op, &tenant, &name, || {
+                    this.discard(&tenant, &kid, alg, handle)
+                })? {
+                    Settled::Written => Ok(this.keyring.put(rec)),
+                    Settled::Prior(_) | Settled::Retry => this
+                        .keyring
+                        .get(&tenant, &name)
+                        .ok_or_else(|| Error::NotFound(format!("key {name}"))),
+                }
             })
             .await?;
         tracing::info!(request_id = %caller.request_id, tenant = %caller.tenant, principal = %caller.principal, key = %rec.name, algorithm = %rec.algorithm, "key created");
@@ -145,39 +153,49 @@ impl KmsService {
         let name = req.name;
         let (rec, kid) = self
             .mutation(move || {
-                let cur = this
-                    .keyring
-                    .get(&tenant, &name)
-                    .ok_or_else(|| Error::NotFound(format!("key {name}")))?;
-                if let Some(kid) = this.prior_op(&op)? {
-                    return Ok((cur, kid));
+                for _ in 0..ROTATE_ATTEMPTS {
+                    let cur = this
+                        .fresh(&tenant, &name)?
+                        .ok_or_else(|| Error::NotFound(format!("key {name}")))?;
+                    if let Some(kid) = this.prior_op(&op)? {
+                        return Ok((cur, kid));
+                    }
+                    let next = cur.latest_version() + 1;
+                    let kid = cur.kid(next);
+                    let g = this.backend.generate(label(&cur, &kid))?;
+                    let v = VersionRecord {
+                        version: next,
+                        state: VersionState::Enabled,
+                        public_key: g.public,
+                        handle: Some(g.handle),
+                        created_at_ms: now_ms(),
+                    };
+                    let op = op.clone().map(|o| OpRecord {
+                        result: kid.clone(),
+                        ..o
+                    });
+                    let written = this.store.add_version(&tenant, &name, &v, op.as_ref());
+                    let handle = v.handle.as_deref().unwrap_or_default();
+                    match this.settle(written, &op, &tenant, &name, || {
+                        this.discard(&tenant, &kid, cur.algorithm, handle)
+                    })? {
+                        Settled::Written => {}
+                        Settled::Prior(kid) => {
+                            let rec = this.keyring.get(&tenant, &name).unwrap_or(cur);
+                            return Ok((rec, kid));
+                        }
+                        Settled::Retry => continue,
+                    }
+                    let mut rec = (*cur).clone();
+                    rec.versions.push(v);
+                    rec.primary_version = next;
+                    this.verify_cache
+                        .invalidate(&tenant, rec.versions.iter().map(|v| rec.kid(v.version)));
+                    return Ok((this.keyring.put(rec), kid));
                 }
-                let next = cur.latest_version() + 1;
-                let kid = cur.kid(next);
-                let g = this.backend.generate(label(&cur, &kid))?;
-                let v = VersionRecord {
-                    version: next,
-                    state: VersionState::Enabled,
-                    public_key: g.public,
-                    handle: Some(g.handle),
-                    created_at_ms: now_ms(),
-                };
-                let op = op.map(|o| OpRecord {
-                    result: kid.clone(),
-                    ..o
-                });
-                this.store.add_version(&tenant, &name, &v, op.as_ref())?;
-                let mut rec = (*cur).clone();
-                rec.versions.push(v);
-                rec.primary_version = next;
-                this.verify_cache
-                    .invalidate(&tenant, rec.versions.iter().map(|v| rec.kid(v.version)));
-                this.keyring.put(rec);
-                let rec = this
-                    .keyring
-                    .get(&tenant, &name)
-                    .ok_or_else(|| Error::Internal("key vanished after rotate".into()))?;
-                Ok((rec, kid))
+                Err(Error::Unavailable(format!(
+                    "key {name} is being rotated concurrently on other replicas; retry"
+                )))
             })
             .await?;
         tracing::info!(request_id = %caller.request_id, tenant = %caller.tenant, principal = %caller.principal, kid = %kid, "key rotated");
@@ -216,8 +234,7 @@ impl KmsService {
         let rec = self
             .mutation(move || {
                 let cur = this
-                    .keyring
-                    .get(&tenant, &name)
+                    .fresh(&tenant, &name)?
                     .ok_or_else(|| Error::NotFound(format!("key {name}")))?;
                 if this.prior_op(&op)?.is_some() {
                     return Ok(cur);
@@ -245,7 +262,13 @@ impl KmsService {
                     result: kid.clone(),
                     ..o
                 });
-                this.store.set_state(&tenant, &name, vn, state, op.as_ref())?;
+                let written = this.store.set_state(&tenant, &name, vn, state, op.as_ref());
+                match this.settle(written, &op, &tenant, &name, || {})? {
+                    Settled::Written => {}
+                    Settled::Prior(_) | Settled::Retry => {
+                        return Ok(this.keyring.get(&tenant, &name).unwrap_or(cur));
+                    }
+                }
                 let mut rec = (*cur).clone();
                 let slot = &mut rec.versions[(vn - 1) as usize];
                 slot.state = state;
@@ -254,10 +277,7 @@ impl KmsService {
                 }
                 this.verify_cache
                     .invalidate(&tenant, rec.versions.iter().map(|v| rec.kid(v.version)));
-                this.keyring.put(rec);
-                this.keyring
-                    .get(&tenant, &name)
-                    .ok_or_else(|| Error::Internal("key vanished after state change".into()))
+                Ok(this.keyring.put(rec))
             })
             .await?;
         tracing::info!(request_id = %caller.request_id, tenant = %caller.tenant, principal = %caller.principal, kid = %keyring::kid(&rec.name, vn), state = state.as_str(), "key version state set");

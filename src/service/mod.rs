@@ -30,6 +30,7 @@ mod batch;
 pub use batch::MAX_BATCH_ITEMS;
 mod crypto_ops;
 mod pq;
+mod replica;
 pub mod verify_cache;
 
 use verify_cache::VerifyCache;
@@ -88,6 +89,14 @@ pub struct KmsService {
     device_bound: bool,
     admission: crate::admission::Admission,
     request_timeout: Duration,
+}
+
+/// One line of `/readyz`.
+pub struct Check {
+    pub name: &'static str,
+    pub outcome: std::result::Result<(), String>,
+    /// A failing check that is not required is shown as degraded.
+    pub required: bool,
 }
 
 /// The service's view of custody attestation: whether it is required, and
@@ -566,23 +575,42 @@ impl KmsService {
     }
 
     /// Readiness: each named dependency and whether it answers; with
-    /// attestation required, whether it is verified.
-    pub fn readiness(&self) -> Vec<(&'static str, std::result::Result<(), String>)> {
+    /// attestation required, whether it is verified. A shared store that is
+    /// away is reported but does not make the replica unready: sign, verify,
+    /// wrap and unwrap go on from the snapshot (mutations fail fast), and a
+    /// load balancer that dropped every replica would stop those too.
+    pub fn readiness(&self) -> Vec<Check> {
+        let check = |name, outcome| Check {
+            name,
+            outcome,
+            required: true,
+        };
         let mut r = vec![
-            (
+            check(
                 "backend",
                 match self.backend.health() {
                     Ok(()) | Err(crate::backend::BackendError::Busy(_)) => Ok(()),
                     Err(e) => Err(e.to_string()),
                 },
             ),
-            ("store", self.store.health().map_err(|e| e.to_string())),
-            ("audit", self.audit.integrity()),
+            Check {
+                name: "store",
+                outcome: self.store.health().map_err(|e| e.to_string()),
+                required: !self.store.shared(),
+            },
+            check("audit", self.audit.integrity()),
         ];
         if self.attestation.required() {
-            r.push(("attestation", self.attestation.readiness()));
+            r.push(check("attestation", self.attestation.readiness()));
         }
         r
+    }
+
+    /// Whether every required dependency answers.
+    pub fn ready(&self) -> bool {
+        self.readiness()
+            .iter()
+            .all(|c| c.outcome.is_ok() || !c.required)
     }
 
     /// The attestation state the server updates.

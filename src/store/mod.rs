@@ -1,6 +1,7 @@
 //! Where records persist. The default is one embedded SQLite file under the
-//! data dir ([`sqlite::SqliteStore`]); the [`Store`] trait is what a
-//! PostgreSQL implementation will satisfy for scale-out.
+//! data dir ([`sqlite::SqliteStore`]); for scale-out, several replicas share
+//! one PostgreSQL database ([`postgres::PgStore`], `KMS_STORE=postgres://…`)
+//! and learn of each other's changes through [`Store::subscribe`].
 //!
 //! Contract for every implementation:
 //! - each method is one transaction: a rotation adds the version and moves
@@ -9,10 +10,17 @@
 //!   names, under a uniqueness constraint on (tenant, op_id);
 //! - destroying a version wipes its custody handle so that no copy remains
 //!   in the store's files (SQLite: `secure_delete` plus a WAL checkpoint);
+//! - a shared store ([`Store::shared`]) notifies every replica of each
+//!   committed change ([`Change`]), and the service re-reads the key from the
+//!   store before it mutates it, so a stale snapshot never decides a write;
 //! - calls block; the service calls them from its blocking pool, and only on
 //!   mutations and start-up, never on the crypto hot path.
+pub mod postgres;
 pub mod sqlite;
 
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::keyring::{KeyRecord, VersionRecord, VersionState};
@@ -23,6 +31,15 @@ pub enum StoreError {
     AlreadyExists(String),
     #[error("{0}")]
     NotFound(String),
+    /// The `op_id` was recorded by a concurrent mutation (another replica)
+    /// between the service's check and its write. The service answers with
+    /// that mutation's result.
+    #[error("{0}")]
+    OpConflict(String),
+    /// Another replica created the same key version first (two concurrent
+    /// rotations). The service re-reads the key and tries again.
+    #[error("{0}")]
+    VersionConflict(String),
     /// The engine failed (I/O, locked, full disk). Retryable.
     #[error("{0}")]
     Backend(String),
@@ -52,9 +69,39 @@ pub struct TokenRecord {
     pub created_at_ms: i64,
 }
 
+/// One committed change, as a shared store announces it to every replica.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Change {
+    /// A key was created, rotated or had a version's state changed.
+    Key { tenant: String, name: String },
+    /// A token was added.
+    Tokens,
+    /// A meta entry was written (PQ policies live here).
+    Meta { key: String },
+    /// Notifications may have been missed (periodic, or after the listener
+    /// reconnected): compare everything with the store.
+    Resync,
+}
+
+impl Change {
+    pub fn key(tenant: &str, name: &str) -> Self {
+        Change::Key {
+            tenant: tenant.to_string(),
+            name: name.to_string(),
+        }
+    }
+}
+
+/// Called on the store's listener thread for every change.
+pub type ChangeHandler = Arc<dyn Fn(Change) + Send + Sync>;
+
 pub trait Store: Send + Sync {
     /// Every key with every version, for the start-up snapshot.
     fn load_keys(&self) -> Result<Vec<KeyRecord>, StoreError>;
+
+    /// One key with every version, as committed now.
+    fn load_key(&self, tenant: &str, name: &str) -> Result<Option<KeyRecord>, StoreError>;
 
     /// Insert a new key (with its versions). `AlreadyExists` if the name is
     /// taken in the tenant, or if `op` reuses an op_id.
@@ -86,9 +133,24 @@ pub trait Store: Send + Sync {
 
     fn get_meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
     fn put_meta(&self, key: &str, value: &[u8]) -> Result<(), StoreError>;
+    /// Write `value` under `key` unless the key exists; return the value
+    /// that is stored afterwards (the first writer's when replicas race).
+    fn insert_meta(&self, key: &str, value: &[u8]) -> Result<Vec<u8>, StoreError>;
     /// Every meta entry whose key starts with `prefix`, in key order.
     fn list_meta(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
 
     /// A cheap liveness probe for `/readyz`.
     fn health(&self) -> Result<(), StoreError>;
+
+    /// Whether other replicas write to this store too.
+    fn shared(&self) -> bool {
+        false
+    }
+
+    /// Call `on_change` for every change committed by any replica, from a
+    /// thread of the store's. A store only this process writes has nothing
+    /// to announce.
+    fn subscribe(&self, _on_change: ChangeHandler) -> Result<(), StoreError> {
+        Ok(())
+    }
 }

@@ -87,7 +87,7 @@ fn insert_op(tx: &rusqlite::Transaction<'_>, op: Option<&OpRecord>) -> Result<()
     )
     .map_err(|e| {
         if is_unique_violation(&e) {
-            StoreError::AlreadyExists(format!("op_id {:?} was already used", op.op_id))
+            StoreError::OpConflict(format!("op_id {:?} was already used", op.op_id))
         } else {
             db_err(e)
         }
@@ -116,11 +116,58 @@ fn insert_version(
     )
     .map_err(|e| {
         if is_unique_violation(&e) {
-            StoreError::AlreadyExists(format!("version {} of {name} exists", v.version))
+            StoreError::VersionConflict(format!("version {} of {name} exists", v.version))
         } else {
             db_err(e)
         }
     })?;
+    Ok(())
+}
+
+const VERSIONS_OF_KEY: &str =
+    "SELECT version, state, public_key, handle, created_at_ms FROM key_versions
+     WHERE tenant = ?1 AND name = ?2 ORDER BY version";
+
+/// Read `key`'s versions (in order, without gaps) and check its primary.
+fn fill_versions(
+    stmt: &mut rusqlite::Statement<'_>,
+    key: &mut KeyRecord,
+) -> Result<(), StoreError> {
+    let rows = stmt
+        .query_map(params![key.tenant, key.name], |r| {
+            Ok((
+                r.get::<_, u32>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, Vec<u8>>(2)?,
+                r.get::<_, Option<Vec<u8>>>(3)?,
+                r.get::<_, i64>(4)?,
+            ))
+        })
+        .map_err(db_err)?;
+    for row in rows {
+        let (version, state, public_key, handle, created_at_ms) = row.map_err(db_err)?;
+        let state = VersionState::parse(&state)
+            .ok_or_else(|| StoreError::Corrupt(format!("unknown state {state:?}")))?;
+        if version as usize != key.versions.len() + 1 {
+            return Err(StoreError::Corrupt(format!(
+                "key {}/{} has a gap before version {version}",
+                key.tenant, key.name
+            )));
+        }
+        key.versions.push(VersionRecord {
+            version,
+            state,
+            public_key,
+            handle,
+            created_at_ms,
+        });
+    }
+    if key.version(key.primary_version).is_none() {
+        return Err(StoreError::Corrupt(format!(
+            "key {}/{} names a missing primary version",
+            key.tenant, key.name
+        )));
+    }
     Ok(())
 }
 
@@ -226,50 +273,39 @@ impl Store for SqliteStore {
                 });
             }
         }
-        let mut stmt = conn
-            .prepare(
-                "SELECT version, state, public_key, handle, created_at_ms FROM key_versions
-                 WHERE tenant = ?1 AND name = ?2 ORDER BY version",
-            )
-            .map_err(db_err)?;
+        let mut stmt = conn.prepare(VERSIONS_OF_KEY).map_err(db_err)?;
         for key in &mut keys {
-            let rows = stmt
-                .query_map(params![key.tenant, key.name], |r| {
-                    Ok((
-                        r.get::<_, u32>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, Vec<u8>>(2)?,
-                        r.get::<_, Option<Vec<u8>>>(3)?,
-                        r.get::<_, i64>(4)?,
-                    ))
-                })
-                .map_err(db_err)?;
-            for row in rows {
-                let (version, state, public_key, handle, created_at_ms) = row.map_err(db_err)?;
-                let state = VersionState::parse(&state)
-                    .ok_or_else(|| StoreError::Corrupt(format!("unknown state {state:?}")))?;
-                if version as usize != key.versions.len() + 1 {
-                    return Err(StoreError::Corrupt(format!(
-                        "key {}/{} has a gap before version {version}",
-                        key.tenant, key.name
-                    )));
-                }
-                key.versions.push(VersionRecord {
-                    version,
-                    state,
-                    public_key,
-                    handle,
-                    created_at_ms,
-                });
-            }
-            if key.version(key.primary_version).is_none() {
-                return Err(StoreError::Corrupt(format!(
-                    "key {}/{} names a missing primary version",
-                    key.tenant, key.name
-                )));
-            }
+            fill_versions(&mut stmt, key)?;
         }
         Ok(keys)
+    }
+
+    fn load_key(&self, tenant: &str, name: &str) -> Result<Option<KeyRecord>, StoreError> {
+        let conn = self.conn();
+        let row = conn
+            .query_row(
+                "SELECT algorithm, primary_version, created_at_ms FROM keys WHERE tenant = ?1 AND name = ?2",
+                params![tenant, name],
+                |r| Ok((r.get::<_, String>(0)?, r.get::<_, u32>(1)?, r.get::<_, i64>(2)?)),
+            )
+            .optional()
+            .map_err(db_err)?;
+        let Some((alg, primary_version, created_at_ms)) = row else {
+            return Ok(None);
+        };
+        let algorithm = Algorithm::parse(&alg)
+            .ok_or_else(|| StoreError::Corrupt(format!("unknown algorithm {alg:?}")))?;
+        let mut key = KeyRecord {
+            tenant: tenant.to_string(),
+            name: name.to_string(),
+            algorithm,
+            primary_version,
+            created_at_ms,
+            versions: Vec::new(),
+        };
+        let mut stmt = conn.prepare(VERSIONS_OF_KEY).map_err(db_err)?;
+        fill_versions(&mut stmt, &mut key)?;
+        Ok(Some(key))
     }
 
     fn create_key(&self, key: &KeyRecord, op: Option<&OpRecord>) -> Result<(), StoreError> {
@@ -307,7 +343,6 @@ impl Store for SqliteStore {
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(db_err)?;
         insert_op(&tx, op)?;
-        insert_version(&tx, tenant, name, version)?;
         let n = tx
             .execute(
                 "UPDATE keys SET primary_version = ?3 WHERE tenant = ?1 AND name = ?2",
@@ -317,6 +352,7 @@ impl Store for SqliteStore {
         if n != 1 {
             return Err(StoreError::NotFound(format!("key {name}")));
         }
+        insert_version(&tx, tenant, name, version)?;
         tx.commit().map_err(db_err)
     }
 
@@ -443,6 +479,17 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    fn insert_meta(&self, key: &str, value: &[u8]) -> Result<Vec<u8>, StoreError> {
+        let conn = self.conn();
+        conn.execute(
+            "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO NOTHING",
+            params![key, value],
+        )
+        .map_err(db_err)?;
+        conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+            .map_err(db_err)
+    }
+
     fn list_meta(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         let conn = self.conn();
         let mut stmt = conn
@@ -531,7 +578,7 @@ mod tests {
         let err = s
             .add_version("t", "k", &version(3), Some(&op("o1")))
             .unwrap_err();
-        assert!(matches!(err, StoreError::AlreadyExists(_)));
+        assert!(matches!(err, StoreError::OpConflict(_)));
         assert_eq!(s.load_keys().unwrap()[0].versions.len(), 2);
         assert_eq!(s.load_keys().unwrap()[0].primary_version, 2);
     }

@@ -6,6 +6,7 @@
 pub mod certs;
 pub mod independent;
 pub mod load;
+pub mod pg;
 pub mod process;
 pub mod softhsm;
 pub mod swtpm;
