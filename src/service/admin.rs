@@ -37,9 +37,14 @@ impl KmsService {
         let name = req.name;
         let rec = self
             .mutation(move || {
+                // Read, then check the op_id, then (for a retry) read again:
+                // the key and its op_id commit together, so a replica that
+                // answers with another replica's result shows what it did.
                 let existing = this.fresh(&tenant, &name)?;
                 if this.prior_op(&op)?.is_some() {
-                    return existing.ok_or_else(|| Error::NotFound(format!("key {name}")));
+                    return this
+                        .fresh(&tenant, &name)?
+                        .ok_or_else(|| Error::NotFound(format!("key {name}")));
                 }
                 if existing.is_some() {
                     return Err(Error::AlreadyExists(format!("key {name} already exists")));
@@ -158,7 +163,7 @@ impl KmsService {
                         .fresh(&tenant, &name)?
                         .ok_or_else(|| Error::NotFound(format!("key {name}")))?;
                     if let Some(kid) = this.prior_op(&op)? {
-                        return Ok((cur, kid));
+                        return Ok((this.fresh(&tenant, &name)?.unwrap_or(cur), kid));
                     }
                     let next = cur.latest_version() + 1;
                     let kid = cur.kid(next);
@@ -237,7 +242,7 @@ impl KmsService {
                     .fresh(&tenant, &name)?
                     .ok_or_else(|| Error::NotFound(format!("key {name}")))?;
                 if this.prior_op(&op)?.is_some() {
-                    return Ok(cur);
+                    return Ok(this.fresh(&tenant, &name)?.unwrap_or(cur));
                 }
                 let kid = cur.kid(vn);
                 let v = cur

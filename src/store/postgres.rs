@@ -96,7 +96,8 @@ impl Default for PgSettings {
 }
 
 pub struct PgStore {
-    pool: r2d2::Pool<PostgresConnectionManager<NoTls>>,
+    /// `None` only while dropping.
+    pool: Option<r2d2::Pool<PostgresConnectionManager<NoTls>>>,
     config: postgres::Config,
     settings: PgSettings,
 }
@@ -282,7 +283,7 @@ impl PgStore {
             .keepalives_idle(Duration::from_secs(10))
             .application_name("ron-kms")
             .options(&format!(
-                "-c statement_timeout={}",
+                "-c client_min_messages=warning -c statement_timeout={}",
                 settings.statement_timeout.as_millis()
             ));
         let manager = PostgresConnectionManager::new(config.clone(), NoTls);
@@ -295,7 +296,7 @@ impl PgStore {
         })
         .map_err(pool_err)?;
         let store = PgStore {
-            pool,
+            pool: Some(pool),
             config,
             settings,
         };
@@ -309,7 +310,11 @@ impl PgStore {
         f: impl FnOnce(&mut Client) -> Result<T, StoreError> + Send,
     ) -> Result<T, StoreError> {
         off_runtime(|| {
-            let mut c = self.pool.get().map_err(pool_err)?;
+            let pool = self
+                .pool
+                .as_ref()
+                .ok_or_else(|| StoreError::Backend("store closed".into()))?;
+            let mut c = pool.get().map_err(pool_err)?;
             f(&mut c)
         })
     }
@@ -325,6 +330,17 @@ impl PgStore {
             tx.commit().map_err(db_err)?;
             Ok(v)
         })
+    }
+}
+
+impl Drop for PgStore {
+    fn drop(&mut self) {
+        // Closing a pooled client blocks on its own runtime, which panics on
+        // a tokio worker (the server drops its store there): close them on a
+        // thread of their own.
+        if let Some(pool) = self.pool.take() {
+            off_runtime(move || drop(pool));
+        }
     }
 }
 
@@ -685,7 +701,7 @@ fn listen_forever(config: postgres::Config, interval: Duration, on_change: Chang
         }
         metrics::gauge!("kms_store_listener_up").set(0.0);
         std::thread::sleep(backoff);
-        backoff = (backoff * 2).min(Duration::from_secs(2));
+        backoff = (backoff * 2).min(Duration::from_secs(1));
     }
 }
 

@@ -187,6 +187,8 @@ pub struct ApiErr {
     pub grpc: Option<tonic::Code>,
     pub code: String,
     pub message: String,
+    /// gRPC: `grpc-retry-pushback-ms`; HTTP: the envelope's `retry_after_ms`.
+    pub retry_after_ms: Option<u64>,
 }
 
 impl ApiErr {
@@ -245,6 +247,11 @@ fn from_status(s: tonic::Status) -> ApiErr {
             .unwrap_or("")
             .to_string(),
         message: s.message().to_string(),
+        retry_after_ms: s
+            .metadata()
+            .get("grpc-retry-pushback-ms")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok()),
     }
 }
 
@@ -340,6 +347,7 @@ impl Client {
                 grpc: None,
                 code: e["code"].as_str().unwrap_or("").to_string(),
                 message: e["message"].as_str().unwrap_or("").to_string(),
+                retry_after_ms: e["retry_after_ms"].as_u64(),
             })
         }
     }

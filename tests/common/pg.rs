@@ -58,6 +58,12 @@ fn pg_command(bin: &Path, program: &str) -> Command {
     }
 }
 
+/// The blocking `postgres` client cannot run on a tokio worker (async
+/// tests call these helpers): run `f` on a thread of its own.
+fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| s.spawn(f).join().unwrap())
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -125,7 +131,8 @@ impl Pg {
         );
         self.running = true;
         let deadline = Instant::now() + Duration::from_secs(20);
-        while postgres::Client::connect(&self.url("postgres"), postgres::NoTls).is_err() {
+        let url = self.url("postgres");
+        while off_runtime(|| postgres::Client::connect(&url, postgres::NoTls).is_err()) {
             assert!(Instant::now() < deadline, "PostgreSQL did not accept");
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -154,8 +161,11 @@ impl Pg {
 
     /// A new, empty database; its URL.
     pub fn fresh_db(&self, name: &str) -> String {
-        let mut c = postgres::Client::connect(&self.url("postgres"), postgres::NoTls).unwrap();
-        c.batch_execute(&format!("CREATE DATABASE {name}")).unwrap();
+        let url = self.url("postgres");
+        off_runtime(|| {
+            let mut c = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+            c.batch_execute(&format!("CREATE DATABASE {name}")).unwrap();
+        });
         self.url(name)
     }
 }
