@@ -9,7 +9,10 @@
 # need them):
 #   softhsm2 — the PKCS#11 token the pkcs11 backend is tested on;
 #   opensc — pkcs11-tool, the tests' independent look into that token;
-#   swtpm, swtpm-tools — the TPM 2.0 simulator the tpm backend is tested on.
+#   swtpm, swtpm-tools — the TPM 2.0 simulator the tpm backend is tested on;
+#   postgresql — the server the PostgreSQL store and the scale-out tests run
+#   on (each test binary starts a throw-away cluster of its own,
+#   tests/common/pg.rs; the package's own cluster is not used).
 # Idempotent and quiet when everything is present. Debian/Ubuntu (apt-get);
 # uses sudo when not root.
 set -euo pipefail
@@ -29,6 +32,7 @@ if [ "${1:-}" = "--test" ]; then
     command -v softhsm2-util >/dev/null 2>&1 || missing+=(softhsm2)
     command -v pkcs11-tool >/dev/null 2>&1 || missing+=(opensc)
     command -v swtpm >/dev/null 2>&1 || missing+=(swtpm swtpm-tools)
+    ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 fi
 
 if [ ${#missing[@]} -eq 0 ]; then

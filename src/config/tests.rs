@@ -374,3 +374,66 @@ fn unknown_file_keys_are_refused_by_name() {
     .unwrap_err();
     assert!(e.to_string().contains("grpc_adress"), "{e}");
 }
+
+#[test]
+fn stores_and_node_ids() {
+    let f = Flags::default();
+    let c = load(&f, &env(&[])).unwrap();
+    assert_eq!(c.store, StoreKind::Sqlite);
+    assert!(valid_node_id(&c.node_id), "{}", c.node_id);
+    let c = load(
+        &f,
+        &env(&[
+            ("KMS_STORE", "postgres://kms:s3cret@db:5432/kms"),
+            ("KMS_STORE_POOL_SIZE", "8"),
+            ("KMS_STORE_RECONCILE_SECS", "30"),
+            ("KMS_STORE_PASSWORD_FILE", "/run/secrets/pg"),
+            ("KMS_NODE_ID", "kms-0"),
+        ]),
+    )
+    .unwrap();
+    let StoreKind::Postgres(pg) = &c.store else {
+        panic!("{:?}", c.store)
+    };
+    assert_eq!((pg.pool_size, pg.reconcile_interval.as_secs()), (8, 30));
+    assert_eq!(
+        pg.password_file.as_deref(),
+        Some(Path::new("/run/secrets/pg"))
+    );
+    assert_eq!(c.node_id, "kms-0");
+    // the password never shows in Debug output
+    let shown = format!("{c:?}");
+    assert!(!shown.contains("s3cret"), "{shown}");
+    assert!(shown.contains("kms:***@db"), "{shown}");
+
+    for (var, val) in [
+        ("KMS_STORE", "mysql://db"),
+        ("KMS_NODE_ID", "a b"),
+        ("KMS_NODE_ID", ""),
+    ] {
+        let e = load(&f, &env(&[(var, val)])).unwrap_err();
+        assert_eq!(e.field, var, "{e}");
+    }
+    // a refused URL is shown without its password
+    let e = load(&f, &env(&[("KMS_STORE", "mysql://u:pw@db")])).unwrap_err();
+    assert!(!e.message.contains("pw@"), "{e}");
+    for (var, val) in [
+        ("KMS_STORE_POOL_SIZE", "0"),
+        ("KMS_STORE_RECONCILE_SECS", "0"),
+    ] {
+        let e = load(&f, &env(&[("KMS_STORE", "postgres://db/kms"), (var, val)])).unwrap_err();
+        assert_eq!(e.field, var, "{e}");
+    }
+    // TPM-sealed keys cannot be shared between hosts
+    let e = load(
+        &f,
+        &env(&[
+            ("KMS_STORE", "postgres://db/kms"),
+            ("KMS_BACKEND", "tpm"),
+            ("KMS_TPM_TCTI", "swtpm:host=127.0.0.1,port=2321"),
+        ]),
+    )
+    .unwrap_err();
+    assert_eq!(e.field, "KMS_STORE");
+    assert!(e.message.contains("TPM custody is per host"), "{e}");
+}
