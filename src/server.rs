@@ -221,9 +221,20 @@ pub fn open_store(cfg: &Config) -> Result<Arc<dyn Store>, StartError> {
                 )?),
                 None => None,
             };
+            let tls = match &pg.ca_file {
+                Some(ca) => Some(Arc::new(
+                    crate::api::tls::client_config(ca)
+                        .map_err(|e| StartError::Other(format!("KMS_STORE_CA_FILE: {e}")))?,
+                )),
+                None => {
+                    tracing::warn!("the connection to PostgreSQL is not encrypted (set KMS_STORE_CA_FILE to require TLS)");
+                    None
+                }
+            };
             let settings = crate::store::postgres::PgSettings {
                 pool_size: pg.pool_size,
                 reconcile_interval: pg.reconcile_interval,
+                tls,
                 ..Default::default()
             };
             let store = crate::store::postgres::PgStore::open(
@@ -235,6 +246,7 @@ pub fn open_store(cfg: &Config) -> Result<Arc<dyn Store>, StartError> {
             tracing::info!(
                 store = %crate::store::postgres::redact_url(&pg.url),
                 node = %cfg.node_id,
+                tls = pg.ca_file.is_some(),
                 "shared store (PostgreSQL)"
             );
             Ok(Arc::new(store))

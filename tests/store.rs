@@ -326,6 +326,36 @@ fn conformance_on_postgres() {
     drop(pg);
 }
 
+/// TLS to PostgreSQL (`KMS_STORE_CA_FILE`): against a server that accepts
+/// TCP over TLS only, the store works with the CA, and is refused without
+/// TLS, and with a CA the server's certificate does not chain to.
+#[test]
+fn postgres_over_tls() {
+    let pki = common::certs::Pki::new();
+    let pg = common::pg::Pg::start_tls(&pki);
+    let db = pg.fresh_db("tls");
+    let tls = |ca: &std::path::Path| PgSettings {
+        tls: Some(Arc::new(ron_kms::api::tls::client_config(ca).unwrap())),
+        ..Default::default()
+    };
+    // the certificate names localhost; connect by that name
+    let url = db.replace("127.0.0.1", "localhost");
+    let s = PgStore::open(&url, None, tls(&pki.ca_file)).unwrap();
+    s.create_key(&key("t1", "over-tls"), None).unwrap();
+    assert!(s.load_key("t1", "over-tls").unwrap().is_some());
+    // the server is hostssl-only: plain text is refused
+    let e = PgStore::open(&url, None, PgSettings::default())
+        .err()
+        .expect("plain text refused");
+    assert!(matches!(e, StoreError::Backend(_)), "{e:?}");
+    // another CA: the server's certificate does not verify
+    let other = common::certs::Pki::new();
+    let e = PgStore::open(&url, None, tls(&other.ca_file))
+        .err()
+        .expect("untrusted server certificate refused");
+    assert!(matches!(e, StoreError::Backend(_)), "{e:?}");
+}
+
 /// PostgreSQL only: the change feed delivers every committed mutation to
 /// another handle's subscriber, and a newer schema than the binary's is
 /// refused.

@@ -175,6 +175,25 @@ fn read_file(path: &Path) -> Result<Vec<u8>, String> {
     std::fs::read(path).map_err(|e| format!("cannot read: {e}"))
 }
 
+/// A TLS client config (ring provider, TLS 1.2+) that trusts only the CA
+/// certificates in the PEM file at `ca_file`: for ron-kms's own outgoing
+/// connections (PostgreSQL). Server names are checked against the
+/// certificate.
+pub fn client_config(ca_file: &Path) -> Result<rustls::ClientConfig, String> {
+    let mut roots = RootCertStore::empty();
+    for c in read_certs(ca_file).map_err(|e| format!("{}: {e}", ca_file.display()))? {
+        roots
+            .add(c)
+            .map_err(|e| format!("{}: {e}", ca_file.display()))?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
 /// All `CERTIFICATE` sections of a PEM file, in order; at least one.
 fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     let bytes = read_file(path)?;

@@ -74,6 +74,7 @@ pub struct FileConfig {
     pub amnesia: Option<bool>,
     pub store: Option<String>,
     pub store_password_file: Option<PathBuf>,
+    pub store_ca_file: Option<PathBuf>,
     pub store_pool_size: Option<u32>,
     pub store_reconcile_secs: Option<u64>,
     pub node_id: Option<String>,
@@ -301,6 +302,9 @@ pub struct PgConfig {
     pub url: String,
     /// `KMS_STORE_PASSWORD_FILE`: the password, instead of one in the URL.
     pub password_file: Option<PathBuf>,
+    /// `KMS_STORE_CA_FILE`: CA certificates (PEM) the server's certificate
+    /// must chain to. Set, TLS is required; unset, the connection is plain.
+    pub ca_file: Option<PathBuf>,
     pub pool_size: u32,
     pub reconcile_interval: Duration,
 }
@@ -310,6 +314,7 @@ impl std::fmt::Debug for PgConfig {
         f.debug_struct("PgConfig")
             .field("url", &crate::store::postgres::redact_url(&self.url))
             .field("password_file", &self.password_file)
+            .field("ca_file", &self.ca_file)
             .field("pool_size", &self.pool_size)
             .field("reconcile_interval", &self.reconcile_interval)
             .finish()
@@ -592,9 +597,20 @@ pub fn load(flags: &Flags, env: &dyn Env) -> Result<Config, ConfigError> {
                 Some(n @ 1..=3600) => n,
                 Some(_) => return Err(err(rec.origin, "must be 1 to 3600 seconds")),
             };
+            let ca = pick(
+                None,
+                "",
+                env,
+                "KMS_STORE_CA_FILE",
+                PathBuf::from,
+                file.store_ca_file,
+                "store_ca_file",
+                fname,
+            );
             StoreKind::Postgres(PgConfig {
                 url: url.to_string(),
                 password_file: pw.value,
+                ca_file: ca.value,
                 pool_size,
                 reconcile_interval: Duration::from_secs(reconcile),
             })

@@ -388,6 +388,7 @@ fn stores_and_node_ids() {
             ("KMS_STORE_POOL_SIZE", "8"),
             ("KMS_STORE_RECONCILE_SECS", "30"),
             ("KMS_STORE_PASSWORD_FILE", "/run/secrets/pg"),
+            ("KMS_STORE_CA_FILE", "/etc/pg-ca.pem"),
             ("KMS_NODE_ID", "kms-0"),
         ]),
     )

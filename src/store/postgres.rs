@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use postgres::{Client, NoTls};
 use r2d2_postgres::PostgresConnectionManager;
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::{Change, ChangeHandler, OpRecord, Store, StoreError, TokenRecord};
 use crate::crypto::Algorithm;
@@ -82,6 +83,10 @@ pub struct PgSettings {
     pub statement_timeout: Duration,
     /// How often the listener reconciles in full (missed notifications).
     pub reconcile_interval: Duration,
+    /// TLS to the server (`KMS_STORE_CA_FILE`): required, with the server's
+    /// certificate checked against these roots and the host name. Plain
+    /// TCP when `None` (loopback, a local socket, development).
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 impl Default for PgSettings {
@@ -91,20 +96,95 @@ impl Default for PgSettings {
             connect_timeout: Duration::from_secs(2),
             statement_timeout: Duration::from_secs(5),
             reconcile_interval: Duration::from_secs(10),
+            tls: None,
         }
+    }
+}
+
+/// The pool, over plain TCP or TLS.
+enum Pool {
+    Plain(r2d2::Pool<PostgresConnectionManager<NoTls>>),
+    Tls(r2d2::Pool<PostgresConnectionManager<MakeRustlsConnect>>),
+}
+
+/// A pooled connection of either kind.
+enum Pooled {
+    Plain(r2d2::PooledConnection<PostgresConnectionManager<NoTls>>),
+    Tls(r2d2::PooledConnection<PostgresConnectionManager<MakeRustlsConnect>>),
+}
+
+impl Pooled {
+    fn client(&mut self) -> &mut Client {
+        match self {
+            Pooled::Plain(c) => c,
+            Pooled::Tls(c) => c,
+        }
+    }
+}
+
+impl Pool {
+    fn get(&self) -> Result<Pooled, r2d2::Error> {
+        Ok(match self {
+            Pool::Plain(p) => Pooled::Plain(p.get()?),
+            Pool::Tls(p) => Pooled::Tls(p.get()?),
+        })
+    }
+}
+
+fn pool_builder<M: r2d2::ManageConnection<Error = postgres::Error>>(
+    s: &PgSettings,
+) -> r2d2::Builder<M> {
+    r2d2::Pool::builder()
+        .error_handler(Box::new(LogErrors))
+        .max_size(s.pool_size.max(1))
+        .min_idle(Some(1))
+        .connection_timeout(s.connect_timeout)
+}
+
+/// Connect one client (the listener's), over TLS when configured.
+fn connect(
+    config: &postgres::Config,
+    tls: &Option<std::sync::Arc<rustls::ClientConfig>>,
+) -> Result<Client, postgres::Error> {
+    match tls {
+        Some(t) => config.connect(MakeRustlsConnect::new((**t).clone())),
+        None => config.connect(NoTls),
     }
 }
 
 pub struct PgStore {
     /// `None` only while dropping.
-    pool: Option<r2d2::Pool<PostgresConnectionManager<NoTls>>>,
+    pool: Option<Pool>,
     config: postgres::Config,
     settings: PgSettings,
 }
 
+/// An error with its causes ("db error: ERROR: …", "error connecting to
+/// server: …"). The server's messages name objects, never parameters.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cur = c.source();
+    }
+    out
+}
+
 fn db_err(e: postgres::Error) -> StoreError {
-    // The error's text names the server's message, never parameters.
-    StoreError::Backend(e.to_string())
+    StoreError::Backend(chain(&e))
+}
+
+/// r2d2 keeps only the last connection error's top line; log each one whole
+/// (a refused TLS handshake or pg_hba.conf entry shows here).
+#[derive(Debug)]
+struct LogErrors;
+
+impl r2d2::HandleError<postgres::Error> for LogErrors {
+    fn handle_error(&self, e: postgres::Error) {
+        tracing::warn!(error = %chain(&e), "store connection failed");
+    }
 }
 
 fn pool_err(e: r2d2::Error) -> StoreError {
@@ -277,6 +357,10 @@ impl PgStore {
         if let Some(p) = password {
             config.password(p);
         }
+        if settings.tls.is_some() {
+            // TLS or nothing: never fall back to plain text.
+            config.ssl_mode(postgres::config::SslMode::Require);
+        }
         config
             .connect_timeout(settings.connect_timeout)
             .keepalives(true)
@@ -286,13 +370,16 @@ impl PgStore {
                 "-c client_min_messages=warning -c statement_timeout={}",
                 settings.statement_timeout.as_millis()
             ));
-        let manager = PostgresConnectionManager::new(config.clone(), NoTls);
-        let pool = off_runtime(|| {
-            r2d2::Pool::builder()
-                .max_size(settings.pool_size.max(1))
-                .min_idle(Some(1))
-                .connection_timeout(settings.connect_timeout)
-                .build(manager)
+        let pool = off_runtime(|| match &settings.tls {
+            Some(t) => pool_builder(&settings)
+                .build(PostgresConnectionManager::new(
+                    config.clone(),
+                    MakeRustlsConnect::new((**t).clone()),
+                ))
+                .map(Pool::Tls),
+            None => pool_builder(&settings)
+                .build(PostgresConnectionManager::new(config.clone(), NoTls))
+                .map(Pool::Plain),
         })
         .map_err(pool_err)?;
         let store = PgStore {
@@ -315,7 +402,7 @@ impl PgStore {
                 .as_ref()
                 .ok_or_else(|| StoreError::Backend("store closed".into()))?;
             let mut c = pool.get().map_err(pool_err)?;
-            f(&mut c)
+            f(c.client())
         })
     }
 
@@ -666,9 +753,10 @@ impl Store for PgStore {
     fn subscribe(&self, on_change: ChangeHandler) -> Result<(), StoreError> {
         let config = self.config.clone();
         let interval = self.settings.reconcile_interval;
+        let tls = self.settings.tls.clone();
         std::thread::Builder::new()
             .name("kms-store-listen".into())
-            .spawn(move || listen_forever(config, interval, on_change))
+            .spawn(move || listen_forever(config, tls, interval, on_change))
             .map_err(|e| StoreError::Backend(format!("listener thread: {e}")))?;
         Ok(())
     }
@@ -677,14 +765,19 @@ impl Store for PgStore {
 /// The listener: `LISTEN`, hand every notification to `on_change`, and a
 /// `Change::Resync` every `interval` and after every reconnect (whatever
 /// was sent while disconnected is lost). Reconnects with capped backoff.
-fn listen_forever(config: postgres::Config, interval: Duration, on_change: ChangeHandler) {
+fn listen_forever(
+    config: postgres::Config,
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    interval: Duration,
+    on_change: ChangeHandler,
+) {
     let mut backoff = Duration::from_millis(100);
     let mut first = true;
     loop {
-        match config.connect(NoTls) {
+        match connect(&config, &tls) {
             Ok(mut c) => {
                 if let Err(e) = c.batch_execute(&format!("LISTEN {CHANNEL}")) {
-                    tracing::warn!(error = %e, "store listener: LISTEN failed");
+                    tracing::warn!(error = %chain(&e), "store listener: LISTEN failed");
                 } else {
                     backoff = Duration::from_millis(100);
                     metrics::gauge!("kms_store_listener_up").set(1.0);
@@ -694,10 +787,10 @@ fn listen_forever(config: postgres::Config, interval: Duration, on_change: Chang
                     }
                     first = false;
                     let err = pump(&mut c, interval, &on_change);
-                    tracing::warn!(error = %err, "store listener lost its connection");
+                    tracing::warn!(error = %chain(&err), "store listener lost its connection");
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "store listener cannot connect"),
+            Err(e) => tracing::warn!(error = %chain(&e), "store listener cannot connect"),
         }
         metrics::gauge!("kms_store_listener_up").set(0.0);
         std::thread::sleep(backoff);

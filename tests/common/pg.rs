@@ -17,6 +17,8 @@ pub struct Pg {
     bin: PathBuf,
     pub port: u16,
     running: bool,
+    /// Extra `-c` settings (TLS).
+    extra: String,
 }
 
 fn bin_dir() -> PathBuf {
@@ -74,6 +76,17 @@ fn free_port() -> u16 {
 
 impl Pg {
     pub fn start() -> Self {
+        Self::start_with(None)
+    }
+
+    /// A cluster that accepts TCP connections over TLS only (`hostssl`),
+    /// with the server certificate and key of `pki` (for localhost and
+    /// 127.0.0.1). Local-socket connections (the helper's own) stay plain.
+    pub fn start_tls(pki: &super::certs::Pki) -> Self {
+        Self::start_with(Some(pki))
+    }
+
+    fn start_with(pki: Option<&super::certs::Pki>) -> Self {
         let bin = bin_dir();
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("pgdata");
@@ -96,12 +109,42 @@ impl Pg {
             "initdb failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        let mut extra = String::new();
+        if let Some(pki) = pki {
+            // the server's key must be owned by the server's user, 0600
+            let (crt, key) = (dir.path().join("server.crt"), dir.path().join("server.key"));
+            std::fs::write(&crt, &pki.server_cert_pem).unwrap();
+            std::fs::write(&key, &pki.server_key_pem).unwrap();
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+            if is_root() {
+                for f in [&crt, &key] {
+                    assert!(Command::new("chown")
+                        .arg("postgres:postgres")
+                        .arg(f)
+                        .status()
+                        .unwrap()
+                        .success());
+                }
+            }
+            std::fs::write(
+                data.join("pg_hba.conf"),
+                "local all all trust\nhostssl all all 127.0.0.1/32 trust\n",
+            )
+            .unwrap();
+            extra = format!(
+                " -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+                crt.display(),
+                key.display()
+            );
+        }
         let mut pg = Pg {
             _dir: dir,
             data,
             bin,
             port: free_port(),
             running: false,
+            extra,
         };
         pg.resume();
         pg
@@ -110,9 +153,10 @@ impl Pg {
     /// Start (again) on the same port and data.
     pub fn resume(&mut self) {
         let opts = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200",
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200{}",
             self.port,
-            self.data.display()
+            self.data.display(),
+            self.extra
         );
         let out = pg_command(&self.bin, "pg_ctl")
             .args(["-w", "-t", "30", "-D"])
@@ -131,7 +175,7 @@ impl Pg {
         );
         self.running = true;
         let deadline = Instant::now() + Duration::from_secs(20);
-        let url = self.url("postgres");
+        let url = self.socket_url("postgres");
         while off_runtime(|| postgres::Client::connect(&url, postgres::NoTls).is_err()) {
             assert!(Instant::now() < deadline, "PostgreSQL did not accept");
             std::thread::sleep(Duration::from_millis(50));
@@ -159,9 +203,18 @@ impl Pg {
         format!("postgres://kms@127.0.0.1:{}/{db}", self.port)
     }
 
-    /// A new, empty database; its URL.
+    /// The local socket (in the data dir), for the helper's own use.
+    fn socket_url(&self, db: &str) -> String {
+        format!(
+            "host={} port={} user=kms dbname={db}",
+            self.data.display(),
+            self.port
+        )
+    }
+
+    /// A new, empty database; its TCP URL.
     pub fn fresh_db(&self, name: &str) -> String {
-        let url = self.url("postgres");
+        let url = self.socket_url("postgres");
         off_runtime(|| {
             let mut c = postgres::Client::connect(&url, postgres::NoTls).unwrap();
             c.batch_execute(&format!("CREATE DATABASE {name}")).unwrap();
