@@ -6,6 +6,8 @@
 #   offline);
 # - the Dockerfile: hadolint;
 # - docker-compose.yml: the Compose specification's JSON schema;
+# - the container's runtime stage: every shared library the built binary
+#   links comes from a package it installs (ldd, dpkg -S, apt-cache depends);
 # - the systemd unit: systemd-analyze verify, and its exposure score
 #   (systemd-analyze security --offline) at most 3.0.
 # Installs what is missing: Debian packages prometheus and systemd, a Python
@@ -136,3 +138,37 @@ fi
 level=$(grep 'Overall exposure level' <<<"$out" | sed 's/^[^O]*//')
 [ -n "$level" ] || { printf '%s\n' "$out" >&2; fail "systemd-analyze security printed no exposure level"; }
 echo "systemd security ok: $level (threshold 3.0)"
+
+# ---- container runtime libraries ------------------------------------------
+# The image cannot be built here (no Docker engine), so check what can be:
+# every shared library the built binary links comes from a Debian package
+# that the runtime stage installs, pulls in as a dependency, or that
+# debian:bookworm-slim already has (libc6, libgcc-s1).
+if [ -x target/debug/ron-kms ]; then
+    DOCKERFILE=deploy/container/Dockerfile
+    # the runtime stage's apt-get install list (after the last FROM)
+    runtime_pkgs=$(awk '/^FROM /{stage++} stage>=2' "$DOCKERFILE" \
+        | sed -n '/apt-get install/,/rm -rf/p' | tr ' \\' '\n\n' \
+        | grep -E '^[a-z0-9][a-z0-9.+-]+$' | grep -vE '^(apt-get|install|rm|rf|y|no|lists)$' || true)
+    [ -n "$runtime_pkgs" ] || fail "$DOCKERFILE: no runtime apt-get install list found"
+    # apt-cache needs package lists (a fresh image may have none)
+    if ! apt-cache show libc6 >/dev/null 2>&1; then
+        SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+        $SUDO apt-get update -qq
+    fi
+    # shellcheck disable=SC2086
+    provided=$( { echo libc6; echo libgcc-s1; apt-cache depends --recurse --no-recommends \
+        --no-suggests --no-conflicts --no-breaks --no-replaces --no-enhances $runtime_pkgs \
+        | grep -v '^ ' | tr -d '<>'; } | sort -u)
+    missing=()
+    for lib in $(ldd target/debug/ron-kms | awk '$3 ~ /^\// {print $3}'); do
+        real=$(readlink -f "$lib")
+        pkg=$(dpkg -S "$real" 2>/dev/null || dpkg -S "/usr$real" 2>/dev/null || dpkg -S "${real#/usr}" 2>/dev/null || true)
+        pkg=${pkg%%:*}
+        [ -n "$pkg" ] || { missing+=("$lib (no package owns it)"); continue; }
+        grep -qx "$pkg" <<<"$provided" || missing+=("$lib ($pkg)")
+    done
+    [ ${#missing[@]} -eq 0 ] || fail "$DOCKERFILE: the runtime stage lacks: ${missing[*]}"
+    n=$(ldd target/debug/ron-kms | awk '$3 ~ /^\//' | wc -l)
+    echo "container runtime ok: all $n shared libraries of ron-kms come from packages the runtime stage has ($(echo $runtime_pkgs | tr '\n' ' '))"
+fi
