@@ -133,3 +133,63 @@ async fn during_a_custody_outage_verify_uses_the_cache_within_its_ttl() {
         c.sign(&k, b"m").await.unwrap();
     }
 }
+
+/// `KMS_FAILOVER=verify-only`: while custody is down, verify answers from
+/// the public key in the snapshot (a key never verified before, and past
+/// the cache TTL), wrong signatures are still false, and sign, unwrap and
+/// data keys fail fast with UNAVAILABLE and retry advice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_only_failover_verifies_from_public_material() {
+    let _g = SERIAL.lock().await;
+    const TTL_MS: u64 = 300;
+    let srv = TestServer::start_with(|c| {
+        c.fault_injection = true;
+        c.verify_cache_ttl_ms = TTL_MS;
+        c.failover = ron_kms::config::Failover::VerifyOnly;
+    })
+    .await;
+    let faults = srv.running().faults.clone().expect("fault injection on");
+    for front in FRONTS {
+        let mut c = srv.client(front, &srv.admin_token).await;
+        let name = |p: &str| format!("{p}-{front:?}").to_lowercase();
+        let mut sigs = Vec::new();
+        for (k, alg) in [
+            ("ed", "ed25519"),
+            ("mldsa", "ml-dsa-65"),
+            ("hyb", "hybrid-ed25519-ml-dsa-65"),
+        ] {
+            c.create(&name(k), alg).await.unwrap();
+            sigs.push((name(k), c.sign(&name(k), b"m").await.unwrap().signature));
+        }
+        c.create(&name("wrap"), "ml-kem-768").await.unwrap();
+        let wrapped = c.wrap(&name("wrap"), b"secret", b"").await.unwrap();
+
+        faults.set_down(true);
+        // longer than the TTL: the cache alone could not answer
+        tokio::time::sleep(Duration::from_millis(TTL_MS + 100)).await;
+        let before = metric("kms_failover_verify_total");
+        for (k, s) in &sigs {
+            assert!(c.verify(k, b"m", s).await.unwrap().valid, "{k}");
+            assert!(!c.verify(k, b"forged", s).await.unwrap().valid, "{k}");
+        }
+        assert!(metric("kms_failover_verify_total") >= before + 1.0);
+        let t = std::time::Instant::now();
+        let e = c.sign(&name("ed"), b"m").await.unwrap_err();
+        e.expect(503, Code::Unavailable, "unavailable");
+        assert!(e.retry_after_ms.is_some(), "{e:?}");
+        let e = c
+            .unwrap(&name("wrap"), &wrapped.ciphertext, b"")
+            .await
+            .unwrap_err();
+        e.expect(503, Code::Unavailable, "unavailable");
+        assert!(
+            t.elapsed() < Duration::from_millis(500),
+            "sign and unwrap fail fast: {:?}",
+            t.elapsed()
+        );
+
+        faults.set_down(false);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        c.sign(&name("ed"), b"m").await.unwrap();
+    }
+}

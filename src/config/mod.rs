@@ -86,6 +86,7 @@ pub struct FileConfig {
     pub pq: Option<PqFile>,
     pub verify_cache_max: Option<u64>,
     pub verify_cache_ttl_ms: Option<u64>,
+    pub failover: Option<String>,
     pub fault_injection: Option<bool>,
     pub pkcs11_module: Option<PathBuf>,
     pub pkcs11_token_label: Option<String>,
@@ -272,6 +273,8 @@ pub struct Config {
     pub verify_cache_max: u64,
     /// How long a cached public key may be used while custody is unavailable.
     pub verify_cache_ttl_ms: u64,
+    /// `KMS_FAILOVER`: what still works while custody is down.
+    pub failover: Failover,
     /// Wrap custody in the fault-injecting backend (chaos drills, tests).
     pub fault_injection: bool,
     /// With fault injection: latency every custody call starts with
@@ -340,6 +343,17 @@ fn valid_node_id(s: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
 }
 
+/// What keeps working while custody is down (`KMS_FAILOVER`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Failover {
+    /// Verify answers from the verify cache within its TTL, then refuses.
+    None,
+    /// Verify answers from the public key in the snapshot for as long as
+    /// custody is down. Sign, unwrap and data keys fail fast either way:
+    /// there is no fallback to another custody.
+    VerifyOnly,
+}
+
 pub const DEFAULT_VERIFY_CACHE_MAX: u64 = 10_000;
 pub const DEFAULT_VERIFY_CACHE_TTL_MS: u64 = 60_000;
 
@@ -369,6 +383,7 @@ impl Config {
             pq_tenants: Default::default(),
             verify_cache_max: DEFAULT_VERIFY_CACHE_MAX,
             verify_cache_ttl_ms: DEFAULT_VERIFY_CACHE_TTL_MS,
+            failover: Failover::None,
             fault_injection: false,
             fault_latency: None,
             admission: Default::default(),
@@ -1266,6 +1281,26 @@ pub fn load(flags: &Flags, env: &dyn Env) -> Result<Config, ConfigError> {
             ))
         }
     };
+    let failover_p = pick(
+        None,
+        "",
+        env,
+        "KMS_FAILOVER",
+        id,
+        file.failover,
+        "failover",
+        fname,
+    );
+    let failover = match failover_p.value.as_deref() {
+        None | Some("none") => Failover::None,
+        Some("verify-only") => Failover::VerifyOnly,
+        Some(other) => {
+            return Err(err(
+                failover_p.origin,
+                format!("{other:?} is not one of none, verify-only (sign never fails over to other custody)"),
+            ))
+        }
+    };
     let faults_p = pick(
         None,
         "",
@@ -1343,6 +1378,7 @@ pub fn load(flags: &Flags, env: &dyn Env) -> Result<Config, ConfigError> {
         pq_tenants,
         verify_cache_max,
         verify_cache_ttl_ms,
+        failover,
         fault_injection,
         fault_latency,
         admission: limits.admission,

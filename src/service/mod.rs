@@ -89,6 +89,7 @@ pub struct KmsService {
     device_bound: bool,
     admission: crate::admission::Admission,
     request_timeout: Duration,
+    verify_only_failover: bool,
 }
 
 /// One line of `/readyz`.
@@ -188,6 +189,9 @@ pub struct ServiceOptions {
     pub admission: crate::admission::AdmissionConfig,
     /// Longest a request may take on either front (`KMS_REQUEST_TIMEOUT_MS`).
     pub request_timeout: Duration,
+    /// `KMS_FAILOVER=verify-only`: verify from the snapshot while custody
+    /// is down.
+    pub verify_only_failover: bool,
 }
 
 impl ServiceOptions {
@@ -202,6 +206,7 @@ impl ServiceOptions {
             attestation_required: cfg.attestation_required(),
             admission: cfg.admission.clone(),
             request_timeout: cfg.ingress.request_timeout,
+            verify_only_failover: cfg.failover == crate::config::Failover::VerifyOnly,
         }
     }
 }
@@ -328,6 +333,7 @@ impl KmsService {
         Ok(KmsService {
             admission: crate::admission::Admission::new(opts.admission),
             request_timeout: opts.request_timeout,
+            verify_only_failover: opts.verify_only_failover,
             attestation: Arc::new(AttestationGate::new(opts.attestation_required)),
             device_bound,
             policies,

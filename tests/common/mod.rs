@@ -187,7 +187,7 @@ pub struct ApiErr {
     pub grpc: Option<tonic::Code>,
     pub code: String,
     pub message: String,
-    /// gRPC: `grpc-retry-pushback-ms`; HTTP: the envelope's `retry_after_ms`.
+    /// gRPC: `grpc-retry-pushback-ms`; HTTP: the `Retry-After` header, in ms.
     pub retry_after_ms: Option<u64>,
 }
 
@@ -302,6 +302,17 @@ impl Client {
         path: &str,
         body: Vec<u8>,
     ) -> (u16, serde_json::Value) {
+        let (status, _, v) = self.http_full(method, path, body).await;
+        (status, v)
+    }
+
+    /// As [`Client::http_raw`], with the `Retry-After` header in ms.
+    async fn http_full(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Vec<u8>,
+    ) -> (u16, Option<u64>, serde_json::Value) {
         let Transport::Http(c, base) = &self.transport else {
             panic!("http_raw on a gRPC client")
         };
@@ -315,11 +326,17 @@ impl Client {
             resp.headers().contains_key("x-request-id"),
             "every response carries a request id"
         );
+        let retry_after = resp
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .map(|s| s * 1000);
         let v = resp
             .json::<serde_json::Value>()
             .await
             .unwrap_or(serde_json::Value::Null);
-        (status, v)
+        (status, retry_after, v)
     }
 
     async fn http<Req: Serialize, Resp: DeserializeOwned>(
@@ -331,7 +348,7 @@ impl Client {
         let bytes = body
             .map(|b| serde_json::to_vec(b).unwrap())
             .unwrap_or_default();
-        let (status, v) = self.http_raw(method, path, bytes).await;
+        let (status, retry_after, v) = self.http_full(method, path, bytes).await;
         if status == 200 {
             Ok(serde_json::from_value(v).expect("response matches the message schema"))
         } else {
@@ -347,7 +364,7 @@ impl Client {
                 grpc: None,
                 code: e["code"].as_str().unwrap_or("").to_string(),
                 message: e["message"].as_str().unwrap_or("").to_string(),
-                retry_after_ms: e["retry_after_ms"].as_u64(),
+                retry_after_ms: retry_after,
             })
         }
     }

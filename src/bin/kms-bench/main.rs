@@ -12,6 +12,7 @@
 #![forbid(unsafe_code)]
 
 mod bare;
+mod drill;
 mod load;
 mod stats;
 
@@ -48,6 +49,8 @@ enum Cmd {
     /// Drive one operation against a fresh ron-kms (and, with --yardstick,
     /// the bare server); one run per --concurrency value.
     Run(RunArgs),
+    /// Chaos drills: fault, load and a verdict table (docs/RUNBOOK.md).
+    Drill(drill::DrillArgs),
     /// (internal) Run ron-kms in this process for the bench.
     #[command(hide = true)]
     Service {
@@ -157,6 +160,7 @@ fn main() -> ExitCode {
         .expect("tokio runtime");
     let r = match cli.cmd {
         Cmd::Run(a) => rt.block_on(run(a)),
+        Cmd::Drill(a) => rt.block_on(drill::run(a)),
         Cmd::Service { data_dir, no_audit } => rt.block_on(child_service(data_dir, no_audit)),
         Cmd::Bare { alg } => rt.block_on(child_bare(&alg)),
     };
@@ -188,27 +192,61 @@ async fn child_service(data_dir: PathBuf, no_audit: bool) -> Result<ExitCode, St
     let running = ron_kms::server::start(&cfg)
         .await
         .map_err(|e| e.to_string())?;
-    let token = running
-        .bootstrap_token
-        .clone()
-        .ok_or("the data dir was not empty")?;
-    // a second tenant, for the tenant-isolation mix
-    let other = ron_kms::auth::create_token(
-        running.kms.store().as_ref(),
-        TENANT_B,
-        ron_kms::auth::Scopes::all(),
-    )
-    .map_err(|e| e.to_string())?;
-    running.kms.tokens().reload().map_err(|e| e.to_string())?;
-    println!("token {token} {other}");
+    // A restart on a used data dir (the kill-9 drill) bootstraps nothing:
+    // the caller keeps the tokens it had ("token - -").
+    match running.bootstrap_token.clone() {
+        Some(token) => {
+            // a second tenant, for the tenant-isolation mix
+            let other = ron_kms::auth::create_token(
+                running.kms.store().as_ref(),
+                TENANT_B,
+                ron_kms::auth::Scopes::all(),
+            )
+            .map_err(|e| e.to_string())?;
+            running.kms.tokens().reload().map_err(|e| e.to_string())?;
+            println!("token {token} {other}");
+        }
+        None => println!("token - -"),
+    }
     println!(
         "grpc http://{} http http://{}",
         running.grpc_addr, running.http_addr
     );
     let _ = std::io::stdout().flush();
-    wait_for_stdin_eof().await;
+    match running.faults.clone() {
+        Some(f) => serve_fault_commands(f).await,
+        None => wait_for_stdin_eof().await,
+    }
     running.shutdown().await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// With fault injection on, the service child's stdin carries the drill's
+/// switches, one per line: `down`, `up`, `latency MS`, `errors RATE`,
+/// `flap UP_MS DOWN_MS`, `clear`. EOF ends the child.
+async fn serve_fault_commands(f: std::sync::Arc<ron_kms::backend::faults::Faults>) {
+    let _ = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        while std::io::stdin()
+            .read_line(&mut line)
+            .map(|n| n > 0)
+            .unwrap_or(false)
+        {
+            let w: Vec<&str> = line.split_whitespace().collect();
+            let ms = |s: &str| Duration::from_millis(s.parse().unwrap_or(0));
+            match w.as_slice() {
+                ["down"] => f.set_down(true),
+                ["up"] => f.set_down(false),
+                ["latency", m] => f.set_latency(ms(m)),
+                ["errors", r] => f.set_error_rate(r.parse().unwrap_or(0.0)),
+                ["flap", u, d] => f.set_flap(Some((ms(u), ms(d)))),
+                ["clear"] => f.clear(),
+                _ => eprintln!("kms-bench service: unknown fault command {:?}", line.trim()),
+            }
+            line.clear();
+        }
+    })
+    .await;
 }
 
 async fn child_bare(alg: &str) -> Result<ExitCode, String> {
@@ -248,9 +286,20 @@ impl Server {
         transport: Transport,
         dir: Option<tempfile::TempDir>,
     ) -> Result<Server, String> {
+        Self::start_env(args, &[], transport, dir)
+    }
+
+    /// As [`Server::start`], with extra environment for the child.
+    fn start_env(
+        args: &[&str],
+        envs: &[(&str, &str)],
+        transport: Transport,
+        dir: Option<tempfile::TempDir>,
+    ) -> Result<Server, String> {
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
         let mut child = Command::new(exe)
             .args(args)
+            .envs(envs.iter().copied())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -288,6 +337,21 @@ impl Server {
 
     fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// One fault command to a service child started with fault injection.
+    fn send(&mut self, line: &str) -> Result<(), String> {
+        let stdin = self.child.stdin.as_mut().ok_or("the child has no stdin")?;
+        writeln!(stdin, "{line}")
+            .and_then(|_| stdin.flush())
+            .map_err(|e| format!("fault command {line:?}: {e}"))
+    }
+
+    /// SIGKILL, and wait for it to be gone.
+    fn kill9(&mut self) -> Result<(), String> {
+        self.child.kill().map_err(|e| e.to_string())?;
+        self.child.wait().map_err(|e| e.to_string())?;
+        Ok(())
     }
 }
 

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Chaos drills (docs/RUNBOOK.md), one command each:
+#
+#   scripts/chaos/run.sh                      every drill, long forms (minutes each)
+#   scripts/chaos/run.sh --short              every drill, short forms (CI: under 5 minutes in all)
+#   scripts/chaos/run.sh hsm-flap kill-9      some drills
+#
+# Each drill starts its own ron-kms (fault injection on), drives load with
+# kms-bench's workers, injects its fault and prints a verdict table in
+# Markdown; the exit status is 1 when any drill's verdict is FAILED.
+# Drills: hsm-flap, burst, rotate-flood, kill-9. Uses the release build
+# unless --debug (CI uses the debug build the tests made).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+profile=release
+args=()
+for a in "$@"; do
+  case "$a" in
+    --debug) profile=debug ;;
+    *) args+=("$a") ;;
+  esac
+done
+if [ "$profile" = release ]; then
+  cargo build --locked --release --bin kms-bench
+else
+  cargo build --locked --bin kms-bench
+fi
+exec "target/$profile/kms-bench" drill "${args[@]}"
