@@ -16,9 +16,9 @@ cargo test --locked --doc
 echo "== client examples and schemathesis against a live server"
 scripts/examples.sh
 echo "== performance smoke: kms-bench with its yardstick, drift gate on the ratios (scripts/perf/smoke.sh)"
-scripts/perf/smoke.sh
+KMS_BENCH_BIN=target/debug/kms-bench scripts/perf/smoke.sh
 echo "== chaos drills, short forms (scripts/chaos/run.sh --short; verdict tables in the log)"
-scripts/chaos/run.sh --short --debug
+KMS_BENCH_BIN=target/debug/kms-bench scripts/chaos/run.sh --short
 echo "== deploy artifacts: alerts, dashboard, Kubernetes manifests, Dockerfile, compose file, systemd unit (scripts/check-deploy.sh)"
 scripts/check-deploy.sh
 echo "== tokio-console build (feature console, --cfg tokio_unstable): the endpoint serves tasks"

@@ -8,7 +8,8 @@
 # Each drill starts its own ron-kms (fault injection on), drives load with
 # kms-bench's workers, injects its fault and prints a verdict table in
 # Markdown; the exit status is 1 when any drill's verdict is FAILED.
-# Drills: hsm-flap, burst, rotate-flood, kill-9. Uses the release build
+# Drills: hsm-flap, burst, rotate-flood, tpm-loss (needs swtpm),
+# memory-pressure, kill-9. Uses the release build
 # unless --debug (CI uses the debug build the tests made).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -20,6 +21,11 @@ for a in "$@"; do
     *) args+=("$a") ;;
   esac
 done
+# KMS_BENCH_BIN: use this kms-bench as built (scripts/test.sh passes the one
+# `cargo test --all-targets` made; see scripts/perf/smoke.sh).
+if [ -n "${KMS_BENCH_BIN:-}" ]; then
+  exec "$KMS_BENCH_BIN" drill "${args[@]}"
+fi
 if [ "$profile" = release ]; then
   cargo build --locked --release --bin kms-bench
 else

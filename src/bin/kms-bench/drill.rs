@@ -36,6 +36,11 @@ pub enum DrillKind {
     /// Rotations at 10x a busy rate while signing and verifying with the
     /// rotating key.
     RotateFlood,
+    /// Slow-loris connections, gzip bombs and oversized bodies mixed into
+    /// normal traffic.
+    HostileClients,
+    /// The TPM simulator (swtpm) killed under signing load and restarted.
+    TpmLoss,
     /// Many keys (100,000; 2,000 in the short form) and verify over all of
     /// them with the verify cache at its bound: RSS stays bounded.
     MemoryPressure,
@@ -52,6 +57,8 @@ impl DrillKind {
             DrillKind::RotateFlood => "rotate-flood",
             DrillKind::Kill9 => "kill-9",
             DrillKind::MemoryPressure => "memory-pressure",
+            DrillKind::TpmLoss => "tpm-loss",
+            DrillKind::HostileClients => "hostile-clients",
         }
     }
 }
@@ -772,6 +779,359 @@ async fn kill_9(a: &DrillArgs) -> Result<Verdict, String> {
     Ok(v)
 }
 
+/// swtpm on two consecutive free loopback ports, its state in `dir`
+/// (kept across a kill and restart). Debian package `swtpm`.
+struct Swtpm {
+    dir: std::path::PathBuf,
+    port: u16,
+    child: Option<Child>,
+}
+
+impl Swtpm {
+    fn start(dir: &Path) -> Result<Swtpm, String> {
+        std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+        let port = loop {
+            let a = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+            let p = a.local_addr().map_err(|e| e.to_string())?.port();
+            if p < u16::MAX && std::net::TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
+                break p;
+            }
+        };
+        let mut t = Swtpm {
+            dir: dir.to_path_buf(),
+            port,
+            child: None,
+        };
+        t.spawn()?;
+        Ok(t)
+    }
+
+    fn spawn(&mut self) -> Result<(), String> {
+        let child = Command::new("swtpm")
+            .args(["socket", "--tpm2", "--tpmstate"])
+            .arg(format!("dir={}", self.dir.display()))
+            .arg("--server")
+            .arg(format!("type=tcp,port={},bindaddr=127.0.0.1", self.port))
+            .arg("--ctrl")
+            .arg(format!(
+                "type=tcp,port={},bindaddr=127.0.0.1",
+                self.port + 1
+            ))
+            .args(["--flags", "not-need-init,startup-clear"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("swtpm (Debian package swtpm): {e}"))?;
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port + 1)).is_err() {
+            if Instant::now() > deadline {
+                return Err("swtpm did not open its ports".into());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn tcti(&self) -> String {
+        format!("swtpm:host=127.0.0.1,port={}", self.port)
+    }
+}
+
+impl Drop for Swtpm {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+async fn tpm_loss(a: &DrillArgs) -> Result<Verdict, String> {
+    let mut v = Verdict::new("tpm-loss");
+    let (before, during, after) = lengths(a.short, (20.0, 30.0, 30.0));
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let data = dir.path().join("data");
+    let mut tpm = Swtpm::start(&dir.path().join("tpm"))?;
+    let tcti = tpm.tcti();
+    // no fault injection: the device itself goes away
+    let s = Server::start_env(
+        &["service", "--data-dir", &data.to_string_lossy()],
+        &[
+            ("KMS_BACKEND", "tpm"),
+            ("KMS_TPM_TCTI", &tcti),
+            ("KMS_LOG", "warn"),
+        ],
+        Transport::Grpc,
+        None,
+    )?;
+    let ep = s.endpoint.clone();
+    sign_verify(&ep, "tpm", true).await?;
+    let g = |mix: Mix, clients| Group {
+        clients,
+        mix,
+        pace: Pace::Closed,
+    };
+    v.phases.push(
+        phase(
+            "before",
+            vec![g(
+                sign_verify(&ep, "tpm", false).await?,
+                workers(&ep, a.concurrency).await?,
+            )],
+            before,
+        )
+        .await,
+    );
+    v.fact(
+        "fault",
+        format!("swtpm killed (SIGKILL) under load, restarted {during:.0} s later"),
+    );
+    // the mix is made while the TPM is up (its verify needs a signature)
+    let during_mix = sign_verify(&ep, "tpm", false).await?;
+    tpm.kill();
+    v.phases.push(
+        phase(
+            "during (TPM gone)",
+            vec![g(during_mix, workers(&ep, a.concurrency).await?)],
+            during,
+        )
+        .await,
+    );
+    tpm.spawn()?;
+    let rec = until_sign_ok(&ep, "tpm", Duration::from_secs(60)).await;
+    v.fact(
+        "recovery (swtpm back -> first sign ok, ron-kms not restarted)",
+        rec.map(|d| format!("{} ms", d.as_millis()))
+            .unwrap_or("never".into()),
+    );
+    v.check(
+        "sign works again within 10 s of the TPM's return",
+        rec.is_some_and(|d| d < Duration::from_secs(10)),
+    );
+    v.phases.push(
+        phase(
+            "after",
+            vec![g(
+                sign_verify(&ep, "tpm", false).await?,
+                workers(&ep, a.concurrency).await?,
+            )],
+            after,
+        )
+        .await,
+    );
+    v.check_only_sheds();
+    let during_ok = v.phases[1].tally.ok;
+    v.check(
+        format!(
+            "verify kept answering while the TPM was gone ({during_ok} ok, from the verify cache)"
+        ),
+        during_ok > 0,
+    );
+    let after_t = &v.phases[2].tally;
+    let after_ok =
+        after_t.ok as f64 / (after_t.ok + after_t.errors.values().sum::<u64>()).max(1) as f64;
+    v.check(
+        format!(
+            "after the TPM's return, {:.2}% of requests ok (>= 99%)",
+            after_ok * 100.0
+        ),
+        after_ok >= 0.99,
+    );
+    let k = keys_ok(&ep, &["tpm".to_string()]).await;
+    v.fact("keys checked", format!("{k} of 1"));
+    v.check("no key lost", k == 1);
+    stop_and_verify(s, &data, &mut v);
+    Ok(v)
+}
+
+/// The status code of one raw HTTP/1.1 exchange: `head` then `body`
+/// (written as far as the server reads it), or `None` when the server
+/// closed without answering.
+async fn raw_http(addr: &str, head: String, body: Vec<u8>) -> Option<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+    s.write_all(head.as_bytes()).await.ok()?;
+    // the server may answer (413) and close before the body is all sent
+    let _ = s.write_all(&body).await;
+    let mut buf = vec![0u8; 512];
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !got.windows(2).any(|w| w == b"\r\n") && Instant::now() < deadline {
+        match tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => got.extend_from_slice(&buf[..n]),
+            _ => break,
+        }
+    }
+    let line = String::from_utf8_lossy(&got);
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+async fn hostile_clients(a: &DrillArgs) -> Result<Verdict, String> {
+    let mut v = Verdict::new("hostile-clients");
+    let (before, during, after) = lengths(a.short, (20.0, 60.0, 20.0));
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let data = dir.path().join("data");
+    // a short header deadline so the drill sees slow-loris connections cut
+    let s = start_service(&data, &[("KMS_HEADER_TIMEOUT_MS", "1000")])?;
+    let ep = s.endpoint.clone();
+    let http = ep.http.trim_start_matches("http://").to_string();
+    sign_verify(&ep, "hostile", true).await?;
+    let g = |mix: Mix, clients| Group {
+        clients,
+        mix,
+        pace: Pace::Closed,
+    };
+    v.phases.push(
+        phase(
+            "before",
+            vec![g(
+                sign_verify(&ep, "hostile", false).await?,
+                workers(&ep, a.concurrency).await?,
+            )],
+            before,
+        )
+        .await,
+    );
+    v.fact(
+        "attacks",
+        "50 slow-loris connections (a header byte every 300 ms), gzip bombs (64 MiB of zeros in ~64 KiB), 2 MiB bodies, on the HTTP port, all through the phase",
+    );
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // slow-loris: how long until the server cuts each connection
+    let loris: Vec<_> = (0..50)
+        .map(|_| {
+            let (http, stop) = (http.clone(), stop.clone());
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let t = Instant::now();
+                let Ok(mut c) = tokio::net::TcpStream::connect(&http).await else {
+                    return None;
+                };
+                let _ = c
+                    .write_all(b"POST /v1/kms/sign HTTP/1.1\r\nHost: x\r\n")
+                    .await;
+                let mut b = [0u8; 64];
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    if c.write_all(b"X").await.is_err() {
+                        return Some(t.elapsed());
+                    }
+                    match tokio::time::timeout(Duration::from_millis(300), c.read(&mut b)).await {
+                        Ok(Ok(0)) | Ok(Err(_)) => return Some(t.elapsed()),
+                        _ => {}
+                    }
+                }
+                None
+            })
+        })
+        .collect();
+    let bomb = {
+        use std::io::Write as _;
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        let zeros = vec![0u8; 1 << 20];
+        for _ in 0..64 {
+            e.write_all(&zeros).map_err(|e| e.to_string())?;
+        }
+        e.finish().map_err(|e| e.to_string())?
+    };
+    let abuse = {
+        let (http, stop, token, bomb) =
+            (http.clone(), stop.clone(), ep.token.clone(), bomb.clone());
+        tokio::spawn(async move {
+            let mut answers: BTreeMap<String, u64> = BTreeMap::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let head = |len: usize, gz: bool| {
+                    format!(
+                        "POST /v1/kms/sign HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\n{}Content-Length: {len}\r\nConnection: close\r\n\r\n",
+                        if gz { "Content-Encoding: gzip\r\n" } else { "" }
+                    )
+                };
+                let g = raw_http(&http, head(bomb.len(), true), bomb.clone()).await;
+                *answers
+                    .entry(format!(
+                        "gzip bomb -> {}",
+                        g.map(|c| c.to_string()).unwrap_or("closed".into())
+                    ))
+                    .or_insert(0) += 1;
+                let big = vec![b'x'; 2 << 20];
+                let o = raw_http(&http, head(big.len(), false), big).await;
+                *answers
+                    .entry(format!(
+                        "2 MiB body -> {}",
+                        o.map(|c| c.to_string()).unwrap_or("closed".into())
+                    ))
+                    .or_insert(0) += 1;
+            }
+            answers
+        })
+    };
+    v.phases.push(
+        phase(
+            "during",
+            vec![g(
+                sign_verify(&ep, "hostile", false).await?,
+                workers(&ep, a.concurrency).await?,
+            )],
+            during,
+        )
+        .await,
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let answers = abuse.await.map_err(|e| e.to_string())?;
+    let mut cut = Vec::new();
+    for l in loris {
+        if let Ok(Some(d)) = l.await {
+            cut.push(d);
+        }
+    }
+    cut.sort();
+    v.fact(
+        "slow-loris",
+        format!(
+            "{} of 50 connections cut by the server, slowest after {} ms (header deadline 1000 ms)",
+            cut.len(),
+            cut.last().map(|d| d.as_millis()).unwrap_or(0)
+        ),
+    );
+    v.check(
+        "every slow-loris connection is cut within 3 s",
+        cut.len() == 50 && cut.last().is_some_and(|d| *d < Duration::from_secs(3)),
+    );
+    v.fact("abusive requests answered", format!("{answers:?}"));
+    let bad: Vec<&String> = answers
+        .keys()
+        .filter(|k| !(k.ends_with("-> 413")))
+        .collect();
+    v.check(
+        format!(
+            "every gzip bomb and oversized body is refused with 413 ({} kinds of answer)",
+            answers.len()
+        ),
+        bad.is_empty() && !answers.is_empty(),
+    );
+    v.phases.push(
+        phase(
+            "after",
+            vec![g(
+                sign_verify(&ep, "hostile", false).await?,
+                workers(&ep, a.concurrency).await?,
+            )],
+            after,
+        )
+        .await,
+    );
+    v.check_only_sheds();
+    let k = keys_ok(&ep, &["hostile".to_string()]).await;
+    v.check("the server still serves (no key lost)", k == 1);
+    stop_and_verify(s, &data, &mut v);
+    Ok(v)
+}
+
 fn rss_mib(pid: u32) -> f64 {
     stats::proc_sample(pid)
         .map(|p| p.rss_kib as f64 / 1024.0)
@@ -900,6 +1260,8 @@ pub async fn run(a: DrillArgs) -> Result<ExitCode, String> {
             DrillKind::RotateFlood => rotate_flood(&a).await,
             DrillKind::Kill9 => kill_9(&a).await,
             DrillKind::MemoryPressure => memory_pressure(&a).await,
+            DrillKind::TpmLoss => tpm_loss(&a).await,
+            DrillKind::HostileClients => hostile_clients(&a).await,
         };
         match v {
             Ok(v) => {
