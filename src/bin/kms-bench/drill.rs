@@ -1241,6 +1241,9 @@ pub async fn run(a: DrillArgs) -> Result<ExitCode, String> {
             DrillKind::HsmFlap,
             DrillKind::Burst,
             DrillKind::RotateFlood,
+            DrillKind::TpmLoss,
+            DrillKind::MemoryPressure,
+            DrillKind::HostileClients,
             DrillKind::Kill9,
         ]
     } else {
