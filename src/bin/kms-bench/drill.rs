@@ -111,6 +111,23 @@ impl Verdict {
         self.checks.iter().all(|c| c.1)
     }
 
+    /// At least 99% of phase `i`'s requests were ok.
+    fn check_ok_share(&mut self, i: usize, when: &str) {
+        let t = &self.phases[i].tally;
+        let share = t.ok as f64 / (t.ok + t.errors.values().sum::<u64>()).max(1) as f64;
+        self.check(
+            format!("{when}, {:.2}% of requests ok (>= 99%)", share * 100.0),
+            share >= 0.99,
+        );
+    }
+
+    /// The drill's key still reads back and signs.
+    async fn check_key(&mut self, ep: &Endpoint, name: &str) {
+        let k = keys_ok(ep, &[name.to_string()]).await;
+        self.fact("keys checked", format!("{k} of 1"));
+        self.check("no key lost", k == 1);
+    }
+
     /// Every phase: no failure other than a shed.
     fn check_only_sheds(&mut self) {
         let failed: BTreeMap<String, u64> = self
@@ -409,19 +426,8 @@ async fn hsm_flap(a: &DrillArgs) -> Result<Verdict, String> {
         .await,
     );
     v.check_only_sheds();
-    let after_t = &v.phases[2].tally;
-    let after_ok =
-        after_t.ok as f64 / (after_t.ok + after_t.errors.values().sum::<u64>()).max(1) as f64;
-    v.check(
-        format!(
-            "after the fault, {:.2}% of requests ok (>= 99%)",
-            after_ok * 100.0
-        ),
-        after_ok >= 0.99,
-    );
-    let k = keys_ok(&ep, &["flap".to_string()]).await;
-    v.fact("keys checked", format!("{k} of 1"));
-    v.check("no key lost", k == 1);
+    v.check_ok_share(2, "after the fault");
+    v.check_key(&ep, "flap").await;
     stop_and_verify(s, &data, &mut v);
     Ok(v)
 }
@@ -481,19 +487,8 @@ async fn burst(a: &DrillArgs) -> Result<Verdict, String> {
         v.phases.push(p);
     }
     v.check_only_sheds();
-    let after_t = &v.phases[2].tally;
-    let after_ok =
-        after_t.ok as f64 / (after_t.ok + after_t.errors.values().sum::<u64>()).max(1) as f64;
-    v.check(
-        format!(
-            "after the burst, {:.2}% of requests ok (>= 99%)",
-            after_ok * 100.0
-        ),
-        after_ok >= 0.99,
-    );
-    let k = keys_ok(&ep, &["burst".to_string()]).await;
-    v.fact("keys checked", format!("{k} of 1"));
-    v.check("no key lost", k == 1);
+    v.check_ok_share(2, "after the burst");
+    v.check_key(&ep, "burst").await;
     stop_and_verify(s, &data, &mut v);
     Ok(v)
 }
@@ -933,19 +928,8 @@ async fn tpm_loss(a: &DrillArgs) -> Result<Verdict, String> {
         ),
         during_ok > 0,
     );
-    let after_t = &v.phases[2].tally;
-    let after_ok =
-        after_t.ok as f64 / (after_t.ok + after_t.errors.values().sum::<u64>()).max(1) as f64;
-    v.check(
-        format!(
-            "after the TPM's return, {:.2}% of requests ok (>= 99%)",
-            after_ok * 100.0
-        ),
-        after_ok >= 0.99,
-    );
-    let k = keys_ok(&ep, &["tpm".to_string()]).await;
-    v.fact("keys checked", format!("{k} of 1"));
-    v.check("no key lost", k == 1);
+    v.check_ok_share(2, "after the TPM's return");
+    v.check_key(&ep, "tpm").await;
     stop_and_verify(s, &data, &mut v);
     Ok(v)
 }
