@@ -12,7 +12,9 @@
 #   swtpm, swtpm-tools — the TPM 2.0 simulator the tpm backend is tested on;
 #   postgresql — the server the PostgreSQL store and the scale-out tests run
 #   on (each test binary starts a throw-away cluster of its own,
-#   tests/common/pg.rs; the package's own cluster is not used).
+#   tests/common/pg.rs; the package's own cluster is not used);
+#   iproute2, iptables — the network-jitter drill's namespace, veth pair and
+#   NFQUEUE rules (iptables-legacy; drill/network.rs in kms-bench).
 # Idempotent and quiet when everything is present. Debian/Ubuntu (apt-get);
 # uses sudo when not root.
 set -euo pipefail
@@ -33,6 +35,8 @@ if [ "${1:-}" = "--test" ]; then
     command -v pkcs11-tool >/dev/null 2>&1 || missing+=(opensc)
     command -v swtpm >/dev/null 2>&1 || missing+=(swtpm swtpm-tools)
     ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
+    command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+    command -v iptables-legacy >/dev/null 2>&1 || missing+=(iptables)
 fi
 
 if [ ${#missing[@]} -eq 0 ]; then

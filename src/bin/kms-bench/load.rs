@@ -254,6 +254,10 @@ pub enum Client {
         auth: String,
         authority: String,
     },
+    /// Another client with a deadline on each call, as a careful caller
+    /// keeps: past it the call is abandoned (`client_deadline`), whatever
+    /// the transport is doing (a reconnect included).
+    Deadline(Box<Client>, Duration),
 }
 
 impl Client {
@@ -288,6 +292,9 @@ impl Client {
     /// Send `w` once; `Err(code)` names a whole request's failure.
     pub async fn call(&mut self, w: &Work) -> Result<Items, String> {
         match self {
+            Client::Deadline(c, d) => tokio::time::timeout(*d, Box::pin(c.call(w)))
+                .await
+                .unwrap_or_else(|_| Err("client_deadline".into())),
             Client::Grpc(c, auth) => {
                 fn req<T>(m: T, auth: &MetadataValue<tonic::metadata::Ascii>) -> tonic::Request<T> {
                     let mut r = tonic::Request::new(m);

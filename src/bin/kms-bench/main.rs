@@ -58,6 +58,16 @@ enum Cmd {
         data_dir: PathBuf,
         #[arg(long)]
         no_audit: bool,
+        /// The address both fronts listen on (port chosen by the system).
+        #[arg(long, default_value = "127.0.0.1")]
+        listen: String,
+    },
+    /// (internal) The network-jitter drill's packet delayer: binds an
+    /// NFQUEUE in the current network namespace (drill/network.rs).
+    #[command(hide = true)]
+    Impair {
+        #[arg(long)]
+        queue: u16,
     },
     /// (internal) Run the bare yardstick server.
     #[command(hide = true)]
@@ -161,7 +171,12 @@ fn main() -> ExitCode {
     let r = match cli.cmd {
         Cmd::Run(a) => rt.block_on(run(a)),
         Cmd::Drill(a) => rt.block_on(drill::run(a)),
-        Cmd::Service { data_dir, no_audit } => rt.block_on(child_service(data_dir, no_audit)),
+        Cmd::Service {
+            data_dir,
+            no_audit,
+            listen,
+        } => rt.block_on(child_service(data_dir, no_audit, &listen)),
+        Cmd::Impair { queue } => drill::impair(queue),
         Cmd::Bare { alg } => rt.block_on(child_bare(&alg)),
     };
     match r {
@@ -178,12 +193,16 @@ const TENANT_B: &str = "bench-b";
 
 /// The child that runs ron-kms: prints its token and addresses, then serves
 /// until its stdin closes (the bench exiting closes it).
-async fn child_service(data_dir: PathBuf, no_audit: bool) -> Result<ExitCode, String> {
+async fn child_service(
+    data_dir: PathBuf,
+    no_audit: bool,
+    listen: &str,
+) -> Result<ExitCode, String> {
     let flags = ron_kms::config::Flags {
         config: None,
         data_dir: Some(data_dir),
-        grpc_addr: Some("127.0.0.1:0".into()),
-        http_addr: Some("127.0.0.1:0".into()),
+        grpc_addr: Some(format!("{listen}:0")),
+        http_addr: Some(format!("{listen}:0")),
         amnesia: false,
     };
     let mut cfg =
@@ -297,9 +316,19 @@ impl Server {
         dir: Option<tempfile::TempDir>,
     ) -> Result<Server, String> {
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-        let mut child = Command::new(exe)
-            .args(args)
-            .envs(envs.iter().copied())
+        let mut cmd = Command::new(exe);
+        cmd.args(args).envs(envs.iter().copied());
+        Self::start_cmd(cmd, transport, dir)
+    }
+
+    /// As [`Server::start`], with the command made by the caller (a
+    /// drill's runs the child in a network namespace).
+    fn start_cmd(
+        mut cmd: Command,
+        transport: Transport,
+        dir: Option<tempfile::TempDir>,
+    ) -> Result<Server, String> {
+        let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

