@@ -363,6 +363,7 @@ impl<S, B, RB> tower::Service<http::Request<B>> for GrpcEdgeService<S>
 where
     S: tower::Service<http::Request<B>, Response = http::Response<RB>>,
     S::Future: Send + 'static,
+    B: hyper::body::Body + Send + 'static,
     RB: Default + Send + 'static,
 {
     type Response = http::Response<RB>;
@@ -387,7 +388,11 @@ where
             );
             let resp = trailers_only(&e, &request_id);
             crate::telemetry::shed_time("grpc", started.elapsed());
-            return Box::pin(async move { Ok(resp) });
+            let body = req.into_body();
+            return Box::pin(async move {
+                super::drain_body(body).await;
+                Ok(resp)
+            });
         }
         let fut = self.inner.call(req);
         Box::pin(async move {

@@ -152,7 +152,13 @@ impl HttpFront {
                 .await?;
             // A request that admission would shed is shed before its body
             // is read or decoded.
-            kms.admission().precheck(class, &caller.tenant)?;
+            if let Err(e) = kms.admission().precheck(class, &caller.tenant) {
+                // over HTTP/2, close the stream cleanly (see drain_body)
+                if req.version() == http::Version::HTTP_2 {
+                    super::drain_body(req.into_body()).await;
+                }
+                return Err(Error::from(e));
+            }
             let mut msg: Req = match from {
                 From::Query => Query::<Req>::try_from_uri(req.uri())
                     .map(|q| q.0)
