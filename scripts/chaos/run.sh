@@ -8,9 +8,10 @@
 # Each drill starts its own ron-kms (fault injection on), drives load with
 # kms-bench's workers, injects its fault and prints a verdict table in
 # Markdown; the exit status is 1 when any drill's verdict is FAILED.
-# Drills: hsm-flap, burst, rotate-flood, tpm-loss (needs swtpm),
-# memory-pressure, kill-9. Uses the release build
-# unless --debug (CI uses the debug build the tests made).
+# Drills: hsm-flap (needs softhsm2), burst, rotate-flood, tpm-loss (needs
+# swtpm), memory-pressure, hostile-clients, kill-9, network-jitter (needs
+# root, iproute2 and iptables: it makes a network namespace). Uses the
+# release build unless --debug (CI uses the debug build the tests made).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 profile=release
