@@ -318,6 +318,114 @@ async fn kill_9_loses_no_acknowledged_record() {
     );
 }
 
+fn test_log(audit_dir: &Path) -> (ron_kms::audit::Options, Vec<u8>, ron_kms::audit::Signer) {
+    use ed25519_dalek::Signer as _;
+    let key = ed25519_dalek::SigningKey::from_bytes(&[9u8; 32]);
+    let public = key.verifying_key().to_bytes().to_vec();
+    let signer: ron_kms::audit::Signer =
+        std::sync::Arc::new(move |m: &[u8]| Ok(key.sign(m).to_bytes().to_vec()));
+    let opts = ron_kms::audit::Options {
+        node: "node-a".into(),
+        sink: ron_kms::audit::Sink::Dir(audit_dir.to_path_buf()),
+        checkpoint_interval: 5000,
+        max_file_bytes: 64 * 1024 * 1024,
+    };
+    (opts, public, signer)
+}
+
+async fn start_log(audit_dir: &Path) -> std::sync::Arc<ron_kms::audit::AuditLog> {
+    let (opts, public, signer) = test_log(audit_dir);
+    tokio::task::spawn_blocking(move || {
+        ron_kms::audit::AuditLog::start_blocking(opts, &public, signer)
+    })
+    .await
+    .unwrap()
+    .unwrap()
+}
+
+/// Records that are not checkpoints, from "audit chain ok: N records (C
+/// checkpoints), last record N".
+fn signed_records(verify_output: &str) -> u64 {
+    let nums: Vec<u64> = verify_output
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    assert!(nums.len() >= 2, "{verify_output}");
+    nums[0] - nums[1]
+}
+
+async fn append_signs(log: &ron_kms::audit::AuditLog, from: usize, n: usize) {
+    for i in from..from + n {
+        log.append(ron_kms::audit::Event {
+            tenant: "t".into(),
+            op: "sign",
+            kid: "k#v1".into(),
+            result: "ok".into(),
+            request_id: format!("rid-{i}"),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+}
+
+/// The active segment is zero-filled ahead of its records. What a crash
+/// leaves (records, then zeros) verifies; the next start finds the end of
+/// the records and writes on from there; a clean close cuts the zeros off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_leaves_a_zero_tail_that_the_next_start_writes_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let live = dir.path().join("live");
+    let log = start_log(&live).await;
+    append_signs(&log, 0, 100).await;
+    // the files as a crash would leave them: every acknowledged record is
+    // on disk, and so is the zero-filled stretch ahead of them
+    let crashed = dir.path().join("crashed");
+    copy_dir(&live, &crashed);
+    log.close().await;
+    let bytes = std::fs::read(segment(&crashed)).unwrap();
+    let records = ron_kms::audit::chain::content(&bytes).len();
+    assert!(
+        bytes.len() >= 1 << 20 && records > 0 && bytes[records..].iter().all(|b| *b == 0),
+        "{} bytes of records, then {} bytes that should be zeros",
+        records,
+        bytes.len() - records
+    );
+    // the chain verifies; its tail is unsealed (the crash came before a
+    // checkpoint), which `audit verify` reports with exit code 1
+    let (_, text) = audit_verify(&crashed);
+    assert!(text.starts_with("audit chain ok"), "{text}");
+    assert_eq!(signed_records(&text), 100, "{text}");
+
+    let log = start_log(&crashed).await;
+    append_signs(&log, 100, 50).await;
+    log.close().await;
+    let bytes = std::fs::read(segment(&crashed)).unwrap();
+    assert!(
+        !bytes.contains(&0),
+        "a cleanly closed segment holds only its records"
+    );
+    let text = String::from_utf8(bytes).unwrap();
+    for i in 0..150 {
+        assert_eq!(
+            text.matches(&format!("\"request_id\":\"rid-{i}\"")).count(),
+            1,
+            "rid-{i}"
+        );
+    }
+    let (ok, text) = audit_verify(&crashed);
+    assert!(ok, "{text}");
+    assert_eq!(signed_records(&text), 150, "{text}");
+    // and a byte flipped in the records is still found
+    let path = segment(&crashed);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x01;
+    std::fs::write(&path, &bytes).unwrap();
+    let (ok, text) = audit_verify(&crashed);
+    assert!(!ok, "{text}");
+}
+
 /// Segments rotate by size, and the chain runs on across them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn segments_rotate_by_size_and_the_chain_spans_them() {

