@@ -348,6 +348,16 @@ pub fn verify_dir(dir: &Path, key: Option<&[u8]>) -> Result<chain::Summary, Stri
     let head = std::fs::read_to_string(dir.join(HEAD_FILE));
     let files = chain::segments(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let s = chain::verify_files(&files, &key).map_err(|e| e.to_string())?;
+    check_head(dir, head, s)
+}
+
+/// The records the log holds must reach the head sealed at the last
+/// checkpoint (`audit.head`), and end in the same record when they end there.
+fn check_head(
+    dir: &Path,
+    head: std::io::Result<String>,
+    s: chain::Summary,
+) -> Result<chain::Summary, String> {
     if let Ok(head) = head {
         let mut parts = head.split_whitespace();
         let seq: u64 = parts.next().and_then(|x| x.parse().ok()).unwrap_or(0);
@@ -367,6 +377,72 @@ pub fn verify_dir(dir: &Path, key: Option<&[u8]>) -> Result<chain::Summary, Stri
         }
     }
     Ok(s)
+}
+
+/// A write a crash tore: the last segment ends in an incomplete line.
+struct TornTail {
+    segment: PathBuf,
+    /// Bytes of the segment that hold complete lines.
+    keep: usize,
+    torn: Vec<u8>,
+}
+
+/// Whether the log fails verification only because its last line is
+/// incomplete: a power cut (or kernel crash) in the middle of a commit can
+/// leave a prefix of a batch on disk. No caller was answered for any record
+/// of that batch (answers wait for its fdatasync), so the incomplete line is
+/// an unacknowledged write, not a lost record. Everything before it must
+/// verify and reach the sealed head, or this is not a torn write and the log
+/// stays broken. A complete line that fails (a flipped byte), a missing
+/// record or a cut into sealed records is never taken for a torn write.
+fn torn_tail(dir: &Path, key: &[u8]) -> Option<(TornTail, chain::Summary)> {
+    let head = std::fs::read_to_string(dir.join(HEAD_FILE));
+    let files = chain::segments(dir).ok()?;
+    let (last, earlier) = files.split_last()?;
+    let bytes = std::fs::read(last).ok()?;
+    let content = chain::content(&bytes);
+    if content.is_empty() || content.ends_with(b"\n") {
+        return None;
+    }
+    let keep = content
+        .iter()
+        .rposition(|b| *b == b'\n')
+        .map_or(0, |i| i + 1);
+    let mut s = chain::verify_files(earlier, key).ok()?;
+    chain::verify_bytes(&last.display().to_string(), &content[..keep], key, &mut s).ok()?;
+    let s = check_head(dir, head, s).ok()?;
+    Some((
+        TornTail {
+            segment: last.clone(),
+            keep,
+            torn: content[keep..].to_vec(),
+        },
+        s,
+    ))
+}
+
+/// Move a torn tail out of the segment: its bytes go to
+/// `audit-NNNNNNNN.torn-<unix ms>` beside it (owner-only, kept for the
+/// operator; `audit verify` does not read it), and the segment is cut back
+/// to its last complete line.
+fn set_aside(dir: &Path, t: &TornTail) -> Result<PathBuf, String> {
+    let stem = t
+        .segment
+        .file_stem()
+        .and_then(|n| n.to_str())
+        .unwrap_or("audit");
+    let aside = dir.join(format!("{stem}.torn-{}", now_ms()));
+    write_private(&aside, &t.torn)?;
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&t.segment)
+        .map_err(|e| format!("{}: {e}", t.segment.display()))?;
+    f.set_len(t.keep as u64).map_err(|e| e.to_string())?;
+    f.sync_all().map_err(|e| e.to_string())?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| format!("{}: {e}", dir.display()))?;
+    Ok(aside)
 }
 
 /// `audit-key.pub`: the raw Ed25519 public key in hex.
@@ -420,7 +496,24 @@ impl AuditLog {
                     format!("{}\n", hex::encode(public_key)).as_bytes(),
                 )?;
             }
-            match verify_dir(dir, Some(public_key)) {
+            let verified = verify_dir(dir, Some(public_key)).or_else(|e| {
+                let Some((torn, s)) = torn_tail(dir, public_key) else {
+                    return Err(e);
+                };
+                let aside = set_aside(dir, &torn).map_err(|why| {
+                    format!("{e} (a torn last line that could not be set aside: {why})")
+                })?;
+                tracing::warn!(
+                    segment = %torn.segment.display(),
+                    torn_bytes = torn.torn.len(),
+                    kept_bytes = torn.keep,
+                    set_aside = %aside.display(),
+                    "audit log ended in a torn write (an incomplete last line, never acknowledged): set aside; the chain before it verifies"
+                );
+                metrics::counter!("kms_audit_torn_tail_total").increment(1);
+                Ok(s)
+            });
+            match verified {
                 Ok(s) => {
                     w.seq = s.last_seq;
                     w.prev = s.last_hash;
