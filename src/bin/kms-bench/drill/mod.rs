@@ -264,20 +264,49 @@ async fn sign_verify(ep: &Endpoint, name: &str, create: bool) -> Result<Mix, Str
         create,
     )
     .await?;
-    let verify = prepare(
-        c,
-        &ep.token,
-        Op::Verify,
-        Algorithm::Ed25519,
-        name,
-        32,
-        false,
-    )
-    .await?;
+    // Preparing the verify signs once. On a fresh custody device under a
+    // busy disk that first sign was once answered `unavailable` (retry
+    // advice): a client that honours the advice tries again, and so does the
+    // set-up, for up to 10 s, before it calls the drill failed to run.
+    let t = Instant::now();
+    let verify = loop {
+        match prepare(
+            c.clone(),
+            &ep.token,
+            Op::Verify,
+            Algorithm::Ed25519,
+            name,
+            32,
+            false,
+        )
+        .await
+        {
+            Err(e) if retryable(&e) && t.elapsed() < Duration::from_secs(10) => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            r => break r?,
+        }
+    };
     Ok(Mix::new(vec![
         ("sign".into(), sign, 50),
         ("verify".into(), verify, 50),
     ]))
+}
+
+/// A set-up error whose code comes with retry advice (docs/api.md, the
+/// error table: every retryable code), or the transport's `unavailable`.
+fn retryable(e: &str) -> bool {
+    let code = e.rsplit(": ").next().unwrap_or(e);
+    matches!(
+        code,
+        "unavailable"
+            | "saturated"
+            | "overloaded"
+            | "tenant_share"
+            | "rate_limit"
+            | "timeout"
+            | "grpc_unavailable"
+    )
 }
 
 /// Sign with `name` until it works (or `limit` passes): the recovery time.
@@ -432,5 +461,30 @@ pub async fn run(a: DrillArgs) -> Result<ExitCode, String> {
     } else {
         eprintln!("drills failed: {failed:?}");
         Ok(ExitCode::FAILURE)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::retryable;
+
+    #[test]
+    fn set_up_retries_only_errors_with_retry_advice() {
+        for e in [
+            "sign: unavailable",
+            "sign: saturated",
+            "sign: grpc_unavailable",
+            "wrap: rate_limit",
+        ] {
+            assert!(retryable(e), "{e}");
+        }
+        for e in [
+            "sign: not_found",
+            "sign: permission_denied",
+            "sign: grpc_internal",
+            "create_key: already_exists",
+        ] {
+            assert!(!retryable(e), "{e}");
+        }
     }
 }
