@@ -369,20 +369,26 @@ async fn append_signs(log: &ron_kms::audit::AuditLog, from: usize, n: usize) {
     }
 }
 
+/// A log of `n` acknowledged sign records, copied as a crash would leave it
+/// (every acknowledged record on disk, the zero-filled stretch ahead of
+/// them, no closing checkpoint); the original is closed cleanly.
+async fn crashed_log(dir: &Path, n: usize) -> PathBuf {
+    let live = dir.join("live");
+    let log = start_log(&live).await;
+    append_signs(&log, 0, n).await;
+    let crashed = dir.join("crashed");
+    copy_dir(&live, &crashed);
+    log.close().await;
+    crashed
+}
+
 /// The active segment is zero-filled ahead of its records. What a crash
 /// leaves (records, then zeros) verifies; the next start finds the end of
 /// the records and writes on from there; a clean close cuts the zeros off.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_leaves_a_zero_tail_that_the_next_start_writes_over() {
     let dir = tempfile::tempdir().unwrap();
-    let live = dir.path().join("live");
-    let log = start_log(&live).await;
-    append_signs(&log, 0, 100).await;
-    // the files as a crash would leave them: every acknowledged record is
-    // on disk, and so is the zero-filled stretch ahead of them
-    let crashed = dir.path().join("crashed");
-    copy_dir(&live, &crashed);
-    log.close().await;
+    let crashed = crashed_log(dir.path(), 100).await;
     let bytes = std::fs::read(segment(&crashed)).unwrap();
     let records = ron_kms::audit::chain::content(&bytes).len();
     assert!(
@@ -436,12 +442,7 @@ async fn a_crash_leaves_a_zero_tail_that_the_next_start_writes_over() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_torn_last_line_is_set_aside_and_the_next_start_goes_on() {
     let dir = tempfile::tempdir().unwrap();
-    let live = dir.path().join("live");
-    let log = start_log(&live).await;
-    append_signs(&log, 0, 100).await;
-    let crashed = dir.path().join("crashed");
-    copy_dir(&live, &crashed);
-    log.close().await;
+    let crashed = crashed_log(dir.path(), 100).await;
     // the torn write: the start of record 101, where the zero tail begins
     let path = segment(&crashed);
     let mut bytes = std::fs::read(&path).unwrap();
