@@ -293,20 +293,11 @@ async fn sign_verify(ep: &Endpoint, name: &str, create: bool) -> Result<Mix, Str
     ]))
 }
 
-/// A set-up error whose code comes with retry advice (docs/api.md, the
-/// error table: every retryable code), or the transport's `unavailable`.
+/// A set-up error whose code comes with retry advice ([`SHED_CODES`]), or
+/// the transport's `unavailable`.
 fn retryable(e: &str) -> bool {
     let code = e.rsplit(": ").next().unwrap_or(e);
-    matches!(
-        code,
-        "unavailable"
-            | "saturated"
-            | "overloaded"
-            | "tenant_share"
-            | "rate_limit"
-            | "timeout"
-            | "grpc_unavailable"
-    )
+    SHED_CODES.contains(&code) || code == "grpc_unavailable"
 }
 
 /// Sign with `name` until it works (or `limit` passes): the recovery time.
