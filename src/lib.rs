@@ -27,6 +27,7 @@ pub mod error;
 pub mod ingress;
 pub mod keyring;
 pub mod policy;
+pub mod runtime;
 pub mod server;
 pub mod service;
 pub mod store;

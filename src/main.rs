@@ -656,6 +656,11 @@ async fn serve(a: ServeArgs) -> Result<ExitCode, Failure> {
         }
         let _ = std::io::stdout().flush();
     }
+    if ron_kms::runtime::LIFO_SLOT_DISABLED {
+        tracing::debug!("runtime: tokio's LIFO slot is disabled");
+    } else {
+        tracing::warn!("runtime: built without --cfg tokio_unstable, so tokio's LIFO slot stays on and audited throughput is lower (PERFORMANCE.md)");
+    }
     // On stdout, after the bootstrap banner, so a supervisor (or a test)
     // reading stdout knows both the token and the bound addresses.
     println!(
@@ -682,10 +687,7 @@ async fn serve(a: ServeArgs) -> Result<ExitCode, Failure> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match ron_kms::runtime::builder().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");

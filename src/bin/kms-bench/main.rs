@@ -164,10 +164,7 @@ struct RunArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    let rt = ron_kms::runtime::builder().build().expect("tokio runtime");
     let r = match cli.cmd {
         Cmd::Run(a) => rt.block_on(run(a)),
         Cmd::Drill(a) => rt.block_on(drill::run(a)),
