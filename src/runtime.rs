@@ -11,8 +11,8 @@
 //! once all the callers have run. Measured on this project's 2-vCPU host
 //! (PERFORMANCE.md, "The LIFO slot and the audit log"), for Ed25519 sign with
 //! 256 in flight: 16.7k `writev`/s with the slot and 1.0k/s without, and an
-//! audit on/off ratio of 0.81 with the slot and 0.85–0.86 without. Audit-off
-//! throughput did not change.
+//! audit on/off ratio of 0.80–0.81 with the slot and 0.83–0.89 without.
+//! Audit-off throughput did not change.
 //!
 //! A build without the cfg (say, under a `RUSTFLAGS` of its own) keeps the
 //! slot; [`LIFO_SLOT_DISABLED`] says which, and the service logs it at
