@@ -376,7 +376,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                         .map(|d| {
                             (
                                 d.display().to_string(),
-                                ron_kms::audit::verify_dir(d, key.as_deref()),
+                                ron_kms::audit::verify_dir_explained(d, key.as_deref()),
                             )
                         })
                         .collect()

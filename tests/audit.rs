@@ -437,7 +437,7 @@ async fn a_crash_leaves_a_zero_tail_that_the_next_start_writes_over() {
 /// acknowledged, so the next start sets the incomplete line aside (kept in
 /// `audit-NNNNNNNN.torn-<ms>`), cuts the segment back to its last complete
 /// line, seals the tail and goes on; `audit verify` on the torn files still
-/// reports them. An incomplete line cut into sealed records is not a torn
+/// reports them, and says they are a torn write. An incomplete line cut into sealed records is not a torn
 /// write (tampering_is_detected_by_verify_and_at_start_up, "cut mid-line").
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_torn_last_line_is_set_aside_and_the_next_start_goes_on() {
@@ -452,6 +452,7 @@ async fn a_torn_last_line_is_set_aside_and_the_next_start_goes_on() {
     std::fs::write(&path, &bytes).unwrap();
     let (ok, text) = audit_verify(&crashed);
     assert!(!ok, "verify reports the torn line: {text}");
+    assert!(text.contains("a torn write"), "and names it: {text}");
 
     let log = start_log(&crashed).await;
     assert!(log.integrity().is_ok(), "{:?}", log.integrity());
@@ -486,6 +487,104 @@ async fn a_torn_last_line_is_set_aside_and_the_next_start_goes_on() {
     assert!(
         log.integrity().is_err(),
         "a flipped byte in a complete line stays broken"
+    );
+}
+
+/// A power cut can also persist a commit's sectors out of order: some of the
+/// batch's later sectors reach the disk while an earlier one still holds the
+/// zeros written ahead of the records. That too is an unacknowledged write
+/// (a batch is written only after the one before it is durable, and answered
+/// only after its own fdatasync): `audit verify` names it a torn write, and
+/// the next start sets the bytes from the first line with a hole onwards
+/// aside and goes on. Zeros that do not lie on sector boundaries, or a hole
+/// in sealed records, are damage: the log stays broken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_torn_out_of_order_is_set_aside_but_odd_zeros_are_not() {
+    const SECTOR: usize = 512;
+    let dir = tempfile::tempdir().unwrap();
+    let live = dir.path().join("live");
+    let log = start_log(&live).await;
+    append_signs(&log, 0, 100).await;
+    let crashed = dir.path().join("crashed");
+    copy_dir(&live, &crashed);
+    // the batch being committed when the power went
+    append_signs(&log, 100, 40).await;
+    let later = std::fs::read(segment(&live)).unwrap();
+    log.close().await;
+    let sealed = dir.path().join("sealed");
+    copy_dir(&live, &sealed);
+
+    let path = segment(&crashed);
+    let clean = std::fs::read(&path).unwrap();
+    let start = ron_kms::audit::chain::content(&clean).len();
+    let end = ron_kms::audit::chain::content(&later).len();
+    let hole = (start + 1).next_multiple_of(SECTOR);
+    assert!(hole + 2 * SECTOR < end, "the batch spans several sectors");
+    let torn_with = |zero: std::ops::Range<usize>| {
+        let mut bytes = clean.clone();
+        bytes[start..end].copy_from_slice(&later[start..end]);
+        bytes[zero].fill(0);
+        bytes
+    };
+
+    // zeros that are no sector: damage, not a torn write
+    let odd = torn_with(hole + 7..hole + 10);
+    std::fs::write(&path, &odd).unwrap();
+    let (ok, text) = audit_verify(&crashed);
+    assert!(!ok && !text.contains("torn write"), "{text}");
+    let broken = start_log(&crashed).await;
+    assert!(
+        broken.integrity().is_err(),
+        "odd zeros leave the log broken"
+    );
+    drop(broken);
+
+    // one whole sector of the batch never written, the ones after it were
+    let torn = torn_with(hole..hole + SECTOR);
+    std::fs::write(&path, &torn).unwrap();
+    let (ok, text) = audit_verify(&crashed);
+    assert!(!ok, "{text}");
+    assert!(text.contains("a torn write"), "{text}");
+    let line_start = later[..hole]
+        .iter()
+        .rposition(|b| *b == b'\n')
+        .map_or(0, |i| i + 1);
+    let kept = std::str::from_utf8(&later[start..line_start])
+        .unwrap()
+        .lines()
+        .filter(|l| !l.contains("\"op\":\"checkpoint\""))
+        .count() as u64;
+
+    let log = start_log(&crashed).await;
+    assert!(log.integrity().is_ok(), "{:?}", log.integrity());
+    append_signs(&log, 140, 50).await;
+    log.close().await;
+    let (ok, text) = audit_verify(&crashed);
+    assert!(ok, "{text}");
+    assert_eq!(signed_records(&text), 100 + kept + 50, "{text}");
+    let aside: Vec<_> = std::fs::read_dir(&crashed)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().contains(".torn-"))
+        .collect();
+    assert_eq!(aside.len(), 1, "{aside:?}");
+    assert_eq!(
+        std::fs::read(&aside[0]).unwrap(),
+        torn[line_start..end].to_vec()
+    );
+
+    // a whole sector of zeros inside sealed records is damage
+    let path = segment(&sealed);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let at = (bytes.len() / 2).next_multiple_of(SECTOR);
+    bytes[at..at + SECTOR].fill(0);
+    std::fs::write(&path, &bytes).unwrap();
+    let (ok, text) = audit_verify(&sealed);
+    assert!(!ok && !text.contains("torn write"), "{text}");
+    let broken = start_log(&sealed).await;
+    assert!(
+        broken.integrity().is_err(),
+        "a hole in sealed records stays broken"
     );
 }
 

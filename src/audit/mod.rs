@@ -387,27 +387,62 @@ struct TornTail {
     torn: Vec<u8>,
 }
 
-/// Whether the log fails verification only because its last line is
-/// incomplete: a power cut (or kernel crash) in the middle of a commit can
-/// leave a prefix of a batch on disk. No caller was answered for any record
-/// of that batch (answers wait for its fdatasync), so the incomplete line is
-/// an unacknowledged write, not a lost record. Everything before it must
-/// verify and reach the sealed head, or this is not a torn write and the log
-/// stays broken. A complete line that fails (a flipped byte), a missing
-/// record or a cut into sealed records is never taken for a torn write.
+/// Device sectors are at least this large: a write that a power cut tore
+/// leaves whole sectors unwritten, so the zeros it leaves inside a commit
+/// start and end on this grain (or where the commit started).
+const SECTOR: usize = 512;
+
+/// Where the torn write in a segment's records begins, if they end in one:
+/// the start of the first line holding a NUL byte, or else of an incomplete
+/// last line. A record never holds a NUL (JSON escapes it), so a NUL there
+/// means bytes that were never written: the zero tail shows through where a
+/// crash persisted the commit's sectors out of order. Each run of NULs must
+/// start where that line starts or on a sector boundary, and end on one;
+/// NULs anywhere else are damage, not a torn write.
+fn torn_start(content: &[u8]) -> Option<usize> {
+    let line_start = |at: usize| {
+        content[..at]
+            .iter()
+            .rposition(|b| *b == b'\n')
+            .map_or(0, |i| i + 1)
+    };
+    let keep = match content.iter().position(|b| *b == 0) {
+        Some(nul) => line_start(nul),
+        None if content.is_empty() || content.ends_with(b"\n") => return None,
+        None => line_start(content.len()),
+    };
+    let mut at = keep;
+    while let Some(off) = content[at..].iter().position(|b| *b == 0) {
+        let start = at + off;
+        let len = content[start..].iter().position(|b| *b != 0)?;
+        let end = start + len;
+        if (start != keep && start % SECTOR != 0) || end % SECTOR != 0 {
+            return None;
+        }
+        at = end;
+    }
+    Some(keep)
+}
+
+/// Whether the log fails verification only because a crash tore its last
+/// commit: a power cut (or kernel crash) in the middle of a commit can leave
+/// part of a batch on disk — a prefix (the last line incomplete), or, when
+/// the device persisted the batch's sectors out of order, a mix of its bytes
+/// and the zeros they were to overwrite ([`torn_start`]). No caller was
+/// answered for any record of that batch (answers wait for its fdatasync,
+/// and a batch is written only after the one before it is durable), so the
+/// torn bytes are an unacknowledged write, not lost records. Everything
+/// before them must verify and reach the sealed head, or this is not a torn
+/// write and the log stays broken. A complete line that fails (a flipped
+/// byte), a missing record or a cut into sealed records is never taken for a
+/// torn write.
 fn torn_tail(dir: &Path, key: &[u8]) -> Option<(TornTail, chain::Summary)> {
     let head = std::fs::read_to_string(dir.join(HEAD_FILE));
     let files = chain::segments(dir).ok()?;
     let (last, earlier) = files.split_last()?;
     let bytes = std::fs::read(last).ok()?;
     let content = chain::content(&bytes);
-    if content.is_empty() || content.ends_with(b"\n") {
-        return None;
-    }
-    let keep = content
-        .iter()
-        .rposition(|b| *b == b'\n')
-        .map_or(0, |i| i + 1);
+    let keep = torn_start(content)?;
     let mut s = chain::verify_files(earlier, key).ok()?;
     chain::verify_bytes(&last.display().to_string(), &content[..keep], key, &mut s).ok()?;
     let s = check_head(dir, head, s).ok()?;
@@ -443,6 +478,29 @@ fn set_aside(dir: &Path, t: &TornTail) -> Result<PathBuf, String> {
         .and_then(|d| d.sync_all())
         .map_err(|e| format!("{}: {e}", dir.display()))?;
     Ok(aside)
+}
+
+/// [`verify_dir`] for an operator: when the log fails only because a crash
+/// tore its last commit, the error says so and what the next start does.
+pub fn verify_dir_explained(dir: &Path, key: Option<&[u8]>) -> Result<chain::Summary, String> {
+    verify_dir(dir, key).map_err(|e| {
+        let key = match key {
+            Some(k) => k.to_vec(),
+            None => match read_key_file(&dir.join(KEY_FILE)) {
+                Ok(k) => k,
+                Err(_) => return e,
+            },
+        };
+        match torn_tail(dir, &key) {
+            Some((t, s)) => format!(
+                "{e}\n  a torn write: the last {} bytes of {} are a commit a crash interrupted (never acknowledged to any caller); the {} records before them verify. The next start sets those bytes aside and seals the log.",
+                t.torn.len(),
+                t.segment.display(),
+                s.records
+            ),
+            None => e,
+        }
+    })
 }
 
 /// `audit-key.pub`: the raw Ed25519 public key in hex.
@@ -835,5 +893,44 @@ async fn run(mut w: Writer, mut rx: mpsc::Receiver<Msg>, broken: bool) {
             let _ = done.send(());
             break;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_torn_write_starts_at_the_first_line_with_a_hole_or_an_incomplete_end() {
+        let line = |n: usize| format!("{{\"seq\":{n},\"pad\":\"{}\"}}\n", "x".repeat(200));
+        let mut records = Vec::new();
+        while records.len() < 3 * SECTOR {
+            records.extend_from_slice(line(records.len()).as_bytes());
+        }
+        assert_eq!(torn_start(&records), None, "complete lines, no zeros");
+        assert_eq!(torn_start(b""), None);
+        let cut = &records[..records.len() - 5];
+        let last = cut.iter().rposition(|b| *b == b'\n').unwrap() + 1;
+        assert_eq!(torn_start(cut), Some(last), "an incomplete last line");
+
+        let mut holed = records.clone();
+        holed[SECTOR..2 * SECTOR].fill(0);
+        let first = holed[..SECTOR].iter().rposition(|b| *b == b'\n').unwrap() + 1;
+        assert_eq!(torn_start(&holed), Some(first), "a sector never written");
+
+        let mut from_line = records.clone();
+        from_line[first..SECTOR].fill(0);
+        assert_eq!(
+            torn_start(&from_line),
+            Some(first),
+            "zeros from the batch's start"
+        );
+
+        let mut odd = records.clone();
+        odd[SECTOR + 3..SECTOR + 9].fill(0);
+        assert_eq!(torn_start(&odd), None, "zeros off the sector grain");
+        let mut short = records.clone();
+        short[SECTOR..SECTOR + 100].fill(0);
+        assert_eq!(torn_start(&short), None, "a run that ends mid-sector");
     }
 }
