@@ -699,18 +699,6 @@ impl AuditLog {
     }
 }
 
-/// Commit pacing under heavy concurrency: when the previous batch held at
-/// least [`PACE_MIN_BATCH`] records, the next commit waits — up to this long
-/// after the previous one started — for as many records as the previous
-/// one covered. Fsyncs (and the writer's wake-ups) stay at or under ~500 a
-/// second under a flood, and each one covers more records; a closed loop of
-/// N callers gets its commit as soon as its N records are back. With few
-/// callers in flight (small batches) waiting would only add latency — an
-/// fsync here takes ~0.2 ms, a tenth of the pace — so commits start at once
-/// and batches form while the previous fsync runs.
-const COMMIT_PACE: Duration = Duration::from_millis(2);
-const PACE_MIN_BATCH: usize = 8;
-
 /// How many records a message carries.
 fn records(m: &Msg) -> usize {
     match m {
@@ -754,16 +742,21 @@ impl Waiter {
 }
 
 /// The writer: a task on the runtime, fed by the bounded queue. It waits for
-/// the first message, gathers what else arrives within the commit pace,
-/// then encodes, writes and syncs the batch once on a blocking thread and
-/// answers the whole batch. Waking the batch's callers from a runtime task
-/// puts them on that worker's run queue: one cross-thread wake-up per batch
-/// (the blocking write's return) instead of one per record. A ticker task
-/// sends `Tick` every second so checkpoints happen on time even when
-/// traffic stops.
+/// the first message, takes everything else queued (up to [`BATCH_MAX`]
+/// records), then encodes, writes and syncs the batch once on a blocking
+/// thread and answers the whole batch. It never waits for more records: the
+/// next batch forms while this one's fsync runs, so under load each commit
+/// covers what arrived during the one before (the fsync rate is at most one
+/// per commit latency), and a lone request is committed at once. Waiting for
+/// a fuller batch (a 2 ms pace, until then) held the callers of a closed loop
+/// in step and left the CPUs idle: removing it took 64 callers from ~20k to
+/// ~22k signs/s (PERFORMANCE.md, "Audit commits without pacing").
+///
+/// Waking the batch's callers from a runtime task puts them on that worker's
+/// run queue: one cross-thread wake-up per batch (the blocking write's
+/// return) instead of one per record. A ticker task sends `Tick` every
+/// second so checkpoints happen on time even when traffic stops.
 async fn run(mut w: Writer, mut rx: mpsc::Receiver<Msg>, broken: bool) {
-    let mut last_batch = 0usize;
-    let mut last_commit = tokio::time::Instant::now();
     let in_memory = w.dir.is_none();
     loop {
         let Some(first) = rx.recv().await else {
@@ -772,32 +765,6 @@ async fn run(mut w: Writer, mut rx: mpsc::Receiver<Msg>, broken: bool) {
         let mut held = records(&first);
         let mut msgs = vec![first];
         drain(&mut rx, &mut msgs, &mut held);
-        if last_batch >= PACE_MIN_BATCH && held < last_batch.min(BATCH_MAX) {
-            // Group commit's classic trade: wait a moment for more records
-            // so one fsync covers many (fsync costs kernel CPU here) — but
-            // only until as many records wait as the last commit covered.
-            // Callers in a closed loop resubmit right after their answer, so
-            // once the last batch's worth is back, waiting longer only adds
-            // latency (a fixed 2 ms floor capped 32 callers at ~9.6k ops/s).
-            let deadline = last_commit + COMMIT_PACE;
-            let want = last_batch.min(BATCH_MAX);
-            while held < want {
-                tokio::select! {
-                    biased;
-                    m = rx.recv() => match m {
-                        Some(m) => {
-                            held += records(&m);
-                            msgs.push(m);
-                            drain(&mut rx, &mut msgs, &mut held);
-                        }
-                        None => break,
-                    },
-                    _ = tokio::time::sleep_until(deadline) => break,
-                }
-            }
-        }
-        last_commit = tokio::time::Instant::now();
-        last_batch = held;
         metrics::histogram!("kms_audit_batch_records").record(held as f64);
         let mut events = Vec::with_capacity(held);
         let mut waiters = Vec::with_capacity(msgs.len());
