@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use tokio::sync::{mpsc, oneshot};
 
-use chain::Body;
+use chain::BodyRef;
 
 pub const DEFAULT_CHECKPOINT_INTERVAL: u64 = 5000;
 pub const DEFAULT_MAX_FILE_BYTES: u64 = 64 * 1024 * 1024;
@@ -156,10 +156,18 @@ fn segment_name(index: u32) -> String {
 }
 
 impl Writer {
-    fn push(&mut self, mut body: Body) -> u64 {
+    /// Chain one record, encoded straight into the pending batch from the
+    /// borrowed fields (no per-record strings); `seq`, `node` and `prev`
+    /// are filled in here.
+    fn push(&mut self, body: BodyRef<'_>) -> u64 {
         self.seq += 1;
-        body.seq = self.seq;
-        body.prev = chain::hex32(&self.prev);
+        let mut prev = [0u8; 64];
+        let body = BodyRef {
+            seq: self.seq,
+            node: &self.node,
+            prev: chain::hex32_in(&self.prev, &mut prev),
+            ..body
+        };
         let hash = chain::encode_into(&body, &self.prev, &mut self.pending);
         self.pending.push(b'\n');
         self.prev = hash;
@@ -169,12 +177,12 @@ impl Writer {
     fn checkpoint(&mut self) -> Result<(), String> {
         let seq = self.seq + 1;
         let sig = (self.signer)(&chain::checkpoint_message(seq, &self.prev))?;
-        self.push(Body {
+        let sig = base64::engine::general_purpose::STANDARD.encode(sig);
+        self.push(BodyRef {
             ts_ms: now_ms(),
-            node: self.node.clone(),
-            op: "checkpoint".into(),
-            sig: base64::engine::general_purpose::STANDARD.encode(sig),
-            ..Body::default()
+            op: "checkpoint",
+            sig: &sig,
+            ..BodyRef::default()
         });
         self.since_checkpoint = 0;
         self.last_checkpoint = Instant::now();
@@ -304,27 +312,25 @@ impl Writer {
 
     fn write_batch(&mut self, events: Vec<Event>) -> Result<Vec<u64>, String> {
         let mut seqs = Vec::with_capacity(events.len());
-        for e in events {
-            seqs.push(
-                self.push(Body {
-                    ts_ms: now_ms(),
-                    node: self.node.clone(),
-                    op: e.op.to_string(),
-                    tenant: e.tenant,
-                    principal: e.principal,
-                    kid: e.kid,
-                    alg: e.alg,
-                    result: e.result,
-                    reason: e.reason,
-                    request_id: e.request_id,
-                    input_sha256: e
-                        .input_sha256
-                        .as_ref()
-                        .map(chain::hex32)
-                        .unwrap_or_default(),
-                    ..Body::default()
-                }),
-            );
+        for e in &events {
+            let mut input = [0u8; 64];
+            let input_sha256 = match &e.input_sha256 {
+                Some(h) => chain::hex32_in(h, &mut input),
+                None => "",
+            };
+            seqs.push(self.push(BodyRef {
+                ts_ms: now_ms(),
+                op: e.op,
+                tenant: &e.tenant,
+                principal: &e.principal,
+                kid: &e.kid,
+                alg: &e.alg,
+                result: &e.result,
+                reason: &e.reason,
+                request_id: &e.request_id,
+                input_sha256,
+                ..BodyRef::default()
+            }));
             self.since_checkpoint += 1;
             if self.since_checkpoint >= self.interval {
                 self.try_checkpoint();
