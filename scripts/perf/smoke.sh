@@ -40,6 +40,21 @@ run grpc-sign-ml-dsa-65 --concurrency 32 --transport grpc --op sign --alg ml-dsa
 run grpc-wrap-ml-kem-768 --concurrency 32 --transport grpc --op wrap --alg ml-kem-768
 run http-sign-ed25519 --concurrency 32 --transport http --op sign --alg ed25519
 run grpc-signbatch64-ed25519 --transport grpc --op sign --alg ed25519 --batch 64 --concurrency 4
+# --audit-pairs works end to end: one short pair, the log on and off, and
+# its ratio in the report (not gated: 1-second rounds say nothing about it)
+mkdir -p "$out/pairs"
+"$bench" run --quiet --duration 1 --warmup 0.5 --audit-pairs 1 --concurrency 16 \
+  --transport grpc --op sign --alg ed25519 --json "$out/pairs/audit-pairs.json"
+python3 - "$out/pairs/audit-pairs.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+[p] = r["audit_pairs"]
+assert p["on_ops_per_sec"] > 0 and p["off_ops_per_sec"] > 0, p
+assert abs(p["ratio"] - p["on_ops_per_sec"] / p["off_ops_per_sec"]) < 1e-9, p
+assert [x["audit"] for x in r["runs"]] == [True, False], r["runs"]
+assert r["audit_summary"][0]["median_ratio"] == p["ratio"]
+print(f"audit pairs smoke: on/off {p['ratio']:.3f} (one 1-second pair)")
+PY
 if [ "$rebase" = 1 ]; then
   cp "$out"/*.json "$base"/
   echo "baselines written to $base"

@@ -154,6 +154,14 @@ struct RunArgs {
     /// Run the service with its audit log off (only the bench can).
     #[arg(long)]
     no_audit: bool,
+    /// Compare the audit log on and off in this one run: a second service
+    /// child runs with the log off, and at each --concurrency N pairs of
+    /// runs alternate between the two (on first in odd pairs, off first in
+    /// even ones, so a host that drifts favours neither). Prints each
+    /// pair's on ÷ off throughput, the median per concurrency, and the
+    /// peak ratio (best on ÷ best off over the concurrencies).
+    #[arg(long, default_value_t = 0)]
+    audit_pairs: usize,
     /// Write the report as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -870,6 +878,123 @@ struct Ratio {
     cpu_per_op: f64,
 }
 
+/// One alternating pair of `--audit-pairs`.
+#[derive(Serialize)]
+struct AuditPair {
+    concurrency: usize,
+    pair: usize,
+    on_ops_per_sec: f64,
+    off_ops_per_sec: f64,
+    /// on ÷ off throughput
+    ratio: f64,
+    on_server_cpu_us_per_op: f64,
+    off_server_cpu_us_per_op: f64,
+    on_client_cpu_cores: f64,
+    off_client_cpu_cores: f64,
+}
+
+/// The pairs at one concurrency.
+#[derive(Serialize)]
+struct AuditSummary {
+    concurrency: usize,
+    pairs: usize,
+    median_ratio: f64,
+    min_ratio: f64,
+    max_ratio: f64,
+    median_on_ops_per_sec: f64,
+    median_off_ops_per_sec: f64,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// The service with its audit log off, for `--audit-pairs`.
+struct OffService {
+    server: Server,
+    args: RunArgs,
+    plan: Plan,
+}
+
+/// `--audit-pairs` at one concurrency: alternating runs against the
+/// service with the log on and the one with it off.
+async fn audit_pairs(
+    on: (&Server, &RunArgs, &Plan),
+    off: &OffService,
+    conc: usize,
+    runs: &mut Vec<RunReport>,
+) -> Result<(Vec<AuditPair>, AuditSummary), String> {
+    let (server, args, plan) = on;
+    let mut pairs = Vec::new();
+    for i in 1..=args.audit_pairs {
+        let (s_on, s_off) = if i % 2 == 1 {
+            let x = measure(server, args, plan, conc, "service").await?;
+            let y = measure(&off.server, &off.args, &off.plan, conc, "service").await?;
+            (x, y)
+        } else {
+            let y = measure(&off.server, &off.args, &off.plan, conc, "service").await?;
+            let x = measure(server, args, plan, conc, "service").await?;
+            (x, y)
+        };
+        println!("{}  audit on", s_on.row());
+        println!("{}  audit off", s_off.row());
+        for (label, s) in [("on", &s_on), ("off", &s_off)] {
+            for (code, n) in &s.errors {
+                println!("  audit {label} errors: {code} x{n}");
+            }
+        }
+        let ratio = s_on.ops_per_sec / s_off.ops_per_sec.max(f64::MIN_POSITIVE);
+        println!("  pair {i}: audit on / off throughput {ratio:.3}");
+        pairs.push(AuditPair {
+            concurrency: conc,
+            pair: i,
+            on_ops_per_sec: s_on.ops_per_sec,
+            off_ops_per_sec: s_off.ops_per_sec,
+            ratio,
+            on_server_cpu_us_per_op: s_on.server_cpu_us_per_op,
+            off_server_cpu_us_per_op: s_off.server_cpu_us_per_op,
+            on_client_cpu_cores: s_on.client_cpu_cores,
+            off_client_cpu_cores: s_off.client_cpu_cores,
+        });
+        runs.push(s_on);
+        runs.push(s_off);
+    }
+    let ratios: Vec<f64> = pairs.iter().map(|p| p.ratio).collect();
+    let summary = AuditSummary {
+        concurrency: conc,
+        pairs: pairs.len(),
+        median_ratio: median(ratios.clone()),
+        min_ratio: ratios.iter().copied().fold(f64::INFINITY, f64::min),
+        max_ratio: ratios.iter().copied().fold(0.0, f64::max),
+        median_on_ops_per_sec: median(pairs.iter().map(|p| p.on_ops_per_sec).collect()),
+        median_off_ops_per_sec: median(pairs.iter().map(|p| p.off_ops_per_sec).collect()),
+    };
+    println!(
+        "  audit on / off at {conc} in flight: median {:.3} (min {:.3}, max {:.3}) over {} pairs",
+        summary.median_ratio, summary.min_ratio, summary.max_ratio, summary.pairs
+    );
+    Ok((pairs, summary))
+}
+
+/// Best audit-on throughput over best audit-off throughput, each the
+/// median of its pairs at the concurrency where it peaked.
+fn audit_peak(summaries: &[AuditSummary]) -> Option<(f64, usize, usize)> {
+    let on = summaries
+        .iter()
+        .max_by(|a, b| a.median_on_ops_per_sec.total_cmp(&b.median_on_ops_per_sec))?;
+    let off = summaries.iter().max_by(|a, b| {
+        a.median_off_ops_per_sec
+            .total_cmp(&b.median_off_ops_per_sec)
+    })?;
+    let ratio = on.median_on_ops_per_sec / off.median_off_ops_per_sec.max(f64::MIN_POSITIVE);
+    Some((ratio, on.concurrency, off.concurrency))
+}
+
 #[derive(Serialize)]
 struct Report {
     tool: &'static str,
@@ -887,6 +1012,14 @@ struct Report {
     backend: String,
     runs: Vec<RunReport>,
     ratios: Vec<Ratio>,
+    /// `--audit-pairs`: every pair, the median per concurrency, and the
+    /// peak ratio (best on ÷ best off).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    audit_pairs: Vec<AuditPair>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    audit_summary: Vec<AuditSummary>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    audit_peak_ratio: Option<f64>,
 }
 
 async fn run(a: RunArgs) -> Result<ExitCode, String> {
@@ -904,6 +1037,11 @@ async fn run(a: RunArgs) -> Result<ExitCode, String> {
     }
     if a.mix == Some(MixKind::Burst) && a.rate.is_none() {
         return Err("the burst mix is an open loop: give --rate".into());
+    }
+    if a.audit_pairs > 0 && (a.no_audit || a.yardstick) {
+        return Err(
+            "--audit-pairs runs the service with the audit log on and off itself; it takes neither --no-audit nor --yardstick".into(),
+        );
     }
     let raw = raw_crypto(&a, alg)?;
     let cpus = std::thread::available_parallelism()
@@ -938,10 +1076,32 @@ async fn run(a: RunArgs) -> Result<ExitCode, String> {
     } else {
         None
     };
+    let off = if a.audit_pairs > 0 {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let data = dir.path().join("data").to_string_lossy().to_string();
+        let server = Server::start(
+            &["service", "--data-dir", &data, "--no-audit"],
+            a.transport,
+            Some(dir),
+        )?;
+        let mut args = a.clone();
+        args.no_audit = true;
+        let plan = plan(&server.endpoint, &args, alg, true).await?;
+        Some(OffService { server, args, plan })
+    } else {
+        None
+    };
     println!("{}", RunReport::header());
     let mut runs = Vec::new();
     let mut ratios = Vec::new();
+    let (mut pairs, mut summaries) = (Vec::new(), Vec::new());
     for &conc in &a.concurrency {
+        if let Some(off) = &off {
+            let (p, s) = audit_pairs((&service, &a, &svc_plan), off, conc, &mut runs).await?;
+            pairs.extend(p);
+            summaries.push(s);
+            continue;
+        }
         let s = measure(&service, &a, &svc_plan, conc, "service").await?;
         println!("{}", s.row());
         for p in &s.parts {
@@ -995,7 +1155,15 @@ async fn run(a: RunArgs) -> Result<ExitCode, String> {
         backend: std::env::var("KMS_BACKEND").unwrap_or_else(|_| "sealed-file".into()),
         runs,
         ratios,
+        audit_peak_ratio: audit_peak(&summaries).map(|(r, _, _)| r),
+        audit_pairs: pairs,
+        audit_summary: summaries,
     };
+    if let Some((r, c_on, c_off)) = audit_peak(&report.audit_summary) {
+        println!(
+            "audit on / off at peak: {r:.3} (best on at {c_on} in flight, best off at {c_off})"
+        );
+    }
     println!(
         "host {} | {} cpus | commit {} | {} | service RSS at start {:.1} MiB",
         report.host, report.cpus, report.commit, report.date, report.service_idle_rss_mib
