@@ -1142,6 +1142,7 @@ async fn run(a: RunArgs) -> Result<ExitCode, String> {
         }
         runs.push(s);
     }
+    let peak = audit_peak(&summaries);
     let report = Report {
         tool: "kms-bench",
         version: env!("CARGO_PKG_VERSION"),
@@ -1155,11 +1156,11 @@ async fn run(a: RunArgs) -> Result<ExitCode, String> {
         backend: std::env::var("KMS_BACKEND").unwrap_or_else(|_| "sealed-file".into()),
         runs,
         ratios,
-        audit_peak_ratio: audit_peak(&summaries).map(|(r, _, _)| r),
+        audit_peak_ratio: peak.map(|(r, _, _)| r),
         audit_pairs: pairs,
         audit_summary: summaries,
     };
-    if let Some((r, c_on, c_off)) = audit_peak(&report.audit_summary) {
+    if let Some((r, c_on, c_off)) = peak {
         println!(
             "audit on / off at peak: {r:.3} (best on at {c_on} in flight, best off at {c_off})"
         );
