@@ -22,8 +22,10 @@ const LATENCY_MS: u64 = 20;
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 const SIGN_UNITS: u32 = 32;
 
+/// On a RAM file system: the audit commit's disk latency is not what
+/// these tests measure (see [`TestServer::start_on_tmpfs_with`]).
 async fn start() -> TestServer {
-    TestServer::start_with(|c| {
+    TestServer::start_on_tmpfs_with(|c| {
         c.fault_injection = true;
         c.fault_latency = Some(Duration::from_millis(LATENCY_MS));
         c.blocking_threads = 64;

@@ -44,6 +44,18 @@ pub enum Custody {
     Tpm,
 }
 
+/// A temp dir under `/dev/shm` when it exists and is writable, otherwise
+/// the usual one (the choice is printed).
+pub fn ram_tempdir() -> tempfile::TempDir {
+    match tempfile::tempdir_in("/dev/shm") {
+        Ok(d) => d,
+        Err(e) => {
+            println!("no RAM file system for the data dir ({e}); using the default temp dir");
+            tempfile::tempdir().unwrap()
+        }
+    }
+}
+
 pub fn config(data_dir: &Path) -> Config {
     let mut c = Config::for_data_dir(data_dir);
     c.grpc_addr = "127.0.0.1:0".parse().unwrap();
@@ -59,6 +71,21 @@ impl TestServer {
     /// Start with the test config adjusted by `f`.
     pub async fn start_with(f: impl FnOnce(&mut Config)) -> Self {
         let dir = tempfile::tempdir().unwrap();
+        let mut cfg = config(&dir.path().join("data"));
+        f(&mut cfg);
+        Self::start_in(dir, &cfg, None).await
+    }
+
+    /// As [`TestServer::start_with`], with the data dir on a RAM file
+    /// system (`/dev/shm`) where there is one, so that the disk's commit
+    /// latency is not part of what a test measures. For the tests that
+    /// time requests against an injected device latency: on a shared
+    /// machine an fdatasync can stall for tens of milliseconds behind
+    /// another process's writeback (CI writes gigabytes of build output
+    /// just before the tests run), and every audited request waits for
+    /// its commit.
+    pub async fn start_on_tmpfs_with(f: impl FnOnce(&mut Config)) -> Self {
+        let dir = ram_tempdir();
         let mut cfg = config(&dir.path().join("data"));
         f(&mut cfg);
         Self::start_in(dir, &cfg, None).await
