@@ -106,56 +106,6 @@ pub struct FileConfig {
     pub tls: Option<limits::TlsFile>,
 }
 
-/// `[pq]`: the default PQ policy, and `[pq.tenants.NAME]` per tenant.
-/// Unset fields take the phase's defaults (docs/pq-policy.md).
-#[derive(Debug, Default, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PqFile {
-    pub phase: Option<u8>,
-    pub produce_hybrid: Option<bool>,
-    pub verify_mode: Option<String>,
-    pub rollout_percent: Option<u8>,
-    pub tenants: Option<std::collections::BTreeMap<String, PqTenantFile>>,
-}
-
-#[derive(Debug, Default, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PqTenantFile {
-    pub phase: Option<u8>,
-    pub produce_hybrid: Option<bool>,
-    pub verify_mode: Option<String>,
-    pub rollout_percent: Option<u8>,
-}
-
-/// A policy from its parts, each with the name of where it came from.
-fn pq_policy(
-    phase: (Option<u8>, String),
-    produce: (Option<bool>, String),
-    mode: (Option<String>, String),
-    rollout: (Option<u8>, String),
-) -> Result<crate::policy::PqPolicy, ConfigError> {
-    let p = phase.0.unwrap_or(0);
-    if p > 3 {
-        return Err(err(phase.1, "must be 0, 1, 2 or 3"));
-    }
-    let mut policy = crate::policy::PqPolicy::for_phase(p);
-    if let Some(b) = produce.0 {
-        policy.produce_hybrid = b;
-    }
-    if let Some(m) = mode.0 {
-        policy.verify_mode = crate::policy::VerifyMode::parse(m.trim())
-            .ok_or_else(|| err(&mode.1, format!("{m:?} is not or, and or pq_only")))?;
-    }
-    if let Some(r) = rollout.0 {
-        if r > 100 {
-            return Err(err(rollout.1, "must be 0 to 100"));
-        }
-        policy.rollout_percent = r;
-    }
-    policy.validate().map_err(|e| err(phase.1, e))?;
-    Ok(policy)
-}
-
 fn parse_bool(s: &str) -> Option<bool> {
     match s.trim().to_ascii_lowercase().as_str() {
         "1" | "true" | "yes" | "on" => Some(true),
@@ -681,263 +631,24 @@ pub fn load(flags: &Flags, env: &dyn Env) -> Result<Config, ConfigError> {
             ));
         }
     }
-    let pk_module = pick(
-        None,
-        "",
+    let backend = backend::load(
+        backend::Fields {
+            pkcs11_module: file.pkcs11_module,
+            pkcs11_token_label: file.pkcs11_token_label,
+            pkcs11_pin_file: file.pkcs11_pin_file,
+            pkcs11_pin_env: file.pkcs11_pin_env,
+            pkcs11_pool_size: file.pkcs11_pool_size,
+            tpm_tcti: file.tpm_tcti,
+            tpm_queue_depth: file.tpm_queue_depth,
+            attestation_required: file.attestation_required,
+            attestation_pcrs: file.attestation_pcrs,
+            attestation_pcr_digest: file.attestation_pcr_digest,
+            attestation_interval_secs: file.attestation_interval_secs,
+        },
+        &backend_p,
         env,
-        "KMS_PKCS11_MODULE",
-        PathBuf::from,
-        file.pkcs11_module,
-        "pkcs11_module",
         fname,
-    );
-    let pk_label = pick(
-        None,
-        "",
-        env,
-        "KMS_PKCS11_TOKEN_LABEL",
-        id,
-        file.pkcs11_token_label,
-        "pkcs11_token_label",
-        fname,
-    );
-    let pk_pin_file = pick(
-        None,
-        "",
-        env,
-        "KMS_PKCS11_PIN_FILE",
-        PathBuf::from,
-        file.pkcs11_pin_file,
-        "pkcs11_pin_file",
-        fname,
-    );
-    let pk_pin_env = pick(
-        None,
-        "",
-        env,
-        "KMS_PKCS11_PIN_ENV",
-        id,
-        file.pkcs11_pin_env,
-        "pkcs11_pin_env",
-        fname,
-    );
-    let pk_pool = pick(
-        None,
-        "",
-        env,
-        "KMS_PKCS11_POOL_SIZE",
-        |s: String| s.trim().parse::<usize>().unwrap_or(0),
-        file.pkcs11_pool_size,
-        "pkcs11_pool_size",
-        fname,
-    );
-    let tpm_tcti = pick(
-        None,
-        "",
-        env,
-        "KMS_TPM_TCTI",
-        id,
-        file.tpm_tcti,
-        "tpm_tcti",
-        fname,
-    );
-    let tpm_queue = pick(
-        None,
-        "",
-        env,
-        "KMS_TPM_QUEUE_DEPTH",
-        |s: String| s.trim().parse::<usize>().unwrap_or(0),
-        file.tpm_queue_depth,
-        "tpm_queue_depth",
-        fname,
-    );
-    let att_required = pick(
-        None,
-        "",
-        env,
-        "KMS_ATTESTATION_REQUIRED",
-        |s: String| parse_bool(&s),
-        file.attestation_required.map(Some),
-        "attestation_required",
-        fname,
-    );
-    let att_pcrs = pick(
-        None,
-        "",
-        env,
-        "KMS_ATTESTATION_PCRS",
-        id,
-        file.attestation_pcrs,
-        "attestation_pcrs",
-        fname,
-    );
-    let att_digest = pick(
-        None,
-        "",
-        env,
-        "KMS_ATTESTATION_PCR_DIGEST",
-        id,
-        file.attestation_pcr_digest,
-        "attestation_pcr_digest",
-        fname,
-    );
-    let att_interval = pick(
-        None,
-        "",
-        env,
-        "KMS_ATTESTATION_INTERVAL_SECS",
-        |s: String| s.trim().parse::<u64>().unwrap_or(0),
-        file.attestation_interval_secs,
-        "attestation_interval_secs",
-        fname,
-    );
-    let backend_name = backend_p.value.as_deref().unwrap_or("sealed-file");
-    if backend_name != "tpm" {
-        let set = [
-            (tpm_tcti.value.is_some(), &tpm_tcti.origin),
-            (tpm_queue.value.is_some(), &tpm_queue.origin),
-            (att_required.value.is_some(), &att_required.origin),
-            (att_pcrs.value.is_some(), &att_pcrs.origin),
-            (att_digest.value.is_some(), &att_digest.origin),
-            (att_interval.value.is_some(), &att_interval.origin),
-        ];
-        if let Some((_, origin)) = set.iter().find(|(is_set, _)| *is_set) {
-            return Err(err(
-                origin.as_str(),
-                format!(
-                    "is a tpm setting, but the backend is {backend_name} (set KMS_BACKEND=tpm)"
-                ),
-            ));
-        }
-    }
-    if backend_name != "pkcs11" {
-        let set = [
-            (pk_module.value.is_some(), &pk_module.origin),
-            (pk_label.value.is_some(), &pk_label.origin),
-            (pk_pin_file.value.is_some(), &pk_pin_file.origin),
-            (pk_pin_env.value.is_some(), &pk_pin_env.origin),
-            (pk_pool.value.is_some(), &pk_pool.origin),
-        ];
-        if let Some((_, origin)) = set.iter().find(|(is_set, _)| *is_set) {
-            return Err(err(
-                origin.as_str(),
-                format!("is a pkcs11 setting, but the backend is {backend_name} (set KMS_BACKEND=pkcs11)"),
-            ));
-        }
-    }
-    let backend = match backend_name {
-        "sealed-file" => BackendKind::SealedFile,
-        "pkcs11" => {
-            let module = pk_module
-                .value
-                .ok_or_else(|| err("KMS_PKCS11_MODULE", "is required with KMS_BACKEND=pkcs11 (the path of the PKCS#11 module, e.g. libsofthsm2.so)"))?;
-            let token_label = pk_label.value.filter(|l| !l.is_empty()).ok_or_else(|| {
-                err(
-                    "KMS_PKCS11_TOKEN_LABEL",
-                    "is required with KMS_BACKEND=pkcs11",
-                )
-            })?;
-            let pin = match (pk_pin_file.value, pk_pin_env.value) {
-                (Some(f), None) => PassphraseSource::File(f),
-                (None, Some(e)) => {
-                    if e.is_empty() || e.contains('=') {
-                        return Err(err(pk_pin_env.origin, "must be the name of an environment variable"));
-                    }
-                    PassphraseSource::Env(e)
-                }
-                (None, None) => {
-                    return Err(err(
-                        "KMS_PKCS11_PIN_FILE",
-                        "the user PIN is required with KMS_BACKEND=pkcs11: set KMS_PKCS11_PIN_FILE or KMS_PKCS11_PIN_ENV",
-                    ))
-                }
-                (Some(_), Some(_)) => {
-                    return Err(err(
-                        "KMS_PKCS11_PIN_FILE",
-                        "set only one of KMS_PKCS11_PIN_FILE, KMS_PKCS11_PIN_ENV",
-                    ))
-                }
-            };
-            let pool_size = match pk_pool.value {
-                None => DEFAULT_PKCS11_POOL_SIZE,
-                Some(n @ 1..=256) => n,
-                Some(_) => return Err(err(pk_pool.origin, "must be a whole number from 1 to 256")),
-            };
-            BackendKind::Pkcs11(Pkcs11Config {
-                module,
-                token_label,
-                pin,
-                pool_size,
-            })
-        }
-        "tpm" => {
-            use crate::backend::tpm::attest::AttestationSettings;
-            let tcti = tpm_tcti.value.filter(|t| !t.trim().is_empty()).ok_or_else(|| {
-                err(
-                    "KMS_TPM_TCTI",
-                    "is required with KMS_BACKEND=tpm (e.g. device:/dev/tpmrm0, tabrmd, swtpm:host=127.0.0.1,port=2321)",
-                )
-            })?;
-            let queue_depth = match tpm_queue.value {
-                None => crate::backend::tpm::DEFAULT_QUEUE_DEPTH,
-                Some(n @ 1..=4096) => n,
-                Some(_) => {
-                    return Err(err(
-                        tpm_queue.origin,
-                        "must be a whole number from 1 to 4096",
-                    ))
-                }
-            };
-            let mut attestation = AttestationSettings::default();
-            if let Some(sel) = att_pcrs.value {
-                let (bank, slots) = AttestationSettings::parse_selection(sel.trim())
-                    .map_err(|m| err(&att_pcrs.origin, m))?;
-                attestation.bank = bank;
-                attestation.slots = slots;
-            }
-            if let Some(d) = att_digest.value {
-                let bytes = hex::decode(d.trim())
-                    .ok()
-                    .filter(|b| b.len() == 32)
-                    .ok_or_else(|| {
-                        err(
-                            &att_digest.origin,
-                            "must be 64 hex digits (a SHA-256 digest)",
-                        )
-                    })?;
-                attestation.expected_digest = Some(bytes);
-            }
-            let attestation_required = match att_required.value {
-                None => false,
-                Some(Some(b)) => b,
-                Some(None) => return Err(err(att_required.origin, "must be true or false")),
-            };
-            if attestation_required && attestation.expected_digest.is_none() {
-                return Err(err(
-                    "KMS_ATTESTATION_PCR_DIGEST",
-                    "is required with KMS_ATTESTATION_REQUIRED=true: the PCR digest the quote must show",
-                ));
-            }
-            let attestation_interval = match att_interval.value {
-                None => Duration::from_secs(DEFAULT_ATTESTATION_INTERVAL_SECS),
-                Some(n @ 1..=86_400) => Duration::from_secs(n),
-                Some(_) => return Err(err(att_interval.origin, "must be 1 to 86400 seconds")),
-            };
-            BackendKind::Tpm(TpmConfig {
-                tcti,
-                queue_depth,
-                attestation,
-                attestation_required,
-                attestation_interval,
-            })
-        }
-        other => {
-            return Err(err(
-                backend_p.origin,
-                format!("{other:?} is not one of sealed-file, pkcs11, tpm"),
-            ))
-        }
-    };
+    )?;
 
     let key_file = pick(
         None,
@@ -1189,57 +900,7 @@ pub fn load(flags: &Flags, env: &dyn Env) -> Result<Config, ConfigError> {
         })?),
     };
 
-    // PQ policy: env over [pq] for the default; [pq.tenants.NAME] per tenant.
-    let pqf = file.pq.clone().unwrap_or_default();
-    let env_or = |name: &str, key: &str| -> (Option<String>, String) {
-        match env.var(name) {
-            Some(v) => (Some(v), name.to_string()),
-            None => (None, format!("pq.{key} in {fname}")),
-        }
-    };
-    let (phase_s, phase_o) = env_or("KMS_PQ_PHASE", "phase");
-    let phase = match phase_s {
-        Some(v) => Some(
-            v.trim()
-                .parse::<u8>()
-                .map_err(|_| err(&phase_o, "must be 0, 1, 2 or 3"))?,
-        ),
-        None => pqf.phase,
-    };
-    let (prod_s, prod_o) = env_or("KMS_PQ_PRODUCE_HYBRID", "produce_hybrid");
-    let produce = match prod_s {
-        Some(v) => Some(parse_bool(&v).ok_or_else(|| err(&prod_o, "must be true or false"))?),
-        None => pqf.produce_hybrid,
-    };
-    let (mode_s, mode_o) = env_or("KMS_PQ_VERIFY_MODE", "verify_mode");
-    let mode = mode_s.or(pqf.verify_mode.clone());
-    let (roll_s, roll_o) = env_or("KMS_PQ_ROLLOUT_PERCENT", "rollout_percent");
-    let rollout = match roll_s {
-        Some(v) => Some(
-            v.trim()
-                .parse::<u8>()
-                .map_err(|_| err(&roll_o, "must be 0 to 100"))?,
-        ),
-        None => pqf.rollout_percent,
-    };
-    let pq_default = pq_policy(
-        (phase, phase_o),
-        (produce, prod_o),
-        (mode, mode_o),
-        (rollout, roll_o),
-    )?;
-    let mut pq_tenants = std::collections::BTreeMap::new();
-    for (tenant, t) in pqf.tenants.unwrap_or_default() {
-        let at = |k: &str| format!("pq.tenants.{tenant}.{k} in {fname}");
-        crate::auth::validate_tenant(&tenant).map_err(|e| err(at("(name)"), e))?;
-        let p = pq_policy(
-            (t.phase, at("phase")),
-            (t.produce_hybrid, at("produce_hybrid")),
-            (t.verify_mode, at("verify_mode")),
-            (t.rollout_percent, at("rollout_percent")),
-        )?;
-        pq_tenants.insert(tenant, p);
-    }
+    let (pq_default, pq_tenants) = pq::load(file.pq.clone().unwrap_or_default(), env, fname)?;
 
     let cache_max_p = pick(
         None,
@@ -1387,7 +1048,11 @@ pub fn load(flags: &Flags, env: &dyn Env) -> Result<Config, ConfigError> {
     })
 }
 
+mod backend;
 mod limits;
+mod pq;
+
+pub use pq::{PqFile, PqTenantFile};
 
 #[cfg(test)]
 mod tests;
