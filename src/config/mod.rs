@@ -900,7 +900,7 @@ pub fn load(flags: &Flags, env: &dyn Env) -> Result<Config, ConfigError> {
         })?),
     };
 
-    let (pq_default, pq_tenants) = pq::load(file.pq.clone().unwrap_or_default(), env, fname)?;
+    let (pq_default, pq_tenants) = pq::load(file.pq.unwrap_or_default(), env, fname)?;
 
     let cache_max_p = pick(
         None,

@@ -84,7 +84,7 @@ pub(super) fn load(
         None => pqf.produce_hybrid,
     };
     let (mode_s, mode_o) = env_or("KMS_PQ_VERIFY_MODE", "verify_mode");
-    let mode = mode_s.or(pqf.verify_mode.clone());
+    let mode = mode_s.or(pqf.verify_mode);
     let (roll_s, roll_o) = env_or("KMS_PQ_ROLLOUT_PERCENT", "rollout_percent");
     let rollout = match roll_s {
         Some(v) => Some(

@@ -46,7 +46,7 @@ pub enum Custody {
 
 /// A temp dir under `/dev/shm` when it exists and is writable, otherwise
 /// the usual one (the choice is printed).
-pub fn ram_tempdir() -> tempfile::TempDir {
+fn ram_tempdir() -> tempfile::TempDir {
     match tempfile::tempdir_in("/dev/shm") {
         Ok(d) => d,
         Err(e) => {
@@ -70,10 +70,7 @@ impl TestServer {
 
     /// Start with the test config adjusted by `f`.
     pub async fn start_with(f: impl FnOnce(&mut Config)) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let mut cfg = config(&dir.path().join("data"));
-        f(&mut cfg);
-        Self::start_in(dir, &cfg, None).await
+        Self::start_from(tempfile::tempdir().unwrap(), f).await
     }
 
     /// As [`TestServer::start_with`], with the data dir on a RAM file
@@ -85,7 +82,11 @@ impl TestServer {
     /// just before the tests run), and every audited request waits for
     /// its commit.
     pub async fn start_on_tmpfs_with(f: impl FnOnce(&mut Config)) -> Self {
-        let dir = ram_tempdir();
+        Self::start_from(ram_tempdir(), f).await
+    }
+
+    /// In-process with its data under `dir`, the test config adjusted by `f`.
+    async fn start_from(dir: tempfile::TempDir, f: impl FnOnce(&mut Config)) -> Self {
         let mut cfg = config(&dir.path().join("data"));
         f(&mut cfg);
         Self::start_in(dir, &cfg, None).await
