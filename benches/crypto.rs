@@ -6,8 +6,9 @@
 //!
 //! - `sign/<alg>` and `verify/<alg>`: one signature / one verification of a
 //!   32-byte message per signature algorithm the provider has (Ed25519,
-//!   ECDSA P-256, ML-DSA-44/65/87, hybrid Ed25519 + ML-DSA-65, which signs
-//!   and verifies both components). The provider's sign takes the private
+//!   ECDSA P-256, ML-DSA-44/65/87, and the composite Ed25519 + ML-DSA-65,
+//!   which signs and verifies both components over the 32 bytes as its
+//!   message representative M′; the service adds M′'s SHA-512 pre-hash). The provider's sign takes the private
 //!   key as stored (Ed25519: the seed, so each sign derives the key pair
 //!   again; ECDSA: the PKCS#8 document, parsed on every call).
 //!   `sign/ed25519-prepared` is an Ed25519 sign with an already expanded

@@ -116,6 +116,7 @@ fn server(rt: &Runtime, audit: Option<bool>, algs: &[Algorithm]) -> Server {
 
 fn sign_req(alg: Algorithm) -> SignRequest {
     SignRequest {
+        context: Vec::new(),
         key: alg.to_string(),
         message: MSG.to_vec(),
         op_id: String::new(),

@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use ron_kms::crypto::Provider;
+use ron_kms::crypto::{Algorithm, Provider};
 use ron_kms::proto::{SignRequest, VerifyRequest};
 use ron_kms::service::KmsService;
 
@@ -49,6 +49,7 @@ fn bench(c: &mut Criterion) {
                 .block_on(kms.sign(
                     &caller(),
                     SignRequest {
+                        context: Vec::new(),
                         key: alg.to_string(),
                         message: msg.clone(),
                         op_id: String::new(),
@@ -57,6 +58,7 @@ fn bench(c: &mut Criterion) {
                 .unwrap()
                 .signature;
             let req = VerifyRequest {
+                context: Vec::new(),
                 key: alg.to_string(),
                 message: msg.clone(),
                 signature: sig.clone(),
@@ -82,8 +84,22 @@ fn bench(c: &mut Criterion) {
                     .unwrap();
                 let public = kms.public_key_of(&caller(), &key.versions[0].kid).unwrap();
                 let signer = provider.signer(a).unwrap();
+                let hybrid = provider.hybrid_signer().unwrap();
                 g.bench_with_input(BenchmarkId::new("raw_crypto", alg), &sig, |b, sig| {
-                    b.iter(|| assert!(signer.verify(&public, &msg, sig)))
+                    if a == Algorithm::HybridEd25519MlDsa65 {
+                        // the composite: M' from the message, both halves
+                        b.iter(|| {
+                            assert_eq!(
+                                hybrid.check(&public, &msg, b"", sig),
+                                ron_kms::crypto::hybrid::Presented::Composite {
+                                    classical: true,
+                                    pq: true
+                                }
+                            )
+                        })
+                    } else {
+                        b.iter(|| assert!(signer.verify(&public, &msg, sig)))
+                    }
                 });
             }
         }

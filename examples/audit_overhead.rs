@@ -54,6 +54,7 @@ async fn round(audit_on: bool, memory: bool, secs: u64, in_flight: usize) -> (f6
         tasks.push(tokio::spawn(async move {
             while Instant::now() < deadline {
                 let mut r = tonic::Request::new(SignRequest {
+                    context: Vec::new(),
                     key: "k".into(),
                     message: b"benchmark".to_vec(),
                     op_id: String::new(),

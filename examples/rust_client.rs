@@ -55,6 +55,7 @@ async fn main() -> Result<(), Failure> {
         .sign(authed(
             &auth,
             SignRequest {
+                context: Vec::new(),
                 key: name.clone(),
                 message: message.clone(),
                 op_id: String::new(),
@@ -66,6 +67,7 @@ async fn main() -> Result<(), Failure> {
         .verify(authed(
             &auth,
             VerifyRequest {
+                context: Vec::new(),
                 key: sig.kid.clone(),
                 message: message.clone(),
                 signature: sig.signature.clone(),

@@ -44,6 +44,10 @@ enum Cmd {
         /// `name` (primary version) or `name#vN`.
         #[arg(long)]
         key: String,
+        /// The composite signature's context string (hybrid keys only, at
+        /// most 255 bytes).
+        #[arg(long, default_value = "")]
+        context: String,
         #[command(flatten)]
         input: Input,
     },
@@ -57,6 +61,9 @@ enum Cmd {
         /// Base64 signature.
         #[arg(long)]
         signature: String,
+        /// The context string the signature was made with (hybrid keys).
+        #[arg(long, default_value = "")]
+        context: String,
         #[command(flatten)]
         input: Input,
     },
@@ -512,7 +519,12 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 version,
             } => set_state(&conn, name, version, "destroyed").await,
         },
-        Cmd::Sign { conn, key, input } => {
+        Cmd::Sign {
+            conn,
+            key,
+            context,
+            input,
+        } => {
             let message = read_input(&input)?;
             let mut c = Client::connect(&conn).await?;
             let r = c
@@ -521,6 +533,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                     key,
                     message,
                     op_id: String::new(),
+                    context: context.into_bytes(),
                 }))
                 .await?;
             print_json(&r.into_inner())?;
@@ -530,6 +543,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             conn,
             key,
             signature,
+            context,
             input,
         } => {
             let message = read_input(&input)?;
@@ -543,6 +557,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                     key,
                     message,
                     signature,
+                    context: context.into_bytes(),
                 }))
                 .await?
                 .into_inner();

@@ -6,13 +6,20 @@
 //! Precedence for a tenant: a stored value (set through the admin API or by
 //! a rollback) wins over the tenant's entry in the config file, which wins
 //! over the default (`KMS_PQ_*`, or the config file's `[pq]` table).
+//!
+//! Nothing a caller of Verify sends moves the policy on its own: a rollback
+//! needs refusals of *genuine* classical signatures (valid plain signatures
+//! by the key, what the previous phase accepted) from a threshold of
+//! distinct principals within a window ([`RollbackRule`]). A stripped,
+//! forged or tampered signature is invalid, counted as a downgrade attempt,
+//! and moves nothing.
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::crypto::hybrid::{ComponentResults, SignatureKind};
-use crate::crypto::Algorithm;
+use crate::crypto::hybrid::{Presented, SignatureKind};
 use crate::store::Store;
 
 const META_PREFIX: &str = "pq_policy/";
@@ -49,6 +56,18 @@ pub struct PqPolicy {
     pub produce_hybrid: bool,
     pub verify_mode: VerifyMode,
     pub rollout_percent: u8,
+    /// Whether genuine classical refusals may roll the tenant back to `or`
+    /// (at the [`RollbackRule`] threshold). Stored policies from before
+    /// this field read as `true`, the behaviour they had.
+    #[serde(default = "yes")]
+    pub auto_rollback: bool,
+    /// Whether RKS v1 bundles (issued before the composite format) verify.
+    #[serde(default = "yes")]
+    pub accept_legacy_bundles: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl Default for PqPolicy {
@@ -71,6 +90,8 @@ impl PqPolicy {
             produce_hybrid,
             verify_mode,
             rollout_percent: 100,
+            auto_rollback: true,
+            accept_legacy_bundles: true,
         }
     }
 
@@ -162,72 +183,133 @@ pub struct Entry {
 
 /// The verify decision under a policy.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Decision {
-    /// The signature was judged: valid or not.
-    Judged(bool),
-    /// The policy refuses this kind of signature outright (`pq_policy`).
-    /// `genuine`: every component present verified, so the signature really
-    /// came from the key (an unmigrated producer, or a replay of one of its
-    /// signatures). Only a genuine refusal may roll a tenant back: a forged
-    /// or garbage bundle must not let any caller downgrade the tenant.
-    Refused { why: String, genuine: bool },
+pub enum Verdict {
+    /// Valid, and of a kind the tenant's mode accepts.
+    Valid(SignatureKind),
+    /// Not a valid signature: Verify answers `valid: false`. `downgrade`: it
+    /// has the marks of a downgrade attempt (a classical-only form where the
+    /// policy requires PQ that is not a valid plain signature, or a genuine
+    /// component beside a broken one); counted in
+    /// `kms_pq_downgrade_attempt_total` and audited.
+    Invalid { downgrade: bool },
+    /// The policy refuses this kind of signature (`pq_policy`). `genuine`:
+    /// a valid plain classical signature by the key, what the previous phase
+    /// accepted; only these count toward a rollback. `downgrade` as above.
+    Refused {
+        why: String,
+        genuine: bool,
+        downgrade: bool,
+    },
 }
 
-/// Decide a verification. `alg` is the key's algorithm; for hybrid keys
-/// `components` says which components were present and whether each
-/// verified, for single-algorithm keys `single` is the signature's validity.
-pub fn decide(
-    mode: VerifyMode,
-    alg: Algorithm,
-    components: Option<ComponentResults>,
-    single: bool,
-) -> Decision {
-    match components {
-        Some(r) => {
-            let kind = match (r.classical.is_some(), r.pq.is_some()) {
-                (true, true) => SignatureKind::Hybrid,
-                (true, false) => SignatureKind::ClassicalOnly,
-                _ => SignatureKind::PqOnly,
+/// Decide a verification. `hybrid_key`: the key is
+/// `hybrid-ed25519-ml-dsa-65` (verify mode `and` applies to hybrid keys
+/// only); `accept_legacy`: the tenant still accepts RKS v1 bundles.
+///
+/// Every component a signature carries must verify; the mode then decides
+/// which kinds are acceptable: `or` every kind, `and` (hybrid keys) a
+/// composite or a two-component legacy bundle, `pq_only` anything with a
+/// valid PQ component.
+pub fn decide(mode: VerifyMode, hybrid_key: bool, accept_legacy: bool, p: Presented) -> Verdict {
+    let refuses_classical = mode == VerifyMode::PqOnly || (hybrid_key && mode == VerifyMode::And);
+    let refused = |why: String, genuine: bool, downgrade: bool| Verdict::Refused {
+        why,
+        genuine,
+        downgrade,
+    };
+    match p {
+        Presented::Malformed => Verdict::Invalid { downgrade: false },
+        Presented::Composite { classical, pq } => match (classical, pq) {
+            (true, true) => Verdict::Valid(SignatureKind::Hybrid),
+            (false, false) => Verdict::Invalid { downgrade: false },
+            // one genuine half beside a broken one: tampering
+            _ => Verdict::Invalid { downgrade: true },
+        },
+        Presented::Pq(true) => Verdict::Valid(SignatureKind::PqOnly),
+        Presented::Pq(false) => Verdict::Invalid { downgrade: false },
+        Presented::Classical(false) => Verdict::Invalid {
+            downgrade: refuses_classical,
+        },
+        Presented::Classical(true) if refuses_classical => refused(
+            format!(
+                "the tenant's PQ policy (verify_mode {}) refuses classical-only signatures",
+                mode.as_str()
+            ),
+            true,
+            false,
+        ),
+        Presented::Classical(true) => Verdict::Valid(SignatureKind::ClassicalOnly),
+        Presented::Legacy { classical, pq } => {
+            let parts = [classical, pq];
+            if parts.contains(&Some(false)) {
+                return Verdict::Invalid {
+                    downgrade: parts.contains(&Some(true)),
+                };
+            }
+            if !accept_legacy {
+                return refused(
+                    "the tenant's PQ policy has retired RKS v1 bundles (accept_legacy_bundles false); sign again for a composite signature".into(),
+                    false,
+                    false,
+                );
+            }
+            let acceptable = match mode {
+                VerifyMode::Or => true,
+                VerifyMode::And => classical.is_some() && pq.is_some(),
+                VerifyMode::PqOnly => pq.is_some(),
             };
-            match mode {
-                VerifyMode::Or => Decision::Judged(r.classical == Some(true) || r.pq == Some(true)),
-                VerifyMode::And => match kind {
-                    SignatureKind::Hybrid => {
-                        Decision::Judged(r.classical == Some(true) && r.pq == Some(true))
-                    }
-                    k => Decision::Refused {
-                        why: format!(
-                            "the tenant's PQ policy (verify_mode and) requires both components; this signature is {}",
-                            k.as_str()
-                        ),
-                        genuine: genuine(&r),
-                    },
-                },
-                VerifyMode::PqOnly => match r.pq {
-                    Some(ok) => Decision::Judged(ok),
-                    None => Decision::Refused {
-                        why: "the tenant's PQ policy (verify_mode pq_only) refuses classical-only signatures"
-                            .into(),
-                        genuine: genuine(&r),
-                    },
-                },
+            if acceptable {
+                Verdict::Valid(SignatureKind::LegacyBundle)
+            } else {
+                // a one-component legacy bundle is separable by
+                // construction: never genuine, and classical-only is the
+                // stripped form of a two-component one
+                refused(
+                    format!(
+                        "the tenant's PQ policy (verify_mode {}) refuses this RKS v1 bundle ({} component only)",
+                        mode.as_str(),
+                        if pq.is_some() { "ml-dsa-65" } else { "ed25519" }
+                    ),
+                    false,
+                    pq.is_none(),
+                )
             }
         }
-        None if mode == VerifyMode::PqOnly && alg.is_classical_signature() => {
-            Decision::Refused {
-                why: format!(
-                    "the tenant's PQ policy (verify_mode pq_only) refuses classical-only signatures ({alg} key)"
-                ),
-                genuine: single,
-            }
-        }
-        None => Decision::Judged(single),
     }
 }
 
-/// Every component present verified (and at least one was present).
-fn genuine(r: &ComponentResults) -> bool {
-    (r.classical.is_some() || r.pq.is_some()) && r.classical != Some(false) && r.pq != Some(false)
+/// When refusals of genuine classical signatures roll a tenant back:
+/// `threshold` distinct principals within `window`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RollbackRule {
+    pub threshold: usize,
+    pub window: Duration,
+}
+
+impl RollbackRule {
+    pub const DEFAULT_THRESHOLD: usize = 3;
+    pub const DEFAULT_WINDOW: Duration = Duration::from_secs(300);
+    /// A threshold of one would let a single caller roll a tenant back.
+    pub const MIN_THRESHOLD: usize = 2;
+    pub const MAX_THRESHOLD: usize = 1000;
+}
+
+impl Default for RollbackRule {
+    fn default() -> Self {
+        RollbackRule {
+            threshold: Self::DEFAULT_THRESHOLD,
+            window: Self::DEFAULT_WINDOW,
+        }
+    }
+}
+
+/// One refused genuine classical signature.
+#[derive(Clone, Debug)]
+pub struct Refusal {
+    pub principal: String,
+    pub kid: String,
+    pub request_id: String,
+    pub at: Instant,
 }
 
 /// The stored overrides, by tenant.
@@ -250,6 +332,10 @@ pub struct Policies {
     store: Arc<dyn Store>,
     /// Serialises changes, so only the first refusal rolls a tenant back.
     change: Mutex<()>,
+    rule: RollbackRule,
+    /// Genuine refusals per tenant within the window, one per principal
+    /// (at most `rule.threshold` per tenant: reaching it empties the list).
+    refusals: Mutex<HashMap<String, Vec<Refusal>>>,
 }
 
 impl Policies {
@@ -258,6 +344,7 @@ impl Policies {
         store: Arc<dyn Store>,
         default: PqPolicy,
         configured: BTreeMap<String, PqPolicy>,
+        rule: RollbackRule,
     ) -> Result<Self, String> {
         let stored = read_stored(store.as_ref())?;
         Ok(Policies {
@@ -266,7 +353,35 @@ impl Policies {
             stored: RwLock::new(stored),
             store,
             change: Mutex::new(()),
+            rule,
+            refusals: Mutex::new(HashMap::new()),
         })
+    }
+
+    pub fn rollback_rule(&self) -> RollbackRule {
+        self.rule
+    }
+
+    /// Note a refused genuine classical signature. Returns the refusals
+    /// that reach the threshold (distinct principals within the window),
+    /// and forgets them, when the tenant is due a rollback; `None` while it
+    /// is not, or cannot be rolled back (phase 3, already `or`, or
+    /// `auto_rollback` off: then nothing is kept either).
+    pub fn note_genuine_refusal(&self, tenant: &str, r: Refusal) -> Option<Vec<Refusal>> {
+        let policy = self.get(tenant).policy;
+        let mut all = self.refusals.lock().unwrap_or_else(|p| p.into_inner());
+        if !policy.auto_rollback || !self.would_roll_back(tenant) {
+            all.remove(tenant);
+            return None;
+        }
+        let list = all.entry(tenant.to_string()).or_default();
+        let now = r.at;
+        list.retain(|x| now.duration_since(x.at) <= self.rule.window && x.principal != r.principal);
+        list.push(r);
+        if list.len() < self.rule.threshold {
+            return None;
+        }
+        all.remove(tenant)
     }
 
     /// Re-read the stored overrides (another replica changed one).
@@ -325,6 +440,10 @@ impl Policies {
             .validate()
             .map_err(|e| crate::Error::InvalidArgument(format!("field policy: {e}")))?;
         let _g = self.change.lock().unwrap_or_else(|p| p.into_inner());
+        self.refusals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(tenant);
         self.put(
             tenant,
             Entry {
@@ -417,5 +536,153 @@ mod tests {
         assert!(p.validate().is_ok());
         p.verify_mode = VerifyMode::And;
         assert!(p.validate().is_err());
+    }
+
+    #[test]
+    fn every_component_must_verify_and_the_mode_picks_the_kinds() {
+        use Presented::*;
+        use VerifyMode::*;
+        let comp = |c, q| Composite {
+            classical: c,
+            pq: q,
+        };
+        let leg = |c, q| Legacy {
+            classical: c,
+            pq: q,
+        };
+        for mode in [Or, And, PqOnly] {
+            assert_eq!(
+                decide(mode, true, true, comp(true, true)),
+                Verdict::Valid(SignatureKind::Hybrid)
+            );
+            // a broken component is invalid in every mode; beside a good one
+            // it is a downgrade attempt
+            for (c, q) in [(true, false), (false, true)] {
+                assert_eq!(
+                    decide(mode, true, true, comp(c, q)),
+                    Verdict::Invalid { downgrade: true }
+                );
+                assert_eq!(
+                    decide(mode, true, true, leg(Some(c), Some(q))),
+                    Verdict::Invalid { downgrade: true }
+                );
+            }
+            assert_eq!(
+                decide(mode, true, true, Malformed),
+                Verdict::Invalid { downgrade: false }
+            );
+            // retired legacy bundles are refused, never genuine
+            assert!(matches!(
+                decide(mode, true, false, leg(Some(true), Some(true))),
+                Verdict::Refused { genuine: false, .. }
+            ));
+        }
+        assert_eq!(
+            decide(Or, true, true, Classical(true)),
+            Verdict::Valid(SignatureKind::ClassicalOnly)
+        );
+        assert_eq!(
+            decide(Or, true, true, Classical(false)),
+            Verdict::Invalid { downgrade: false }
+        );
+        for mode in [And, PqOnly] {
+            assert!(matches!(
+                decide(mode, true, true, Classical(true)),
+                Verdict::Refused {
+                    genuine: true,
+                    downgrade: false,
+                    ..
+                }
+            ));
+            assert_eq!(
+                decide(mode, true, true, Classical(false)),
+                Verdict::Invalid { downgrade: true }
+            );
+            // the stripped form of a legacy bundle: refused, never genuine
+            assert!(matches!(
+                decide(mode, true, true, leg(Some(true), None)),
+                Verdict::Refused {
+                    genuine: false,
+                    downgrade: true,
+                    ..
+                }
+            ));
+        }
+        // `and` is about hybrid keys; a classical key's signature passes it
+        assert_eq!(
+            decide(And, false, true, Classical(true)),
+            Verdict::Valid(SignatureKind::ClassicalOnly)
+        );
+        assert!(matches!(
+            decide(PqOnly, false, true, Classical(true)),
+            Verdict::Refused { genuine: true, .. }
+        ));
+        assert_eq!(
+            decide(And, true, true, leg(Some(true), Some(true))),
+            Verdict::Valid(SignatureKind::LegacyBundle)
+        );
+        assert!(matches!(
+            decide(And, true, true, leg(None, Some(true))),
+            Verdict::Refused {
+                genuine: false,
+                downgrade: false,
+                ..
+            }
+        ));
+        assert_eq!(
+            decide(PqOnly, true, true, leg(None, Some(true))),
+            Verdict::Valid(SignatureKind::LegacyBundle)
+        );
+    }
+
+    #[test]
+    fn a_rollback_needs_distinct_principals_within_the_window() {
+        let store: Arc<dyn Store> =
+            Arc::new(crate::store::sqlite::SqliteStore::in_memory().unwrap());
+        let rule = RollbackRule {
+            threshold: 3,
+            window: Duration::from_secs(60),
+        };
+        let p = Policies::load(store, PqPolicy::for_phase(2), BTreeMap::new(), rule).unwrap();
+        let t0 = Instant::now();
+        let r = |who: &str, secs: u64| Refusal {
+            principal: who.into(),
+            kid: "k#v1".into(),
+            request_id: "r".into(),
+            at: t0 + Duration::from_secs(secs),
+        };
+        // one principal, however often, never reaches the threshold
+        for i in 0..10 {
+            assert!(p.note_genuine_refusal("t", r("a", i)).is_none());
+        }
+        assert!(p.note_genuine_refusal("t", r("b", 10)).is_none());
+        // a third principal, but the first refusal of "a" is out of window
+        // only when it is older than 60 s: here it is not
+        let hit = p.note_genuine_refusal("t", r("c", 20)).unwrap();
+        let who: Vec<_> = hit.iter().map(|x| x.principal.as_str()).collect();
+        assert_eq!(who, ["a", "b", "c"]);
+        // forgotten once reached
+        assert!(p.note_genuine_refusal("t", r("d", 21)).is_none());
+        // outside the window the old ones no longer count
+        assert!(p.note_genuine_refusal("t", r("e", 200)).is_none());
+        assert!(p.note_genuine_refusal("t", r("f", 201)).is_none());
+        // with auto_rollback off nothing is kept or returned
+        p.set(
+            "u",
+            PqPolicy {
+                auto_rollback: false,
+                ..PqPolicy::for_phase(2)
+            },
+            0,
+        )
+        .unwrap();
+        for who in ["a", "b", "c", "d"] {
+            assert!(p.note_genuine_refusal("u", r(who, 1)).is_none());
+        }
+        // phase 3 never rolls back
+        p.set("v", PqPolicy::for_phase(3), 0).unwrap();
+        for who in ["a", "b", "c", "d"] {
+            assert!(p.note_genuine_refusal("v", r(who, 1)).is_none());
+        }
     }
 }

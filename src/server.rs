@@ -346,7 +346,9 @@ async fn open_audit(
             kid: KID,
             algorithm: Algorithm::Ed25519,
         };
-        backend.sign(label, &handle, msg).map_err(|e| e.to_string())
+        backend
+            .sign(label, &handle, crate::backend::SignInput::Message(msg))
+            .map_err(|e| e.to_string())
     });
     let opts = crate::audit::Options {
         node: cfg.node_id.clone(),

@@ -84,14 +84,11 @@ fn public_of(v: &KeyVersion) -> Vec<u8> {
     out
 }
 
-/// Independent verification; for a hybrid bundle every component present
-/// must verify (under the default policy a hybrid key signs classical-only).
+/// Independent verification; hybrid keys sign composites here (the test
+/// moves the tenant to phase 1 first).
 fn independent_ok(alg: &str, v: &KeyVersion, msg: &[u8], sig: &[u8]) -> bool {
     if alg.starts_with("hybrid-") {
-        match independent::verify_hybrid(&v.components, msg, sig) {
-            Some((c, q)) => (c.is_some() || q.is_some()) && c != Some(false) && q != Some(false),
-            None => false,
-        }
+        sig.len() == 3373 && independent::verify_hybrid(v, msg, sig)
     } else {
         independent::verify(alg, &v.public_key_der, msg, sig)
     }
@@ -100,6 +97,21 @@ fn independent_ok(alg: &str, v: &KeyVersion, msg: &[u8], sig: &[u8]) -> bool {
 async fn sign_lifecycle(custody: Custody, front: Front, alg: &str) {
     let srv = TestServer::start_on(custody).await;
     let mut c = srv.client(front, &srv.admin_token).await;
+    if alg.starts_with("hybrid-") {
+        // phase 1: hybrid keys sign composite signatures (phase 0, the
+        // default, signs with the classical component alone)
+        c.set_pq_policy(
+            ron_kms::proto::PqPolicy {
+                phase: 1,
+                produce_hybrid: true,
+                verify_mode: "or".into(),
+                ..Default::default()
+            },
+            "composite signatures",
+        )
+        .await
+        .unwrap();
+    }
 
     let key = c.create("k", alg).await.unwrap();
     assert_eq!(
@@ -121,12 +133,12 @@ async fn sign_lifecycle(custody: Custody, front: Front, alg: &str) {
         "ml-dsa-44" => "2.16.840.1.101.3.4.3.17",
         "ml-dsa-65" => "2.16.840.1.101.3.4.3.18",
         "ml-dsa-87" => "2.16.840.1.101.3.4.3.19",
-        "hybrid-ed25519-ml-dsa-65" => "",
+        "hybrid-ed25519-ml-dsa-65" => independent::COMPOSITE_OID,
         _ => unreachable!(),
     };
-    if expected_oid.is_empty() {
-        // a hybrid has no single SPKI; each component has its own
-        assert!(v1.public_key_der.is_empty());
+    assert_eq!(independent::spki_oid(&v1.public_key_der), expected_oid);
+    if alg.starts_with("hybrid-") {
+        // the composite's SPKI, and each component's beside it
         let oids: Vec<(String, String)> = v1
             .components
             .iter()
@@ -149,7 +161,6 @@ async fn sign_lifecycle(custody: Custody, front: Front, alg: &str) {
         );
     } else {
         assert!(v1.components.is_empty());
-        assert_eq!(independent::spki_oid(&der1), expected_oid);
     }
 
     // sign, verify, tamper
@@ -185,11 +196,13 @@ async fn sign_lifecycle(custody: Custody, front: Front, alg: &str) {
     // PEM on request
     let k = c.get_key("k", true).await.unwrap();
     let pems: Vec<&str> = if alg.starts_with("hybrid-") {
-        assert!(k.versions[0].public_key_pem.is_empty());
-        k.versions[0]
-            .components
-            .iter()
-            .map(|c| c.public_key_pem.as_str())
+        std::iter::once(k.versions[0].public_key_pem.as_str())
+            .chain(
+                k.versions[0]
+                    .components
+                    .iter()
+                    .map(|c| c.public_key_pem.as_str()),
+            )
             .collect()
     } else {
         vec![k.versions[0].public_key_pem.as_str()]

@@ -263,6 +263,7 @@ async fn kill_9_loses_no_acknowledged_record() {
             let mut acked = Vec::new();
             for i in 0..10_000 {
                 let mut r = tonic::Request::new(SignRequest {
+                    context: Vec::new(),
                     key: "k".into(),
                     message: format!("{t}-{i}").into_bytes(),
                     op_id: String::new(),

@@ -9,6 +9,7 @@ use ron_kms::proto::*;
 
 fn sign_item(key: &str, message: &[u8]) -> SignRequest {
     SignRequest {
+        context: Vec::new(),
         key: key.into(),
         message: message.to_vec(),
         op_id: String::new(),
@@ -97,16 +98,19 @@ async fn sign_batch_answers_each_item_as_the_single_call_would() {
             .verify_batch(VerifyBatchRequest {
                 items: vec![
                     VerifyRequest {
+                        context: Vec::new(),
                         key: bsign.clone(),
                         message: b"first".to_vec(),
                         signature: sig.clone(),
                     },
                     VerifyRequest {
+                        context: Vec::new(),
                         key: bsign.clone(),
                         message: b"tampered".to_vec(),
                         signature: sig.clone(),
                     },
                     VerifyRequest {
+                        context: Vec::new(),
                         key: "nosuch".into(),
                         message: b"first".to_vec(),
                         signature: sig,

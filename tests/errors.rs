@@ -433,6 +433,7 @@ async fn op_ids_make_retries_safe() {
 
         // ML-DSA signing is randomised: equal bytes prove the retry was answered, not re-signed
         let s = SignRequest {
+            context: Vec::new(),
             key: name.clone(),
             message: b"m".to_vec(),
             op_id: op("sig"),

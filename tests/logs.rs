@@ -65,6 +65,7 @@ async fn debug_logs_hold_no_inputs_and_carry_request_ids() {
         .sign(authed(
             &token,
             SignRequest {
+                context: Vec::new(),
                 key: "s".into(),
                 message: SECRET.to_vec(),
                 op_id: String::new(),
@@ -110,6 +111,7 @@ async fn debug_logs_hold_no_inputs_and_carry_request_ids() {
         .verify(authed(
             &token,
             VerifyRequest {
+                context: Vec::new(),
                 key: signed.get_ref().kid.clone(),
                 message: SECRET.to_vec(),
                 signature: signed.get_ref().signature.clone(),

@@ -25,6 +25,7 @@ async fn start(pki: &Pki) -> TestServer {
         client_ca_file: Some(pki.ca_file.clone()),
         require_client_cert: false,
         mtls: Some(MtlsRule::parse(RULE, MtlsRule::default_scopes()).unwrap()),
+        require_pq_kx: false,
     };
     TestServer::start_with(|c| c.tls = Some(settings)).await
 }

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use proptest::prelude::*;
 use ron_kms::config::{load, Flags};
-use ron_kms::crypto::hybrid::{encode_bundle, parse_bundle};
+use ron_kms::crypto::hybrid::legacy::{encode_bundle, parse_bundle};
 use ron_kms::crypto::{envelope, Algorithm};
 use ron_kms::keyring::{kid, KeyRef};
 

@@ -36,8 +36,8 @@ pub fn amnesia_config() -> Config {
     cfg
 }
 
-/// Both fronts on ephemeral loopback ports; hybrid keys sign with both
-/// components (PQ phase 1).
+/// Both fronts on ephemeral loopback ports; hybrid keys sign composite
+/// signatures (PQ phase 1).
 pub fn loopback(cfg: &mut Config) {
     cfg.grpc_addr = "127.0.0.1:0".parse().unwrap();
     cfg.http_addr = "127.0.0.1:0".parse().unwrap();

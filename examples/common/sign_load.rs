@@ -48,6 +48,7 @@ pub fn start_with_p256(rt: &tokio::runtime::Runtime, cfg: &Config) -> Served {
 
 fn request(key: &str, msg: &[u8]) -> SignRequest {
     SignRequest {
+        context: Vec::new(),
         key: key.into(),
         message: msg.to_vec(),
         op_id: String::new(),

@@ -2,8 +2,13 @@
 //! for (mTLS).
 //!
 //! One rustls server config serves both fronts (they differ only in ALPN).
-//! The ring provider is named explicitly, so nothing depends on a
-//! process-wide default provider. With a client CA bundle the server asks
+//! The provider is aws-lc-rs, named explicitly ([`provider`]), so nothing
+//! depends on a process-wide default provider. Key exchange prefers the
+//! post-quantum hybrid X25519MLKEM768 (draft-ietf-tls-ecdhe-mlkem), so
+//! recorded traffic (Unwrap and GenerateDataKey answers carry key material)
+//! is not open to harvest-now-decrypt-later; X25519, P-256 and P-384 stay
+//! for older clients unless `require_pq_kx` turns them off (then TLS 1.3
+//! only, since TLS 1.2 has no ML-KEM). With a client CA bundle the server asks
 //! for a client certificate (and requires one when configured to); a
 //! presented certificate that does not chain to that bundle fails the
 //! handshake. A verified certificate is mapped to a tenant by its URI SANs
@@ -112,6 +117,28 @@ pub struct TlsSettings {
     /// How verified certificates map to tenants. Needed when
     /// `client_ca_file` is set.
     pub mtls: Option<MtlsRule>,
+    /// Offer only the post-quantum hybrid X25519MLKEM768 (TLS 1.3): a
+    /// client that offers only classical groups fails the handshake.
+    pub require_pq_kx: bool,
+}
+
+/// The crypto provider of every TLS endpoint ron-kms runs (both fronts,
+/// the PostgreSQL client, the CLI): aws-lc-rs with key exchange groups in
+/// this order, X25519MLKEM768 first; with `require_pq` that group alone.
+pub fn provider(require_pq: bool) -> rustls::crypto::CryptoProvider {
+    use rustls::crypto::aws_lc_rs::kx_group;
+    let mut p = rustls::crypto::aws_lc_rs::default_provider();
+    p.kx_groups = if require_pq {
+        vec![kx_group::X25519MLKEM768]
+    } else {
+        vec![
+            kx_group::X25519MLKEM768,
+            kx_group::X25519,
+            kx_group::SECP256R1,
+            kx_group::SECP384R1,
+        ]
+    };
+    p
 }
 
 /// The identity a verified client certificate carries, put in request
@@ -175,7 +202,8 @@ fn read_file(path: &Path) -> Result<Vec<u8>, String> {
     std::fs::read(path).map_err(|e| format!("cannot read: {e}"))
 }
 
-/// A TLS client config (ring provider, TLS 1.2+) that trusts only the CA
+/// A TLS client config ([`provider`], X25519MLKEM768 offered first, TLS
+/// 1.2+) that trusts only the CA
 /// certificates in the PEM file at `ca_file`: for ron-kms's own outgoing
 /// connections (PostgreSQL). Server names are checked against the
 /// certificate.
@@ -186,12 +214,13 @@ pub fn client_config(ca_file: &Path) -> Result<rustls::ClientConfig, String> {
             .add(c)
             .map_err(|e| format!("{}: {e}", ca_file.display()))?;
     }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    Ok(rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth())
+    Ok(
+        rustls::ClientConfig::builder_with_provider(Arc::new(provider(false)))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    )
 }
 
 /// All `CERTIFICATE` sections of a PEM file, in order; at least one.
@@ -220,8 +249,8 @@ fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
     })
 }
 
-/// Build the rustls server config for one front: ring provider, TLS 1.2 and
-/// 1.3, the given ALPN list (HTTP: `[b"h2", b"http/1.1"]`, gRPC: `[b"h2"]`).
+/// Build the rustls server config for one front: [`provider`], TLS 1.2 and
+/// 1.3 (1.3 only with `require_pq_kx`), the given ALPN list (HTTP: `[b"h2", b"http/1.1"]`, gRPC: `[b"h2"]`).
 /// With `client_ca_file`, client certificates are verified against that
 /// bundle (required when `require_client_cert`, else optional); a presented
 /// certificate from another CA fails the handshake.
@@ -246,10 +275,14 @@ pub fn server_config(s: &TlsSettings, alpn: &[&[u8]]) -> Result<Arc<ServerConfig
         msg,
     })?;
 
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = ServerConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| TlsError::Settings(format!("protocol versions: {e}")))?;
+    let provider = Arc::new(provider(s.require_pq_kx));
+    let builder = ServerConfig::builder_with_provider(provider.clone());
+    let builder = if s.require_pq_kx {
+        builder.with_protocol_versions(&[&rustls::version::TLS13])
+    } else {
+        builder.with_safe_default_protocol_versions()
+    }
+    .map_err(|e| TlsError::Settings(format!("protocol versions: {e}")))?;
 
     let builder = match &s.client_ca_file {
         None => builder.with_no_client_auth(),
@@ -435,6 +468,7 @@ mod tests {
         write(&key_file, &key_pem, key_mode);
         write(&ca_file, &ca.pem, 0o644);
         let settings = TlsSettings {
+            require_pq_kx: false,
             cert_file,
             key_file,
             client_ca_file: with_ca.then_some(ca_file),
@@ -542,6 +576,33 @@ mod tests {
         );
         assert!(err.contains("0644"), "{err}");
         assert!(!err.contains("BEGIN"), "{err}");
+    }
+
+    /// Every endpoint offers the post-quantum hybrid first: the fronts, and
+    /// the client ron-kms uses for PostgreSQL.
+    #[test]
+    fn x25519mlkem768_is_offered_first_everywhere() {
+        use rustls::NamedGroup;
+        let f = files(0o600, false, false);
+        let names = |p: &rustls::crypto::CryptoProvider| -> Vec<NamedGroup> {
+            p.kx_groups.iter().map(|g| g.name()).collect()
+        };
+        let server = server_config(&f.settings, &[b"h2"]).unwrap();
+        assert_eq!(
+            names(server.crypto_provider())[0],
+            NamedGroup::X25519MLKEM768
+        );
+        let client = client_config(&f.dir.path().join("ca.pem")).unwrap();
+        let offered = names(client.crypto_provider());
+        assert_eq!(offered[0], NamedGroup::X25519MLKEM768);
+        assert!(offered.contains(&NamedGroup::X25519));
+        let mut s = f.settings.clone();
+        s.require_pq_kx = true;
+        let strict = server_config(&s, &[b"h2"]).unwrap();
+        assert_eq!(
+            names(strict.crypto_provider()),
+            [NamedGroup::X25519MLKEM768]
+        );
     }
 
     #[test]
@@ -672,7 +733,7 @@ mod tests {
         ca_pem: &str,
         client_cert: Option<(String, String)>,
     ) -> Result<Option<Result<CertIdentity, String>>, String> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = Arc::new(super::provider(false));
         let mut roots = RootCertStore::empty();
         roots
             .add(CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap())

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use zeroize::Zeroizing;
 
-use super::{jittered, Backend, BackendError, Capabilities, Generated, KeyLabel};
+use super::{jittered, Backend, BackendError, Capabilities, Generated, KeyLabel, SignInput};
 
 #[derive(Clone, Copy, Debug)]
 pub struct BreakerSettings {
@@ -195,9 +195,9 @@ impl Backend for Breaker {
         &self,
         label: KeyLabel<'_>,
         handle: &[u8],
-        message: &[u8],
+        input: SignInput<'_>,
     ) -> Result<Vec<u8>, BackendError> {
-        self.call(|b| b.sign(label, handle, message))
+        self.call(|b| b.sign(label, handle, input))
     }
     fn decapsulate(
         &self,
@@ -284,22 +284,24 @@ mod tests {
         let g = b.generate(label).unwrap();
         faults.set_down(true);
         for _ in 0..3 {
-            assert!(b.sign(label, &g.handle, b"m").is_err());
+            assert!(b.sign(label, &g.handle, SignInput::Message(b"m")).is_err());
         }
         assert_eq!(b.state(), BreakerState::Open);
         // fails fast without reaching the device, even once it is back
         faults.set_down(false);
-        let e = b.sign(label, &g.handle, b"m").unwrap_err();
+        let e = b
+            .sign(label, &g.handle, SignInput::Message(b"m"))
+            .unwrap_err();
         assert!(e.to_string().contains("circuit breaker open"), "{e}");
         std::thread::sleep(Duration::from_millis(60));
         // the probe succeeds: closed, and the call goes through
-        assert!(b.sign(label, &g.handle, b"m").is_ok());
+        assert!(b.sign(label, &g.handle, SignInput::Message(b"m")).is_ok());
         assert_eq!(b.state(), BreakerState::Closed);
 
         // a failed probe reopens for longer
         faults.set_down(true);
         for _ in 0..3 {
-            let _ = b.sign(label, &g.handle, b"m");
+            let _ = b.sign(label, &g.handle, SignInput::Message(b"m"));
         }
         std::thread::sleep(Duration::from_millis(60));
         assert!(b.health().is_err());
@@ -323,7 +325,7 @@ mod tests {
             algorithm: Algorithm::Ed25519,
         };
         for _ in 0..20 {
-            assert!(b.sign(label, b"garbage", b"m").is_err());
+            assert!(b.sign(label, b"garbage", SignInput::Message(b"m")).is_err());
         }
         assert_eq!(b.state(), BreakerState::Closed);
     }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use zeroize::Zeroizing;
 
-use super::{Backend, BackendError, Capabilities, Generated, KeyLabel};
+use super::{Backend, BackendError, Capabilities, Generated, KeyLabel, SignInput};
 
 /// The switches shared by the wrapper and whoever drives the drill.
 #[derive(Debug, Default)]
@@ -155,10 +155,10 @@ impl Backend for FaultyBackend {
         &self,
         label: KeyLabel<'_>,
         handle: &[u8],
-        message: &[u8],
+        input: SignInput<'_>,
     ) -> Result<Vec<u8>, BackendError> {
         self.gate()?;
-        self.inner.sign(label, handle, message)
+        self.inner.sign(label, handle, input)
     }
     fn decapsulate(
         &self,

@@ -85,6 +85,21 @@ pub struct KeyLabel<'a> {
     pub algorithm: Algorithm,
 }
 
+/// What a signing call signs. (No `Debug`: it holds caller input.)
+#[derive(Clone, Copy)]
+pub enum SignInput<'a> {
+    /// The bytes, with the algorithm's message semantics: Ed25519 and ML-DSA
+    /// sign them, ECDSA signs their SHA-256. For `hybrid-ed25519-ml-dsa-65`
+    /// the bytes are the composite message representative M′
+    /// (`crypto::hybrid::representative`) and the result is the composite
+    /// signature.
+    Message(&'a [u8]),
+    /// `hybrid-ed25519-ml-dsa-65` only: a plain Ed25519 signature over the
+    /// bytes by the key's classical component (the PQ policy's phase 0).
+    /// Refused for bytes that start with the composite prefix.
+    ClassicalComponent(&'a [u8]),
+}
+
 /// A freshly generated key: its public half (empty for symmetric keys) and
 /// the custody handle to persist.
 pub struct Generated {
@@ -113,13 +128,12 @@ pub trait Backend: Send + Sync {
     /// device: the backend deletes a half-created object before returning).
     fn generate(&self, label: KeyLabel<'_>) -> Result<Generated, BackendError>;
 
-    /// Sign `message` with a signing key (the algorithm's full message
-    /// semantics: Ed25519 and ML-DSA over the message, ECDSA over SHA-256).
+    /// Sign with a signing key ([`SignInput`] says what is signed).
     fn sign(
         &self,
         label: KeyLabel<'_>,
         handle: &[u8],
-        message: &[u8],
+        input: SignInput<'_>,
     ) -> Result<Vec<u8>, BackendError>;
 
     /// KEM decapsulation with a wrap key's private half.

@@ -46,7 +46,7 @@ use cryptoki::types::AuthPin;
 use zeroize::Zeroizing;
 
 use super::soft::{self, label_aad, Sealer};
-use super::{jittered, Backend, BackendError, Capabilities, Generated, KeyLabel};
+use super::{jittered, Backend, BackendError, Capabilities, Generated, KeyLabel, SignInput};
 use crate::crypto::{aead, random_bytes, Algorithm, Provider};
 
 /// DER OID of P-256 (prime256v1), as `CKA_EC_PARAMS`.
@@ -890,13 +890,19 @@ impl Backend for Pkcs11Backend {
         &self,
         label: KeyLabel<'_>,
         handle: &[u8],
-        message: &[u8],
+        input: SignInput<'_>,
     ) -> Result<Vec<u8>, BackendError> {
         self.check(&label)?;
-        let r = match parse_handle(handle)? {
-            Parsed::Sealed(_) => return soft::sign(self, &self.provider, label, handle, message),
-            Parsed::Native(r) if r.kind == KIND_PAIR => r,
-            Parsed::Native(_) => return Err(BackendError::Sealed("not a signing key handle")),
+        let (r, message) = match (parse_handle(handle)?, input) {
+            (Parsed::Sealed(_), input) => {
+                return soft::sign(self, &self.provider, label, handle, input)
+            }
+            (Parsed::Native(r), SignInput::Message(m)) if r.kind == KIND_PAIR => (r, m),
+            // token keys are single-algorithm: no hybrid components
+            (Parsed::Native(_), SignInput::ClassicalComponent(_)) => {
+                return Err(BackendError::Unsupported(label.algorithm))
+            }
+            (Parsed::Native(_), _) => return Err(BackendError::Sealed("not a signing key handle")),
         };
         match label.algorithm {
             Algorithm::EcdsaP256 => {

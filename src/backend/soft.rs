@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use zeroize::Zeroizing;
 
-use super::{BackendError, Generated, KeyLabel};
+use super::{BackendError, Generated, KeyLabel, SignInput};
 use crate::crypto::{aead, Algorithm, Provider};
 
 const AAD_PREFIX: &[u8] = b"ron-kms/sealed/v1\0";
@@ -180,13 +180,13 @@ pub fn sign_cached(
     provider: &Provider,
     label: KeyLabel<'_>,
     handle: &[u8],
-    message: &[u8],
+    input: SignInput<'_>,
 ) -> Result<Vec<u8>, BackendError> {
-    if label.algorithm == Algorithm::Ed25519 {
+    if let (Algorithm::Ed25519, SignInput::Message(message)) = (label.algorithm, input) {
         let k = cache.ed25519(s, label, handle)?;
         return Ok(sign_prepared(&k, message));
     }
-    sign(s, provider, label, handle, message)
+    sign(s, provider, label, handle, input)
 }
 
 pub fn sign(
@@ -194,13 +194,27 @@ pub fn sign(
     provider: &Provider,
     label: KeyLabel<'_>,
     handle: &[u8],
-    message: &[u8],
+    input: SignInput<'_>,
 ) -> Result<Vec<u8>, BackendError> {
     let private = s.unseal(label, handle)?;
-    provider
-        .signer(label.algorithm)
-        .and_then(|sig| sig.sign(&private, message))
-        .map_err(crypto_err)
+    match input {
+        SignInput::Message(message) => provider
+            .signer(label.algorithm)
+            .and_then(|sig| sig.sign(&private, message))
+            .map_err(crypto_err),
+        SignInput::ClassicalComponent(message)
+            if label.algorithm == Algorithm::HybridEd25519MlDsa65 =>
+        {
+            provider
+                .hybrid_signer()
+                .ok_or(crate::crypto::CryptoError::Unsupported(
+                    label.algorithm.as_str(),
+                ))
+                .and_then(|h| h.sign_classical(&private, message))
+                .map_err(crypto_err)
+        }
+        SignInput::ClassicalComponent(_) => Err(BackendError::Unsupported(label.algorithm)),
+    }
 }
 
 pub fn decapsulate(

@@ -55,6 +55,7 @@ pub struct TlsFile {
     pub require_client_cert: Option<bool>,
     pub mtls_tenant_uri: Option<String>,
     pub mtls_scopes: Option<String>,
+    pub require_pq: Option<bool>,
 }
 
 use crate::api::tls::DEFAULT_MTLS_SCOPES;
@@ -269,6 +270,12 @@ pub(super) fn load(
         None => tls.require_client_cert.unwrap_or(false),
     };
     let uri = env.var("KMS_MTLS_TENANT_URI").or(tls.mtls_tenant_uri);
+    let require_pq = match env.var("KMS_TLS_REQUIRE_PQ") {
+        Some(v) => {
+            Some(parse_bool(&v).ok_or_else(|| err("KMS_TLS_REQUIRE_PQ", "must be true or false"))?)
+        }
+        None => tls.require_pq,
+    };
     let scopes = env.var("KMS_MTLS_SCOPES").or(tls.mtls_scopes);
     let tls = match (cert, key) {
         (None, None) => {
@@ -277,6 +284,7 @@ pub(super) fn load(
                 (require, "KMS_TLS_REQUIRE_CLIENT_CERT"),
                 (uri.is_some(), "KMS_MTLS_TENANT_URI"),
                 (scopes.is_some(), "KMS_MTLS_SCOPES"),
+                (require_pq.is_some(), "KMS_TLS_REQUIRE_PQ"),
             ] {
                 if set {
                     return Err(err(
@@ -331,6 +339,7 @@ pub(super) fn load(
                 client_ca_file: ca,
                 require_client_cert: require,
                 mtls,
+                require_pq_kx: require_pq.unwrap_or(false),
             })
         }
     };

@@ -219,6 +219,10 @@ pub struct Config {
     pub pq_default: crate::policy::PqPolicy,
     /// Per-tenant PQ policies from the config file.
     pub pq_tenants: std::collections::BTreeMap<String, crate::policy::PqPolicy>,
+    /// How many distinct principals' genuine classical refusals, within
+    /// which window, roll a tenant back (`KMS_PQ_ROLLBACK_THRESHOLD`,
+    /// `KMS_PQ_ROLLBACK_WINDOW_SECS`).
+    pub pq_rollback: crate::policy::RollbackRule,
     /// Verify cache capacity (prepared public keys); 0 turns it off.
     pub verify_cache_max: u64,
     /// How long a cached public key may be used while custody is unavailable.
@@ -331,6 +335,7 @@ impl Config {
             console_addr: None,
             pq_default: crate::policy::PqPolicy::default(),
             pq_tenants: Default::default(),
+            pq_rollback: crate::policy::RollbackRule::default(),
             verify_cache_max: DEFAULT_VERIFY_CACHE_MAX,
             verify_cache_ttl_ms: DEFAULT_VERIFY_CACHE_TTL_MS,
             failover: Failover::None,
@@ -900,7 +905,7 @@ pub fn load(flags: &Flags, env: &dyn Env) -> Result<Config, ConfigError> {
         })?),
     };
 
-    let (pq_default, pq_tenants) = pq::load(file.pq.unwrap_or_default(), env, fname)?;
+    let (pq_default, pq_tenants, pq_rollback) = pq::load(file.pq.unwrap_or_default(), env, fname)?;
 
     let cache_max_p = pick(
         None,
@@ -1037,6 +1042,7 @@ pub fn load(flags: &Flags, env: &dyn Env) -> Result<Config, ConfigError> {
         console_addr,
         pq_default,
         pq_tenants,
+        pq_rollback,
         verify_cache_max,
         verify_cache_ttl_ms,
         failover,

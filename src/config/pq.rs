@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 
 use super::{err, parse_bool, ConfigError, Env};
-use crate::policy::PqPolicy;
+use crate::policy::{PqPolicy, RollbackRule};
 
 /// `[pq]`: the default PQ policy, and `[pq.tenants.NAME]` per tenant.
 /// Unset fields take the phase's defaults (docs/pq-policy.md).
@@ -16,6 +16,12 @@ pub struct PqFile {
     pub produce_hybrid: Option<bool>,
     pub verify_mode: Option<String>,
     pub rollout_percent: Option<u8>,
+    pub auto_rollback: Option<bool>,
+    pub accept_legacy_bundles: Option<bool>,
+    /// Distinct principals whose genuine classical signatures must be
+    /// refused within the window before a rollback (2..=1000).
+    pub rollback_threshold: Option<usize>,
+    pub rollback_window_secs: Option<u64>,
     pub tenants: Option<BTreeMap<String, PqTenantFile>>,
 }
 
@@ -26,6 +32,15 @@ pub struct PqTenantFile {
     pub produce_hybrid: Option<bool>,
     pub verify_mode: Option<String>,
     pub rollout_percent: Option<u8>,
+    pub auto_rollback: Option<bool>,
+    pub accept_legacy_bundles: Option<bool>,
+}
+
+/// A policy's switches that do not depend on the phase.
+#[derive(Default)]
+struct Switches {
+    auto_rollback: Option<bool>,
+    accept_legacy_bundles: Option<bool>,
 }
 
 /// A policy from its parts, each with the name of where it came from.
@@ -34,6 +49,7 @@ fn pq_policy(
     produce: (Option<bool>, String),
     mode: (Option<String>, String),
     rollout: (Option<u8>, String),
+    switches: Switches,
 ) -> Result<PqPolicy, ConfigError> {
     let p = phase.0.unwrap_or(0);
     if p > 3 {
@@ -53,16 +69,22 @@ fn pq_policy(
         }
         policy.rollout_percent = r;
     }
+    if let Some(b) = switches.auto_rollback {
+        policy.auto_rollback = b;
+    }
+    if let Some(b) = switches.accept_legacy_bundles {
+        policy.accept_legacy_bundles = b;
+    }
     policy.validate().map_err(|e| err(phase.1, e))?;
     Ok(policy)
 }
 
-/// The default policy and the per-tenant ones.
+/// The default policy, the per-tenant ones, and the rollback rule.
 pub(super) fn load(
     pqf: PqFile,
     env: &dyn Env,
     fname: &str,
-) -> Result<(PqPolicy, BTreeMap<String, PqPolicy>), ConfigError> {
+) -> Result<(PqPolicy, BTreeMap<String, PqPolicy>, RollbackRule), ConfigError> {
     let env_or = |name: &str, key: &str| -> (Option<String>, String) {
         match env.var(name) {
             Some(v) => (Some(v), name.to_string()),
@@ -94,12 +116,67 @@ pub(super) fn load(
         ),
         None => pqf.rollout_percent,
     };
+    let flag = |name: &str, key: &str, file: Option<bool>| -> Result<Option<bool>, ConfigError> {
+        let (v, origin) = env_or(name, key);
+        match v {
+            Some(v) => Ok(Some(
+                parse_bool(&v).ok_or_else(|| err(&origin, "must be true or false"))?,
+            )),
+            None => Ok(file),
+        }
+    };
+    let switches = Switches {
+        auto_rollback: flag("KMS_PQ_AUTO_ROLLBACK", "auto_rollback", pqf.auto_rollback)?,
+        accept_legacy_bundles: flag(
+            "KMS_PQ_ACCEPT_LEGACY_BUNDLES",
+            "accept_legacy_bundles",
+            pqf.accept_legacy_bundles,
+        )?,
+    };
     let pq_default = pq_policy(
         (phase, phase_o),
         (produce, prod_o),
         (mode, mode_o),
         (rollout, roll_o),
+        switches,
     )?;
+    let (thr_s, thr_o) = env_or("KMS_PQ_ROLLBACK_THRESHOLD", "rollback_threshold");
+    let threshold = match thr_s {
+        Some(v) => Some(
+            v.trim()
+                .parse::<usize>()
+                .map_err(|_| err(&thr_o, "must be a whole number of principals"))?,
+        ),
+        None => pqf.rollback_threshold,
+    }
+    .unwrap_or(RollbackRule::DEFAULT_THRESHOLD);
+    if !(RollbackRule::MIN_THRESHOLD..=RollbackRule::MAX_THRESHOLD).contains(&threshold) {
+        return Err(err(
+            thr_o,
+            format!(
+                "must be {} to {} (one principal alone must never roll a tenant back)",
+                RollbackRule::MIN_THRESHOLD,
+                RollbackRule::MAX_THRESHOLD
+            ),
+        ));
+    }
+    let (win_s, win_o) = env_or("KMS_PQ_ROLLBACK_WINDOW_SECS", "rollback_window_secs");
+    let window = match win_s {
+        Some(v) => Some(
+            v.trim()
+                .parse::<u64>()
+                .map_err(|_| err(&win_o, "must be a number of seconds"))?,
+        ),
+        None => pqf.rollback_window_secs,
+    }
+    .unwrap_or(RollbackRule::DEFAULT_WINDOW.as_secs());
+    if !(1..=86_400).contains(&window) {
+        return Err(err(win_o, "must be 1 to 86400 seconds"));
+    }
+    let rule = RollbackRule {
+        threshold,
+        window: std::time::Duration::from_secs(window),
+    };
     let mut pq_tenants = BTreeMap::new();
     for (tenant, t) in pqf.tenants.unwrap_or_default() {
         let at = |k: &str| format!("pq.tenants.{tenant}.{k} in {fname}");
@@ -109,8 +186,12 @@ pub(super) fn load(
             (t.produce_hybrid, at("produce_hybrid")),
             (t.verify_mode, at("verify_mode")),
             (t.rollout_percent, at("rollout_percent")),
+            Switches {
+                auto_rollback: t.auto_rollback,
+                accept_legacy_bundles: t.accept_legacy_bundles,
+            },
         )?;
         pq_tenants.insert(tenant, p);
     }
-    Ok((pq_default, pq_tenants))
+    Ok((pq_default, pq_tenants, rule))
 }

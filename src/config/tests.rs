@@ -115,6 +115,12 @@ fn pq_policy_and_verify_cache_settings() {
         ("KMS_PQ_PRODUCE_HYBRID", "maybe"),
         ("KMS_VERIFY_CACHE_TTL_MS", "0"),
         ("KMS_VERIFY_CACHE_MAX", "-1"),
+        ("KMS_PQ_AUTO_ROLLBACK", "sometimes"),
+        ("KMS_PQ_ACCEPT_LEGACY_BUNDLES", "2"),
+        // one principal alone must never be able to roll a tenant back
+        ("KMS_PQ_ROLLBACK_THRESHOLD", "1"),
+        ("KMS_PQ_ROLLBACK_THRESHOLD", "1001"),
+        ("KMS_PQ_ROLLBACK_WINDOW_SECS", "0"),
     ] {
         let e = load(&Flags::default(), &env(&[(k, v)])).unwrap_err();
         assert_eq!(e.field, k, "{k}={v}: {e}");
@@ -129,6 +135,21 @@ fn pq_policy_and_verify_cache_settings() {
     std::fs::write(&f, "[pq.tenants.acme]\nverify_mode = \"both\"\n").unwrap();
     let e = load(&flags, &env(&[])).unwrap_err();
     assert!(e.field.starts_with("pq.tenants.acme.verify_mode"), "{e}");
+
+    // the rollback rule and the per-tenant switches
+    assert_eq!(c.pq_rollback, crate::policy::RollbackRule::default());
+    std::fs::write(
+        &f,
+        "[pq]\nphase = 2\nrollback_threshold = 5\nrollback_window_secs = 60\n\
+         accept_legacy_bundles = false\n[pq.tenants.acme]\nphase = 1\nauto_rollback = false\n",
+    )
+    .unwrap();
+    let c = load(&flags, &env(&[("KMS_PQ_ROLLBACK_THRESHOLD", "4")])).unwrap();
+    assert_eq!(c.pq_rollback.threshold, 4);
+    assert_eq!(c.pq_rollback.window, std::time::Duration::from_secs(60));
+    assert!(!c.pq_default.accept_legacy_bundles && c.pq_default.auto_rollback);
+    assert!(!c.pq_tenants["acme"].auto_rollback);
+    assert!(c.pq_tenants["acme"].accept_legacy_bundles);
 }
 
 #[test]

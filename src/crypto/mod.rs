@@ -8,11 +8,13 @@ pub mod aead;
 pub mod envelope;
 pub mod hybrid;
 pub mod provider;
+pub mod scheme;
 pub mod spki;
 
 use thiserror::Error;
 
-pub use provider::{KeyPair, Provider};
+pub use provider::Provider;
+pub use scheme::KeyPair;
 
 #[derive(Debug, Error)]
 pub enum CryptoError {
@@ -32,6 +34,10 @@ pub enum CryptoError {
     Rng,
     #[error("algorithm {0} has no implementation for this operation")]
     Unsupported(&'static str),
+    /// The caller's input cannot be signed or verified as asked (the service
+    /// checks these first and names the field).
+    #[error("{0}")]
+    BadInput(&'static str),
 }
 
 /// What a key is for. Fixed at creation.

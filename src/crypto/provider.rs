@@ -14,45 +14,8 @@ use std::sync::Arc;
 use ring::signature::{self as rsig, KeyPair as _};
 use zeroize::Zeroizing;
 
+pub use super::scheme::{ContextSignatureScheme, KemScheme, KeyPair, SignatureScheme};
 use super::{random_bytes, Algorithm, CryptoError};
-
-/// A freshly generated key. `public` is empty for symmetric keys.
-pub struct KeyPair {
-    pub public: Vec<u8>,
-    pub private: Zeroizing<Vec<u8>>,
-}
-
-impl std::fmt::Debug for KeyPair {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KeyPair")
-            .field("public_len", &self.public.len())
-            .field("private", &"<redacted>")
-            .finish()
-    }
-}
-
-/// One signature algorithm's implementation. Synchronous and short: callers
-/// decide which thread it runs on.
-pub trait SignatureScheme: Send + Sync {
-    fn generate(&self) -> Result<KeyPair, CryptoError>;
-    fn sign(&self, private: &[u8], message: &[u8]) -> Result<Vec<u8>, CryptoError>;
-    /// `false` for any signature that does not verify, including malformed
-    /// ones and malformed public keys.
-    fn verify(&self, public: &[u8], message: &[u8], signature: &[u8]) -> bool;
-}
-
-/// One KEM's implementation.
-pub trait KemScheme: Send + Sync {
-    fn generate(&self) -> Result<KeyPair, CryptoError>;
-    /// Returns (ciphertext, shared secret).
-    fn encapsulate(&self, public: &[u8]) -> Result<(Vec<u8>, Zeroizing<Vec<u8>>), CryptoError>;
-    fn decapsulate(
-        &self,
-        private: &[u8],
-        ciphertext: &[u8],
-    ) -> Result<Zeroizing<Vec<u8>>, CryptoError>;
-    fn ciphertext_len(&self) -> usize;
-}
 
 /// The table of implementations. [`Provider::default`] uses ring for the
 /// classical algorithms and liboqs (through `oqs`) for ML-DSA and ML-KEM.
@@ -339,6 +302,14 @@ impl OqsSig {
     }
 }
 
+impl OqsSig {
+    /// The checks liboqs leaves to us: exact length and the z bound.
+    fn well_formed(&self, signature: &[u8]) -> bool {
+        signature.len() == self.sig.length_signature()
+            && mldsa_z_within_bound(self.params, signature)
+    }
+}
+
 impl SignatureScheme for OqsSig {
     fn generate(&self) -> Result<KeyPair, CryptoError> {
         let (pk, sk) = self
@@ -363,9 +334,35 @@ impl SignatureScheme for OqsSig {
     }
 
     fn verify(&self, public: &[u8], message: &[u8], signature: &[u8]) -> bool {
-        if signature.len() != self.sig.length_signature()
-            || !mldsa_z_within_bound(self.params, signature)
-        {
+        self.verify_with_context(public, message, &[], signature)
+    }
+}
+
+impl ContextSignatureScheme for OqsSig {
+    fn sign_with_context(
+        &self,
+        private: &[u8],
+        message: &[u8],
+        ctx: &[u8],
+    ) -> Result<Vec<u8>, CryptoError> {
+        let sk = self
+            .sig
+            .secret_key_from_bytes(private)
+            .ok_or(CryptoError::BadPrivateKey(self.name))?;
+        self.sig
+            .sign_with_ctx_str(message, ctx, sk)
+            .map(|s| s.into_vec())
+            .map_err(|_| CryptoError::Sign(self.name))
+    }
+
+    fn verify_with_context(
+        &self,
+        public: &[u8],
+        message: &[u8],
+        ctx: &[u8],
+        signature: &[u8],
+    ) -> bool {
+        if !self.well_formed(signature) {
             return false;
         }
         let (Some(pk), Some(sig)) = (
@@ -374,7 +371,7 @@ impl SignatureScheme for OqsSig {
         ) else {
             return false;
         };
-        self.sig.verify(message, sig, pk).is_ok()
+        self.sig.verify_with_ctx_str(message, sig, ctx, pk).is_ok()
     }
 }
 

@@ -9,6 +9,10 @@ const OID_ED25519: &[u8] = &[0x2b, 0x65, 0x70]; // 1.3.101.112 (RFC 8410)
 const OID_X25519: &[u8] = &[0x2b, 0x65, 0x6e]; // 1.3.101.110 (RFC 8410)
 const OID_EC_PUBLIC_KEY: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01]; // 1.2.840.10045.2.1
 const OID_P256: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07]; // 1.2.840.10045.3.1.7
+/// 1.3.6.1.5.5.7.6.48, id-MLDSA65-Ed25519-SHA512
+/// (draft-ietf-lamps-pq-composite-sigs; the OID its test vectors'
+/// certificates carry).
+const OID_MLDSA65_ED25519_SHA512: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x06, 0x30];
 /// 2.16.840.1.101.3.4 (NIST algorithms arc); the last two arcs follow.
 const NIST_ARC: &[u8] = &[0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04];
 
@@ -53,18 +57,33 @@ fn algorithm_identifier(alg: Algorithm) -> Option<Vec<u8>> {
         // id-alg-ml-kem-768/1024: 2.16.840.1.101.3.4.4.2/3, no parameters.
         Algorithm::MlKem768 => nist_oid(4, 2),
         Algorithm::MlKem1024 => nist_oid(4, 3),
-        // Hybrids have no single standard SPKI; their components do.
-        Algorithm::Aes256Gcm
-        | Algorithm::HybridEd25519MlDsa65
-        | Algorithm::HybridX25519MlKem768 => return None,
+        // the composite signature, no parameters
+        Algorithm::HybridEd25519MlDsa65 => oid(OID_MLDSA65_ED25519_SHA512),
+        // The hybrid KEM has no standard SPKI of its own; its components do.
+        Algorithm::Aes256Gcm | Algorithm::HybridX25519MlKem768 => return None,
     };
     Some(tlv(0x30, &content))
 }
 
-/// DER SubjectPublicKeyInfo for a raw public key; empty for symmetric keys.
+/// DER SubjectPublicKeyInfo for a raw public key as ron-kms stores it;
+/// empty for symmetric keys, the hybrid KEM and a malformed hybrid key. The
+/// composite signature's subjectPublicKey is the draft's serialization,
+/// ML-DSA-65 key then Ed25519 key.
 pub fn encode(alg: Algorithm, raw_public: &[u8]) -> Vec<u8> {
     let Some(algid) = algorithm_identifier(alg) else {
         return Vec::new();
+    };
+    let composite;
+    let raw_public = if alg == Algorithm::HybridEd25519MlDsa65 {
+        match super::hybrid::composite_public(raw_public) {
+            Some(c) => {
+                composite = c;
+                &composite[..]
+            }
+            None => return Vec::new(),
+        }
+    } else {
+        raw_public
     };
     let mut bits = Vec::with_capacity(raw_public.len() + 1);
     bits.push(0); // no unused bits
@@ -87,7 +106,8 @@ fn wrap_bits(algid_content: Vec<u8>, raw_public: &[u8]) -> Vec<u8> {
 /// `hybrid-x25519-ml-kem-768` ml-kem-768 then x25519 (RFC 8410 OID
 /// 1.3.101.110). Empty for other algorithms or a malformed public key.
 pub fn components(alg: Algorithm, raw_public: &[u8]) -> Vec<(&'static str, Vec<u8>)> {
-    use super::hybrid::*;
+    use super::hybrid::kem::{ML_KEM_768_PUBLIC_LEN, X25519_LEN};
+    use super::hybrid::split_sig_public;
     match alg {
         Algorithm::HybridEd25519MlDsa65 => match split_sig_public(raw_public) {
             Some((c, q)) => vec![

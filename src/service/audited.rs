@@ -434,11 +434,13 @@ impl KmsService {
         // the audit record says what was asked for and why
         let asked = match &req.policy {
             Some(p) => format!(
-                "phase={} produce_hybrid={} verify_mode={} rollout_percent={}; {}",
+                "phase={} produce_hybrid={} verify_mode={} rollout_percent={} auto_rollback={} accept_legacy_bundles={}; {}",
                 p.phase,
                 p.produce_hybrid,
                 p.verify_mode.chars().take(16).collect::<String>(),
                 p.rollout_percent.unwrap_or(100),
+                p.auto_rollback.unwrap_or(true),
+                p.accept_legacy_bundles.unwrap_or(true),
                 req.reason.chars().take(200).collect::<String>()
             ),
             None => String::new(),

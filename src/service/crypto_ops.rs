@@ -2,8 +2,78 @@
 //! private-key operation in custody (on the bounded pool when it is heavy),
 //! never touch the store.
 use super::*;
+use crate::backend::SignInput;
+use crate::crypto::hybrid::{self, Presented};
+use crate::policy::Verdict;
+
+/// A context string fits the composite's one length byte.
+fn check_context(ctx: &[u8]) -> Result<()> {
+    if ctx.len() > hybrid::MAX_CONTEXT_LEN {
+        return Err(Error::InvalidArgument(format!(
+            "field context: at most {} bytes",
+            hybrid::MAX_CONTEXT_LEN
+        )));
+    }
+    Ok(())
+}
+
+fn context_refused(alg: Algorithm) -> Error {
+    Error::InvalidArgument(format!(
+        "field context: only hybrid-ed25519-ml-dsa-65 keys take a context string, not {alg} keys"
+    ))
+}
+
+fn sign_input(bytes: &[u8], classical: bool) -> SignInput<'_> {
+    if classical {
+        SignInput::ClassicalComponent(bytes)
+    } else {
+        SignInput::Message(bytes)
+    }
+}
 
 impl KmsService {
+    /// What custody signs for this request: the message itself, or for a
+    /// hybrid key the composite's message representative M′ (phases 1–3)
+    /// or, where the tenant's policy still signs classically (phase 0, or
+    /// outside the rollout), the message for a plain Ed25519 signature by
+    /// the key's classical component (`true`).
+    fn what_to_sign(
+        &self,
+        caller: &Caller,
+        rec: &KeyRecord,
+        message: Vec<u8>,
+        ctx: &[u8],
+    ) -> Result<(Vec<u8>, bool)> {
+        if rec.algorithm != Algorithm::HybridEd25519MlDsa65 {
+            if !ctx.is_empty() {
+                return Err(context_refused(rec.algorithm));
+            }
+            return Ok((message, false));
+        }
+        let composite = self
+            .policies
+            .get(&caller.tenant)
+            .policy
+            .effective(&caller.tenant, &rec.name)
+            .produce_hybrid;
+        if composite {
+            let m = hybrid::representative(&message, ctx)
+                .map_err(|e| Error::InvalidArgument(format!("field context: {e}")))?;
+            return Ok((m, false));
+        }
+        if !ctx.is_empty() {
+            return Err(Error::FailedPrecondition(
+                "field context: the tenant's PQ policy signs this key with its classical component alone (phase 0, or outside the rollout), and a plain Ed25519 signature has no context".into(),
+            ));
+        }
+        if message.starts_with(hybrid::PREFIX) {
+            return Err(Error::InvalidArgument(
+                "field message: a message that starts with the composite signature prefix \"CompositeAlgorithmSignatures2025\" cannot be signed with the classical component alone".into(),
+            ));
+        }
+        Ok((message, true))
+    }
+
     // ----- crypto ------------------------------------------------------
 
     pub(super) async fn sign_inner(
@@ -13,7 +83,8 @@ impl KmsService {
     ) -> Result<proto::SignResponse> {
         caller.require(Scope::Sign)?;
         let key = KeyRef::parse(&req.key)?;
-        let hash = request_hash(&[b"Sign", req.key.as_bytes(), &req.message]);
+        check_context(&req.context)?;
+        let hash = request_hash(&[b"Sign", req.key.as_bytes(), &req.message, &req.context]);
         if let Some(c) = self.cached(caller, &req.op_id, &hash)? {
             if let CachedAnswer::Sign(r) = &c.answer {
                 // A remembered answer is only given while the version that
@@ -35,27 +106,27 @@ impl KmsService {
             )));
         }
         let kid = rec.kid(vn);
+        let (bytes, classical) = self.what_to_sign(caller, &rec, req.message, &req.context)?;
         let signature = if self.offload(rec.algorithm) {
-            let (this, rec, kid, msg) = (self.clone(), rec.clone(), kid.clone(), req.message);
+            let (this, rec, kid) = (self.clone(), rec.clone(), kid.clone());
             self.blocking(move || {
-                let r = this
-                    .backend
-                    .sign(label(&rec, &kid), handle(&rec, vn)?, &msg);
+                let r = this.backend.sign(
+                    label(&rec, &kid),
+                    handle(&rec, vn)?,
+                    sign_input(&bytes, classical),
+                );
                 this.custody_saw(&r);
                 Ok(r?)
             })
             .await?
         } else {
-            let r = self
-                .backend
-                .sign(label(&rec, &kid), handle(&rec, vn)?, &req.message);
+            let r = self.backend.sign(
+                label(&rec, &kid),
+                handle(&rec, vn)?,
+                sign_input(&bytes, classical),
+            );
             self.custody_saw(&r);
             r?
-        };
-        let signature = if rec.algorithm == Algorithm::HybridEd25519MlDsa65 {
-            self.hybrid_as_policy_says(caller, &rec, signature)?
-        } else {
-            signature
         };
         let resp = proto::SignResponse {
             kid,
@@ -73,29 +144,26 @@ impl KmsService {
     ) -> Result<proto::VerifyResponse> {
         caller.require(Scope::Verify)?;
         let key = KeyRef::parse(&req.key)?;
+        check_context(&req.context)?;
         let (rec, vn) = self.resolve(caller, &key, Purpose::Sign, "verify")?;
         let alg = rec.algorithm;
+        let hybrid_key = alg == Algorithm::HybridEd25519MlDsa65;
+        if !hybrid_key && !req.context.is_empty() {
+            return Err(context_refused(alg));
+        }
         let kid = rec.kid(vn);
         let (public, cache_age_ms) = self.verify_key(caller, &rec, vn, &kid)?;
-        let mode = self
-            .policies
-            .get(&caller.tenant)
+        let entry = self.policies.get(&caller.tenant);
+        let mode = entry
             .policy
             .effective(&caller.tenant, &rec.name)
             .verify_mode;
-        let (decision, kind) = if alg == Algorithm::HybridEd25519MlDsa65 {
-            match crate::crypto::hybrid::parse_bundle(&req.signature) {
-                // a malformed bundle is an invalid signature, like any other
-                Err(_) => (crate::policy::Decision::Judged(false), String::new()),
-                Ok(bundle) => {
-                    let kind = bundle.kind().as_str().to_string();
-                    let hybrid = self.provider.hybrid_signer().ok_or_else(|| {
-                        Error::Internal("no hybrid signer in the provider".into())
-                    })?;
-                    let results = hybrid.verify_components(&public.public, &req.message, &bundle);
-                    (crate::policy::decide(mode, alg, Some(results), false), kind)
-                }
-            }
+        let presented = if hybrid_key {
+            let hybrid = self
+                .provider
+                .hybrid_signer()
+                .ok_or_else(|| Error::Internal("no hybrid signer in the provider".into()))?;
+            hybrid.check(&public.public, &req.message, &req.context, &req.signature)
         } else {
             let valid = if alg.verify_is_heavy() {
                 let (p, public, msg, sig) = (
@@ -111,25 +179,41 @@ impl KmsService {
                     .signer(alg)?
                     .verify(&public.public, &req.message, &req.signature)
             };
-            let kind = if alg.is_classical_signature() {
-                crate::crypto::hybrid::SignatureKind::ClassicalOnly
+            if alg.is_classical_signature() {
+                Presented::Classical(valid)
             } else {
-                crate::crypto::hybrid::SignatureKind::PqOnly
-            };
-            (
-                crate::policy::decide(mode, alg, None, valid),
-                kind.as_str().to_string(),
-            )
+                Presented::Pq(valid)
+            }
         };
-        match decision {
-            crate::policy::Decision::Judged(valid) => Ok(proto::VerifyResponse {
-                valid,
-                kid,
-                algorithm: alg.as_str().to_string(),
-                signature_kind: kind,
-                cache_age_ms,
-            }),
-            crate::policy::Decision::Refused { why, genuine } => {
+        let verdict = crate::policy::decide(
+            mode,
+            hybrid_key,
+            entry.policy.accept_legacy_bundles,
+            presented,
+        );
+        let answer = |valid: bool, kind: &str| proto::VerifyResponse {
+            valid,
+            kid: kid.clone(),
+            algorithm: alg.as_str().to_string(),
+            signature_kind: kind.to_string(),
+            cache_age_ms,
+        };
+        match verdict {
+            Verdict::Valid(kind) => Ok(answer(true, kind.as_str())),
+            Verdict::Invalid { downgrade } => {
+                if downgrade {
+                    self.downgrade_attempt(caller, &kid, presented, mode).await;
+                }
+                Ok(answer(false, ""))
+            }
+            Verdict::Refused {
+                why,
+                genuine,
+                downgrade,
+            } => {
+                if downgrade {
+                    self.downgrade_attempt(caller, &kid, presented, mode).await;
+                }
                 Err(self.refused_by_pq_policy(caller, &kid, why, genuine).await)
             }
         }

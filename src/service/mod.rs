@@ -181,6 +181,7 @@ pub struct ServiceOptions {
     pub blocking_threads: usize,
     pub pq_default: crate::policy::PqPolicy,
     pub pq_tenants: std::collections::BTreeMap<String, crate::policy::PqPolicy>,
+    pub pq_rollback: crate::policy::RollbackRule,
     pub verify_cache_max: u64,
     pub verify_cache_ttl: Duration,
     /// Refuse private-key operations while custody's attestation is not
@@ -201,6 +202,7 @@ impl ServiceOptions {
             blocking_threads: cfg.blocking_threads,
             pq_default: cfg.pq_default,
             pq_tenants: cfg.pq_tenants.clone(),
+            pq_rollback: cfg.pq_rollback,
             verify_cache_max: cfg.verify_cache_max,
             verify_cache_ttl: Duration::from_millis(cfg.verify_cache_ttl_ms),
             attestation_required: cfg.attestation_required(),
@@ -324,9 +326,13 @@ impl KmsService {
         audit: Arc<AuditLog>,
     ) -> Result<Self> {
         let keyring = Keyring::new(store.load_keys()?);
-        let policies =
-            crate::policy::Policies::load(store.clone(), opts.pq_default, opts.pq_tenants)
-                .map_err(Error::Internal)?;
+        let policies = crate::policy::Policies::load(
+            store.clone(),
+            opts.pq_default,
+            opts.pq_tenants,
+            opts.pq_rollback,
+        )
+        .map_err(Error::Internal)?;
         let allowed = opts.allowed;
         let blocking_threads = opts.blocking_threads;
         let device_bound = backend.capabilities().device_bound;

@@ -1,9 +1,10 @@
-//! The PQ policy in the request path: what hybrid signing produces, the
-//! verify cache's custody-outage rules, policy refusals with their automatic
-//! rollback, and the admin operations that read and change a tenant's policy.
+//! The PQ policy in the request path: the verify cache's custody-outage
+//! rules, downgrade attempts, policy refusals with their thresholded
+//! rollback, and the admin operations that read and change a tenant's
+//! policy.
 use super::*;
-use crate::crypto::hybrid;
-use crate::policy::{Entry, PqPolicy, VerifyMode};
+use crate::crypto::hybrid::Presented;
+use crate::policy::{Entry, PqPolicy, Refusal, VerifyMode};
 
 fn policy_to_proto(tenant: &str, e: &Entry) -> proto::PqPolicyResponse {
     proto::PqPolicyResponse {
@@ -13,6 +14,8 @@ fn policy_to_proto(tenant: &str, e: &Entry) -> proto::PqPolicyResponse {
             produce_hybrid: e.policy.produce_hybrid,
             verify_mode: e.policy.verify_mode.as_str().to_string(),
             rollout_percent: Some(e.policy.rollout_percent.into()),
+            auto_rollback: Some(e.policy.auto_rollback),
+            accept_legacy_bundles: Some(e.policy.accept_legacy_bundles),
         }),
         source: e.source.as_str().to_string(),
         updated_at_ms: e.updated_at_ms,
@@ -22,27 +25,6 @@ fn policy_to_proto(tenant: &str, e: &Entry) -> proto::PqPolicyResponse {
 }
 
 impl KmsService {
-    /// A hybrid key's full bundle, or its classical component alone when
-    /// the tenant's policy (for this key, within the rollout) says so.
-    pub(super) fn hybrid_as_policy_says(
-        &self,
-        caller: &Caller,
-        rec: &KeyRecord,
-        bundle: Vec<u8>,
-    ) -> Result<Vec<u8>> {
-        let eff = self
-            .policies
-            .get(&caller.tenant)
-            .policy
-            .effective(&caller.tenant, &rec.name);
-        if eff.produce_hybrid {
-            return Ok(bundle);
-        }
-        let b = hybrid::parse_bundle(&bundle)
-            .map_err(|e| Error::Internal(format!("custody returned a bad bundle: {e}")))?;
-        Ok(hybrid::encode_bundle(b.classical, None))
-    }
-
     /// The prepared public key of `kid` and, while custody is unavailable,
     /// the age of the cached copy used. Refuses with UNAVAILABLE when custody
     /// is down and the key is not cached, or cached longer ago than the TTL.
@@ -92,9 +74,52 @@ impl KmsService {
         }
     }
 
-    /// Count a policy refusal, roll the tenant back to `verify_mode = or`
-    /// when it is in phase 0–2 (the first refusal only; audited and
-    /// metered), and return the error for the caller.
+    /// A signature with the marks of a downgrade attempt (a classical-only
+    /// form where the policy requires PQ that is not a valid plain
+    /// signature, or a genuine component beside a broken one): counted in
+    /// `kms_pq_downgrade_attempt_total` and audited (op
+    /// `pq_downgrade_attempt`). It never moves the policy.
+    pub(super) async fn downgrade_attempt(
+        &self,
+        caller: &Caller,
+        kid: &str,
+        presented: Presented,
+        mode: VerifyMode,
+    ) {
+        metrics::counter!("kms_pq_downgrade_attempt_total").increment(1);
+        let what = match presented {
+            Presented::Composite { .. } => "a composite signature with one component broken",
+            Presented::Classical(_) => "a classical-only signature that is not valid",
+            Presented::Legacy { pq: None, .. } => "a classical-only RKS v1 bundle",
+            Presented::Legacy { .. } => "an RKS v1 bundle with one component broken",
+            Presented::Pq(_) | Presented::Malformed => "a malformed signature",
+        };
+        tracing::debug!(
+            request_id = %caller.request_id,
+            tenant = %caller.tenant,
+            kid,
+            "PQ downgrade attempt: {what}"
+        );
+        let event = Event {
+            tenant: caller.tenant.clone(),
+            principal: caller.principal.clone(),
+            op: "pq_downgrade_attempt",
+            kid: kid.to_string(),
+            result: "refused".into(),
+            reason: format!("{what} under verify_mode {}", mode.as_str()),
+            request_id: caller.request_id.clone(),
+            ..Event::default()
+        };
+        if let Err(e) = self.audit.append(event).await {
+            tracing::error!(error = %e, "audit append failed");
+        }
+    }
+
+    /// Count a policy refusal and return the error for the caller. A
+    /// refusal of a *genuine* classical signature (`genuine`) is noted; when
+    /// the refusals of distinct principals within the window reach the
+    /// threshold, a phase 0–2 tenant with `auto_rollback` is rolled back to
+    /// `verify_mode = or` (audited with those refusals, and metered).
     pub(super) async fn refused_by_pq_policy(
         self: &Arc<Self>,
         caller: &Caller,
@@ -103,16 +128,34 @@ impl KmsService {
         genuine: bool,
     ) -> Error {
         crate::telemetry::reject("pq_policy");
-        if !genuine || !self.policies.would_roll_back(&caller.tenant) {
-            // a signature that does not verify rolls nothing back: otherwise
-            // anyone who may call verify could downgrade the tenant
+        if !genuine {
             return Error::PqPolicy(why);
         }
+        let refusal = Refusal {
+            principal: caller.principal.clone(),
+            kid: kid.to_string(),
+            request_id: caller.request_id.clone(),
+            at: std::time::Instant::now(),
+        };
+        let Some(refusals) = self.policies.note_genuine_refusal(&caller.tenant, refusal) else {
+            return Error::PqPolicy(why);
+        };
+        let rule = self.policies.rollback_rule();
+        let listed = refusals
+            .iter()
+            .map(|r| format!("{} on {} (request {})", r.principal, r.kid, r.request_id))
+            .collect::<Vec<_>>()
+            .join("; ");
+        let reason = format!(
+            "{} distinct principals' genuine classical signatures refused within {} s: {listed}",
+            refusals.len(),
+            rule.window.as_secs()
+        );
         let this = self.clone();
         let tenant = caller.tenant.clone();
-        let reason = format!("verify of {kid} refused: {why}");
+        let stored = reason.clone();
         let rolled = self
-            .mutation(move || this.policies.rollback(&tenant, &reason, now_ms()))
+            .mutation(move || this.policies.rollback(&tenant, &stored, now_ms()))
             .await;
         match rolled {
             Ok(Some(entry)) => {
@@ -122,7 +165,8 @@ impl KmsService {
                     tenant = %caller.tenant,
                     kid,
                     phase = entry.policy.phase,
-                    "PQ policy refusal: tenant rolled back to verify_mode or"
+                    refusals = refusals.len(),
+                    "PQ policy refusals reached the rollback threshold: tenant rolled back to verify_mode or"
                 );
                 let event = Event {
                     tenant: caller.tenant.clone(),
@@ -130,7 +174,7 @@ impl KmsService {
                     op: "pq_policy_rollback",
                     kid: kid.to_string(),
                     result: "ok".into(),
-                    reason: entry.rollback_reason.clone(),
+                    reason,
                     request_id: caller.request_id.clone(),
                     ..Event::default()
                 };
@@ -195,6 +239,8 @@ impl KmsService {
             produce_hybrid: p.produce_hybrid,
             verify_mode,
             rollout_percent,
+            auto_rollback: p.auto_rollback.unwrap_or(true),
+            accept_legacy_bundles: p.accept_legacy_bundles.unwrap_or(true),
         };
         policy
             .validate()

@@ -124,7 +124,7 @@ fn envelope_from_kem(
 /// A bundle's (ed25519, ml-dsa-65) signatures, each `None` when absent.
 pub type Components = (Option<Vec<u8>>, Option<Vec<u8>>);
 
-/// A ron-kms hybrid signature bundle (docs/hybrid.md), parsed from the
+/// An RKS v1 bundle (the legacy format, docs/hybrid.md), parsed from the
 /// document alone: `(ed25519 signature, ml-dsa-65 signature)`, each `None`
 /// when absent; `None` overall when the bytes are not a well-formed bundle.
 pub fn parse_bundle(sig: &[u8]) -> Option<Components> {
@@ -151,28 +151,90 @@ pub fn parse_bundle(sig: &[u8]) -> Option<Components> {
     rest.is_empty().then_some((ed, ml))
 }
 
-/// Verify each component of a hybrid bundle with RustCrypto against the
-/// component SPKIs GetKey returns: `(ed25519 valid, ml-dsa-65 valid)`, each
-/// `None` when the component is absent.
-pub fn verify_hybrid(
-    components: &[ron_kms::proto::ComponentKey],
-    msg: &[u8],
-    sig: &[u8],
-) -> Option<(Option<bool>, Option<bool>)> {
-    let der = |alg: &str| {
-        components
-            .iter()
-            .find(|c| c.algorithm == alg)
-            .map(|c| c.public_key_der.clone())
-            .expect("component present")
+/// Build an RKS v1 bundle (docs/hybrid.md) from its components.
+pub fn legacy_bundle(ed: Option<&[u8]>, ml: Option<&[u8]>) -> Vec<u8> {
+    let parts: Vec<(u8, &[u8])> = [(0x01u8, ed), (0x12u8, ml)]
+        .into_iter()
+        .filter_map(|(id, s)| s.map(|s| (id, s)))
+        .collect();
+    let mut out = b"RKS\x01".to_vec();
+    out.push(parts.len() as u8);
+    for (id, s) in parts {
+        out.push(id);
+        out.extend_from_slice(&(s.len() as u16).to_be_bytes());
+        out.extend_from_slice(s);
+    }
+    out
+}
+
+/// id-MLDSA65-Ed25519-SHA512 (draft-ietf-lamps-pq-composite-sigs).
+pub const COMPOSITE_OID: &str = "1.3.6.1.5.5.7.6.48";
+const COMPOSITE_PREFIX: &[u8] = b"CompositeAlgorithmSignatures2025";
+const COMPOSITE_LABEL: &[u8] = b"COMPSIG-MLDSA65-Ed25519-SHA512";
+
+/// The draft's message representative, built here from the draft's text:
+/// `Prefix || Label || len(ctx) || ctx || SHA-512(M)`.
+pub fn composite_m_prime(msg: &[u8], ctx: &[u8]) -> Vec<u8> {
+    use sha2::Digest;
+    let mut m = COMPOSITE_PREFIX.to_vec();
+    m.extend_from_slice(COMPOSITE_LABEL);
+    m.push(u8::try_from(ctx.len()).expect("ctx of at most 255 bytes"));
+    m.extend_from_slice(ctx);
+    m.extend_from_slice(&sha2::Sha512::digest(msg));
+    m
+}
+
+/// Verify a composite signature from the raw composite public key
+/// (ML-DSA-65 key 1952 bytes, then Ed25519 key 32 bytes) with RustCrypto:
+/// ML-DSA-65 over M′ with the label as its context, Ed25519 over M′; both
+/// must hold. `(ml-dsa valid, ed25519 valid)`.
+pub fn verify_composite_raw(pk: &[u8], msg: &[u8], ctx: &[u8], sig: &[u8]) -> (bool, bool) {
+    assert_eq!(pk.len(), 1984, "composite public key length");
+    if sig.len() != 3309 + 64 {
+        return (false, false);
+    }
+    let (pk_m, pk_e) = pk.split_at(1952);
+    let (sig_m, sig_e) = sig.split_at(3309);
+    let m = composite_m_prime(msg, ctx);
+    let enc = ml_dsa::EncodedVerifyingKey::<ml_dsa::MlDsa65>::try_from(pk_m).unwrap();
+    let vk = ml_dsa::VerifyingKey::<ml_dsa::MlDsa65>::decode(&enc);
+    let ml_ok = match ml_dsa::Signature::<ml_dsa::MlDsa65>::try_from(sig_m) {
+        Ok(s) => vk.verify_with_context(&m, COMPOSITE_LABEL, &s),
+        Err(_) => false,
     };
-    assert_eq!(spki_oid(&der("ed25519")), "1.3.101.112");
-    assert_eq!(spki_oid(&der("ml-dsa-65")), "2.16.840.1.101.3.4.3.18");
-    let (ed, ml) = parse_bundle(sig)?;
-    Some((
-        ed.map(|s| verify("ed25519", &der("ed25519"), msg, &s)),
-        ml.map(|s| verify("ml-dsa-65", &der("ml-dsa-65"), msg, &s)),
-    ))
+    let ed = ed25519_dalek::VerifyingKey::from_bytes(pk_e.try_into().unwrap()).unwrap();
+    let ed_ok = ed
+        .verify_strict(&m, &ed25519_dalek::Signature::from_slice(sig_e).unwrap())
+        .is_ok();
+    (ml_ok, ed_ok)
+}
+
+/// Verify a composite signature from the DER SPKI alone (OID
+/// 1.3.6.1.5.5.7.6.48, no parameters, the raw composite key).
+pub fn verify_composite(der: &[u8], msg: &[u8], ctx: &[u8], sig: &[u8]) -> bool {
+    let spki = spki::SubjectPublicKeyInfoRef::try_from(der).expect("well-formed SPKI");
+    assert_eq!(spki.algorithm.oid.to_string(), COMPOSITE_OID);
+    assert!(spki.algorithm.parameters.is_none());
+    let pk = spki.subject_public_key.as_bytes().expect("no unused bits");
+    verify_composite_raw(pk, msg, ctx, sig) == (true, true)
+}
+
+/// A `hybrid-ed25519-ml-dsa-65` signature from outside, from GetKey's
+/// public material only: a composite (3373 bytes) against the composite
+/// SPKI, or a plain Ed25519 signature (64 bytes, what phase 0 signs)
+/// against the `ed25519` component's SPKI.
+pub fn verify_hybrid(v: &ron_kms::proto::KeyVersion, msg: &[u8], sig: &[u8]) -> bool {
+    let ed = v
+        .components
+        .iter()
+        .find(|c| c.algorithm == "ed25519")
+        .expect("ed25519 component");
+    assert_eq!(spki_oid(&ed.public_key_der), "1.3.101.112");
+    match sig.len() {
+        3373 => verify_composite(&v.public_key_der, msg, b"", sig),
+        64 => verify("ed25519", &ed.public_key_der, msg, sig),
+        _ => false,
+    }
 }
 
 /// Build a hybrid-x25519-ml-kem-768 wrap envelope from the component public

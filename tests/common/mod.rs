@@ -582,7 +582,18 @@ impl Client {
     }
 
     pub async fn sign(&mut self, key: &str, message: &[u8]) -> Result<SignResponse, ApiErr> {
+        self.sign_ctx(key, message, b"").await
+    }
+
+    /// Sign with a composite signature's context string.
+    pub async fn sign_ctx(
+        &mut self,
+        key: &str,
+        message: &[u8],
+        context: &[u8],
+    ) -> Result<SignResponse, ApiErr> {
         self.sign_req(SignRequest {
+            context: context.to_vec(),
             key: key.into(),
             message: message.to_vec(),
             op_id: String::new(),
@@ -596,7 +607,19 @@ impl Client {
         message: &[u8],
         signature: &[u8],
     ) -> Result<VerifyResponse, ApiErr> {
+        self.verify_ctx(key, message, signature, b"").await
+    }
+
+    /// Verify with a composite signature's context string.
+    pub async fn verify_ctx(
+        &mut self,
+        key: &str,
+        message: &[u8],
+        signature: &[u8],
+        context: &[u8],
+    ) -> Result<VerifyResponse, ApiErr> {
         let req = VerifyRequest {
+            context: context.to_vec(),
             key: key.into(),
             message: message.to_vec(),
             signature: signature.to_vec(),

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use zeroize::Zeroizing;
 
 use super::soft::{self, label_aad, KeyCache, Sealer};
-use super::{Backend, BackendError, Capabilities, Generated, KeyLabel};
+use super::{Backend, BackendError, Capabilities, Generated, KeyLabel, SignInput};
 use crate::crypto::{aead, random_bytes, Algorithm, Provider};
 
 pub use master::MasterKey;
@@ -129,10 +129,10 @@ impl Backend for SealedFileBackend {
         &self,
         label: KeyLabel<'_>,
         handle: &[u8],
-        message: &[u8],
+        input: SignInput<'_>,
     ) -> Result<Vec<u8>, BackendError> {
         self.check(&label)?;
-        soft::sign_cached(self, &self.prepared, &self.provider, label, handle, message)
+        soft::sign_cached(self, &self.prepared, &self.provider, label, handle, input)
     }
 
     fn decapsulate(
@@ -202,10 +202,10 @@ mod tests {
         };
         let g = b.generate(l).unwrap();
         assert!(b.prepared.is_empty());
-        let sig = b.sign(l, &g.handle, b"m").unwrap();
+        let sig = b.sign(l, &g.handle, SignInput::Message(b"m")).unwrap();
         assert_eq!(b.prepared.len(), 1);
         // served from the cache the second time; Ed25519 is deterministic
-        assert_eq!(b.sign(l, &g.handle, b"m").unwrap(), sig);
+        assert_eq!(b.sign(l, &g.handle, SignInput::Message(b"m")).unwrap(), sig);
         assert!(
             ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, &g.public)
                 .verify(b"m", &sig)
@@ -215,7 +215,7 @@ mod tests {
         // the cache never serves a handle under another label
         let other = KeyLabel { kid: "k#v2", ..l };
         assert!(matches!(
-            b.sign(other, &g.handle, b"m"),
+            b.sign(other, &g.handle, SignInput::Message(b"m")),
             Err(BackendError::Sealed(_))
         ));
         b.destroy(l, &g.handle).unwrap();

@@ -59,7 +59,7 @@ use tss_esapi::{Context, TctiNameConf};
 use zeroize::Zeroizing;
 
 use super::soft::{self, label_aad, Sealer};
-use super::{jittered, Backend, BackendError, Capabilities, Generated, KeyLabel};
+use super::{jittered, Backend, BackendError, Capabilities, Generated, KeyLabel, SignInput};
 use crate::crypto::{aead, random_bytes, Algorithm, Provider};
 
 const HANDLE_MAGIC: &[u8; 3] = b"TPM";
@@ -668,15 +668,23 @@ impl Backend for TpmBackend {
         &self,
         label: KeyLabel<'_>,
         handle: &[u8],
-        message: &[u8],
+        input: SignInput<'_>,
     ) -> Result<Vec<u8>, BackendError> {
         self.check(&label)?;
-        let blob = match parse_handle(handle)? {
-            Parsed::Sealed { .. } => {
-                return soft::sign(self, &self.provider, label, handle, message)
+        let (blob, message) = match (parse_handle(handle)?, input) {
+            (Parsed::Sealed { .. }, input) => {
+                return soft::sign(self, &self.provider, label, handle, input)
             }
-            Parsed::Native(b) if label.algorithm == Algorithm::EcdsaP256 => b,
-            Parsed::Native(_) => return Err(BackendError::Sealed("not a signing key handle")),
+            (Parsed::Native(b), SignInput::Message(m))
+                if label.algorithm == Algorithm::EcdsaP256 =>
+            {
+                (b, m)
+            }
+            // native keys are single-algorithm: no hybrid components
+            (Parsed::Native(_), SignInput::ClassicalComponent(_)) => {
+                return Err(BackendError::Unsupported(label.algorithm))
+            }
+            (Parsed::Native(_), _) => return Err(BackendError::Sealed("not a signing key handle")),
         };
         let digest = ring::digest::digest(&ring::digest::SHA256, message);
         let sig = self.run(|conn| {

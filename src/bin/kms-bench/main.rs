@@ -442,6 +442,7 @@ async fn prepare(
     let message = vec![0x5a; size];
     Ok(match op {
         Op::Sign => Work::Sign(SignRequest {
+            context: Vec::new(),
             key: name,
             message,
             op_id: String::new(),
@@ -450,6 +451,7 @@ async fn prepare(
             let s = c
                 .sign(with_auth(
                     SignRequest {
+                        context: Vec::new(),
                         key: name,
                         message: message.clone(),
                         op_id: String::new(),
@@ -460,6 +462,7 @@ async fn prepare(
                 .map_err(|s| format!("sign: {}", load::grpc_code(&s)))?
                 .into_inner();
             Work::Verify(VerifyRequest {
+                context: Vec::new(),
                 key: s.kid,
                 message,
                 signature: s.signature,

@@ -309,6 +309,7 @@ async fn until_sign_ok(ep: &Endpoint, name: &str, limit: Duration) -> Option<Dur
             .sign(
                 with_auth(
                     SignRequest {
+                        context: Vec::new(),
                         key: name.into(),
                         message: b"probe".to_vec(),
                         op_id: String::new(),
@@ -345,6 +346,7 @@ async fn keys_ok(ep: &Endpoint, names: &[String]) -> usize {
         };
         let Ok(sign) = with_auth(
             SignRequest {
+                context: Vec::new(),
                 key: n.clone(),
                 message: b"check".to_vec(),
                 op_id: String::new(),

@@ -422,6 +422,7 @@ pub(super) async fn network_jitter(a: &DrillArgs) -> Result<Verdict, String> {
         .push(phase("partition", vec![g(mix, clients()?)], blackhole).await);
     imp.set(0.0, 0.0, 0.0)?;
     let probe = Work::Sign(SignRequest {
+        context: Vec::new(),
         key: "jitter".into(),
         message: b"probe".to_vec(),
         op_id: String::new(),
