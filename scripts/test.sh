@@ -31,7 +31,7 @@ echo "== tokio-console build (feature console, --cfg tokio_unstable): the endpoi
 # gets no clippy pass of its own, but it must compile clean.
 # Profile console-ci: dependencies unoptimised, which compiles faster; the
 # test only checks that the endpoint serves tasks.
-RUSTFLAGS="--cfg tokio_unstable -D warnings" cargo test --locked --features console \
+RUSTFLAGS="--cfg tokio_unstable -D warnings" cargo test --locked -p ron-kms --features console \
   --profile console-ci --target-dir target/console --test console
 echo "== fuzz smoke: every cargo-fuzz target for 10 s (scripts/fuzz.sh --smoke)"
 scripts/fuzz.sh --smoke 10
