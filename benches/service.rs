@@ -50,7 +50,8 @@ use criterion::measurement::WallTime;
 use criterion::{
     black_box, criterion_group, criterion_main, BenchmarkGroup, BenchmarkId, Criterion, Throughput,
 };
-use ron_kms::admission::{Admission, AdmissionConfig, Op};
+use ron_kms::admission::{Admission, AdmissionConfig};
+use ron_kms::ops::Gate;
 
 use ron_kms::config::Config;
 use ron_kms::crypto::{aead, envelope, random_bytes, Algorithm, KeyPair, Provider};
@@ -264,14 +265,14 @@ fn admission(c: &mut Criterion) {
     for (label, adm) in [("default", &default), ("rate_capped", &capped)] {
         g.bench_function(BenchmarkId::new("admit_drop", label), |b| {
             b.iter(|| {
-                let permit = ready(adm.admit(Op::Sign, black_box("tenant-a"), 1)).unwrap();
+                let permit = ready(adm.admit(Gate::Sign, black_box("tenant-a"), 1)).unwrap();
                 drop(black_box(permit));
             })
         });
-        assert_eq!(adm.in_use(Op::Sign), 0);
+        assert_eq!(adm.in_use(Gate::Sign), 0);
     }
     g.bench_function(BenchmarkId::new("precheck", "default"), |b| {
-        b.iter(|| default.precheck(Op::Sign, black_box("tenant-a")).unwrap())
+        b.iter(|| default.precheck(Gate::Sign, black_box("tenant-a")).unwrap())
     });
     g.finish();
 }

@@ -19,38 +19,17 @@ use crate::store::{Store, TokenRecord};
 pub const TOKEN_PREFIX: &str = "rkms_";
 const RELOAD_EVERY: Duration = Duration::from_secs(1);
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Scope {
-    Admin,
-    Read,
-    Sign,
-    Verify,
-    Wrap,
-    Unwrap,
-}
+pub use crate::ops::Scope;
 
-impl Scope {
-    pub const ALL: [Scope; 6] = [
-        Scope::Admin,
-        Scope::Read,
-        Scope::Sign,
-        Scope::Verify,
-        Scope::Wrap,
-        Scope::Unwrap,
-    ];
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Scope::Admin => "kms:admin",
-            Scope::Read => "kms:read",
-            Scope::Sign => "kms:sign",
-            Scope::Verify => "kms:verify",
-            Scope::Wrap => "kms:wrap",
-            Scope::Unwrap => "kms:unwrap",
-        }
-    }
-    fn bit(self) -> u8 {
-        1 << (self as u8)
-    }
+/// The identity a verified client certificate carries, mapped to a tenant by
+/// the ingress (`crate::ingress::tls`): a credential of its own.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CertIdentity {
+    pub tenant: String,
+    /// `cert:<first 12 hex digits of the SHA-256 of the leaf DER>`: safe to
+    /// log, stable per certificate.
+    pub principal: String,
+    pub scopes: Scopes,
 }
 
 /// A set of scopes.

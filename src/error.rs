@@ -1,10 +1,14 @@
 //! The one domain error every operation returns.
 //!
-//! Fronts never invent errors of their own: they map this enum through the
-//! table in [`crate::api::error`] to an HTTP status, a gRPC code, a stable
-//! machine-readable `code` and a retryable flag. Messages never contain key
+//! Each error knows its stable machine-readable [`Error::code`], whether a
+//! retry can help ([`Error::retryable`], [`Error::retry_after_ms`]) and what
+//! the caller may be told ([`Error::public_message`]). Fronts never invent
+//! errors of their own: they only map the code to an HTTP status and a gRPC
+//! code (`crate::api::error`). Messages never contain key
 //! material or caller input beyond names the caller chose (key names,
 //! algorithm strings).
+use std::time::Duration;
+
 use thiserror::Error;
 
 #[derive(Debug, Error)]
@@ -60,7 +64,7 @@ pub enum Error {
     /// its fair share or its rate cap (429), or the service is saturated
     /// (503). Carries the retry advice.
     #[error("{}", shed_message(.0))]
-    Shed(crate::admission::Shed),
+    Shed(Shed),
     /// The request did not finish within the server's request timeout.
     #[error("request timed out after {0} ms")]
     Timeout(u64),
@@ -81,8 +85,41 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-fn shed_message(s: &crate::admission::Shed) -> String {
-    use crate::admission::ShedKind;
+/// Why a request was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ShedKind {
+    /// The tenant is over its fair share while others wait (429).
+    TenantShare,
+    /// The tenant's token bucket is empty (429).
+    RateLimit,
+    /// The op's gate and queue are full, or the wait ran out (503).
+    Overload,
+}
+
+impl ShedKind {
+    /// The `reason` label of `kms_reject_total`.
+    pub fn reason(self) -> &'static str {
+        match self {
+            ShedKind::TenantShare => "tenant_share",
+            ShedKind::RateLimit => "rate_limit",
+            ShedKind::Overload => "overload",
+        }
+    }
+}
+
+/// A refused request, with the advised wait before retrying.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{op} refused ({}); retry in {} ms", .kind.reason(), .retry_after.as_millis())]
+pub struct Shed {
+    /// Why.
+    pub kind: ShedKind,
+    /// The op whose request was refused.
+    pub op: crate::ops::Gate,
+    /// The advice for `Retry-After` / `grpc-retry-pushback-ms`.
+    pub retry_after: Duration,
+}
+
+fn shed_message(s: &Shed) -> String {
     let what = match s.kind {
         ShedKind::TenantShare => "this tenant is over its fair share of",
         ShedKind::RateLimit => "this tenant is over its rate limit for",
@@ -95,53 +132,89 @@ fn shed_message(s: &crate::admission::Shed) -> String {
     )
 }
 
+/// The wait advised with a retryable error that carries no advice of its own.
+pub const DEFAULT_RETRY_AFTER_MS: u64 = 1000;
+
 impl Error {
-    /// How long a client should wait before retrying, when a retry can help.
+    /// The stable code clients see (`code` in the HTTP envelope,
+    /// `kms-error-code` on gRPC; docs/api.md lists them).
+    pub fn code(&self) -> &'static str {
+        use Error::*;
+        match self {
+            InvalidArgument(_) => "invalid_argument",
+            UnknownAlgorithm(_) => "unknown_algorithm",
+            WrongPurpose { .. } => "wrong_key_purpose",
+            NotFound(_) => "not_found",
+            AlreadyExists(_) => "already_exists",
+            VersionNotEnabled { .. } => "key_version_not_enabled",
+            FailedPrecondition(_) => "failed_precondition",
+            PqPolicy(_) => "pq_policy",
+            UnwrapFailed => "unwrap_failed",
+            Unauthenticated => "unauthenticated",
+            PermissionDenied(_) => "permission_denied",
+            TooLarge(_) => "too_large",
+            Overloaded(_) => "overloaded",
+            AttestationMissing(_) => "attestation_missing",
+            Shed(s) => match s.kind {
+                ShedKind::TenantShare => "tenant_share",
+                ShedKind::RateLimit => "rate_limit",
+                ShedKind::Overload => "saturated",
+            },
+            Timeout(_) => "timeout",
+            DecompressRatio(_) => "decompress_ratio",
+            UnsupportedEncoding(_) => "unsupported_encoding",
+            Unavailable(_) => "unavailable",
+            Internal(_) => "internal",
+        }
+    }
+
+    /// Whether the same request may succeed later.
+    pub fn retryable(&self) -> bool {
+        self.retry_after_ms().is_some()
+    }
+
+    /// How long a client should wait before retrying, when a retry can help:
+    /// admission's advice for a shed, [`DEFAULT_RETRY_AFTER_MS`] for the
+    /// other transient errors, `None` for errors a retry cannot fix.
     pub fn retry_after_ms(&self) -> Option<u64> {
         match self {
             Error::Shed(s) => Some((s.retry_after.as_millis() as u64).max(1)),
-            Error::Timeout(_) | Error::Overloaded(_) | Error::Unavailable(_) => Some(1000),
+            Error::Timeout(_) | Error::Overloaded(_) | Error::Unavailable(_) => {
+                Some(DEFAULT_RETRY_AFTER_MS)
+            }
             _ => None,
         }
     }
-}
 
-impl From<crate::backend::BackendError> for Error {
-    fn from(e: crate::backend::BackendError) -> Self {
-        use crate::backend::BackendError as B;
-        match e {
-            B::Unavailable(m) => Error::Unavailable(m),
-            B::Decrypt => Error::UnwrapFailed,
-            B::Unsupported(a) => Error::UnknownAlgorithm(a.to_string()),
-            B::Sealed(m) => Error::Internal(format!("custody: {m}")),
-            B::Crypto(m) => Error::Internal(format!("custody crypto: {m}")),
-            B::Busy(m) => Error::Overloaded(m),
-            B::Attestation(m) => Error::AttestationMissing(m),
+    /// The message shown to the caller. An internal error's detail is
+    /// logged under the request id instead; a dependency's unavailability
+    /// is logged too.
+    pub fn public_message(&self, request_id: &str) -> String {
+        match self {
+            Error::Internal(detail) => {
+                tracing::error!(request_id, detail = %detail, "internal error");
+                "internal error; see the server log for this request id".to_string()
+            }
+            Error::Unavailable(detail) => {
+                tracing::warn!(request_id, detail = %detail, "dependency unavailable");
+                self.to_string()
+            }
+            other => other.to_string(),
         }
     }
 }
 
-impl From<crate::admission::Shed> for Error {
-    fn from(s: crate::admission::Shed) -> Self {
+impl From<Shed> for Error {
+    fn from(s: Shed) -> Self {
         Error::Shed(s)
-    }
-}
-
-impl From<crate::store::StoreError> for Error {
-    fn from(e: crate::store::StoreError) -> Self {
-        use crate::store::StoreError as S;
-        match e {
-            S::AlreadyExists(m) | S::OpConflict(m) => Error::AlreadyExists(m),
-            S::VersionConflict(m) => Error::Unavailable(format!("store: {m}")),
-            S::NotFound(m) => Error::NotFound(m),
-            S::Backend(m) => Error::Unavailable(format!("store: {m}")),
-            S::Corrupt(m) => Error::Internal(format!("store: {m}")),
-        }
     }
 }
 
 impl From<crate::crypto::CryptoError> for Error {
     fn from(e: crate::crypto::CryptoError) -> Self {
-        Error::Internal(format!("crypto: {e}"))
+        match e {
+            crate::crypto::CryptoError::BadInput(m) => Error::InvalidArgument(m.to_string()),
+            other => Error::Internal(format!("crypto: {other}")),
+        }
     }
 }

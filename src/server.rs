@@ -223,7 +223,7 @@ pub fn open_store(cfg: &Config) -> Result<Arc<dyn Store>, StartError> {
             };
             let tls = match &pg.ca_file {
                 Some(ca) => Some(Arc::new(
-                    crate::api::tls::client_config(ca)
+                    crate::ingress::tls::client_config(ca)
                         .map_err(|e| StartError::Other(format!("KMS_STORE_CA_FILE: {e}")))?,
                 )),
                 None => {
@@ -476,7 +476,7 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
         backend,
         opened.provider.clone(),
         tokens,
-        crate::service::ServiceOptions::from_config(cfg),
+        cfg.service_options(),
         audit,
     )?);
     kms.follow_store()?;
@@ -541,10 +541,13 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
     // first-request and idle deadlines, TLS), one per front.
     let (grpc_tls, http_tls, mtls) = match &cfg.tls {
         Some(t) => {
-            let tls_err = |e: crate::api::tls::TlsError| StartError::Other(format!("tls: {e}"));
+            let tls_err = |e: crate::ingress::tls::TlsError| StartError::Other(format!("tls: {e}"));
             (
-                Some(crate::api::tls::server_config(t, &[b"h2"]).map_err(tls_err)?),
-                Some(crate::api::tls::server_config(t, &[b"h2", b"http/1.1"]).map_err(tls_err)?),
+                Some(crate::ingress::tls::server_config(t, &[b"h2"]).map_err(tls_err)?),
+                Some(
+                    crate::ingress::tls::server_config(t, &[b"h2", b"http/1.1"])
+                        .map_err(tls_err)?,
+                ),
                 t.mtls.clone(),
             )
         }

@@ -7,8 +7,8 @@ use ron_kms::backend::soft::Sealer;
 use ron_kms::backend::KeyLabel;
 use ron_kms::config::MasterKeySource;
 use ron_kms::crypto::Algorithm;
-use ron_kms::keyring::{KeyRecord, VersionRecord, VersionState};
 use ron_kms::server::{open_data_dir, start, StartError};
+use ron_kms::store::{KeyRecord, VersionRecord, VersionState};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_survive_a_restart() {

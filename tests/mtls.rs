@@ -7,7 +7,7 @@ mod common;
 
 use common::certs::{foreign_client, Pki};
 use common::{Client, Front, TestServer};
-use ron_kms::api::tls::{MtlsRule, TlsSettings};
+use ron_kms::ingress::tls::{MtlsRule, TlsSettings};
 use ron_kms::proto::kms_client::KmsClient;
 use ron_kms::proto::{GetKeyRequest, SignRequest};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};

@@ -8,7 +8,8 @@ use proptest::prelude::*;
 use ron_kms::config::{load, Flags};
 use ron_kms::crypto::hybrid::legacy::{encode_bundle, parse_bundle};
 use ron_kms::crypto::{envelope, Algorithm};
-use ron_kms::keyring::{kid, KeyRef};
+use ron_kms::keyring::KeyRef;
+use ron_kms::store::kid;
 
 fn wrap_alg() -> impl Strategy<Value = Algorithm> {
     prop::sample::select(vec![

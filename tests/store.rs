@@ -8,10 +8,10 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use ron_kms::crypto::Algorithm;
-use ron_kms::keyring::{KeyRecord, VersionRecord, VersionState};
 use ron_kms::store::postgres::{PgSettings, PgStore};
 use ron_kms::store::sqlite::SqliteStore;
 use ron_kms::store::{Change, OpRecord, Store, StoreError, TokenRecord};
+use ron_kms::store::{KeyRecord, VersionRecord, VersionState};
 
 type Open = dyn Fn() -> Arc<dyn Store>;
 type Case = (&'static str, fn(&Open));
@@ -335,7 +335,7 @@ fn postgres_over_tls() {
     let pg = common::pg::Pg::start_tls(&pki);
     let db = pg.fresh_db("tls");
     let tls = |ca: &std::path::Path| PgSettings {
-        tls: Some(Arc::new(ron_kms::api::tls::client_config(ca).unwrap())),
+        tls: Some(Arc::new(ron_kms::ingress::tls::client_config(ca).unwrap())),
         ..Default::default()
     };
     // the certificate names localhost; connect by that name

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use common::certs::Pki;
 use common::TestServer;
-use ron_kms::api::tls::TlsSettings;
+use ron_kms::ingress::tls::TlsSettings;
 use rustls::crypto::aws_lc_rs::kx_group;
 use rustls::crypto::SupportedKxGroup;
 use rustls::NamedGroup;

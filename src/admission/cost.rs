@@ -25,39 +25,39 @@
 //! [`TABLE`] is the whole table, for docs; [`cost`] looks a request up.
 use crate::crypto::Algorithm;
 
-use super::Op;
+use super::Gate;
 
 /// Every (op, algorithm, units) pair that makes sense: signing algorithms
-/// for [`Op::Sign`] and [`Op::Verify`], wrapping algorithms for
-/// [`Op::Wrap`] and [`Op::Unwrap`]. [`Op::Admin`] is not listed: it always
+/// for [`Gate::Sign`] and [`Gate::Verify`], wrapping algorithms for
+/// [`Gate::Wrap`] and [`Gate::Unwrap`]. [`Gate::Admin`] is not listed: it always
 /// costs 1.
-pub const TABLE: &[(Op, Algorithm, u32)] = &[
-    (Op::Sign, Algorithm::Ed25519, 1),
-    (Op::Sign, Algorithm::EcdsaP256, 1),
-    (Op::Sign, Algorithm::MlDsa44, 2),
-    (Op::Sign, Algorithm::MlDsa65, 4),
-    (Op::Sign, Algorithm::MlDsa87, 5),
-    (Op::Sign, Algorithm::HybridEd25519MlDsa65, 5),
-    (Op::Verify, Algorithm::Ed25519, 2),
-    (Op::Verify, Algorithm::EcdsaP256, 2),
-    (Op::Verify, Algorithm::MlDsa44, 1),
-    (Op::Verify, Algorithm::MlDsa65, 2),
-    (Op::Verify, Algorithm::MlDsa87, 3),
-    (Op::Verify, Algorithm::HybridEd25519MlDsa65, 3),
-    (Op::Wrap, Algorithm::Aes256Gcm, 1),
-    (Op::Wrap, Algorithm::MlKem768, 1),
-    (Op::Wrap, Algorithm::MlKem1024, 1),
-    (Op::Wrap, Algorithm::HybridX25519MlKem768, 2),
-    (Op::Unwrap, Algorithm::Aes256Gcm, 1),
-    (Op::Unwrap, Algorithm::MlKem768, 1),
-    (Op::Unwrap, Algorithm::MlKem1024, 1),
-    (Op::Unwrap, Algorithm::HybridX25519MlKem768, 2),
+pub const TABLE: &[(Gate, Algorithm, u32)] = &[
+    (Gate::Sign, Algorithm::Ed25519, 1),
+    (Gate::Sign, Algorithm::EcdsaP256, 1),
+    (Gate::Sign, Algorithm::MlDsa44, 2),
+    (Gate::Sign, Algorithm::MlDsa65, 4),
+    (Gate::Sign, Algorithm::MlDsa87, 5),
+    (Gate::Sign, Algorithm::HybridEd25519MlDsa65, 5),
+    (Gate::Verify, Algorithm::Ed25519, 2),
+    (Gate::Verify, Algorithm::EcdsaP256, 2),
+    (Gate::Verify, Algorithm::MlDsa44, 1),
+    (Gate::Verify, Algorithm::MlDsa65, 2),
+    (Gate::Verify, Algorithm::MlDsa87, 3),
+    (Gate::Verify, Algorithm::HybridEd25519MlDsa65, 3),
+    (Gate::Wrap, Algorithm::Aes256Gcm, 1),
+    (Gate::Wrap, Algorithm::MlKem768, 1),
+    (Gate::Wrap, Algorithm::MlKem1024, 1),
+    (Gate::Wrap, Algorithm::HybridX25519MlKem768, 2),
+    (Gate::Unwrap, Algorithm::Aes256Gcm, 1),
+    (Gate::Unwrap, Algorithm::MlKem768, 1),
+    (Gate::Unwrap, Algorithm::MlKem1024, 1),
+    (Gate::Unwrap, Algorithm::HybridX25519MlKem768, 2),
 ];
 
 /// Cost units of one request. `alg` is the key's algorithm, `None` when the
 /// key is unknown (the op will fail anyway): 1. So does a pair the table does
 /// not list (signing with a wrapping key fails too) and every admin request.
-pub fn cost(op: Op, alg: Option<Algorithm>) -> u32 {
+pub fn cost(op: Gate, alg: Option<Algorithm>) -> u32 {
     let Some(alg) = alg else { return 1 };
     TABLE
         .iter()
@@ -70,17 +70,17 @@ mod tests {
     use super::*;
     use crate::crypto::Purpose;
 
-    fn makes_sense(op: Op, alg: Algorithm) -> bool {
+    fn makes_sense(op: Gate, alg: Algorithm) -> bool {
         match op {
-            Op::Sign | Op::Verify => alg.purpose() == Purpose::Sign,
-            Op::Wrap | Op::Unwrap => alg.purpose() == Purpose::Wrap,
-            Op::Admin => false,
+            Gate::Sign | Gate::Verify => alg.purpose() == Purpose::Sign,
+            Gate::Wrap | Gate::Unwrap => alg.purpose() == Purpose::Wrap,
+            Gate::Admin => false,
         }
     }
 
     #[test]
     fn every_sensible_pair_has_exactly_one_row() {
-        for op in Op::ALL {
+        for op in Gate::ALL {
             for alg in Algorithm::ALL {
                 let rows = TABLE
                     .iter()
@@ -95,24 +95,24 @@ mod tests {
     #[test]
     fn units_are_positive_and_ordered_by_work() {
         assert!(TABLE.iter().all(|&(_, _, u)| u >= 1));
-        let sign = |a| cost(Op::Sign, Some(a));
+        let sign = |a| cost(Gate::Sign, Some(a));
         assert!(sign(Algorithm::MlDsa87) > sign(Algorithm::Ed25519));
         assert!(sign(Algorithm::MlDsa87) > sign(Algorithm::MlDsa65));
         assert!(sign(Algorithm::MlDsa65) > sign(Algorithm::MlDsa44));
         assert!(
-            cost(Op::Verify, Some(Algorithm::HybridEd25519MlDsa65))
-                >= cost(Op::Verify, Some(Algorithm::MlDsa65))
+            cost(Gate::Verify, Some(Algorithm::HybridEd25519MlDsa65))
+                >= cost(Gate::Verify, Some(Algorithm::MlDsa65))
         );
     }
 
     #[test]
     fn unknown_key_mismatched_pair_and_admin_cost_one() {
-        assert_eq!(cost(Op::Sign, None), 1);
-        assert_eq!(cost(Op::Verify, None), 1);
-        assert_eq!(cost(Op::Sign, Some(Algorithm::Aes256Gcm)), 1);
-        assert_eq!(cost(Op::Unwrap, Some(Algorithm::MlDsa87)), 1);
+        assert_eq!(cost(Gate::Sign, None), 1);
+        assert_eq!(cost(Gate::Verify, None), 1);
+        assert_eq!(cost(Gate::Sign, Some(Algorithm::Aes256Gcm)), 1);
+        assert_eq!(cost(Gate::Unwrap, Some(Algorithm::MlDsa87)), 1);
         for alg in Algorithm::ALL {
-            assert_eq!(cost(Op::Admin, Some(alg)), 1);
+            assert_eq!(cost(Gate::Admin, Some(alg)), 1);
         }
     }
 }

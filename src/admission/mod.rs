@@ -48,7 +48,6 @@
 //! | [`AdmissionConfig::tenant_rps`] | `KMS_TENANT_RPS` | no cap |
 //! | [`AdmissionConfig::tenant_burst`] | `KMS_TENANT_BURST` | one second's worth |
 use std::collections::{BTreeMap, HashMap};
-use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -62,42 +61,8 @@ pub use fair::Permit;
 use fair::{FairGate, GateSettings};
 use rate::RateLimits;
 
-/// The operations admission tells apart, each with its own gate.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Op {
-    Sign,
-    Verify,
-    Wrap,
-    Unwrap,
-    Admin,
-}
-
-impl Op {
-    /// Every op, in the order of [`AdmissionConfig::inflight`].
-    pub const ALL: [Op; 5] = [Op::Sign, Op::Verify, Op::Wrap, Op::Unwrap, Op::Admin];
-
-    /// The name used in metrics and logs.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Op::Sign => "sign",
-            Op::Verify => "verify",
-            Op::Wrap => "wrap",
-            Op::Unwrap => "unwrap",
-            Op::Admin => "admin",
-        }
-    }
-
-    /// Position in [`Op::ALL`].
-    fn index(self) -> usize {
-        self as usize
-    }
-}
-
-impl fmt::Display for Op {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+pub use crate::error::{Shed, ShedKind};
+pub use crate::ops::Gate;
 
 /// One tenant's settings.
 #[derive(Clone, Debug, PartialEq)]
@@ -125,7 +90,7 @@ impl Default for TenantLimits {
 /// Admission settings; see the module docs for the environment variables.
 #[derive(Clone, Debug)]
 pub struct AdmissionConfig {
-    /// Capacity in cost units per op, indexed like [`Op::ALL`]
+    /// Capacity in cost units per op, indexed like [`Gate::ALL`]
     /// (`KMS_MAX_INFLIGHT_SIGN`, `_VERIFY`, `_WRAP`, `_UNWRAP`, `_ADMIN`);
     /// 0 counts as 1.
     pub inflight: [u32; 5],
@@ -162,40 +127,6 @@ impl Default for AdmissionConfig {
     }
 }
 
-/// Why a request was refused.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ShedKind {
-    /// The tenant is over its fair share while others wait (429).
-    TenantShare,
-    /// The tenant's token bucket is empty (429).
-    RateLimit,
-    /// The op's gate and queue are full, or the wait ran out (503).
-    Overload,
-}
-
-impl ShedKind {
-    /// The `reason` label of `kms_reject_total`.
-    pub fn reason(self) -> &'static str {
-        match self {
-            ShedKind::TenantShare => "tenant_share",
-            ShedKind::RateLimit => "rate_limit",
-            ShedKind::Overload => "overload",
-        }
-    }
-}
-
-/// A refused request, with the advised wait before retrying.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{op} refused ({}); retry in {} ms", .kind.reason(), .retry_after.as_millis())]
-pub struct Shed {
-    /// Why.
-    pub kind: ShedKind,
-    /// The op whose request was refused.
-    pub op: Op,
-    /// The advice for `Retry-After` / `grpc-retry-pushback-ms`.
-    pub retry_after: Duration,
-}
-
 /// Per-op fair gates and per-tenant token buckets. `Send + Sync`: share one
 /// behind an `Arc`.
 pub struct Admission {
@@ -213,7 +144,7 @@ impl Admission {
                 .map(|(tenant, limits)| (tenant.clone(), limits.weight))
                 .collect(),
         );
-        let gates = Op::ALL.map(|op| {
+        let gates = Gate::ALL.map(|op| {
             let settings = GateSettings {
                 capacity: cfg.inflight[op.index()],
                 queue: cfg.queue,
@@ -240,7 +171,7 @@ impl Admission {
     /// full ([`ShedKind::TenantShare`]), or when the op's gate is saturated
     /// and its queue full ([`ShedKind::Overload`]). Takes nothing (no
     /// permit, no tokens) and never blocks.
-    pub fn precheck(&self, op: Op, tenant: &str) -> Result<(), Shed> {
+    pub fn precheck(&self, op: Gate, tenant: &str) -> Result<(), Shed> {
         if let Err(wait) = self.rates.peek(tenant) {
             return Err(self.shed(ShedKind::RateLimit, op, wait));
         }
@@ -254,7 +185,7 @@ impl Admission {
     /// has them), then from the op's fair gate, waiting in its queue up to
     /// `max_wait` if need be. Every refusal is counted in
     /// `kms_reject_total{reason}`.
-    pub async fn admit(&self, op: Op, tenant: &str, cost: u32) -> Result<Permit, Shed> {
+    pub async fn admit(&self, op: Gate, tenant: &str, cost: u32) -> Result<Permit, Shed> {
         let gate = self.gate(op);
         let cost = cost.clamp(1, gate.settings().capacity);
         if let Err(wait) = self.rates.check_n(tenant, cost) {
@@ -266,20 +197,20 @@ impl Admission {
     }
 
     /// Units in use for an op.
-    pub fn in_use(&self, op: Op) -> u32 {
+    pub fn in_use(&self, op: Gate) -> u32 {
         self.gate(op).in_use()
     }
 
     /// Requests waiting for an op.
-    pub fn waiting(&self, op: Op) -> usize {
+    pub fn waiting(&self, op: Gate) -> usize {
         self.gate(op).waiting()
     }
 
-    fn gate(&self, op: Op) -> &Arc<FairGate> {
+    fn gate(&self, op: Gate) -> &Arc<FairGate> {
         &self.gates[op.index()]
     }
 
-    fn shed(&self, kind: ShedKind, op: Op, retry_after: Duration) -> Shed {
+    fn shed(&self, kind: ShedKind, op: Gate, retry_after: Duration) -> Shed {
         crate::telemetry::reject(kind.reason());
         Shed {
             kind,
@@ -331,9 +262,9 @@ mod tests {
 
     #[test]
     fn ops_and_reasons_have_their_names() {
-        let names: Vec<_> = Op::ALL.iter().map(|op| op.as_str()).collect();
+        let names: Vec<_> = Gate::ALL.iter().map(|op| op.as_str()).collect();
         assert_eq!(names, ["sign", "verify", "wrap", "unwrap", "admin"]);
-        for (i, op) in Op::ALL.into_iter().enumerate() {
+        for (i, op) in Gate::ALL.into_iter().enumerate() {
             assert_eq!(op.index(), i);
         }
         let reasons: Vec<_> = [
@@ -366,19 +297,19 @@ mod tests {
             c.tenants.insert("hog".into(), TenantLimits::default());
         });
         // the uncapped hog fills the sign gate
-        let _hog = a.admit(Op::Sign, "hog", 1).await.unwrap();
+        let _hog = a.admit(Gate::Sign, "hog", 1).await.unwrap();
         // a capped tenant's first request queues and times out ...
-        let shed = a.admit(Op::Sign, "t", 1).await.unwrap_err();
+        let shed = a.admit(Gate::Sign, "t", 1).await.unwrap_err();
         assert_eq!(shed.kind, ShedKind::Overload);
         // ... and its second, with the bucket empty, never reaches the gate
-        let shed = a.admit(Op::Sign, "t", 1).await.unwrap_err();
+        let shed = a.admit(Gate::Sign, "t", 1).await.unwrap_err();
         assert_eq!(shed.kind, ShedKind::RateLimit);
-        assert_eq!(shed.op, Op::Sign);
+        assert_eq!(shed.op, Gate::Sign);
         assert!(shed.retry_after > Duration::from_secs(900), "{shed:?}");
-        assert_eq!((a.in_use(Op::Sign), a.waiting(Op::Sign)), (1, 0));
+        assert_eq!((a.in_use(Gate::Sign), a.waiting(Gate::Sign)), (1, 0));
         // other ops have their own gates
-        assert_eq!(a.in_use(Op::Verify), 0);
-        assert!(a.admit(Op::Verify, "hog", 1).await.is_ok());
+        assert_eq!(a.in_use(Gate::Verify), 0);
+        assert!(a.admit(Gate::Verify, "hog", 1).await.is_ok());
     }
 
     #[tokio::test(start_paused = true)]
@@ -387,15 +318,15 @@ mod tests {
             c.tenant_rps = Some(0.001);
             c.tenant_burst = Some(2);
         });
-        let p = a.admit(Op::Sign, "t", 2).await.unwrap();
-        assert_eq!(a.in_use(Op::Sign), 2);
+        let p = a.admit(Gate::Sign, "t", 2).await.unwrap();
+        assert_eq!(a.in_use(Gate::Sign), 2);
         assert_eq!(
-            a.admit(Op::Sign, "t", 1).await.unwrap_err().kind,
+            a.admit(Gate::Sign, "t", 1).await.unwrap_err().kind,
             ShedKind::RateLimit
         );
-        assert_eq!(a.in_use(Op::Sign), 2);
+        assert_eq!(a.in_use(Gate::Sign), 2);
         drop(p);
-        assert_eq!(a.in_use(Op::Sign), 0);
+        assert_eq!(a.in_use(Gate::Sign), 0);
     }
 
     #[tokio::test(start_paused = true)]
@@ -407,14 +338,14 @@ mod tests {
             c.tenant_burst = Some(1);
         });
         for _ in 0..100 {
-            assert_eq!(a.precheck(Op::Sign, "t"), Ok(()));
+            assert_eq!(a.precheck(Gate::Sign, "t"), Ok(()));
         }
-        assert_eq!((a.in_use(Op::Sign), a.waiting(Op::Sign)), (0, 0));
+        assert_eq!((a.in_use(Gate::Sign), a.waiting(Gate::Sign)), (0, 0));
         // the one token is still there
-        let p = a.admit(Op::Sign, "t", 1).await.unwrap();
-        let shed = a.precheck(Op::Sign, "t").unwrap_err();
+        let p = a.admit(Gate::Sign, "t", 1).await.unwrap();
+        let shed = a.precheck(Gate::Sign, "t").unwrap_err();
         assert_eq!(shed.kind, ShedKind::RateLimit);
-        assert_eq!(a.in_use(Op::Sign), 1);
+        assert_eq!(a.in_use(Gate::Sign), 1);
         drop(p);
     }
 
@@ -425,25 +356,25 @@ mod tests {
             c.queue = 1;
         });
         let _held = [
-            a.admit(Op::Wrap, "a", 1).await.unwrap(),
-            a.admit(Op::Wrap, "b", 1).await.unwrap(),
+            a.admit(Gate::Wrap, "a", 1).await.unwrap(),
+            a.admit(Gate::Wrap, "b", 1).await.unwrap(),
         ];
-        assert_eq!(a.precheck(Op::Wrap, "c"), Ok(()));
-        let waiter = a.admit(Op::Wrap, "c", 1);
+        assert_eq!(a.precheck(Gate::Wrap, "c"), Ok(()));
+        let waiter = a.admit(Gate::Wrap, "c", 1);
         tokio::pin!(waiter);
         // poll once so it queues
         assert!(poll_once(waiter.as_mut()).await.is_none());
-        assert_eq!(a.waiting(Op::Wrap), 1);
-        let shed = a.precheck(Op::Wrap, "a").unwrap_err();
+        assert_eq!(a.waiting(Gate::Wrap), 1);
+        let shed = a.precheck(Gate::Wrap, "a").unwrap_err();
         assert_eq!(
             (shed.kind, shed.op, shed.retry_after),
-            (ShedKind::TenantShare, Op::Wrap, Duration::from_millis(50))
+            (ShedKind::TenantShare, Gate::Wrap, Duration::from_millis(50))
         );
         assert_eq!(
-            a.precheck(Op::Wrap, "d").unwrap_err().kind,
+            a.precheck(Gate::Wrap, "d").unwrap_err().kind,
             ShedKind::Overload
         );
-        assert_eq!(a.precheck(Op::Sign, "a"), Ok(()));
+        assert_eq!(a.precheck(Gate::Sign, "a"), Ok(()));
     }
 
     /// Poll a future once; `None` if it is pending.
@@ -461,10 +392,10 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn cost_is_clamped_to_the_capacity() {
         let a = admission(|c| c.inflight = [4, 64, 64, 64, 16]);
-        let p = a.admit(Op::Sign, "t", 1000).await.unwrap();
-        assert_eq!((p.cost(), a.in_use(Op::Sign)), (4, 4));
+        let p = a.admit(Gate::Sign, "t", 1000).await.unwrap();
+        assert_eq!((p.cost(), a.in_use(Gate::Sign)), (4, 4));
         drop(p);
-        let p = a.admit(Op::Sign, "t", 0).await.unwrap();
+        let p = a.admit(Gate::Sign, "t", 0).await.unwrap();
         assert_eq!(p.cost(), 1);
     }
 
@@ -480,32 +411,32 @@ mod tests {
             c.tenants.insert("a".into(), TenantLimits::default());
             c.tenants.insert("b".into(), TenantLimits::default());
         });
-        let _held = a.admit(Op::Sign, "a", 1).await.unwrap();
+        let _held = a.admit(Gate::Sign, "a", 1).await.unwrap();
         // b waits out max_wait: overload
         assert_eq!(
-            a.admit(Op::Sign, "b", 1).await.unwrap_err().kind,
+            a.admit(Gate::Sign, "b", 1).await.unwrap_err().kind,
             ShedKind::Overload
         );
         // t's token goes on a request the gate then refuses ...
         assert_eq!(
-            a.admit(Op::Sign, "t", 1).await.unwrap_err().kind,
+            a.admit(Gate::Sign, "t", 1).await.unwrap_err().kind,
             ShedKind::Overload
         );
         // ... so its next is rate-limited, at precheck as at admit
         assert_eq!(
-            a.precheck(Op::Sign, "t").unwrap_err().kind,
+            a.precheck(Gate::Sign, "t").unwrap_err().kind,
             ShedKind::RateLimit
         );
         assert_eq!(
-            a.admit(Op::Sign, "t", 1).await.unwrap_err().kind,
+            a.admit(Gate::Sign, "t", 1).await.unwrap_err().kind,
             ShedKind::RateLimit
         );
         // a, holding the gate, is over its share while b waits
-        let waiter = a.admit(Op::Sign, "b", 1);
+        let waiter = a.admit(Gate::Sign, "b", 1);
         tokio::pin!(waiter);
         assert!(poll_once(waiter.as_mut()).await.is_none());
         assert_eq!(
-            a.admit(Op::Sign, "a", 1).await.unwrap_err().kind,
+            a.admit(Gate::Sign, "a", 1).await.unwrap_err().kind,
             ShedKind::TenantShare
         );
         let seen = rejects.0.lock().unwrap().clone();

@@ -1,178 +1,183 @@
-//! The one table from [`Error`] to what clients see: HTTP status, gRPC code,
-//! a stable `code` string and whether a retry can help.
+//! What a front does with an [`Error`]: the HTTP status and gRPC code of its
+//! [`Error::code`]. The code, whether a retry helps, the retry advice and the
+//! message the caller may see are the error's own (`crate::error`).
 //!
 //! HTTP errors use the envelope
 //! `{"error":{"code","message","retryable","request_id"}}`; gRPC errors carry
 //! the same `code` in the `kms-error-code` metadata and the request id in
-//! `x-request-id`. Internal errors are logged with their detail and shown to
-//! the caller as a generic message.
+//! `x-request-id`.
 use http::StatusCode;
 use tonic::Code;
 
 use crate::error::Error;
 
-pub struct Class {
-    pub http: StatusCode,
-    pub grpc: Code,
-    pub code: &'static str,
-    pub retryable: bool,
+/// (code, HTTP status, gRPC code), for every [`Error::code`].
+const STATUSES: &[(&str, StatusCode, Code)] = &[
+    (
+        "invalid_argument",
+        StatusCode::BAD_REQUEST,
+        Code::InvalidArgument,
+    ),
+    (
+        "unknown_algorithm",
+        StatusCode::BAD_REQUEST,
+        Code::InvalidArgument,
+    ),
+    (
+        "wrong_key_purpose",
+        StatusCode::BAD_REQUEST,
+        Code::FailedPrecondition,
+    ),
+    ("not_found", StatusCode::NOT_FOUND, Code::NotFound),
+    ("already_exists", StatusCode::CONFLICT, Code::AlreadyExists),
+    (
+        "key_version_not_enabled",
+        StatusCode::CONFLICT,
+        Code::FailedPrecondition,
+    ),
+    (
+        "failed_precondition",
+        StatusCode::CONFLICT,
+        Code::FailedPrecondition,
+    ),
+    ("pq_policy", StatusCode::CONFLICT, Code::FailedPrecondition),
+    (
+        "unwrap_failed",
+        StatusCode::BAD_REQUEST,
+        Code::InvalidArgument,
+    ),
+    (
+        "unauthenticated",
+        StatusCode::UNAUTHORIZED,
+        Code::Unauthenticated,
+    ),
+    (
+        "permission_denied",
+        StatusCode::FORBIDDEN,
+        Code::PermissionDenied,
+    ),
+    (
+        "too_large",
+        StatusCode::PAYLOAD_TOO_LARGE,
+        Code::ResourceExhausted,
+    ),
+    (
+        "overloaded",
+        StatusCode::TOO_MANY_REQUESTS,
+        Code::ResourceExhausted,
+    ),
+    (
+        "attestation_missing",
+        StatusCode::FORBIDDEN,
+        Code::FailedPrecondition,
+    ),
+    (
+        "tenant_share",
+        StatusCode::TOO_MANY_REQUESTS,
+        Code::ResourceExhausted,
+    ),
+    (
+        "rate_limit",
+        StatusCode::TOO_MANY_REQUESTS,
+        Code::ResourceExhausted,
+    ),
+    (
+        "saturated",
+        StatusCode::SERVICE_UNAVAILABLE,
+        Code::Unavailable,
+    ),
+    (
+        "timeout",
+        StatusCode::SERVICE_UNAVAILABLE,
+        Code::Unavailable,
+    ),
+    (
+        "decompress_ratio",
+        StatusCode::PAYLOAD_TOO_LARGE,
+        Code::ResourceExhausted,
+    ),
+    (
+        "unsupported_encoding",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        Code::InvalidArgument,
+    ),
+    (
+        "unavailable",
+        StatusCode::SERVICE_UNAVAILABLE,
+        Code::Unavailable,
+    ),
+    (
+        "internal",
+        StatusCode::INTERNAL_SERVER_ERROR,
+        Code::Internal,
+    ),
+];
+
+/// The HTTP status and gRPC code of `e`.
+pub fn statuses(e: &Error) -> (StatusCode, Code) {
+    let code = e.code();
+    STATUSES
+        .iter()
+        .find(|(c, _, _)| *c == code)
+        .map(|(_, h, g)| (*h, *g))
+        .unwrap_or((StatusCode::INTERNAL_SERVER_ERROR, Code::Internal))
 }
 
-const fn class(http: StatusCode, grpc: Code, code: &'static str, retryable: bool) -> Class {
-    Class {
-        http,
-        grpc,
-        code,
-        retryable,
-    }
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-pub fn classify(e: &Error) -> Class {
-    use Error::*;
-    match e {
-        InvalidArgument(_) => class(
-            StatusCode::BAD_REQUEST,
-            Code::InvalidArgument,
-            "invalid_argument",
-            false,
-        ),
-        UnknownAlgorithm(_) => class(
-            StatusCode::BAD_REQUEST,
-            Code::InvalidArgument,
-            "unknown_algorithm",
-            false,
-        ),
-        WrongPurpose { .. } => class(
-            StatusCode::BAD_REQUEST,
-            Code::FailedPrecondition,
-            "wrong_key_purpose",
-            false,
-        ),
-        NotFound(_) => class(StatusCode::NOT_FOUND, Code::NotFound, "not_found", false),
-        AlreadyExists(_) => class(
-            StatusCode::CONFLICT,
-            Code::AlreadyExists,
-            "already_exists",
-            false,
-        ),
-        VersionNotEnabled { .. } => class(
-            StatusCode::CONFLICT,
-            Code::FailedPrecondition,
-            "key_version_not_enabled",
-            false,
-        ),
-        FailedPrecondition(_) => class(
-            StatusCode::CONFLICT,
-            Code::FailedPrecondition,
-            "failed_precondition",
-            false,
-        ),
-        PqPolicy(_) => class(
-            StatusCode::CONFLICT,
-            Code::FailedPrecondition,
-            "pq_policy",
-            false,
-        ),
-        UnwrapFailed => class(
-            StatusCode::BAD_REQUEST,
-            Code::InvalidArgument,
-            "unwrap_failed",
-            false,
-        ),
-        Unauthenticated => class(
-            StatusCode::UNAUTHORIZED,
-            Code::Unauthenticated,
-            "unauthenticated",
-            false,
-        ),
-        PermissionDenied(_) => class(
-            StatusCode::FORBIDDEN,
-            Code::PermissionDenied,
-            "permission_denied",
-            false,
-        ),
-        TooLarge(_) => class(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            Code::ResourceExhausted,
-            "too_large",
-            false,
-        ),
-        Overloaded(_) => class(
-            StatusCode::TOO_MANY_REQUESTS,
-            Code::ResourceExhausted,
-            "overloaded",
-            true,
-        ),
-        AttestationMissing(_) => class(
-            StatusCode::FORBIDDEN,
-            Code::FailedPrecondition,
-            "attestation_missing",
-            false,
-        ),
-        Shed(s) => match s.kind {
-            crate::admission::ShedKind::TenantShare => class(
-                StatusCode::TOO_MANY_REQUESTS,
-                Code::ResourceExhausted,
-                "tenant_share",
-                true,
-            ),
-            crate::admission::ShedKind::RateLimit => class(
-                StatusCode::TOO_MANY_REQUESTS,
-                Code::ResourceExhausted,
-                "rate_limit",
-                true,
-            ),
-            crate::admission::ShedKind::Overload => class(
-                StatusCode::SERVICE_UNAVAILABLE,
-                Code::Unavailable,
-                "saturated",
-                true,
-            ),
-        },
-        Timeout(_) => class(
-            StatusCode::SERVICE_UNAVAILABLE,
-            Code::Unavailable,
-            "timeout",
-            true,
-        ),
-        DecompressRatio(_) => class(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            Code::ResourceExhausted,
-            "decompress_ratio",
-            false,
-        ),
-        UnsupportedEncoding(_) => class(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Code::InvalidArgument,
-            "unsupported_encoding",
-            false,
-        ),
-        Unavailable(_) => class(
-            StatusCode::SERVICE_UNAVAILABLE,
-            Code::Unavailable,
-            "unavailable",
-            true,
-        ),
-        Internal(_) => class(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            Code::Internal,
-            "internal",
-            false,
-        ),
-    }
-}
-
-/// The message shown to the caller; internal detail is logged instead.
-pub fn public_message(e: &Error, request_id: &str) -> String {
-    match e {
-        Error::Internal(detail) => {
-            tracing::error!(request_id, detail = %detail, "internal error");
-            "internal error; see the server log for this request id".to_string()
+    /// Every code an error can have is in the table, once; the retryable
+    /// ones are exactly the 429/503s.
+    #[test]
+    fn every_code_maps_to_one_status() {
+        use crate::error::{Shed, ShedKind};
+        let shed = |kind| {
+            Error::Shed(Shed {
+                kind,
+                op: crate::ops::Gate::Sign,
+                retry_after: std::time::Duration::from_millis(5),
+            })
+        };
+        let all = [
+            Error::InvalidArgument(String::new()),
+            Error::UnknownAlgorithm(String::new()),
+            Error::WrongPurpose {
+                kid: String::new(),
+                purpose: "",
+                op: "",
+                needed: "",
+            },
+            Error::NotFound(String::new()),
+            Error::AlreadyExists(String::new()),
+            Error::VersionNotEnabled {
+                kid: String::new(),
+                state: "",
+            },
+            Error::FailedPrecondition(String::new()),
+            Error::PqPolicy(String::new()),
+            Error::UnwrapFailed,
+            Error::Unauthenticated,
+            Error::PermissionDenied(String::new()),
+            Error::TooLarge(1),
+            Error::Overloaded(String::new()),
+            Error::AttestationMissing(String::new()),
+            shed(ShedKind::TenantShare),
+            shed(ShedKind::RateLimit),
+            shed(ShedKind::Overload),
+            Error::Timeout(1),
+            Error::DecompressRatio(10),
+            Error::UnsupportedEncoding(String::new()),
+            Error::Unavailable(String::new()),
+            Error::Internal(String::new()),
+        ];
+        assert_eq!(all.len(), STATUSES.len());
+        for e in &all {
+            let code = e.code();
+            assert_eq!(STATUSES.iter().filter(|s| s.0 == code).count(), 1, "{code}");
+            let (http, _) = statuses(e);
+            let transient = matches!(http.as_u16(), 429 | 503) && code != "too_large";
+            assert_eq!(e.retryable(), transient, "{code}");
         }
-        Error::Unavailable(detail) => {
-            tracing::warn!(request_id, detail = %detail, "dependency unavailable");
-            e.to_string()
-        }
-        other => other.to_string(),
     }
 }

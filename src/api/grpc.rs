@@ -8,7 +8,7 @@ use std::task::{Context, Poll};
 use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status};
 
-use super::error::{classify, public_message};
+use super::error::statuses;
 use super::http::within;
 use super::{new_request_id, MAX_BODY_BYTES, REQUEST_ID_HEADER};
 use crate::auth::Caller;
@@ -70,7 +70,7 @@ impl GrpcFront {
                     limit,
                     self.kms.authenticate_peer(
                         auth.as_deref(),
-                        conn.as_ref().map(|c| &c.peer),
+                        conn.as_ref().and_then(|c| c.peer.cert.as_ref()),
                         request_id.clone(),
                     ),
                 )
@@ -111,16 +111,15 @@ impl GrpcFront {
 
 /// Map a domain error to a tonic status with the shared metadata.
 pub fn to_status(e: &Error, request_id: &str) -> Status {
-    let c = classify(e);
-    let mut st = Status::new(c.grpc, public_message(e, request_id));
+    let (_, code) = statuses(e);
+    let mut st = Status::new(code, e.public_message(request_id));
     let md = st.metadata_mut();
     if let Ok(v) = MetadataValue::try_from(request_id) {
         md.insert(REQUEST_ID_HEADER, v);
     }
-    md.insert("kms-error-code", MetadataValue::from_static(c.code));
-    if c.retryable {
+    md.insert("kms-error-code", MetadataValue::from_static(e.code()));
+    if let Some(ms) = e.retry_after_ms() {
         // gRFC A6: how long the client should wait before its next attempt
-        let ms = e.retry_after_ms().unwrap_or(1000);
         if let Ok(v) = MetadataValue::try_from(ms.to_string()) {
             md.insert("grpc-retry-pushback-ms", v);
         }
@@ -278,24 +277,11 @@ pub struct GrpcEdgeService<S> {
     kms: Arc<KmsService>,
 }
 
-/// The admission gate of a `ron.kms.v1.Kms` method, from the request path.
-fn gate_of(path: &str) -> Option<crate::admission::Op> {
-    use crate::admission::Op;
-    let method = path.strip_prefix("/ron.kms.v1.Kms/")?;
-    Some(match method {
-        "Sign" | "SignBatch" => Op::Sign,
-        "Verify" | "VerifyBatch" => Op::Verify,
-        "Wrap" | "GenerateDataKey" | "WrapBatch" => Op::Wrap,
-        "Unwrap" | "UnwrapBatch" => Op::Unwrap,
-        _ => Op::Admin,
-    })
-}
-
 impl<S> GrpcEdgeService<S> {
     /// The refusal admission would give this request now, judged from its
     /// head alone.
     fn early_shed<B>(&self, req: &http::Request<B>) -> Option<Error> {
-        let op = gate_of(req.uri().path())?;
+        let op = crate::ops::by_grpc_path(req.uri().path())?.gate;
         let auth = req
             .headers()
             .get("authorization")

@@ -14,13 +14,13 @@ use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::error::{classify, public_message};
+use super::error::statuses;
 use super::{new_request_id, MAX_BODY_BYTES, REQUEST_ID_HEADER};
-use crate::admission::Op;
 use crate::auth::Caller;
 use crate::error::Error;
 use crate::ingress::conn::ConnInfo;
 use crate::ingress::decompress;
+use crate::ops::Gate;
 use crate::proto::*;
 use crate::service::KmsService;
 
@@ -70,12 +70,12 @@ fn envelope(
 
 /// The JSON response for an error.
 pub fn error_response(e: &Error, request_id: &str) -> Response {
-    let c = classify(e);
+    let (http, _) = statuses(e);
     envelope(
-        c.http,
-        c.code,
-        &public_message(e, request_id),
-        c.retryable.then(|| e.retry_after_ms().unwrap_or(1000)),
+        http,
+        e.code(),
+        &e.public_message(request_id),
+        e.retry_after_ms(),
         request_id,
     )
 }
@@ -114,7 +114,7 @@ impl HttpFront {
     async fn unary<Req, Resp, Fill, F, Fut>(
         &self,
         req: Request,
-        class: Op,
+        class: Gate,
         from: From,
         fill: Fill,
         op: F,
@@ -148,7 +148,11 @@ impl HttpFront {
             // Authenticate before reading the body: an anonymous caller
             // costs a header parse, not a 1 MiB buffer.
             let caller = kms
-                .authenticate_peer(auth.as_deref(), peer.as_ref(), rid)
+                .authenticate_peer(
+                    auth.as_deref(),
+                    peer.as_ref().and_then(|p| p.cert.as_ref()),
+                    rid,
+                )
                 .await?;
             // A request that admission would shed is shed before its body
             // is read or decoded.
@@ -243,7 +247,7 @@ type S = State<HttpFront>;
 async fn create_key(State(f): S, r: Request) -> Response {
     f.unary(
         r,
-        Op::Admin,
+        Gate::Admin,
         From::Body,
         |_: &mut CreateKeyRequest| Ok(()),
         |k, c, b| async move { k.create_key(&c, b).await },
@@ -254,7 +258,7 @@ async fn create_key(State(f): S, r: Request) -> Response {
 async fn list_keys(State(f): S, r: Request) -> Response {
     f.unary(
         r,
-        Op::Admin,
+        Gate::Admin,
         From::Query,
         |_: &mut ListKeysRequest| Ok(()),
         |k, c, b| async move { k.list_keys(&c, b).await },
@@ -265,7 +269,7 @@ async fn list_keys(State(f): S, r: Request) -> Response {
 async fn get_key(State(f): S, Path(name): Path<String>, r: Request) -> Response {
     f.unary(
         r,
-        Op::Admin,
+        Gate::Admin,
         From::Query,
         move |m: &mut GetKeyRequest| same_name(&name, &mut m.name),
         |k, c, b| async move { k.get_key(&c, b).await },
@@ -276,7 +280,7 @@ async fn get_key(State(f): S, Path(name): Path<String>, r: Request) -> Response 
 async fn rotate_key_at(State(f): S, Path(name): Path<String>, r: Request) -> Response {
     f.unary(
         r,
-        Op::Admin,
+        Gate::Admin,
         From::Body,
         move |m: &mut RotateKeyRequest| same_name(&name, &mut m.name),
         |k, c, b| async move { k.rotate_key(&c, b).await },
@@ -287,7 +291,7 @@ async fn rotate_key_at(State(f): S, Path(name): Path<String>, r: Request) -> Res
 async fn rotate_key(State(f): S, r: Request) -> Response {
     f.unary(
         r,
-        Op::Admin,
+        Gate::Admin,
         From::Body,
         |_: &mut RotateKeyRequest| Ok(()),
         |k, c, b| async move { k.rotate_key(&c, b).await },
@@ -302,7 +306,7 @@ async fn set_state(
 ) -> Response {
     f.unary(
         r,
-        Op::Admin,
+        Gate::Admin,
         From::Body,
         move |m: &mut SetKeyVersionStateRequest| {
             same_name(&name, &mut m.name)?;
@@ -331,7 +335,7 @@ async fn set_state(
 async fn sign(State(f): S, r: Request) -> Response {
     f.unary(
         r,
-        Op::Sign,
+        Gate::Sign,
         From::Body,
         |_: &mut SignRequest| Ok(()),
         |k, c, b| async move { k.sign(&c, b).await },
@@ -342,7 +346,7 @@ async fn sign(State(f): S, r: Request) -> Response {
 async fn verify(State(f): S, r: Request) -> Response {
     f.unary(
         r,
-        Op::Verify,
+        Gate::Verify,
         From::Body,
         |_: &mut VerifyRequest| Ok(()),
         |k, c, b| async move { k.verify(&c, b).await },
@@ -353,7 +357,7 @@ async fn verify(State(f): S, r: Request) -> Response {
 async fn wrap(State(f): S, r: Request) -> Response {
     f.unary(
         r,
-        Op::Wrap,
+        Gate::Wrap,
         From::Body,
         |_: &mut WrapRequest| Ok(()),
         |k, c, b| async move { k.wrap(&c, b).await },
@@ -364,7 +368,7 @@ async fn wrap(State(f): S, r: Request) -> Response {
 async fn unwrap(State(f): S, r: Request) -> Response {
     f.unary(
         r,
-        Op::Unwrap,
+        Gate::Unwrap,
         From::Body,
         |_: &mut UnwrapRequest| Ok(()),
         |k, c, b| async move { k.unwrap(&c, b).await },
@@ -375,7 +379,7 @@ async fn unwrap(State(f): S, r: Request) -> Response {
 async fn datakey(State(f): S, r: Request) -> Response {
     f.unary(
         r,
-        Op::Wrap,
+        Gate::Wrap,
         From::Body,
         |_: &mut GenerateDataKeyRequest| Ok(()),
         |k, c, b| async move { k.generate_data_key(&c, b).await },
@@ -386,7 +390,7 @@ async fn datakey(State(f): S, r: Request) -> Response {
 async fn sign_batch(State(f): S, r: Request) -> Response {
     f.unary(
         r,
-        Op::Sign,
+        Gate::Sign,
         From::Body,
         |_: &mut SignBatchRequest| Ok(()),
         |k, c, b| async move { k.sign_batch(&c, b).await },
@@ -397,7 +401,7 @@ async fn sign_batch(State(f): S, r: Request) -> Response {
 async fn verify_batch(State(f): S, r: Request) -> Response {
     f.unary(
         r,
-        Op::Verify,
+        Gate::Verify,
         From::Body,
         |_: &mut VerifyBatchRequest| Ok(()),
         |k, c, b| async move { k.verify_batch(&c, b).await },
@@ -408,7 +412,7 @@ async fn verify_batch(State(f): S, r: Request) -> Response {
 async fn wrap_batch(State(f): S, r: Request) -> Response {
     f.unary(
         r,
-        Op::Wrap,
+        Gate::Wrap,
         From::Body,
         |_: &mut WrapBatchRequest| Ok(()),
         |k, c, b| async move { k.wrap_batch(&c, b).await },
@@ -419,7 +423,7 @@ async fn wrap_batch(State(f): S, r: Request) -> Response {
 async fn unwrap_batch(State(f): S, r: Request) -> Response {
     f.unary(
         r,
-        Op::Unwrap,
+        Gate::Unwrap,
         From::Body,
         |_: &mut UnwrapBatchRequest| Ok(()),
         |k, c, b| async move { k.unwrap_batch(&c, b).await },
@@ -430,7 +434,7 @@ async fn unwrap_batch(State(f): S, r: Request) -> Response {
 async fn get_pq_policy(State(f): S, r: Request) -> Response {
     f.unary(
         r,
-        Op::Admin,
+        Gate::Admin,
         From::Query,
         |_: &mut GetPqPolicyRequest| Ok(()),
         |k, c, b| async move { k.get_pq_policy(&c, b).await },
@@ -441,7 +445,7 @@ async fn get_pq_policy(State(f): S, r: Request) -> Response {
 async fn set_pq_policy(State(f): S, r: Request) -> Response {
     f.unary(
         r,
-        Op::Admin,
+        Gate::Admin,
         From::Body,
         |_: &mut SetPqPolicyRequest| Ok(()),
         |k, c, b| async move { k.set_pq_policy(&c, b).await },
@@ -506,7 +510,7 @@ async fn openapi() -> Response {
 
 async fn metrics_text(State(f): S) -> Response {
     let adm = f.kms.admission();
-    for op in crate::admission::Op::ALL {
+    for op in crate::ops::Gate::ALL {
         metrics::gauge!("kms_admission_in_use", "op" => op.as_str()).set(adm.in_use(op) as f64);
         metrics::gauge!("kms_admission_waiting", "op" => op.as_str()).set(adm.waiting(op) as f64);
     }

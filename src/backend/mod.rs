@@ -180,10 +180,39 @@ pub trait Backend: Send + Sync {
     }
 }
 
+/// DER-encode an ECDSA P-256 signature that a device (PKCS#11, TPM)
+/// returned as `r || s`.
+pub(crate) fn ecdsa_der(rs: &[u8]) -> Result<Vec<u8>, BackendError> {
+    crate::crypto::der::ecdsa_p256_sig(rs).ok_or_else(|| {
+        BackendError::Crypto(format!(
+            "device returned a {}-byte ECDSA signature, expected 64",
+            rs.len()
+        ))
+    })
+}
+
 /// Jitter for backoffs: a uniform point in [d/2, d].
 pub(crate) fn jittered(d: std::time::Duration) -> std::time::Duration {
     let mut b = [0u8; 2];
     let _ = crate::crypto::random_bytes(&mut b);
     let frac = u16::from_le_bytes(b) as f64 / u16::MAX as f64;
     d.mul_f64(0.5 + frac / 2.0)
+}
+
+/// How custody's failures reach callers (the one translation from backend
+/// errors to the domain error).
+impl From<BackendError> for crate::error::Error {
+    fn from(e: BackendError) -> Self {
+        use crate::error::Error;
+        use BackendError as B;
+        match e {
+            B::Unavailable(m) => Error::Unavailable(m),
+            B::Decrypt => Error::UnwrapFailed,
+            B::Unsupported(a) => Error::UnknownAlgorithm(a.to_string()),
+            B::Sealed(m) => Error::Internal(format!("custody: {m}")),
+            B::Crypto(m) => Error::Internal(format!("custody crypto: {m}")),
+            B::Busy(m) => Error::Overloaded(m),
+            B::Attestation(m) => Error::AttestationMissing(m),
+        }
+    }
 }

@@ -412,34 +412,6 @@ fn ec_point(v: &[u8], len: usize) -> Result<Vec<u8>, BackendError> {
     }
 }
 
-/// DER-encode an ECDSA signature given as `r || s` (PKCS#11's format).
-pub fn ecdsa_der(rs: &[u8]) -> Result<Vec<u8>, BackendError> {
-    if rs.len() != 64 {
-        return Err(BackendError::Crypto(format!(
-            "token returned a {}-byte ECDSA signature, expected 64",
-            rs.len()
-        )));
-    }
-    fn int(x: &[u8]) -> Vec<u8> {
-        let start = x.iter().position(|b| *b != 0).unwrap_or(x.len() - 1);
-        let x = &x[start..];
-        let mut out = vec![0x02];
-        if x[0] & 0x80 != 0 {
-            out.push(x.len() as u8 + 1);
-            out.push(0);
-        } else {
-            out.push(x.len() as u8);
-        }
-        out.extend_from_slice(x);
-        out
-    }
-    let (r, s) = (int(&rs[..32]), int(&rs[32..]));
-    let mut out = vec![0x30, (r.len() + s.len()) as u8];
-    out.extend_from_slice(&r);
-    out.extend_from_slice(&s);
-    Ok(out)
-}
-
 impl Pkcs11Backend {
     /// Load the module, find the token, log in, open the session pool, find
     /// or create the KEK, and probe the mechanism list. Any failure here is
@@ -912,7 +884,7 @@ impl Backend for Pkcs11Backend {
                         s.sign(&Mechanism::Ecdsa, h, digest.as_ref())
                     })
                 })?;
-                ecdsa_der(&rs)
+                super::ecdsa_der(&rs)
             }
             Algorithm::Ed25519 => self.run(|conn, s| {
                 with_key(conn, s, &r, &label, |h| {
@@ -1026,18 +998,6 @@ impl Backend for Pkcs11Backend {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ecdsa_der_encodes_minimal_integers() {
-        let mut rs = [0u8; 64];
-        rs[31] = 1; // r = 1
-        rs[32] = 0x80; // s has its top bit set: needs a 0x00 pad
-        let der = ecdsa_der(&rs).unwrap();
-        assert_eq!(&der[..5], &[0x30, 3 + 35, 0x02, 0x01, 0x01]);
-        assert_eq!(&der[5..8], &[0x02, 33, 0x00]);
-        assert_eq!(der.len(), 2 + 3 + 35);
-        assert!(ecdsa_der(&rs[..63]).is_err());
-    }
 
     #[test]
     fn handles_parse_strictly() {

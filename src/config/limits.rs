@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use super::{err, parse_bool, ConfigError, Env};
 use crate::admission::{AdmissionConfig, TenantLimits};
-use crate::api::tls::{MtlsRule, TlsSettings};
+use crate::ingress::tls::{MtlsRule, TlsSettings};
 use crate::ingress::Limits;
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -58,7 +58,7 @@ pub struct TlsFile {
     pub require_pq: Option<bool>,
 }
 
-use crate::api::tls::DEFAULT_MTLS_SCOPES;
+use crate::ingress::tls::DEFAULT_MTLS_SCOPES;
 
 /// env `name` parsed, else the file's value (TOML has typed it already).
 fn setting<T: FromStr>(

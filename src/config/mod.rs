@@ -240,7 +240,7 @@ pub struct Config {
     /// Connection cap, timeouts, HTTP/2 stream limit.
     pub ingress: crate::ingress::Limits,
     /// TLS (and mTLS identity) on both fronts; plain text when `None`.
-    pub tls: Option<crate::api::tls::TlsSettings>,
+    pub tls: Option<crate::ingress::tls::TlsSettings>,
 }
 
 /// `KMS_STORE`.
@@ -1062,3 +1062,24 @@ pub use pq::{PqFile, PqTenantFile};
 
 #[cfg(test)]
 mod tests;
+
+impl Config {
+    /// What the service is built with (the composition root passes it to
+    /// `KmsService::new`).
+    pub fn service_options(&self) -> crate::service::ServiceOptions {
+        let cfg = self;
+        crate::service::ServiceOptions {
+            allowed: cfg.algorithms.clone(),
+            blocking_threads: cfg.blocking_threads,
+            pq_default: cfg.pq_default,
+            pq_tenants: cfg.pq_tenants.clone(),
+            pq_rollback: cfg.pq_rollback,
+            verify_cache_max: cfg.verify_cache_max,
+            verify_cache_ttl: std::time::Duration::from_millis(cfg.verify_cache_ttl_ms),
+            attestation_required: cfg.attestation_required(),
+            admission: cfg.admission.clone(),
+            request_timeout: cfg.ingress.request_timeout,
+            verify_only_failover: cfg.failover == Failover::VerifyOnly,
+        }
+    }
+}

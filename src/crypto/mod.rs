@@ -5,6 +5,7 @@
 //! the backend has just unsealed (or never leave the device at all, in which
 //! case the backend does not call into this module for them).
 pub mod aead;
+pub mod der;
 pub mod envelope;
 pub mod hybrid;
 pub mod provider;

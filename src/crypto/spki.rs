@@ -16,24 +16,7 @@ const OID_MLDSA65_ED25519_SHA512: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 
 /// 2.16.840.1.101.3.4 (NIST algorithms arc); the last two arcs follow.
 const NIST_ARC: &[u8] = &[0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04];
 
-fn der_len(len: usize, out: &mut Vec<u8>) {
-    if len < 0x80 {
-        out.push(len as u8);
-    } else {
-        let bytes = len.to_be_bytes();
-        let skip = bytes.iter().take_while(|b| **b == 0).count();
-        out.push(0x80 | (bytes.len() - skip) as u8);
-        out.extend_from_slice(&bytes[skip..]);
-    }
-}
-
-fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(content.len() + 6);
-    out.push(tag);
-    der_len(content.len(), &mut out);
-    out.extend_from_slice(content);
-    out
-}
+use super::der::tlv;
 
 fn oid(body: &[u8]) -> Vec<u8> {
     tlv(0x06, body)

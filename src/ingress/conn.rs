@@ -26,7 +26,7 @@ use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{Instant, Sleep};
 
-use crate::api::tls::PeerInfo;
+use crate::ingress::tls::PeerInfo;
 
 /// What a front learns about the connection a request came on. Both fronts
 /// find it in the request's extensions.

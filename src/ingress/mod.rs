@@ -8,7 +8,7 @@
 //! - **TLS** (rustls, optional per deployment): the handshake runs in its own
 //!   task under the header timeout, so a client that stalls its handshake
 //!   holds neither the accept loop nor, for long, a slot. A verified client
-//!   certificate becomes the connection's [`crate::api::tls::PeerInfo`].
+//!   certificate becomes the connection's [`crate::ingress::tls::PeerInfo`].
 //! - **Timers** ([`conn`]): a connection must deliver a complete first
 //!   request within `KMS_HEADER_TIMEOUT_MS` of being accepted, and is closed
 //!   after `KMS_IDLE_TIMEOUT_MS` without a byte either way. On HTTP/1.1,
@@ -23,6 +23,7 @@
 //! the fronts, which know where a request starts and ends.
 pub mod conn;
 pub mod decompress;
+pub mod tls;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -32,7 +33,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::time::Instant;
 
-use crate::api::tls::{identity_from_chain, MtlsRule, PeerInfo};
+use crate::ingress::tls::{identity_from_chain, MtlsRule, PeerInfo};
 use conn::{ConnInfo, Guarded, Stream};
 
 /// Connection-level limits (docs/admission.md lists them with defaults).

@@ -1,5 +1,5 @@
-//! Key records, versions, lifecycle rules and the in-memory snapshot the hot
-//! path reads.
+//! Key names and references, and the in-memory snapshot of the key records
+//! (`crate::store::records`) that the hot path reads.
 //!
 //! The snapshot is an immutable map swapped atomically (arc-swap) after every
 //! successful store write, so sign/verify/wrap/unwrap never touch the
@@ -9,89 +9,8 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use crate::crypto::{Algorithm, Purpose};
 use crate::error::Error;
-
-/// Lifecycle of one key version.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum VersionState {
-    Enabled,
-    Disabled,
-    /// Material wiped from custody and store; the record stays for audit.
-    Destroyed,
-}
-
-impl VersionState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            VersionState::Enabled => "enabled",
-            VersionState::Disabled => "disabled",
-            VersionState::Destroyed => "destroyed",
-        }
-    }
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "enabled" => Some(VersionState::Enabled),
-            "disabled" => Some(VersionState::Disabled),
-            "destroyed" => Some(VersionState::Destroyed),
-            _ => None,
-        }
-    }
-    /// Allowed transitions: enabled ↔ disabled, disabled → destroyed. Setting
-    /// the current state again is allowed (idempotent).
-    pub fn can_become(self, next: VersionState) -> bool {
-        use VersionState::*;
-        self == next
-            || matches!(
-                (self, next),
-                (Enabled, Disabled) | (Disabled, Enabled) | (Disabled, Destroyed)
-            )
-    }
-}
-
-/// One version of a key.
-#[derive(Clone, Debug)]
-pub struct VersionRecord {
-    pub version: u32,
-    pub state: VersionState,
-    /// Raw public key (empty for symmetric keys).
-    pub public_key: Vec<u8>,
-    /// Custody handle; `None` once destroyed.
-    pub handle: Option<Vec<u8>>,
-    pub created_at_ms: i64,
-}
-
-/// A key: tenant-scoped name, fixed algorithm, ordered versions.
-#[derive(Clone, Debug)]
-pub struct KeyRecord {
-    pub tenant: String,
-    pub name: String,
-    pub algorithm: Algorithm,
-    pub primary_version: u32,
-    pub created_at_ms: i64,
-    /// Sorted by version, starting at 1, without gaps.
-    pub versions: Vec<VersionRecord>,
-}
-
-impl KeyRecord {
-    pub fn purpose(&self) -> Purpose {
-        self.algorithm.purpose()
-    }
-    pub fn version(&self, v: u32) -> Option<&VersionRecord> {
-        self.versions.get((v as usize).checked_sub(1)?)
-    }
-    pub fn kid(&self, v: u32) -> String {
-        kid(&self.name, v)
-    }
-    pub fn latest_version(&self) -> u32 {
-        self.versions.last().map(|v| v.version).unwrap_or(0)
-    }
-}
-
-/// `name#vN`.
-pub fn kid(name: &str, version: u32) -> String {
-    format!("{name}#v{version}")
-}
+use crate::store::KeyRecord;
 
 pub const MAX_NAME_LEN: usize = 128;
 
@@ -256,6 +175,7 @@ impl Keyring {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::crypto::Algorithm;
 
     #[test]
     fn key_refs_parse_strictly() {
@@ -283,17 +203,6 @@ mod tests {
         }
         assert!(KeyRef::parse(&"a".repeat(128)).is_ok());
         assert!(KeyRef::parse(&"a".repeat(129)).is_err());
-    }
-
-    #[test]
-    fn state_machine() {
-        use VersionState::*;
-        assert!(Enabled.can_become(Disabled));
-        assert!(Disabled.can_become(Enabled));
-        assert!(Disabled.can_become(Destroyed));
-        assert!(!Enabled.can_become(Destroyed));
-        assert!(!Destroyed.can_become(Enabled));
-        assert!(!Destroyed.can_become(Disabled));
     }
 
     #[test]

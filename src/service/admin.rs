@@ -49,7 +49,7 @@ impl KmsService {
                 if existing.is_some() {
                     return Err(Error::AlreadyExists(format!("key {name} already exists")));
                 }
-                let kid = keyring::kid(&name, 1);
+                let kid = crate::store::kid(&name, 1);
                 let g = this.backend.generate(KeyLabel {
                     tenant: &tenant,
                     kid: &kid,
@@ -285,7 +285,7 @@ impl KmsService {
                 Ok(this.keyring.put(rec))
             })
             .await?;
-        tracing::info!(request_id = %caller.request_id, tenant = %caller.tenant, principal = %caller.principal, kid = %keyring::kid(&rec.name, vn), state = state.as_str(), "key version state set");
+        tracing::info!(request_id = %caller.request_id, tenant = %caller.tenant, principal = %caller.principal, kid = %crate::store::kid(&rec.name, vn), state = state.as_str(), "key version state set");
         Ok(proto::SetKeyVersionStateResponse {
             key: Some(key_to_proto(&rec, false)),
         })

@@ -3,7 +3,8 @@
 //! broken, records metrics, and answers only once the operation's audit
 //! record is durable.
 use super::*;
-use crate::admission::{Op, Permit};
+use crate::admission::Permit;
+use crate::ops::Gate;
 
 /// Run `f`, then give its admission units back — before the audit commit
 /// the caller then waits for: units bound work in progress, and the audit
@@ -79,10 +80,9 @@ impl KmsService {
     pub async fn authenticate_peer(
         &self,
         authorization: Option<&str>,
-        peer: Option<&crate::api::tls::PeerInfo>,
+        cert: Option<&std::result::Result<crate::auth::CertIdentity, String>>,
         request_id: String,
     ) -> Result<Caller> {
-        let cert = peer.and_then(|p| p.cert.as_ref());
         let r = match (authorization, cert) {
             (None, Some(Ok(id))) => Ok(Caller {
                 tenant: id.tenant.clone(),
@@ -134,7 +134,7 @@ impl KmsService {
     /// snapshot (a map read; no store, no custody); an unknown key costs 1.
     /// A shed is answered at once and is not audited (a flood must not turn
     /// into audit writes); it is counted in `kms_reject_total{reason}`.
-    pub(super) async fn admit(&self, op: Op, caller: &Caller, key: &str) -> Result<Permit> {
+    pub(super) async fn admit(&self, op: Gate, caller: &Caller, key: &str) -> Result<Permit> {
         let alg = if key.is_empty() {
             None
         } else {
@@ -222,11 +222,7 @@ impl KmsService {
                 let (k, a) = describe(v);
                 (k, a, "ok".to_string())
             }
-            Err(e) => (
-                key.to_string(),
-                String::new(),
-                crate::api::error::classify(e).code.to_string(),
-            ),
+            Err(e) => (key.to_string(), String::new(), e.code().to_string()),
         };
         let event = Event {
             tenant: caller.tenant.clone(),
@@ -257,7 +253,7 @@ impl KmsService {
         req: proto::CreateKeyRequest,
     ) -> Result<proto::CreateKeyResponse> {
         let key = req.name.clone();
-        let permit = self.admit(Op::Admin, caller, &req.name).await?;
+        let permit = self.admit(Gate::Admin, caller, &req.name).await?;
         let run = released(permit, self.create_key_inner(caller, req));
         self.audited(caller, "create_key", &key, None, true, run, |r| {
             key_desc(r.key.as_ref())
@@ -271,7 +267,7 @@ impl KmsService {
         req: proto::GetKeyRequest,
     ) -> Result<proto::GetKeyResponse> {
         let key = req.name.clone();
-        let permit = self.admit(Op::Admin, caller, &req.name).await?;
+        let permit = self.admit(Gate::Admin, caller, &req.name).await?;
         let run = released(permit, self.get_key_inner(caller, req));
         self.audited(caller, "get_key", &key, None, false, run, |r| {
             key_desc(r.key.as_ref())
@@ -284,7 +280,7 @@ impl KmsService {
         caller: &Caller,
         req: proto::ListKeysRequest,
     ) -> Result<proto::ListKeysResponse> {
-        let permit = self.admit(Op::Admin, caller, "").await?;
+        let permit = self.admit(Gate::Admin, caller, "").await?;
         let run = released(permit, self.list_keys_inner(caller, req));
         self.audited(caller, "list_keys", "", None, false, run, |_| {
             (String::new(), String::new())
@@ -298,7 +294,7 @@ impl KmsService {
         req: proto::RotateKeyRequest,
     ) -> Result<proto::RotateKeyResponse> {
         let key = req.name.clone();
-        let permit = self.admit(Op::Admin, caller, &req.name).await?;
+        let permit = self.admit(Gate::Admin, caller, &req.name).await?;
         let run = released(permit, self.rotate_key_inner(caller, req));
         self.audited(caller, "rotate_key", &key, None, true, run, |r| {
             (
@@ -317,14 +313,14 @@ impl KmsService {
         caller: &Caller,
         req: proto::SetKeyVersionStateRequest,
     ) -> Result<proto::SetKeyVersionStateResponse> {
-        let kid = keyring::kid(&req.name, req.version);
+        let kid = crate::store::kid(&req.name, req.version);
         let op: &'static str = match req.state.as_str() {
             "enabled" => "enable_version",
             "disabled" => "disable_version",
             "destroyed" => "destroy_version",
             _ => "set_version_state",
         };
-        let permit = self.admit(Op::Admin, caller, &req.name).await?;
+        let permit = self.admit(Gate::Admin, caller, &req.name).await?;
         let run = released(permit, self.set_key_version_state_inner(caller, req));
         let k2 = kid.clone();
         self.audited(caller, op, &kid, None, true, run, move |r| {
@@ -346,7 +342,7 @@ impl KmsService {
     ) -> Result<proto::SignResponse> {
         let key = req.key.clone();
         let input = sha256(&req.message);
-        let permit = self.admit(Op::Sign, caller, &req.key).await?;
+        let permit = self.admit(Gate::Sign, caller, &req.key).await?;
         let run = released(permit, self.sign_inner(caller, req));
         self.audited_hashed(caller, "sign", &key, input, true, run, |r| {
             (r.kid.clone(), r.algorithm.clone())
@@ -361,7 +357,7 @@ impl KmsService {
     ) -> Result<proto::VerifyResponse> {
         let key = req.key.clone();
         let input = sha256(&req.message);
-        let permit = self.admit(Op::Verify, caller, &req.key).await?;
+        let permit = self.admit(Gate::Verify, caller, &req.key).await?;
         let run = released(permit, self.verify_inner(caller, req));
         self.audited_hashed(caller, "verify", &key, input, false, run, |r| {
             (r.kid.clone(), format!("{} valid={}", r.algorithm, r.valid))
@@ -376,7 +372,7 @@ impl KmsService {
     ) -> Result<proto::WrapResponse> {
         let key = req.key.clone();
         let input = sha256(&req.plaintext);
-        let permit = self.admit(Op::Wrap, caller, &req.key).await?;
+        let permit = self.admit(Gate::Wrap, caller, &req.key).await?;
         let run = released(permit, self.wrap_inner(caller, req));
         self.audited_hashed(caller, "wrap", &key, input, true, run, |r| {
             (r.kid.clone(), r.algorithm.clone())
@@ -391,7 +387,7 @@ impl KmsService {
     ) -> Result<proto::UnwrapResponse> {
         let key = req.key.clone();
         let input = sha256(&req.ciphertext);
-        let permit = self.admit(Op::Unwrap, caller, &req.key).await?;
+        let permit = self.admit(Gate::Unwrap, caller, &req.key).await?;
         let run = released(permit, self.unwrap_inner(caller, req));
         self.audited_hashed(caller, "unwrap", &key, input, true, run, |r| {
             (r.kid.clone(), String::new())
@@ -405,7 +401,7 @@ impl KmsService {
         req: proto::GenerateDataKeyRequest,
     ) -> Result<proto::GenerateDataKeyResponse> {
         let key = req.key.clone();
-        let permit = self.admit(Op::Wrap, caller, &req.key).await?;
+        let permit = self.admit(Gate::Wrap, caller, &req.key).await?;
         let run = released(permit, self.generate_data_key_inner(caller, req));
         self.audited(caller, "generate_data_key", &key, None, true, run, |r| {
             (r.kid.clone(), String::new())
@@ -418,7 +414,7 @@ impl KmsService {
         caller: &Caller,
         req: proto::GetPqPolicyRequest,
     ) -> Result<proto::PqPolicyResponse> {
-        let permit = self.admit(Op::Admin, caller, "").await?;
+        let permit = self.admit(Gate::Admin, caller, "").await?;
         let run = released(permit, self.get_pq_policy_inner(caller, req));
         self.audited(caller, "get_pq_policy", "", None, false, run, |_| {
             (String::new(), String::new())
@@ -445,7 +441,7 @@ impl KmsService {
             ),
             None => String::new(),
         };
-        let permit = self.admit(Op::Admin, caller, "").await?;
+        let permit = self.admit(Gate::Admin, caller, "").await?;
         let run = released(permit, self.set_pq_policy_inner(caller, req));
         self.audited_inner(caller, "set_pq_policy", "", None, asked, true, run, |_| {
             (String::new(), String::new())

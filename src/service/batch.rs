@@ -11,29 +11,24 @@
 //! a batch saves most (see PERFORMANCE.md, "Batches").
 use super::audited::Labels;
 use super::*;
-use crate::admission::Op;
+use crate::ops::Gate;
 
 /// The most items one batch may hold.
 pub const MAX_BATCH_ITEMS: usize = 256;
 
 /// One item's error, as the single call would have reported it.
 fn item_error(e: &Error, request_id: &str) -> proto::ItemError {
-    let c = crate::api::error::classify(e);
     proto::ItemError {
-        code: c.code.to_string(),
-        message: crate::api::error::public_message(e, request_id),
-        retryable: c.retryable,
-        retry_after_ms: if c.retryable {
-            e.retry_after_ms().unwrap_or(1000)
-        } else {
-            0
-        },
+        code: e.code().to_string(),
+        message: e.public_message(request_id),
+        retryable: e.retryable(),
+        retry_after_ms: e.retry_after_ms().unwrap_or(0),
     }
 }
 
 /// What the batch runner needs to know about one kind of item.
 struct Kind<Req, Resp> {
-    class: Op,
+    class: Gate,
     op: &'static str,
     /// Uses a private key or changes state: refused while the audit chain
     /// is broken.
@@ -138,7 +133,7 @@ impl KmsService {
         req: proto::SignBatchRequest,
     ) -> Result<proto::SignBatchResponse> {
         let kind = Kind {
-            class: Op::Sign,
+            class: Gate::Sign,
             op: "sign",
             writes: true,
             key: |r: &proto::SignRequest| r.key.as_str(),
@@ -159,7 +154,7 @@ impl KmsService {
         req: proto::VerifyBatchRequest,
     ) -> Result<proto::VerifyBatchResponse> {
         let kind = Kind {
-            class: Op::Verify,
+            class: Gate::Verify,
             op: "verify",
             writes: false,
             key: |r: &proto::VerifyRequest| r.key.as_str(),
@@ -182,7 +177,7 @@ impl KmsService {
         req: proto::WrapBatchRequest,
     ) -> Result<proto::WrapBatchResponse> {
         let kind = Kind {
-            class: Op::Wrap,
+            class: Gate::Wrap,
             op: "wrap",
             writes: true,
             key: |r: &proto::WrapRequest| r.key.as_str(),
@@ -203,7 +198,7 @@ impl KmsService {
         req: proto::UnwrapBatchRequest,
     ) -> Result<proto::UnwrapBatchResponse> {
         let kind = Kind {
-            class: Op::Unwrap,
+            class: Gate::Unwrap,
             op: "unwrap",
             writes: true,
             key: |r: &proto::UnwrapRequest| r.key.as_str(),

@@ -20,8 +20,9 @@ use crate::auth::{Caller, Scope, TokenTable};
 use crate::backend::{Backend, KeyLabel};
 use crate::crypto::{aead, envelope, random_bytes, sha256, spki, Algorithm, Provider, Purpose};
 use crate::error::{Error, Result};
-use crate::keyring::{self, KeyRecord, KeyRef, Keyring, VersionRecord, VersionState};
+use crate::keyring::{self, KeyRef, Keyring};
 use crate::proto;
+use crate::store::{KeyRecord, VersionRecord, VersionState};
 use crate::store::{OpRecord, Store};
 
 mod admin;
@@ -195,24 +196,6 @@ pub struct ServiceOptions {
     pub verify_only_failover: bool,
 }
 
-impl ServiceOptions {
-    pub fn from_config(cfg: &crate::config::Config) -> Self {
-        ServiceOptions {
-            allowed: cfg.algorithms.clone(),
-            blocking_threads: cfg.blocking_threads,
-            pq_default: cfg.pq_default,
-            pq_tenants: cfg.pq_tenants.clone(),
-            pq_rollback: cfg.pq_rollback,
-            verify_cache_max: cfg.verify_cache_max,
-            verify_cache_ttl: Duration::from_millis(cfg.verify_cache_ttl_ms),
-            attestation_required: cfg.attestation_required(),
-            admission: cfg.admission.clone(),
-            request_timeout: cfg.ingress.request_timeout,
-            verify_only_failover: cfg.failover == crate::config::Failover::VerifyOnly,
-        }
-    }
-}
-
 /// Whether custody answers, probed at most every [`CustodyProbe::EVERY`]
 /// and updated by every custody call's outcome, so the hot path knows
 /// without a device round trip per request.
@@ -279,7 +262,7 @@ fn version_to_proto(rec: &KeyRecord, v: &VersionRecord, pem: bool) -> proto::Key
 fn key_desc(k: Option<&proto::Key>) -> (String, String) {
     k.map(|k| {
         (
-            keyring::kid(&k.name, k.primary_version),
+            crate::store::kid(&k.name, k.primary_version),
             k.algorithm.clone(),
         )
     })

@@ -16,6 +16,7 @@
 //! - calls block; the service calls them from its blocking pool, and only on
 //!   mutations and start-up, never on the crypto hot path.
 pub mod postgres;
+pub mod records;
 pub mod sqlite;
 
 use std::sync::Arc;
@@ -23,7 +24,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::keyring::{KeyRecord, VersionRecord, VersionState};
+pub use records::{kid, KeyRecord, VersionRecord, VersionState};
 
 #[derive(Debug, Error)]
 pub enum StoreError {
@@ -46,6 +47,21 @@ pub enum StoreError {
     /// A stored row does not decode. Not retryable.
     #[error("corrupt record: {0}")]
     Corrupt(String),
+}
+
+/// How store failures reach callers.
+impl From<StoreError> for crate::error::Error {
+    fn from(e: StoreError) -> Self {
+        use crate::error::Error;
+        use StoreError as S;
+        match e {
+            S::AlreadyExists(m) | S::OpConflict(m) => Error::AlreadyExists(m),
+            S::VersionConflict(m) => Error::Unavailable(format!("store: {m}")),
+            S::NotFound(m) => Error::NotFound(m),
+            S::Backend(m) => Error::Unavailable(format!("store: {m}")),
+            S::Corrupt(m) => Error::Internal(format!("store: {m}")),
+        }
+    }
 }
 
 /// The idempotency record of one mutation.

@@ -23,7 +23,7 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::{Change, ChangeHandler, OpRecord, Store, StoreError, TokenRecord};
 use crate::crypto::Algorithm;
-use crate::keyring::{KeyRecord, VersionRecord, VersionState};
+use crate::store::{KeyRecord, VersionRecord, VersionState};
 
 /// The channel every replica listens on.
 pub const CHANNEL: &str = "ron_kms_changes";

@@ -11,7 +11,7 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use super::{OpRecord, Store, StoreError, TokenRecord};
 use crate::crypto::Algorithm;
-use crate::keyring::{KeyRecord, VersionRecord, VersionState};
+use crate::store::{KeyRecord, VersionRecord, VersionState};
 
 const SCHEMA_VERSION: i64 = 1;
 

@@ -6,7 +6,7 @@
 //! Passphrases come from a file or an environment variable, never from the
 //! command line. The key is zeroized on drop and never printed.
 use std::io::Write as _;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use thiserror::Error;
@@ -46,17 +46,12 @@ fn file_err(path: &Path, msg: impl std::fmt::Display) -> MasterKeyError {
     }
 }
 
-/// Refuse secrets that group or others can read.
+/// Refuse secrets that group or others can read ([`crate::secret_file`]).
 pub fn check_private(path: &Path) -> Result<(), MasterKeyError> {
-    let meta = std::fs::metadata(path).map_err(|e| file_err(path, e))?;
-    let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
-        return Err(file_err(
-            path,
-            format!("mode {mode:04o} lets group or others read it; run chmod 600"),
-        ));
-    }
-    Ok(())
+    crate::secret_file::check_private(path).map_err(|e| MasterKeyError::File {
+        path: e.path,
+        msg: e.msg,
+    })
 }
 
 /// Write a new file with mode 0600, failing if it exists.
@@ -139,6 +134,7 @@ impl MasterKey {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn key_file_is_created_0600_and_reloaded() {

@@ -217,9 +217,8 @@ fn verify(q: &Quote, nonce: &[u8], expected: Option<&[u8]>) -> Result<Attested, 
         .attest
         .marshall()
         .map_err(|e| format!("marshal quote: {e}"))?;
-    let der =
-        crate::backend::pkcs11::ecdsa_der(&ecdsa_rs(&q.signature).map_err(|e| e.to_string())?)
-            .map_err(|e| e.to_string())?;
+    let der = crate::backend::ecdsa_der(&ecdsa_rs(&q.signature).map_err(|e| e.to_string())?)
+        .map_err(|e| e.to_string())?;
     ring::signature::UnparsedPublicKey::new(&ring::signature::ECDSA_P256_SHA256_ASN1, &ak)
         .verify(&signed, &der)
         .map_err(|_| "the quote's signature does not verify under the AK".to_string())?;

@@ -695,7 +695,7 @@ impl Backend for TpmBackend {
                     .ctx("TPM2_Sign")
             })
         })?;
-        super::pkcs11::ecdsa_der(&ecdsa_rs(&sig)?)
+        super::ecdsa_der(&ecdsa_rs(&sig)?)
     }
 
     fn decapsulate(

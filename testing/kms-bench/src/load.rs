@@ -40,7 +40,7 @@ pub enum Op {
 impl Op {
     /// The name admission and metrics use for it.
     pub fn as_str(self) -> &'static str {
-        use ron_kms::admission::Op as Gate;
+        use ron_kms::ops::Gate;
         let gate = match self {
             Op::Sign => Gate::Sign,
             Op::Verify => Gate::Verify,

@@ -27,8 +27,8 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use zeroize::Zeroizing;
 
-use crate::auth::{validate_tenant, Scopes};
-use crate::backend::sealed_file::master::{check_private, MasterKeyError};
+use crate::auth::{validate_tenant, CertIdentity, Scopes};
+use crate::secret_file::check_private;
 
 /// The placeholder an [`MtlsRule::uri_pattern`] must contain exactly once.
 pub const TENANT_PLACEHOLDER: &str = "{tenant}";
@@ -141,17 +141,6 @@ pub fn provider(require_pq: bool) -> rustls::crypto::CryptoProvider {
     p
 }
 
-/// The identity a verified client certificate carries, put in request
-/// extensions by the fronts.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CertIdentity {
-    pub tenant: String,
-    /// `cert:<first 12 hex digits of the SHA-256 of the leaf DER>`: safe to
-    /// log, stable per certificate.
-    pub principal: String,
-    pub scopes: Scopes,
-}
-
 /// Per-connection peer info (both fronts attach it to every request of the
 /// connection).
 #[derive(Clone, Debug, Default)]
@@ -236,10 +225,7 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
 }
 
 fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
-    check_private(path).map_err(|e| match e {
-        MasterKeyError::File { msg, .. } => msg,
-        other => other.to_string(),
-    })?;
+    check_private(path).map_err(|e| e.msg)?;
     let bytes = Zeroizing::new(read_file(path)?);
     PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| {
         pem_reason(

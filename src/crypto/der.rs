@@ -1,0 +1,72 @@
+//! The few DER encodings ron-kms writes itself: TLVs with definite lengths
+//! (for SubjectPublicKeyInfo, [`super::spki`]) and the ECDSA signature value
+//! that devices hand back as raw `r || s` (PKCS#11 and TPM custody).
+//! Hand-written because the structures are fixed and tiny; tests parse the
+//! output with independent DER parsers.
+
+/// Append a DER definite length.
+pub fn len(n: usize, out: &mut Vec<u8>) {
+    if n < 0x80 {
+        out.push(n as u8);
+    } else {
+        let bytes = n.to_be_bytes();
+        let skip = bytes.iter().take_while(|b| **b == 0).count();
+        out.push(0x80 | (bytes.len() - skip) as u8);
+        out.extend_from_slice(&bytes[skip..]);
+    }
+}
+
+/// A tag-length-value.
+pub fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(content.len() + 6);
+    out.push(tag);
+    len(content.len(), &mut out);
+    out.extend_from_slice(content);
+    out
+}
+
+/// A non-negative INTEGER from big-endian magnitude bytes, minimal: leading
+/// zeros dropped, one 0x00 added when the top bit is set.
+fn uint(x: &[u8]) -> Vec<u8> {
+    let start = x.iter().position(|b| *b != 0).unwrap_or(x.len() - 1);
+    let x = &x[start..];
+    let mut body = Vec::with_capacity(x.len() + 1);
+    if x[0] & 0x80 != 0 {
+        body.push(0);
+    }
+    body.extend_from_slice(x);
+    tlv(0x02, &body)
+}
+
+/// The ECDSA P-256 `Ecdsa-Sig-Value` (RFC 3279) of a signature given as
+/// `r || s`, 32 bytes each; `None` for any other length.
+pub fn ecdsa_p256_sig(rs: &[u8]) -> Option<Vec<u8>> {
+    if rs.len() != 64 {
+        return None;
+    }
+    Some(tlv(0x30, &[uint(&rs[..32]), uint(&rs[32..])].concat()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ecdsa_signatures_encode_minimal_integers() {
+        let mut rs = [0u8; 64];
+        rs[31] = 1; // r = 1
+        rs[32] = 0x80; // s has its top bit set: needs a 0x00 pad
+        let der = ecdsa_p256_sig(&rs).unwrap();
+        assert_eq!(&der[..5], &[0x30, 3 + 35, 0x02, 0x01, 0x01]);
+        assert_eq!(&der[5..8], &[0x02, 33, 0x00]);
+        assert_eq!(der.len(), 2 + 3 + 35);
+        assert!(ecdsa_p256_sig(&rs[..63]).is_none());
+    }
+
+    #[test]
+    fn long_lengths_use_the_long_form() {
+        assert_eq!(tlv(0x04, &[0; 3])[..2], [0x04, 3]);
+        assert_eq!(tlv(0x04, &[0; 200])[..3], [0x04, 0x81, 200]);
+        assert_eq!(tlv(0x04, &[0; 1952])[..4], [0x04, 0x82, 0x07, 0xa0]);
+    }
+}

@@ -1,0 +1,344 @@
+//! The op table: every operation of `ron.kms.v1.Kms` once, with its gRPC
+//! method, its HTTP routes, the scope it needs, the admission gate it is
+//! charged to, its name in the audit log and metrics, and whether it uses a
+//! private key or changes state. The gRPC front's early shedding, the HTTP
+//! router and the service's admission and audit all read this table, so a
+//! new operation is added here and nowhere else is a second list.
+//!
+//! Also the two small vocabularies the table is written in, which layers
+//! from admission up to the fronts share: [`Gate`] (admission's per-op
+//! gates) and [`Scope`] (what a token may do).
+use std::fmt;
+
+/// The admission gates: each has its own fair share of capacity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Gate {
+    Sign,
+    Verify,
+    Wrap,
+    Unwrap,
+    Admin,
+}
+
+impl Gate {
+    /// Every gate, in the order of `AdmissionConfig::inflight`.
+    pub const ALL: [Gate; 5] = [
+        Gate::Sign,
+        Gate::Verify,
+        Gate::Wrap,
+        Gate::Unwrap,
+        Gate::Admin,
+    ];
+
+    /// The name used in metrics and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Gate::Sign => "sign",
+            Gate::Verify => "verify",
+            Gate::Wrap => "wrap",
+            Gate::Unwrap => "unwrap",
+            Gate::Admin => "admin",
+        }
+    }
+
+    /// Position in [`Gate::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl fmt::Display for Gate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a token (or certificate) may do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    Admin,
+    Read,
+    Sign,
+    Verify,
+    Wrap,
+    Unwrap,
+}
+
+impl Scope {
+    pub const ALL: [Scope; 6] = [
+        Scope::Admin,
+        Scope::Read,
+        Scope::Sign,
+        Scope::Verify,
+        Scope::Wrap,
+        Scope::Unwrap,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Admin => "kms:admin",
+            Scope::Read => "kms:read",
+            Scope::Sign => "kms:sign",
+            Scope::Verify => "kms:verify",
+            Scope::Wrap => "kms:wrap",
+            Scope::Unwrap => "kms:unwrap",
+        }
+    }
+    /// Its bit in a scope set.
+    pub fn bit(self) -> u8 {
+        1 << (self as u8)
+    }
+}
+
+/// Every operation of `ron.kms.v1.Kms`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Method {
+    CreateKey,
+    GetKey,
+    ListKeys,
+    RotateKey,
+    SetKeyVersionState,
+    Sign,
+    Verify,
+    Wrap,
+    Unwrap,
+    GenerateDataKey,
+    GetPqPolicy,
+    SetPqPolicy,
+    SignBatch,
+    VerifyBatch,
+    WrapBatch,
+    UnwrapBatch,
+}
+
+/// One row of the table.
+#[derive(Clone, Copy, Debug)]
+pub struct OpSpec {
+    pub method: Method,
+    /// The gRPC method name in `ron.kms.v1.Kms`.
+    pub grpc: &'static str,
+    /// Its HTTP routes: (verb, path under the HTTP port).
+    pub http: &'static [(&'static str, &'static str)],
+    /// The scope the caller needs (for a batch: each item's).
+    pub scope: Scope,
+    /// The admission gate it is charged to (a batch: per item).
+    pub gate: Gate,
+    /// The op in audit records and the `op` metric label (a batch's items
+    /// are audited under the single op's name).
+    pub audit: &'static str,
+    /// Uses a private key or changes state: refused while the audit chain
+    /// is broken.
+    pub writes: bool,
+}
+
+const fn row(
+    method: Method,
+    grpc: &'static str,
+    http: &'static [(&'static str, &'static str)],
+    scope: Scope,
+    gate: Gate,
+    audit: &'static str,
+    writes: bool,
+) -> OpSpec {
+    OpSpec {
+        method,
+        grpc,
+        http,
+        scope,
+        gate,
+        audit,
+        writes,
+    }
+}
+
+/// The table, in the order of `kms.proto`.
+pub const OPS: [OpSpec; 16] = {
+    use Gate as G;
+    use Method as M;
+    use Scope as S;
+    [
+        row(
+            M::CreateKey,
+            "CreateKey",
+            &[("POST", "/v1/kms/keys")],
+            S::Admin,
+            G::Admin,
+            "create_key",
+            true,
+        ),
+        row(
+            M::GetKey,
+            "GetKey",
+            &[("GET", "/v1/kms/keys/{name}")],
+            S::Read,
+            G::Admin,
+            "get_key",
+            false,
+        ),
+        row(
+            M::ListKeys,
+            "ListKeys",
+            &[("GET", "/v1/kms/keys")],
+            S::Read,
+            G::Admin,
+            "list_keys",
+            false,
+        ),
+        row(
+            M::RotateKey,
+            "RotateKey",
+            &[
+                ("POST", "/v1/kms/keys/{name}/rotate"),
+                ("POST", "/v1/kms/rotate"),
+            ],
+            S::Admin,
+            G::Admin,
+            "rotate_key",
+            true,
+        ),
+        row(
+            M::SetKeyVersionState,
+            "SetKeyVersionState",
+            &[("POST", "/v1/kms/keys/{name}/versions/{version}/state")],
+            S::Admin,
+            G::Admin,
+            "set_version_state",
+            true,
+        ),
+        row(
+            M::Sign,
+            "Sign",
+            &[("POST", "/v1/kms/sign")],
+            S::Sign,
+            G::Sign,
+            "sign",
+            true,
+        ),
+        row(
+            M::Verify,
+            "Verify",
+            &[("POST", "/v1/kms/verify")],
+            S::Verify,
+            G::Verify,
+            "verify",
+            false,
+        ),
+        row(
+            M::Wrap,
+            "Wrap",
+            &[("POST", "/v1/kms/wrap")],
+            S::Wrap,
+            G::Wrap,
+            "wrap",
+            true,
+        ),
+        row(
+            M::Unwrap,
+            "Unwrap",
+            &[("POST", "/v1/kms/unwrap")],
+            S::Unwrap,
+            G::Unwrap,
+            "unwrap",
+            true,
+        ),
+        row(
+            M::GenerateDataKey,
+            "GenerateDataKey",
+            &[("POST", "/v1/kms/datakey")],
+            S::Wrap,
+            G::Wrap,
+            "generate_data_key",
+            true,
+        ),
+        row(
+            M::GetPqPolicy,
+            "GetPqPolicy",
+            &[("GET", "/v1/kms/policy/pq")],
+            S::Admin,
+            G::Admin,
+            "get_pq_policy",
+            false,
+        ),
+        row(
+            M::SetPqPolicy,
+            "SetPqPolicy",
+            &[("PUT", "/v1/kms/policy/pq")],
+            S::Admin,
+            G::Admin,
+            "set_pq_policy",
+            true,
+        ),
+        row(
+            M::SignBatch,
+            "SignBatch",
+            &[("POST", "/v1/kms/batch/sign")],
+            S::Sign,
+            G::Sign,
+            "sign",
+            true,
+        ),
+        row(
+            M::VerifyBatch,
+            "VerifyBatch",
+            &[("POST", "/v1/kms/batch/verify")],
+            S::Verify,
+            G::Verify,
+            "verify",
+            false,
+        ),
+        row(
+            M::WrapBatch,
+            "WrapBatch",
+            &[("POST", "/v1/kms/batch/wrap")],
+            S::Wrap,
+            G::Wrap,
+            "wrap",
+            true,
+        ),
+        row(
+            M::UnwrapBatch,
+            "UnwrapBatch",
+            &[("POST", "/v1/kms/batch/unwrap")],
+            S::Unwrap,
+            G::Unwrap,
+            "unwrap",
+            true,
+        ),
+    ]
+};
+
+/// The gRPC service name every method path starts with.
+pub const GRPC_SERVICE: &str = "ron.kms.v1.Kms";
+
+/// The row of `m`.
+pub fn spec(m: Method) -> &'static OpSpec {
+    OPS.iter()
+        .find(|o| o.method == m)
+        .expect("every method has a row")
+}
+
+/// The row of a gRPC request path (`/ron.kms.v1.Kms/Sign`), if it names one.
+pub fn by_grpc_path(path: &str) -> Option<&'static OpSpec> {
+    let method = path
+        .strip_prefix('/')?
+        .strip_prefix(GRPC_SERVICE)?
+        .strip_prefix('/')?;
+    OPS.iter().find(|o| o.grpc == method)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_method_has_one_row_and_the_paths_resolve() {
+        for (i, o) in OPS.iter().enumerate() {
+            assert_eq!(OPS.iter().filter(|p| p.method == o.method).count(), 1);
+            assert_eq!(spec(o.method).grpc, o.grpc);
+            let path = format!("/{GRPC_SERVICE}/{}", o.grpc);
+            assert_eq!(by_grpc_path(&path).map(|p| p.method), Some(o.method), "{i}");
+            assert!(!o.http.is_empty());
+        }
+        assert!(by_grpc_path("/grpc.health.v1.Health/Check").is_none());
+        assert!(by_grpc_path("/ron.kms.v1.Kms/Nope").is_none());
+    }
+}
