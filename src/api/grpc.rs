@@ -8,12 +8,13 @@ use std::task::{Context, Poll};
 use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status};
 
+use super::call::{Call, Incoming};
 use super::error::statuses;
-use super::http::within;
 use super::{new_request_id, MAX_BODY_BYTES, REQUEST_ID_HEADER};
 use crate::auth::Caller;
 use crate::error::Error;
 use crate::ingress::conn::ConnInfo;
+use crate::ops::{spec, Method};
 use crate::proto::kms_server::{Kms, KmsServer};
 use crate::proto::*;
 use crate::service::KmsService;
@@ -35,11 +36,12 @@ impl GrpcFront {
             .max_encoding_message_size(4 * MAX_BODY_BYTES)
     }
 
-    /// Authenticate (token or client certificate), run within the request
-    /// timeout, encode. Admission runs inside the operation; tonic has
-    /// already decoded the (≤ 1 MiB) message by the time this is called.
+    /// The shared call skeleton ([`super::call`]) around `op`; tonic has
+    /// already decoded the (≤ 1 MiB) message. Admission runs inside the
+    /// operation.
     async fn unary<Req, Resp, F, Fut>(
         &self,
+        method: Method,
         req: Request<Req>,
         op: F,
     ) -> Result<Response<Resp>, Status>
@@ -48,63 +50,41 @@ impl GrpcFront {
         Fut: Future<Output = Result<Resp, Error>> + Send + 'static,
         Resp: Send + 'static,
     {
-        let started = std::time::Instant::now();
-        let request_id = super::request_id_from(
-            req.metadata()
-                .get(REQUEST_ID_HEADER)
-                .and_then(|v| v.to_str().ok()),
-        );
-        let span = tracing::info_span!("grpc", request_id = %request_id);
-        let auth = req
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        let conn = req.extensions().get::<ConnInfo>().cloned();
-        let limit = self.kms.request_timeout();
-        let deadline = tokio::time::Instant::now() + limit;
-        let result = tracing::Instrument::instrument(
-            async {
-                let caller = within(
-                    deadline,
-                    limit,
-                    self.kms.authenticate_peer(
-                        auth.as_deref(),
-                        conn.as_ref().and_then(|c| c.peer.cert.as_ref()),
-                        request_id.clone(),
-                    ),
-                )
-                .await?;
-                // The operation runs to its end in a task of its own: neither
-                // the request timeout nor a client that hangs up can stop it
-                // between its effect and its audit record.
-                let task = tokio::spawn(tracing::Instrument::in_current_span(op(
-                    self.kms.clone(),
-                    caller,
-                    req.into_inner(),
-                )));
-                within(deadline, limit, async {
-                    task.await
-                        .map_err(|e| Error::Internal(format!("operation task failed: {e}")))?
-                })
-                .await
-            },
-            span,
+        let incoming = {
+            let header = |name: &str| {
+                req.metadata()
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned)
+            };
+            Incoming {
+                front: "grpc",
+                request_id: header(REQUEST_ID_HEADER),
+                authorization: header("authorization"),
+                cert: req
+                    .extensions()
+                    .get::<ConnInfo>()
+                    .and_then(|c| c.peer.cert.clone()),
+            }
+        };
+        let msg = req.into_inner();
+        let (call, result) = Call::run(
+            &self.kms,
+            spec(method),
+            incoming,
+            |_, _, caller| std::future::ready(Ok((caller, msg))),
+            op,
         )
         .await;
-        let rid = MetadataValue::try_from(request_id.as_str()).expect("request ids are ASCII");
         match result {
             Ok(resp) => {
                 let mut r = Response::new(resp);
+                let rid = MetadataValue::try_from(call.request_id.as_str())
+                    .expect("request ids are ASCII");
                 r.metadata_mut().insert(REQUEST_ID_HEADER, rid);
                 Ok(r)
             }
-            Err(e) => {
-                if matches!(e, Error::Shed(_)) {
-                    crate::telemetry::shed_time("grpc", started.elapsed());
-                }
-                Err(to_status(&e, &request_id))
-            }
+            Err(e) => Err(to_status(&e, &call.request_id)),
         }
     }
 }
@@ -133,101 +113,138 @@ impl Kms for GrpcFront {
         &self,
         r: Request<CreateKeyRequest>,
     ) -> Result<Response<CreateKeyResponse>, Status> {
-        self.unary(r, |k, c, b| async move { k.create_key(&c, b).await })
-            .await
+        self.unary(Method::CreateKey, r, |k, c, b| async move {
+            k.create_key(&c, b).await
+        })
+        .await
     }
     async fn get_key(&self, r: Request<GetKeyRequest>) -> Result<Response<GetKeyResponse>, Status> {
-        self.unary(r, |k, c, b| async move { k.get_key(&c, b).await })
-            .await
+        self.unary(Method::GetKey, r, |k, c, b| async move {
+            k.get_key(&c, b).await
+        })
+        .await
     }
     async fn list_keys(
         &self,
         r: Request<ListKeysRequest>,
     ) -> Result<Response<ListKeysResponse>, Status> {
-        self.unary(r, |k, c, b| async move { k.list_keys(&c, b).await })
-            .await
+        self.unary(Method::ListKeys, r, |k, c, b| async move {
+            k.list_keys(&c, b).await
+        })
+        .await
     }
     async fn rotate_key(
         &self,
         r: Request<RotateKeyRequest>,
     ) -> Result<Response<RotateKeyResponse>, Status> {
-        self.unary(r, |k, c, b| async move { k.rotate_key(&c, b).await })
-            .await
+        self.unary(Method::RotateKey, r, |k, c, b| async move {
+            k.rotate_key(&c, b).await
+        })
+        .await
     }
     async fn set_key_version_state(
         &self,
         r: Request<SetKeyVersionStateRequest>,
     ) -> Result<Response<SetKeyVersionStateResponse>, Status> {
-        self.unary(
-            r,
-            |k, c, b| async move { k.set_key_version_state(&c, b).await },
-        )
+        self.unary(Method::SetKeyVersionState, r, |k, c, b| async move {
+            k.set_key_version_state(&c, b).await
+        })
         .await
     }
     async fn sign(&self, r: Request<SignRequest>) -> Result<Response<SignResponse>, Status> {
-        self.unary(r, |k, c, b| async move { k.sign(&c, b).await })
-            .await
+        self.unary(
+            Method::Sign,
+            r,
+            |k, c, b| async move { k.sign(&c, b).await },
+        )
+        .await
     }
     async fn verify(&self, r: Request<VerifyRequest>) -> Result<Response<VerifyResponse>, Status> {
-        self.unary(r, |k, c, b| async move { k.verify(&c, b).await })
-            .await
+        self.unary(
+            Method::Verify,
+            r,
+            |k, c, b| async move { k.verify(&c, b).await },
+        )
+        .await
     }
     async fn wrap(&self, r: Request<WrapRequest>) -> Result<Response<WrapResponse>, Status> {
-        self.unary(r, |k, c, b| async move { k.wrap(&c, b).await })
-            .await
+        self.unary(
+            Method::Wrap,
+            r,
+            |k, c, b| async move { k.wrap(&c, b).await },
+        )
+        .await
     }
     async fn unwrap(&self, r: Request<UnwrapRequest>) -> Result<Response<UnwrapResponse>, Status> {
-        self.unary(r, |k, c, b| async move { k.unwrap(&c, b).await })
-            .await
+        self.unary(
+            Method::Unwrap,
+            r,
+            |k, c, b| async move { k.unwrap(&c, b).await },
+        )
+        .await
     }
     async fn generate_data_key(
         &self,
         r: Request<GenerateDataKeyRequest>,
     ) -> Result<Response<GenerateDataKeyResponse>, Status> {
-        self.unary(r, |k, c, b| async move { k.generate_data_key(&c, b).await })
-            .await
+        self.unary(Method::GenerateDataKey, r, |k, c, b| async move {
+            k.generate_data_key(&c, b).await
+        })
+        .await
     }
     async fn get_pq_policy(
         &self,
         r: Request<GetPqPolicyRequest>,
     ) -> Result<Response<PqPolicyResponse>, Status> {
-        self.unary(r, |k, c, b| async move { k.get_pq_policy(&c, b).await })
-            .await
+        self.unary(Method::GetPqPolicy, r, |k, c, b| async move {
+            k.get_pq_policy(&c, b).await
+        })
+        .await
     }
     async fn set_pq_policy(
         &self,
         r: Request<SetPqPolicyRequest>,
     ) -> Result<Response<PqPolicyResponse>, Status> {
-        self.unary(r, |k, c, b| async move { k.set_pq_policy(&c, b).await })
-            .await
+        self.unary(Method::SetPqPolicy, r, |k, c, b| async move {
+            k.set_pq_policy(&c, b).await
+        })
+        .await
     }
     async fn sign_batch(
         &self,
         r: Request<SignBatchRequest>,
     ) -> Result<Response<SignBatchResponse>, Status> {
-        self.unary(r, |k, c, b| async move { k.sign_batch(&c, b).await })
-            .await
+        self.unary(Method::SignBatch, r, |k, c, b| async move {
+            k.sign_batch(&c, b).await
+        })
+        .await
     }
     async fn verify_batch(
         &self,
         r: Request<VerifyBatchRequest>,
     ) -> Result<Response<VerifyBatchResponse>, Status> {
-        self.unary(r, |k, c, b| async move { k.verify_batch(&c, b).await })
-            .await
+        self.unary(Method::VerifyBatch, r, |k, c, b| async move {
+            k.verify_batch(&c, b).await
+        })
+        .await
     }
     async fn wrap_batch(
         &self,
         r: Request<WrapBatchRequest>,
     ) -> Result<Response<WrapBatchResponse>, Status> {
-        self.unary(r, |k, c, b| async move { k.wrap_batch(&c, b).await })
-            .await
+        self.unary(Method::WrapBatch, r, |k, c, b| async move {
+            k.wrap_batch(&c, b).await
+        })
+        .await
     }
     async fn unwrap_batch(
         &self,
         r: Request<UnwrapBatchRequest>,
     ) -> Result<Response<UnwrapBatchResponse>, Status> {
-        self.unary(r, |k, c, b| async move { k.unwrap_batch(&c, b).await })
-            .await
+        self.unary(Method::UnwrapBatch, r, |k, c, b| async move {
+            k.unwrap_batch(&c, b).await
+        })
+        .await
     }
 }
 

@@ -9,18 +9,19 @@ use std::sync::{Arc, OnceLock};
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use super::call::{Call, Incoming};
 use super::error::statuses;
 use super::{new_request_id, MAX_BODY_BYTES, REQUEST_ID_HEADER};
 use crate::auth::Caller;
 use crate::error::Error;
 use crate::ingress::conn::ConnInfo;
 use crate::ingress::decompress;
-use crate::ops::Gate;
+use crate::ops::{spec, Method, OpSpec};
 use crate::proto::*;
 use crate::service::KmsService;
 
@@ -109,12 +110,13 @@ impl HttpFront {
         HttpFront { kms }
     }
 
-    /// Authenticate, shed early, read and decode, fill path parameters,
-    /// run, encode — all within the request timeout.
+    /// The shared call skeleton ([`super::call`]) with this front's
+    /// decoding: shed early (before the body is read), read the body under
+    /// the cap (or the query string), decode JSON, fill path parameters.
     async fn unary<Req, Resp, Fill, F, Fut>(
         &self,
         req: Request,
-        class: Gate,
+        method: Method,
         from: From,
         fill: Fill,
         op: F,
@@ -127,36 +129,31 @@ impl HttpFront {
         Fut: Future<Output = Result<Resp, Error>> + Send + 'static,
         Resp: Send + 'static,
     {
-        let started = std::time::Instant::now();
-        let request_id = super::request_id_from(
-            req.headers()
-                .get(REQUEST_ID_HEADER)
-                .and_then(|v| v.to_str().ok()),
-        );
-        let span = tracing::info_span!("http", request_id = %request_id);
-        let limit = self.kms.request_timeout();
-        let deadline = tokio::time::Instant::now() + limit;
-        let rid = request_id.clone();
-        let kms = self.kms.clone();
-        let work = async move {
-            let auth = req
-                .headers()
-                .get(header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned);
-            let peer = req.extensions().get::<ConnInfo>().map(|c| c.peer.clone());
-            // Authenticate before reading the body: an anonymous caller
-            // costs a header parse, not a 1 MiB buffer.
-            let caller = kms
-                .authenticate_peer(
-                    auth.as_deref(),
-                    peer.as_ref().and_then(|p| p.cert.as_ref()),
-                    rid,
-                )
-                .await?;
+        let incoming = {
+            // (a block: nothing may hold a borrow of the request, whose body
+            // is not Sync, across the awaits below)
+            let header = |name: &str| {
+                req.headers()
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned)
+            };
+            Incoming {
+                front: "http",
+                request_id: header(REQUEST_ID_HEADER),
+                authorization: header(header::AUTHORIZATION.as_str()),
+                cert: req
+                    .extensions()
+                    .get::<ConnInfo>()
+                    .and_then(|c| c.peer.cert.clone()),
+            }
+        };
+        // Authentication comes first (in the skeleton): an anonymous caller
+        // costs a header parse, not a 1 MiB buffer.
+        let decode = move |kms: Arc<KmsService>, spec: &'static OpSpec, caller: Caller| async move {
             // A request that admission would shed is shed before its body
             // is read or decoded.
-            if let Err(e) = kms.admission().precheck(class, &caller.tenant) {
+            if let Err(e) = kms.admission().precheck(spec.gate, &caller.tenant) {
                 // over HTTP/2, close the stream cleanly (see drain_body)
                 if req.version() == http::Version::HTTP_2 {
                     super::drain_body(req.into_body()).await;
@@ -181,49 +178,10 @@ impl HttpFront {
             fill(&mut msg)?;
             Ok((caller, msg))
         };
-        let result = tracing::Instrument::instrument(
-            async {
-                let (caller, msg) = within(deadline, limit, work).await?;
-                // Once decoded, the operation runs to its end in a task of its
-                // own: neither the request timeout nor a client that hangs up
-                // can stop it between its effect and its audit record.
-                let task = tokio::spawn(tracing::Instrument::in_current_span(op(
-                    self.kms.clone(),
-                    caller,
-                    msg,
-                )));
-                within(deadline, limit, async {
-                    task.await
-                        .map_err(|e| Error::Internal(format!("operation task failed: {e}")))?
-                })
-                .await
-            },
-            span,
-        )
-        .await;
+        let (call, result) = Call::run(&self.kms, spec(method), incoming, decode, op).await;
         match result {
-            Ok(resp) => ok_response(&resp, &request_id),
-            Err(e) => {
-                if matches!(e, Error::Shed(_)) {
-                    crate::telemetry::shed_time("http", started.elapsed());
-                }
-                error_response(&e, &request_id)
-            }
-        }
-    }
-}
-
-/// `work` under the request's deadline; past it, `timeout`.
-pub(super) async fn within<T>(
-    deadline: tokio::time::Instant,
-    limit: std::time::Duration,
-    work: impl Future<Output = Result<T, Error>>,
-) -> Result<T, Error> {
-    match tokio::time::timeout_at(deadline, work).await {
-        Ok(r) => r,
-        Err(_) => {
-            crate::telemetry::reject("timeout");
-            Err(Error::Timeout(limit.as_millis() as u64))
+            Ok(resp) => ok_response(&resp, &call.request_id),
+            Err(e) => error_response(&e, &call.request_id),
         }
     }
 }
@@ -247,7 +205,7 @@ type S = State<HttpFront>;
 async fn create_key(State(f): S, r: Request) -> Response {
     f.unary(
         r,
-        Gate::Admin,
+        Method::CreateKey,
         From::Body,
         |_: &mut CreateKeyRequest| Ok(()),
         |k, c, b| async move { k.create_key(&c, b).await },
@@ -258,7 +216,7 @@ async fn create_key(State(f): S, r: Request) -> Response {
 async fn list_keys(State(f): S, r: Request) -> Response {
     f.unary(
         r,
-        Gate::Admin,
+        Method::ListKeys,
         From::Query,
         |_: &mut ListKeysRequest| Ok(()),
         |k, c, b| async move { k.list_keys(&c, b).await },
@@ -269,7 +227,7 @@ async fn list_keys(State(f): S, r: Request) -> Response {
 async fn get_key(State(f): S, Path(name): Path<String>, r: Request) -> Response {
     f.unary(
         r,
-        Gate::Admin,
+        Method::GetKey,
         From::Query,
         move |m: &mut GetKeyRequest| same_name(&name, &mut m.name),
         |k, c, b| async move { k.get_key(&c, b).await },
@@ -280,7 +238,7 @@ async fn get_key(State(f): S, Path(name): Path<String>, r: Request) -> Response 
 async fn rotate_key_at(State(f): S, Path(name): Path<String>, r: Request) -> Response {
     f.unary(
         r,
-        Gate::Admin,
+        Method::RotateKey,
         From::Body,
         move |m: &mut RotateKeyRequest| same_name(&name, &mut m.name),
         |k, c, b| async move { k.rotate_key(&c, b).await },
@@ -291,7 +249,7 @@ async fn rotate_key_at(State(f): S, Path(name): Path<String>, r: Request) -> Res
 async fn rotate_key(State(f): S, r: Request) -> Response {
     f.unary(
         r,
-        Gate::Admin,
+        Method::RotateKey,
         From::Body,
         |_: &mut RotateKeyRequest| Ok(()),
         |k, c, b| async move { k.rotate_key(&c, b).await },
@@ -306,7 +264,7 @@ async fn set_state(
 ) -> Response {
     f.unary(
         r,
-        Gate::Admin,
+        Method::SetKeyVersionState,
         From::Body,
         move |m: &mut SetKeyVersionStateRequest| {
             same_name(&name, &mut m.name)?;
@@ -335,7 +293,7 @@ async fn set_state(
 async fn sign(State(f): S, r: Request) -> Response {
     f.unary(
         r,
-        Gate::Sign,
+        Method::Sign,
         From::Body,
         |_: &mut SignRequest| Ok(()),
         |k, c, b| async move { k.sign(&c, b).await },
@@ -346,7 +304,7 @@ async fn sign(State(f): S, r: Request) -> Response {
 async fn verify(State(f): S, r: Request) -> Response {
     f.unary(
         r,
-        Gate::Verify,
+        Method::Verify,
         From::Body,
         |_: &mut VerifyRequest| Ok(()),
         |k, c, b| async move { k.verify(&c, b).await },
@@ -357,7 +315,7 @@ async fn verify(State(f): S, r: Request) -> Response {
 async fn wrap(State(f): S, r: Request) -> Response {
     f.unary(
         r,
-        Gate::Wrap,
+        Method::Wrap,
         From::Body,
         |_: &mut WrapRequest| Ok(()),
         |k, c, b| async move { k.wrap(&c, b).await },
@@ -368,7 +326,7 @@ async fn wrap(State(f): S, r: Request) -> Response {
 async fn unwrap(State(f): S, r: Request) -> Response {
     f.unary(
         r,
-        Gate::Unwrap,
+        Method::Unwrap,
         From::Body,
         |_: &mut UnwrapRequest| Ok(()),
         |k, c, b| async move { k.unwrap(&c, b).await },
@@ -379,7 +337,7 @@ async fn unwrap(State(f): S, r: Request) -> Response {
 async fn datakey(State(f): S, r: Request) -> Response {
     f.unary(
         r,
-        Gate::Wrap,
+        Method::GenerateDataKey,
         From::Body,
         |_: &mut GenerateDataKeyRequest| Ok(()),
         |k, c, b| async move { k.generate_data_key(&c, b).await },
@@ -390,7 +348,7 @@ async fn datakey(State(f): S, r: Request) -> Response {
 async fn sign_batch(State(f): S, r: Request) -> Response {
     f.unary(
         r,
-        Gate::Sign,
+        Method::SignBatch,
         From::Body,
         |_: &mut SignBatchRequest| Ok(()),
         |k, c, b| async move { k.sign_batch(&c, b).await },
@@ -401,7 +359,7 @@ async fn sign_batch(State(f): S, r: Request) -> Response {
 async fn verify_batch(State(f): S, r: Request) -> Response {
     f.unary(
         r,
-        Gate::Verify,
+        Method::VerifyBatch,
         From::Body,
         |_: &mut VerifyBatchRequest| Ok(()),
         |k, c, b| async move { k.verify_batch(&c, b).await },
@@ -412,7 +370,7 @@ async fn verify_batch(State(f): S, r: Request) -> Response {
 async fn wrap_batch(State(f): S, r: Request) -> Response {
     f.unary(
         r,
-        Gate::Wrap,
+        Method::WrapBatch,
         From::Body,
         |_: &mut WrapBatchRequest| Ok(()),
         |k, c, b| async move { k.wrap_batch(&c, b).await },
@@ -423,7 +381,7 @@ async fn wrap_batch(State(f): S, r: Request) -> Response {
 async fn unwrap_batch(State(f): S, r: Request) -> Response {
     f.unary(
         r,
-        Gate::Unwrap,
+        Method::UnwrapBatch,
         From::Body,
         |_: &mut UnwrapBatchRequest| Ok(()),
         |k, c, b| async move { k.unwrap_batch(&c, b).await },
@@ -434,7 +392,7 @@ async fn unwrap_batch(State(f): S, r: Request) -> Response {
 async fn get_pq_policy(State(f): S, r: Request) -> Response {
     f.unary(
         r,
-        Gate::Admin,
+        Method::GetPqPolicy,
         From::Query,
         |_: &mut GetPqPolicyRequest| Ok(()),
         |k, c, b| async move { k.get_pq_policy(&c, b).await },
@@ -445,7 +403,7 @@ async fn get_pq_policy(State(f): S, r: Request) -> Response {
 async fn set_pq_policy(State(f): S, r: Request) -> Response {
     f.unary(
         r,
-        Gate::Admin,
+        Method::SetPqPolicy,
         From::Body,
         |_: &mut SetPqPolicyRequest| Ok(()),
         |k, c, b| async move { k.set_pq_policy(&c, b).await },
@@ -487,7 +445,7 @@ async fn readyz(State(f): S) -> Response {
 }
 
 /// The OpenAPI description, kept in `docs/openapi/ron-kms.yaml` and served
-/// as JSON. A test keeps its paths equal to [`ROUTES`].
+/// as JSON. A test keeps its paths equal to [`routes`].
 pub const OPENAPI_YAML: &str = include_str!("../../docs/openapi/ron-kms.yaml");
 
 /// The OpenAPI document as JSON, parsed once.
@@ -562,27 +520,8 @@ async fn ensure_request_id(mut r: Response) -> Response {
     r
 }
 
-/// Every (method, path) the router serves, in OpenAPI path syntax. The
-/// router below must register exactly these; tests/openapi.rs checks both
-/// the router and docs/openapi/ron-kms.yaml against this list.
-pub const ROUTES: &[(&str, &str)] = &[
-    ("POST", "/v1/kms/keys"),
-    ("GET", "/v1/kms/keys"),
-    ("GET", "/v1/kms/keys/{name}"),
-    ("POST", "/v1/kms/keys/{name}/rotate"),
-    ("POST", "/v1/kms/rotate"),
-    ("POST", "/v1/kms/keys/{name}/versions/{version}/state"),
-    ("POST", "/v1/kms/sign"),
-    ("POST", "/v1/kms/verify"),
-    ("POST", "/v1/kms/wrap"),
-    ("POST", "/v1/kms/unwrap"),
-    ("POST", "/v1/kms/datakey"),
-    ("POST", "/v1/kms/batch/sign"),
-    ("POST", "/v1/kms/batch/verify"),
-    ("POST", "/v1/kms/batch/wrap"),
-    ("POST", "/v1/kms/batch/unwrap"),
-    ("GET", "/v1/kms/policy/pq"),
-    ("PUT", "/v1/kms/policy/pq"),
+/// The routes that are not operations (public, no credentials).
+const PUBLIC_ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/kms/openapi.json"),
     ("GET", "/healthz"),
     ("GET", "/readyz"),
@@ -590,28 +529,56 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/version"),
 ];
 
-/// The whole HTTP router.
+/// Every (method, path) the router serves, in OpenAPI path syntax: the op
+/// table's routes ([`crate::ops::OPS`]) and the public ones.
+/// tests/openapi.rs checks both the router and docs/openapi/ron-kms.yaml
+/// against this list.
+pub fn routes() -> Vec<(&'static str, &'static str)> {
+    crate::ops::OPS
+        .iter()
+        .flat_map(|o| o.http.iter().copied())
+        .chain(PUBLIC_ROUTES.iter().copied())
+        .collect()
+}
+
+/// The handler of one operation's route.
+fn op_route(m: Method, verb: &str, path: &str) -> axum::routing::MethodRouter<HttpFront> {
+    use axum::routing::{on, MethodFilter};
+    let filter = match verb {
+        "GET" => MethodFilter::GET,
+        "PUT" => MethodFilter::PUT,
+        _ => MethodFilter::POST,
+    };
+    match (m, path) {
+        (Method::CreateKey, _) => on(filter, create_key),
+        (Method::ListKeys, _) => on(filter, list_keys),
+        (Method::GetKey, _) => on(filter, get_key),
+        (Method::RotateKey, "/v1/kms/rotate") => on(filter, rotate_key),
+        (Method::RotateKey, _) => on(filter, rotate_key_at),
+        (Method::SetKeyVersionState, _) => on(filter, set_state),
+        (Method::Sign, _) => on(filter, sign),
+        (Method::Verify, _) => on(filter, verify),
+        (Method::Wrap, _) => on(filter, wrap),
+        (Method::Unwrap, _) => on(filter, unwrap),
+        (Method::GenerateDataKey, _) => on(filter, datakey),
+        (Method::SignBatch, _) => on(filter, sign_batch),
+        (Method::VerifyBatch, _) => on(filter, verify_batch),
+        (Method::WrapBatch, _) => on(filter, wrap_batch),
+        (Method::UnwrapBatch, _) => on(filter, unwrap_batch),
+        (Method::GetPqPolicy, _) => on(filter, get_pq_policy),
+        (Method::SetPqPolicy, _) => on(filter, set_pq_policy),
+    }
+}
+
+/// The whole HTTP router: every route of the op table, then the public ones.
 pub fn router(kms: Arc<KmsService>) -> Router {
-    Router::new()
-        .route("/v1/kms/keys", post(create_key).get(list_keys))
-        .route("/v1/kms/keys/{name}", get(get_key))
-        .route("/v1/kms/keys/{name}/rotate", post(rotate_key_at))
-        .route("/v1/kms/rotate", post(rotate_key))
-        .route(
-            "/v1/kms/keys/{name}/versions/{version}/state",
-            post(set_state),
-        )
-        .route("/v1/kms/sign", post(sign))
-        .route("/v1/kms/verify", post(verify))
-        .route("/v1/kms/wrap", post(wrap))
-        .route("/v1/kms/unwrap", post(unwrap))
-        .route("/v1/kms/datakey", post(datakey))
-        .route("/v1/kms/batch/sign", post(sign_batch))
-        .route("/v1/kms/batch/verify", post(verify_batch))
-        .route("/v1/kms/batch/wrap", post(wrap_batch))
-        .route("/v1/kms/batch/unwrap", post(unwrap_batch))
-        .route("/v1/kms/policy/pq", get(get_pq_policy).put(set_pq_policy))
-        .route("/v1/kms/openapi.json", get(openapi))
+    let mut r = Router::new();
+    for o in &crate::ops::OPS {
+        for (verb, path) in o.http {
+            r = r.route(path, op_route(o.method, verb, path));
+        }
+    }
+    r.route("/v1/kms/openapi.json", get(openapi))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))

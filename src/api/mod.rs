@@ -1,6 +1,7 @@
 //! The two fronts and what they share. Fronts are thin: read the request id
 //! and credentials, decode, call [`crate::service::KmsService`], encode. An
 //! error is mapped in exactly one place ([`error`]).
+mod call;
 pub mod error;
 pub mod grpc;
 pub mod http;

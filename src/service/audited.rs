@@ -4,7 +4,83 @@
 //! record is durable.
 use super::*;
 use crate::admission::Permit;
-use crate::ops::Gate;
+use crate::ops::{spec, Gate, Method, OpSpec};
+
+/// One call's admission and audit, described once for single calls and
+/// batch items: its row of the op table and what is known of the request
+/// before it runs.
+pub(super) struct Call {
+    pub spec: &'static OpSpec,
+    /// The op of the audit record and the metrics (the row's, or a finer
+    /// one: SetKeyVersionState records enable_version, disable_version …).
+    pub op: &'static str,
+    /// The key the request names ("" when none): admission prices it.
+    pub key: String,
+    /// What the record of a failed call names: the key as the request named
+    /// it, or (SetKeyVersionState) the version's kid.
+    pub failed_kid: String,
+    /// SHA-256 of the request's input, for the record.
+    pub input: Option<[u8; 32]>,
+    /// The record's reason (SetPqPolicy: what was asked, and why).
+    pub reason: String,
+}
+
+/// The calls and record descriptions the single operations and their
+/// batch items share.
+pub(super) fn sign_call(r: &proto::SignRequest) -> Call {
+    Call::new(Method::Sign, &r.key).input(&r.message)
+}
+pub(super) fn verify_call(r: &proto::VerifyRequest) -> Call {
+    Call::new(Method::Verify, &r.key).input(&r.message)
+}
+pub(super) fn wrap_call(r: &proto::WrapRequest) -> Call {
+    Call::new(Method::Wrap, &r.key).input(&r.plaintext)
+}
+pub(super) fn unwrap_call(r: &proto::UnwrapRequest) -> Call {
+    Call::new(Method::Unwrap, &r.key).input(&r.ciphertext)
+}
+pub(super) fn sign_desc(r: &proto::SignResponse) -> (String, String) {
+    (r.kid.clone(), r.algorithm.clone())
+}
+pub(super) fn verify_desc(r: &proto::VerifyResponse) -> (String, String) {
+    (r.kid.clone(), format!("{} valid={}", r.algorithm, r.valid))
+}
+pub(super) fn wrap_desc(r: &proto::WrapResponse) -> (String, String) {
+    (r.kid.clone(), r.algorithm.clone())
+}
+pub(super) fn unwrap_desc(r: &proto::UnwrapResponse) -> (String, String) {
+    (r.kid.clone(), String::new())
+}
+
+impl Call {
+    pub(super) fn new(m: Method, key: &str) -> Self {
+        let spec = spec(m);
+        Call {
+            spec,
+            op: spec.audit,
+            key: key.to_string(),
+            failed_kid: key.to_string(),
+            input: None,
+            reason: String::new(),
+        }
+    }
+    pub(super) fn input(mut self, bytes: &[u8]) -> Self {
+        self.input = Some(sha256(bytes));
+        self
+    }
+    fn op(mut self, op: &'static str) -> Self {
+        self.op = op;
+        self
+    }
+    fn failed_kid(mut self, kid: String) -> Self {
+        self.failed_kid = kid;
+        self
+    }
+    fn reason(mut self, reason: String) -> Self {
+        self.reason = reason;
+        self
+    }
+}
 
 /// Run `f`, then give its admission units back — before the audit commit
 /// the caller then waits for: units bound work in progress, and the audit
@@ -149,49 +225,26 @@ impl KmsService {
             .map_err(Error::Shed)
     }
 
-    #[allow(clippy::too_many_arguments)]
-    async fn audited<T>(
+    /// One call, from admission to its durable audit record: admitted by
+    /// its gate (a shed is answered at once and not audited), refused while
+    /// the audit chain is broken when it writes, run, recorded, metered.
+    /// Answers only once the record is durable.
+    async fn call<T>(
         &self,
         caller: &Caller,
-        op: &'static str,
-        key: &str,
-        input: Option<&[u8]>,
-        writes: bool,
+        call: Call,
         run: impl std::future::Future<Output = Result<T>>,
         describe: impl Fn(&T) -> (String, String),
     ) -> Result<T> {
-        self.audited_inner(
-            caller,
-            op,
-            key,
-            input.map(sha256),
-            String::new(),
-            writes,
-            run,
-            describe,
-        )
-        .await
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    async fn audited_inner<T>(
-        &self,
-        caller: &Caller,
-        op: &'static str,
-        key: &str,
-        input_sha256: Option<[u8; 32]>,
-        reason: String,
-        writes: bool,
-        run: impl std::future::Future<Output = Result<T>>,
-        describe: impl Fn(&T) -> (String, String),
-    ) -> Result<T> {
-        if writes {
+        let permit = self.admit(call.spec.gate, caller, &call.key).await?;
+        let run = released(permit, run);
+        if call.spec.writes {
             self.refuse_if_audit_broken()?;
         }
         let started = std::time::Instant::now();
-        metrics::gauge!("kms_inflight", "op" => op).increment(1.0);
+        metrics::gauge!("kms_inflight", "op" => call.op).increment(1.0);
         let r = run.await;
-        let event = self.audit_event(caller, op, key, input_sha256, reason, &r, &describe);
+        let event = self.audit_event(caller, &call, &r, &describe);
         let labels = Labels::of(&event);
         let out = match self.audit.append(event).await {
             Ok(_) => r,
@@ -200,20 +253,16 @@ impl KmsService {
                 r.and(Err(Error::Unavailable("audit log unavailable".into())))
             }
         };
-        metrics::gauge!("kms_inflight", "op" => op).decrement(1.0);
-        labels.account(op, started.elapsed());
+        metrics::gauge!("kms_inflight", "op" => call.op).decrement(1.0);
+        labels.account(call.op, started.elapsed());
         out
     }
 
-    /// The audit record (and debug log line) of one finished operation.
-    #[allow(clippy::too_many_arguments)]
+    /// The audit record (and debug log line) of one finished call.
     pub(super) fn audit_event<T>(
         &self,
         caller: &Caller,
-        op: &'static str,
-        key: &str,
-        input_sha256: Option<[u8; 32]>,
-        reason: String,
+        call: &Call,
         r: &Result<T>,
         describe: &impl Fn(&T) -> (String, String),
     ) -> Event {
@@ -222,21 +271,21 @@ impl KmsService {
                 let (k, a) = describe(v);
                 (k, a, "ok".to_string())
             }
-            Err(e) => (key.to_string(), String::new(), e.code().to_string()),
+            Err(e) => (call.failed_kid.clone(), String::new(), e.code().to_string()),
         };
         let event = Event {
             tenant: caller.tenant.clone(),
             principal: caller.principal.clone(),
-            op,
+            op: call.op,
             kid,
             alg,
             result,
-            reason,
+            reason: call.reason.clone(),
             request_id: caller.request_id.clone(),
-            input_sha256,
+            input_sha256: call.input,
         };
         tracing::debug!(
-            op,
+            op = call.op,
             tenant = %event.tenant,
             principal = %event.principal,
             kid = %event.kid,
@@ -252,10 +301,8 @@ impl KmsService {
         caller: &Caller,
         req: proto::CreateKeyRequest,
     ) -> Result<proto::CreateKeyResponse> {
-        let key = req.name.clone();
-        let permit = self.admit(Gate::Admin, caller, &req.name).await?;
-        let run = released(permit, self.create_key_inner(caller, req));
-        self.audited(caller, "create_key", &key, None, true, run, |r| {
+        let call = Call::new(Method::CreateKey, &req.name);
+        self.call(caller, call, self.create_key_inner(caller, req), |r| {
             key_desc(r.key.as_ref())
         })
         .await
@@ -266,10 +313,8 @@ impl KmsService {
         caller: &Caller,
         req: proto::GetKeyRequest,
     ) -> Result<proto::GetKeyResponse> {
-        let key = req.name.clone();
-        let permit = self.admit(Gate::Admin, caller, &req.name).await?;
-        let run = released(permit, self.get_key_inner(caller, req));
-        self.audited(caller, "get_key", &key, None, false, run, |r| {
+        let call = Call::new(Method::GetKey, &req.name);
+        self.call(caller, call, self.get_key_inner(caller, req), |r| {
             key_desc(r.key.as_ref())
         })
         .await
@@ -280,9 +325,8 @@ impl KmsService {
         caller: &Caller,
         req: proto::ListKeysRequest,
     ) -> Result<proto::ListKeysResponse> {
-        let permit = self.admit(Gate::Admin, caller, "").await?;
-        let run = released(permit, self.list_keys_inner(caller, req));
-        self.audited(caller, "list_keys", "", None, false, run, |_| {
+        let call = Call::new(Method::ListKeys, "");
+        self.call(caller, call, self.list_keys_inner(caller, req), |_| {
             (String::new(), String::new())
         })
         .await
@@ -293,10 +337,8 @@ impl KmsService {
         caller: &Caller,
         req: proto::RotateKeyRequest,
     ) -> Result<proto::RotateKeyResponse> {
-        let key = req.name.clone();
-        let permit = self.admit(Gate::Admin, caller, &req.name).await?;
-        let run = released(permit, self.rotate_key_inner(caller, req));
-        self.audited(caller, "rotate_key", &key, None, true, run, |r| {
+        let call = Call::new(Method::RotateKey, &req.name);
+        self.call(caller, call, self.rotate_key_inner(caller, req), |r| {
             (
                 r.kid.clone(),
                 r.key
@@ -320,12 +362,13 @@ impl KmsService {
             "destroyed" => "destroy_version",
             _ => "set_version_state",
         };
-        let permit = self.admit(Gate::Admin, caller, &req.name).await?;
-        let run = released(permit, self.set_key_version_state_inner(caller, req));
-        let k2 = kid.clone();
-        self.audited(caller, op, &kid, None, true, run, move |r| {
+        let call = Call::new(Method::SetKeyVersionState, &req.name)
+            .op(op)
+            .failed_kid(kid.clone());
+        let run = self.set_key_version_state_inner(caller, req);
+        self.call(caller, call, run, move |r| {
             (
-                k2.clone(),
+                kid.clone(),
                 r.key
                     .as_ref()
                     .map(|k| k.algorithm.clone())
@@ -340,14 +383,9 @@ impl KmsService {
         caller: &Caller,
         req: proto::SignRequest,
     ) -> Result<proto::SignResponse> {
-        let key = req.key.clone();
-        let input = sha256(&req.message);
-        let permit = self.admit(Gate::Sign, caller, &req.key).await?;
-        let run = released(permit, self.sign_inner(caller, req));
-        self.audited_hashed(caller, "sign", &key, input, true, run, |r| {
-            (r.kid.clone(), r.algorithm.clone())
-        })
-        .await
+        let call = sign_call(&req);
+        self.call(caller, call, self.sign_inner(caller, req), sign_desc)
+            .await
     }
 
     pub async fn verify(
@@ -355,14 +393,9 @@ impl KmsService {
         caller: &Caller,
         req: proto::VerifyRequest,
     ) -> Result<proto::VerifyResponse> {
-        let key = req.key.clone();
-        let input = sha256(&req.message);
-        let permit = self.admit(Gate::Verify, caller, &req.key).await?;
-        let run = released(permit, self.verify_inner(caller, req));
-        self.audited_hashed(caller, "verify", &key, input, false, run, |r| {
-            (r.kid.clone(), format!("{} valid={}", r.algorithm, r.valid))
-        })
-        .await
+        let call = verify_call(&req);
+        self.call(caller, call, self.verify_inner(caller, req), verify_desc)
+            .await
     }
 
     pub async fn wrap(
@@ -370,14 +403,9 @@ impl KmsService {
         caller: &Caller,
         req: proto::WrapRequest,
     ) -> Result<proto::WrapResponse> {
-        let key = req.key.clone();
-        let input = sha256(&req.plaintext);
-        let permit = self.admit(Gate::Wrap, caller, &req.key).await?;
-        let run = released(permit, self.wrap_inner(caller, req));
-        self.audited_hashed(caller, "wrap", &key, input, true, run, |r| {
-            (r.kid.clone(), r.algorithm.clone())
-        })
-        .await
+        let call = wrap_call(&req);
+        self.call(caller, call, self.wrap_inner(caller, req), wrap_desc)
+            .await
     }
 
     pub async fn unwrap(
@@ -385,14 +413,9 @@ impl KmsService {
         caller: &Caller,
         req: proto::UnwrapRequest,
     ) -> Result<proto::UnwrapResponse> {
-        let key = req.key.clone();
-        let input = sha256(&req.ciphertext);
-        let permit = self.admit(Gate::Unwrap, caller, &req.key).await?;
-        let run = released(permit, self.unwrap_inner(caller, req));
-        self.audited_hashed(caller, "unwrap", &key, input, true, run, |r| {
-            (r.kid.clone(), String::new())
-        })
-        .await
+        let call = unwrap_call(&req);
+        self.call(caller, call, self.unwrap_inner(caller, req), unwrap_desc)
+            .await
     }
 
     pub async fn generate_data_key(
@@ -400,12 +423,13 @@ impl KmsService {
         caller: &Caller,
         req: proto::GenerateDataKeyRequest,
     ) -> Result<proto::GenerateDataKeyResponse> {
-        let key = req.key.clone();
-        let permit = self.admit(Gate::Wrap, caller, &req.key).await?;
-        let run = released(permit, self.generate_data_key_inner(caller, req));
-        self.audited(caller, "generate_data_key", &key, None, true, run, |r| {
-            (r.kid.clone(), String::new())
-        })
+        let call = Call::new(Method::GenerateDataKey, &req.key);
+        self.call(
+            caller,
+            call,
+            self.generate_data_key_inner(caller, req),
+            |r| (r.kid.clone(), String::new()),
+        )
         .await
     }
 
@@ -414,9 +438,8 @@ impl KmsService {
         caller: &Caller,
         req: proto::GetPqPolicyRequest,
     ) -> Result<proto::PqPolicyResponse> {
-        let permit = self.admit(Gate::Admin, caller, "").await?;
-        let run = released(permit, self.get_pq_policy_inner(caller, req));
-        self.audited(caller, "get_pq_policy", "", None, false, run, |_| {
+        let call = Call::new(Method::GetPqPolicy, "");
+        self.call(caller, call, self.get_pq_policy_inner(caller, req), |_| {
             (String::new(), String::new())
         })
         .await
@@ -441,37 +464,10 @@ impl KmsService {
             ),
             None => String::new(),
         };
-        let permit = self.admit(Gate::Admin, caller, "").await?;
-        let run = released(permit, self.set_pq_policy_inner(caller, req));
-        self.audited_inner(caller, "set_pq_policy", "", None, asked, true, run, |_| {
+        let call = Call::new(Method::SetPqPolicy, "").reason(asked);
+        self.call(caller, call, self.set_pq_policy_inner(caller, req), |_| {
             (String::new(), String::new())
         })
-        .await
-    }
-
-    /// [`Self::audited`] with the input hash computed by the caller (the
-    /// input itself has moved into the operation).
-    #[allow(clippy::too_many_arguments)]
-    async fn audited_hashed<T>(
-        &self,
-        caller: &Caller,
-        op: &'static str,
-        key: &str,
-        input_sha256: [u8; 32],
-        writes: bool,
-        run: impl std::future::Future<Output = Result<T>>,
-        describe: impl Fn(&T) -> (String, String),
-    ) -> Result<T> {
-        self.audited_inner(
-            caller,
-            op,
-            key,
-            Some(input_sha256),
-            String::new(),
-            writes,
-            run,
-            describe,
-        )
         .await
     }
 }

@@ -9,9 +9,12 @@
 //! records go to the writer in one message and land in one group commit, and
 //! the batch answers once they are durable. That shared commit wait is where
 //! a batch saves most (see PERFORMANCE.md, "Batches").
-use super::audited::Labels;
+use super::audited::{
+    sign_call, sign_desc, unwrap_call, unwrap_desc, verify_call, verify_desc, wrap_call, wrap_desc,
+    Call, Labels,
+};
 use super::*;
-use crate::ops::Gate;
+use crate::ops::Method;
 
 /// The most items one batch may hold.
 pub const MAX_BATCH_ITEMS: usize = 256;
@@ -26,15 +29,10 @@ fn item_error(e: &Error, request_id: &str) -> proto::ItemError {
     }
 }
 
-/// What the batch runner needs to know about one kind of item.
+/// What the batch runner needs to know about one kind of item: the call
+/// and the record description its single operation uses.
 struct Kind<Req, Resp> {
-    class: Gate,
-    op: &'static str,
-    /// Uses a private key or changes state: refused while the audit chain
-    /// is broken.
-    writes: bool,
-    key: fn(&Req) -> &str,
-    input: fn(&Req) -> &[u8],
+    call: fn(&Req) -> Call,
     describe: fn(&Resp) -> (String, String),
 }
 
@@ -46,6 +44,7 @@ impl KmsService {
     async fn batch<Req, Resp, A, F, Fut>(
         self: &Arc<Self>,
         caller: &Caller,
+        method: Method,
         kind: Kind<Req, Resp>,
         items: Vec<Req>,
         run: F,
@@ -61,26 +60,27 @@ impl KmsService {
                 items.len()
             )));
         }
+        // the items' op (the batch's row names the single operation)
+        let op = crate::ops::spec(method).audit;
         let started = std::time::Instant::now();
         let n = items.len();
-        metrics::gauge!("kms_inflight", "op" => kind.op).increment(n as f64);
+        metrics::gauge!("kms_inflight", "op" => op).increment(n as f64);
         let mut results: Vec<Result<Resp>> = Vec::with_capacity(n);
         // (index into results, its metric labels), for the audited items
         let mut audited = Vec::with_capacity(n);
         let mut events = Vec::with_capacity(n);
         for (i, req) in items.into_iter().enumerate() {
-            let key = (kind.key)(&req).to_string();
-            let input = sha256((kind.input)(&req));
+            let call = (kind.call)(&req);
             // a shed item is answered and counted, not audited (as a single
             // call's shed is)
-            let permit = match self.admit(kind.class, caller, &key).await {
+            let permit = match self.admit(call.spec.gate, caller, &call.key).await {
                 Ok(p) => p,
                 Err(e) => {
                     results.push(Err(e));
                     continue;
                 }
             };
-            if kind.writes {
+            if call.spec.writes {
                 if let Err(e) = self.refuse_if_audit_broken() {
                     drop(permit);
                     results.push(Err(e));
@@ -93,15 +93,7 @@ impl KmsService {
             };
             let r = run(self.clone(), item_caller.clone(), req).await;
             drop(permit);
-            let event = self.audit_event(
-                &item_caller,
-                kind.op,
-                &key,
-                Some(input),
-                String::new(),
-                &r,
-                &kind.describe,
-            );
+            let event = self.audit_event(&item_caller, &call, &r, &kind.describe);
             audited.push((results.len(), Labels::of(&event)));
             events.push(event);
             results.push(r);
@@ -114,11 +106,11 @@ impl KmsService {
                 }
             }
         }
-        metrics::gauge!("kms_inflight", "op" => kind.op).decrement(n as f64);
+        metrics::gauge!("kms_inflight", "op" => op).decrement(n as f64);
         // every item's answer came when the batch's did
         let elapsed = started.elapsed();
         for (_, labels) in audited {
-            labels.account(kind.op, elapsed);
+            labels.account(op, elapsed);
         }
         Ok(results
             .into_iter()
@@ -133,17 +125,17 @@ impl KmsService {
         req: proto::SignBatchRequest,
     ) -> Result<proto::SignBatchResponse> {
         let kind = Kind {
-            class: Gate::Sign,
-            op: "sign",
-            writes: true,
-            key: |r: &proto::SignRequest| r.key.as_str(),
-            input: |r: &proto::SignRequest| r.message.as_slice(),
-            describe: |r: &proto::SignResponse| (r.kid.clone(), r.algorithm.clone()),
+            call: sign_call,
+            describe: sign_desc,
         };
         let items = self
-            .batch(caller, kind, req.items, |k, c, r| async move {
-                k.sign_inner(&c, r).await
-            })
+            .batch(
+                caller,
+                Method::SignBatch,
+                kind,
+                req.items,
+                |k, c, r| async move { k.sign_inner(&c, r).await },
+            )
             .await?;
         Ok(proto::SignBatchResponse { items })
     }
@@ -154,19 +146,17 @@ impl KmsService {
         req: proto::VerifyBatchRequest,
     ) -> Result<proto::VerifyBatchResponse> {
         let kind = Kind {
-            class: Gate::Verify,
-            op: "verify",
-            writes: false,
-            key: |r: &proto::VerifyRequest| r.key.as_str(),
-            input: |r: &proto::VerifyRequest| r.message.as_slice(),
-            describe: |r: &proto::VerifyResponse| {
-                (r.kid.clone(), format!("{} valid={}", r.algorithm, r.valid))
-            },
+            call: verify_call,
+            describe: verify_desc,
         };
         let items = self
-            .batch(caller, kind, req.items, |k, c, r| async move {
-                k.verify_inner(&c, r).await
-            })
+            .batch(
+                caller,
+                Method::VerifyBatch,
+                kind,
+                req.items,
+                |k, c, r| async move { k.verify_inner(&c, r).await },
+            )
             .await?;
         Ok(proto::VerifyBatchResponse { items })
     }
@@ -177,17 +167,17 @@ impl KmsService {
         req: proto::WrapBatchRequest,
     ) -> Result<proto::WrapBatchResponse> {
         let kind = Kind {
-            class: Gate::Wrap,
-            op: "wrap",
-            writes: true,
-            key: |r: &proto::WrapRequest| r.key.as_str(),
-            input: |r: &proto::WrapRequest| r.plaintext.as_slice(),
-            describe: |r: &proto::WrapResponse| (r.kid.clone(), r.algorithm.clone()),
+            call: wrap_call,
+            describe: wrap_desc,
         };
         let items = self
-            .batch(caller, kind, req.items, |k, c, r| async move {
-                k.wrap_inner(&c, r).await
-            })
+            .batch(
+                caller,
+                Method::WrapBatch,
+                kind,
+                req.items,
+                |k, c, r| async move { k.wrap_inner(&c, r).await },
+            )
             .await?;
         Ok(proto::WrapBatchResponse { items })
     }
@@ -198,17 +188,17 @@ impl KmsService {
         req: proto::UnwrapBatchRequest,
     ) -> Result<proto::UnwrapBatchResponse> {
         let kind = Kind {
-            class: Gate::Unwrap,
-            op: "unwrap",
-            writes: true,
-            key: |r: &proto::UnwrapRequest| r.key.as_str(),
-            input: |r: &proto::UnwrapRequest| r.ciphertext.as_slice(),
-            describe: |r: &proto::UnwrapResponse| (r.kid.clone(), String::new()),
+            call: unwrap_call,
+            describe: unwrap_desc,
         };
         let items = self
-            .batch(caller, kind, req.items, |k, c, r| async move {
-                k.unwrap_inner(&c, r).await
-            })
+            .batch(
+                caller,
+                Method::UnwrapBatch,
+                kind,
+                req.items,
+                |k, c, r| async move { k.unwrap_inner(&c, r).await },
+            )
             .await?;
         Ok(proto::UnwrapBatchResponse { items })
     }
