@@ -103,7 +103,7 @@ fn server(rt: &Runtime, audit: Option<bool>, algs: &[Algorithm]) -> Server {
             c
         }
     };
-    cfg.audit_off_for_benchmarks = audit != Some(true);
+    cfg.audit.off_for_benchmarks = audit != Some(true);
     common::loopback(&mut cfg);
     rt.block_on(async {
         let (r, kms) = common::start_with_keys(&cfg, algs).await;

@@ -24,7 +24,7 @@ struct Server {
 
 fn server(rt: &tokio::runtime::Runtime, cache_max: u64) -> Server {
     let mut cfg = common::amnesia_config();
-    cfg.verify_cache_max = cache_max;
+    cfg.verify_cache.max = cache_max;
     rt.block_on(async {
         let (r, kms) = common::start_with_keys(&cfg, SIGN_ALGS).await;
         Server { _running: r, kms }

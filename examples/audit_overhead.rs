@@ -26,7 +26,7 @@ async fn round(audit_on: bool, memory: bool, secs: u64, in_flight: usize) -> (f6
     let mut cfg = Config::for_data_dir(&dir.join("data"));
     cfg.grpc_addr = "127.0.0.1:0".parse().unwrap();
     cfg.http_addr = "127.0.0.1:0".parse().unwrap();
-    cfg.audit_off_for_benchmarks = !audit_on;
+    cfg.audit.off_for_benchmarks = !audit_on;
     cfg.amnesia = memory;
     let r = ron_kms::server::start(&cfg).await.unwrap();
     let auth: MetadataValue<_> = format!("Bearer {}", r.bootstrap_token.clone().unwrap())

@@ -120,7 +120,7 @@ fn main() {
     cfg.http_addr = "127.0.0.1:0".parse().unwrap();
     // RON_KMS_BENCH_AUDIT=off: run without the audit log, to see its share
     let audit = std::env::var("RON_KMS_BENCH_AUDIT").unwrap_or_else(|_| "on".into());
-    cfg.audit_off_for_benchmarks = audit == "off";
+    cfg.audit.off_for_benchmarks = audit == "off";
     cfg.backend = BackendKind::Pkcs11(Pkcs11Config {
         module: module(),
         token_label: LABEL.into(),

@@ -154,7 +154,7 @@ fn main() {
     cfg.grpc_addr = "127.0.0.1:0".parse().unwrap();
     cfg.http_addr = "127.0.0.1:0".parse().unwrap();
     let audit = std::env::var("RON_KMS_BENCH_AUDIT").unwrap_or_else(|_| "on".into());
-    cfg.audit_off_for_benchmarks = audit == "off";
+    cfg.audit.off_for_benchmarks = audit == "off";
     cfg.backend = tpm_service.backend();
     let sign_load::Served {
         running,

@@ -622,9 +622,9 @@ fn init_tracing(cfg: &config::Config) -> Result<(), Failure> {
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
     use tracing_subscriber::Layer as _;
-    let filter = tracing_subscriber::EnvFilter::try_new(&cfg.log)
+    let filter = tracing_subscriber::EnvFilter::try_new(&cfg.log.filter)
         .map_err(|e| format!("config: KMS_LOG: {e}"))?;
-    let logs = match cfg.log_format {
+    let logs = match cfg.log.format {
         config::LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
             .with_writer(std::io::stderr)
@@ -637,7 +637,7 @@ fn init_tracing(cfg: &config::Config) -> Result<(), Failure> {
     };
     let registry = tracing_subscriber::registry().with(logs);
     #[cfg(feature = "console")]
-    if let Some(addr) = cfg.console_addr {
+    if let Some(addr) = cfg.log.console_addr {
         let console = console_subscriber::ConsoleLayer::builder()
             .server_addr(addr)
             .spawn();

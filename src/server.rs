@@ -352,15 +352,15 @@ async fn open_audit(
     });
     let opts = crate::audit::Options {
         node: cfg.node_id.clone(),
-        sink: if cfg.audit_off_for_benchmarks {
+        sink: if cfg.audit.off_for_benchmarks {
             crate::audit::Sink::Off
         } else if cfg.amnesia {
             crate::audit::Sink::Memory
         } else {
-            crate::audit::Sink::Dir(cfg.audit_dir.clone())
+            crate::audit::Sink::Dir(cfg.audit.dir.clone())
         },
-        checkpoint_interval: cfg.audit_checkpoint_interval,
-        max_file_bytes: cfg.audit_max_file_bytes,
+        checkpoint_interval: cfg.audit.checkpoint_interval,
+        max_file_bytes: cfg.audit.max_file_bytes,
     };
     let dir_for_task = opts.clone();
     tokio::task::spawn_blocking(move || {
@@ -452,14 +452,14 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
         None
     };
     let mut backend: Arc<dyn Backend> = opened.backend.clone();
-    let faults = cfg.fault_injection.then(|| {
+    let faults = cfg.faults.injection.then(|| {
         let f = Arc::new(crate::backend::faults::Faults::default());
         backend = Arc::new(crate::backend::faults::FaultyBackend::new(
             backend.clone(),
             f.clone(),
         ));
         tracing::warn!("fault injection is on: custody can be switched off (chaos drills)");
-        if let Some(l) = cfg.fault_latency {
+        if let Some(l) = cfg.faults.latency {
             f.set_latency(l);
         }
         f

@@ -26,8 +26,8 @@ const SIGN_UNITS: u32 = 32;
 /// these tests measure (see [`TestServer::start_on_tmpfs_with`]).
 async fn start() -> TestServer {
     TestServer::start_on_tmpfs_with(|c| {
-        c.fault_injection = true;
-        c.fault_latency = Some(Duration::from_millis(LATENCY_MS));
+        c.faults.injection = true;
+        c.faults.latency = Some(Duration::from_millis(LATENCY_MS));
         c.blocking_threads = 64;
         c.admission.inflight[0] = SIGN_UNITS;
         c.admission.queue = 64;
@@ -254,7 +254,7 @@ async fn five_times_capacity_is_shed_fast_with_bounded_memory() {
 async fn a_timed_out_operation_still_finishes_and_is_audited() {
     let _one_at_a_time = SERIAL.lock().await;
     let mut s = TestServer::start_with(|c| {
-        c.fault_injection = true;
+        c.faults.injection = true;
         c.ingress.request_timeout = Duration::from_millis(300);
     })
     .await;
@@ -303,7 +303,7 @@ async fn a_timed_out_operation_still_finishes_and_is_audited() {
 async fn grpc_sheds_from_the_request_head_before_the_message_arrives() {
     let _one_at_a_time = SERIAL.lock().await;
     let s = TestServer::start_with(|c| {
-        c.fault_injection = true;
+        c.faults.injection = true;
         c.blocking_threads = 8;
         c.admission.inflight[0] = 1;
         c.admission.queue = 0;

@@ -92,7 +92,7 @@ async fn token_outage_mid_load_fails_fast_and_recovers_without_restart() {
     let backend = hsm.backend(4);
     let srv = TestServer::start_with(move |c| {
         c.backend = backend;
-        c.fault_injection = true;
+        c.faults.injection = true;
     })
     .await;
     let r = srv.running();

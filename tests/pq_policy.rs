@@ -597,7 +597,7 @@ async fn legacy_bundles_verify_until_retired() {
 async fn composite_signatures_verify_independently_with_and_without_context() {
     let _g = SERIAL.lock().await;
     let srv = TestServer::start_with(|c| {
-        c.pq_default = ron_kms::policy::PqPolicy::for_phase(2);
+        c.pq.default = ron_kms::policy::PqPolicy::for_phase(2);
     })
     .await;
     for front in FRONTS {

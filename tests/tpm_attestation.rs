@@ -90,7 +90,7 @@ async fn sign_needs_a_verified_quote_when_attestation_is_required() {
             t.attestation.expected_digest = Some(digest_of_unmeasured_pcrs_0_to_7());
             t.attestation_interval = Duration::from_secs(1);
         });
-        cfg.fault_injection = true;
+        cfg.faults.injection = true;
     })
     .await;
     assert_eq!(common::metric("attestation_ready"), 1.0);

@@ -79,8 +79,8 @@ async fn during_a_custody_outage_verify_uses_the_cache_within_its_ttl() {
     let _g = SERIAL.lock().await;
     const TTL_MS: u64 = 1500;
     let srv = TestServer::start_with(|c| {
-        c.fault_injection = true;
-        c.verify_cache_ttl_ms = TTL_MS;
+        c.faults.injection = true;
+        c.verify_cache.ttl_ms = TTL_MS;
     })
     .await;
     let faults = srv.running().faults.clone().expect("fault injection on");
@@ -143,8 +143,8 @@ async fn verify_only_failover_verifies_from_public_material() {
     let _g = SERIAL.lock().await;
     const TTL_MS: u64 = 300;
     let srv = TestServer::start_with(|c| {
-        c.fault_injection = true;
-        c.verify_cache_ttl_ms = TTL_MS;
+        c.faults.injection = true;
+        c.verify_cache.ttl_ms = TTL_MS;
         c.failover = ron_kms::config::Failover::VerifyOnly;
     })
     .await;

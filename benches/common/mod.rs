@@ -31,7 +31,7 @@ pub fn caller() -> Caller {
 pub fn amnesia_config() -> Config {
     let mut cfg = Config::for_data_dir(std::path::Path::new("unused-in-amnesia"));
     cfg.amnesia = true;
-    cfg.audit_off_for_benchmarks = true;
+    cfg.audit.off_for_benchmarks = true;
     loopback(&mut cfg);
     cfg
 }
@@ -41,7 +41,7 @@ pub fn amnesia_config() -> Config {
 pub fn loopback(cfg: &mut Config) {
     cfg.grpc_addr = "127.0.0.1:0".parse().unwrap();
     cfg.http_addr = "127.0.0.1:0".parse().unwrap();
-    cfg.pq_default = ron_kms::policy::PqPolicy::for_phase(1);
+    cfg.pq.default = ron_kms::policy::PqPolicy::for_phase(1);
 }
 
 /// Start `cfg` and create a key named after each algorithm in `algs`.

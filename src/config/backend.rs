@@ -1,147 +1,82 @@
 //! The custody backend's settings: which backend (`KMS_BACKEND`), and the
 //! PKCS#11 and TPM settings that only that backend may carry. A setting for
 //! another backend than the one chosen is an error naming it.
-use std::path::PathBuf;
+
+use std::path::Path;
 use std::time::Duration;
 
+use super::source::{Amnesia, Raw, Src};
 use super::{
-    err, parse_bool, pick, BackendKind, ConfigError, Env, PassphraseSource, Picked, Pkcs11Config,
+    err, BackendKind, ConfigError, FileConfig, MasterKeySource, PassphraseSource, Pkcs11Config,
     TpmConfig, DEFAULT_ATTESTATION_INTERVAL_SECS, DEFAULT_PKCS11_POOL_SIZE,
 };
 
-/// The file's backend keys, moved out of [`super::FileConfig`].
-pub(super) struct Fields {
-    pub pkcs11_module: Option<PathBuf>,
-    pub pkcs11_token_label: Option<String>,
-    pub pkcs11_pin_file: Option<PathBuf>,
-    pub pkcs11_pin_env: Option<String>,
-    pub pkcs11_pool_size: Option<usize>,
-    pub tpm_tcti: Option<String>,
-    pub tpm_queue_depth: Option<usize>,
-    pub attestation_required: Option<bool>,
-    pub attestation_pcrs: Option<String>,
-    pub attestation_pcr_digest: Option<String>,
-    pub attestation_interval_secs: Option<u64>,
-}
-
-/// The backend named by `backend_p` (sealed-file when unset) with its
+/// The backend named by `KMS_BACKEND` (sealed-file when unset) with its
 /// settings, env over file.
 pub(super) fn load(
-    f: Fields,
-    backend_p: &Picked<String>,
-    env: &dyn Env,
-    fname: &str,
+    file: &mut FileConfig,
+    src: &Src<'_>,
+    amnesia: &Amnesia,
 ) -> Result<BackendKind, ConfigError> {
-    let id = |s: String| s;
-    let pk_module = pick(
-        None,
-        "",
-        env,
+    let backend_p = src.text("KMS_BACKEND", "backend", file.backend.take());
+    if let Some(b) = backend_p.value.as_deref().filter(|b| *b != "sealed-file") {
+        amnesia.refuse(
+            true,
+            &backend_p.origin,
+            &format!("the {b} backend would persist keys outside this process"),
+        )?;
+    }
+    let pk_module = src.path(
         "KMS_PKCS11_MODULE",
-        PathBuf::from,
-        f.pkcs11_module,
         "pkcs11_module",
-        fname,
+        file.pkcs11_module.take(),
     );
-    let pk_label = pick(
-        None,
-        "",
-        env,
+    let pk_label = src.text(
         "KMS_PKCS11_TOKEN_LABEL",
-        id,
-        f.pkcs11_token_label,
         "pkcs11_token_label",
-        fname,
+        file.pkcs11_token_label.take(),
     );
-    let pk_pin_file = pick(
-        None,
-        "",
-        env,
+    let pk_pin_file = src.path(
         "KMS_PKCS11_PIN_FILE",
-        PathBuf::from,
-        f.pkcs11_pin_file,
         "pkcs11_pin_file",
-        fname,
+        file.pkcs11_pin_file.take(),
     );
-    let pk_pin_env = pick(
-        None,
-        "",
-        env,
+    let pk_pin_env = src.text(
         "KMS_PKCS11_PIN_ENV",
-        id,
-        f.pkcs11_pin_env,
         "pkcs11_pin_env",
-        fname,
+        file.pkcs11_pin_env.take(),
     );
-    let pk_pool = pick(
-        None,
-        "",
-        env,
+    let pk_pool = src.number_raw(
         "KMS_PKCS11_POOL_SIZE",
-        |s: String| s.trim().parse::<usize>().unwrap_or(0),
-        f.pkcs11_pool_size,
         "pkcs11_pool_size",
-        fname,
+        file.pkcs11_pool_size.take(),
     );
-    let tpm_tcti = pick(
-        None,
-        "",
-        env,
-        "KMS_TPM_TCTI",
-        id,
-        f.tpm_tcti,
-        "tpm_tcti",
-        fname,
-    );
-    let tpm_queue = pick(
-        None,
-        "",
-        env,
+    let tpm_tcti = src.text("KMS_TPM_TCTI", "tpm_tcti", file.tpm_tcti.take());
+    let tpm_queue = src.number_raw(
         "KMS_TPM_QUEUE_DEPTH",
-        |s: String| s.trim().parse::<usize>().unwrap_or(0),
-        f.tpm_queue_depth,
         "tpm_queue_depth",
-        fname,
+        file.tpm_queue_depth.take(),
     );
-    let att_required = pick(
-        None,
-        "",
-        env,
+    let att_required = src.raw(
         "KMS_ATTESTATION_REQUIRED",
-        |s: String| parse_bool(&s),
-        f.attestation_required.map(Some),
         "attestation_required",
-        fname,
+        file.attestation_required.take().map(Some),
+        |s| super::parse_bool(&s),
     );
-    let att_pcrs = pick(
-        None,
-        "",
-        env,
+    let att_pcrs = src.text(
         "KMS_ATTESTATION_PCRS",
-        id,
-        f.attestation_pcrs,
         "attestation_pcrs",
-        fname,
+        file.attestation_pcrs.take(),
     );
-    let att_digest = pick(
-        None,
-        "",
-        env,
+    let att_digest = src.text(
         "KMS_ATTESTATION_PCR_DIGEST",
-        id,
-        f.attestation_pcr_digest,
         "attestation_pcr_digest",
-        fname,
+        file.attestation_pcr_digest.take(),
     );
-    let att_interval = pick(
-        None,
-        "",
-        env,
+    let att_interval = src.number_raw(
         "KMS_ATTESTATION_INTERVAL_SECS",
-        |s: String| s.trim().parse::<u64>().unwrap_or(0),
-        f.attestation_interval_secs,
         "attestation_interval_secs",
-        fname,
+        file.attestation_interval_secs.take(),
     );
     let backend_name = backend_p.value.as_deref().unwrap_or("sealed-file");
     if backend_name != "tpm" {
@@ -212,7 +147,7 @@ pub(super) fn load(
             };
             let pool_size = match pk_pool.value {
                 None => DEFAULT_PKCS11_POOL_SIZE,
-                Some(n @ 1..=256) => n,
+                Some(Some(n @ 1..=256)) => n,
                 Some(_) => return Err(err(pk_pool.origin, "must be a whole number from 1 to 256")),
             };
             BackendKind::Pkcs11(Pkcs11Config {
@@ -232,7 +167,7 @@ pub(super) fn load(
             })?;
             let queue_depth = match tpm_queue.value {
                 None => crate::backend::tpm::DEFAULT_QUEUE_DEPTH,
-                Some(n @ 1..=4096) => n,
+                Some(Some(n @ 1..=4096)) => n,
                 Some(_) => {
                     return Err(err(
                         tpm_queue.origin,
@@ -272,7 +207,7 @@ pub(super) fn load(
             }
             let attestation_interval = match att_interval.value {
                 None => Duration::from_secs(DEFAULT_ATTESTATION_INTERVAL_SECS),
-                Some(n @ 1..=86_400) => Duration::from_secs(n),
+                Some(Some(n @ 1..=86_400)) => Duration::from_secs(n),
                 Some(_) => return Err(err(att_interval.origin, "must be 1 to 86400 seconds")),
             };
             BackendKind::Tpm(TpmConfig {
@@ -291,4 +226,72 @@ pub(super) fn load(
         }
     };
     Ok(backend)
+}
+
+/// Where sealed-file custody's master key comes from: a key file, a
+/// passphrase file or the name of a passphrase variable; one at most, and
+/// none with a device backend (the device seals keys itself).
+pub(super) fn master(
+    file: &mut FileConfig,
+    src: &Src<'_>,
+    amnesia: &Amnesia,
+    backend: &BackendKind,
+    data_dir: &Path,
+) -> Result<MasterKeySource, ConfigError> {
+    let key_file = src.path(
+        "KMS_MASTER_KEY_FILE",
+        "master_key_file",
+        file.master_key_file.take(),
+    );
+    let pass_file = src.path(
+        "KMS_MASTER_PASSPHRASE_FILE",
+        "master_passphrase_file",
+        file.master_passphrase_file.take(),
+    );
+    let pass_env = src.text(
+        "KMS_MASTER_PASSPHRASE_ENV",
+        "master_passphrase_env",
+        file.master_passphrase_env.take(),
+    );
+    // the first of the three that is set, for the messages below
+    let first_set = [&key_file.origin, &pass_file.origin, &pass_env.origin]
+        .into_iter()
+        .zip([key_file.is_set(), pass_file.is_set(), pass_env.is_set()])
+        .find(|(_, set)| *set)
+        .map(|(origin, _)| origin.clone());
+    if let Some(origin) = &first_set {
+        amnesia.refuse(
+            true,
+            origin,
+            "its master key is random and never leaves memory",
+        )?;
+    }
+    let Raw {
+        value: pass_env_v,
+        origin: pass_env_o,
+    } = pass_env;
+    let master = match (key_file.value, pass_file.value, pass_env_v) {
+        (None, None, None) => MasterKeySource::KeyFile(data_dir.join("master.key")),
+        (Some(k), None, None) => MasterKeySource::KeyFile(k),
+        (None, Some(f), None) => MasterKeySource::Passphrase(PassphraseSource::File(f)),
+        (None, None, Some(e)) => {
+            if e.is_empty() || e.contains('=') {
+                return Err(err(pass_env_o, "must be the name of an environment variable"));
+            }
+            MasterKeySource::Passphrase(PassphraseSource::Env(e))
+        }
+        _ => {
+            return Err(err(
+                "KMS_MASTER_KEY_FILE",
+                "set only one of KMS_MASTER_KEY_FILE, KMS_MASTER_PASSPHRASE_FILE, KMS_MASTER_PASSPHRASE_ENV",
+            ))
+        }
+    };
+    if let (Some(origin), false) = (first_set, matches!(backend, BackendKind::SealedFile)) {
+        return Err(err(
+            origin,
+            "is a sealed-file setting; with KMS_BACKEND=pkcs11 or tpm, custody seals keys itself",
+        ));
+    }
+    Ok(master)
 }

@@ -4,8 +4,22 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use super::{err, parse_bool, ConfigError, Env};
+use super::source::Src;
+use super::{err, parse_bool, ConfigError};
 use crate::policy::{PqPolicy, RollbackRule};
+
+/// The PQ policy settings.
+#[derive(Clone, Debug, Default)]
+pub struct PqConfig {
+    /// The policy of tenants with nothing more specific.
+    pub default: PqPolicy,
+    /// Per-tenant policies from the config file.
+    pub tenants: BTreeMap<String, PqPolicy>,
+    /// How many distinct principals' genuine classical refusals, within
+    /// which window, roll a tenant back (`KMS_PQ_ROLLBACK_THRESHOLD`,
+    /// `KMS_PQ_ROLLBACK_WINDOW_SECS`).
+    pub rollback: RollbackRule,
+}
 
 /// `[pq]`: the default PQ policy, and `[pq.tenants.NAME]` per tenant.
 /// Unset fields take the phase's defaults (docs/pq-policy.md).
@@ -80,11 +94,8 @@ fn pq_policy(
 }
 
 /// The default policy, the per-tenant ones, and the rollback rule.
-pub(super) fn load(
-    pqf: PqFile,
-    env: &dyn Env,
-    fname: &str,
-) -> Result<(PqPolicy, BTreeMap<String, PqPolicy>, RollbackRule), ConfigError> {
+pub(super) fn load(pqf: PqFile, src: &Src<'_>) -> Result<PqConfig, ConfigError> {
+    let (env, fname) = (src.env, src.fname);
     let env_or = |name: &str, key: &str| -> (Option<String>, String) {
         match env.var(name) {
             Some(v) => (Some(v), name.to_string()),
@@ -193,5 +204,9 @@ pub(super) fn load(
         )?;
         pq_tenants.insert(tenant, p);
     }
-    Ok((pq_default, pq_tenants, rule))
+    Ok(PqConfig {
+        default: pq_default,
+        tenants: pq_tenants,
+        rollback: rule,
+    })
 }

@@ -53,12 +53,12 @@ fn file_then_env_then_flags() {
 fn pq_policy_and_verify_cache_settings() {
     use crate::policy::{PqPolicy, VerifyMode};
     let c = load(&Flags::default(), &env(&[])).unwrap();
-    assert_eq!(c.pq_default, PqPolicy::for_phase(0));
+    assert_eq!(c.pq.default, PqPolicy::for_phase(0));
     assert_eq!(
-        (c.verify_cache_max, c.verify_cache_ttl_ms),
+        (c.verify_cache.max, c.verify_cache.ttl_ms),
         (10_000, 60_000)
     );
-    assert!(!c.fault_injection);
+    assert!(!c.faults.injection);
 
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("c.toml");
@@ -73,17 +73,17 @@ fn pq_policy_and_verify_cache_settings() {
         ..Default::default()
     };
     let c = load(&flags, &env(&[])).unwrap();
-    assert_eq!(c.verify_cache_max, 5);
+    assert_eq!(c.verify_cache.max, 5);
     assert_eq!(
         (
-            c.pq_default.phase,
-            c.pq_default.verify_mode,
-            c.pq_default.rollout_percent
+            c.pq.default.phase,
+            c.pq.default.verify_mode,
+            c.pq.default.rollout_percent
         ),
         (1, VerifyMode::Or, 40)
     );
-    assert_eq!(c.pq_tenants["acme"], PqPolicy::for_phase(2));
-    assert_eq!(c.pq_tenants["bank"].verify_mode, VerifyMode::PqOnly);
+    assert_eq!(c.pq.tenants["acme"], PqPolicy::for_phase(2));
+    assert_eq!(c.pq.tenants["bank"].verify_mode, VerifyMode::PqOnly);
     // env wins over [pq] for the default, field by field
     let c = load(
         &flags,
@@ -98,15 +98,15 @@ fn pq_policy_and_verify_cache_settings() {
     .unwrap();
     assert_eq!(
         (
-            c.pq_default.phase,
-            c.pq_default.produce_hybrid,
-            c.pq_default.verify_mode,
-            c.pq_default.rollout_percent
+            c.pq.default.phase,
+            c.pq.default.produce_hybrid,
+            c.pq.default.verify_mode,
+            c.pq.default.rollout_percent
         ),
         (1, false, VerifyMode::And, 7)
     );
-    assert_eq!(c.verify_cache_ttl_ms, 1500);
-    assert!(c.fault_injection);
+    assert_eq!(c.verify_cache.ttl_ms, 1500);
+    assert!(c.faults.injection);
     // bad values name their place
     for (k, v) in [
         ("KMS_PQ_PHASE", "4"),
@@ -137,7 +137,7 @@ fn pq_policy_and_verify_cache_settings() {
     assert!(e.field.starts_with("pq.tenants.acme.verify_mode"), "{e}");
 
     // the rollback rule and the per-tenant switches
-    assert_eq!(c.pq_rollback, crate::policy::RollbackRule::default());
+    assert_eq!(c.pq.rollback, crate::policy::RollbackRule::default());
     std::fs::write(
         &f,
         "[pq]\nphase = 2\nrollback_threshold = 5\nrollback_window_secs = 60\n\
@@ -145,11 +145,11 @@ fn pq_policy_and_verify_cache_settings() {
     )
     .unwrap();
     let c = load(&flags, &env(&[("KMS_PQ_ROLLBACK_THRESHOLD", "4")])).unwrap();
-    assert_eq!(c.pq_rollback.threshold, 4);
-    assert_eq!(c.pq_rollback.window, std::time::Duration::from_secs(60));
-    assert!(!c.pq_default.accept_legacy_bundles && c.pq_default.auto_rollback);
-    assert!(!c.pq_tenants["acme"].auto_rollback);
-    assert!(c.pq_tenants["acme"].accept_legacy_bundles);
+    assert_eq!(c.pq.rollback.threshold, 4);
+    assert_eq!(c.pq.rollback.window, std::time::Duration::from_secs(60));
+    assert!(!c.pq.default.accept_legacy_bundles && c.pq.default.auto_rollback);
+    assert!(!c.pq.tenants["acme"].auto_rollback);
+    assert!(c.pq.tenants["acme"].accept_legacy_bundles);
 }
 
 #[test]
@@ -401,7 +401,7 @@ fn stores_and_node_ids() {
     let f = Flags::default();
     let c = load(&f, &env(&[])).unwrap();
     assert_eq!(c.store, StoreKind::Sqlite);
-    assert!(valid_node_id(&c.node_id), "{}", c.node_id);
+    assert!(super::store::valid_node_id(&c.node_id), "{}", c.node_id);
     let c = load(
         &f,
         &env(&[

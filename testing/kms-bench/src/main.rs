@@ -212,7 +212,7 @@ async fn child_service(
     };
     let mut cfg =
         ron_kms::config::load(&flags, &ron_kms::config::ProcessEnv).map_err(|e| e.to_string())?;
-    cfg.audit_off_for_benchmarks = no_audit;
+    cfg.audit.off_for_benchmarks = no_audit;
     let running = ron_kms::server::start(&cfg)
         .await
         .map_err(|e| e.to_string())?;

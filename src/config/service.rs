@@ -1,0 +1,180 @@
+//! What the service offers and how it runs: the algorithm allow-list,
+//! the blocking pool, the bootstrap tenant, the verify cache, failover and
+//! fault injection.
+use std::time::Duration;
+
+use super::source::Src;
+use super::{err, ConfigError, FileConfig, DEFAULT_BOOTSTRAP_TENANT};
+use crate::crypto::Algorithm;
+
+pub const DEFAULT_VERIFY_CACHE_MAX: u64 = 10_000;
+pub const DEFAULT_VERIFY_CACHE_TTL_MS: u64 = 60_000;
+
+/// The verify cache (`KMS_VERIFY_CACHE_*`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VerifyCacheConfig {
+    /// Capacity (prepared public keys); 0 turns it off.
+    pub max: u64,
+    /// How long a cached public key may be used while custody is unavailable.
+    pub ttl_ms: u64,
+}
+
+impl Default for VerifyCacheConfig {
+    fn default() -> Self {
+        VerifyCacheConfig {
+            max: DEFAULT_VERIFY_CACHE_MAX,
+            ttl_ms: DEFAULT_VERIFY_CACHE_TTL_MS,
+        }
+    }
+}
+
+/// What keeps working while custody is down (`KMS_FAILOVER`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Failover {
+    /// Verify answers from the verify cache within its TTL, then refuses.
+    None,
+    /// Verify answers from the public key in the snapshot for as long as
+    /// custody is down. Sign, unwrap and data keys fail fast either way:
+    /// there is no fallback to another custody.
+    VerifyOnly,
+}
+
+/// Fault injection for tests and chaos drills (`KMS_FAULT_*`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FaultsConfig {
+    /// Wrap custody in the fault-injecting backend.
+    pub injection: bool,
+    /// With fault injection: latency every custody call starts with, so
+    /// drills and tests can run the binary as a slow device.
+    pub latency: Option<Duration>,
+}
+
+/// The section's settings.
+pub(super) struct Loaded {
+    pub algorithms: Vec<Algorithm>,
+    pub blocking_threads: usize,
+    pub bootstrap_tenant: String,
+    pub verify_cache: VerifyCacheConfig,
+    pub failover: Failover,
+    pub faults: FaultsConfig,
+}
+
+pub(super) fn default_blocking_threads() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get() * 2)
+        .unwrap_or(4)
+}
+
+pub(super) fn load(file: &mut FileConfig, src: &Src<'_>) -> Result<Loaded, ConfigError> {
+    let algs_p = src.raw(
+        "KMS_ALGORITHMS",
+        "algorithms",
+        file.algorithms.take(),
+        |s| {
+            s.split(',')
+                .map(|x| x.trim().to_string())
+                .filter(|x| !x.is_empty())
+                .collect::<Vec<_>>()
+        },
+    );
+    let algorithms = match algs_p.value {
+        None => Algorithm::ALL.to_vec(),
+        Some(list) if list.is_empty() => {
+            return Err(err(algs_p.origin, "must name at least one algorithm"))
+        }
+        Some(list) => list
+            .iter()
+            .map(|a| {
+                Algorithm::parse(a).ok_or_else(|| {
+                    err(
+                        &algs_p.origin,
+                        format!(
+                            "unknown algorithm {a:?}; known: {}",
+                            Algorithm::ALL.map(|x| x.as_str()).join(", ")
+                        ),
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+    };
+    let blocking_threads = src.number(
+        "KMS_BLOCKING_THREADS",
+        "blocking_threads",
+        file.blocking_threads.take(),
+        1..=1024,
+        default_blocking_threads(),
+        "must be a whole number from 1 to 1024",
+    )?;
+    let tenant_p = src.text(
+        "KMS_BOOTSTRAP_TENANT",
+        "bootstrap_tenant",
+        file.bootstrap_tenant.take(),
+    );
+    let bootstrap_tenant = tenant_p
+        .value
+        .unwrap_or_else(|| DEFAULT_BOOTSTRAP_TENANT.to_string());
+    crate::auth::validate_tenant(&bootstrap_tenant).map_err(|m| err(tenant_p.origin, m))?;
+    let verify_cache = VerifyCacheConfig {
+        max: src.number(
+            "KMS_VERIFY_CACHE_MAX",
+            "verify_cache_max",
+            file.verify_cache_max.take(),
+            0..=10_000_000,
+            DEFAULT_VERIFY_CACHE_MAX,
+            "must be a whole number from 0 (off) to 10000000",
+        )?,
+        ttl_ms: src.number(
+            "KMS_VERIFY_CACHE_TTL_MS",
+            "verify_cache_ttl_ms",
+            file.verify_cache_ttl_ms.take(),
+            1..=86_400_000,
+            DEFAULT_VERIFY_CACHE_TTL_MS,
+            "must be a whole number of milliseconds from 1 to 86400000",
+        )?,
+    };
+    let failover_p = src.text("KMS_FAILOVER", "failover", file.failover.take());
+    let failover = match failover_p.value.as_deref() {
+        None | Some("none") => Failover::None,
+        Some("verify-only") => Failover::VerifyOnly,
+        Some(other) => {
+            return Err(err(
+                failover_p.origin,
+                format!("{other:?} is not one of none, verify-only (sign never fails over to other custody)"),
+            ))
+        }
+    };
+    let injection = src
+        .switch(
+            "KMS_FAULT_INJECTION",
+            "fault_injection",
+            file.fault_injection.take(),
+        )?
+        .value
+        .unwrap_or(false);
+    let lat_p = src.number_raw(
+        "KMS_FAULT_LATENCY_MS",
+        "fault_latency_ms",
+        file.fault_latency_ms.take(),
+    );
+    let latency = match lat_p.value {
+        None => None,
+        Some(Some(ms)) if ms <= 60_000 && injection => Some(Duration::from_millis(ms)),
+        Some(Some(ms)) if ms <= 60_000 => {
+            return Err(err(lat_p.origin, "needs KMS_FAULT_INJECTION=true"))
+        }
+        Some(_) => {
+            return Err(err(
+                lat_p.origin,
+                "must be a whole number of milliseconds up to 60000",
+            ))
+        }
+    };
+    Ok(Loaded {
+        algorithms,
+        blocking_threads,
+        bootstrap_tenant,
+        verify_cache,
+        failover,
+        faults: FaultsConfig { injection, latency },
+    })
+}
