@@ -25,52 +25,17 @@ use super::{Change, ChangeHandler, OpRecord, Store, StoreError, TokenRecord};
 use crate::crypto::Algorithm;
 use crate::store::{KeyRecord, VersionRecord, VersionState};
 
+mod conn;
+mod feed;
+mod schema;
+
+pub use conn::redact_url;
+use conn::*;
+use feed::*;
+use schema::*;
+
 /// The channel every replica listens on.
 pub const CHANNEL: &str = "ron_kms_changes";
-
-/// Ordered migrations; entry `i` takes the schema to version `i + 1`.
-const MIGRATIONS: &[&str] = &["
-CREATE TABLE keys (
-    tenant          TEXT NOT NULL,
-    name            TEXT NOT NULL,
-    algorithm       TEXT NOT NULL,
-    primary_version INTEGER NOT NULL,
-    created_at_ms   BIGINT NOT NULL,
-    PRIMARY KEY (tenant, name)
-);
-CREATE TABLE key_versions (
-    tenant        TEXT NOT NULL,
-    name          TEXT NOT NULL,
-    version       INTEGER NOT NULL,
-    state         TEXT NOT NULL CHECK (state IN ('enabled', 'disabled', 'destroyed')),
-    public_key    BYTEA NOT NULL,
-    handle        BYTEA,
-    created_at_ms BIGINT NOT NULL,
-    PRIMARY KEY (tenant, name, version),
-    FOREIGN KEY (tenant, name) REFERENCES keys (tenant, name)
-);
-CREATE TABLE ops (
-    tenant        TEXT NOT NULL,
-    op_id         TEXT NOT NULL,
-    request_hash  BYTEA NOT NULL,
-    result        TEXT NOT NULL,
-    created_at_ms BIGINT NOT NULL,
-    PRIMARY KEY (tenant, op_id)
-);
-CREATE TABLE tokens (
-    hash          BYTEA PRIMARY KEY,
-    tenant        TEXT NOT NULL,
-    scopes        TEXT NOT NULL,
-    created_at_ms BIGINT NOT NULL
-);
-CREATE TABLE meta (
-    key   TEXT PRIMARY KEY,
-    value BYTEA NOT NULL
-);
-"];
-
-/// Advisory lock key of the migration step (any constant; "ronkms" in ASCII).
-const MIGRATION_LOCK: i64 = 0x726f_6e6b_6d73;
 
 /// Pool and timeout settings. Short timeouts make mutations fail fast with
 /// UNAVAILABLE while the database is away, instead of queueing.
@@ -101,141 +66,11 @@ impl Default for PgSettings {
     }
 }
 
-/// The pool, over plain TCP or TLS.
-enum Pool {
-    Plain(r2d2::Pool<PostgresConnectionManager<NoTls>>),
-    Tls(r2d2::Pool<PostgresConnectionManager<MakeRustlsConnect>>),
-}
-
-/// A pooled connection of either kind.
-enum Pooled {
-    Plain(r2d2::PooledConnection<PostgresConnectionManager<NoTls>>),
-    Tls(r2d2::PooledConnection<PostgresConnectionManager<MakeRustlsConnect>>),
-}
-
-impl Pooled {
-    fn client(&mut self) -> &mut Client {
-        match self {
-            Pooled::Plain(c) => c,
-            Pooled::Tls(c) => c,
-        }
-    }
-}
-
-impl Pool {
-    fn get(&self) -> Result<Pooled, r2d2::Error> {
-        Ok(match self {
-            Pool::Plain(p) => Pooled::Plain(p.get()?),
-            Pool::Tls(p) => Pooled::Tls(p.get()?),
-        })
-    }
-}
-
-fn pool_builder<M: r2d2::ManageConnection<Error = postgres::Error>>(
-    s: &PgSettings,
-) -> r2d2::Builder<M> {
-    r2d2::Pool::builder()
-        .error_handler(Box::new(LogErrors))
-        .max_size(s.pool_size.max(1))
-        .min_idle(Some(1))
-        .connection_timeout(s.connect_timeout)
-}
-
-/// Connect one client (the listener's), over TLS when configured.
-fn connect(
-    config: &postgres::Config,
-    tls: &Option<std::sync::Arc<rustls::ClientConfig>>,
-) -> Result<Client, postgres::Error> {
-    match tls {
-        Some(t) => config.connect(MakeRustlsConnect::new((**t).clone())),
-        None => config.connect(NoTls),
-    }
-}
-
 pub struct PgStore {
     /// `None` only while dropping.
     pool: Option<Pool>,
     config: postgres::Config,
     settings: PgSettings,
-}
-
-/// An error with its causes ("db error: ERROR: …", "error connecting to
-/// server: …"). The server's messages name objects, never parameters.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        out.push_str(": ");
-        out.push_str(&c.to_string());
-        cur = c.source();
-    }
-    out
-}
-
-fn db_err(e: postgres::Error) -> StoreError {
-    StoreError::Backend(chain(&e))
-}
-
-/// r2d2 keeps only the last connection error's top line; log each one whole
-/// (a refused TLS handshake or pg_hba.conf entry shows here).
-#[derive(Debug)]
-struct LogErrors;
-
-impl r2d2::HandleError<postgres::Error> for LogErrors {
-    fn handle_error(&self, e: postgres::Error) {
-        tracing::warn!(error = %chain(&e), "store connection failed");
-    }
-}
-
-fn pool_err(e: r2d2::Error) -> StoreError {
-    StoreError::Backend(format!("no database connection: {e}"))
-}
-
-fn is_unique_violation(e: &postgres::Error) -> bool {
-    e.code() == Some(&postgres::error::SqlState::UNIQUE_VIOLATION)
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
-/// Run `f` on a thread outside any tokio runtime (see the module docs).
-fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
-    std::thread::scope(|s| match s.spawn(f).join() {
-        Ok(v) => v,
-        Err(p) => std::panic::resume_unwind(p),
-    })
-}
-
-/// The URL without its password, for logs and errors.
-pub fn redact_url(url: &str) -> String {
-    if !url.contains("://") {
-        // key=value form
-        return url
-            .split_whitespace()
-            .map(|kv| {
-                if kv.starts_with("password=") {
-                    "password=***"
-                } else {
-                    kv
-                }
-            })
-            .collect::<Vec<_>>()
-            .join(" ");
-    }
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let creds = &url[s + 3..at];
-            match creds.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
-                None => url.to_string(),
-            }
-        }
-        _ => url.to_string(),
-    }
 }
 
 fn notify(tx: &mut postgres::Transaction<'_>, change: &Change) -> Result<(), StoreError> {
@@ -429,42 +264,6 @@ impl Drop for PgStore {
             off_runtime(move || drop(pool));
         }
     }
-}
-
-fn migrate(c: &mut Client) -> Result<(), StoreError> {
-    let mut tx = c.transaction().map_err(db_err)?;
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
-        .map_err(db_err)?;
-    tx.batch_execute(
-        "CREATE TABLE IF NOT EXISTS schema_migrations (
-             version       INTEGER PRIMARY KEY,
-             applied_at_ms BIGINT NOT NULL
-         )",
-    )
-    .map_err(db_err)?;
-    let current: i32 = tx
-        .query_one(
-            "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
-            &[],
-        )
-        .map_err(db_err)?
-        .get(0);
-    if current as usize > MIGRATIONS.len() {
-        return Err(StoreError::Corrupt(format!(
-            "database schema version {current} is newer than this binary understands ({})",
-            MIGRATIONS.len()
-        )));
-    }
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
-        tx.batch_execute(sql).map_err(db_err)?;
-        tx.execute(
-            "INSERT INTO schema_migrations (version, applied_at_ms) VALUES ($1, $2)",
-            &[&(i as i32 + 1), &now_ms()],
-        )
-        .map_err(db_err)?;
-        tracing::info!(version = i + 1, "database migrated");
-    }
-    tx.commit().map_err(db_err)
 }
 
 impl Store for PgStore {
@@ -759,85 +558,6 @@ impl Store for PgStore {
             .spawn(move || listen_forever(config, tls, interval, on_change))
             .map_err(|e| StoreError::Backend(format!("listener thread: {e}")))?;
         Ok(())
-    }
-}
-
-/// The listener: `LISTEN`, hand every notification to `on_change`, and a
-/// `Change::Resync` every `interval` and after every reconnect (whatever
-/// was sent while disconnected is lost). Reconnects with capped backoff.
-fn listen_forever(
-    config: postgres::Config,
-    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
-    interval: Duration,
-    on_change: ChangeHandler,
-) {
-    let mut backoff = Duration::from_millis(100);
-    let mut first = true;
-    loop {
-        match connect(&config, &tls) {
-            Ok(mut c) => {
-                if let Err(e) = c.batch_execute(&format!("LISTEN {CHANNEL}")) {
-                    tracing::warn!(error = %chain(&e), "store listener: LISTEN failed");
-                } else {
-                    backoff = Duration::from_millis(100);
-                    metrics::gauge!("kms_store_listener_up").set(1.0);
-                    if !first {
-                        tracing::info!("store listener reconnected; reconciling");
-                        on_change(Change::Resync);
-                    }
-                    first = false;
-                    let err = pump(&mut c, interval, &on_change);
-                    tracing::warn!(error = %chain(&err), "store listener lost its connection");
-                }
-            }
-            Err(e) => tracing::warn!(error = %chain(&e), "store listener cannot connect"),
-        }
-        metrics::gauge!("kms_store_listener_up").set(0.0);
-        std::thread::sleep(backoff);
-        backoff = (backoff * 2).min(Duration::from_secs(1));
-    }
-}
-
-fn pump(c: &mut Client, interval: Duration, on_change: &ChangeHandler) -> postgres::Error {
-    let mut next_resync = std::time::Instant::now() + interval;
-    loop {
-        let wait = next_resync.saturating_duration_since(std::time::Instant::now());
-        {
-            let mut n = c.notifications();
-            let mut it = n.timeout_iter(wait.max(Duration::from_millis(1)));
-            loop {
-                use postgres::fallible_iterator::FallibleIterator;
-                match it.next() {
-                    Ok(Some(note)) => {
-                        metrics::counter!("kms_store_notifications_total").increment(1);
-                        let due = std::time::Instant::now() >= next_resync;
-                        match serde_json::from_str::<Change>(note.payload()) {
-                            Ok(ch) => on_change(ch),
-                            Err(_) => {
-                                tracing::warn!(
-                                    payload_len = note.payload().len(),
-                                    "store listener: unreadable notification; reconciling"
-                                );
-                                on_change(Change::Resync);
-                            }
-                        }
-                        if due {
-                            break;
-                        }
-                    }
-                    Ok(None) => break,
-                    Err(e) => return e,
-                }
-            }
-        }
-        if std::time::Instant::now() >= next_resync {
-            on_change(Change::Resync);
-            next_resync = std::time::Instant::now() + interval;
-        }
-        // A cheap round trip notices a dead server even when idle.
-        if let Err(e) = c.simple_query("SELECT 1") {
-            return e;
-        }
     }
 }
 
