@@ -3,8 +3,11 @@
 use super::*;
 
 /// The listener: `LISTEN`, hand every notification to `on_change`, and a
-/// `Change::Resync` every `interval` and after every reconnect (whatever
-/// was sent while disconnected is lost). Reconnects with capped backoff.
+/// `Change::Resync` every `interval` and each time `LISTEN` takes effect,
+/// the first time included: whatever changed before it (while
+/// disconnected, or between the replica's start-up load and its first
+/// `LISTEN`) was never notified to this connection. Reconnects with capped
+/// backoff.
 pub(super) fn listen_forever(
     config: postgres::Config,
     tls: Option<std::sync::Arc<rustls::ClientConfig>>,
@@ -21,10 +24,12 @@ pub(super) fn listen_forever(
                 } else {
                     backoff = Duration::from_millis(100);
                     metrics::gauge!("kms_store_listener_up").set(1.0);
-                    if !first {
+                    if first {
+                        tracing::debug!("store listener up; reconciling once");
+                    } else {
                         tracing::info!("store listener reconnected; reconciling");
-                        on_change(Change::Resync);
                     }
+                    on_change(Change::Resync);
                     first = false;
                     let err = pump(&mut c, interval, &on_change);
                     tracing::warn!(error = %chain(&err), "store listener lost its connection");
