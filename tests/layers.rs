@@ -42,8 +42,10 @@ const LAYERS: &[(&str, u8)] = &[
     ("ingress", 5),
     // typed configuration of all of the above
     ("config", 6),
-    // the composition root
+    // the composition root, and the command line (the binary's own
+    // modules, src/cli/, beside src/main.rs)
     ("server", 7),
+    ("cli", 7),
 ];
 
 /// A module path, e.g. `["service", "crypto_ops"]`; `[]` is the crate root.

@@ -1,0 +1,236 @@
+//! The command line: every subcommand and its arguments (clap). Secrets
+//! are never arguments: tokens and PINs come from files or variables.
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "ron-kms",
+    version,
+    about = "Key-management service: keys stay in custody; sign, verify, wrap and unwrap over gRPC and HTTP."
+)]
+pub(crate) struct Cli {
+    #[command(subcommand)]
+    pub(crate) cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum Cmd {
+    /// Run the service (gRPC and HTTP).
+    Serve(ServeArgs),
+    /// Manage bearer tokens in a data dir.
+    #[command(subcommand)]
+    Tokens(TokensCmd),
+    /// Work with the audit log.
+    #[command(subcommand)]
+    Audit(AuditCmd),
+    /// Manage keys (gRPC client).
+    #[command(subcommand)]
+    Keys(KeysCmd),
+    /// Sign a message (gRPC client). Prints JSON with a base64 signature.
+    Sign {
+        #[command(flatten)]
+        conn: Conn,
+        /// `name` (primary version) or `name#vN`.
+        #[arg(long)]
+        key: String,
+        /// The composite signature's context string (hybrid keys only, at
+        /// most 255 bytes).
+        #[arg(long, default_value = "")]
+        context: String,
+        #[command(flatten)]
+        input: Input,
+    },
+    /// Verify a signature (gRPC client). Exit status 0 if valid, 1 if not.
+    Verify {
+        #[command(flatten)]
+        conn: Conn,
+        /// The `kid` (`name#vN`) returned by sign.
+        #[arg(long)]
+        key: String,
+        /// Base64 signature.
+        #[arg(long)]
+        signature: String,
+        /// The context string the signature was made with (hybrid keys).
+        #[arg(long, default_value = "")]
+        context: String,
+        #[command(flatten)]
+        input: Input,
+    },
+    /// Wrap a plaintext (≤ 8 KiB) read from --in or stdin. Prints JSON.
+    Wrap {
+        #[command(flatten)]
+        conn: Conn,
+        #[arg(long)]
+        key: String,
+        /// Associated data (UTF-8) bound to the ciphertext.
+        #[arg(long, default_value = "")]
+        aad: String,
+        #[command(flatten)]
+        input: Input,
+    },
+    /// Unwrap a base64 ciphertext read from --in or stdin; writes the
+    /// plaintext bytes to stdout.
+    Unwrap {
+        #[command(flatten)]
+        conn: Conn,
+        /// Optional: the key the ciphertext must have been wrapped under.
+        #[arg(long, default_value = "")]
+        key: String,
+        #[arg(long, default_value = "")]
+        aad: String,
+        #[command(flatten)]
+        input: Input,
+    },
+}
+
+#[derive(Args)]
+pub(crate) struct ServeArgs {
+    /// TOML config file (also KMS_CONFIG).
+    #[arg(long)]
+    pub(crate) config: Option<PathBuf>,
+    /// Data directory (default ./ron-kms-data; also KMS_DATA_DIR).
+    #[arg(long)]
+    pub(crate) data_dir: Option<PathBuf>,
+    /// gRPC listen address (default 127.0.0.1:9445; also KMS_GRPC_ADDR).
+    #[arg(long)]
+    pub(crate) grpc_addr: Option<String>,
+    /// HTTP listen address (default 127.0.0.1:9446; also KMS_HTTP_ADDR).
+    #[arg(long)]
+    pub(crate) http_addr: Option<String>,
+    /// Keep keys, tokens and the master key in memory only; write nothing
+    /// (also KMS_AMNESIA=true). Everything is gone when the process exits.
+    #[arg(long)]
+    pub(crate) amnesia: bool,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum TokensCmd {
+    /// Create a token; prints only the token on stdout.
+    Create {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        #[arg(long)]
+        tenant: String,
+        /// Comma-separated: kms:admin,kms:read,kms:sign,kms:verify,kms:wrap,kms:unwrap
+        #[arg(long)]
+        scopes: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum AuditCmd {
+    /// Check the hash chain and checkpoint signatures. PATH is an audit dir
+    /// (with its audit-key.pub and audit.head) or segment files in order;
+    /// several audit dirs (one per replica) are checked one chain each.
+    /// Exits 1 naming the first bad record.
+    Verify {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// The audit public key (hex), instead of audit-key.pub beside the log.
+        #[arg(long)]
+        key: Option<PathBuf>,
+    },
+}
+
+#[derive(Args, Clone)]
+pub(crate) struct Conn {
+    /// gRPC address of the service.
+    #[arg(
+        long,
+        env = "KMS_ADDR",
+        default_value = "http://127.0.0.1:9445",
+        global = true
+    )]
+    pub(crate) addr: String,
+    /// Bearer token. Prefer KMS_TOKEN or --token-file: arguments are visible
+    /// to other users in the process list.
+    #[arg(long, env = "KMS_TOKEN", hide_env_values = true, global = true)]
+    pub(crate) token: Option<String>,
+    /// File holding the bearer token.
+    #[arg(long, global = true)]
+    pub(crate) token_file: Option<PathBuf>,
+    /// CA bundle (PEM) that signed the server's certificate; needed for an
+    /// `https://` address.
+    #[arg(long, env = "KMS_CA_FILE", global = true)]
+    pub(crate) ca_file: Option<PathBuf>,
+    /// Client certificate (PEM) for mTLS; with --key-file it can stand in
+    /// for a token.
+    #[arg(long, env = "KMS_CLIENT_CERT_FILE", global = true)]
+    pub(crate) cert_file: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, env = "KMS_CLIENT_KEY_FILE", global = true)]
+    pub(crate) key_file: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub(crate) struct Input {
+    /// The input as a UTF-8 string.
+    #[arg(long, conflicts_with = "in_file")]
+    pub(crate) message: Option<String>,
+    /// Read the input from this file ("-" for stdin, the default).
+    #[arg(long = "in")]
+    pub(crate) in_file: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum KeysCmd {
+    /// Create a key.
+    Create {
+        #[command(flatten)]
+        conn: Conn,
+        name: String,
+        /// ed25519, ecdsa-p256, ml-dsa-44/65/87, aes-256-gcm, ml-kem-768/1024
+        #[arg(long)]
+        algorithm: String,
+        #[arg(long, default_value = "")]
+        op_id: String,
+    },
+    /// List keys.
+    List {
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Show a key with its versions and public keys.
+    Get {
+        #[command(flatten)]
+        conn: Conn,
+        name: String,
+        /// Include PEM public keys.
+        #[arg(long)]
+        pem: bool,
+    },
+    /// Add a version and make it primary.
+    Rotate {
+        #[command(flatten)]
+        conn: Conn,
+        name: String,
+    },
+    /// Disable a version.
+    Disable {
+        #[command(flatten)]
+        conn: Conn,
+        name: String,
+        #[arg(long)]
+        version: u32,
+    },
+    /// Re-enable a disabled version.
+    Enable {
+        #[command(flatten)]
+        conn: Conn,
+        name: String,
+        #[arg(long)]
+        version: u32,
+    },
+    /// Destroy a disabled version's material (irreversible).
+    Destroy {
+        #[command(flatten)]
+        conn: Conn,
+        name: String,
+        #[arg(long)]
+        version: u32,
+    },
+}

@@ -1,0 +1,289 @@
+//! The gRPC client commands (`keys …`, `sign`, `verify`, `wrap`,
+//! `unwrap`): connect (token or client certificate, TLS for `https://`),
+//! call, print JSON. They use only the public gRPC API and never open the
+//! data dir.
+use std::io::{Read as _, Write as _};
+use std::process::ExitCode;
+
+use base64::Engine as _;
+use ron_kms::proto::kms_client::KmsClient;
+use ron_kms::proto::*;
+use tonic::transport::Channel;
+
+use super::args::{Cmd, Conn, Input, KeysCmd};
+use super::Failure;
+
+pub(crate) fn read_input(input: &Input) -> Result<Vec<u8>, Failure> {
+    if let Some(m) = &input.message {
+        return Ok(m.as_bytes().to_vec());
+    }
+    match &input.in_file {
+        Some(p) if p.as_os_str() != "-" => Ok(std::fs::read(p)?),
+        _ => {
+            let mut buf = Vec::new();
+            std::io::stdin().read_to_end(&mut buf)?;
+            Ok(buf)
+        }
+    }
+}
+
+pub(crate) struct Client {
+    inner: KmsClient<Channel>,
+    auth: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+}
+
+impl Client {
+    async fn connect(conn: &Conn) -> Result<Self, Failure> {
+        let identity = match (&conn.cert_file, &conn.key_file) {
+            (Some(c), Some(k)) => Some(tonic::transport::Identity::from_pem(
+                std::fs::read(c)?,
+                std::fs::read(k)?,
+            )),
+            (None, None) => None,
+            _ => return Err("--cert-file and --key-file go together".into()),
+        };
+        let token = match (&conn.token, &conn.token_file) {
+            (_, Some(f)) => Some(std::fs::read_to_string(f)?.trim().to_string()),
+            (Some(t), None) => Some(t.clone()),
+            (None, None) if identity.is_some() => None,
+            (None, None) => {
+                return Err("no token: set KMS_TOKEN, pass --token-file, or use a client certificate (--cert-file, --key-file)".into())
+            }
+        };
+        let mut endpoint = Channel::from_shared(conn.addr.clone())?;
+        if conn.addr.starts_with("https://") {
+            let ca = conn
+                .ca_file
+                .as_ref()
+                .ok_or("an https:// address needs --ca-file (or KMS_CA_FILE)")?;
+            let mut tls = tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(std::fs::read(ca)?));
+            if let Some(id) = identity {
+                tls = tls.identity(id);
+            }
+            endpoint = endpoint.tls_config(tls)?;
+        } else if identity.is_some() || conn.ca_file.is_some() {
+            return Err("--ca-file and client certificates need an https:// address".into());
+        }
+        let inner = KmsClient::new(endpoint.connect().await?);
+        Ok(Client {
+            inner,
+            auth: match token {
+                Some(t) => Some(format!("Bearer {t}").parse()?),
+                None => None,
+            },
+        })
+    }
+
+    fn req<T>(&self, msg: T) -> tonic::Request<T> {
+        let mut r = tonic::Request::new(msg);
+        if let Some(a) = &self.auth {
+            r.metadata_mut().insert("authorization", a.clone());
+        }
+        r
+    }
+}
+
+fn print_json(v: &impl serde::Serialize) -> Result<(), Failure> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+async fn set_state(
+    conn: &Conn,
+    name: String,
+    version: u32,
+    state: &str,
+) -> Result<ExitCode, Failure> {
+    let mut c = Client::connect(conn).await?;
+    let r = c
+        .inner
+        .set_key_version_state(c.req(SetKeyVersionStateRequest {
+            name,
+            version,
+            state: state.into(),
+            op_id: String::new(),
+        }))
+        .await?;
+    print_json(&r.into_inner())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `keys …`.
+pub(crate) async fn keys(k: KeysCmd) -> Result<ExitCode, Failure> {
+    match k {
+        KeysCmd::Create {
+            conn,
+            name,
+            algorithm,
+            op_id,
+        } => {
+            let mut c = Client::connect(&conn).await?;
+            let r = c
+                .inner
+                .create_key(c.req(CreateKeyRequest {
+                    name,
+                    algorithm,
+                    purpose: String::new(),
+                    op_id,
+                }))
+                .await?;
+            print_json(&r.into_inner())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        KeysCmd::List { conn } => {
+            let mut c = Client::connect(&conn).await?;
+            let mut token = String::new();
+            let mut all = Vec::new();
+            loop {
+                let r = c
+                    .inner
+                    .list_keys(c.req(ListKeysRequest {
+                        page_size: 1000,
+                        page_token: token,
+                    }))
+                    .await?
+                    .into_inner();
+                all.extend(r.keys);
+                if r.next_page_token.is_empty() {
+                    break;
+                }
+                token = r.next_page_token;
+            }
+            print_json(&all)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        KeysCmd::Get { conn, name, pem } => {
+            let mut c = Client::connect(&conn).await?;
+            let r = c.inner.get_key(c.req(GetKeyRequest { name, pem })).await?;
+            print_json(&r.into_inner())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        KeysCmd::Rotate { conn, name } => {
+            let mut c = Client::connect(&conn).await?;
+            let r = c
+                .inner
+                .rotate_key(c.req(RotateKeyRequest {
+                    name,
+                    op_id: String::new(),
+                }))
+                .await?;
+            print_json(&r.into_inner())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        KeysCmd::Disable {
+            conn,
+            name,
+            version,
+        } => set_state(&conn, name, version, "disabled").await,
+        KeysCmd::Enable {
+            conn,
+            name,
+            version,
+        } => set_state(&conn, name, version, "enabled").await,
+        KeysCmd::Destroy {
+            conn,
+            name,
+            version,
+        } => set_state(&conn, name, version, "destroyed").await,
+    }
+}
+
+/// `sign`, `verify`, `wrap`, `unwrap`.
+pub(crate) async fn crypto(cmd: Cmd) -> Result<ExitCode, Failure> {
+    match cmd {
+        Cmd::Sign {
+            conn,
+            key,
+            context,
+            input,
+        } => {
+            let message = read_input(&input)?;
+            let mut c = Client::connect(&conn).await?;
+            let r = c
+                .inner
+                .sign(c.req(SignRequest {
+                    key,
+                    message,
+                    op_id: String::new(),
+                    context: context.into_bytes(),
+                }))
+                .await?;
+            print_json(&r.into_inner())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Verify {
+            conn,
+            key,
+            signature,
+            context,
+            input,
+        } => {
+            let message = read_input(&input)?;
+            let signature = base64::engine::general_purpose::STANDARD
+                .decode(signature.trim())
+                .map_err(|_| "--signature is not valid base64")?;
+            let mut c = Client::connect(&conn).await?;
+            let r = c
+                .inner
+                .verify(c.req(VerifyRequest {
+                    key,
+                    message,
+                    signature,
+                    context: context.into_bytes(),
+                }))
+                .await?
+                .into_inner();
+            print_json(&r)?;
+            Ok(if r.valid {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        Cmd::Wrap {
+            conn,
+            key,
+            aad,
+            input,
+        } => {
+            let plaintext = read_input(&input)?;
+            let mut c = Client::connect(&conn).await?;
+            let r = c
+                .inner
+                .wrap(c.req(WrapRequest {
+                    key,
+                    plaintext,
+                    aad: aad.into_bytes(),
+                    op_id: String::new(),
+                }))
+                .await?;
+            print_json(&r.into_inner())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Unwrap {
+            conn,
+            key,
+            aad,
+            input,
+        } => {
+            let text = read_input(&input)?;
+            let ciphertext = base64::engine::general_purpose::STANDARD
+                .decode(String::from_utf8_lossy(&text).trim())
+                .map_err(|_| "ciphertext input is not valid base64")?;
+            let mut c = Client::connect(&conn).await?;
+            let r = c
+                .inner
+                .unwrap(c.req(UnwrapRequest {
+                    key,
+                    ciphertext,
+                    aad: aad.into_bytes(),
+                }))
+                .await?
+                .into_inner();
+            std::io::stdout().write_all(&r.plaintext)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        _ => unreachable!("only crypto commands come here"),
+    }
+}
