@@ -9,7 +9,7 @@
 //! records go to the writer in one message and land in one group commit, and
 //! the batch answers once they are durable. That shared commit wait is where
 //! a batch saves most (see PERFORMANCE.md, "Batches").
-use super::audited::{
+use super::calls::{
     sign_call, sign_desc, unwrap_call, unwrap_desc, verify_call, verify_desc, wrap_call, wrap_desc,
     Call, Labels,
 };

@@ -1,9 +1,10 @@
-//! The PQ policy in the request path: the verify cache's custody-outage
-//! rules, downgrade attempts, policy refusals with their thresholded
-//! rollback, and the admin operations that read and change a tenant's
-//! policy.
+//! The PQ policy in the request path: downgrade attempts, policy refusals
+//! with their thresholded rollback, and the admin operations that read and
+//! change a tenant's policy.
+use super::calls::Call;
 use super::*;
 use crate::crypto::hybrid::Presented;
+use crate::ops::Method;
 use crate::policy::{Entry, PqPolicy, Refusal, VerifyMode};
 
 fn policy_to_proto(tenant: &str, e: &Entry) -> proto::PqPolicyResponse {
@@ -25,55 +26,6 @@ fn policy_to_proto(tenant: &str, e: &Entry) -> proto::PqPolicyResponse {
 }
 
 impl KmsService {
-    /// The prepared public key of `kid` and, while custody is unavailable,
-    /// the age of the cached copy used. Refuses with UNAVAILABLE when custody
-    /// is down and the key is not cached, or cached longer ago than the TTL.
-    pub(super) fn verify_key(
-        &self,
-        caller: &Caller,
-        rec: &KeyRecord,
-        vn: u32,
-        kid: &str,
-    ) -> Result<(Arc<verify_cache::Prepared>, u64)> {
-        use verify_cache::Lookup;
-        let up = self.custody_up();
-        let cached = self.verify_cache.get(&caller.tenant, kid);
-        let load = || -> Result<Arc<verify_cache::Prepared>> {
-            let public = &rec
-                .version(vn)
-                .ok_or_else(|| Error::Internal("resolved version missing".into()))?
-                .public_key;
-            Ok(self
-                .verify_cache
-                .insert(&caller.tenant, kid, rec.algorithm, public))
-        };
-        match (cached, up) {
-            (Lookup::Hit(p), true) => Ok((p, 0)),
-            (Lookup::Hit(p), false) => {
-                let age = p.loaded.elapsed().as_millis() as u64;
-                metrics::gauge!("verify_cache_age_ms").set(age as f64);
-                Ok((p, age.max(1)))
-            }
-            (Lookup::Stale(_) | Lookup::Miss, true) => Ok((load()?, 0)),
-            // KMS_FAILOVER=verify-only: the public key in the snapshot is
-            // what the store holds; verify needs nothing from custody.
-            (Lookup::Stale(_) | Lookup::Miss, false) if self.verify_only_failover => {
-                metrics::counter!("kms_failover_verify_total").increment(1);
-                Ok((load()?, 0))
-            }
-            (Lookup::Stale(p), false) => Err(Error::Unavailable(format!(
-                "custody ({}) is unavailable and the cached public key of {kid} is {} ms old, past the verify cache TTL of {} ms",
-                self.backend.name(),
-                p.loaded.elapsed().as_millis(),
-                self.verify_cache.ttl().as_millis()
-            ))),
-            (Lookup::Miss, false) => Err(Error::Unavailable(format!(
-                "custody ({}) is unavailable and {kid} is not in the verify cache",
-                self.backend.name()
-            ))),
-        }
-    }
-
     /// A signature with the marks of a downgrade attempt (a classical-only
     /// form where the policy requires PQ that is not a valid plain
     /// signature, or a genuine component beside a broken one): counted in
@@ -259,5 +211,45 @@ impl KmsService {
             "PQ policy set"
         );
         Ok(policy_to_proto(&caller.tenant, &entry))
+    }
+}
+
+impl KmsService {
+    pub async fn get_pq_policy(
+        self: &Arc<Self>,
+        caller: &Caller,
+        req: proto::GetPqPolicyRequest,
+    ) -> Result<proto::PqPolicyResponse> {
+        let call = Call::new(Method::GetPqPolicy, "");
+        self.call(caller, call, self.get_pq_policy_inner(caller, req), |_| {
+            (String::new(), String::new())
+        })
+        .await
+    }
+
+    pub async fn set_pq_policy(
+        self: &Arc<Self>,
+        caller: &Caller,
+        req: proto::SetPqPolicyRequest,
+    ) -> Result<proto::PqPolicyResponse> {
+        // the audit record says what was asked for and why
+        let asked = match &req.policy {
+            Some(p) => format!(
+                "phase={} produce_hybrid={} verify_mode={} rollout_percent={} auto_rollback={} accept_legacy_bundles={}; {}",
+                p.phase,
+                p.produce_hybrid,
+                p.verify_mode.chars().take(16).collect::<String>(),
+                p.rollout_percent.unwrap_or(100),
+                p.auto_rollback.unwrap_or(true),
+                p.accept_legacy_bundles.unwrap_or(true),
+                req.reason.chars().take(200).collect::<String>()
+            ),
+            None => String::new(),
+        };
+        let call = Call::new(Method::SetPqPolicy, "").reason(asked);
+        self.call(caller, call, self.set_pq_policy_inner(caller, req), |_| {
+            (String::new(), String::new())
+        })
+        .await
     }
 }

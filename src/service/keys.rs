@@ -1,8 +1,11 @@
-//! Key management: create, get, list, rotate, version state. Mutations are
+//! Key management: create, get, list, rotate, version state, and the
+//! keys' client-visible form. Mutations are
 //! serialised (`KmsService::mutation`), write the store first and only then
 //! swap the in-memory snapshot.
+use super::calls::Call;
 use super::replica::{Settled, ROTATE_ATTEMPTS};
 use super::*;
+use crate::ops::Method;
 
 impl KmsService {
     // ----- admin -------------------------------------------------------
@@ -289,5 +292,137 @@ impl KmsService {
         Ok(proto::SetKeyVersionStateResponse {
             key: Some(key_to_proto(&rec, false)),
         })
+    }
+}
+
+impl KmsService {
+    pub async fn create_key(
+        self: &Arc<Self>,
+        caller: &Caller,
+        req: proto::CreateKeyRequest,
+    ) -> Result<proto::CreateKeyResponse> {
+        let call = Call::new(Method::CreateKey, &req.name);
+        self.call(caller, call, self.create_key_inner(caller, req), |r| {
+            key_desc(r.key.as_ref())
+        })
+        .await
+    }
+
+    pub async fn get_key(
+        self: &Arc<Self>,
+        caller: &Caller,
+        req: proto::GetKeyRequest,
+    ) -> Result<proto::GetKeyResponse> {
+        let call = Call::new(Method::GetKey, &req.name);
+        self.call(caller, call, self.get_key_inner(caller, req), |r| {
+            key_desc(r.key.as_ref())
+        })
+        .await
+    }
+
+    pub async fn list_keys(
+        self: &Arc<Self>,
+        caller: &Caller,
+        req: proto::ListKeysRequest,
+    ) -> Result<proto::ListKeysResponse> {
+        let call = Call::new(Method::ListKeys, "");
+        self.call(caller, call, self.list_keys_inner(caller, req), |_| {
+            (String::new(), String::new())
+        })
+        .await
+    }
+
+    pub async fn rotate_key(
+        self: &Arc<Self>,
+        caller: &Caller,
+        req: proto::RotateKeyRequest,
+    ) -> Result<proto::RotateKeyResponse> {
+        let call = Call::new(Method::RotateKey, &req.name);
+        self.call(caller, call, self.rotate_key_inner(caller, req), |r| {
+            (
+                r.kid.clone(),
+                r.key
+                    .as_ref()
+                    .map(|k| k.algorithm.clone())
+                    .unwrap_or_default(),
+            )
+        })
+        .await
+    }
+
+    pub async fn set_key_version_state(
+        self: &Arc<Self>,
+        caller: &Caller,
+        req: proto::SetKeyVersionStateRequest,
+    ) -> Result<proto::SetKeyVersionStateResponse> {
+        let kid = crate::store::kid(&req.name, req.version);
+        let op: &'static str = match req.state.as_str() {
+            "enabled" => "enable_version",
+            "disabled" => "disable_version",
+            "destroyed" => "destroy_version",
+            _ => "set_version_state",
+        };
+        let call = Call::new(Method::SetKeyVersionState, &req.name)
+            .op(op)
+            .failed_kid(kid.clone());
+        let run = self.set_key_version_state_inner(caller, req);
+        self.call(caller, call, run, move |r| {
+            (
+                kid.clone(),
+                r.key
+                    .as_ref()
+                    .map(|k| k.algorithm.clone())
+                    .unwrap_or_default(),
+            )
+        })
+        .await
+    }
+}
+
+pub(super) fn version_to_proto(rec: &KeyRecord, v: &VersionRecord, pem: bool) -> proto::KeyVersion {
+    let der = spki::encode(rec.algorithm, &v.public_key);
+    let components = spki::components(rec.algorithm, &v.public_key)
+        .into_iter()
+        .map(|(alg, der)| proto::ComponentKey {
+            algorithm: alg.to_string(),
+            public_key_pem: if pem { spki::pem(&der) } else { String::new() },
+            public_key_der: der,
+        })
+        .collect();
+    proto::KeyVersion {
+        version: v.version,
+        kid: rec.kid(v.version),
+        state: v.state.as_str().to_string(),
+        public_key_pem: if pem { spki::pem(&der) } else { String::new() },
+        public_key_der: der,
+        created_at_ms: v.created_at_ms,
+        components,
+    }
+}
+
+/// (kid, algorithm) of a key for its audit record: the primary version.
+pub(super) fn key_desc(k: Option<&proto::Key>) -> (String, String) {
+    k.map(|k| {
+        (
+            crate::store::kid(&k.name, k.primary_version),
+            k.algorithm.clone(),
+        )
+    })
+    .unwrap_or_default()
+}
+
+/// The client-visible form of a key record.
+pub fn key_to_proto(rec: &KeyRecord, pem: bool) -> proto::Key {
+    proto::Key {
+        name: rec.name.clone(),
+        purpose: rec.purpose().as_str().to_string(),
+        algorithm: rec.algorithm.as_str().to_string(),
+        primary_version: rec.primary_version,
+        versions: rec
+            .versions
+            .iter()
+            .map(|v| version_to_proto(rec, v, pem))
+            .collect(),
+        created_at_ms: rec.created_at_ms,
     }
 }

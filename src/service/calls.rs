@@ -1,7 +1,9 @@
-//! The public entry points: every operation runs inside [`KmsService::audited`],
-//! which refuses state changes and private-key use while the audit chain is
-//! broken, records metrics, and answers only once the operation's audit
-//! record is durable.
+//! Every call's frame: authentication of the caller, the [`Call`] that
+//! describes an operation (its op-table row, key, input hash, reason), and
+//! [`KmsService::call`], which admits it, refuses state changes and
+//! private-key use while the audit chain is broken, runs it, records
+//! metrics, and answers only once its audit record is durable. Single
+//! operations and batch items share it.
 use super::*;
 use crate::admission::Permit;
 use crate::ops::{spec, Gate, Method, OpSpec};
@@ -68,15 +70,15 @@ impl Call {
         self.input = Some(sha256(bytes));
         self
     }
-    fn op(mut self, op: &'static str) -> Self {
+    pub(super) fn op(mut self, op: &'static str) -> Self {
         self.op = op;
         self
     }
-    fn failed_kid(mut self, kid: String) -> Self {
+    pub(super) fn failed_kid(mut self, kid: String) -> Self {
         self.failed_kid = kid;
         self
     }
-    fn reason(mut self, reason: String) -> Self {
+    pub(super) fn reason(mut self, reason: String) -> Self {
         self.reason = reason;
         self
     }
@@ -229,7 +231,7 @@ impl KmsService {
     /// its gate (a shed is answered at once and not audited), refused while
     /// the audit chain is broken when it writes, run, recorded, metered.
     /// Answers only once the record is durable.
-    async fn call<T>(
+    pub(super) async fn call<T>(
         &self,
         caller: &Caller,
         call: Call,
@@ -294,180 +296,5 @@ impl KmsService {
             "operation"
         );
         event
-    }
-
-    pub async fn create_key(
-        self: &Arc<Self>,
-        caller: &Caller,
-        req: proto::CreateKeyRequest,
-    ) -> Result<proto::CreateKeyResponse> {
-        let call = Call::new(Method::CreateKey, &req.name);
-        self.call(caller, call, self.create_key_inner(caller, req), |r| {
-            key_desc(r.key.as_ref())
-        })
-        .await
-    }
-
-    pub async fn get_key(
-        self: &Arc<Self>,
-        caller: &Caller,
-        req: proto::GetKeyRequest,
-    ) -> Result<proto::GetKeyResponse> {
-        let call = Call::new(Method::GetKey, &req.name);
-        self.call(caller, call, self.get_key_inner(caller, req), |r| {
-            key_desc(r.key.as_ref())
-        })
-        .await
-    }
-
-    pub async fn list_keys(
-        self: &Arc<Self>,
-        caller: &Caller,
-        req: proto::ListKeysRequest,
-    ) -> Result<proto::ListKeysResponse> {
-        let call = Call::new(Method::ListKeys, "");
-        self.call(caller, call, self.list_keys_inner(caller, req), |_| {
-            (String::new(), String::new())
-        })
-        .await
-    }
-
-    pub async fn rotate_key(
-        self: &Arc<Self>,
-        caller: &Caller,
-        req: proto::RotateKeyRequest,
-    ) -> Result<proto::RotateKeyResponse> {
-        let call = Call::new(Method::RotateKey, &req.name);
-        self.call(caller, call, self.rotate_key_inner(caller, req), |r| {
-            (
-                r.kid.clone(),
-                r.key
-                    .as_ref()
-                    .map(|k| k.algorithm.clone())
-                    .unwrap_or_default(),
-            )
-        })
-        .await
-    }
-
-    pub async fn set_key_version_state(
-        self: &Arc<Self>,
-        caller: &Caller,
-        req: proto::SetKeyVersionStateRequest,
-    ) -> Result<proto::SetKeyVersionStateResponse> {
-        let kid = crate::store::kid(&req.name, req.version);
-        let op: &'static str = match req.state.as_str() {
-            "enabled" => "enable_version",
-            "disabled" => "disable_version",
-            "destroyed" => "destroy_version",
-            _ => "set_version_state",
-        };
-        let call = Call::new(Method::SetKeyVersionState, &req.name)
-            .op(op)
-            .failed_kid(kid.clone());
-        let run = self.set_key_version_state_inner(caller, req);
-        self.call(caller, call, run, move |r| {
-            (
-                kid.clone(),
-                r.key
-                    .as_ref()
-                    .map(|k| k.algorithm.clone())
-                    .unwrap_or_default(),
-            )
-        })
-        .await
-    }
-
-    pub async fn sign(
-        self: &Arc<Self>,
-        caller: &Caller,
-        req: proto::SignRequest,
-    ) -> Result<proto::SignResponse> {
-        let call = sign_call(&req);
-        self.call(caller, call, self.sign_inner(caller, req), sign_desc)
-            .await
-    }
-
-    pub async fn verify(
-        self: &Arc<Self>,
-        caller: &Caller,
-        req: proto::VerifyRequest,
-    ) -> Result<proto::VerifyResponse> {
-        let call = verify_call(&req);
-        self.call(caller, call, self.verify_inner(caller, req), verify_desc)
-            .await
-    }
-
-    pub async fn wrap(
-        self: &Arc<Self>,
-        caller: &Caller,
-        req: proto::WrapRequest,
-    ) -> Result<proto::WrapResponse> {
-        let call = wrap_call(&req);
-        self.call(caller, call, self.wrap_inner(caller, req), wrap_desc)
-            .await
-    }
-
-    pub async fn unwrap(
-        self: &Arc<Self>,
-        caller: &Caller,
-        req: proto::UnwrapRequest,
-    ) -> Result<proto::UnwrapResponse> {
-        let call = unwrap_call(&req);
-        self.call(caller, call, self.unwrap_inner(caller, req), unwrap_desc)
-            .await
-    }
-
-    pub async fn generate_data_key(
-        self: &Arc<Self>,
-        caller: &Caller,
-        req: proto::GenerateDataKeyRequest,
-    ) -> Result<proto::GenerateDataKeyResponse> {
-        let call = Call::new(Method::GenerateDataKey, &req.key);
-        self.call(
-            caller,
-            call,
-            self.generate_data_key_inner(caller, req),
-            |r| (r.kid.clone(), String::new()),
-        )
-        .await
-    }
-
-    pub async fn get_pq_policy(
-        self: &Arc<Self>,
-        caller: &Caller,
-        req: proto::GetPqPolicyRequest,
-    ) -> Result<proto::PqPolicyResponse> {
-        let call = Call::new(Method::GetPqPolicy, "");
-        self.call(caller, call, self.get_pq_policy_inner(caller, req), |_| {
-            (String::new(), String::new())
-        })
-        .await
-    }
-
-    pub async fn set_pq_policy(
-        self: &Arc<Self>,
-        caller: &Caller,
-        req: proto::SetPqPolicyRequest,
-    ) -> Result<proto::PqPolicyResponse> {
-        // the audit record says what was asked for and why
-        let asked = match &req.policy {
-            Some(p) => format!(
-                "phase={} produce_hybrid={} verify_mode={} rollout_percent={} auto_rollback={} accept_legacy_bundles={}; {}",
-                p.phase,
-                p.produce_hybrid,
-                p.verify_mode.chars().take(16).collect::<String>(),
-                p.rollout_percent.unwrap_or(100),
-                p.auto_rollback.unwrap_or(true),
-                p.accept_legacy_bundles.unwrap_or(true),
-                req.reason.chars().take(200).collect::<String>()
-            ),
-            None => String::new(),
-        };
-        let call = Call::new(Method::SetPqPolicy, "").reason(asked);
-        self.call(caller, call, self.set_pq_policy_inner(caller, req), |_| {
-            (String::new(), String::new())
-        })
-        .await
     }
 }

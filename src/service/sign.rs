@@ -1,0 +1,294 @@
+//! Sign and verify: what custody signs for a key and the tenant's PQ
+//! policy, the private-key operation in custody (on the bounded pool when it
+//! is heavy), verification from the (cached) public key and the policy's
+//! verdict. Never touches the store.
+use super::calls::{sign_call, sign_desc, verify_call, verify_desc};
+use super::*;
+use crate::backend::SignInput;
+use crate::crypto::hybrid::{self, Presented};
+use crate::policy::Verdict;
+
+/// A context string fits the composite's one length byte.
+fn check_context(ctx: &[u8]) -> Result<()> {
+    if ctx.len() > hybrid::MAX_CONTEXT_LEN {
+        return Err(Error::InvalidArgument(format!(
+            "field context: at most {} bytes",
+            hybrid::MAX_CONTEXT_LEN
+        )));
+    }
+    Ok(())
+}
+
+fn context_refused(alg: Algorithm) -> Error {
+    Error::InvalidArgument(format!(
+        "field context: only hybrid-ed25519-ml-dsa-65 keys take a context string, not {alg} keys"
+    ))
+}
+
+fn sign_input(bytes: &[u8], classical: bool) -> SignInput<'_> {
+    if classical {
+        SignInput::ClassicalComponent(bytes)
+    } else {
+        SignInput::Message(bytes)
+    }
+}
+
+impl KmsService {
+    /// What custody signs for this request: the message itself, or for a
+    /// hybrid key the composite's message representative M′ (phases 1–3)
+    /// or, where the tenant's policy still signs classically (phase 0, or
+    /// outside the rollout), the message for a plain Ed25519 signature by
+    /// the key's classical component (`true`).
+    fn what_to_sign(
+        &self,
+        caller: &Caller,
+        rec: &KeyRecord,
+        message: Vec<u8>,
+        ctx: &[u8],
+    ) -> Result<(Vec<u8>, bool)> {
+        if rec.algorithm != Algorithm::HybridEd25519MlDsa65 {
+            if !ctx.is_empty() {
+                return Err(context_refused(rec.algorithm));
+            }
+            return Ok((message, false));
+        }
+        let composite = self
+            .policies
+            .get(&caller.tenant)
+            .policy
+            .effective(&caller.tenant, &rec.name)
+            .produce_hybrid;
+        if composite {
+            let m = hybrid::representative(&message, ctx)
+                .map_err(|e| Error::InvalidArgument(format!("field context: {e}")))?;
+            return Ok((m, false));
+        }
+        if !ctx.is_empty() {
+            return Err(Error::FailedPrecondition(
+                "field context: the tenant's PQ policy signs this key with its classical component alone (phase 0, or outside the rollout), and a plain Ed25519 signature has no context".into(),
+            ));
+        }
+        if message.starts_with(hybrid::PREFIX) {
+            return Err(Error::InvalidArgument(
+                "field message: a message that starts with the composite signature prefix \"CompositeAlgorithmSignatures2025\" cannot be signed with the classical component alone".into(),
+            ));
+        }
+        Ok((message, true))
+    }
+
+    // ----- crypto ------------------------------------------------------
+
+    pub(super) async fn sign_inner(
+        self: &Arc<Self>,
+        caller: &Caller,
+        req: proto::SignRequest,
+    ) -> Result<proto::SignResponse> {
+        caller.require(Scope::Sign)?;
+        let key = KeyRef::parse(&req.key)?;
+        check_context(&req.context)?;
+        let hash = request_hash(&[b"Sign", req.key.as_bytes(), &req.message, &req.context]);
+        if let Some(c) = self.cached(caller, &req.op_id, &hash)? {
+            if let CachedAnswer::Sign(r) = &c.answer {
+                // A remembered answer is only given while the version that
+                // produced it is still enabled.
+                self.resolve(caller, &KeyRef::parse(&r.kid)?, Purpose::Sign, "sign")?;
+                return Ok(r.clone());
+            }
+            return Err(Error::AlreadyExists(
+                "op_id was used by another operation".into(),
+            ));
+        }
+        let (rec, vn) = self.resolve(caller, &key, Purpose::Sign, "sign")?;
+        self.attestation.check()?;
+        if !self.custody_up() {
+            // fail fast: no queueing for the blocking pool behind a dead device
+            return Err(Error::Unavailable(format!(
+                "custody ({}) is unavailable",
+                self.backend.name()
+            )));
+        }
+        let kid = rec.kid(vn);
+        let (bytes, classical) = self.what_to_sign(caller, &rec, req.message, &req.context)?;
+        let signature = if self.offload(rec.algorithm) {
+            let (this, rec, kid) = (self.clone(), rec.clone(), kid.clone());
+            self.blocking(move || {
+                let r = this.backend.sign(
+                    label(&rec, &kid),
+                    handle(&rec, vn)?,
+                    sign_input(&bytes, classical),
+                );
+                this.custody_saw(&r);
+                Ok(r?)
+            })
+            .await?
+        } else {
+            let r = self.backend.sign(
+                label(&rec, &kid),
+                handle(&rec, vn)?,
+                sign_input(&bytes, classical),
+            );
+            self.custody_saw(&r);
+            r?
+        };
+        let resp = proto::SignResponse {
+            kid,
+            algorithm: rec.algorithm.as_str().to_string(),
+            signature,
+        };
+        self.remember(caller, &req.op_id, hash, CachedAnswer::Sign(resp.clone()));
+        Ok(resp)
+    }
+
+    pub(super) async fn verify_inner(
+        self: &Arc<Self>,
+        caller: &Caller,
+        req: proto::VerifyRequest,
+    ) -> Result<proto::VerifyResponse> {
+        caller.require(Scope::Verify)?;
+        let key = KeyRef::parse(&req.key)?;
+        check_context(&req.context)?;
+        let (rec, vn) = self.resolve(caller, &key, Purpose::Sign, "verify")?;
+        let alg = rec.algorithm;
+        let hybrid_key = alg == Algorithm::HybridEd25519MlDsa65;
+        if !hybrid_key && !req.context.is_empty() {
+            return Err(context_refused(alg));
+        }
+        let kid = rec.kid(vn);
+        let (public, cache_age_ms) = self.verify_key(caller, &rec, vn, &kid)?;
+        let entry = self.policies.get(&caller.tenant);
+        let mode = entry
+            .policy
+            .effective(&caller.tenant, &rec.name)
+            .verify_mode;
+        let presented = if hybrid_key {
+            let hybrid = self
+                .provider
+                .hybrid_signer()
+                .ok_or_else(|| Error::Internal("no hybrid signer in the provider".into()))?;
+            hybrid.check(&public.public, &req.message, &req.context, &req.signature)
+        } else {
+            let valid = if alg.verify_is_heavy() {
+                let (p, public, msg, sig) = (
+                    self.provider.clone(),
+                    public.clone(),
+                    req.message,
+                    req.signature,
+                );
+                self.blocking(move || Ok(p.signer(alg)?.verify(&public.public, &msg, &sig)))
+                    .await?
+            } else {
+                self.provider
+                    .signer(alg)?
+                    .verify(&public.public, &req.message, &req.signature)
+            };
+            if alg.is_classical_signature() {
+                Presented::Classical(valid)
+            } else {
+                Presented::Pq(valid)
+            }
+        };
+        let verdict = crate::policy::decide(
+            mode,
+            hybrid_key,
+            entry.policy.accept_legacy_bundles,
+            presented,
+        );
+        let answer = |valid: bool, kind: &str| proto::VerifyResponse {
+            valid,
+            kid: kid.clone(),
+            algorithm: alg.as_str().to_string(),
+            signature_kind: kind.to_string(),
+            cache_age_ms,
+        };
+        match verdict {
+            Verdict::Valid(kind) => Ok(answer(true, kind.as_str())),
+            Verdict::Invalid { downgrade } => {
+                if downgrade {
+                    self.downgrade_attempt(caller, &kid, presented, mode).await;
+                }
+                Ok(answer(false, ""))
+            }
+            Verdict::Refused {
+                why,
+                genuine,
+                downgrade,
+            } => {
+                if downgrade {
+                    self.downgrade_attempt(caller, &kid, presented, mode).await;
+                }
+                Err(self.refused_by_pq_policy(caller, &kid, why, genuine).await)
+            }
+        }
+    }
+}
+
+impl KmsService {
+    pub async fn sign(
+        self: &Arc<Self>,
+        caller: &Caller,
+        req: proto::SignRequest,
+    ) -> Result<proto::SignResponse> {
+        let call = sign_call(&req);
+        self.call(caller, call, self.sign_inner(caller, req), sign_desc)
+            .await
+    }
+
+    pub async fn verify(
+        self: &Arc<Self>,
+        caller: &Caller,
+        req: proto::VerifyRequest,
+    ) -> Result<proto::VerifyResponse> {
+        let call = verify_call(&req);
+        self.call(caller, call, self.verify_inner(caller, req), verify_desc)
+            .await
+    }
+
+    /// The prepared public key of `kid` and, while custody is unavailable,
+    /// the age of the cached copy used. Refuses with UNAVAILABLE when custody
+    /// is down and the key is not cached, or cached longer ago than the TTL.
+    pub(super) fn verify_key(
+        &self,
+        caller: &Caller,
+        rec: &KeyRecord,
+        vn: u32,
+        kid: &str,
+    ) -> Result<(Arc<verify_cache::Prepared>, u64)> {
+        use verify_cache::Lookup;
+        let up = self.custody_up();
+        let cached = self.verify_cache.get(&caller.tenant, kid);
+        let load = || -> Result<Arc<verify_cache::Prepared>> {
+            let public = &rec
+                .version(vn)
+                .ok_or_else(|| Error::Internal("resolved version missing".into()))?
+                .public_key;
+            Ok(self
+                .verify_cache
+                .insert(&caller.tenant, kid, rec.algorithm, public))
+        };
+        match (cached, up) {
+            (Lookup::Hit(p), true) => Ok((p, 0)),
+            (Lookup::Hit(p), false) => {
+                let age = p.loaded.elapsed().as_millis() as u64;
+                metrics::gauge!("verify_cache_age_ms").set(age as f64);
+                Ok((p, age.max(1)))
+            }
+            (Lookup::Stale(_) | Lookup::Miss, true) => Ok((load()?, 0)),
+            // KMS_FAILOVER=verify-only: the public key in the snapshot is
+            // what the store holds; verify needs nothing from custody.
+            (Lookup::Stale(_) | Lookup::Miss, false) if self.verify_only_failover => {
+                metrics::counter!("kms_failover_verify_total").increment(1);
+                Ok((load()?, 0))
+            }
+            (Lookup::Stale(p), false) => Err(Error::Unavailable(format!(
+                "custody ({}) is unavailable and the cached public key of {kid} is {} ms old, past the verify cache TTL of {} ms",
+                self.backend.name(),
+                p.loaded.elapsed().as_millis(),
+                self.verify_cache.ttl().as_millis()
+            ))),
+            (Lookup::Miss, false) => Err(Error::Unavailable(format!(
+                "custody ({}) is unavailable and {kid} is not in the verify cache",
+                self.backend.name()
+            ))),
+        }
+    }
+}
