@@ -27,7 +27,7 @@ use ron_kms::proto::{
 use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
 
-use crate::stats::Tally;
+use crate::stats::{Items, Tally};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Op {
@@ -148,41 +148,18 @@ impl Work {
                 }
                 Ok(Items::one())
             }
-            Work::SignBatch(_) => Ok(Items::of(&parse::<SignBatchResponse>(body)?.items)),
-            Work::VerifyBatch(_) => Ok(Items::of(&parse::<VerifyBatchResponse>(body)?.items)),
-            Work::WrapBatch(_) => Ok(Items::of(&parse::<WrapBatchResponse>(body)?.items)),
-            Work::UnwrapBatch(_) => Ok(Items::of(&parse::<UnwrapBatchResponse>(body)?.items)),
+            Work::SignBatch(_) => Ok(items_of(&parse::<SignBatchResponse>(body)?.items)),
+            Work::VerifyBatch(_) => Ok(items_of(&parse::<VerifyBatchResponse>(body)?.items)),
+            Work::WrapBatch(_) => Ok(items_of(&parse::<WrapBatchResponse>(body)?.items)),
+            Work::UnwrapBatch(_) => Ok(items_of(&parse::<UnwrapBatchResponse>(body)?.items)),
             _ => Ok(Items::one()),
         }
     }
 }
 
-/// What one request did: how many operations succeeded, and the codes of
-/// those that failed (a batch's items; a single call is one item).
-#[derive(Debug, Default)]
-pub struct Items {
-    pub ok: u64,
-    pub failed: Vec<String>,
-}
-
-impl Items {
-    fn one() -> Items {
-        Items {
-            ok: 1,
-            failed: Vec::new(),
-        }
-    }
-
-    fn of<T: BatchItem>(items: &[T]) -> Items {
-        let mut it = Items::default();
-        for i in items {
-            match i.failure() {
-                None => it.ok += 1,
-                Some(code) => it.failed.push(code),
-            }
-        }
-        it
-    }
+/// The `Items` of a batch's answers.
+fn items_of<T: BatchItem>(items: &[T]) -> Items {
+    Items::from_failures(items.iter().map(BatchItem::failure))
 }
 
 /// One answer in a batch: `None` when it succeeded.
@@ -317,19 +294,19 @@ impl Client {
                     Work::SignBatch(m) => c
                         .sign_batch(req(m.clone(), auth))
                         .await
-                        .map(|r| Items::of(&r.get_ref().items)),
+                        .map(|r| items_of(&r.get_ref().items)),
                     Work::VerifyBatch(m) => c
                         .verify_batch(req(m.clone(), auth))
                         .await
-                        .map(|r| Items::of(&r.get_ref().items)),
+                        .map(|r| items_of(&r.get_ref().items)),
                     Work::WrapBatch(m) => c
                         .wrap_batch(req(m.clone(), auth))
                         .await
-                        .map(|r| Items::of(&r.get_ref().items)),
+                        .map(|r| items_of(&r.get_ref().items)),
                     Work::UnwrapBatch(m) => c
                         .unwrap_batch(req(m.clone(), auth))
                         .await
-                        .map(|r| Items::of(&r.get_ref().items)),
+                        .map(|r| items_of(&r.get_ref().items)),
                 };
                 r.map_err(|s| grpc_code(&s))
             }

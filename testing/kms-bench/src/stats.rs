@@ -6,8 +6,6 @@ use std::collections::BTreeMap;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use crate::load::Items;
-
 /// Latency histogram in microseconds.
 pub fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
@@ -226,6 +224,35 @@ impl RunReport {
             "cliCPU",
             "RSS MiB"
         )
+    }
+}
+
+/// What one request did: how many operations succeeded, and the codes of
+/// those that failed (a batch's items; a single call is one item).
+#[derive(Debug, Default)]
+pub struct Items {
+    pub ok: u64,
+    pub failed: Vec<String>,
+}
+
+impl Items {
+    pub fn one() -> Items {
+        Items {
+            ok: 1,
+            failed: Vec::new(),
+        }
+    }
+
+    /// From each item's failure code (`None` when it succeeded).
+    pub fn from_failures(failures: impl Iterator<Item = Option<String>>) -> Items {
+        let mut it = Items::default();
+        for f in failures {
+            match f {
+                None => it.ok += 1,
+                Some(code) => it.failed.push(code),
+            }
+        }
+        it
     }
 }
 
