@@ -583,18 +583,6 @@ impl Pkcs11Backend {
             _ => BackendError::Crypto(format!("pkcs11: {e}")),
         }
     }
-
-    fn native(&self, alg: Algorithm) -> bool {
-        self.caps.native.contains(&alg)
-    }
-
-    fn check(&self, label: &KeyLabel<'_>) -> Result<(), BackendError> {
-        if self.caps.supports(label.algorithm) {
-            Ok(())
-        } else {
-            Err(BackendError::Unsupported(label.algorithm))
-        }
-    }
 }
 
 /// Whether the token still answers on this session: session info and a
@@ -776,8 +764,8 @@ impl Backend for Pkcs11Backend {
     }
 
     fn generate(&self, label: KeyLabel<'_>) -> Result<Generated, BackendError> {
-        self.check(&label)?;
-        if !self.native(label.algorithm) {
+        self.caps.check(label.algorithm)?;
+        if !self.caps.is_native(label.algorithm) {
             return soft::generate(self, &self.provider, label);
         }
         let mut id = vec![0u8; ID_LEN];
@@ -864,7 +852,7 @@ impl Backend for Pkcs11Backend {
         handle: &[u8],
         input: SignInput<'_>,
     ) -> Result<Vec<u8>, BackendError> {
-        self.check(&label)?;
+        self.caps.check(label.algorithm)?;
         let (r, message) = match (parse_handle(handle)?, input) {
             (Parsed::Sealed(_), input) => {
                 return soft::sign(self, &self.provider, label, handle, input)
@@ -905,7 +893,7 @@ impl Backend for Pkcs11Backend {
         handle: &[u8],
         ciphertext: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>, BackendError> {
-        self.check(&label)?;
+        self.caps.check(label.algorithm)?;
         soft::decapsulate(self, &self.provider, label, handle, ciphertext)
     }
 
@@ -917,7 +905,7 @@ impl Backend for Pkcs11Backend {
         aad: &[u8],
         plaintext: &[u8],
     ) -> Result<Vec<u8>, BackendError> {
-        self.check(&label)?;
+        self.caps.check(label.algorithm)?;
         match parse_handle(handle)? {
             Parsed::Sealed(_) => soft::aead_seal(self, label, handle, nonce, aad, plaintext),
             Parsed::Native(r) => self.run(|conn, s| {
@@ -936,7 +924,7 @@ impl Backend for Pkcs11Backend {
         aad: &[u8],
         ciphertext: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>, BackendError> {
-        self.check(&label)?;
+        self.caps.check(label.algorithm)?;
         match parse_handle(handle)? {
             Parsed::Sealed(_) => soft::aead_open(self, label, handle, nonce, aad, ciphertext),
             Parsed::Native(r) => {

@@ -59,14 +59,6 @@ impl SealedFileBackend {
         self.caps.persistent = false;
         self
     }
-
-    fn check(&self, label: &KeyLabel<'_>) -> Result<(), BackendError> {
-        if self.caps.supports(label.algorithm) {
-            Ok(())
-        } else {
-            Err(BackendError::Unsupported(label.algorithm))
-        }
-    }
 }
 
 impl Sealer for SealedFileBackend {
@@ -121,7 +113,7 @@ impl Backend for SealedFileBackend {
     }
 
     fn generate(&self, label: KeyLabel<'_>) -> Result<Generated, BackendError> {
-        self.check(&label)?;
+        self.caps.check(label.algorithm)?;
         soft::generate(self, &self.provider, label)
     }
 
@@ -131,7 +123,7 @@ impl Backend for SealedFileBackend {
         handle: &[u8],
         input: SignInput<'_>,
     ) -> Result<Vec<u8>, BackendError> {
-        self.check(&label)?;
+        self.caps.check(label.algorithm)?;
         soft::sign_cached(self, &self.prepared, &self.provider, label, handle, input)
     }
 
@@ -141,7 +133,7 @@ impl Backend for SealedFileBackend {
         handle: &[u8],
         ciphertext: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>, BackendError> {
-        self.check(&label)?;
+        self.caps.check(label.algorithm)?;
         soft::decapsulate(self, &self.provider, label, handle, ciphertext)
     }
 
@@ -153,7 +145,7 @@ impl Backend for SealedFileBackend {
         aad: &[u8],
         plaintext: &[u8],
     ) -> Result<Vec<u8>, BackendError> {
-        self.check(&label)?;
+        self.caps.check(label.algorithm)?;
         soft::aead_seal(self, label, handle, nonce, aad, plaintext)
     }
 
@@ -165,7 +157,7 @@ impl Backend for SealedFileBackend {
         aad: &[u8],
         ciphertext: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>, BackendError> {
-        self.check(&label)?;
+        self.caps.check(label.algorithm)?;
         soft::aead_open(self, label, handle, nonce, aad, ciphertext)
     }
 
@@ -220,6 +212,33 @@ mod tests {
         ));
         b.destroy(l, &g.handle).unwrap();
         assert!(b.prepared.is_empty(), "destroy wipes the prepared key");
+    }
+
+    #[test]
+    fn an_algorithm_the_capabilities_do_not_list_is_refused_before_the_handle_is_read() {
+        let mut b = backend();
+        let l = KeyLabel {
+            tenant: "t",
+            kid: "k#v1",
+            algorithm: Algorithm::MlKem768,
+        };
+        let g = b.generate(l).unwrap();
+        b.caps.sealed.retain(|a| *a != Algorithm::MlKem768);
+        let unsupported = |r: Result<(), BackendError>| {
+            assert!(
+                matches!(r, Err(BackendError::Unsupported(Algorithm::MlKem768))),
+                "{r:?}"
+            )
+        };
+        unsupported(b.generate(l).map(|_| ()));
+        unsupported(b.decapsulate(l, &g.handle, &[0u8; 1088]).map(|_| ()));
+        // refused before the (garbage) handle is read
+        unsupported(b.sign(l, b"garbage", SignInput::Message(b"m")).map(|_| ()));
+        unsupported(b.aead_seal(l, b"garbage", &[0; 12], b"", b"p").map(|_| ()));
+        unsupported(
+            b.aead_open(l, b"garbage", &[0; 12], b"", &[0; 32])
+                .map(|_| ()),
+        );
     }
 
     #[test]

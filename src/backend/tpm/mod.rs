@@ -541,14 +541,6 @@ impl TpmBackend {
         &self.attestation
     }
 
-    fn check(&self, label: &KeyLabel<'_>) -> Result<(), BackendError> {
-        if self.caps.supports(label.algorithm) {
-            Ok(())
-        } else {
-            Err(BackendError::Unsupported(label.algorithm))
-        }
-    }
-
     /// Create a sealed data object holding a fresh data key.
     fn new_data_key(&self) -> Result<DataKey, BackendError> {
         let mut dek = Zeroizing::new(vec![0u8; DEK_LEN]);
@@ -636,8 +628,8 @@ impl Backend for TpmBackend {
     }
 
     fn generate(&self, label: KeyLabel<'_>) -> Result<Generated, BackendError> {
-        self.check(&label)?;
-        if label.algorithm != Algorithm::EcdsaP256 {
+        self.caps.check(label.algorithm)?;
+        if !self.caps.is_native(label.algorithm) {
             return soft::generate(self, &self.provider, label);
         }
         let (public, private, point) = self.run(|conn| {
@@ -670,7 +662,7 @@ impl Backend for TpmBackend {
         handle: &[u8],
         input: SignInput<'_>,
     ) -> Result<Vec<u8>, BackendError> {
-        self.check(&label)?;
+        self.caps.check(label.algorithm)?;
         let (blob, message) = match (parse_handle(handle)?, input) {
             (Parsed::Sealed { .. }, input) => {
                 return soft::sign(self, &self.provider, label, handle, input)
@@ -704,7 +696,7 @@ impl Backend for TpmBackend {
         handle: &[u8],
         ciphertext: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>, BackendError> {
-        self.check(&label)?;
+        self.caps.check(label.algorithm)?;
         soft::decapsulate(self, &self.provider, label, handle, ciphertext)
     }
 
@@ -716,7 +708,7 @@ impl Backend for TpmBackend {
         aad: &[u8],
         plaintext: &[u8],
     ) -> Result<Vec<u8>, BackendError> {
-        self.check(&label)?;
+        self.caps.check(label.algorithm)?;
         soft::aead_seal(self, label, handle, nonce, aad, plaintext)
     }
 
@@ -728,7 +720,7 @@ impl Backend for TpmBackend {
         aad: &[u8],
         ciphertext: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>, BackendError> {
-        self.check(&label)?;
+        self.caps.check(label.algorithm)?;
         soft::aead_open(self, label, handle, nonce, aad, ciphertext)
     }
 
