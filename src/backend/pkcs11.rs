@@ -45,7 +45,7 @@ use cryptoki::slot::Slot;
 use cryptoki::types::AuthPin;
 use zeroize::Zeroizing;
 
-use super::soft::{self, label_aad, Sealer};
+use super::soft::{label_aad, KeyCache, SealedCustody, Sealer};
 use super::{jittered, Backend, BackendError, Capabilities, Generated, KeyLabel, SignInput};
 use crate::crypto::{aead, random_bytes, Algorithm, Provider};
 
@@ -754,6 +754,17 @@ impl Sealer for Pkcs11Backend {
     }
 }
 
+/// Sealed keys are unsealed by the token on every operation: no prepared keys.
+impl SealedCustody for Pkcs11Backend {
+    fn provider(&self) -> &Provider {
+        &self.provider
+    }
+
+    fn prepared_keys(&self) -> Option<&KeyCache> {
+        None
+    }
+}
+
 impl Backend for Pkcs11Backend {
     fn name(&self) -> &'static str {
         "pkcs11"
@@ -766,7 +777,7 @@ impl Backend for Pkcs11Backend {
     fn generate(&self, label: KeyLabel<'_>) -> Result<Generated, BackendError> {
         self.caps.check(label.algorithm)?;
         if !self.caps.is_native(label.algorithm) {
-            return soft::generate(self, &self.provider, label);
+            return self.sealed_generate(label);
         }
         let mut id = vec![0u8; ID_LEN];
         random_bytes(&mut id).map_err(|e| BackendError::Crypto(e.to_string()))?;
@@ -854,9 +865,7 @@ impl Backend for Pkcs11Backend {
     ) -> Result<Vec<u8>, BackendError> {
         self.caps.check(label.algorithm)?;
         let (r, message) = match (parse_handle(handle)?, input) {
-            (Parsed::Sealed(_), input) => {
-                return soft::sign(self, &self.provider, label, handle, input)
-            }
+            (Parsed::Sealed(_), input) => return self.sealed_sign(label, handle, input),
             (Parsed::Native(r), SignInput::Message(m)) if r.kind == KIND_PAIR => (r, m),
             // token keys are single-algorithm: no hybrid components
             (Parsed::Native(_), SignInput::ClassicalComponent(_)) => {
@@ -894,7 +903,7 @@ impl Backend for Pkcs11Backend {
         ciphertext: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>, BackendError> {
         self.caps.check(label.algorithm)?;
-        soft::decapsulate(self, &self.provider, label, handle, ciphertext)
+        self.sealed_decapsulate(label, handle, ciphertext)
     }
 
     fn aead_seal(
@@ -907,7 +916,7 @@ impl Backend for Pkcs11Backend {
     ) -> Result<Vec<u8>, BackendError> {
         self.caps.check(label.algorithm)?;
         match parse_handle(handle)? {
-            Parsed::Sealed(_) => soft::aead_seal(self, label, handle, nonce, aad, plaintext),
+            Parsed::Sealed(_) => self.sealed_aead_seal(label, handle, nonce, aad, plaintext),
             Parsed::Native(r) => self.run(|conn, s| {
                 with_key(conn, s, &r, &label, |h| {
                     gcm_encrypt(s, h, nonce, aad, plaintext)
@@ -926,7 +935,7 @@ impl Backend for Pkcs11Backend {
     ) -> Result<Zeroizing<Vec<u8>>, BackendError> {
         self.caps.check(label.algorithm)?;
         match parse_handle(handle)? {
-            Parsed::Sealed(_) => soft::aead_open(self, label, handle, nonce, aad, ciphertext),
+            Parsed::Sealed(_) => self.sealed_aead_open(label, handle, nonce, aad, ciphertext),
             Parsed::Native(r) => {
                 if ciphertext.len() < aead::TAG_LEN {
                     return Err(BackendError::Decrypt);

@@ -8,14 +8,14 @@
 //! tenant "/" kid`. Private keys are unsealed into zeroizing buffers for the
 //! duration of one operation and never written anywhere unsealed; the one
 //! exception is Ed25519, whose prepared signing keys stay in a bounded
-//! in-memory cache that wipes them on eviction ([`soft::KeyCache`]).
+//! in-memory cache that wipes them on eviction ([`KeyCache`]).
 pub mod master;
 
 use std::sync::Arc;
 
 use zeroize::Zeroizing;
 
-use super::soft::{self, label_aad, KeyCache, Sealer};
+use super::soft::{label_aad, KeyCache, SealedCustody, Sealer};
 use super::{Backend, BackendError, Capabilities, Generated, KeyLabel, SignInput};
 use crate::crypto::{aead, random_bytes, Algorithm, Provider};
 
@@ -103,6 +103,18 @@ impl Sealer for SealedFileBackend {
     }
 }
 
+/// Every key is sealed here, and unsealing is in-process: prepared Ed25519
+/// keys are kept.
+impl SealedCustody for SealedFileBackend {
+    fn provider(&self) -> &Provider {
+        &self.provider
+    }
+
+    fn prepared_keys(&self) -> Option<&KeyCache> {
+        Some(&self.prepared)
+    }
+}
+
 impl Backend for SealedFileBackend {
     fn name(&self) -> &'static str {
         "sealed-file"
@@ -114,7 +126,7 @@ impl Backend for SealedFileBackend {
 
     fn generate(&self, label: KeyLabel<'_>) -> Result<Generated, BackendError> {
         self.caps.check(label.algorithm)?;
-        soft::generate(self, &self.provider, label)
+        self.sealed_generate(label)
     }
 
     fn sign(
@@ -124,7 +136,7 @@ impl Backend for SealedFileBackend {
         input: SignInput<'_>,
     ) -> Result<Vec<u8>, BackendError> {
         self.caps.check(label.algorithm)?;
-        soft::sign_cached(self, &self.prepared, &self.provider, label, handle, input)
+        self.sealed_sign(label, handle, input)
     }
 
     fn decapsulate(
@@ -134,7 +146,7 @@ impl Backend for SealedFileBackend {
         ciphertext: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>, BackendError> {
         self.caps.check(label.algorithm)?;
-        soft::decapsulate(self, &self.provider, label, handle, ciphertext)
+        self.sealed_decapsulate(label, handle, ciphertext)
     }
 
     fn aead_seal(
@@ -146,7 +158,7 @@ impl Backend for SealedFileBackend {
         plaintext: &[u8],
     ) -> Result<Vec<u8>, BackendError> {
         self.caps.check(label.algorithm)?;
-        soft::aead_seal(self, label, handle, nonce, aad, plaintext)
+        self.sealed_aead_seal(label, handle, nonce, aad, plaintext)
     }
 
     fn aead_open(
@@ -158,7 +170,7 @@ impl Backend for SealedFileBackend {
         ciphertext: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>, BackendError> {
         self.caps.check(label.algorithm)?;
-        soft::aead_open(self, label, handle, nonce, aad, ciphertext)
+        self.sealed_aead_open(label, handle, nonce, aad, ciphertext)
     }
 
     fn destroy(&self, label: KeyLabel<'_>, handle: &[u8]) -> Result<(), BackendError> {

@@ -58,7 +58,7 @@ use tss_esapi::tss2_esys::TPMT_TK_HASHCHECK;
 use tss_esapi::{Context, TctiNameConf};
 use zeroize::Zeroizing;
 
-use super::soft::{self, label_aad, Sealer};
+use super::soft::{self, label_aad, KeyCache, SealedCustody, Sealer};
 use super::{jittered, Backend, BackendError, Capabilities, Generated, KeyLabel, SignInput};
 use crate::crypto::{aead, random_bytes, Algorithm, Provider};
 
@@ -618,6 +618,17 @@ impl Sealer for TpmBackend {
     }
 }
 
+/// Sealed keys are unsealed by the TPM on every operation: no prepared keys.
+impl SealedCustody for TpmBackend {
+    fn provider(&self) -> &Provider {
+        &self.provider
+    }
+
+    fn prepared_keys(&self) -> Option<&KeyCache> {
+        None
+    }
+}
+
 impl Backend for TpmBackend {
     fn name(&self) -> &'static str {
         "tpm"
@@ -630,7 +641,7 @@ impl Backend for TpmBackend {
     fn generate(&self, label: KeyLabel<'_>) -> Result<Generated, BackendError> {
         self.caps.check(label.algorithm)?;
         if !self.caps.is_native(label.algorithm) {
-            return soft::generate(self, &self.provider, label);
+            return self.sealed_generate(label);
         }
         let (public, private, point) = self.run(|conn| {
             let template = signing_key_template().ctx("signing-key template")?;
@@ -664,9 +675,7 @@ impl Backend for TpmBackend {
     ) -> Result<Vec<u8>, BackendError> {
         self.caps.check(label.algorithm)?;
         let (blob, message) = match (parse_handle(handle)?, input) {
-            (Parsed::Sealed { .. }, input) => {
-                return soft::sign(self, &self.provider, label, handle, input)
-            }
+            (Parsed::Sealed { .. }, input) => return self.sealed_sign(label, handle, input),
             (Parsed::Native(b), SignInput::Message(m))
                 if label.algorithm == Algorithm::EcdsaP256 =>
             {
@@ -697,7 +706,7 @@ impl Backend for TpmBackend {
         ciphertext: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>, BackendError> {
         self.caps.check(label.algorithm)?;
-        soft::decapsulate(self, &self.provider, label, handle, ciphertext)
+        self.sealed_decapsulate(label, handle, ciphertext)
     }
 
     fn aead_seal(
@@ -709,7 +718,7 @@ impl Backend for TpmBackend {
         plaintext: &[u8],
     ) -> Result<Vec<u8>, BackendError> {
         self.caps.check(label.algorithm)?;
-        soft::aead_seal(self, label, handle, nonce, aad, plaintext)
+        self.sealed_aead_seal(label, handle, nonce, aad, plaintext)
     }
 
     fn aead_open(
@@ -721,7 +730,7 @@ impl Backend for TpmBackend {
         ciphertext: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>, BackendError> {
         self.caps.check(label.algorithm)?;
-        soft::aead_open(self, label, handle, nonce, aad, ciphertext)
+        self.sealed_aead_open(label, handle, nonce, aad, ciphertext)
     }
 
     /// Nothing to do in the TPM: a key is its blobs, and the store's wipe
