@@ -33,7 +33,7 @@ use common::swtpm::Swtpm;
 use ron_kms::backend::pkcs11::{Pkcs11Backend, Pkcs11Settings};
 use ron_kms::backend::sealed_file::{MasterKey, SealedFileBackend};
 use ron_kms::backend::tpm::{TpmBackend, TpmSettings, DEFAULT_QUEUE_DEPTH};
-use ron_kms::backend::{Backend, BackendError, KeyLabel, SignInput};
+use ron_kms::backend::{Backend, BackendError, Generated, KeyLabel, SignInput};
 use ron_kms::crypto::hybrid::{self, Presented};
 use ron_kms::crypto::{random_bytes, Algorithm, Provider, Purpose};
 
@@ -182,6 +182,28 @@ impl Suite<'_> {
         }
     }
 
+    /// What the key's own operation takes, made for this key: an
+    /// encapsulation to its public key (KEMs), a ciphertext it sealed
+    /// (AES-256-GCM); filler otherwise.
+    fn inputs(b: &dyn Backend, p: &Provider, l: KeyLabel<'_>, g: &Generated) -> (Vec<u8>, Vec<u8>) {
+        let kem_ct = if l.algorithm.is_kem() {
+            p.kem(l.algorithm)
+                .unwrap()
+                .encapsulate(&g.public)
+                .unwrap()
+                .0
+        } else {
+            vec![0u8; 1088]
+        };
+        let aead_ct = if l.algorithm == Algorithm::Aes256Gcm {
+            b.aead_seal(l, &g.handle, &[7u8; 12], b"aad", b"plain")
+                .unwrap()
+        } else {
+            vec![0u8; 32]
+        };
+        (kem_ct, aead_ct)
+    }
+
     fn supported(&mut self, alg: Algorithm) {
         let name = |case: &str| format!("{case} / {}", alg.as_str());
         let kid = |case: &str| format!("{case}-{}#v1", alg.as_str());
@@ -207,18 +229,7 @@ impl Suite<'_> {
             let k = kid("labels");
             let l = label(TENANT, &k, alg);
             let g = b.generate(l).unwrap();
-            // what the key's own operation takes, made for this key
-            let kem_ct = if alg.is_kem() {
-                p.kem(alg).unwrap().encapsulate(&g.public).unwrap().0
-            } else {
-                vec![0u8; 1088]
-            };
-            let aead_ct = if alg == Algorithm::Aes256Gcm {
-                b.aead_seal(l, &g.handle, &[7u8; 12], b"aad", b"plain")
-                    .unwrap()
-            } else {
-                vec![0u8; 32]
-            };
+            let (kem_ct, aead_ct) = Self::inputs(b, p, l, &g);
             Self::use_key(b, l, &g.handle, &kem_ct, &aead_ct).expect("opens under its own label");
             let other_kid = format!("other-{k}");
             let mut others = vec![
@@ -263,11 +274,7 @@ impl Suite<'_> {
             let k = kid("garbage");
             let l = label(TENANT, &k, alg);
             let g = b.generate(l).unwrap();
-            let kem_ct = if alg.is_kem() {
-                p.kem(alg).unwrap().encapsulate(&g.public).unwrap().0
-            } else {
-                vec![0u8; 1088]
-            };
+            let (kem_ct, aead_ct) = Self::inputs(b, p, l, &g);
             let h = &g.handle;
             let n = h.len();
             let mut bad: Vec<(String, Vec<u8>)> = Vec::new();
@@ -305,7 +312,7 @@ impl Suite<'_> {
             let mut wrong = Vec::new();
             for (what, handle) in &bad {
                 match catch_unwind(AssertUnwindSafe(|| {
-                    let used = Self::use_key(b, l, handle, &kem_ct, &[0u8; 32]);
+                    let used = Self::use_key(b, l, handle, &kem_ct, &aead_ct);
                     // destroy may accept what it cannot read (for sealed-file
                     // the store's wipe is the destruction); it must not panic
                     let _ = b.destroy(l, handle);
