@@ -170,8 +170,10 @@ impl Default for KeyCache {
 /// The sealed-key operations, written once. A backend implements the two
 /// required methods (its algorithm implementations, and whether it keeps
 /// prepared keys) and calls the defaults for every key its capabilities
-/// list as sealed, after its own [`super::Capabilities::check`]. No default
-/// answers "unsupported": each one runs the operation.
+/// list as sealed, after its own [`super::Capabilities::check`]. Every
+/// default runs its operation; none is a placeholder that answers
+/// "unsupported" (the only refusal is a classical-component signature from
+/// a non-hybrid key, which no backend can make).
 ///
 /// Partial failure: `sealed_generate` seals before it returns, so an error
 /// leaves nothing behind (the handle it would have returned is the only
