@@ -73,6 +73,24 @@ impl Capabilities {
     pub fn supports(&self, alg: Algorithm) -> bool {
         self.native.contains(&alg) || self.sealed.contains(&alg)
     }
+
+    /// Whether keys of `alg` live natively in the device (else, when
+    /// supported, they are sealed software keys).
+    pub fn is_native(&self, alg: Algorithm) -> bool {
+        self.native.contains(&alg)
+    }
+
+    /// The one capability check: every backend starts each key operation
+    /// with it, so an algorithm the capabilities do not list is refused
+    /// with [`BackendError::Unsupported`] before any handle is read or any
+    /// device is touched.
+    pub fn check(&self, alg: Algorithm) -> Result<(), BackendError> {
+        if self.supports(alg) {
+            Ok(())
+        } else {
+            Err(BackendError::Unsupported(alg))
+        }
+    }
 }
 
 /// Names one key version inside custody: `tenant/name#vN` plus algorithm.
@@ -214,5 +232,29 @@ impl From<BackendError> for crate::error::Error {
             B::Busy(m) => Error::Overloaded(m),
             B::Attestation(m) => Error::AttestationMissing(m),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_capability_check_refuses_what_is_not_listed() {
+        let caps = Capabilities {
+            native: vec![Algorithm::EcdsaP256],
+            sealed: vec![Algorithm::MlDsa65],
+            attestation: false,
+            persistent: true,
+            device_bound: false,
+        };
+        assert!(caps.check(Algorithm::EcdsaP256).is_ok());
+        assert!(caps.check(Algorithm::MlDsa65).is_ok());
+        assert!(matches!(
+            caps.check(Algorithm::Ed25519),
+            Err(BackendError::Unsupported(Algorithm::Ed25519))
+        ));
+        assert!(caps.is_native(Algorithm::EcdsaP256));
+        assert!(!caps.is_native(Algorithm::MlDsa65));
     }
 }

@@ -1,10 +1,18 @@
 //! Software keys held sealed: the operations every backend shares for keys
 //! whose private half is a software key sealed by custody (all of them for
-//! `sealed-file`; the algorithms a token cannot do for `pkcs11`).
+//! `sealed-file`; the algorithms the device cannot do for `pkcs11` and
+//! `tpm`).
 //!
-//! A backend supplies the [`Sealer`] (master key, or a token-resident KEK);
-//! this module generates, unseals into zeroizing memory for one operation,
-//! and runs the algorithm.
+//! A backend supplies the [`Sealer`] (master key, a token-resident KEK, or a
+//! TPM sealed object) and implements [`SealedCustody`]; the trait's default
+//! methods generate, unseal into zeroizing memory for one operation, and run
+//! the algorithm. They are written once, here: a backend's `Backend` impl
+//! only checks its capabilities, decides native vs sealed, and calls them
+//! for the sealed path.
+//!
+//! This module must not: check capabilities (the backend does, first),
+//! touch a device other than through [`Sealer`], or keep unsealed key
+//! material beyond one operation (the one exception is [`KeyCache`]).
 use std::sync::Arc;
 
 use zeroize::Zeroizing;
@@ -38,19 +46,6 @@ pub trait Sealer {
 
 pub fn crypto_err(e: crate::crypto::CryptoError) -> BackendError {
     BackendError::Crypto(e.to_string())
-}
-
-pub fn generate(
-    s: &dyn Sealer,
-    provider: &Provider,
-    label: KeyLabel<'_>,
-) -> Result<Generated, BackendError> {
-    let kp = provider.generate(label.algorithm).map_err(crypto_err)?;
-    let handle = s.seal(label, &kp.private)?;
-    Ok(Generated {
-        public: kp.public,
-        handle,
-    })
 }
 
 /// Prepared Ed25519 signing keys for hot keys, so a sign is one scalar
@@ -130,9 +125,9 @@ impl KeyCache {
         id
     }
 
-    fn ed25519(
+    fn ed25519<S: Sealer + ?Sized>(
         &self,
-        s: &dyn Sealer,
+        s: &S,
         label: KeyLabel<'_>,
         handle: &[u8],
     ) -> Result<Arc<Prepared>, BackendError> {
@@ -172,88 +167,117 @@ impl Default for KeyCache {
     }
 }
 
-/// Sign with a prepared key from `cache` when the algorithm has one
-/// (Ed25519), else as [`sign`] does.
-pub fn sign_cached(
-    s: &dyn Sealer,
-    cache: &KeyCache,
-    provider: &Provider,
-    label: KeyLabel<'_>,
-    handle: &[u8],
-    input: SignInput<'_>,
-) -> Result<Vec<u8>, BackendError> {
-    if let (Algorithm::Ed25519, SignInput::Message(message)) = (label.algorithm, input) {
-        let k = cache.ed25519(s, label, handle)?;
-        return Ok(sign_prepared(&k, message));
-    }
-    sign(s, provider, label, handle, input)
-}
+/// The sealed-key operations, written once. A backend implements the two
+/// required methods (its algorithm implementations, and whether it keeps
+/// prepared keys) and calls the defaults for every key its capabilities
+/// list as sealed, after its own [`super::Capabilities::check`]. Every
+/// default runs its operation; none is a placeholder that answers
+/// "unsupported" (the only refusal is a classical-component signature from
+/// a non-hybrid key, which no backend can make).
+///
+/// Partial failure: `sealed_generate` seals before it returns, so an error
+/// leaves nothing behind (the handle it would have returned is the only
+/// copy of the key).
+pub trait SealedCustody: Sealer {
+    /// The algorithm implementations the sealed keys run on.
+    fn provider(&self) -> &Provider;
 
-pub fn sign(
-    s: &dyn Sealer,
-    provider: &Provider,
-    label: KeyLabel<'_>,
-    handle: &[u8],
-    input: SignInput<'_>,
-) -> Result<Vec<u8>, BackendError> {
-    let private = s.unseal(label, handle)?;
-    match input {
-        SignInput::Message(message) => provider
-            .signer(label.algorithm)
-            .and_then(|sig| sig.sign(&private, message))
-            .map_err(crypto_err),
-        SignInput::ClassicalComponent(message)
-            if label.algorithm == Algorithm::HybridEd25519MlDsa65 =>
+    /// Prepared Ed25519 keys, for custody that unseals in-process
+    /// (`sealed-file`); `None` for a device, whose KEK must see every
+    /// operation so that an outage shows at once ([`KeyCache`]).
+    fn prepared_keys(&self) -> Option<&KeyCache>;
+
+    /// Generate a software key and seal it; the sealed blob is the handle.
+    fn sealed_generate(&self, label: KeyLabel<'_>) -> Result<Generated, BackendError> {
+        let kp = self
+            .provider()
+            .generate(label.algorithm)
+            .map_err(crypto_err)?;
+        let handle = self.seal(label, &kp.private)?;
+        Ok(Generated {
+            public: kp.public,
+            handle,
+        })
+    }
+
+    /// Sign with a sealed key: through a prepared key when the backend keeps
+    /// them and the algorithm has one (Ed25519), else unsealed for this one
+    /// signature.
+    fn sealed_sign(
+        &self,
+        label: KeyLabel<'_>,
+        handle: &[u8],
+        input: SignInput<'_>,
+    ) -> Result<Vec<u8>, BackendError> {
+        if let (Some(cache), Algorithm::Ed25519, SignInput::Message(message)) =
+            (self.prepared_keys(), label.algorithm, input)
         {
-            provider
-                .hybrid_signer()
-                .ok_or(crate::crypto::CryptoError::Unsupported(
-                    label.algorithm.as_str(),
-                ))
-                .and_then(|h| h.sign_classical(&private, message))
-                .map_err(crypto_err)
+            let k = cache.ed25519(self, label, handle)?;
+            return Ok(sign_prepared(&k, message));
         }
-        SignInput::ClassicalComponent(_) => Err(BackendError::Unsupported(label.algorithm)),
+        let private = self.unseal(label, handle)?;
+        let provider = self.provider();
+        match input {
+            SignInput::Message(message) => provider
+                .signer(label.algorithm)
+                .and_then(|sig| sig.sign(&private, message))
+                .map_err(crypto_err),
+            SignInput::ClassicalComponent(message)
+                if label.algorithm == Algorithm::HybridEd25519MlDsa65 =>
+            {
+                provider
+                    .hybrid_signer()
+                    .ok_or(crate::crypto::CryptoError::Unsupported(
+                        label.algorithm.as_str(),
+                    ))
+                    .and_then(|h| h.sign_classical(&private, message))
+                    .map_err(crypto_err)
+            }
+            SignInput::ClassicalComponent(_) => Err(BackendError::Unsupported(label.algorithm)),
+        }
     }
-}
 
-pub fn decapsulate(
-    s: &dyn Sealer,
-    provider: &Provider,
-    label: KeyLabel<'_>,
-    handle: &[u8],
-    ciphertext: &[u8],
-) -> Result<Zeroizing<Vec<u8>>, BackendError> {
-    let private = s.unseal(label, handle)?;
-    let kem = provider.kem(label.algorithm).map_err(crypto_err)?;
-    // A malformed KEM ciphertext is the caller's fault: report it like a
-    // failed AEAD open so it reveals nothing.
-    kem.decapsulate(&private, ciphertext).map_err(|e| match e {
-        crate::crypto::CryptoError::BadPrivateKey(_) => crypto_err(e),
-        _ => BackendError::Decrypt,
-    })
-}
+    /// KEM decapsulation with a sealed wrap key.
+    fn sealed_decapsulate(
+        &self,
+        label: KeyLabel<'_>,
+        handle: &[u8],
+        ciphertext: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, BackendError> {
+        let private = self.unseal(label, handle)?;
+        let kem = self.provider().kem(label.algorithm).map_err(crypto_err)?;
+        // A malformed KEM ciphertext is the caller's fault: report it like a
+        // failed AEAD open so it reveals nothing.
+        kem.decapsulate(&private, ciphertext).map_err(|e| match e {
+            crate::crypto::CryptoError::BadPrivateKey(_) => crypto_err(e),
+            _ => BackendError::Decrypt,
+        })
+    }
 
-pub fn aead_seal(
-    s: &dyn Sealer,
-    label: KeyLabel<'_>,
-    handle: &[u8],
-    nonce: &[u8; 12],
-    aad: &[u8],
-    plaintext: &[u8],
-) -> Result<Vec<u8>, BackendError> {
-    let key = s.unseal(label, handle)?;
-    aead::seal(&key, nonce, aad, plaintext).map_err(crypto_err)
-}
+    /// AES-256-GCM seal with a sealed symmetric key.
+    fn sealed_aead_seal(
+        &self,
+        label: KeyLabel<'_>,
+        handle: &[u8],
+        nonce: &[u8; 12],
+        aad: &[u8],
+        plaintext: &[u8],
+    ) -> Result<Vec<u8>, BackendError> {
+        let key = self.unseal(label, handle)?;
+        aead::seal(&key, nonce, aad, plaintext).map_err(crypto_err)
+    }
 
-pub fn aead_open(
-    s: &dyn Sealer,
-    label: KeyLabel<'_>,
-    handle: &[u8],
-    nonce: &[u8; 12],
-    aad: &[u8],
-    ciphertext: &[u8],
-) -> Result<Zeroizing<Vec<u8>>, BackendError> {
-    let key = s.unseal(label, handle)?;
-    aead::open(&key, nonce, aad, ciphertext).map_err(|_| BackendError::Decrypt)
+    /// AES-256-GCM open with a sealed symmetric key;
+    /// [`BackendError::Decrypt`] when it does not authenticate.
+    fn sealed_aead_open(
+        &self,
+        label: KeyLabel<'_>,
+        handle: &[u8],
+        nonce: &[u8; 12],
+        aad: &[u8],
+        ciphertext: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, BackendError> {
+        let key = self.unseal(label, handle)?;
+        aead::open(&key, nonce, aad, ciphertext).map_err(|_| BackendError::Decrypt)
+    }
 }

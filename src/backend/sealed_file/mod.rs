@@ -8,14 +8,14 @@
 //! tenant "/" kid`. Private keys are unsealed into zeroizing buffers for the
 //! duration of one operation and never written anywhere unsealed; the one
 //! exception is Ed25519, whose prepared signing keys stay in a bounded
-//! in-memory cache that wipes them on eviction ([`soft::KeyCache`]).
+//! in-memory cache that wipes them on eviction ([`KeyCache`]).
 pub mod master;
 
 use std::sync::Arc;
 
 use zeroize::Zeroizing;
 
-use super::soft::{self, label_aad, KeyCache, Sealer};
+use super::soft::{label_aad, KeyCache, SealedCustody, Sealer};
 use super::{Backend, BackendError, Capabilities, Generated, KeyLabel, SignInput};
 use crate::crypto::{aead, random_bytes, Algorithm, Provider};
 
@@ -58,14 +58,6 @@ impl SealedFileBackend {
     pub fn ephemeral(mut self) -> Self {
         self.caps.persistent = false;
         self
-    }
-
-    fn check(&self, label: &KeyLabel<'_>) -> Result<(), BackendError> {
-        if self.caps.supports(label.algorithm) {
-            Ok(())
-        } else {
-            Err(BackendError::Unsupported(label.algorithm))
-        }
     }
 }
 
@@ -111,6 +103,18 @@ impl Sealer for SealedFileBackend {
     }
 }
 
+/// Every key is sealed here, and unsealing is in-process: prepared Ed25519
+/// keys are kept.
+impl SealedCustody for SealedFileBackend {
+    fn provider(&self) -> &Provider {
+        &self.provider
+    }
+
+    fn prepared_keys(&self) -> Option<&KeyCache> {
+        Some(&self.prepared)
+    }
+}
+
 impl Backend for SealedFileBackend {
     fn name(&self) -> &'static str {
         "sealed-file"
@@ -121,8 +125,8 @@ impl Backend for SealedFileBackend {
     }
 
     fn generate(&self, label: KeyLabel<'_>) -> Result<Generated, BackendError> {
-        self.check(&label)?;
-        soft::generate(self, &self.provider, label)
+        self.caps.check(label.algorithm)?;
+        self.sealed_generate(label)
     }
 
     fn sign(
@@ -131,8 +135,8 @@ impl Backend for SealedFileBackend {
         handle: &[u8],
         input: SignInput<'_>,
     ) -> Result<Vec<u8>, BackendError> {
-        self.check(&label)?;
-        soft::sign_cached(self, &self.prepared, &self.provider, label, handle, input)
+        self.caps.check(label.algorithm)?;
+        self.sealed_sign(label, handle, input)
     }
 
     fn decapsulate(
@@ -141,8 +145,8 @@ impl Backend for SealedFileBackend {
         handle: &[u8],
         ciphertext: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>, BackendError> {
-        self.check(&label)?;
-        soft::decapsulate(self, &self.provider, label, handle, ciphertext)
+        self.caps.check(label.algorithm)?;
+        self.sealed_decapsulate(label, handle, ciphertext)
     }
 
     fn aead_seal(
@@ -153,8 +157,8 @@ impl Backend for SealedFileBackend {
         aad: &[u8],
         plaintext: &[u8],
     ) -> Result<Vec<u8>, BackendError> {
-        self.check(&label)?;
-        soft::aead_seal(self, label, handle, nonce, aad, plaintext)
+        self.caps.check(label.algorithm)?;
+        self.sealed_aead_seal(label, handle, nonce, aad, plaintext)
     }
 
     fn aead_open(
@@ -165,8 +169,8 @@ impl Backend for SealedFileBackend {
         aad: &[u8],
         ciphertext: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>, BackendError> {
-        self.check(&label)?;
-        soft::aead_open(self, label, handle, nonce, aad, ciphertext)
+        self.caps.check(label.algorithm)?;
+        self.sealed_aead_open(label, handle, nonce, aad, ciphertext)
     }
 
     fn destroy(&self, label: KeyLabel<'_>, handle: &[u8]) -> Result<(), BackendError> {
@@ -220,6 +224,33 @@ mod tests {
         ));
         b.destroy(l, &g.handle).unwrap();
         assert!(b.prepared.is_empty(), "destroy wipes the prepared key");
+    }
+
+    #[test]
+    fn an_algorithm_the_capabilities_do_not_list_is_refused_before_the_handle_is_read() {
+        let mut b = backend();
+        let l = KeyLabel {
+            tenant: "t",
+            kid: "k#v1",
+            algorithm: Algorithm::MlKem768,
+        };
+        let g = b.generate(l).unwrap();
+        b.caps.sealed.retain(|a| *a != Algorithm::MlKem768);
+        let unsupported = |r: Result<(), BackendError>| {
+            assert!(
+                matches!(r, Err(BackendError::Unsupported(Algorithm::MlKem768))),
+                "{r:?}"
+            )
+        };
+        unsupported(b.generate(l).map(|_| ()));
+        unsupported(b.decapsulate(l, &g.handle, &[0u8; 1088]).map(|_| ()));
+        // refused before the (garbage) handle is read
+        unsupported(b.sign(l, b"garbage", SignInput::Message(b"m")).map(|_| ()));
+        unsupported(b.aead_seal(l, b"garbage", &[0; 12], b"", b"p").map(|_| ()));
+        unsupported(
+            b.aead_open(l, b"garbage", &[0; 12], b"", &[0; 32])
+                .map(|_| ()),
+        );
     }
 
     #[test]

@@ -25,7 +25,9 @@ use tss_esapi::structures::{
 };
 use tss_esapi::traits::Marshall;
 
-use super::{ecdsa_rs, p256_point, Ctx, Fail, TpmBackend};
+use super::error::{Ctx, Fail};
+use super::templates::{ecdsa_p256_template, ecdsa_rs, p256_point};
+use super::TpmBackend;
 use crate::backend::{Attested, BackendError};
 use crate::crypto::random_bytes;
 
@@ -122,7 +124,7 @@ impl AttestationSettings {
 /// The attestation key: ECC P-256, restricted to signing TPM-generated
 /// structures (a quote), ECDSA with SHA-256.
 fn ak_template() -> tss_esapi::Result<Public> {
-    super::ecdsa_p256_template(true)
+    ecdsa_p256_template(true)
 }
 
 fn slot(i: u8) -> tss_esapi::Result<PcrSlot> {

@@ -1,0 +1,155 @@
+//! The TPM handle codec: what the store keeps for a key in this custody
+//! (docs/tpm.md, "Handles").
+//!
+//! ```text
+//! native:  "TPM" 0x01 u16 len ‖ public ‖ u16 len ‖ private
+//! sealed:  "TPM" 0x02 u16 len ‖ public ‖ u16 len ‖ private ‖ nonce(12) ‖ ciphertext‖tag
+//! ```
+//!
+//! Lengths are big-endian; `public` is a marshalled `TPMT_PUBLIC` and
+//! `private` the `TPM2B_PRIVATE` contents as the TPM returned them (a native
+//! key's, or the sealed data object's). Parsing is strict: any other shape
+//! is refused with [`BackendError::Sealed`]. This module owns the bytes only;
+//! it must not touch the TPM, and it does not unmarshal the areas (the TPM
+//! checks them on `TPM2_Load`).
+use crate::backend::BackendError;
+use crate::crypto::aead;
+
+const HANDLE_MAGIC: &[u8; 3] = b"TPM";
+const HANDLE_NATIVE: u8 = 1;
+const HANDLE_SEALED: u8 = 2;
+
+/// `u16 len ‖ bytes`.
+fn put_blob(out: &mut Vec<u8>, b: &[u8]) {
+    out.extend_from_slice(&(b.len() as u16).to_be_bytes());
+    out.extend_from_slice(b);
+}
+
+fn take_blob<'a>(h: &mut &'a [u8]) -> Result<&'a [u8], BackendError> {
+    if h.len() < 2 {
+        return Err(BackendError::Sealed("malformed tpm handle"));
+    }
+    let n = u16::from_be_bytes([h[0], h[1]]) as usize;
+    if h.len() < 2 + n || n == 0 {
+        return Err(BackendError::Sealed("malformed tpm handle"));
+    }
+    let b = &h[2..2 + n];
+    *h = &h[2 + n..];
+    Ok(b)
+}
+
+/// A loadable object: its public area (marshalled `TPMT_PUBLIC`) and its
+/// private area as the TPM returned it (`TPM2B_PRIVATE` contents).
+pub(super) struct Blob<'a> {
+    pub(super) public: &'a [u8],
+    pub(super) private: &'a [u8],
+}
+
+pub(super) enum Parsed<'h> {
+    Native(Blob<'h>),
+    Sealed {
+        object: Blob<'h>,
+        nonce: [u8; aead::AEAD_NONCE_LEN],
+        sealed: &'h [u8],
+    },
+}
+
+pub(super) fn parse(h: &[u8]) -> Result<Parsed<'_>, BackendError> {
+    if h.len() < 4 || &h[..3] != HANDLE_MAGIC {
+        return Err(BackendError::Sealed("not a tpm handle"));
+    }
+    let kind = h[3];
+    let mut rest = &h[4..];
+    let public = take_blob(&mut rest)?;
+    let private = take_blob(&mut rest)?;
+    let blob = Blob { public, private };
+    match kind {
+        HANDLE_NATIVE if rest.is_empty() => Ok(Parsed::Native(blob)),
+        HANDLE_SEALED if rest.len() >= aead::AEAD_NONCE_LEN + aead::TAG_LEN => {
+            let mut nonce = [0u8; aead::AEAD_NONCE_LEN];
+            nonce.copy_from_slice(&rest[..aead::AEAD_NONCE_LEN]);
+            Ok(Parsed::Sealed {
+                object: blob,
+                nonce,
+                sealed: &rest[aead::AEAD_NONCE_LEN..],
+            })
+        }
+        _ => Err(BackendError::Sealed("malformed tpm handle")),
+    }
+}
+
+/// The handle of a native key: its public and private areas.
+pub(super) fn native(public: &[u8], private: &[u8]) -> Vec<u8> {
+    let mut handle = Vec::with_capacity(8 + public.len() + private.len());
+    handle.extend_from_slice(HANDLE_MAGIC);
+    handle.push(HANDLE_NATIVE);
+    put_blob(&mut handle, public);
+    put_blob(&mut handle, private);
+    handle
+}
+
+/// The handle of a sealed key: the sealed data object's areas, then the
+/// software key under its data key.
+pub(super) fn sealed(
+    public: &[u8],
+    private: &[u8],
+    nonce: &[u8; aead::AEAD_NONCE_LEN],
+    ct: &[u8],
+) -> Vec<u8> {
+    let mut h = Vec::with_capacity(8 + public.len() + private.len() + 12 + ct.len());
+    h.extend_from_slice(HANDLE_MAGIC);
+    h.push(HANDLE_SEALED);
+    put_blob(&mut h, public);
+    put_blob(&mut h, private);
+    h.extend_from_slice(nonce);
+    h.extend_from_slice(ct);
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handles_parse_strictly() {
+        let mut native = b"TPM\x01".to_vec();
+        put_blob(&mut native, &[1, 2, 3]);
+        put_blob(&mut native, &[4, 5]);
+        assert!(matches!(parse(&native), Ok(Parsed::Native(_))));
+        // trailing bytes, truncation, empty blobs, wrong magic
+        let mut long = native.clone();
+        long.push(0);
+        assert!(parse(&long).is_err());
+        assert!(parse(&native[..native.len() - 1]).is_err());
+        assert!(parse(b"TPM\x01\x00\x00\x00\x00").is_err());
+        assert!(parse(b"P11\x01\x00\x01\x01\x00\x01\x01").is_err());
+        let mut sealed = b"TPM\x02".to_vec();
+        put_blob(&mut sealed, &[1]);
+        put_blob(&mut sealed, &[2]);
+        sealed.extend_from_slice(&[0u8; 12 + 16]);
+        assert!(matches!(parse(&sealed), Ok(Parsed::Sealed { .. })));
+        assert!(parse(&sealed[..sealed.len() - 1]).is_err());
+        assert!(parse(b"").is_err());
+    }
+
+    #[test]
+    fn encoded_handles_parse_back() {
+        let h = native(&[1, 2, 3], &[4, 5]);
+        let Ok(Parsed::Native(b)) = parse(&h) else {
+            panic!("a native handle parses");
+        };
+        assert_eq!((b.public, b.private), (&[1u8, 2, 3][..], &[4u8, 5][..]));
+        let ct = [7u8; 20];
+        let h = sealed(&[1], &[2, 3], &[9u8; 12], &ct);
+        let Ok(Parsed::Sealed {
+            object,
+            nonce,
+            sealed,
+        }) = parse(&h)
+        else {
+            panic!("a sealed handle parses");
+        };
+        assert_eq!((object.public, object.private), (&[1u8][..], &[2u8, 3][..]));
+        assert_eq!((nonce, sealed), ([9u8; 12], &ct[..]));
+    }
+}
