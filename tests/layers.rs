@@ -48,7 +48,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("cli", 7),
 ];
 
-/// A module path, e.g. `["service", "crypto_ops"]`; `[]` is the crate root.
+/// A module path, e.g. `["service", "sign"]`; `[]` is the crate root.
 type Module = Vec<String>;
 
 fn module_of(root: &Path, file: &Path) -> Module {
