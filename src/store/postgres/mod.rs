@@ -266,17 +266,21 @@ impl Drop for PgStore {
     }
 }
 
+/// A read-only transaction that sees one snapshot (REPEATABLE READ).
+fn snapshot_read(c: &mut Client) -> Result<postgres::Transaction<'_>, StoreError> {
+    c.build_transaction()
+        .isolation_level(postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .map_err(db_err)
+}
+
 impl Store for PgStore {
     fn load_keys(&self) -> Result<Vec<KeyRecord>, StoreError> {
         self.with(|c| {
             // Two reads in one snapshot (REPEATABLE READ), joined here: one
             // round trip per table instead of one per key.
-            let mut tx = c
-                .build_transaction()
-                .isolation_level(postgres::IsolationLevel::RepeatableRead)
-                .read_only(true)
-                .start()
-                .map_err(db_err)?;
+            let mut tx = snapshot_read(c)?;
             let mut keys = Vec::new();
             for r in tx
                 .query(
@@ -316,12 +320,7 @@ impl Store for PgStore {
 
     fn load_key(&self, tenant: &str, name: &str) -> Result<Option<KeyRecord>, StoreError> {
         self.with(|c| {
-            let mut tx = c
-                .build_transaction()
-                .isolation_level(postgres::IsolationLevel::RepeatableRead)
-                .read_only(true)
-                .start()
-                .map_err(db_err)?;
+            let mut tx = snapshot_read(c)?;
             let Some(r) = tx
                 .query_opt(
                     "SELECT algorithm, primary_version, created_at_ms FROM keys WHERE tenant = $1 AND name = $2",
