@@ -37,7 +37,7 @@ fn world() -> &'static World {
         let running = rt.block_on(async {
             let mut cfg = ron_kms::config::Config::for_data_dir(std::path::Path::new("unused"));
             cfg.amnesia = true;
-            cfg.audit_off_for_benchmarks = true;
+            cfg.audit.off_for_benchmarks = true;
             cfg.grpc_addr = "127.0.0.1:0".parse().unwrap();
             cfg.http_addr = "127.0.0.1:0".parse().unwrap();
             let r = ron_kms::server::start(&cfg).await.unwrap();
