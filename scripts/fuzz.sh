@@ -27,7 +27,7 @@ else
 fi
 profile=(-O)
 if [ "$smoke" = 1 ]; then profile=(--dev); fi
-targets=(envelope bundle json_requests proto_service audit_chain config)
+targets=(envelope bundle hybrid_check json_requests proto_service audit_chain config)
 cargo "${toolchain[@]}" fuzz build "${profile[@]}"
 mkdir -p target/fuzz-logs
 run() {
