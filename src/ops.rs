@@ -62,16 +62,20 @@ pub enum Scope {
     Verify,
     Wrap,
     Unwrap,
+    /// Manage every tenant's tokens (docs/tokens.md). Held by the bootstrap
+    /// token; only a holder can grant it.
+    Operator,
 }
 
 impl Scope {
-    pub const ALL: [Scope; 6] = [
+    pub const ALL: [Scope; 7] = [
         Scope::Admin,
         Scope::Read,
         Scope::Sign,
         Scope::Verify,
         Scope::Wrap,
         Scope::Unwrap,
+        Scope::Operator,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
@@ -81,6 +85,7 @@ impl Scope {
             Scope::Verify => "kms:verify",
             Scope::Wrap => "kms:wrap",
             Scope::Unwrap => "kms:unwrap",
+            Scope::Operator => "kms:operator",
         }
     }
     /// Its bit in a scope set.
@@ -108,6 +113,9 @@ pub enum Method {
     VerifyBatch,
     WrapBatch,
     UnwrapBatch,
+    CreateToken,
+    ListTokens,
+    RevokeToken,
 }
 
 /// One row of the table.
@@ -151,7 +159,7 @@ const fn row(
 }
 
 /// The table, in the order of `kms.proto`.
-pub const OPS: [OpSpec; 16] = {
+pub const OPS: [OpSpec; 19] = {
     use Gate as G;
     use Method as M;
     use Scope as S;
@@ -301,6 +309,33 @@ pub const OPS: [OpSpec; 16] = {
             S::Unwrap,
             G::Unwrap,
             "unwrap",
+            true,
+        ),
+        row(
+            M::CreateToken,
+            "CreateToken",
+            &[("POST", "/v1/kms/tokens")],
+            S::Admin,
+            G::Admin,
+            "create_token",
+            true,
+        ),
+        row(
+            M::ListTokens,
+            "ListTokens",
+            &[("GET", "/v1/kms/tokens")],
+            S::Admin,
+            G::Admin,
+            "list_tokens",
+            false,
+        ),
+        row(
+            M::RevokeToken,
+            "RevokeToken",
+            &[("POST", "/v1/kms/tokens/{id}/revoke")],
+            S::Admin,
+            G::Admin,
+            "revoke_token",
             true,
         ),
     ]

@@ -1,6 +1,7 @@
 //! Files that hold secrets (the master key, a passphrase, a TLS private key,
-//! a PIN): the checks every reader of one makes before trusting it. Knows
-//! paths and permissions only, never what the file holds.
+//! a PIN, the bootstrap token): the checks every reader of one makes before
+//! trusting it, and the crash-safe way to write one. Knows paths and
+//! permissions only, never what the file holds.
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 
@@ -49,4 +50,39 @@ mod tests {
         }
         assert!(check_private(&dir.path().join("missing")).is_err());
     }
+}
+
+/// Write a secret file the crash-safe way: a temporary file beside it
+/// created owner-only (0600), written and fsynced, renamed over `path`,
+/// then the directory fsynced so the rename itself survives a power cut.
+pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), SecretFileError> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let err = |msg: String| SecretFileError {
+        path: path.display().to_string(),
+        msg,
+    };
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .ok_or_else(|| err("not a file name".into()))?;
+    let tmp = dir.join(format!(".{}.tmp", name.to_string_lossy()));
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(|e| err(format!("create {}: {e}", tmp.display())))?;
+    f.write_all(bytes)
+        .and_then(|_| f.sync_all())
+        .map_err(|e| err(format!("write: {e}")))?;
+    drop(f);
+    std::fs::rename(&tmp, path).map_err(|e| err(format!("rename: {e}")))?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| err(format!("fsync of {}: {e}", dir.display())))
 }

@@ -19,7 +19,7 @@ use zeroize::Zeroizing;
 
 use crate::api::grpc::{GrpcEdge, GrpcFront};
 use crate::api::http;
-use crate::auth::{create_token, Scopes, TokenTable};
+use crate::auth::{mint, NewToken, Scopes, TokenTable};
 use crate::backend::breaker::{Breaker, BreakerSettings};
 use crate::backend::pkcs11::{Pkcs11Backend, Pkcs11Settings};
 use crate::backend::sealed_file::{MasterKey, SealedFileBackend};
@@ -376,8 +376,10 @@ pub struct Running {
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
     /// Set on the first start of an empty deployment: the admin token of the
-    /// bootstrap tenant. The caller prints it once; it is stored only hashed.
+    /// bootstrap tenant. It is stored only hashed, and written to
+    /// [`Bootstrap::file`] unless amnesia.
     pub bootstrap_token: Option<String>,
+    pub bootstrap_file: Option<std::path::PathBuf>,
     pub kms: Arc<KmsService>,
     /// The fault-injection switch when `KMS_FAULT_INJECTION` is on.
     pub faults: Option<Arc<crate::backend::faults::Faults>>,
@@ -436,6 +438,62 @@ async fn report_health(reporter: &tonic_health::server::HealthReporter, ready: b
     }
 }
 
+/// The name of the bootstrap token's file in the data dir.
+pub const BOOTSTRAP_TOKEN_FILE: &str = "bootstrap-token";
+
+/// The first start of an empty deployment creates one token with every
+/// scope (`kms:operator` included) for the bootstrap tenant, once across
+/// replicas racing on one empty store, and writes it to a 0600 file in the
+/// data dir (amnesia: memory only; the caller prints it).
+async fn bootstrap(
+    cfg: &Config,
+    store: &Arc<dyn Store>,
+    tokens: &Arc<TokenTable>,
+) -> Result<Option<Bootstrap>, StartError> {
+    if !tokens.is_empty() {
+        return Ok(None);
+    }
+    let (secret, rec) = mint(&NewToken {
+        tenant: cfg.bootstrap_tenant.clone(),
+        scopes: Scopes::all(),
+        description: "bootstrap: every scope; revoke it once operators hold their own tokens"
+            .into(),
+        created_by: "bootstrap".into(),
+        ..NewToken::default()
+    })?;
+    let (s, t) = (store.clone(), tokens.clone());
+    let file = (!cfg.amnesia).then(|| cfg.data_dir.join(BOOTSTRAP_TOKEN_FILE));
+    let secret = Zeroizing::new(secret);
+    let for_file = secret.clone();
+    let target = file.clone();
+    let created = tokio::task::spawn_blocking(move || -> Result<bool, StartError> {
+        let created = s.insert_bootstrap_token(&rec)?;
+        if created {
+            if let Some(path) = &target {
+                crate::secret_file::write_private(path, format!("{}\n", *for_file).as_bytes())
+                    .map_err(|e| StartError::Other(format!("bootstrap token: {e}")))?;
+            }
+        }
+        t.reload()?;
+        Ok(created)
+    })
+    .await
+    .map_err(|e| StartError::Other(e.to_string()))??;
+    Ok(created.then(|| Bootstrap {
+        token: secret.to_string(),
+        file,
+    }))
+}
+
+/// What the first start created.
+pub struct Bootstrap {
+    /// The secret: for amnesia mode and `--print-bootstrap-token` to print,
+    /// and for in-process callers (tests, benchmarks). Never logged.
+    pub token: String,
+    /// Where it was written (0600), unless amnesia.
+    pub file: Option<std::path::PathBuf>,
+}
+
 /// Open everything and start serving gRPC and HTTP.
 pub async fn start(cfg: &Config) -> Result<Running, StartError> {
     let cfg2 = cfg.clone();
@@ -444,13 +502,7 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
         .map_err(|e| StartError::Other(e.to_string()))??;
     let store = opened.store.clone();
     let tokens = Arc::new(TokenTable::load(store.clone())?);
-    let bootstrap_token = if store.load_tokens()?.is_empty() {
-        let t = create_token(store.as_ref(), &cfg.bootstrap_tenant, Scopes::all())?;
-        tokens.reload()?;
-        Some(t)
-    } else {
-        None
-    };
+    let bootstrap_token = bootstrap(cfg, &store, &tokens).await?;
     let mut backend: Arc<dyn Backend> = opened.backend.clone();
     let faults = cfg.faults.injection.then(|| {
         let f = Arc::new(crate::backend::faults::Faults::default());
@@ -503,6 +555,25 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
             }
         }));
     }
+
+    // Tokens follow the store: other writers, expiries, last-used times.
+    let upkeep_kms = kms.clone();
+    let mut upkeep_stop = rx.clone();
+    tasks.push(tokio::spawn(async move {
+        let mut every = tokio::time::interval(std::time::Duration::from_millis(500));
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut round = 0u64;
+        loop {
+            tokio::select! {
+                _ = every.tick() => {}
+                _ = upkeep_stop.wait_for(|s| *s) => break,
+            }
+            round += 1;
+            upkeep_kms.maintain_tokens(round % 30 == 0).await;
+        }
+        let table = upkeep_kms.tokens().clone();
+        let _ = tokio::task::spawn_blocking(move || table.flush_last_used()).await;
+    }));
 
     let grpc_listener = bind(cfg.grpc_addr).await?;
     let http_listener = bind(cfg.http_addr).await?;
@@ -598,10 +669,15 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
     ));
 
     tracing::info!(%grpc_addr, %http_addr, backend = kms.backend().name(), keys = kms.key_count(), "ron-kms serving");
+    let (bootstrap_token, bootstrap_file) = match bootstrap_token {
+        Some(b) => (Some(b.token), b.file),
+        None => (None, None),
+    };
     Ok(Running {
         grpc_addr,
         http_addr,
         bootstrap_token,
+        bootstrap_file,
         kms,
         faults,
         breaker,

@@ -129,7 +129,7 @@ async fn a_mixed_run_leaves_a_verified_chain_of_hashed_records() {
         "{refused}"
     );
     assert!(log.contains("\"result\":\"not_found\""));
-    let token_hash = &hex::encode(ron_kms::crypto::sha256(b"rkms_not-a-real-token"))[..12];
+    let token_hash = &hex::encode(ron_kms::crypto::sha256(b"rkms_not-a-real-token"))[..16];
     let unauth: Vec<&str> = log
         .lines()
         .filter(|l| l.contains("\"result\":\"unauthenticated\""))

@@ -195,20 +195,61 @@ fn destroy_wipes(open: &Open) {
 
 fn tokens_and_meta(open: &Open) {
     let s = open();
+    let g0 = s.token_generation().unwrap();
     let t = TokenRecord {
+        id: "5a5a5a5a5a5a5a5a".into(),
         hash: [0x5A; 32],
         tenant: "t1".into(),
         scopes: "kms:sign,kms:verify".into(),
+        key_patterns: "payments-*".into(),
+        expires_at_ms: Some(99),
+        description: "ci".into(),
+        created_by: "token:0123".into(),
         created_at_ms: 5,
+        last_used_ms: None,
+        revoked_at_ms: None,
     };
     s.insert_token(&t).unwrap();
+    let g1 = s.token_generation().unwrap();
+    assert_ne!(g0, g1, "a token write moves the generation");
     let got = open().load_tokens().unwrap();
     let row = got.iter().find(|r| r.hash == t.hash).unwrap();
-    assert_eq!(
-        (row.tenant.as_str(), row.scopes.as_str()),
-        ("t1", "kms:sign,kms:verify")
-    );
+    assert_eq!(row, &t, "every field round-trips");
     assert!(s.insert_token(&t).is_err(), "a token hash is stored once");
+    let same_id = TokenRecord {
+        hash: [0x5B; 32],
+        ..t.clone()
+    };
+    assert!(s.insert_token(&same_id).is_err(), "a token id is stored once");
+    // last-used is coarse and announces nothing
+    s.touch_tokens(&[(t.id.clone(), 50)]).unwrap();
+    s.touch_tokens(&[(t.id.clone(), 40)]).unwrap();
+    assert_eq!(s.token_generation().unwrap(), g1);
+    let row = open().load_tokens().unwrap().into_iter().find(|r| r.id == t.id).unwrap();
+    assert_eq!(row.last_used_ms, Some(50), "never moves back");
+    // revocation: only in the token's tenant; the first time is kept
+    assert!(matches!(
+        s.revoke_token("other", &t.id, 60),
+        Err(StoreError::NotFound(_))
+    ));
+    assert_eq!(s.revoke_token("t1", &t.id, 60).unwrap().revoked_at_ms, Some(60));
+    assert_ne!(s.token_generation().unwrap(), g1);
+    assert_eq!(s.revoke_token("t1", &t.id, 70).unwrap().revoked_at_ms, Some(60));
+    // an expiry is claimed once
+    assert!(s.claim_token_expiry(&t.id).unwrap());
+    assert!(!open().claim_token_expiry(&t.id).unwrap());
+    // the bootstrap token is created once, whoever asks
+    let boot = |b: u8| TokenRecord {
+        id: format!("b{b:015x}"),
+        hash: [b; 32],
+        tenant: "admin".into(),
+        scopes: "kms:admin".into(),
+        ..TokenRecord::default()
+    };
+    assert!(s.insert_bootstrap_token(&boot(0xB1)).unwrap());
+    assert!(!open().insert_bootstrap_token(&boot(0xB2)).unwrap());
+    let n = open().load_tokens().unwrap().iter().filter(|r| r.tenant == "admin").count();
+    assert_eq!(n, 1);
 
     s.put_meta("pq_policy/a", b"1").unwrap();
     s.put_meta("pq_policy/b", b"2").unwrap();
@@ -381,10 +422,11 @@ fn postgres_change_feed_and_schema_guard() {
     a.set_state("t9", "fed", 1, VersionState::Disabled, None)
         .unwrap();
     a.insert_token(&TokenRecord {
+        id: "0101010101010101".into(),
         hash: [1; 32],
         tenant: "t9".into(),
         scopes: "kms:read".into(),
-        created_at_ms: 0,
+        ..TokenRecord::default()
     })
     .unwrap();
     a.put_meta("pq_policy/t9", b"{}").unwrap();

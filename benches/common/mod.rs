@@ -23,6 +23,7 @@ pub fn caller() -> Caller {
         tenant: "admin".into(),
         principal: "bench".into(),
         scopes: Scopes::all(),
+        keys: None,
         request_id: "bench".into(),
     }
 }

@@ -210,6 +210,33 @@ impl Kms for GrpcFront {
         })
         .await
     }
+    async fn create_token(
+        &self,
+        r: Request<CreateTokenRequest>,
+    ) -> Result<Response<CreateTokenResponse>, Status> {
+        self.unary(Method::CreateToken, r, |k, c, b| async move {
+            k.create_token(&c, b).await
+        })
+        .await
+    }
+    async fn list_tokens(
+        &self,
+        r: Request<ListTokensRequest>,
+    ) -> Result<Response<ListTokensResponse>, Status> {
+        self.unary(Method::ListTokens, r, |k, c, b| async move {
+            k.list_tokens(&c, b).await
+        })
+        .await
+    }
+    async fn revoke_token(
+        &self,
+        r: Request<RevokeTokenRequest>,
+    ) -> Result<Response<RevokeTokenResponse>, Status> {
+        self.unary(Method::RevokeToken, r, |k, c, b| async move {
+            k.revoke_token(&c, b).await
+        })
+        .await
+    }
     async fn sign_batch(
         &self,
         r: Request<SignBatchRequest>,

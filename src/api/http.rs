@@ -389,6 +389,39 @@ async fn unwrap_batch(State(f): S, r: Request) -> Response {
     .await
 }
 
+async fn create_token(State(f): S, r: Request) -> Response {
+    f.unary(
+        r,
+        Method::CreateToken,
+        From::Body,
+        |_: &mut CreateTokenRequest| Ok(()),
+        |k, c, b| async move { k.create_token(&c, b).await },
+    )
+    .await
+}
+
+async fn list_tokens(State(f): S, r: Request) -> Response {
+    f.unary(
+        r,
+        Method::ListTokens,
+        From::Query,
+        |_: &mut ListTokensRequest| Ok(()),
+        |k, c, b| async move { k.list_tokens(&c, b).await },
+    )
+    .await
+}
+
+async fn revoke_token(State(f): S, Path(id): Path<String>, r: Request) -> Response {
+    f.unary(
+        r,
+        Method::RevokeToken,
+        From::Body,
+        move |m: &mut RevokeTokenRequest| same_name(&id, &mut m.id),
+        |k, c, b| async move { k.revoke_token(&c, b).await },
+    )
+    .await
+}
+
 async fn get_pq_policy(State(f): S, r: Request) -> Response {
     f.unary(
         r,
@@ -567,6 +600,9 @@ fn op_route(m: Method, verb: &str, path: &str) -> axum::routing::MethodRouter<Ht
         (Method::UnwrapBatch, _) => on(filter, unwrap_batch),
         (Method::GetPqPolicy, _) => on(filter, get_pq_policy),
         (Method::SetPqPolicy, _) => on(filter, set_pq_policy),
+        (Method::CreateToken, _) => on(filter, create_token),
+        (Method::ListTokens, _) => on(filter, list_tokens),
+        (Method::RevokeToken, _) => on(filter, revoke_token),
     }
 }
 

@@ -1,37 +1,118 @@
 //! The commands that work on a data dir or files directly, without a
-//! server: `tokens create` (bootstrap and recovery) and `audit verify`.
+//! server: `tokens …` on a data dir (bootstrap and recovery) and `audit
+//! verify`.
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use ron_kms::config::{self, Flags, ProcessEnv};
 
+use ron_kms::auth::{KeyPatterns, NewToken, Scopes};
+
+use super::args::TokensCmd;
 use super::Failure;
 
-/// `tokens create`: writes the store of the data dir; a running server
-/// picks the token up on first use.
-pub(crate) fn tokens_create(
-    config: Option<PathBuf>,
-    data_dir: Option<PathBuf>,
-    tenant: String,
-    scopes: String,
-) -> Result<ExitCode, Failure> {
+fn split_list(s: &str) -> Vec<String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// `tokens …` on a data dir's store directly, without a server (bootstrap
+/// and recovery): nobody is authenticated, so nothing is checked against a
+/// caller's grants; whoever can open the data dir holds every key anyway.
+/// A running server sees the change through the store's token generation.
+pub(crate) fn tokens(t: TokensCmd) -> Result<ExitCode, Failure> {
+    let at = match &t {
+        TokensCmd::Create { at, .. } | TokensCmd::List { at, .. } | TokensCmd::Revoke { at, .. } => {
+            at.clone()
+        }
+    };
     let cfg = config::load(
         &Flags {
-            config,
-            data_dir,
+            config: at.config,
+            data_dir: at.data_dir,
             ..Default::default()
         },
         &ProcessEnv,
     )?;
-    let scopes = ron_kms::auth::Scopes::parse(&scopes).map_err(|e| format!("--scopes: {e}"))?;
     if cfg.amnesia {
-        return Err("tokens create: amnesia mode keeps tokens in the server's memory; use the bootstrap token it printed".into());
+        return Err("tokens: amnesia mode keeps tokens in the server's memory; use the bootstrap token it printed".into());
     }
     std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
         .create(&cfg.data_dir)?;
     let store = ron_kms::server::open_store(&cfg)?;
-    let token = ron_kms::auth::create_token(store.as_ref(), &tenant, scopes)?;
-    println!("{token}");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as i64;
+    match t {
+        TokensCmd::Create {
+            tenant,
+            scopes,
+            key_patterns,
+            ttl_seconds,
+            description,
+            ..
+        } => {
+            let tenant = tenant.ok_or("tokens create --data-dir: --tenant is required")?;
+            let scopes = Scopes::parse(&scopes).map_err(|e| format!("--scopes: {e}"))?;
+            let keys = KeyPatterns::parse(&split_list(&key_patterns))
+                .map_err(|e| format!("--key-patterns: {e}"))?;
+            let (secret, rec) = ron_kms::auth::create_token(
+                store.as_ref(),
+                &NewToken {
+                    tenant,
+                    scopes,
+                    keys,
+                    expires_at_ms: (ttl_seconds > 0).then(|| now + ttl_seconds as i64 * 1000),
+                    description,
+                    created_by: "cli".into(),
+                },
+            )?;
+            println!("{secret}");
+            eprintln!("created token {}", rec.id);
+        }
+        TokensCmd::List { tenant, all, .. } => {
+            let mut rows: Vec<_> = store
+                .load_tokens()?
+                .into_iter()
+                .filter(|r| tenant.as_ref().is_none_or(|t| &r.tenant == t))
+                .filter(|r| {
+                    all || (r.revoked_at_ms.is_none() && r.expires_at_ms.is_none_or(|at| now < at))
+                })
+                .map(|r| {
+                    serde_json::json!({
+                        "id": r.id,
+                        "tenant": r.tenant,
+                        "scopes": split_list(&r.scopes),
+                        "key_patterns": split_list(&r.key_patterns),
+                        "expires_at_ms": r.expires_at_ms,
+                        "description": r.description,
+                        "created_by": r.created_by,
+                        "created_at_ms": r.created_at_ms,
+                        "last_used_ms": r.last_used_ms,
+                        "revoked_at_ms": r.revoked_at_ms,
+                    })
+                })
+                .collect();
+            rows.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
+            println!("{}", serde_json::to_string_pretty(&rows)?);
+        }
+        TokensCmd::Revoke { id, tenant, .. } => {
+            let tenant = match tenant {
+                Some(t) => t,
+                None => store
+                    .load_tokens()?
+                    .into_iter()
+                    .find(|r| r.id == id)
+                    .map(|r| r.tenant)
+                    .ok_or_else(|| format!("no token {id}"))?,
+            };
+            let rec = store.revoke_token(&tenant, &id, now)?;
+            eprintln!("revoked token {} of tenant {}", rec.id, rec.tenant);
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 

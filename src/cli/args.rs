@@ -19,7 +19,8 @@ pub(crate) struct Cli {
 pub(crate) enum Cmd {
     /// Run the service (gRPC and HTTP).
     Serve(ServeArgs),
-    /// Manage bearer tokens in a data dir.
+    /// Manage bearer tokens: through the server (kms:admin), or offline in a
+    /// data dir (--data-dir or --config: bootstrap and recovery).
     #[command(subcommand)]
     Tokens(TokensCmd),
     /// Work with the audit log.
@@ -103,21 +104,72 @@ pub(crate) struct ServeArgs {
     /// (also KMS_AMNESIA=true). Everything is gone when the process exits.
     #[arg(long)]
     pub(crate) amnesia: bool,
+    /// Also print a newly created bootstrap token on stdout (development;
+    /// by default it goes only to <data dir>/bootstrap-token, mode 0600).
+    #[arg(long)]
+    pub(crate) print_bootstrap_token: bool,
+}
+
+/// Where a token command works: a running server (the default), or a data
+/// dir directly when --data-dir or --config is given.
+#[derive(Args, Clone)]
+pub(crate) struct Where {
+    #[command(flatten)]
+    pub(crate) conn: Conn,
+    /// Work on this data dir's store directly (no server needed; a running
+    /// server sees the change within a second).
+    #[arg(long)]
+    pub(crate) data_dir: Option<PathBuf>,
+    /// Work on the store this config file names directly.
+    #[arg(long)]
+    pub(crate) config: Option<PathBuf>,
+}
+
+impl Where {
+    pub(crate) fn offline(&self) -> bool {
+        self.data_dir.is_some() || self.config.is_some()
+    }
 }
 
 #[derive(Subcommand)]
 pub(crate) enum TokensCmd {
-    /// Create a token; prints only the token on stdout.
+    /// Create a token; prints only the secret on stdout (its id on stderr).
     Create {
+        #[command(flatten)]
+        at: Where,
+        /// The token's tenant (default: the caller's; offline: required).
         #[arg(long)]
-        config: Option<PathBuf>,
-        #[arg(long)]
-        data_dir: Option<PathBuf>,
-        #[arg(long)]
-        tenant: String,
-        /// Comma-separated: kms:admin,kms:read,kms:sign,kms:verify,kms:wrap,kms:unwrap
+        tenant: Option<String>,
+        /// Comma-separated: kms:admin,kms:read,kms:sign,kms:verify,kms:wrap,kms:unwrap,kms:operator
         #[arg(long)]
         scopes: String,
+        /// Comma-separated key-name patterns (`payments-*,audit-signer`): the
+        /// token sees no other key.
+        #[arg(long, default_value = "")]
+        key_patterns: String,
+        /// Lifetime in seconds (default: no expiry).
+        #[arg(long, default_value_t = 0)]
+        ttl_seconds: u64,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// List a tenant's tokens (never their secrets), as JSON.
+    List {
+        #[command(flatten)]
+        at: Where,
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Include revoked and expired tokens.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Revoke a token by its id: refused from the next request on.
+    Revoke {
+        #[command(flatten)]
+        at: Where,
+        id: String,
+        #[arg(long)]
+        tenant: Option<String>,
     },
 }
 

@@ -10,7 +10,7 @@ use ron_kms::proto::kms_client::KmsClient;
 use ron_kms::proto::*;
 use tonic::transport::Channel;
 
-use super::args::{Cmd, Conn, Input, KeysCmd};
+use super::args::{Cmd, Conn, Input, KeysCmd, TokensCmd};
 use super::Failure;
 
 pub(crate) fn read_input(input: &Input) -> Result<Vec<u8>, Failure> {
@@ -106,6 +106,79 @@ async fn set_state(
         }))
         .await?;
     print_json(&r.into_inner())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `tokens …` through the server.
+pub(crate) async fn tokens(t: TokensCmd) -> Result<ExitCode, Failure> {
+    let list = |s: &str| -> Vec<String> {
+        s.split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(str::to_string)
+            .collect()
+    };
+    match t {
+        TokensCmd::Create {
+            at,
+            tenant,
+            scopes,
+            key_patterns,
+            ttl_seconds,
+            description,
+        } => {
+            let mut c = Client::connect(&at.conn).await?;
+            let r = c
+                .inner
+                .create_token(c.req(CreateTokenRequest {
+                    tenant: tenant.unwrap_or_default(),
+                    scopes: list(&scopes),
+                    key_patterns: list(&key_patterns),
+                    ttl_seconds,
+                    description,
+                }))
+                .await?
+                .into_inner();
+            println!("{}", r.secret);
+            if let Some(t) = r.token {
+                eprintln!("created token {}", t.id);
+            }
+        }
+        TokensCmd::List { at, tenant, all } => {
+            let mut c = Client::connect(&at.conn).await?;
+            let mut page_token = String::new();
+            let mut tokens = Vec::new();
+            loop {
+                let r = c
+                    .inner
+                    .list_tokens(c.req(ListTokensRequest {
+                        tenant: tenant.clone().unwrap_or_default(),
+                        page_size: 1000,
+                        page_token,
+                        include_inactive: all,
+                    }))
+                    .await?
+                    .into_inner();
+                tokens.extend(r.tokens);
+                if r.next_page_token.is_empty() {
+                    break;
+                }
+                page_token = r.next_page_token;
+            }
+            print_json(&tokens)?;
+        }
+        TokensCmd::Revoke { at, id, tenant } => {
+            let mut c = Client::connect(&at.conn).await?;
+            let r = c
+                .inner
+                .revoke_token(c.req(RevokeTokenRequest {
+                    id,
+                    tenant: tenant.unwrap_or_default(),
+                }))
+                .await?;
+            print_json(&r.into_inner())?;
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -17,17 +17,26 @@ pub(crate) type Failure = Box<dyn std::error::Error>;
 async fn run(cli: Cli) -> Result<ExitCode, Failure> {
     match cli.cmd {
         Cmd::Serve(a) => serve::serve(a).await,
-        Cmd::Tokens(TokensCmd::Create {
-            config,
-            data_dir,
-            tenant,
-            scopes,
-        }) => admin::tokens_create(config, data_dir, tenant, scopes),
+        Cmd::Tokens(t) => tokens(t).await,
         Cmd::Audit(AuditCmd::Verify { paths, key }) => admin::audit_verify(paths, key),
         Cmd::Keys(k) => client::keys(k).await,
         c @ (Cmd::Sign { .. } | Cmd::Verify { .. } | Cmd::Wrap { .. } | Cmd::Unwrap { .. }) => {
             client::crypto(c).await
         }
+    }
+}
+
+/// `tokens …`: offline on a data dir, or through the server.
+async fn tokens(t: TokensCmd) -> Result<ExitCode, Failure> {
+    let at = match &t {
+        TokensCmd::Create { at, .. } | TokensCmd::List { at, .. } | TokensCmd::Revoke { at, .. } => {
+            at.clone()
+        }
+    };
+    if at.offline() {
+        admin::tokens(t)
+    } else {
+        client::tokens(t).await
     }
 }
 

@@ -45,6 +45,7 @@ fn init_tracing(cfg: &config::Config) -> Result<(), Failure> {
 }
 
 pub(crate) async fn serve(a: ServeArgs) -> Result<ExitCode, Failure> {
+    let print_bootstrap = a.print_bootstrap_token;
     let flags = Flags {
         config: a.config,
         data_dir: a.data_dir,
@@ -56,11 +57,19 @@ pub(crate) async fn serve(a: ServeArgs) -> Result<ExitCode, Failure> {
     init_tracing(&cfg)?;
     let running = ron_kms::server::start(&cfg).await?;
     if let Some(t) = &running.bootstrap_token {
-        // Printed once, on stdout, and never logged; only its hash is stored.
-        println!(
-            "bootstrap: created tenant {:?} with an admin token (shown once, store it now):\n{t}",
-            cfg.bootstrap_tenant
-        );
+        // Never logged; only its hash is stored. Printed only in amnesia
+        // mode (where there is no data dir) or when asked for.
+        match &running.bootstrap_file {
+            Some(path) if !print_bootstrap => println!(
+                "bootstrap: created tenant {:?} with an operator token in {} (mode 0600; move it to your secret store, then delete the file)",
+                cfg.bootstrap_tenant,
+                path.display()
+            ),
+            _ => println!(
+                "bootstrap: created tenant {:?} with an operator token (shown once, store it now):\n{t}",
+                cfg.bootstrap_tenant
+            ),
+        }
         if cfg.amnesia {
             eprintln!("amnesia mode: keys, tokens and the master key live in memory only and vanish on exit");
         }

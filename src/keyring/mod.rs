@@ -85,8 +85,15 @@ impl Snapshot {
         self.tenants.get(tenant)?.get(name)
     }
 
-    /// Up to `limit` keys of `tenant` whose names sort after `after`.
-    pub fn page(&self, tenant: &str, after: Option<&str>, limit: usize) -> Vec<Arc<KeyRecord>> {
+    /// Up to `limit` keys of `tenant` whose names sort after `after` and
+    /// pass `visible` (a key-restricted caller sees only its own).
+    pub fn page(
+        &self,
+        tenant: &str,
+        after: Option<&str>,
+        limit: usize,
+        visible: impl Fn(&str) -> bool,
+    ) -> Vec<Arc<KeyRecord>> {
         use std::ops::Bound;
         let Some(keys) = self.tenants.get(tenant) else {
             return Vec::new();
@@ -96,6 +103,7 @@ impl Snapshot {
             None => Bound::Unbounded,
         };
         keys.range::<_, str>((start, Bound::Unbounded))
+            .filter(|(name, _)| visible(name))
             .take(limit)
             .map(|(_, k)| k.clone())
             .collect()
@@ -224,11 +232,11 @@ mod tests {
         ]);
         let s = ring.snapshot();
         let names = |v: Vec<Arc<KeyRecord>>| v.iter().map(|k| k.name.clone()).collect::<Vec<_>>();
-        assert_eq!(names(s.page("b", None, 2)), ["k1", "k2"]);
-        assert_eq!(names(s.page("b", Some("k2"), 2)), ["k3"]);
-        assert!(s.page("b", Some("k3"), 2).is_empty());
-        assert!(s.page("b", Some("a"), 1).iter().all(|k| k.name == "k1"));
-        assert!(s.page("nobody", None, 10).is_empty());
+        assert_eq!(names(s.page("b", None, 2, |_| true)), ["k1", "k2"]);
+        assert_eq!(names(s.page("b", Some("k2"), 2, |_| true)), ["k3"]);
+        assert!(s.page("b", Some("k3"), 2, |_| true).is_empty());
+        assert!(s.page("b", Some("a"), 1, |_| true).iter().all(|k| k.name == "k1"));
+        assert!(s.page("nobody", None, 10, |_| true).is_empty());
         assert!(ring.get("a", "k1").is_none());
     }
 
@@ -255,7 +263,7 @@ mod tests {
         assert_eq!(after.get("a", "k").unwrap().primary_version, 2);
         assert_eq!(after.get("b", "k").unwrap().tenant, "b");
         let names: Vec<_> = after
-            .page("a", None, 10)
+            .page("a", None, 10, |_| true)
             .iter()
             .map(|k| k.name.clone())
             .collect();
@@ -268,7 +276,7 @@ mod tests {
         let s = ring.snapshot();
         assert_eq!(s.len(), 5003);
         assert!((0..5000).all(|i| s.get("m", &format!("k{i:05}")).is_some()));
-        let page = s.page("m", Some("k04997"), 10);
+        let page = s.page("m", Some("k04997"), 10, |_| true);
         let names: Vec<_> = page.iter().map(|k| k.name.clone()).collect();
         assert_eq!(names, ["k04998", "k04999"]);
     }

@@ -71,6 +71,18 @@ impl KmsService {
         let mut events = Vec::with_capacity(n);
         for (i, req) in items.into_iter().enumerate() {
             let call = (kind.call)(&req);
+            if let Err(e) = self.precheck(caller, &call) {
+                let item_caller = Caller {
+                    request_id: format!("{}/{i}", caller.request_id),
+                    ..caller.clone()
+                };
+                let r = Err(e);
+                let event = self.audit_event(&item_caller, &call, &r, &kind.describe);
+                audited.push((results.len(), Labels::of(&event)));
+                events.push(event);
+                results.push(r);
+                continue;
+            }
             // a shed item is answered and counted, not audited (as a single
             // call's shed is)
             let permit = match self.admit(call.spec.gate, caller, &call.key).await {

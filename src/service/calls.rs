@@ -166,45 +166,73 @@ impl KmsService {
                 tenant: id.tenant.clone(),
                 principal: id.principal.clone(),
                 scopes: id.scopes,
+                keys: None,
                 request_id: request_id.clone(),
             }),
             // a verified certificate that maps to no tenant is refused even
             // beside a token: the connection's identity is not one we know
             (_, Some(Err(why))) => {
                 tracing::debug!(request_id = %request_id, reason = %why, "client certificate maps to no tenant");
-                crate::telemetry::reject("unauthenticated");
-                Err(Error::Unauthenticated)
+                Err("certificate")
             }
             (auth, cert) => {
                 let r = self.tokens.authenticate(auth, request_id.clone()).await;
                 match (r, cert) {
                     (Ok(c), Some(Ok(id))) if id.tenant != c.tenant => {
                         tracing::debug!(request_id = %request_id, "token and client certificate name different tenants");
-                        crate::telemetry::reject("unauthenticated");
-                        Err(Error::Unauthenticated)
+                        Err("tenant_mismatch")
                     }
-                    (r, _) => r,
+                    (r, _) => r.map_err(|why| why.as_str()),
                 }
             }
         };
-        if r.is_err() {
-            let principal = authorization
-                .and_then(crate::auth::parse_bearer)
-                .filter(|t| t.starts_with(crate::auth::TOKEN_PREFIX) && t.len() <= 128)
-                .map(|t| format!("token:{}", &hex::encode(sha256(t.as_bytes()))[..12]))
-                .unwrap_or_else(|| "anonymous".into());
-            let event = Event {
-                principal,
-                op: "authenticate",
-                result: "unauthenticated".into(),
-                request_id,
-                ..Event::default()
-            };
-            if let Err(e) = self.audit.append(event).await {
-                tracing::error!(error = %e, "audit append failed");
+        match r {
+            Ok(c) => Ok(c),
+            Err(why) => {
+                crate::telemetry::reject("unauthenticated");
+                let principal = authorization
+                    .and_then(crate::auth::parse_bearer)
+                    .filter(|t| t.starts_with(crate::auth::TOKEN_PREFIX) && t.len() <= 128)
+                    .map(|t| format!("token:{}", crate::auth::table::id_of_presented(t)))
+                    .unwrap_or_else(|| "anonymous".into());
+                let event = Event {
+                    principal,
+                    op: "authenticate",
+                    result: "unauthenticated".into(),
+                    reason: why.into(),
+                    request_id,
+                    ..Event::default()
+                };
+                if let Err(e) = self.audit.append(event).await {
+                    tracing::error!(error = %e, "audit append failed");
+                }
+                Err(Error::Unauthenticated)
             }
         }
-        r
+    }
+
+    /// What is decided before admission charges the tenant: the scope the
+    /// operation needs, and whether the caller may use the key it names (a
+    /// key outside a restricted token's patterns is as missing as another
+    /// tenant's). A read-only token cannot drain its tenant's sign budget.
+    pub(super) fn precheck(&self, caller: &Caller, call: &Call) -> Result<()> {
+        caller.require(call.spec.scope)?;
+        if call.key.is_empty() || caller.keys.is_none() {
+            return Ok(());
+        }
+        // a malformed name is the operation's own invalid_argument
+        let Ok(KeyRef { name, .. }) = KeyRef::parse(&call.key) else {
+            return Ok(());
+        };
+        if caller.may_use(&name) {
+            Ok(())
+        } else if call.spec.method == Method::CreateKey {
+            Err(Error::PermissionDenied(
+                "this token may not create keys outside its key patterns".into(),
+            ))
+        } else {
+            Err(Error::NotFound(format!("key {name}")))
+        }
     }
 
     /// Admission for one request that names `key` (empty when it names
@@ -238,6 +266,16 @@ impl KmsService {
         run: impl std::future::Future<Output = Result<T>>,
         describe: impl Fn(&T) -> (String, String),
     ) -> Result<T> {
+        if let Err(e) = self.precheck(caller, &call) {
+            let r: Result<T> = Err(e);
+            let event = self.audit_event(caller, &call, &r, &describe);
+            let labels = Labels::of(&event);
+            if let Err(e) = self.audit.append(event).await {
+                tracing::error!(request_id = %caller.request_id, error = %e, "audit append failed");
+            }
+            labels.account(call.op, std::time::Duration::ZERO);
+            return r;
+        }
         let permit = self.admit(call.spec.gate, caller, &call.key).await?;
         let run = released(permit, run);
         if call.spec.writes {

@@ -106,6 +106,7 @@ impl KmsService {
         let rec = self
             .keyring
             .get(&caller.tenant, &req.name)
+            .filter(|_| caller.may_use(&req.name))
             .ok_or_else(|| Error::NotFound(format!("key {}", req.name)))?;
         Ok(proto::GetKeyResponse {
             key: Some(key_to_proto(&rec, req.pem)),
@@ -134,7 +135,9 @@ impl KmsService {
             Some(raw)
         };
         let snap = self.keyring.snapshot();
-        let mut page = snap.page(&caller.tenant, after.as_deref(), size + 1);
+        let mut page = snap.page(&caller.tenant, after.as_deref(), size + 1, |name| {
+            caller.may_use(name)
+        });
         let next_page_token = if page.len() > size {
             page.truncate(size);
             base64::engine::general_purpose::URL_SAFE_NO_PAD

@@ -35,6 +35,7 @@ mod keys;
 mod policy;
 mod replica;
 mod sign;
+mod tokens;
 pub mod verify_cache;
 mod wrap;
 
@@ -247,6 +248,7 @@ impl KmsService {
         let rec = self
             .keyring
             .get(&caller.tenant, &key.name)
+            .filter(|_| caller.may_use(&key.name))
             .ok_or_else(|| Error::NotFound(format!("key {}", key.name)))?;
         let vn = key.version.unwrap_or(rec.primary_version);
         let v = rec

@@ -75,14 +75,28 @@ pub struct OpRecord {
     pub result: String,
 }
 
-/// A bearer token's stored form: only its SHA-256.
-#[derive(Clone, Debug)]
+/// A bearer token's stored form: its SHA-256 and what it grants, never
+/// the secret (docs/tokens.md).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TokenRecord {
+    /// Public id: the first 16 hex digits of the hash. Safe to log and show;
+    /// unique (the store refuses a second row with the same id).
+    pub id: String,
     pub hash: [u8; 32],
     pub tenant: String,
     /// Comma-separated scopes, e.g. `kms:sign,kms:verify`.
     pub scopes: String,
+    /// Comma-separated key-name patterns (`payments-*`, `audit-key`); empty
+    /// means every key of the tenant.
+    pub key_patterns: String,
+    pub expires_at_ms: Option<i64>,
+    pub description: String,
+    /// The principal that created it (`token:<id>`, `cli`, `bootstrap`).
+    pub created_by: String,
     pub created_at_ms: i64,
+    /// Coarse: written at most once a minute per token, off the hot path.
+    pub last_used_ms: Option<i64>,
+    pub revoked_at_ms: Option<i64>,
 }
 
 /// One committed change, as a shared store announces it to every replica.
@@ -91,7 +105,7 @@ pub struct TokenRecord {
 pub enum Change {
     /// A key was created, rotated or had a version's state changed.
     Key { tenant: String, name: String },
-    /// A token was added.
+    /// A token was added or revoked.
     Tokens,
     /// A meta entry was written (PQ policies live here).
     Meta { key: String },
@@ -144,8 +158,35 @@ pub trait Store: Send + Sync {
 
     fn find_op(&self, tenant: &str, op_id: &str) -> Result<Option<OpRecord>, StoreError>;
 
+    /// Add a token. `AlreadyExists` if its id or hash is taken. Every token
+    /// write (this, [`Store::insert_tokens`], [`Store::revoke_token`], the
+    /// bootstrap) moves [`Store::token_generation`] in the same transaction
+    /// and, in a shared store, announces [`Change::Tokens`].
     fn insert_token(&self, token: &TokenRecord) -> Result<(), StoreError>;
+    /// Add many tokens in one transaction (seeding, benchmarks).
+    fn insert_tokens(&self, tokens: &[TokenRecord]) -> Result<(), StoreError> {
+        tokens.iter().try_for_each(|t| self.insert_token(t))
+    }
+    /// Every token, revoked ones included.
     fn load_tokens(&self) -> Result<Vec<TokenRecord>, StoreError>;
+    /// Mark a token revoked at `at_ms`; the record as stored afterwards
+    /// (an already revoked token keeps its first revocation time). `NotFound`
+    /// if no token has this id in `tenant`.
+    fn revoke_token(&self, tenant: &str, id: &str, at_ms: i64)
+        -> Result<TokenRecord, StoreError>;
+    /// Record last-used times (coarse; announces nothing).
+    fn touch_tokens(&self, used: &[(String, i64)]) -> Result<(), StoreError>;
+    /// Claim the recording of a token's expiry: true for exactly one caller
+    /// across every replica, so each expiry is audited once.
+    fn claim_token_expiry(&self, id: &str) -> Result<bool, StoreError>;
+    /// Insert the bootstrap token unless one was ever created, in one
+    /// transaction: replicas starting together on an empty store end with
+    /// exactly one. True if this call created it.
+    fn insert_bootstrap_token(&self, token: &TokenRecord) -> Result<bool, StoreError>;
+    /// Changes whenever any process commits a token write: a running server
+    /// polls it to learn of tokens written by `ron-kms tokens` offline (or by
+    /// a replica whose notification was lost).
+    fn token_generation(&self) -> Result<Vec<u8>, StoreError>;
 
     fn get_meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
     fn put_meta(&self, key: &str, value: &[u8]) -> Result<(), StoreError>;

@@ -13,7 +13,7 @@ use super::{OpRecord, Store, StoreError, TokenRecord};
 use crate::crypto::Algorithm;
 use crate::store::{KeyRecord, VersionRecord, VersionState};
 
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA_V1: &str = "
 CREATE TABLE keys (
@@ -54,6 +54,91 @@ CREATE TABLE meta (
     value BLOB NOT NULL
 );
 ";
+
+/// Version 2: tokens as a managed resource (docs/tokens.md). Rows written
+/// by version 1 get their id from their hash and no restriction.
+const SCHEMA_V2: &str = "
+ALTER TABLE tokens ADD COLUMN id TEXT;
+UPDATE tokens SET id = lower(hex(substr(hash, 1, 8)));
+ALTER TABLE tokens ADD COLUMN key_patterns TEXT NOT NULL DEFAULT '';
+ALTER TABLE tokens ADD COLUMN expires_at_ms INTEGER;
+ALTER TABLE tokens ADD COLUMN description TEXT NOT NULL DEFAULT '';
+ALTER TABLE tokens ADD COLUMN created_by TEXT NOT NULL DEFAULT '';
+ALTER TABLE tokens ADD COLUMN last_used_ms INTEGER;
+ALTER TABLE tokens ADD COLUMN revoked_at_ms INTEGER;
+ALTER TABLE tokens ADD COLUMN expiry_recorded INTEGER NOT NULL DEFAULT 0;
+CREATE UNIQUE INDEX tokens_id ON tokens (id);
+";
+
+const TOKEN_COLUMNS: &str = "id, hash, tenant, scopes, key_patterns, expires_at_ms, description, created_by, created_at_ms, last_used_ms, revoked_at_ms";
+
+/// The meta entry [`Store::token_generation`] reads.
+const TOKEN_GENERATION: &str = "tokens.generation";
+
+fn token_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(TokenRecord, Vec<u8>)> {
+    Ok((
+        TokenRecord {
+            id: r.get(0)?,
+            hash: [0; 32],
+            tenant: r.get(2)?,
+            scopes: r.get(3)?,
+            key_patterns: r.get(4)?,
+            expires_at_ms: r.get(5)?,
+            description: r.get(6)?,
+            created_by: r.get(7)?,
+            created_at_ms: r.get(8)?,
+            last_used_ms: r.get(9)?,
+            revoked_at_ms: r.get(10)?,
+        },
+        r.get(1)?,
+    ))
+}
+
+fn with_hash((mut t, h): (TokenRecord, Vec<u8>)) -> Result<TokenRecord, StoreError> {
+    t.hash = h
+        .try_into()
+        .map_err(|_| StoreError::Corrupt("token hash length".into()))?;
+    Ok(t)
+}
+
+fn insert_token_tx(tx: &rusqlite::Transaction<'_>, t: &TokenRecord) -> Result<(), StoreError> {
+    tx.execute(
+        &format!("INSERT INTO tokens ({TOKEN_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"),
+        params![
+            t.id,
+            &t.hash[..],
+            t.tenant,
+            t.scopes,
+            t.key_patterns,
+            t.expires_at_ms,
+            t.description,
+            t.created_by,
+            t.created_at_ms,
+            t.last_used_ms,
+            t.revoked_at_ms
+        ],
+    )
+    .map_err(|e| {
+        if is_unique_violation(&e) {
+            StoreError::AlreadyExists(format!("token {} exists", t.id))
+        } else {
+            db_err(e)
+        }
+    })?;
+    Ok(())
+}
+
+/// Move the token generation, in the transaction of the token write.
+fn bump_token_generation(tx: &rusqlite::Transaction<'_>) -> Result<(), StoreError> {
+    let mut g = [0u8; 16];
+    crate::crypto::random_bytes(&mut g).map_err(|e| StoreError::Backend(e.to_string()))?;
+    tx.execute(
+        "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        params![TOKEN_GENERATION, &g[..]],
+    )
+    .map_err(db_err)?;
+    Ok(())
+}
 
 pub struct SqliteStore {
     conn: Mutex<Connection>,
@@ -216,7 +301,13 @@ impl SqliteStore {
         match version {
             0 => {
                 conn.execute_batch(&format!(
-                    "BEGIN; {SCHEMA_V1} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+                    "BEGIN; {SCHEMA_V1} {SCHEMA_V2} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+                ))
+                .map_err(db_err)?;
+            }
+            1 => {
+                conn.execute_batch(&format!(
+                    "BEGIN; {SCHEMA_V2} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
                 ))
                 .map_err(db_err)?;
             }
@@ -423,43 +514,103 @@ impl Store for SqliteStore {
     }
 
     fn insert_token(&self, t: &TokenRecord) -> Result<(), StoreError> {
-        self.conn()
-            .execute(
-                "INSERT INTO tokens (hash, tenant, scopes, created_at_ms) VALUES (?1, ?2, ?3, ?4)",
-                params![&t.hash[..], t.tenant, t.scopes, t.created_at_ms],
-            )
+        self.insert_tokens(std::slice::from_ref(t))
+    }
+
+    fn insert_tokens(&self, tokens: &[TokenRecord]) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(db_err)?;
-        Ok(())
+        for t in tokens {
+            insert_token_tx(&tx, t)?;
+        }
+        bump_token_generation(&tx)?;
+        tx.commit().map_err(db_err)
     }
 
     fn load_tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
         let conn = self.conn();
         let mut stmt = conn
-            .prepare("SELECT hash, tenant, scopes, created_at_ms FROM tokens")
+            .prepare(&format!("SELECT {TOKEN_COLUMNS} FROM tokens"))
             .map_err(db_err)?;
-        let rows = stmt
-            .query_map([], |r| {
-                Ok((
-                    r.get::<_, Vec<u8>>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, i64>(3)?,
-                ))
-            })
+        let rows = stmt.query_map([], token_row).map_err(db_err)?;
+        rows.map(|row| with_hash(row.map_err(db_err)?)).collect()
+    }
+
+    fn revoke_token(&self, tenant: &str, id: &str, at_ms: i64) -> Result<TokenRecord, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(db_err)?;
-        rows.map(|row| {
-            let (h, tenant, scopes, created_at_ms) = row.map_err(db_err)?;
-            let hash: [u8; 32] = h
-                .try_into()
-                .map_err(|_| StoreError::Corrupt("token hash length".into()))?;
-            Ok(TokenRecord {
-                hash,
-                tenant,
-                scopes,
-                created_at_ms,
-            })
-        })
-        .collect()
+        let n = tx
+            .execute(
+                "UPDATE tokens SET revoked_at_ms = ?3 WHERE tenant = ?1 AND id = ?2 AND revoked_at_ms IS NULL",
+                params![tenant, id, at_ms],
+            )
+            .map_err(db_err)?;
+        let row = tx
+            .query_row(
+                &format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE tenant = ?1 AND id = ?2"),
+                params![tenant, id],
+                token_row,
+            )
+            .optional()
+            .map_err(db_err)?
+            .ok_or_else(|| StoreError::NotFound(format!("token {id}")))?;
+        if n > 0 {
+            bump_token_generation(&tx)?;
+        }
+        tx.commit().map_err(db_err)?;
+        with_hash(row)
+    }
+
+    fn touch_tokens(&self, used: &[(String, i64)]) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(db_err)?;
+        for (id, at) in used {
+            tx.execute(
+                "UPDATE tokens SET last_used_ms = ?2 WHERE id = ?1 AND (last_used_ms IS NULL OR last_used_ms < ?2)",
+                params![id, at],
+            )
+            .map_err(db_err)?;
+        }
+        tx.commit().map_err(db_err)
+    }
+
+    fn claim_token_expiry(&self, id: &str) -> Result<bool, StoreError> {
+        let n = self
+            .conn()
+            .execute(
+                "UPDATE tokens SET expiry_recorded = 1 WHERE id = ?1 AND expiry_recorded = 0",
+                [id],
+            )
+            .map_err(db_err)?;
+        Ok(n > 0)
+    }
+
+    fn insert_bootstrap_token(&self, t: &TokenRecord) -> Result<bool, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db_err)?;
+        let n = tx
+            .execute(
+                "INSERT INTO meta (key, value) VALUES ('tokens.bootstrap', ?1) ON CONFLICT (key) DO NOTHING",
+                [t.id.as_bytes()],
+            )
+            .map_err(db_err)?;
+        if n == 0 {
+            return Ok(false);
+        }
+        insert_token_tx(&tx, t)?;
+        bump_token_generation(&tx)?;
+        tx.commit().map_err(db_err)?;
+        Ok(true)
+    }
+
+    fn token_generation(&self) -> Result<Vec<u8>, StoreError> {
+        Ok(self.get_meta(TOKEN_GENERATION)?.unwrap_or_default())
     }
 
     fn get_meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {

@@ -13,7 +13,7 @@ pub mod swtpm;
 
 use std::path::{Path, PathBuf};
 
-use ron_kms::auth::{create_token, Scopes};
+use ron_kms::auth::{create_token, NewToken, Scopes};
 use ron_kms::config::Config;
 use ron_kms::proto::kms_client::KmsClient;
 use ron_kms::proto::*;
@@ -184,7 +184,15 @@ impl TestServer {
     /// A new token for `tenant` with `scopes`, visible to the server at once.
     pub fn token(&self, tenant: &str, scopes: &str) -> String {
         let kms = &self.running().kms;
-        let t = create_token(kms.store().as_ref(), tenant, Scopes::parse(scopes).unwrap()).unwrap();
+        let (t, _) = create_token(
+            kms.store().as_ref(),
+            &NewToken {
+                tenant: tenant.into(),
+                scopes: Scopes::parse(scopes).unwrap(),
+                ..NewToken::default()
+            },
+        )
+        .unwrap();
         kms.tokens().reload().unwrap();
         t
     }

@@ -96,6 +96,15 @@ pub fn serve_logged(
     let token = match lines.as_slice() {
         [] => None,
         [banner, token] if banner.starts_with("bootstrap:") => Some(token.trim().to_string()),
+        // the default: the token is in a 0600 file the banner names
+        [banner] if banner.starts_with("bootstrap:") => {
+            let path = banner
+                .split(" token in ")
+                .nth(1)
+                .and_then(|r| r.split(" (mode 0600").next())
+                .unwrap_or_else(|| panic!("no file in the banner: {banner}"));
+            Some(std::fs::read_to_string(path).unwrap().trim().to_string())
+        }
         other => panic!("unexpected stdout before the address line: {other:?}"),
     };
     Served {

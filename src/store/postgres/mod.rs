@@ -13,8 +13,8 @@
 //! mutations and start-up reads), whichever thread the caller is on.
 //!
 //! Schema: versioned migrations in `schema_migrations`, applied under an
-//! advisory lock so replicas starting together migrate once. Migration 1
-//! matches SQLite's schema version 1 table for table.
+//! advisory lock so replicas starting together migrate once. Migration `n`
+//! matches SQLite's schema version `n` table for table.
 use std::time::Duration;
 
 use postgres::{Client, NoTls};
@@ -78,6 +78,70 @@ fn notify(tx: &mut postgres::Transaction<'_>, change: &Change) -> Result<(), Sto
     tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &payload])
         .map_err(db_err)?;
     Ok(())
+}
+
+const TOKEN_COLUMNS: &str = "id, hash, tenant, scopes, key_patterns, expires_at_ms, description, created_by, created_at_ms, last_used_ms, revoked_at_ms";
+
+/// The meta entry [`Store::token_generation`] reads.
+const TOKEN_GENERATION: &str = "tokens.generation";
+
+fn token_of(r: &postgres::Row) -> Result<TokenRecord, StoreError> {
+    let h: Vec<u8> = r.get(1);
+    Ok(TokenRecord {
+        id: r.get(0),
+        hash: h
+            .try_into()
+            .map_err(|_| StoreError::Corrupt("token hash length".into()))?,
+        tenant: r.get(2),
+        scopes: r.get(3),
+        key_patterns: r.get(4),
+        expires_at_ms: r.get(5),
+        description: r.get(6),
+        created_by: r.get(7),
+        created_at_ms: r.get(8),
+        last_used_ms: r.get(9),
+        revoked_at_ms: r.get(10),
+    })
+}
+
+fn insert_token_tx(tx: &mut postgres::Transaction<'_>, t: &TokenRecord) -> Result<(), StoreError> {
+    tx.execute(
+        &format!("INSERT INTO tokens ({TOKEN_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"),
+        &[
+            &t.id,
+            &&t.hash[..],
+            &t.tenant,
+            &t.scopes,
+            &t.key_patterns,
+            &t.expires_at_ms,
+            &t.description,
+            &t.created_by,
+            &t.created_at_ms,
+            &t.last_used_ms,
+            &t.revoked_at_ms,
+        ],
+    )
+    .map_err(|e| {
+        if is_unique_violation(&e) {
+            StoreError::AlreadyExists(format!("token {} exists", t.id))
+        } else {
+            db_err(e)
+        }
+    })?;
+    Ok(())
+}
+
+/// Move the token generation and announce the change, in the transaction
+/// of the token write.
+fn tokens_changed(tx: &mut postgres::Transaction<'_>) -> Result<(), StoreError> {
+    let mut g = [0u8; 16];
+    crate::crypto::random_bytes(&mut g).map_err(|e| StoreError::Backend(e.to_string()))?;
+    tx.execute(
+        "INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        &[&TOKEN_GENERATION, &&g[..]],
+    )
+    .map_err(db_err)?;
+    notify(tx, &Change::Tokens)
 }
 
 fn insert_op(tx: &mut postgres::Transaction<'_>, op: Option<&OpRecord>) -> Result<(), StoreError> {
@@ -458,38 +522,91 @@ impl Store for PgStore {
     }
 
     fn insert_token(&self, t: &TokenRecord) -> Result<(), StoreError> {
+        self.insert_tokens(std::slice::from_ref(t))
+    }
+
+    fn insert_tokens(&self, tokens: &[TokenRecord]) -> Result<(), StoreError> {
         self.tx(|tx| {
-            tx.execute(
-                "INSERT INTO tokens (hash, tenant, scopes, created_at_ms) VALUES ($1, $2, $3, $4)",
-                &[&&t.hash[..], &t.tenant, &t.scopes, &t.created_at_ms],
-            )
-            .map_err(db_err)?;
-            notify(tx, &Change::Tokens)
+            for t in tokens {
+                insert_token_tx(tx, t)?;
+            }
+            tokens_changed(tx)
         })
     }
 
     fn load_tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
         let rows = self.with(|c| {
-            c.query(
-                "SELECT hash, tenant, scopes, created_at_ms FROM tokens",
-                &[],
+            c.query(&format!("SELECT {TOKEN_COLUMNS} FROM tokens"), &[])
+                .map_err(db_err)
+        })?;
+        rows.iter().map(token_of).collect()
+    }
+
+    fn revoke_token(&self, tenant: &str, id: &str, at_ms: i64) -> Result<TokenRecord, StoreError> {
+        self.tx(|tx| {
+            let n = tx
+                .execute(
+                    "UPDATE tokens SET revoked_at_ms = $3 WHERE tenant = $1 AND id = $2 AND revoked_at_ms IS NULL",
+                    &[&tenant, &id, &at_ms],
+                )
+                .map_err(db_err)?;
+            let row = tx
+                .query_opt(
+                    &format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE tenant = $1 AND id = $2"),
+                    &[&tenant, &id],
+                )
+                .map_err(db_err)?
+                .ok_or_else(|| StoreError::NotFound(format!("token {id}")))?;
+            if n > 0 {
+                tokens_changed(tx)?;
+            }
+            token_of(&row)
+        })
+    }
+
+    fn touch_tokens(&self, used: &[(String, i64)]) -> Result<(), StoreError> {
+        self.tx(|tx| {
+            for (id, at) in used {
+                tx.execute(
+                    "UPDATE tokens SET last_used_ms = $2 WHERE id = $1 AND (last_used_ms IS NULL OR last_used_ms < $2)",
+                    &[id, at],
+                )
+                .map_err(db_err)?;
+            }
+            Ok(())
+        })
+    }
+
+    fn claim_token_expiry(&self, id: &str) -> Result<bool, StoreError> {
+        let n = self.with(|c| {
+            c.execute(
+                "UPDATE tokens SET expiry_recorded = true WHERE id = $1 AND NOT expiry_recorded",
+                &[&id],
             )
             .map_err(db_err)
         })?;
-        rows.iter()
-            .map(|r| {
-                let h: Vec<u8> = r.get(0);
-                let hash: [u8; 32] = h
-                    .try_into()
-                    .map_err(|_| StoreError::Corrupt("token hash length".into()))?;
-                Ok(TokenRecord {
-                    hash,
-                    tenant: r.get(1),
-                    scopes: r.get(2),
-                    created_at_ms: r.get(3),
-                })
-            })
-            .collect()
+        Ok(n > 0)
+    }
+
+    fn insert_bootstrap_token(&self, t: &TokenRecord) -> Result<bool, StoreError> {
+        self.tx(|tx| {
+            let n = tx
+                .execute(
+                    "INSERT INTO meta (key, value) VALUES ('tokens.bootstrap', $1) ON CONFLICT (key) DO NOTHING",
+                    &[&t.id.as_bytes()],
+                )
+                .map_err(db_err)?;
+            if n == 0 {
+                return Ok(false);
+            }
+            insert_token_tx(tx, t)?;
+            tokens_changed(tx)?;
+            Ok(true)
+        })
+    }
+
+    fn token_generation(&self) -> Result<Vec<u8>, StoreError> {
+        Ok(self.get_meta(TOKEN_GENERATION)?.unwrap_or_default())
     }
 
     fn get_meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {

@@ -41,6 +41,17 @@ CREATE TABLE meta (
     key   TEXT PRIMARY KEY,
     value BYTEA NOT NULL
 );
+", "
+ALTER TABLE tokens ADD COLUMN id TEXT;
+UPDATE tokens SET id = encode(substring(hash from 1 for 8), 'hex');
+ALTER TABLE tokens ADD COLUMN key_patterns TEXT NOT NULL DEFAULT '';
+ALTER TABLE tokens ADD COLUMN expires_at_ms BIGINT;
+ALTER TABLE tokens ADD COLUMN description TEXT NOT NULL DEFAULT '';
+ALTER TABLE tokens ADD COLUMN created_by TEXT NOT NULL DEFAULT '';
+ALTER TABLE tokens ADD COLUMN last_used_ms BIGINT;
+ALTER TABLE tokens ADD COLUMN revoked_at_ms BIGINT;
+ALTER TABLE tokens ADD COLUMN expiry_recorded BOOLEAN NOT NULL DEFAULT false;
+CREATE UNIQUE INDEX tokens_id ON tokens (id);
 "];
 
 /// Advisory lock key of the migration step (any constant; "ronkms" in ASCII).

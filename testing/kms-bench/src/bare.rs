@@ -207,6 +207,15 @@ impl Kms for Svc {
     async fn set_pq_policy(&self, _: Request<SetPqPolicyRequest>) -> R<PqPolicyResponse> {
         unimplemented()
     }
+    async fn create_token(&self, _: Request<CreateTokenRequest>) -> R<CreateTokenResponse> {
+        unimplemented()
+    }
+    async fn list_tokens(&self, _: Request<ListTokensRequest>) -> R<ListTokensResponse> {
+        unimplemented()
+    }
+    async fn revoke_token(&self, _: Request<RevokeTokenRequest>) -> R<RevokeTokenResponse> {
+        unimplemented()
+    }
     async fn sign_batch(&self, r: Request<SignBatchRequest>) -> R<SignBatchResponse> {
         Ok(Response::new(sign_batch(&self.0, &r.into_inner())))
     }

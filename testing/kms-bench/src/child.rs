@@ -28,15 +28,45 @@ pub(crate) async fn child_service(
         .map_err(|e| e.to_string())?;
     // A restart on a used data dir (the kill-9 drill) bootstraps nothing:
     // the caller keeps the tokens it had ("token - -").
+    /// `KMS_BENCH_EXTRA_TOKENS=N`: N more tokens in the table (one
+    /// transaction), to measure authentication against a large table.
+    fn seed_tokens(running: &ron_kms::server::Running) -> Result<(), String> {
+        let n: usize = match std::env::var("KMS_BENCH_EXTRA_TOKENS") {
+            Ok(v) => v.parse().map_err(|_| "KMS_BENCH_EXTRA_TOKENS: a number".to_string())?,
+            Err(_) => return Ok(()),
+        };
+        let rows = (0..n)
+            .map(|i| {
+                ron_kms::auth::mint(&ron_kms::auth::NewToken {
+                    tenant: format!("seeded-{}", i % 1000),
+                    scopes: ron_kms::auth::Scopes::parse("kms:sign,kms:verify").unwrap_or_default(),
+                    ..Default::default()
+                })
+                .map(|(_, r)| r)
+                .map_err(|e| e.to_string())
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        running
+            .kms
+            .store()
+            .insert_tokens(&rows)
+            .map_err(|e| e.to_string())?;
+        eprintln!("seeded {n} extra tokens");
+        Ok(())
+    }
     match running.bootstrap_token.clone() {
         Some(token) => {
             // a second tenant, for the tenant-isolation mix
-            let other = ron_kms::auth::create_token(
+            let (other, _) = ron_kms::auth::create_token(
                 running.kms.store().as_ref(),
-                TENANT_B,
-                ron_kms::auth::Scopes::all(),
+                &ron_kms::auth::NewToken {
+                    tenant: TENANT_B.into(),
+                    scopes: ron_kms::auth::Scopes::all(),
+                    ..Default::default()
+                },
             )
             .map_err(|e| e.to_string())?;
+            seed_tokens(&running)?;
             running.kms.tokens().reload().map_err(|e| e.to_string())?;
             println!("token {token} {other}");
         }
