@@ -484,6 +484,83 @@ impl Client {
         }
     }
 
+    pub async fn create_token(
+        &mut self,
+        req: CreateTokenRequest,
+    ) -> Result<CreateTokenResponse, ApiErr> {
+        match &mut self.transport {
+            Transport::Grpc(_) => {
+                let r = self.grpc_req(req);
+                let Transport::Grpc(c) = &mut self.transport else {
+                    unreachable!()
+                };
+                c.create_token(r)
+                    .await
+                    .map(|r| r.into_inner())
+                    .map_err(from_status)
+            }
+            Transport::Http(..) => {
+                self.http(reqwest::Method::POST, "/v1/kms/tokens", Some(&req))
+                    .await
+            }
+        }
+    }
+
+    /// Every token of `tenant` ("" for the caller's), inactive ones too.
+    pub async fn list_tokens(&mut self, tenant: &str) -> Result<ListTokensResponse, ApiErr> {
+        let req = ListTokensRequest {
+            tenant: tenant.into(),
+            page_size: 1000,
+            page_token: String::new(),
+            include_inactive: true,
+        };
+        match &mut self.transport {
+            Transport::Grpc(_) => {
+                let r = self.grpc_req(req);
+                let Transport::Grpc(c) = &mut self.transport else {
+                    unreachable!()
+                };
+                c.list_tokens(r)
+                    .await
+                    .map(|r| r.into_inner())
+                    .map_err(from_status)
+            }
+            Transport::Http(..) => {
+                let path = format!(
+                    "/v1/kms/tokens?tenant={tenant}&page_size=1000&include_inactive=true"
+                );
+                self.http::<(), _>(reqwest::Method::GET, &path, None).await
+            }
+        }
+    }
+
+    pub async fn revoke_token(
+        &mut self,
+        id: &str,
+        tenant: &str,
+    ) -> Result<RevokeTokenResponse, ApiErr> {
+        let req = RevokeTokenRequest {
+            id: id.into(),
+            tenant: tenant.into(),
+        };
+        match &mut self.transport {
+            Transport::Grpc(_) => {
+                let r = self.grpc_req(req);
+                let Transport::Grpc(c) = &mut self.transport else {
+                    unreachable!()
+                };
+                c.revoke_token(r)
+                    .await
+                    .map(|r| r.into_inner())
+                    .map_err(from_status)
+            }
+            Transport::Http(..) => {
+                let path = format!("/v1/kms/tokens/{id}/revoke");
+                self.http(reqwest::Method::POST, &path, Some(&req)).await
+            }
+        }
+    }
+
     pub async fn rotate(&mut self, name: &str, op_id: &str) -> Result<RotateKeyResponse, ApiErr> {
         let req = RotateKeyRequest {
             name: name.into(),
