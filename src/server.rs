@@ -612,13 +612,13 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
     // first-request and idle deadlines, TLS), one per front.
     let (grpc_tls, http_tls, mtls) = match &cfg.tls {
         Some(t) => {
+            use crate::ingress::tls::{client_verifier, server_config_with};
             let tls_err = |e: crate::ingress::tls::TlsError| StartError::Other(format!("tls: {e}"));
+            // One verifier for both fronts: one watcher of the CRL file.
+            let verifier = client_verifier(t).map_err(tls_err)?;
             (
-                Some(crate::ingress::tls::server_config(t, &[b"h2"]).map_err(tls_err)?),
-                Some(
-                    crate::ingress::tls::server_config(t, &[b"h2", b"http/1.1"])
-                        .map_err(tls_err)?,
-                ),
+                Some(server_config_with(t, &[b"h2"], verifier.clone()).map_err(tls_err)?),
+                Some(server_config_with(t, &[b"h2", b"http/1.1"], verifier).map_err(tls_err)?),
                 t.mtls.clone(),
             )
         }

@@ -3,7 +3,7 @@
 //!
 //! Counters and gauges that may stay untouched in a deployment (every
 //! `kms_reject_total` reason, the PQ policy rollbacks, the verify cache,
-//! device breakers and reconnects, attestation) are registered at zero at
+//! device breakers and reconnects, CRL reloads, attestation) are registered at zero at
 //! start, so dashboards and alerts see a series from the first scrape; zero
 //! is their truthful value until something happens. `kms_attestation_required`
 //! says whether `attestation_ready == 0` matters.
@@ -121,6 +121,10 @@ fn describe() {
         "kms_audit_checkpoint_deferred_total",
         "Audit checkpoints put off because the audit key in custody could not sign"
     );
+    describe_counter!(
+        "kms_tls_crl_reload_total",
+        "Reloads of the TLS client CRL file after it changed, by result (ok, or error: the CRLs before stay in force)"
+    );
     describe_gauge!(
         "attestation_ready",
         "1 when custody attestation is verified"
@@ -142,6 +146,9 @@ fn describe() {
     gauge!("verify_cache_ttl_ms").set(0.0);
     counter!("kms_audit_integrity_failed_total").absolute(0);
     counter!("kms_audit_checkpoint_deferred_total").absolute(0);
+    for result in ["ok", "error"] {
+        counter!("kms_tls_crl_reload_total", "result" => result).absolute(0);
+    }
     gauge!("attestation_ready").set(0.0);
     gauge!("kms_attestation_required").set(0.0);
 }

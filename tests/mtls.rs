@@ -23,6 +23,7 @@ async fn start(pki: &Pki) -> TestServer {
         cert_file: pki.server_cert_file.clone(),
         key_file: pki.server_key_file.clone(),
         client_ca_file: Some(pki.ca_file.clone()),
+        client_crl_file: None,
         require_client_cert: false,
         mtls: Some(MtlsRule::parse(RULE, MtlsRule::default_scopes()).unwrap()),
         require_pq_kx: false,

@@ -22,6 +22,7 @@ async fn start(pki: &Pki, require_pq_kx: bool) -> TestServer {
         cert_file: pki.server_cert_file.clone(),
         key_file: pki.server_key_file.clone(),
         client_ca_file: None,
+        client_crl_file: None,
         require_client_cert: false,
         mtls: None,
         require_pq_kx,

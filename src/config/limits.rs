@@ -52,6 +52,7 @@ pub struct TlsFile {
     pub cert_file: Option<PathBuf>,
     pub key_file: Option<PathBuf>,
     pub client_ca_file: Option<PathBuf>,
+    pub client_crl_file: Option<PathBuf>,
     pub require_client_cert: Option<bool>,
     pub mtls_tenant_uri: Option<String>,
     pub mtls_scopes: Option<String>,
@@ -264,6 +265,7 @@ pub(super) fn load(
     let cert = path("KMS_TLS_CERT_FILE", tls.cert_file);
     let key = path("KMS_TLS_KEY_FILE", tls.key_file);
     let ca = path("KMS_TLS_CLIENT_CA_FILE", tls.client_ca_file);
+    let crl = path("KMS_TLS_CLIENT_CRL_FILE", tls.client_crl_file);
     let require = match env.var("KMS_TLS_REQUIRE_CLIENT_CERT") {
         Some(v) => parse_bool(&v)
             .ok_or_else(|| err("KMS_TLS_REQUIRE_CLIENT_CERT", "must be true or false"))?,
@@ -281,6 +283,7 @@ pub(super) fn load(
         (None, None) => {
             for (set, name) in [
                 (ca.is_some(), "KMS_TLS_CLIENT_CA_FILE"),
+                (crl.is_some(), "KMS_TLS_CLIENT_CRL_FILE"),
                 (require, "KMS_TLS_REQUIRE_CLIENT_CERT"),
                 (uri.is_some(), "KMS_MTLS_TENANT_URI"),
                 (scopes.is_some(), "KMS_MTLS_SCOPES"),
@@ -308,6 +311,12 @@ pub(super) fn load(
             ))
         }
         (Some(cert_file), Some(key_file)) => {
+            if crl.is_some() && ca.is_none() {
+                return Err(err(
+                    "KMS_TLS_CLIENT_CRL_FILE",
+                    "needs KMS_TLS_CLIENT_CA_FILE: it revokes client certificates of those CAs",
+                ));
+            }
             let mtls = match (&ca, uri) {
                 (None, None) => {
                     if require {
@@ -337,6 +346,7 @@ pub(super) fn load(
                 cert_file,
                 key_file,
                 client_ca_file: ca,
+                client_crl_file: crl,
                 require_client_cert: require,
                 mtls,
                 require_pq_kx: require_pq.unwrap_or(false),
@@ -459,5 +469,91 @@ mod tests {
             Some("payments")
         );
         assert!(!rule.scopes.contains(crate::auth::Scope::Admin));
+    }
+
+    #[test]
+    fn crl_file_needs_the_client_ca() {
+        let mtls = [
+            ("KMS_TLS_CERT_FILE", "/c.pem"),
+            ("KMS_TLS_KEY_FILE", "/k.pem"),
+            ("KMS_TLS_CLIENT_CA_FILE", "/ca.pem"),
+            (
+                "KMS_MTLS_TENANT_URI",
+                "spiffe://ron-kms.test/tenant/{tenant}",
+            ),
+        ];
+        let mut e = mtls.to_vec();
+        e.push(("KMS_TLS_CLIENT_CRL_FILE", "/crl.pem"));
+        let t = run(&e).unwrap().tls.unwrap();
+        assert_eq!(t.client_crl_file, Some(PathBuf::from("/crl.pem")));
+        assert!(run(&mtls).unwrap().tls.unwrap().client_crl_file.is_none());
+
+        // Without the CA bundle it revokes nothing: refused, named.
+        let e = run(&[
+            ("KMS_TLS_CERT_FILE", "/c.pem"),
+            ("KMS_TLS_KEY_FILE", "/k.pem"),
+            ("KMS_TLS_CLIENT_CRL_FILE", "/crl.pem"),
+        ])
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(e.contains("KMS_TLS_CLIENT_CRL_FILE"), "{e}");
+        assert!(e.contains("needs KMS_TLS_CLIENT_CA_FILE"), "{e}");
+        // Without TLS at all.
+        let e = run(&[("KMS_TLS_CLIENT_CRL_FILE", "/crl.pem")])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("KMS_TLS_CLIENT_CRL_FILE"), "{e}");
+        assert!(e.contains("needs TLS"), "{e}");
+    }
+
+    #[test]
+    fn crl_file_from_the_file_and_env_wins() {
+        let tls: TlsFile = toml::from_str(
+            r#"
+            cert_file = "/c.pem"
+            key_file = "/k.pem"
+            client_ca_file = "/ca.pem"
+            client_crl_file = "/file-crl.pem"
+            mtls_tenant_uri = "spiffe://ron-kms.test/tenant/{tenant}"
+            "#,
+        )
+        .unwrap();
+        let load_with = |e: &[(&str, &str)]| {
+            load(
+                AdmissionFile::default(),
+                None,
+                IngressFile::default(),
+                tls.clone(),
+                &env(e),
+                "ron-kms.toml",
+            )
+            .unwrap()
+            .tls
+            .unwrap()
+            .client_crl_file
+        };
+        assert_eq!(load_with(&[]), Some(PathBuf::from("/file-crl.pem")));
+        assert_eq!(
+            load_with(&[("KMS_TLS_CLIENT_CRL_FILE", "/env-crl.pem")]),
+            Some(PathBuf::from("/env-crl.pem"))
+        );
+        // A file with a CRL but no CA bundle is refused like the env.
+        let mut no_ca = tls.clone();
+        no_ca.client_ca_file = None;
+        no_ca.mtls_tenant_uri = None;
+        let e = load(
+            AdmissionFile::default(),
+            None,
+            IngressFile::default(),
+            no_ca,
+            &env(&[]),
+            "ron-kms.toml",
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(e.contains("KMS_TLS_CLIENT_CRL_FILE"), "{e}");
     }
 }

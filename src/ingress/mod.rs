@@ -22,6 +22,7 @@
 //! The request timeout (`KMS_REQUEST_TIMEOUT_MS`) and body limits live in
 //! the fronts, which know where a request starts and ends.
 pub mod conn;
+pub mod crl;
 pub mod decompress;
 pub mod tls;
 

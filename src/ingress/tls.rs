@@ -16,18 +16,46 @@
 //! the handshake, but every request on that connection is refused as
 //! unauthenticated ([`PeerInfo::cert`]).
 //!
+//! With a CRL file beside the CA bundle, a presented certificate that a
+//! CRL of the file lists as revoked fails the handshake, and the file is
+//! re-read when it changes ([`crate::ingress::crl`]). The choices:
+//!
+//! - **Depth: the whole chain.** The leaf and every intermediate the client
+//!   sends are looked up, so revoking an intermediate CA refuses every
+//!   certificate under it. (The trust anchors themselves are not: a CA is
+//!   withdrawn by removing it from the bundle.)
+//! - **Unknown status is accepted.** A certificate whose issuer has no CRL
+//!   in the file is accepted: the file need only hold the CRLs of the CAs
+//!   whose certificates get revoked.
+//! - **Expired CRLs still apply.** A CRL past its nextUpdate still revokes
+//!   what it lists (rustls' default; enforcing it would refuse every client
+//!   of that CA whenever the CRL publisher stalls); loading one logs a
+//!   warning, since revocations made since then are missing.
+//! - **Checked on load.** Every CRL must parse, and one issued by a CA of
+//!   the bundle must carry that CA's signature; otherwise the file is
+//!   refused (at start: an error; on reload: the CRLs loaded before stay in
+//!   force). CRLs of intermediates are checked against them at the
+//!   handshake, where a bad signature fails it.
+//! - **No session resumption.** Resuming a TLS session skips the client
+//!   certificate check, so with a CRL file the server neither keeps session
+//!   state nor sends TLS 1.3 tickets: every connection does a full
+//!   handshake under the CRLs in force. Connections already open are not
+//!   cut when a CRL changes.
+//!
 //! Errors name the file and what is wrong with it; they never carry key
 //! bytes or PEM contents.
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use rustls::server::danger::ClientCertVerifier;
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 use zeroize::Zeroizing;
 
 use crate::auth::{validate_tenant, CertIdentity, Scopes};
+use crate::ingress::crl::{ReloadingVerifier, POLL_PERIOD};
 use crate::secret_file::check_private;
 
 /// The placeholder an [`MtlsRule::uri_pattern`] must contain exactly once.
@@ -111,6 +139,10 @@ pub struct TlsSettings {
     /// PEM CA bundle: enables client certificates (optional unless
     /// `require_client_cert`).
     pub client_ca_file: Option<PathBuf>,
+    /// PEM file of one or more `X509 CRL` sections (or one DER CRL) for the
+    /// client CAs: a listed client certificate fails the handshake. Re-read
+    /// when it changes. Needs `client_ca_file`.
+    pub client_crl_file: Option<PathBuf>,
     /// When true, a handshake without a client certificate fails. Needs
     /// `client_ca_file`.
     pub require_client_cert: bool,
@@ -164,6 +196,8 @@ pub enum TlsError {
     Key { path: String, msg: String },
     #[error("TLS client CA file {path}: {msg}")]
     ClientCa { path: String, msg: String },
+    #[error("TLS client CRL file {path}: {msg}")]
+    ClientCrl { path: String, msg: String },
     #[error("TLS settings: {0}")]
     Settings(String),
 }
@@ -235,15 +269,90 @@ fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
     })
 }
 
-/// Build the rustls server config for one front: [`provider`], TLS 1.2 and
-/// 1.3 (1.3 only with `require_pq_kx`), the given ALPN list (HTTP: `[b"h2", b"http/1.1"]`, gRPC: `[b"h2"]`).
-/// With `client_ca_file`, client certificates are verified against that
-/// bundle (required when `require_client_cert`, else optional); a presented
-/// certificate from another CA fails the handshake.
-pub fn server_config(s: &TlsSettings, alpn: &[&[u8]]) -> Result<Arc<ServerConfig>, TlsError> {
+/// The CRLs of a CRL file: one or more PEM `X509 CRL` sections, or one DER
+/// CRL. Each must parse, and one whose issuer is a CA of `cas` (by name)
+/// must carry that CA's signature. A CRL past its nextUpdate is kept, with a
+/// warning. Errors say which CRL (`#1` is the first) and what is wrong,
+/// never the file's bytes.
+fn read_crls(
+    path: &Path,
+    cas: &[CertificateDer<'static>],
+) -> Result<Vec<CertificateRevocationListDer<'static>>, String> {
+    let bytes = read_file(path)?;
+    // DER starts with a SEQUENCE tag; PEM with text.
+    let crls = if bytes.first() == Some(&0x30) {
+        vec![CertificateRevocationListDer::from(bytes)]
+    } else {
+        CertificateRevocationListDer::pem_slice_iter(&bytes)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| pem_reason(&e, "X509 CRL"))?
+    };
+    if crls.is_empty() {
+        return Err("no X509 CRL PEM section found".into());
+    }
+    for (i, crl) in crls.iter().enumerate() {
+        check_crl(path, i + 1, crl.as_ref(), cas)?;
+    }
+    Ok(crls)
+}
+
+fn check_crl(
+    path: &Path,
+    n: usize,
+    der: &[u8],
+    cas: &[CertificateDer<'static>],
+) -> Result<(), String> {
+    use x509_parser::prelude::FromDer as _;
+    use x509_parser::revocation_list::CertificateRevocationList;
+
+    let (rest, crl) = CertificateRevocationList::from_der(der)
+        .map_err(|e| format!("CRL #{n} is not a valid X.509 CRL: {e}"))?;
+    if !rest.is_empty() {
+        return Err(format!("CRL #{n} is followed by stray bytes"));
+    }
+    let issuer = crl.issuer();
+    let same_name: Vec<_> = cas
+        .iter()
+        .filter_map(|c| x509_parser::parse_x509_certificate(c.as_ref()).ok())
+        .filter(|(_, c)| c.subject().as_raw() == issuer.as_raw())
+        .collect();
+    if !same_name.is_empty() {
+        let mut verdicts = same_name
+            .iter()
+            .map(|(_, ca)| crl.verify_signature(ca.public_key()));
+        if !verdicts.any(|v| v.is_ok()) {
+            return Err(format!(
+                "CRL #{n} names the client CA \"{issuer}\" as its issuer but is not signed by it"
+            ));
+        }
+    }
+    if let Some(next) = crl.next_update() {
+        if next.timestamp() < x509_parser::time::ASN1Time::now().timestamp() {
+            tracing::warn!(
+                file = %path.display(),
+                crl = n,
+                %issuer,
+                next_update = %next,
+                "TLS client CRL is past its nextUpdate: it still revokes what it lists, but revocations made since are missing"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The verifier of client certificates `s` asks for: None without a client
+/// CA bundle; with a CRL file, one that follows the file as it changes
+/// (checked every [`POLL_PERIOD`]). Build it once and hand it to
+/// [`server_config_with`] for every front, so the file has one watcher.
+pub fn client_verifier(s: &TlsSettings) -> Result<Option<Arc<dyn ClientCertVerifier>>, TlsError> {
     if s.require_client_cert && s.client_ca_file.is_none() {
         return Err(TlsError::Settings(
             "requiring client certificates needs a client CA file".into(),
+        ));
+    }
+    if s.client_crl_file.is_some() && s.client_ca_file.is_none() {
+        return Err(TlsError::Settings(
+            "a client CRL file needs a client CA file".into(),
         ));
     }
     if s.client_ca_file.is_some() && s.mtls.is_none() {
@@ -251,7 +360,73 @@ pub fn server_config(s: &TlsSettings, alpn: &[&[u8]]) -> Result<Arc<ServerConfig
             "a client CA file needs an mTLS URI pattern mapping certificates to tenants".into(),
         ));
     }
+    let Some(ca_file) = &s.client_ca_file else {
+        return Ok(None);
+    };
+    let ca_err = |msg: String| TlsError::ClientCa {
+        path: shown(ca_file),
+        msg,
+    };
+    let cas = read_certs(ca_file).map_err(ca_err)?;
+    let mut roots = RootCertStore::empty();
+    for (i, cert) in cas.iter().enumerate() {
+        roots
+            .add(cert.clone())
+            .map_err(|e| ca_err(format!("certificate #{} is not usable: {e}", i + 1)))?;
+    }
+    let roots = Arc::new(roots);
+    let provider = Arc::new(provider(s.require_pq_kx));
+    let require = s.require_client_cert;
+    let builder = move |crls: Vec<CertificateRevocationListDer<'static>>| {
+        let mut vb = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone());
+        if !require {
+            vb = vb.allow_unauthenticated();
+        }
+        if !crls.is_empty() {
+            // The whole chain, unknown status accepted, expiry not
+            // enforced: the module doc says why.
+            vb = vb.with_crls(crls).allow_unknown_revocation_status();
+        }
+        vb.build()
+    };
+    // The bundle alone first, so that its problems are named as its own.
+    let plain = builder(Vec::new()).map_err(|e| ca_err(e.to_string()))?;
+    let Some(crl_file) = &s.client_crl_file else {
+        return Ok(Some(plain));
+    };
+    let path = crl_file.clone();
+    let build = move || {
+        let crls = read_crls(&path, &cas)?;
+        builder(crls).map_err(|e| format!("a CRL is not usable: {e}"))
+    };
+    let verifier = ReloadingVerifier::watch(crl_file.clone(), Box::new(build), POLL_PERIOD)
+        .map_err(|msg| TlsError::ClientCrl {
+            path: shown(crl_file),
+            msg,
+        })?;
+    Ok(Some(verifier))
+}
 
+/// Build the rustls server config for one front: [`provider`], TLS 1.2 and
+/// 1.3 (1.3 only with `require_pq_kx`), the given ALPN list (HTTP: `[b"h2", b"http/1.1"]`, gRPC: `[b"h2"]`).
+/// With `client_ca_file`, client certificates are verified against that
+/// bundle (required when `require_client_cert`, else optional); a presented
+/// certificate from another CA fails the handshake. With `client_crl_file`
+/// too, a revoked one does. Each call starts its own watcher of the CRL
+/// file: a server with several fronts uses [`client_verifier`] once and
+/// [`server_config_with`].
+pub fn server_config(s: &TlsSettings, alpn: &[&[u8]]) -> Result<Arc<ServerConfig>, TlsError> {
+    let verifier = client_verifier(s)?;
+    server_config_with(s, alpn, verifier)
+}
+
+/// [`server_config`] with the client-certificate verifier given (from
+/// [`client_verifier`] for the same settings).
+pub fn server_config_with(
+    s: &TlsSettings,
+    alpn: &[&[u8]],
+    verifier: Option<Arc<dyn ClientCertVerifier>>,
+) -> Result<Arc<ServerConfig>, TlsError> {
     let chain = read_certs(&s.cert_file).map_err(|msg| TlsError::Cert {
         path: shown(&s.cert_file),
         msg,
@@ -262,7 +437,7 @@ pub fn server_config(s: &TlsSettings, alpn: &[&[u8]]) -> Result<Arc<ServerConfig
     })?;
 
     let provider = Arc::new(provider(s.require_pq_kx));
-    let builder = ServerConfig::builder_with_provider(provider.clone());
+    let builder = ServerConfig::builder_with_provider(provider);
     let builder = if s.require_pq_kx {
         builder.with_protocol_versions(&[&rustls::version::TLS13])
     } else {
@@ -270,26 +445,9 @@ pub fn server_config(s: &TlsSettings, alpn: &[&[u8]]) -> Result<Arc<ServerConfig
     }
     .map_err(|e| TlsError::Settings(format!("protocol versions: {e}")))?;
 
-    let builder = match &s.client_ca_file {
+    let builder = match verifier {
         None => builder.with_no_client_auth(),
-        Some(ca_file) => {
-            let ca_err = |msg: String| TlsError::ClientCa {
-                path: shown(ca_file),
-                msg,
-            };
-            let mut roots = RootCertStore::empty();
-            for (i, cert) in read_certs(ca_file).map_err(ca_err)?.into_iter().enumerate() {
-                roots
-                    .add(cert)
-                    .map_err(|e| ca_err(format!("certificate #{} is not usable: {e}", i + 1)))?;
-            }
-            let mut vb = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
-            if !s.require_client_cert {
-                vb = vb.allow_unauthenticated();
-            }
-            let verifier = vb.build().map_err(|e| ca_err(e.to_string()))?;
-            builder.with_client_cert_verifier(verifier)
-        }
+        Some(v) => builder.with_client_cert_verifier(v),
     };
 
     let mut config = builder.with_single_cert(chain, key).map_err(|e| {
@@ -300,6 +458,13 @@ pub fn server_config(s: &TlsSettings, alpn: &[&[u8]]) -> Result<Arc<ServerConfig
         ))
     })?;
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    if s.client_crl_file.is_some() {
+        // A resumed session keeps the client certificate it was made with,
+        // unchecked: with revocation, every connection does a full
+        // handshake (module doc).
+        config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        config.send_tls13_tickets = 0;
+    }
     Ok(Arc::new(config))
 }
 
@@ -368,8 +533,9 @@ fn map_leaf(der: &[u8], rule: &MtlsRule, principal: &str) -> Result<String, Stri
 mod tests {
     use super::*;
     use rcgen::{
-        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
-        KeyPair, KeyUsagePurpose, SanType,
+        date_time_ymd, BasicConstraints, CertificateParams, CertificateRevocationListParams,
+        DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose,
+        RevokedCertParams, SanType, SerialNumber,
     };
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
@@ -458,6 +624,7 @@ mod tests {
             cert_file,
             key_file,
             client_ca_file: with_ca.then_some(ca_file),
+            client_crl_file: None,
             require_client_cert: require,
             mtls: with_ca.then(rule),
         };
@@ -809,5 +976,171 @@ mod tests {
         let config = server_config(&f.settings, &[b"h2"]).unwrap();
         let err = handshake(config, &f.ca.pem, None).await.unwrap_err();
         assert!(err.contains("no certificates"), "{err}");
+    }
+
+    /// A CRL by `ca` listing `revoked`, valid until 1 January `until`.
+    fn crl(
+        ca: &Ca,
+        revoked: &[&CertificateDer<'_>],
+        until: i32,
+    ) -> rcgen::CertificateRevocationList {
+        let revoked_certs = revoked
+            .iter()
+            .map(|der| {
+                let (_, c) = x509_parser::parse_x509_certificate(der.as_ref()).unwrap();
+                RevokedCertParams {
+                    serial_number: SerialNumber::from_slice(c.raw_serial()),
+                    revocation_time: date_time_ymd(2020, 6, 1),
+                    reason_code: None,
+                    invalidity_date: None,
+                }
+            })
+            .collect();
+        CertificateRevocationListParams {
+            this_update: date_time_ymd(2020, 6, 1),
+            next_update: date_time_ymd(until, 1, 1),
+            crl_number: SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs,
+            key_identifier_method: KeyIdMethod::Sha256,
+        }
+        .signed_by(&ca.issuer)
+        .unwrap()
+    }
+
+    fn with_crl(f: &Files, name: &str, body: &[u8]) -> TlsSettings {
+        let path = f.dir.path().join(name);
+        std::fs::write(&path, body).unwrap();
+        let mut s = f.settings.clone();
+        s.client_crl_file = Some(path);
+        s
+    }
+
+    fn client_of(ca: &Ca, tenant: &str) -> (CertificateDer<'static>, (String, String)) {
+        let (der, cert, key) = leaf(
+            ca,
+            vec![uri(&format!("spiffe://ron-kms.test/tenant/{tenant}"))],
+            false,
+        );
+        (der, (cert, key))
+    }
+
+    #[tokio::test]
+    async fn a_crl_refuses_the_certificates_it_lists() {
+        let f = files(0o600, true, false);
+        let (a_der, a) = client_of(&f.ca, "a");
+        let (_, b) = client_of(&f.ca, "b");
+        let pem = crl(&f.ca, &[&a_der], 2100).pem().unwrap();
+        let config = server_config(&with_crl(&f, "crl.pem", pem.as_bytes()), &[b"h2"]).unwrap();
+        // Resumption would skip the check (module doc).
+        assert_eq!(config.send_tls13_tickets, 0);
+        assert!(!config.session_storage.can_cache());
+
+        let err = handshake(config.clone(), &f.ca.pem, Some(a.clone()))
+            .await
+            .unwrap_err();
+        assert!(err.contains("Revoked"), "{err}");
+        let id = handshake(config.clone(), &f.ca.pem, Some(b.clone()))
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(id.tenant, "b");
+        // Without a certificate, while optional: still fine.
+        assert!(handshake(config, &f.ca.pem, None).await.unwrap().is_none());
+
+        // DER, and a CRL past its nextUpdate: still applies.
+        let der = crl(&f.ca, &[&a_der], 2021);
+        let config = server_config(&with_crl(&f, "old.crl", der.der().as_ref()), &[b"h2"]).unwrap();
+        let err = handshake(config.clone(), &f.ca.pem, Some(a))
+            .await
+            .unwrap_err();
+        assert!(err.contains("Revoked"), "{err}");
+        handshake(config, &f.ca.pem, Some(b)).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_issuer_without_a_crl_in_the_file_is_accepted() {
+        // The bundle holds two CAs; the file only the first one's CRL.
+        let mut f = files(0o600, true, false);
+        let second = ca("second CA");
+        let bundle = f.dir.path().join("bundle.pem");
+        std::fs::write(&bundle, format!("{}{}", f.ca.pem, second.pem)).unwrap();
+        f.settings.client_ca_file = Some(bundle);
+        let (_, other) = client_of(&second, "c");
+        let (a_der, a) = client_of(&f.ca, "a");
+        let pem = crl(&f.ca, &[&a_der], 2100).pem().unwrap();
+        let config = server_config(&with_crl(&f, "crl.pem", pem.as_bytes()), &[b"h2"]).unwrap();
+
+        let id = handshake(config.clone(), &f.ca.pem, Some(other))
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(id.tenant, "c");
+        let err = handshake(config, &f.ca.pem, Some(a)).await.unwrap_err();
+        assert!(err.contains("Revoked"), "{err}");
+    }
+
+    #[test]
+    fn bad_crl_files_are_named() {
+        let f = files(0o600, true, false);
+        let (a_der, _) = client_of(&f.ca, "a");
+        let refused = |s: &TlsSettings| {
+            let err = server_config(s, &[b"h2"]).unwrap_err().to_string();
+            let path = s.client_crl_file.as_ref().unwrap().display().to_string();
+            assert!(
+                err.starts_with(&format!("TLS client CRL file {path}: ")),
+                "{err}"
+            );
+            err
+        };
+
+        let mut s = f.settings.clone();
+        s.client_crl_file = Some(f.dir.path().join("missing.crl"));
+        assert!(refused(&s).contains("cannot read"));
+
+        // A certificate is not a CRL.
+        let err = refused(&with_crl(&f, "cert.pem", f.ca.pem.as_bytes()));
+        assert!(err.contains("no X509 CRL"), "{err}");
+
+        let err = refused(&with_crl(&f, "empty.pem", b""));
+        assert!(err.contains("no X509 CRL"), "{err}");
+
+        // Garbage is described, not echoed.
+        let junk = "-----BEGIN X509 CRL-----\nc2VjcmV0!!\n-----END X509 CRL-----\n";
+        let err = refused(&with_crl(&f, "junk.pem", junk.as_bytes()));
+        assert!(!err.contains("c2VjcmV0"), "{err}");
+        let junk = "-----BEGIN X509 CRL-----\nc2VjcmV0\n-----END X509 CRL-----\n";
+        let err = refused(&with_crl(&f, "junk2.pem", junk.as_bytes()));
+        assert!(err.contains("CRL #1 is not a valid X.509 CRL"), "{err}");
+        let err = refused(&with_crl(&f, "junk.der", &[0x30, 0x03, 0x02, 0x01, 0x00]));
+        assert!(err.contains("CRL #1"), "{err}");
+
+        // The second of two CRLs named; a CRL in the CA's name signed by
+        // another key is refused.
+        let good = crl(&f.ca, &[], 2100).pem().unwrap();
+        let forged = crl(&ca("test CA"), &[&a_der], 2100).pem().unwrap();
+        let err = refused(&with_crl(
+            &f,
+            "forged.pem",
+            format!("{good}{forged}").as_bytes(),
+        ));
+        assert!(
+            err.contains(
+                "CRL #2 names the client CA \"CN=test CA\" as its issuer but is not signed by it"
+            ),
+            "{err}"
+        );
+
+        // A CRL file without a CA bundle.
+        let mut s = with_crl(&f, "ok.pem", good.as_bytes());
+        s.client_ca_file = None;
+        s.mtls = None;
+        let err = server_config(&s, &[b"h2"]).unwrap_err().to_string();
+        assert!(
+            err.contains("client CRL file needs a client CA file"),
+            "{err}"
+        );
     }
 }

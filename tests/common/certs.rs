@@ -1,6 +1,7 @@
 //! A throw-away test PKI: one CA, a server certificate for `localhost` and
-//! 127.0.0.1, and client certificates with URI SANs on demand. Keys are
-//! ECDSA P-256 (rcgen's default with ring).
+//! 127.0.0.1, client certificates with URI SANs on demand, and CRLs of the
+//! CA revoking any of them. Keys are ECDSA P-256 (rcgen's default with
+//! ring).
 #![allow(dead_code)]
 
 use std::io::Write as _;
@@ -8,9 +9,11 @@ use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, SanType,
+    date_time_ymd, BasicConstraints, CertificateParams, CertificateRevocationListParams, DnType,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose,
+    RevokedCertParams, SanType, SerialNumber,
 };
+use rustls_pki_types::pem::PemObject as _;
 
 pub struct Pki {
     pub dir: tempfile::TempDir,
@@ -135,6 +138,41 @@ impl Pki {
             )],
             ExtendedKeyUsagePurpose::ClientAuth,
         )
+    }
+}
+
+impl Pki {
+    /// A CRL of this CA, PEM, revoking the certificates `revoked` (PEMs, as
+    /// [`Pki::client`] returns them); `number` is its CRL number. Valid
+    /// from 2020 to 2100.
+    pub fn crl(&self, number: u64, revoked: &[&str]) -> String {
+        let revoked_certs = revoked
+            .iter()
+            .map(|pem| {
+                let der = rustls_pki_types::CertificateDer::from_pem_slice(pem.as_bytes())
+                    .expect("certificate PEM");
+                let (_, cert) =
+                    x509_parser::parse_x509_certificate(der.as_ref()).expect("certificate DER");
+                RevokedCertParams {
+                    serial_number: SerialNumber::from_slice(cert.raw_serial()),
+                    revocation_time: date_time_ymd(2020, 6, 1),
+                    reason_code: None,
+                    invalidity_date: None,
+                }
+            })
+            .collect();
+        CertificateRevocationListParams {
+            this_update: date_time_ymd(2020, 6, 1),
+            next_update: date_time_ymd(2100, 1, 1),
+            crl_number: SerialNumber::from(number),
+            issuing_distribution_point: None,
+            revoked_certs,
+            key_identifier_method: KeyIdMethod::Sha256,
+        }
+        .signed_by(&self.issuer)
+        .expect("CRL")
+        .pem()
+        .expect("CRL PEM")
     }
 }
 
