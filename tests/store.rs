@@ -220,21 +220,35 @@ fn tokens_and_meta(open: &Open) {
         hash: [0x5B; 32],
         ..t.clone()
     };
-    assert!(s.insert_token(&same_id).is_err(), "a token id is stored once");
+    assert!(
+        s.insert_token(&same_id).is_err(),
+        "a token id is stored once"
+    );
     // last-used is coarse and announces nothing
     s.touch_tokens(&[(t.id.clone(), 50)]).unwrap();
     s.touch_tokens(&[(t.id.clone(), 40)]).unwrap();
     assert_eq!(s.token_generation().unwrap(), g1);
-    let row = open().load_tokens().unwrap().into_iter().find(|r| r.id == t.id).unwrap();
+    let row = open()
+        .load_tokens()
+        .unwrap()
+        .into_iter()
+        .find(|r| r.id == t.id)
+        .unwrap();
     assert_eq!(row.last_used_ms, Some(50), "never moves back");
     // revocation: only in the token's tenant; the first time is kept
     assert!(matches!(
         s.revoke_token("other", &t.id, 60),
         Err(StoreError::NotFound(_))
     ));
-    assert_eq!(s.revoke_token("t1", &t.id, 60).unwrap().revoked_at_ms, Some(60));
+    assert_eq!(
+        s.revoke_token("t1", &t.id, 60).unwrap().revoked_at_ms,
+        Some(60)
+    );
     assert_ne!(s.token_generation().unwrap(), g1);
-    assert_eq!(s.revoke_token("t1", &t.id, 70).unwrap().revoked_at_ms, Some(60));
+    assert_eq!(
+        s.revoke_token("t1", &t.id, 70).unwrap().revoked_at_ms,
+        Some(60)
+    );
     // an expiry is claimed once
     assert!(s.claim_token_expiry(&t.id).unwrap());
     assert!(!open().claim_token_expiry(&t.id).unwrap());
@@ -248,7 +262,12 @@ fn tokens_and_meta(open: &Open) {
     };
     assert!(s.insert_bootstrap_token(&boot(0xB1)).unwrap());
     assert!(!open().insert_bootstrap_token(&boot(0xB2)).unwrap());
-    let n = open().load_tokens().unwrap().iter().filter(|r| r.tenant == "admin").count();
+    let n = open()
+        .load_tokens()
+        .unwrap()
+        .iter()
+        .filter(|r| r.tenant == "admin")
+        .count();
     assert_eq!(n, 1);
 
     s.put_meta("pq_policy/a", b"1").unwrap();

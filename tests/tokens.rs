@@ -79,7 +79,12 @@ async fn create_use_list_revoke_on_both_fronts() {
         // use
         let mut u = client_at(&s, front, &made.secret).await;
         let sig = u.sign("lifecycle", b"m").await.unwrap();
-        assert!(u.verify(&sig.kid, b"m", &sig.signature).await.unwrap().valid);
+        assert!(
+            u.verify(&sig.kid, b"m", &sig.signature)
+                .await
+                .unwrap()
+                .valid
+        );
         // list: the token, without any secret
         let listed = a.list_tokens("").await.unwrap();
         let json = serde_json::to_string(&listed).unwrap();
@@ -105,14 +110,25 @@ async fn create_use_list_revoke_on_both_fronts() {
     let (code, out, err) = common::process::cli(
         &s.grpc,
         &admin,
-        &["tokens", "create", "--scopes", "kms:read", "--ttl-seconds", "600"],
+        &[
+            "tokens",
+            "create",
+            "--scopes",
+            "kms:read",
+            "--ttl-seconds",
+            "600",
+        ],
         None,
     );
     assert_eq!(code, 0, "{err}");
     let cli_secret = String::from_utf8(out).unwrap().trim().to_string();
     assert!(cli_secret.starts_with("rkms_"));
     secrets.push(cli_secret.clone());
-    let id = err.trim().strip_prefix("created token ").unwrap().to_string();
+    let id = err
+        .trim()
+        .strip_prefix("created token ")
+        .unwrap()
+        .to_string();
     let (code, out, err) = common::process::cli(&s.grpc, &admin, &["tokens", "list"], None);
     assert_eq!(code, 0, "{err}");
     let out = String::from_utf8(out).unwrap();
@@ -122,10 +138,7 @@ async fn create_use_list_revoke_on_both_fronts() {
     let mut u = client_at(&s, Front::Http, &cli_secret).await;
     unauthenticated(&u.get_key("lifecycle", false).await.unwrap_err());
     // offline revoke on the data dir the server runs on: refused within 1 s
-    let made = a
-        .create_token(new_token("kms:read", &[]))
-        .await
-        .unwrap();
+    let made = a.create_token(new_token("kms:read", &[])).await.unwrap();
     secrets.push(made.secret.clone());
     let mut u = client_at(&s, Front::Grpc, &made.secret).await;
     u.get_key("lifecycle", false).await.unwrap();
@@ -135,10 +148,17 @@ async fn create_use_list_revoke_on_both_fronts() {
         .arg(&data)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let t0 = Instant::now();
     while u.get_key("lifecycle", false).await.is_ok() {
-        assert!(t0.elapsed() < Duration::from_secs(1), "offline revoke not seen in 1 s");
+        assert!(
+            t0.elapsed() < Duration::from_secs(1),
+            "offline revoke not seen in 1 s"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     s.terminate();
@@ -148,7 +168,10 @@ async fn create_use_list_revoke_on_both_fronts() {
     let audit = audit_text(&data);
     for secret in &secrets {
         assert!(!logs.contains(secret.as_str()), "a secret reached the log");
-        assert!(!audit.contains(secret.as_str()), "a secret reached the audit log");
+        assert!(
+            !audit.contains(secret.as_str()),
+            "a secret reached the audit log"
+        );
     }
     assert!(!logs.contains("rkms_") && !audit.contains("rkms_"));
     assert!(logs.contains("token created") && logs.contains("token revoked"));
@@ -191,7 +214,10 @@ async fn revocation_reaches_a_second_replica_within_a_second() {
         let mut b = client_at(&nodes[1], Front::Grpc, &made.secret).await;
         let t0 = Instant::now();
         while b.get_key("shared", false).await.is_err() {
-            assert!(t0.elapsed() < Duration::from_secs(5), "new token not usable on B");
+            assert!(
+                t0.elapsed() < Duration::from_secs(5),
+                "new token not usable on B"
+            );
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
         a.revoke_token(&made.token.unwrap().id, "").await.unwrap();
@@ -204,7 +230,10 @@ async fn revocation_reaches_a_second_replica_within_a_second() {
                     break;
                 }
             }
-            assert!(t0.elapsed() < Duration::from_secs(5), "revocation not seen on B");
+            assert!(
+                t0.elapsed() < Duration::from_secs(5),
+                "revocation not seen on B"
+            );
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         took.push(t0.elapsed());
@@ -217,7 +246,11 @@ async fn revocation_reaches_a_second_replica_within_a_second() {
         p(0.99).as_secs_f64() * 1e3,
         took.last().unwrap().as_secs_f64() * 1e3
     );
-    assert!(p(0.99) <= Duration::from_secs(1), "p99 {:?} over 1 s", p(0.99));
+    assert!(
+        p(0.99) <= Duration::from_secs(1),
+        "p99 {:?} over 1 s",
+        p(0.99)
+    );
 }
 
 /// Item 2: expiry at its time (and its audit record), and a key-restricted
@@ -248,7 +281,11 @@ async fn expiry_and_key_restriction() {
         assert!(now() - expires < 1000, "refused at its expiry");
 
         // key restriction: pay-* only
-        for (n, alg) in [("other", "ed25519"), ("pay-w", "aes-256-gcm"), ("other-w", "aes-256-gcm")] {
+        for (n, alg) in [
+            ("other", "ed25519"),
+            ("pay-w", "aes-256-gcm"),
+            ("other-w", "aes-256-gcm"),
+        ] {
             a.create(&p(n), alg).await.unwrap();
         }
         let every = "kms:admin,kms:read,kms:sign,kms:verify,kms:wrap,kms:unwrap";
@@ -268,9 +305,19 @@ async fn expiry_and_key_restriction() {
         let ct_other = a.wrap(&other_w, b"secret", b"").await.unwrap();
         missing(r.get_key(&other, false).await.unwrap_err(), &other);
         missing(r.sign(&other, b"m").await.unwrap_err(), &other);
-        missing(r.verify(&sig_other.kid, b"m", &sig_other.signature).await.unwrap_err(), &other);
+        missing(
+            r.verify(&sig_other.kid, b"m", &sig_other.signature)
+                .await
+                .unwrap_err(),
+            &other,
+        );
         missing(r.wrap(&other_w, b"x", b"").await.unwrap_err(), &other_w);
-        missing(r.unwrap(&other_w, &ct_other.ciphertext, b"").await.unwrap_err(), &other_w);
+        missing(
+            r.unwrap(&other_w, &ct_other.ciphertext, b"")
+                .await
+                .unwrap_err(),
+            &other_w,
+        );
         missing(
             r.datakey(GenerateDataKeyRequest {
                 key: other_w.clone(),
@@ -281,13 +328,19 @@ async fn expiry_and_key_restriction() {
             &other_w,
         );
         missing(r.rotate(&other, "").await.unwrap_err(), &other);
-        missing(r.set_state(&other, 1, "disabled").await.unwrap_err(), &other);
+        missing(
+            r.set_state(&other, 1, "disabled").await.unwrap_err(),
+            &other,
+        );
         r.create(&p("another"), "ed25519")
             .await
             .unwrap_err()
             .expect(403, tonic::Code::PermissionDenied, "permission_denied");
         // a truly missing key answers the same code
-        missing(r.sign(&p("pay-none"), b"m").await.unwrap_err(), &p("pay-none"));
+        missing(
+            r.sign(&p("pay-none"), b"m").await.unwrap_err(),
+            &p("pay-none"),
+        );
         // list: only pay-*
         let names: Vec<String> = r
             .list_keys(1000, "")
@@ -379,7 +432,10 @@ async fn expiry_and_key_restriction() {
         if n == 2 {
             break;
         }
-        assert!(n < 2 && t0.elapsed() < Duration::from_secs(3), "{n} expiry records");
+        assert!(
+            n < 2 && t0.elapsed() < Duration::from_secs(3),
+            "{n} expiry records"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -420,12 +476,32 @@ async fn privilege_escalation_is_refused() {
             .unwrap_err()
             .expect(404, tonic::Code::NotFound, "not_found");
         // wider scopes than one's own
-        denied(a1.create_token(new_token("kms:verify", &[])).await.unwrap_err());
-        denied(a1.create_token(new_token("kms:operator", &[])).await.unwrap_err());
+        denied(
+            a1.create_token(new_token("kms:verify", &[]))
+                .await
+                .unwrap_err(),
+        );
+        denied(
+            a1.create_token(new_token("kms:operator", &[]))
+                .await
+                .unwrap_err(),
+        );
         // wider key patterns than one's own
-        denied(r1.create_token(new_token("kms:sign", &[])).await.unwrap_err());
-        denied(r1.create_token(new_token("kms:sign", &["pa*"])).await.unwrap_err());
-        denied(r1.create_token(new_token("kms:sign", &["other"])).await.unwrap_err());
+        denied(
+            r1.create_token(new_token("kms:sign", &[]))
+                .await
+                .unwrap_err(),
+        );
+        denied(
+            r1.create_token(new_token("kms:sign", &["pa*"]))
+                .await
+                .unwrap_err(),
+        );
+        denied(
+            r1.create_token(new_token("kms:sign", &["other"]))
+                .await
+                .unwrap_err(),
+        );
         // nor take back a token wider than one's own
         denied(
             r1.revoke_token(&t1.token.as_ref().unwrap().id, "")
@@ -437,7 +513,10 @@ async fn privilege_escalation_is_refused() {
             .create_token(new_token("kms:sign", &["pay-eu-*", "pay-x"]))
             .await
             .unwrap();
-        assert_eq!(narrow.token.as_ref().unwrap().key_patterns, ["pay-eu-*", "pay-x"]);
+        assert_eq!(
+            narrow.token.as_ref().unwrap().key_patterns,
+            ["pay-eu-*", "pay-x"]
+        );
         a1.create_token(new_token("kms:read", &[])).await.unwrap();
         a1.list_tokens("").await.unwrap();
         // a token without kms:admin manages nothing
@@ -446,7 +525,9 @@ async fn privilege_escalation_is_refused() {
         denied(rd.list_tokens("").await.unwrap_err());
         // the operator can do all of it
         o.list_tokens("t2").await.unwrap();
-        o.revoke_token(&t2.token.as_ref().unwrap().id, "t2").await.unwrap();
+        o.revoke_token(&t2.token.as_ref().unwrap().id, "t2")
+            .await
+            .unwrap();
     }
 }
 
@@ -458,7 +539,14 @@ fn first_start_writes_the_bootstrap_token_to_a_private_file() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let mut child = std::process::Command::new(common::process::BIN)
-        .args(["serve", "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--data-dir"])
+        .args([
+            "serve",
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
         .arg(&data)
         .env("KMS_LOG", "debug")
         .stdout(std::process::Stdio::piped())
@@ -484,11 +572,17 @@ fn first_start_writes_the_bootstrap_token_to_a_private_file() {
     let mut err = Vec::new();
     child.stderr.take().unwrap().read_to_end(&mut err).unwrap();
     assert!(child.wait().unwrap().success());
-    let (out, err) = (String::from_utf8(out).unwrap(), String::from_utf8(err).unwrap());
+    let (out, err) = (
+        String::from_utf8(out).unwrap(),
+        String::from_utf8(err).unwrap(),
+    );
     assert!(!out.contains("rkms_"), "stdout: {out}");
     assert!(!err.contains("rkms_"), "stderr: {err}");
     let file = data.join("bootstrap-token");
-    assert!(out.contains(&file.display().to_string()), "says where: {out}");
+    assert!(
+        out.contains(&file.display().to_string()),
+        "says where: {out}"
+    );
     let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
     let token = std::fs::read_to_string(&file).unwrap();
@@ -497,13 +591,21 @@ fn first_start_writes_the_bootstrap_token_to_a_private_file() {
     // development: asked for, it is printed
     let dev = dir.path().join("dev");
     let s = serve_with(
-        &["--data-dir".as_ref(), dev.as_os_str(), "--print-bootstrap-token".as_ref()],
+        &[
+            "--data-dir".as_ref(),
+            dev.as_os_str(),
+            "--print-bootstrap-token".as_ref(),
+        ],
         &[],
         None,
     );
     assert_eq!(
         s.token.as_deref(),
-        Some(std::fs::read_to_string(dev.join("bootstrap-token")).unwrap().trim())
+        Some(
+            std::fs::read_to_string(dev.join("bootstrap-token"))
+                .unwrap()
+                .trim()
+        )
     );
 }
 
@@ -538,7 +640,11 @@ async fn replicas_racing_on_an_empty_database_bootstrap_once() {
             .collect();
         let nodes: Vec<Served> = starts.into_iter().map(|t| t.join().unwrap()).collect();
         let tokens: Vec<&String> = nodes.iter().filter_map(|n| n.token.as_ref()).collect();
-        assert_eq!(tokens.len(), 1, "round {round}: exactly one replica bootstraps");
+        assert_eq!(
+            tokens.len(),
+            1,
+            "round {round}: exactly one replica bootstraps"
+        );
         for n in &nodes {
             let mut c = client_at(n, Front::Grpc, tokens[0]).await;
             let listed = c.list_tokens("").await.unwrap();

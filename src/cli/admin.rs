@@ -25,9 +25,9 @@ fn split_list(s: &str) -> Vec<String> {
 /// A running server sees the change through the store's token generation.
 pub(crate) fn tokens(t: TokensCmd) -> Result<ExitCode, Failure> {
     let at = match &t {
-        TokensCmd::Create { at, .. } | TokensCmd::List { at, .. } | TokensCmd::Revoke { at, .. } => {
-            at.clone()
-        }
+        TokensCmd::Create { at, .. }
+        | TokensCmd::List { at, .. }
+        | TokensCmd::Revoke { at, .. } => at.clone(),
     };
     let cfg = config::load(
         &Flags {

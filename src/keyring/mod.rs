@@ -235,7 +235,10 @@ mod tests {
         assert_eq!(names(s.page("b", None, 2, |_| true)), ["k1", "k2"]);
         assert_eq!(names(s.page("b", Some("k2"), 2, |_| true)), ["k3"]);
         assert!(s.page("b", Some("k3"), 2, |_| true).is_empty());
-        assert!(s.page("b", Some("a"), 1, |_| true).iter().all(|k| k.name == "k1"));
+        assert!(s
+            .page("b", Some("a"), 1, |_| true)
+            .iter()
+            .all(|k| k.name == "k1"));
         assert!(s.page("nobody", None, 10, |_| true).is_empty());
         assert!(ring.get("a", "k1").is_none());
     }

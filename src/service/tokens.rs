@@ -151,7 +151,12 @@ impl KmsService {
     ) -> Result<proto::RevokeTokenResponse> {
         let tenant = target_tenant(caller, &req.tenant)?;
         may_manage(caller, &tenant)?;
-        let missing = || Error::NotFound(format!("token {}", req.id.chars().take(32).collect::<String>()));
+        let missing = || {
+            Error::NotFound(format!(
+                "token {}",
+                req.id.chars().take(32).collect::<String>()
+            ))
+        };
         if req.id.is_empty() || req.id.len() > 32 {
             return Err(missing());
         }
@@ -229,12 +234,20 @@ impl KmsService {
     ) -> Result<proto::CreateTokenResponse> {
         let reason = format!(
             "tenant={} scopes={} key_patterns={} ttl_seconds={}",
-            if req.tenant.is_empty() { &caller.tenant } else { &req.tenant }
-                .chars()
-                .take(128)
-                .collect::<String>(),
+            if req.tenant.is_empty() {
+                &caller.tenant
+            } else {
+                &req.tenant
+            }
+            .chars()
+            .take(128)
+            .collect::<String>(),
             req.scopes.join(",").chars().take(200).collect::<String>(),
-            req.key_patterns.join(",").chars().take(200).collect::<String>(),
+            req.key_patterns
+                .join(",")
+                .chars()
+                .take(200)
+                .collect::<String>(),
             req.ttl_seconds
         );
         let call = Call::new(Method::CreateToken, "").reason(reason);

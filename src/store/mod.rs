@@ -172,8 +172,7 @@ pub trait Store: Send + Sync {
     /// Mark a token revoked at `at_ms`; the record as stored afterwards
     /// (an already revoked token keeps its first revocation time). `NotFound`
     /// if no token has this id in `tenant`.
-    fn revoke_token(&self, tenant: &str, id: &str, at_ms: i64)
-        -> Result<TokenRecord, StoreError>;
+    fn revoke_token(&self, tenant: &str, id: &str, at_ms: i64) -> Result<TokenRecord, StoreError>;
     /// Record last-used times (coarse; announces nothing).
     fn touch_tokens(&self, used: &[(String, i64)]) -> Result<(), StoreError>;
     /// Claim the recording of a token's expiry: true for exactly one caller

@@ -526,9 +526,8 @@ impl Client {
                     .map_err(from_status)
             }
             Transport::Http(..) => {
-                let path = format!(
-                    "/v1/kms/tokens?tenant={tenant}&page_size=1000&include_inactive=true"
-                );
+                let path =
+                    format!("/v1/kms/tokens?tenant={tenant}&page_size=1000&include_inactive=true");
                 self.http::<(), _>(reqwest::Method::GET, &path, None).await
             }
         }

@@ -3,7 +3,8 @@
 use super::*;
 
 /// Ordered migrations; entry `i` takes the schema to version `i + 1`.
-pub(super) const MIGRATIONS: &[&str] = &["
+pub(super) const MIGRATIONS: &[&str] = &[
+    "
 CREATE TABLE keys (
     tenant          TEXT NOT NULL,
     name            TEXT NOT NULL,
@@ -41,7 +42,8 @@ CREATE TABLE meta (
     key   TEXT PRIMARY KEY,
     value BYTEA NOT NULL
 );
-", "
+",
+    "
 ALTER TABLE tokens ADD COLUMN id TEXT;
 UPDATE tokens SET id = encode(substring(hash from 1 for 8), 'hex');
 ALTER TABLE tokens ADD COLUMN key_patterns TEXT NOT NULL DEFAULT '';
@@ -52,7 +54,8 @@ ALTER TABLE tokens ADD COLUMN last_used_ms BIGINT;
 ALTER TABLE tokens ADD COLUMN revoked_at_ms BIGINT;
 ALTER TABLE tokens ADD COLUMN expiry_recorded BOOLEAN NOT NULL DEFAULT false;
 CREATE UNIQUE INDEX tokens_id ON tokens (id);
-"];
+",
+];
 
 /// Advisory lock key of the migration step (any constant; "ronkms" in ASCII).
 pub(super) const MIGRATION_LOCK: i64 = 0x726f_6e6b_6d73;

@@ -32,7 +32,9 @@ pub(crate) async fn child_service(
     /// transaction), to measure authentication against a large table.
     fn seed_tokens(running: &ron_kms::server::Running) -> Result<(), String> {
         let n: usize = match std::env::var("KMS_BENCH_EXTRA_TOKENS") {
-            Ok(v) => v.parse().map_err(|_| "KMS_BENCH_EXTRA_TOKENS: a number".to_string())?,
+            Ok(v) => v
+                .parse()
+                .map_err(|_| "KMS_BENCH_EXTRA_TOKENS: a number".to_string())?,
             Err(_) => return Ok(()),
         };
         let rows = (0..n)
