@@ -71,7 +71,9 @@ impl Entry {
             id: r.id.clone(),
             tenant: r.tenant.clone(),
             scopes: Scopes::parse(&r.scopes).ok()?,
-            keys: KeyPatterns::from_stored(&r.key_patterns).ok()?.map(Arc::new),
+            keys: KeyPatterns::from_stored(&r.key_patterns)
+                .ok()?
+                .map(Arc::new),
             expires_at_ms: r.expires_at_ms,
             revoked: r.revoked_at_ms.is_some(),
             last_used_ms: AtomicI64::new(r.last_used_ms.unwrap_or(0)),
@@ -92,9 +94,22 @@ impl Map {
     }
 }
 
+/// This replica's own writes, kept until a reload has seen them in the
+/// store: a reload that read the store just before a create or revoke
+/// committed must not bring back the old state.
+#[derive(Default)]
+struct Local {
+    inserted: HashMap<[u8; 32], TokenRecord>,
+    revoked: std::collections::HashSet<String>,
+}
+
 pub struct TokenTable {
     store: Arc<dyn Store>,
     map: RwLock<Map>,
+    local: Mutex<Local>,
+    /// Whether a load has run (expiries older than the first load are
+    /// audited by whichever replica was running then; at start, by us).
+    loaded: std::sync::atomic::AtomicBool,
     /// The store's token generation the map reflects.
     generation: Mutex<Vec<u8>>,
     last_recheck: Mutex<Instant>,
@@ -109,6 +124,8 @@ impl TokenTable {
         let t = TokenTable {
             store,
             map: RwLock::new(Map::default()),
+            local: Mutex::new(Local::default()),
+            loaded: std::sync::atomic::AtomicBool::new(false),
             generation: Mutex::new(Vec::new()),
             last_recheck: Mutex::new(Instant::now()),
             expiries: Mutex::new(BTreeSet::new()),
@@ -139,24 +156,46 @@ impl TokenTable {
         let mut map = Map::default();
         map.by_hash.reserve(rows.len());
         let mut expiries = BTreeSet::new();
+        let first = !self.loaded.swap(true, Ordering::Relaxed);
+        // under the local lock, so no create or revoke of ours slips between
+        // the merge and the swap
+        let mut local = self.local.lock().unwrap_or_else(|p| p.into_inner());
+        // an expiry already due but not yet audited stays due
+        let pending = self
+            .expiries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         {
             let old = self.read();
-            for r in &rows {
-                let Some(e) = Entry::of(r) else { continue };
+            let mut add = |map: &mut Map, r: &TokenRecord, revoked_here: bool| {
+                let Some(mut e) = Entry::of(r) else { return };
+                e.revoked |= revoked_here;
                 if let Some(prev) = old.by_hash.get(&r.hash) {
                     // keep a newer last-used time not yet written back
                     e.last_used_ms
                         .fetch_max(prev.last_used_ms.load(Ordering::Relaxed), Ordering::Relaxed);
                 }
                 if let (Some(at), false) = (e.expires_at_ms, e.revoked) {
-                    if at > now - 86_400_000 {
+                    if at > now || first || pending.contains(&(at, e.id.clone())) {
                         expiries.insert((at, e.id.clone()));
                     }
                 }
                 map.insert(r.hash, e);
+            };
+            for r in &rows {
+                local.inserted.remove(&r.hash);
+                if r.revoked_at_ms.is_some() {
+                    local.revoked.remove(&r.id);
+                }
+                add(&mut map, r, local.revoked.contains(&r.id));
+            }
+            for r in local.inserted.values() {
+                add(&mut map, r, local.revoked.contains(&r.id));
             }
         }
         *self.map.write().unwrap_or_else(|p| p.into_inner()) = map;
+        drop(local);
         *self.expiries.lock().unwrap_or_else(|p| p.into_inner()) = expiries;
         *self.generation.lock().unwrap_or_else(|p| p.into_inner()) = generation;
         Ok(())
@@ -166,7 +205,11 @@ impl TokenTable {
     /// (blocking). True if it reloaded.
     pub fn poll(&self) -> Result<bool, Error> {
         let now = self.store.token_generation()?;
-        let seen = self.generation.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let seen = self
+            .generation
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         if now == seen {
             return Ok(false);
         }
@@ -176,6 +219,8 @@ impl TokenTable {
 
     /// A token this replica just stored: usable at once.
     pub fn insert_local(&self, r: &TokenRecord) {
+        let mut local = self.local.lock().unwrap_or_else(|p| p.into_inner());
+        local.inserted.insert(r.hash, r.clone());
         if let Some(e) = Entry::of(r) {
             if let Some(at) = e.expires_at_ms {
                 self.expiries
@@ -192,6 +237,8 @@ impl TokenTable {
 
     /// A token this replica just revoked in the store: refused at once.
     pub fn revoke_local(&self, id: &str) {
+        let mut local = self.local.lock().unwrap_or_else(|p| p.into_inner());
+        local.revoked.insert(id.to_string());
         let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
         let Some(hash) = map.by_id.get(id).copied() else {
             return;
@@ -294,8 +341,7 @@ impl TokenTable {
         }
         let last = e.last_used_ms.load(Ordering::Relaxed);
         if now - last >= TOUCH_EVERY_MS
-            && e
-                .last_used_ms
+            && e.last_used_ms
                 .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok()
         {
