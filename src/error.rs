@@ -53,6 +53,11 @@ pub enum Error {
     PermissionDenied(String),
     #[error("request body exceeds the {0} byte limit")]
     TooLarge(usize),
+    /// A configured limit (a quota, the `op_id` answer cache) is reached;
+    /// the message names it. A retry does not help until something is
+    /// freed.
+    #[error("resource exhausted: {0}")]
+    ResourceExhausted(String),
     /// Custody's queue is full; retry after a short pause.
     #[error("overloaded: {0}")]
     Overloaded(String),
@@ -154,6 +159,7 @@ impl Error {
             PermissionDenied(_) => "permission_denied",
             TooLarge(_) => "too_large",
             Overloaded(_) => "overloaded",
+            ResourceExhausted(_) => "resource_exhausted",
             AttestationMissing(_) => "attestation_missing",
             Shed(s) => match s.kind {
                 ShedKind::TenantShare => "tenant_share",

@@ -31,27 +31,6 @@ pub fn check_private(path: &Path) -> Result<(), SecretFileError> {
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_owner_readable_files_pass() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("s");
-        std::fs::write(&p, b"x").unwrap();
-        for (mode, ok) in [(0o600, true), (0o400, true), (0o640, false), (0o604, false)] {
-            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
-            let r = check_private(&p);
-            assert_eq!(r.is_ok(), ok, "{mode:o}");
-            if let Err(e) = r {
-                assert!(e.to_string().contains("chmod 600"), "{e}");
-            }
-        }
-        assert!(check_private(&dir.path().join("missing")).is_err());
-    }
-}
-
 /// Write a secret file the crash-safe way: a temporary file beside it
 /// created owner-only (0600), written and fsynced, renamed over `path`,
 /// then the directory fsynced so the rename itself survives a power cut.
@@ -85,4 +64,25 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), SecretFileError> {
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| err(format!("fsync of {}: {e}", dir.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_owner_readable_files_pass() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("s");
+        std::fs::write(&p, b"x").unwrap();
+        for (mode, ok) in [(0o600, true), (0o400, true), (0o640, false), (0o604, false)] {
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+            let r = check_private(&p);
+            assert_eq!(r.is_ok(), ok, "{mode:o}");
+            if let Err(e) = r {
+                assert!(e.to_string().contains("chmod 600"), "{e}");
+            }
+        }
+        assert!(check_private(&dir.path().join("missing")).is_err());
+    }
 }

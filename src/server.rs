@@ -569,7 +569,7 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
                 _ = upkeep_stop.wait_for(|s| *s) => break,
             }
             round += 1;
-            upkeep_kms.maintain_tokens(round % 30 == 0).await;
+            upkeep_kms.maintain_tokens(round.is_multiple_of(30)).await;
         }
         let table = upkeep_kms.tokens().clone();
         let _ = tokio::task::spawn_blocking(move || table.flush_last_used()).await;

@@ -460,6 +460,51 @@ async fn op_ids_make_retries_safe() {
     }
 }
 
+/// An `op_id` is the principal's own: another token of the same tenant,
+/// holding only `kms:wrap`, replaying it gets `already_exists`, never the
+/// first caller's data key (issue 28).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_principals_op_id_does_not_replay_its_data_key() {
+    let srv = TestServer::start().await;
+    let mut admin = srv.client(Front::Grpc, &srv.admin_token).await;
+    admin.create("dk", "aes-256-gcm").await.unwrap();
+    let owner = srv.token("admin", "kms:wrap");
+    let other = srv.token("admin", "kms:wrap");
+    for front in FRONTS {
+        let op_id = format!("dk-{front:?}");
+        let req = GenerateDataKeyRequest {
+            key: "dk".into(),
+            length: 32,
+            op_id: op_id.clone(),
+            ..Default::default()
+        };
+        let mut a = srv.client(front, &owner).await;
+        let first = a.datakey(req.clone()).await.unwrap();
+        let again = a.datakey(req.clone()).await.unwrap();
+        assert_eq!(
+            first.plaintext, again.plaintext,
+            "the owner's retry is answered"
+        );
+        let mut b = srv.client(front, &other).await;
+        let err = b.datakey(req.clone()).await.unwrap_err();
+        err.expect(409, Code::AlreadyExists, "already_exists");
+        assert!(
+            err.message.contains("another caller"),
+            "says why: {}",
+            err.message
+        );
+        // and a fresh op_id of its own works
+        let mine = b
+            .datakey(GenerateDataKeyRequest {
+                op_id: format!("{op_id}-b"),
+                ..req
+            })
+            .await
+            .unwrap();
+        assert_ne!(mine.plaintext, first.plaintext);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listing_pages_through_every_key() {
     let srv = TestServer::start().await;

@@ -62,6 +62,11 @@ const STATUSES: &[(&str, StatusCode, Code)] = &[
         Code::ResourceExhausted,
     ),
     (
+        "resource_exhausted",
+        StatusCode::TOO_MANY_REQUESTS,
+        Code::ResourceExhausted,
+    ),
+    (
         "overloaded",
         StatusCode::TOO_MANY_REQUESTS,
         Code::ResourceExhausted,
@@ -128,7 +133,8 @@ mod tests {
     use super::*;
 
     /// Every code an error can have is in the table, once; the retryable
-    /// ones are exactly the 429/503s.
+    /// ones are exactly the 429/503s but a limit reached (too large, a
+    /// quota).
     #[test]
     fn every_code_maps_to_one_status() {
         use crate::error::{Shed, ShedKind};
@@ -161,6 +167,7 @@ mod tests {
             Error::PermissionDenied(String::new()),
             Error::TooLarge(1),
             Error::Overloaded(String::new()),
+            Error::ResourceExhausted(String::new()),
             Error::AttestationMissing(String::new()),
             shed(ShedKind::TenantShare),
             shed(ShedKind::RateLimit),
@@ -176,7 +183,8 @@ mod tests {
             let code = e.code();
             assert_eq!(STATUSES.iter().filter(|s| s.0 == code).count(), 1, "{code}");
             let (http, _) = statuses(e);
-            let transient = matches!(http.as_u16(), 429 | 503) && code != "too_large";
+            let transient = matches!(http.as_u16(), 429 | 503)
+                && !matches!(code, "too_large" | "resource_exhausted");
             assert_eq!(e.retryable(), transient, "{code}");
         }
     }

@@ -86,6 +86,8 @@ pub struct FileConfig {
     pub pq: Option<PqFile>,
     pub verify_cache_max: Option<u64>,
     pub verify_cache_ttl_ms: Option<u64>,
+    pub op_cache_tenant_bytes: Option<u64>,
+    pub op_cache_total_bytes: Option<u64>,
     pub failover: Option<String>,
     pub fault_injection: Option<bool>,
     pub pkcs11_module: Option<PathBuf>,
@@ -200,6 +202,8 @@ pub struct Config {
     pub audit: AuditConfig,
     pub pq: PqConfig,
     pub verify_cache: VerifyCacheConfig,
+    /// `KMS_OP_CACHE_*`: how many bytes remembered `op_id` answers may hold.
+    pub op_cache: OpCacheConfig,
     /// `KMS_FAILOVER`: what still works while custody is down.
     pub failover: Failover,
     /// Fault injection (chaos drills, tests).
@@ -269,6 +273,7 @@ impl Config {
             audit: AuditConfig::for_data_dir(data_dir),
             pq: PqConfig::default(),
             verify_cache: VerifyCacheConfig::default(),
+            op_cache: OpCacheConfig::default(),
             failover: Failover::None,
             faults: FaultsConfig::default(),
             admission: Default::default(),
@@ -425,6 +430,7 @@ pub fn load(flags: &Flags, env: &dyn Env) -> Result<Config, ConfigError> {
         audit,
         pq,
         verify_cache: svc.verify_cache,
+        op_cache: svc.op_cache,
         failover: svc.failover,
         faults: svc.faults,
         admission: limits.admission,
@@ -444,7 +450,7 @@ mod store;
 pub use observe::{AuditConfig, LogConfig, LogFormat};
 pub use pq::{PqConfig, PqFile, PqTenantFile};
 pub use service::{
-    Failover, FaultsConfig, VerifyCacheConfig, DEFAULT_VERIFY_CACHE_MAX,
+    Failover, FaultsConfig, OpCacheConfig, VerifyCacheConfig, DEFAULT_VERIFY_CACHE_MAX,
     DEFAULT_VERIFY_CACHE_TTL_MS,
 };
 use source::{Amnesia, Raw, Src};
@@ -465,6 +471,8 @@ impl Config {
             pq_rollback: cfg.pq.rollback,
             verify_cache_max: cfg.verify_cache.max,
             verify_cache_ttl: std::time::Duration::from_millis(cfg.verify_cache.ttl_ms),
+            op_cache_tenant_bytes: cfg.op_cache.tenant_bytes,
+            op_cache_total_bytes: cfg.op_cache.total_bytes,
             attestation_required: cfg.attestation_required(),
             admission: cfg.admission.clone(),
             request_timeout: cfg.ingress.request_timeout,

@@ -28,6 +28,24 @@ impl Default for VerifyCacheConfig {
     }
 }
 
+/// The `op_id` answer cache's byte bounds (`KMS_OP_CACHE_*`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OpCacheConfig {
+    /// One tenant's answers.
+    pub tenant_bytes: u64,
+    /// All tenants' answers together.
+    pub total_bytes: u64,
+}
+
+impl Default for OpCacheConfig {
+    fn default() -> Self {
+        OpCacheConfig {
+            tenant_bytes: crate::service::DEFAULT_OP_CACHE_TENANT_BYTES,
+            total_bytes: crate::service::DEFAULT_OP_CACHE_TOTAL_BYTES,
+        }
+    }
+}
+
 /// What keeps working while custody is down (`KMS_FAILOVER`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Failover {
@@ -55,6 +73,7 @@ pub(super) struct Loaded {
     pub blocking_threads: usize,
     pub bootstrap_tenant: String,
     pub verify_cache: VerifyCacheConfig,
+    pub op_cache: OpCacheConfig,
     pub failover: Failover,
     pub faults: FaultsConfig,
 }
@@ -132,6 +151,30 @@ pub(super) fn load(file: &mut FileConfig, src: &Src<'_>) -> Result<Loaded, Confi
             "must be a whole number of milliseconds from 1 to 86400000",
         )?,
     };
+    let op_cache = OpCacheConfig {
+        tenant_bytes: src.number(
+            "KMS_OP_CACHE_TENANT_BYTES",
+            "op_cache_tenant_bytes",
+            file.op_cache_tenant_bytes.take(),
+            4096..=1 << 40,
+            crate::service::DEFAULT_OP_CACHE_TENANT_BYTES,
+            "must be a whole number of bytes from 4096 to 2^40",
+        )?,
+        total_bytes: src.number(
+            "KMS_OP_CACHE_TOTAL_BYTES",
+            "op_cache_total_bytes",
+            file.op_cache_total_bytes.take(),
+            4096..=1 << 40,
+            crate::service::DEFAULT_OP_CACHE_TOTAL_BYTES,
+            "must be a whole number of bytes from 4096 to 2^40",
+        )?,
+    };
+    if op_cache.total_bytes < op_cache.tenant_bytes {
+        return Err(err(
+            "op_cache_total_bytes",
+            "op_cache_total_bytes must be at least op_cache_tenant_bytes",
+        ));
+    }
     let failover_p = src.text("KMS_FAILOVER", "failover", file.failover.take());
     let failover = match failover_p.value.as_deref() {
         None | Some("none") => Failover::None,
@@ -174,6 +217,7 @@ pub(super) fn load(file: &mut FileConfig, src: &Src<'_>) -> Result<Loaded, Confi
         blocking_threads,
         bootstrap_tenant,
         verify_cache,
+        op_cache,
         failover,
         faults: FaultsConfig { injection, latency },
     })

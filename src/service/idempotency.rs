@@ -19,8 +19,31 @@ impl Drop for CachedAnswer {
 }
 
 pub(super) struct Cached {
+    /// Who asked: only the same principal gets the answer again.
+    pub(super) principal: String,
     pub(super) request_hash: [u8; 32],
     pub(super) answer: CachedAnswer,
+    /// What the entry holds, roughly, for the cache's byte bound.
+    pub(super) bytes: usize,
+}
+
+impl Cached {
+    pub(super) fn new(principal: &str, request_hash: [u8; 32], answer: CachedAnswer) -> Self {
+        use prost::Message as _;
+        let body = match &answer {
+            CachedAnswer::Sign(r) => r.encoded_len(),
+            CachedAnswer::Wrap(r) => r.encoded_len(),
+            CachedAnswer::DataKey(r) => r.encoded_len(),
+        };
+        // the struct, its Arc and the cache's own entry
+        let overhead = std::mem::size_of::<Self>() + 96;
+        Cached {
+            bytes: body + principal.len() + overhead,
+            principal: principal.to_string(),
+            request_hash,
+            answer,
+        }
+    }
 }
 
 /// SHA-256 over length-prefixed parts: the identity of a request's input.
@@ -86,11 +109,20 @@ impl KmsService {
             return Ok(None);
         }
         validate_op_id(op_id)?;
-        match self
-            .op_cache
-            .get(&(caller.tenant.clone(), op_id.to_string()))
-        {
-            None => Ok(None),
+        match self.op_cache.get(&caller.tenant, op_id) {
+            None => {
+                self.op_cache.room(&caller.tenant).map_err(|f| {
+                    Error::ResourceExhausted(format!(
+                        "op_id answers are held for {} tenants at most ({} bytes in all) and none has room; retry later or without op_id",
+                        f.tenants, f.total_bytes
+                    ))
+                })?;
+                Ok(None)
+            }
+            // another principal's op_id: never its answer
+            Some(c) if c.principal != caller.principal => Err(Error::AlreadyExists(format!(
+                "op_id {op_id:?} was already used by another caller of this tenant"
+            ))),
             Some(c) if &c.request_hash == hash => Ok(Some(c)),
             Some(_) => Err(Error::AlreadyExists(format!(
                 "op_id {op_id:?} was already used with different input"
@@ -105,14 +137,14 @@ impl KmsService {
         request_hash: [u8; 32],
         answer: CachedAnswer,
     ) {
-        if !op_id.is_empty() {
-            self.op_cache.insert(
-                (caller.tenant.clone(), op_id.to_string()),
-                Arc::new(Cached {
-                    request_hash,
-                    answer,
-                }),
-            );
+        if op_id.is_empty() {
+            return;
+        }
+        let entry = Arc::new(Cached::new(&caller.principal, request_hash, answer));
+        if self.op_cache.insert(&caller.tenant, op_id, entry).is_err() {
+            // room was checked before the operation; another tenant took
+            // the last cache since. The answer stands, unremembered.
+            metrics::counter!("kms_op_cache_full_total").increment(1);
         }
     }
 }

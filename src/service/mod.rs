@@ -32,6 +32,7 @@ mod calls;
 mod health;
 mod idempotency;
 mod keys;
+mod op_cache;
 mod policy;
 mod replica;
 mod sign;
@@ -42,7 +43,7 @@ mod wrap;
 pub use batch::MAX_BATCH_ITEMS;
 use health::CustodyProbe;
 pub use health::{AttestationGate, Check};
-use idempotency::{request_hash, Cached, CachedAnswer};
+use idempotency::{request_hash, CachedAnswer};
 pub use keys::key_to_proto;
 use verify_cache::VerifyCache;
 
@@ -55,7 +56,10 @@ pub const DEFAULT_PAGE_SIZE: u32 = 100;
 pub const MAX_PAGE_SIZE: u32 = 1000;
 /// How long a crypto operation's `op_id` answer is remembered (in memory).
 pub const OP_CACHE_TTL: Duration = Duration::from_secs(600);
-pub const OP_CACHE_MAX: u64 = 100_000;
+pub use op_cache::{
+    DEFAULT_TENANT_BYTES as DEFAULT_OP_CACHE_TENANT_BYTES,
+    DEFAULT_TOTAL_BYTES as DEFAULT_OP_CACHE_TOTAL_BYTES,
+};
 
 pub struct KmsService {
     keyring: Keyring,
@@ -69,7 +73,7 @@ pub struct KmsService {
     /// its blocking thread, so a burst of admin calls waits here instead of
     /// occupying the crypto pool.
     admin_lock: tokio::sync::Mutex<()>,
-    op_cache: moka::sync::Cache<(String, String), Arc<Cached>>,
+    op_cache: op_cache::OpCache,
     audit: Arc<AuditLog>,
     policies: crate::policy::Policies,
     verify_cache: VerifyCache,
@@ -93,6 +97,10 @@ pub struct ServiceOptions {
     pub pq_rollback: crate::policy::RollbackRule,
     pub verify_cache_max: u64,
     pub verify_cache_ttl: Duration,
+    /// Byte budget of one tenant's remembered `op_id` answers.
+    pub op_cache_tenant_bytes: u64,
+    /// Byte budget of all tenants' remembered `op_id` answers.
+    pub op_cache_total_bytes: u64,
     /// Refuse private-key operations while custody's attestation is not
     /// verified (`KMS_ATTESTATION_REQUIRED`).
     pub attestation_required: bool,
@@ -162,10 +170,11 @@ impl KmsService {
             allowed,
             blocking: Arc::new(Semaphore::new(blocking_threads.max(1))),
             admin_lock: tokio::sync::Mutex::new(()),
-            op_cache: moka::sync::Cache::builder()
-                .max_capacity(OP_CACHE_MAX)
-                .time_to_live(OP_CACHE_TTL)
-                .build(),
+            op_cache: op_cache::OpCache::new(
+                opts.op_cache_tenant_bytes,
+                opts.op_cache_total_bytes,
+                OP_CACHE_TTL,
+            ),
             audit,
         })
     }
