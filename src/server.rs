@@ -75,6 +75,39 @@ fn dir_err(path: &Path, msg: impl std::fmt::Display) -> StartError {
     }
 }
 
+/// The data dir holds the store, sealed keys, the master key (by default)
+/// and the audit log: it must be this user's and closed to everyone else.
+/// Refused otherwise, with the fix named.
+pub fn check_data_dir(dir: &Path) -> Result<(), StartError> {
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+    let meta = std::fs::metadata(dir).map_err(|e| dir_err(dir, e))?;
+    if !meta.is_dir() {
+        return Err(dir_err(dir, "not a directory"));
+    }
+    let me = rustix::process::geteuid().as_raw();
+    if meta.uid() != me {
+        return Err(dir_err(
+            dir,
+            format!(
+                "owned by uid {}, not by this process's uid {me}; run ron-kms as its owner, or chown -R {me} {}",
+                meta.uid(),
+                dir.display()
+            ),
+        ));
+    }
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(dir_err(
+            dir,
+            format!(
+                "mode {mode:04o} lets group or others in; run chmod 700 {}",
+                dir.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Read a secret from its file (which must not be readable by others) or
 /// from the env var it names; `file_var` and `env_var` name the settings in
 /// errors.
@@ -119,6 +152,7 @@ pub fn open_data_dir(cfg: &Config) -> Result<Opened, StartError> {
         .mode(0o700)
         .create(dir)
         .map_err(|e| dir_err(dir, e))?;
+    check_data_dir(dir)?;
     let lock = std::fs::OpenOptions::new()
         .write(true)
         .create(true)

@@ -117,6 +117,10 @@ fn describe() {
         "kms_audit_integrity_failed_total",
         "Audit chain integrity failures detected"
     );
+    describe_gauge!(
+        "kms_audit_writer_failed",
+        "1 once the audit writer failed (I/O error, full disk, panic): writes and signing are refused until a restart"
+    );
     describe_counter!(
         "kms_audit_checkpoint_deferred_total",
         "Audit checkpoints put off because the audit key in custody could not sign"
@@ -146,6 +150,7 @@ fn describe() {
     gauge!("verify_cache_ttl_ms").set(0.0);
     counter!("kms_audit_integrity_failed_total").absolute(0);
     counter!("kms_audit_checkpoint_deferred_total").absolute(0);
+    gauge!("kms_audit_writer_failed").set(0.0);
     for result in ["ok", "error"] {
         counter!("kms_tls_crl_reload_total", "result" => result).absolute(0);
     }

@@ -30,6 +30,8 @@ fn audit_verify(dir: &Path) -> (bool, String) {
 
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
+    // a data dir open to others is refused at start
+    std::fs::set_permissions(to, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
     for e in std::fs::read_dir(from).unwrap() {
         let p = e.unwrap().path();
         if p.is_dir() {
@@ -721,4 +723,71 @@ async fn checkpoints_are_deferred_while_the_audit_key_cannot_sign() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     log.close().await;
+}
+
+/// A writer that fails (an I/O error or a panic, injected) turns readiness
+/// false and refuses the very next sign with `unavailable`; verify and reads
+/// stay answered; after a restart the log verifies and serves again
+/// (issue 28).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_writer_refuses_signing_at_once_and_keeps_verify() {
+    use ron_kms::audit::WriterFault;
+    for fault in [WriterFault::Io, WriterFault::Panic] {
+        let srv = TestServer::start().await;
+        let mut c = srv.client(Front::Http, &srv.admin_token).await;
+        c.create("s", "ed25519").await.unwrap();
+        let sig = c.sign("s", b"m").await.unwrap().signature;
+        let (status, _) = c.http_raw(reqwest::Method::GET, "/readyz", vec![]).await;
+        assert_eq!(status, 200);
+
+        srv.running().kms.audit().inject_writer_fault(fault);
+        // the sign whose record hits the fault is not answered with a signature
+        c.sign("s", b"m")
+            .await
+            .unwrap_err()
+            .expect(503, Code::Unavailable, "unavailable");
+        let (status, body) = c.http_raw(reqwest::Method::GET, "/readyz", vec![]).await;
+        assert_eq!(status, 503, "{fault:?}: {body}");
+        let why = body["checks"]["audit"].as_str().unwrap();
+        assert!(why.starts_with("error: "), "an operator sees why: {body}");
+        // without credentials: the check's name and state, no reason
+        let anon = reqwest::get(format!("http://{}/readyz", srv.running().http_addr))
+            .await
+            .unwrap();
+        assert_eq!(anon.status(), 503);
+        let anon: serde_json::Value = anon.json().await.unwrap();
+        assert_eq!(anon["checks"]["audit"], "error", "{anon}");
+        assert_eq!(anon["checks"]["backend"], "ok", "{anon}");
+        for front in FRONTS {
+            let mut c = srv.client(front, &srv.admin_token).await;
+            let e = c.sign("s", b"m").await.unwrap_err();
+            e.expect(503, Code::Unavailable, "unavailable");
+            assert!(e.message.contains("audit log cannot be written"), "{e:?}");
+            c.create("other", "ed25519").await.unwrap_err().expect(
+                503,
+                Code::Unavailable,
+                "unavailable",
+            );
+            let v = c.verify("s#v1", b"m", &sig).await.unwrap();
+            assert!(v.valid, "{front:?}: verify stays available");
+            c.get_key("s", false).await.unwrap();
+        }
+        let metrics = reqwest::get(format!("http://{}/metrics", srv.running().http_addr))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            metrics.contains("kms_audit_writer_failed 1"),
+            "{fault:?}: gauge set"
+        );
+        let data = srv.data_dir();
+        let mut srv = srv;
+        srv.restart().await;
+        let (ok, text) = audit_verify(&data.join("audit"));
+        assert!(ok, "{fault:?}: the log verifies after the failure: {text}");
+        let mut c = srv.client(Front::Grpc, &srv.admin_token).await;
+        c.sign("s", b"m").await.unwrap();
+    }
 }

@@ -169,6 +169,32 @@ async fn a_wrong_master_key_or_a_second_process_is_refused() {
     assert!(matches!(err, StartError::MasterKeyMismatch), "{err}");
 }
 
+/// A data dir group or others can enter is refused at start with the fix
+/// named, before anything in it is opened or created (issue 28).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_dir_open_to_others_is_refused() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    for mode in [0o755, 0o750, 0o701] {
+        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(mode)).unwrap();
+        let err = start(&common::config(&data)).await.err().expect("refused");
+        let text = err.to_string();
+        assert!(
+            text.contains(&format!("chmod 700 {}", data.display())),
+            "{mode:o}: {text}"
+        );
+        assert!(
+            std::fs::read_dir(&data).unwrap().next().is_none(),
+            "{mode:o}: nothing was created"
+        );
+    }
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let r = start(&common::config(&data)).await.unwrap();
+    r.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn passphrase_custody_round_trips_across_restarts() {
     let dir = tempfile::tempdir().unwrap();

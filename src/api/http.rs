@@ -448,7 +448,21 @@ async fn healthz() -> Response {
     Json(serde_json::json!({"status": "ok"})).into_response()
 }
 
-async fn readyz(State(f): S) -> Response {
+/// Readiness. Without credentials only each check's name and `ok`,
+/// `error` or `degraded` are shown; a token with `kms:operator` also gets
+/// the reasons (they can name paths and hosts).
+async fn readyz(State(f): S, headers: axum::http::HeaderMap) -> Response {
+    let operator = match headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(auth) => f
+            .kms
+            .authenticate(Some(auth), new_request_id())
+            .await
+            .is_ok_and(|c| c.require(crate::ops::Scope::Operator).is_ok()),
+        None => false,
+    };
     let kms = f.kms.clone();
     let checks = tokio::task::spawn_blocking(move || kms.readiness())
         .await
@@ -457,10 +471,14 @@ async fn readyz(State(f): S) -> Response {
     let detail: serde_json::Map<String, serde_json::Value> = checks
         .into_iter()
         .map(|c| {
+            let state = match (&c.outcome, c.required) {
+                (Ok(()), _) => "ok",
+                (Err(_), true) => "error",
+                (Err(_), false) => "degraded",
+            };
             let v = match c.outcome {
-                Ok(()) => "ok".to_string(),
-                Err(e) if c.required => format!("error: {e}"),
-                Err(e) => format!("degraded: {e}"),
+                Err(e) if operator => format!("{state}: {e}"),
+                _ => state.to_string(),
             };
             (c.name.to_string(), serde_json::Value::String(v))
         })

@@ -106,11 +106,56 @@ enum Msg {
     Close(oneshot::Sender<()>),
 }
 
+/// A fault the writer can be told to have at its next commit (tests and
+/// drills; reachable only through the library API).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriterFault {
+    /// The write fails with an I/O error.
+    Io,
+    /// The writer's thread panics.
+    Panic,
+}
+
+/// The writer's health, shared by the handle and the writer task. A writer
+/// that failed (an I/O error, a full disk, a panic) stays failed until the
+/// process restarts: the records it could not write were answered as
+/// errors, and what follows them in the chain must not be written past a
+/// gap it cannot explain.
+#[derive(Debug, Default)]
+pub(crate) struct WriterState {
+    failed: AtomicBool,
+    failure: Mutex<Option<String>>,
+    /// 0: none; 1: [`WriterFault::Io`]; 2: [`WriterFault::Panic`].
+    inject: std::sync::atomic::AtomicU8,
+}
+
+impl WriterState {
+    pub(crate) fn fail(&self, why: String) {
+        tracing::error!(error = %why, "audit writer failed: operations that write or use private keys are refused until a restart");
+        let mut f = self.failure.lock().unwrap_or_else(|p| p.into_inner());
+        if f.is_none() {
+            *f = Some(why);
+        }
+        self.failed.store(true, Ordering::Release);
+        metrics::gauge!("kms_audit_writer_failed").set(1.0);
+    }
+
+    /// The fault to have now, if one was injected (taken once).
+    pub(crate) fn take_injected(&self) -> Option<WriterFault> {
+        match self.inject.swap(0, Ordering::AcqRel) {
+            1 => Some(WriterFault::Io),
+            2 => Some(WriterFault::Panic),
+            _ => None,
+        }
+    }
+}
+
 /// Handle to the running log.
 pub struct AuditLog {
     tx: mpsc::Sender<Msg>,
     failed: AtomicBool,
     failure: Mutex<Option<String>>,
+    writer: Arc<WriterState>,
     integrity_failures: AtomicU64,
     memory: Arc<Mutex<Vec<u8>>>,
     off: bool,
@@ -204,11 +249,13 @@ impl AuditLog {
             }
         }
         let (tx, rx) = mpsc::channel(QUEUE_BOUND);
+        metrics::gauge!("kms_audit_writer_failed").set(0.0);
         let log = Arc::new(AuditLog {
             tx,
             failed: AtomicBool::new(failure.is_some()),
             integrity_failures: AtomicU64::new(u64::from(failure.is_some())),
             failure: Mutex::new(failure.clone()),
+            writer: Arc::new(WriterState::default()),
             memory,
             off: matches!(opts.sink, Sink::Off),
         });
@@ -216,7 +263,7 @@ impl AuditLog {
             tracing::error!(failure = %f, "audit chain integrity check failed: writes are refused");
         }
         let broken = failure.is_some();
-        tokio::spawn(run(w, rx, broken));
+        tokio::spawn(run(w, rx, broken, log.writer.clone()));
         let ticker = log.tx.clone();
         tokio::spawn(async move {
             let mut every = tokio::time::interval(CHECKPOINT_EVERY);
@@ -233,8 +280,12 @@ impl AuditLog {
         Ok(log)
     }
 
-    /// `Err(reason)` while the chain is broken.
+    /// `Err(reason)` while the chain is broken or the writer has failed
+    /// (readiness).
     pub fn integrity(&self) -> Result<(), String> {
+        if let Some(why) = self.writer_failure() {
+            return Err(why);
+        }
         if self.failed.load(Ordering::Acquire) {
             Err(self
                 .failure
@@ -247,6 +298,27 @@ impl AuditLog {
         }
     }
 
+    /// Why the writer failed, once it has: nothing more is appended.
+    pub fn writer_failure(&self) -> Option<String> {
+        if !self.writer.failed.load(Ordering::Acquire) {
+            return None;
+        }
+        self.writer
+            .failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Make the writer's next commit fail this way (tests and drills).
+    pub fn inject_writer_fault(&self, fault: WriterFault) {
+        let v = match fault {
+            WriterFault::Io => 1,
+            WriterFault::Panic => 2,
+        };
+        self.writer.inject.store(v, Ordering::Release);
+    }
+
     /// How many integrity failures were detected (start-up or writer).
     pub fn integrity_failures(&self) -> u64 {
         self.integrity_failures.load(Ordering::Relaxed)
@@ -254,8 +326,13 @@ impl AuditLog {
 
     /// Append a record and wait until its batch is durable. While the chain
     /// is broken nothing is appended and this returns `Ok(0)`: callers have
-    /// refused writes already, and reads stay available.
+    /// refused writes already, and reads stay available. Once the writer
+    /// has failed this is an error: a caller that gets it answers nothing
+    /// that needed its record ([`Self::writer_failure`]).
     pub async fn append(&self, e: Event) -> Result<u64, String> {
+        if let Some(why) = self.writer_failure() {
+            return Err(format!("audit writer failed: {why}"));
+        }
         if self.off || self.failed.load(Ordering::Acquire) {
             return Ok(0);
         }
@@ -274,6 +351,9 @@ impl AuditLog {
     pub async fn append_many(&self, events: Vec<Event>) -> Result<Vec<u64>, String> {
         if events.is_empty() {
             return Ok(Vec::new());
+        }
+        if let Some(why) = self.writer_failure() {
+            return Err(format!("audit writer failed: {why}"));
         }
         if self.off || self.failed.load(Ordering::Acquire) {
             return Ok(vec![0; events.len()]);

@@ -295,7 +295,12 @@ impl Waiter {
 /// run queue: one cross-thread wake-up per batch (the blocking write's
 /// return) instead of one per record. A ticker task sends `Tick` every
 /// second so checkpoints happen on time even when traffic stops.
-pub(super) async fn run(mut w: Writer, mut rx: mpsc::Receiver<Msg>, broken: bool) {
+pub(super) async fn run(
+    mut w: Writer,
+    mut rx: mpsc::Receiver<Msg>,
+    broken: bool,
+    state: Arc<WriterState>,
+) {
     let in_memory = w.dir.is_none();
     loop {
         let Some(first) = rx.recv().await else {
@@ -331,8 +336,13 @@ pub(super) async fn run(mut w: Writer, mut rx: mpsc::Receiver<Msg>, broken: bool
             || (closing.is_some() && w.since_checkpoint > 0)
         {
             let closing_now = closing.is_some();
+            let injected = state.take_injected();
             let work = move |mut w: Writer| {
-                let mut res = w.write_batch(events);
+                let mut res = match injected {
+                    Some(WriterFault::Panic) => panic!("injected audit writer fault"),
+                    Some(WriterFault::Io) => Err("injected I/O error".to_string()),
+                    None => w.write_batch(events),
+                };
                 if closing_now && w.since_checkpoint > 0 {
                     res = match res {
                         // when custody is away the tail stays unsealed; the
@@ -343,21 +353,25 @@ pub(super) async fn run(mut w: Writer, mut rx: mpsc::Receiver<Msg>, broken: bool
                 }
                 (w, res)
             };
-            let res;
-            if in_memory {
-                (w, res) = work(w);
+            let done = if in_memory {
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || work(w)))
+                    .map_err(|_| "a panic".to_string())
             } else {
-                match tokio::task::spawn_blocking(move || work(w)).await {
-                    Ok(done) => (w, res) = done,
-                    Err(e) => {
-                        // The writer itself is gone with the panicked thread:
-                        // nothing more can be appended.
-                        tracing::error!(error = %e, "audit writer panicked");
-                        for d in waiters {
-                            d.fail("audit writer stopped");
-                        }
-                        return;
+                tokio::task::spawn_blocking(move || work(w))
+                    .await
+                    .map_err(|e| e.to_string())
+            };
+            let res;
+            match done {
+                Ok(d) => (w, res) = d,
+                Err(e) => {
+                    // The writer itself is gone with the panicked thread:
+                    // nothing more can be appended.
+                    state.fail(format!("the writer panicked: {e}"));
+                    for d in waiters {
+                        d.fail("audit writer stopped");
                     }
+                    return;
                 }
             }
             match res {
@@ -382,10 +396,15 @@ pub(super) async fn run(mut w: Writer, mut rx: mpsc::Receiver<Msg>, broken: bool
                     }
                 }
                 Err(e) => {
-                    tracing::error!(error = %e, "audit write failed");
+                    state.fail(format!("a write failed: {e}"));
                     for d in waiters {
                         d.fail(&e);
                     }
+                    // nothing after a record that could not be written
+                    if let Some(done) = closing {
+                        let _ = done.send(());
+                    }
+                    return;
                 }
             }
         }

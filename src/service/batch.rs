@@ -110,7 +110,15 @@ impl KmsService {
             events.push(event);
             results.push(r);
         }
-        if let Err(e) = self.audit.append_many(events).await {
+        // with the writer down, a batch that writes nothing and uses no
+        // private key (verify) is still answered, unrecorded
+        let unrecorded_ok =
+            !crate::ops::spec(method).writes && self.audit.writer_failure().is_some();
+        let appended = match self.audit.append_many(events).await {
+            Err(_) if unrecorded_ok => Ok(Vec::new()),
+            a => a,
+        };
+        if let Err(e) = appended {
             tracing::error!(request_id = %caller.request_id, error = %e, "audit append failed");
             for (i, _) in &audited {
                 if results[*i].is_ok() {

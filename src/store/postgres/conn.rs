@@ -108,27 +108,107 @@ pub(super) fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
 /// The URL without its password, for logs and errors.
 pub fn redact_url(url: &str) -> String {
     if !url.contains("://") {
-        // key=value form
-        return url
-            .split_whitespace()
-            .map(|kv| {
-                if kv.starts_with("password=") {
-                    "password=***"
-                } else {
-                    kv
-                }
-            })
-            .collect::<Vec<_>>()
-            .join(" ");
+        return redact_key_values(url);
     }
-    match (url.find("://"), url.rfind('@')) {
+    let (head, query) = match url.split_once('?') {
+        Some((h, q)) => (h, Some(q)),
+        None => (url, None),
+    };
+    let mut out = match (head.find("://"), head.rfind('@')) {
         (Some(s), Some(at)) if at > s => {
-            let creds = &url[s + 3..at];
+            let creds = &head[s + 3..at];
             match creds.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
-                None => url.to_string(),
+                Some((user, _)) => format!("{}{user}:***{}", &head[..s + 3], &head[at..]),
+                None => head.to_string(),
             }
         }
-        _ => url.to_string(),
+        _ => head.to_string(),
+    };
+    if let Some(q) = query {
+        out.push('?');
+        let params: Vec<String> = q
+            .split('&')
+            .map(|kv| match kv.split_once('=') {
+                Some((k, _)) if is_secret_key(k) => format!("{k}=***"),
+                _ => kv.to_string(),
+            })
+            .collect();
+        out.push_str(&params.join("&"));
     }
+    out
+}
+
+/// Whether a connection parameter holds a secret (libpq's `password`,
+/// and `sslpassword` for the client key).
+fn is_secret_key(k: &str) -> bool {
+    let k = k.trim();
+    k.eq_ignore_ascii_case("password") || k.eq_ignore_ascii_case("sslpassword")
+}
+
+/// libpq's `key = value` form: values may be single-quoted (with `\'` and
+/// `\\` escapes, spaces inside) and `=` may have spaces around it. Secret
+/// values are replaced whole; the rest is kept as written.
+fn redact_key_values(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = String::with_capacity(s.len());
+    let mut i = 0;
+    while i < b.len() {
+        // whitespace between pairs
+        let ws = i;
+        while i < b.len() && b[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        out.push_str(&s[ws..i]);
+        if i >= b.len() {
+            break;
+        }
+        let k0 = i;
+        while i < b.len() && b[i] != b'=' && !b[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        let key = &s[k0..i];
+        // spaces, '=', spaces
+        let sep0 = i;
+        while i < b.len() && b[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        if i < b.len() && b[i] == b'=' {
+            i += 1;
+            while i < b.len() && b[i].is_ascii_whitespace() {
+                i += 1;
+            }
+        } else {
+            // a bare word: not a pair; keep it and go on
+            out.push_str(&s[k0..i]);
+            continue;
+        }
+        let sep = &s[sep0..i];
+        let v0 = i;
+        if i < b.len() && b[i] == b'\'' {
+            i += 1;
+            while i < b.len() && b[i] != b'\'' {
+                if b[i] == b'\\' {
+                    i += 1;
+                }
+                i += 1;
+            }
+            i = (i + 1).min(b.len());
+        } else {
+            while i < b.len() && !b[i].is_ascii_whitespace() {
+                if b[i] == b'\\' {
+                    i += 1;
+                }
+                i += 1;
+            }
+            i = i.min(b.len());
+        }
+        out.push_str(key);
+        out.push_str(sep);
+        if is_secret_key(key) {
+            out.push_str("***");
+        } else {
+            out.push_str(&s[v0..i]);
+        }
+    }
+    out
 }

@@ -692,5 +692,34 @@ mod tests {
             redact_url("host=db password=x user=kms"),
             "host=db password=*** user=kms"
         );
+        // a password in the query string, and quoted values with spaces
+        assert_eq!(
+            redact_url("postgres://db/kms?user=kms&password=s3cret&sslmode=require"),
+            "postgres://db/kms?user=kms&password=***&sslmode=require"
+        );
+        assert_eq!(
+            redact_url("postgresql://kms:a@db/kms?PassWord=b"),
+            "postgresql://kms:***@db/kms?PassWord=***"
+        );
+        assert_eq!(
+            redact_url(r"host=db password='two words \' here' user=kms"),
+            "host=db password=*** user=kms"
+        );
+        assert_eq!(
+            redact_url("host=db password = 'x y' sslpassword=z"),
+            "host=db password = *** sslpassword=***"
+        );
+        for url in [
+            "host=db password='s e c r e t",
+            "password=",
+            "password",
+            "postgres://u:p@h/d?password",
+        ] {
+            let shown = redact_url(url);
+            assert!(
+                !shown.contains("s e c") && !shown.contains(":p@"),
+                "{url} -> {shown}"
+            );
+        }
     }
 }
