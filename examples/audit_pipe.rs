@@ -52,6 +52,7 @@ fn main() {
             node: "node-1".into(),
             checkpoint_interval: ron_kms::audit::DEFAULT_CHECKPOINT_INTERVAL,
             max_file_bytes: ron_kms::audit::DEFAULT_MAX_FILE_BYTES,
+            min_free_bytes: ron_kms::audit::DEFAULT_MIN_FREE_BYTES,
         };
         let log = tokio::task::spawn_blocking(move || AuditLog::start_blocking(opts, &public, signer))
             .await

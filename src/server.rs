@@ -395,6 +395,7 @@ async fn open_audit(
         },
         checkpoint_interval: cfg.audit.checkpoint_interval,
         max_file_bytes: cfg.audit.max_file_bytes,
+        min_free_bytes: cfg.audit.min_free_bytes,
     };
     let dir_for_task = opts.clone();
     tokio::task::spawn_blocking(move || {

@@ -121,6 +121,14 @@ fn describe() {
         "kms_audit_writer_failed",
         "1 once the audit writer failed (I/O error, full disk, panic): writes and signing are refused until a restart"
     );
+    describe_gauge!(
+        "kms_audit_low_space",
+        "1 while the audit log's file system is below its free-space floor (KMS_AUDIT_MIN_FREE_BYTES): unready, writes and signing refused"
+    );
+    describe_gauge!(
+        "kms_audit_free_bytes",
+        "Free bytes on the audit log's file system, as last measured"
+    );
     describe_counter!(
         "kms_audit_checkpoint_deferred_total",
         "Audit checkpoints put off because the audit key in custody could not sign"
@@ -151,6 +159,7 @@ fn describe() {
     counter!("kms_audit_integrity_failed_total").absolute(0);
     counter!("kms_audit_checkpoint_deferred_total").absolute(0);
     gauge!("kms_audit_writer_failed").set(0.0);
+    gauge!("kms_audit_low_space").set(0.0);
     for result in ["ok", "error"] {
         counter!("kms_tls_crl_reload_total", "result" => result).absolute(0);
     }

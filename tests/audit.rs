@@ -332,6 +332,7 @@ fn test_log(audit_dir: &Path) -> (ron_kms::audit::Options, Vec<u8>, ron_kms::aud
         sink: ron_kms::audit::Sink::Dir(audit_dir.to_path_buf()),
         checkpoint_interval: 5000,
         max_file_bytes: 64 * 1024 * 1024,
+        min_free_bytes: 0,
     };
     (opts, public, signer)
 }
@@ -607,6 +608,7 @@ async fn segments_rotate_by_size_and_the_chain_spans_them() {
         sink: Sink::Dir(audit_dir.clone()),
         checkpoint_interval: 50,
         max_file_bytes: 4096,
+        min_free_bytes: 0,
     };
     let log = tokio::task::spawn_blocking({
         let public = public.clone();
@@ -680,6 +682,7 @@ async fn checkpoints_are_deferred_while_the_audit_key_cannot_sign() {
         sink: Sink::Dir(audit_dir.clone()),
         checkpoint_interval: 5,
         max_file_bytes: 1 << 20,
+        min_free_bytes: 0,
     };
     let log = tokio::task::spawn_blocking({
         let public = public.clone();
@@ -790,4 +793,130 @@ async fn a_failed_writer_refuses_signing_at_once_and_keeps_verify() {
         let mut c = srv.client(Front::Grpc, &srv.admin_token).await;
         c.sign("s", b"m").await.unwrap();
     }
+}
+
+/// A tmpfs mount for one test, unmounted on drop.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path, size: &str) -> Tmpfs {
+        assert_eq!(
+            rustix::process::geteuid().as_raw(),
+            0,
+            "this test mounts a small tmpfs and must run as root (scripts/test.sh does)"
+        );
+        std::fs::create_dir_all(at).unwrap();
+        let out = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(at)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "mount tmpfs: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Tmpfs(at.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// On a small file system the log's free-space floor turns the service
+/// unready and refuses signing before the disk is full: no write fails,
+/// verify still answers, and once space is freed it serves again with its
+/// keys and its chain intact (issue 28).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_filling_file_system_turns_the_service_unready_before_it_is_full() {
+    const FLOOR: u64 = 4 << 20;
+    let root = tempfile::tempdir().unwrap();
+    let fs = Tmpfs::mount(&root.path().join("fs"), "24m");
+    let data = fs.0.join("data");
+    let mut cfg = common::config(&data);
+    cfg.audit.min_free_bytes = FLOOR;
+    let r = ron_kms::server::start(&cfg).await.unwrap();
+    let token = r.bootstrap_token.clone().unwrap();
+    let mut c = common::Client::connect(Front::Grpc, &r, &token).await;
+    c.create("s", "ed25519").await.unwrap();
+    let sig = c.sign("s", b"before").await.unwrap().signature;
+
+    // leave the floor and 1.5 MiB above it free
+    let free = |p: &Path| {
+        let v = rustix::fs::statvfs(p).unwrap();
+        v.f_bavail * v.f_frsize
+    };
+    let filler = fs.0.join("filler");
+    let fill = free(&fs.0) - FLOOR - (3 << 19);
+    std::fs::write(&filler, vec![1u8; fill as usize]).unwrap();
+
+    let t0 = std::time::Instant::now();
+    let mut signed = 0u64;
+    let refusal = loop {
+        match c.sign("s", b"m").await {
+            Ok(_) => signed += 1,
+            Err(e) => break e,
+        }
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(120),
+            "never refused after {signed} signs; {} bytes free",
+            free(&fs.0)
+        );
+    };
+    refusal.expect(503, Code::Unavailable, "unavailable");
+    assert!(refusal.message.contains("below its floor"), "{refusal:?}");
+    let left = free(&fs.0);
+    assert!(
+        left > 0,
+        "refused before the disk was full: {left} bytes left"
+    );
+    assert!(
+        r.kms.audit().writer_failure().is_none(),
+        "no write failed: {:?}",
+        r.kms.audit().writer_failure()
+    );
+    eprintln!("refused after {signed} signs with {left} bytes free (floor {FLOOR})");
+    let ready = reqwest::get(format!("http://{}/readyz", r.http_addr))
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 503);
+    let v = c.verify("s#v1", b"before", &sig).await.unwrap();
+    assert!(v.valid, "verify stays available");
+
+    // space back: ready again within a few seconds, signing works
+    std::fs::remove_file(&filler).unwrap();
+    let t0 = std::time::Instant::now();
+    loop {
+        let s = reqwest::get(format!("http://{}/readyz", r.http_addr))
+            .await
+            .unwrap()
+            .status();
+        if s == 200 {
+            break;
+        }
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(5),
+            "still unready after space was freed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    c.sign("s", b"after").await.unwrap();
+    r.shutdown().await;
+    let (ok, text) = audit_verify(&data.join("audit"));
+    assert!(ok, "the chain is intact: {text}");
+    let r = ron_kms::server::start(&cfg).await.unwrap();
+    let mut c = common::Client::connect(Front::Grpc, &r, &token).await;
+    assert!(c.verify("s#v1", b"before", &sig).await.unwrap().valid);
+    c.sign("s", b"again").await.unwrap();
+    r.shutdown().await;
+    drop(fs);
 }

@@ -43,6 +43,12 @@ use chain::BodyRef;
 pub const DEFAULT_CHECKPOINT_INTERVAL: u64 = 5000;
 pub const DEFAULT_MAX_FILE_BYTES: u64 = 64 * 1024 * 1024;
 pub const QUEUE_BOUND: usize = 8192;
+/// Free space the audit log's file system keeps: below it the service is
+/// unready and refuses writes and signing, before the disk is full.
+pub const DEFAULT_MIN_FREE_BYTES: u64 = 64 * 1024 * 1024;
+/// How often free space is looked at, at most (and at least once a second,
+/// with the checkpoint ticker).
+const SPACE_CHECK_EVERY: Duration = Duration::from_millis(100);
 const BATCH_MAX: usize = 1024;
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 /// The active segment is zero-filled this far ahead of its records, so a
@@ -93,6 +99,8 @@ pub struct Options {
     pub node: String,
     pub checkpoint_interval: u64,
     pub max_file_bytes: u64,
+    /// The free-space floor of the log's file system (0: none).
+    pub min_free_bytes: u64,
 }
 
 // Nearly every message is an Event; boxing it would add an allocation per
@@ -127,6 +135,9 @@ pub(crate) struct WriterState {
     failure: Mutex<Option<String>>,
     /// 0: none; 1: [`WriterFault::Io`]; 2: [`WriterFault::Panic`].
     inject: std::sync::atomic::AtomicU8,
+    /// Below the free-space floor: `(free bytes, floor)`. Clears by itself
+    /// once space is back.
+    low_space: Mutex<Option<(u64, u64)>>,
 }
 
 impl WriterState {
@@ -140,6 +151,20 @@ impl WriterState {
         metrics::gauge!("kms_audit_writer_failed").set(1.0);
     }
 
+    /// Record the free space just measured against the floor.
+    pub(crate) fn space(&self, free: u64, floor: u64) {
+        let low = free < floor;
+        let mut l = self.low_space.lock().unwrap_or_else(|p| p.into_inner());
+        match (l.is_some(), low) {
+            (false, true) => tracing::error!(free, floor, "audit log's file system is below its free-space floor: writes and signing are refused until space is freed"),
+            (true, false) => tracing::info!(free, floor, "audit log's file system is above its free-space floor again"),
+            _ => {}
+        }
+        *l = low.then_some((free, floor));
+        metrics::gauge!("kms_audit_free_bytes").set(free as f64);
+        metrics::gauge!("kms_audit_low_space").set(if low { 1.0 } else { 0.0 });
+    }
+
     /// The fault to have now, if one was injected (taken once).
     pub(crate) fn take_injected(&self) -> Option<WriterFault> {
         match self.inject.swap(0, Ordering::AcqRel) {
@@ -148,6 +173,17 @@ impl WriterState {
             _ => None,
         }
     }
+}
+
+/// What readiness and refusals say below the free-space floor.
+pub fn low_space_message(free: u64, floor: u64) -> String {
+    format!("the audit log's file system has {free} bytes free, below its floor of {floor} (KMS_AUDIT_MIN_FREE_BYTES); free space to resume")
+}
+
+/// Free bytes (for an unprivileged writer) of the file system holding `dir`.
+pub(crate) fn free_bytes(dir: &Path) -> Result<u64, String> {
+    let v = rustix::fs::statvfs(dir).map_err(|e| format!("statvfs {}: {e}", dir.display()))?;
+    Ok(v.f_bavail.saturating_mul(v.f_frsize))
 }
 
 /// Handle to the running log.
@@ -189,6 +225,8 @@ impl AuditLog {
             signer,
             pending: Vec::new(),
             node: opts.node.clone(),
+            min_free_bytes: opts.min_free_bytes,
+            space_checked: None,
         };
         if let Sink::Dir(dir) = &opts.sink {
             std::fs::DirBuilder::new()
@@ -250,12 +288,14 @@ impl AuditLog {
         }
         let (tx, rx) = mpsc::channel(QUEUE_BOUND);
         metrics::gauge!("kms_audit_writer_failed").set(0.0);
+        let writer_state = Arc::new(WriterState::default());
+        w.check_space(&writer_state);
         let log = Arc::new(AuditLog {
             tx,
             failed: AtomicBool::new(failure.is_some()),
             integrity_failures: AtomicU64::new(u64::from(failure.is_some())),
             failure: Mutex::new(failure.clone()),
-            writer: Arc::new(WriterState::default()),
+            writer: writer_state,
             memory,
             off: matches!(opts.sink, Sink::Off),
         });
@@ -286,6 +326,9 @@ impl AuditLog {
         if let Some(why) = self.writer_failure() {
             return Err(why);
         }
+        if let Some((free, floor)) = self.low_space() {
+            return Err(low_space_message(free, floor));
+        }
         if self.failed.load(Ordering::Acquire) {
             Err(self
                 .failure
@@ -308,6 +351,16 @@ impl AuditLog {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// `Some((free, floor))` while the log's file system is below its
+    /// free-space floor.
+    pub fn low_space(&self) -> Option<(u64, u64)> {
+        *self
+            .writer
+            .low_space
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     /// Make the writer's next commit fail this way (tests and drills).

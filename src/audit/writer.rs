@@ -25,6 +25,9 @@ pub(super) struct Writer {
     pub(super) signer: Signer,
     pub(super) pending: Vec<u8>,
     pub(super) node: String,
+    pub(super) min_free_bytes: u64,
+    /// When free space was last looked at.
+    pub(super) space_checked: Option<Instant>,
 }
 
 pub(super) fn now_ms() -> i64 {
@@ -52,6 +55,25 @@ pub(super) fn segment_name(index: u32) -> String {
 }
 
 impl Writer {
+    /// Look at the file system's free space against the floor (at most
+    /// every [`SPACE_CHECK_EVERY`]). A failed `statvfs` is logged and
+    /// treated as enough space: the writes themselves will tell.
+    pub(super) fn check_space(&mut self, state: &WriterState) {
+        let Some(dir) = &self.dir else { return };
+        if self.min_free_bytes == 0
+            || self
+                .space_checked
+                .is_some_and(|t| t.elapsed() < SPACE_CHECK_EVERY)
+        {
+            return;
+        }
+        self.space_checked = Some(Instant::now());
+        match free_bytes(dir) {
+            Ok(free) => state.space(free, self.min_free_bytes),
+            Err(e) => tracing::warn!(error = %e, "audit log: free space unknown"),
+        }
+    }
+
     /// Chain one record, encoded straight into the pending batch from the
     /// borrowed fields (no per-record strings); `seq`, `node` and `prev`
     /// are filled in here.
@@ -306,6 +328,9 @@ pub(super) async fn run(
         let Some(first) = rx.recv().await else {
             break;
         };
+        if !in_memory {
+            w.check_space(&state);
+        }
         let mut held = records(&first);
         let mut msgs = vec![first];
         drain(&mut rx, &mut msgs, &mut held);

@@ -82,6 +82,7 @@ pub struct FileConfig {
     pub log_format: Option<String>,
     pub audit_checkpoint_interval: Option<u64>,
     pub audit_max_file_bytes: Option<u64>,
+    pub audit_min_free_bytes: Option<u64>,
     pub console_addr: Option<String>,
     pub pq: Option<PqFile>,
     pub verify_cache_max: Option<u64>,

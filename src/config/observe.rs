@@ -14,6 +14,8 @@ pub struct AuditConfig {
     pub dir: PathBuf,
     pub checkpoint_interval: u64,
     pub max_file_bytes: u64,
+    /// `KMS_AUDIT_MIN_FREE_BYTES`: the free-space floor (0: none).
+    pub min_free_bytes: u64,
     /// Benchmarks only (library API, never from a file, env or flag): run
     /// without an audit log to measure what it costs.
     pub off_for_benchmarks: bool,
@@ -25,6 +27,7 @@ impl AuditConfig {
             dir: data_dir.join("audit"),
             checkpoint_interval: crate::audit::DEFAULT_CHECKPOINT_INTERVAL,
             max_file_bytes: crate::audit::DEFAULT_MAX_FILE_BYTES,
+            min_free_bytes: crate::audit::DEFAULT_MIN_FREE_BYTES,
             off_for_benchmarks: false,
         }
     }
@@ -87,6 +90,14 @@ pub(super) fn audit(
             4096..=u64::MAX,
             crate::audit::DEFAULT_MAX_FILE_BYTES,
             "must be at least 4096",
+        )?,
+        min_free_bytes: src.number(
+            "KMS_AUDIT_MIN_FREE_BYTES",
+            "audit_min_free_bytes",
+            file.audit_min_free_bytes.take(),
+            0..=u64::MAX,
+            crate::audit::DEFAULT_MIN_FREE_BYTES,
+            "must be a whole number of bytes (0: no floor)",
         )?,
         off_for_benchmarks: false,
     })

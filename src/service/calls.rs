@@ -133,6 +133,11 @@ impl KmsService {
                 "the audit log cannot be written ({why}); operations that change state or use private keys are refused until it is fixed and the service restarted"
             )));
         }
+        if let Some((free, floor)) = self.audit.low_space() {
+            return Err(Error::Unavailable(crate::audit::low_space_message(
+                free, floor,
+            )));
+        }
         self.audit.integrity().map_err(|e| {
             Error::FailedPrecondition(format!(
                 "the audit log failed its integrity check ({e}); operations that change state or use private keys are refused until an operator restores it"
