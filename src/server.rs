@@ -40,6 +40,10 @@ pub enum StartError {
     MasterKey(#[from] crate::backend::sealed_file::master::MasterKeyError),
     #[error("master key does not match the one this data dir was sealed with")]
     MasterKeyMismatch,
+    /// The store was sealed under a master key whose file (or salt) is
+    /// gone: a new one would open none of the sealed keys, so none is made.
+    #[error("{0} is missing, but this store was sealed with a master key: restore it from its backup (a new master key would open none of the sealed keys, so none is created)")]
+    MasterKeyMissing(String),
     #[error("store: {0}")]
     Store(#[from] crate::store::StoreError),
     #[error("{0}")]
@@ -166,15 +170,32 @@ pub fn open_data_dir(cfg: &Config) -> Result<Opened, StartError> {
     let provider = Arc::new(Provider::default());
     match &cfg.backend {
         BackendKind::SealedFile => {
+            // a store sealed before never gets a fresh key file or salt
+            let sealed = store.get_meta(MASTER_CHECK_KEY)?.is_some();
+            let must_exist = |p: &Path, what: &str| {
+                if sealed && !p.exists() {
+                    Err(StartError::MasterKeyMissing(format!(
+                        "{what} {}",
+                        p.display()
+                    )))
+                } else {
+                    Ok(())
+                }
+            };
             let master = match &cfg.master {
-                MasterKeySource::KeyFile(p) => MasterKey::load_or_create(p)?.0,
+                MasterKeySource::KeyFile(p) => {
+                    must_exist(p, "the master key file")?;
+                    MasterKey::load_or_create(p)?.0
+                }
                 MasterKeySource::Passphrase(src) => {
                     let pass = read_secret(
                         src,
                         "KMS_MASTER_PASSPHRASE_FILE",
                         "KMS_MASTER_PASSPHRASE_ENV",
                     )?;
-                    MasterKey::from_passphrase(&pass, &dir.join("master.salt"))?
+                    let salt = dir.join("master.salt");
+                    must_exist(&salt, "the passphrase's salt file")?;
+                    MasterKey::from_passphrase(&pass, &salt)?
                 }
             };
             check_master(store.as_ref(), &master)?;

@@ -169,6 +169,58 @@ async fn a_wrong_master_key_or_a_second_process_is_refused() {
     assert!(matches!(err, StartError::MasterKeyMismatch), "{err}");
 }
 
+/// A power cut after the store committed its master-key check but before
+/// the key file's directory entry reached the disk used to leave a start-up
+/// that made a second master key. Now the key file is written crash-safe
+/// (temporary file, fsync, rename, directory fsync; a crash before the
+/// rename leaves only the temporary file), and a store sealed under a key
+/// whose file or salt is missing refuses to start and creates nothing
+/// (issue 28).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_master_key_file_is_never_replaced_over_sealed_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let cfg = common::config(&data);
+    let r = start(&cfg).await.unwrap();
+    r.shutdown().await;
+    let key = data.join("master.key");
+    let original = std::fs::read(&key).unwrap();
+    assert!(
+        !data.join(".master.key.tmp").exists(),
+        "no temporary file left behind"
+    );
+
+    // a crash before the rename: only the temporary file exists
+    std::fs::rename(&key, data.join(".master.key.tmp")).unwrap();
+    let err = start(&cfg).await.err().expect("refused");
+    assert!(matches!(err, StartError::MasterKeyMissing(_)), "{err}");
+    assert!(
+        err.to_string().contains("restore it from its backup"),
+        "{err}"
+    );
+    assert!(!key.exists(), "no second master key was made");
+
+    // restored from backup: starts, the same key
+    std::fs::write(&key, &original).unwrap();
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let r = start(&cfg).await.unwrap();
+    r.shutdown().await;
+
+    // passphrase custody: the salt is as precious
+    let dir = tempfile::tempdir().unwrap();
+    let pass = dir.path().join("pass");
+    std::fs::write(&pass, "a long enough passphrase\n").unwrap();
+    std::fs::set_permissions(&pass, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let data = dir.path().join("data");
+    let mut cfg = common::config(&data);
+    cfg.master = MasterKeySource::Passphrase(ron_kms::config::PassphraseSource::File(pass));
+    start(&cfg).await.unwrap().shutdown().await;
+    std::fs::remove_file(data.join("master.salt")).unwrap();
+    let err = start(&cfg).await.err().expect("refused");
+    assert!(matches!(err, StartError::MasterKeyMissing(_)), "{err}");
+    assert!(!data.join("master.salt").exists(), "no new salt was made");
+}
+
 /// A data dir group or others can enter is refused at start with the fix
 /// named, before anything in it is opened or created (issue 28).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

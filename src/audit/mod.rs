@@ -25,9 +25,8 @@ pub use recovery::{read_key_file, verify_dir, verify_dir_explained};
 use recovery::{set_aside, torn_tail};
 #[cfg(test)]
 use recovery::{torn_start, SECTOR};
-use writer::{now_ms, run, write_private, Writer};
+use writer::{now_ms, run, Writer};
 
-use std::io::Write as _;
 use std::os::unix::fs::FileExt as _;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -236,10 +235,11 @@ impl AuditLog {
                 .map_err(|e| format!("{}: {e}", dir.display()))?;
             let key_file = dir.join(KEY_FILE);
             if !key_file.exists() {
-                write_private(
+                crate::secret_file::write_private(
                     &key_file,
                     format!("{}\n", hex::encode(public_key)).as_bytes(),
-                )?;
+                )
+                .map_err(|e| e.to_string())?;
             }
             let verified = verify_dir(dir, Some(public_key)).or_else(|e| {
                 let Some((torn, s)) = torn_tail(dir, public_key) else {

@@ -135,7 +135,7 @@ pub(super) fn set_aside(dir: &Path, t: &TornTail) -> Result<PathBuf, String> {
         .and_then(|n| n.to_str())
         .unwrap_or("audit");
     let aside = dir.join(format!("{stem}.torn-{}", now_ms()));
-    write_private(&aside, &t.torn)?;
+    crate::secret_file::write_private(&aside, &t.torn).map_err(|e| e.to_string())?;
     let f = std::fs::OpenOptions::new()
         .write(true)
         .open(&t.segment)

@@ -37,19 +37,6 @@ pub(super) fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// Write a small file, owner-only, and fsync it.
-pub(super) fn write_private(path: &Path, bytes: &[u8]) -> Result<(), String> {
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    f.write_all(bytes).map_err(|e| e.to_string())?;
-    f.sync_all().map_err(|e| e.to_string())
-}
-
 pub(super) fn segment_name(index: u32) -> String {
     format!("audit-{index:08}.log")
 }
@@ -221,9 +208,10 @@ impl Writer {
         self.pending.clear();
         if sealed {
             let head = format!("{} {}\n", self.seq, hex::encode(self.prev));
-            let tmp = dir.join(format!("{HEAD_FILE}.tmp"));
-            write_private(&tmp, head.as_bytes())?;
-            std::fs::rename(&tmp, dir.join(HEAD_FILE)).map_err(|e| e.to_string())?;
+            // temporary file, fsync, rename, directory fsync: a power cut
+            // leaves the old head or the new one, never none
+            crate::secret_file::write_private(&dir.join(HEAD_FILE), head.as_bytes())
+                .map_err(|e| e.to_string())?;
         }
         Ok(())
     }

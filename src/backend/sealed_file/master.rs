@@ -5,8 +5,6 @@
 //! t = 3, p = 1) and a 16-byte random salt kept in a file beside the store.
 //! Passphrases come from a file or an environment variable, never from the
 //! command line. The key is zeroized on drop and never printed.
-use std::io::Write as _;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use thiserror::Error;
@@ -55,16 +53,14 @@ pub fn check_private(path: &Path) -> Result<(), MasterKeyError> {
 }
 
 /// Write a new file with mode 0600, failing if it exists.
+/// Create a new secret file the crash-safe way (temporary file, fsync,
+/// rename, directory fsync): once this returns, the file survives a power
+/// cut, so the store never commits a check value for a key that can vanish.
 fn create_private(path: &Path, bytes: &[u8]) -> Result<(), MasterKeyError> {
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| file_err(path, e))?;
-    f.write_all(bytes).map_err(|e| file_err(path, e))?;
-    f.sync_all().map_err(|e| file_err(path, e))?;
-    Ok(())
+    if path.exists() {
+        return Err(file_err(path, "exists already"));
+    }
+    crate::secret_file::write_private(path, bytes).map_err(|e| file_err(path, e.msg))
 }
 
 impl MasterKey {
