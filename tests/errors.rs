@@ -505,6 +505,43 @@ async fn another_principals_op_id_does_not_replay_its_data_key() {
     }
 }
 
+/// Quotas refuse with `resource_exhausted` naming the limit, per tenant,
+/// on both fronts; an op_id retry of a key that exists is still answered
+/// (issue 28).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quotas_refuse_with_the_limit_named() {
+    let srv = TestServer::start_with(|cfg| {
+        cfg.quotas = ron_kms::service::Quotas {
+            keys_per_tenant: 3,
+            versions_per_key: 2,
+        }
+    })
+    .await;
+    let mut g = srv.client(Front::Grpc, &srv.admin_token).await;
+    g.create("a", "ed25519").await.unwrap();
+    g.create("b", "ed25519").await.unwrap();
+    g.create("c", "ed25519").await.unwrap();
+    g.rotate("a", "").await.unwrap();
+    for front in FRONTS {
+        let mut c = srv.client(front, &srv.admin_token).await;
+        let e = c.create("d", "ed25519").await.unwrap_err();
+        e.expect(429, Code::ResourceExhausted, "resource_exhausted");
+        assert!(e.message.contains("max_keys_per_tenant = 3"), "{e:?}");
+        assert_eq!(e.retry_after_ms, None, "a retry does not help: {e:?}");
+        let e = c.rotate("a", "").await.unwrap_err();
+        e.expect(429, Code::ResourceExhausted, "resource_exhausted");
+        assert!(e.message.contains("max_versions_per_key = 2"), "{e:?}");
+        // another key below its own limit still rotates once
+        if front == Front::Grpc {
+            c.rotate("b", "").await.unwrap();
+        }
+    }
+    // another tenant has its own count
+    let other = srv.token("other", "kms:admin");
+    let mut o = srv.client(Front::Grpc, &other).await;
+    o.create("d", "ed25519").await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listing_pages_through_every_key() {
     let srv = TestServer::start().await;

@@ -89,6 +89,8 @@ pub struct FileConfig {
     pub verify_cache_ttl_ms: Option<u64>,
     pub op_cache_tenant_bytes: Option<u64>,
     pub op_cache_total_bytes: Option<u64>,
+    pub max_keys_per_tenant: Option<u64>,
+    pub max_versions_per_key: Option<u64>,
     pub failover: Option<String>,
     pub fault_injection: Option<bool>,
     pub pkcs11_module: Option<PathBuf>,
@@ -205,6 +207,8 @@ pub struct Config {
     pub verify_cache: VerifyCacheConfig,
     /// `KMS_OP_CACHE_*`: how many bytes remembered `op_id` answers may hold.
     pub op_cache: OpCacheConfig,
+    /// `KMS_MAX_KEYS_PER_TENANT`, `KMS_MAX_VERSIONS_PER_KEY`.
+    pub quotas: crate::service::Quotas,
     /// `KMS_FAILOVER`: what still works while custody is down.
     pub failover: Failover,
     /// Fault injection (chaos drills, tests).
@@ -275,6 +279,7 @@ impl Config {
             pq: PqConfig::default(),
             verify_cache: VerifyCacheConfig::default(),
             op_cache: OpCacheConfig::default(),
+            quotas: crate::service::Quotas::default(),
             failover: Failover::None,
             faults: FaultsConfig::default(),
             admission: Default::default(),
@@ -432,6 +437,7 @@ pub fn load(flags: &Flags, env: &dyn Env) -> Result<Config, ConfigError> {
         pq,
         verify_cache: svc.verify_cache,
         op_cache: svc.op_cache,
+        quotas: svc.quotas,
         failover: svc.failover,
         faults: svc.faults,
         admission: limits.admission,
@@ -472,6 +478,7 @@ impl Config {
             pq_rollback: cfg.pq.rollback,
             verify_cache_max: cfg.verify_cache.max,
             verify_cache_ttl: std::time::Duration::from_millis(cfg.verify_cache.ttl_ms),
+            quotas: cfg.quotas,
             op_cache_tenant_bytes: cfg.op_cache.tenant_bytes,
             op_cache_total_bytes: cfg.op_cache.total_bytes,
             attestation_required: cfg.attestation_required(),

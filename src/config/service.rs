@@ -74,6 +74,7 @@ pub(super) struct Loaded {
     pub bootstrap_tenant: String,
     pub verify_cache: VerifyCacheConfig,
     pub op_cache: OpCacheConfig,
+    pub quotas: crate::service::Quotas,
     pub failover: Failover,
     pub faults: FaultsConfig,
 }
@@ -175,6 +176,24 @@ pub(super) fn load(file: &mut FileConfig, src: &Src<'_>) -> Result<Loaded, Confi
             "op_cache_total_bytes must be at least op_cache_tenant_bytes",
         ));
     }
+    let quotas = crate::service::Quotas {
+        keys_per_tenant: src.number(
+            "KMS_MAX_KEYS_PER_TENANT",
+            "max_keys_per_tenant",
+            file.max_keys_per_tenant.take(),
+            1..=100_000_000,
+            crate::service::DEFAULT_MAX_KEYS_PER_TENANT,
+            "must be a whole number from 1 to 100000000",
+        )?,
+        versions_per_key: src.number(
+            "KMS_MAX_VERSIONS_PER_KEY",
+            "max_versions_per_key",
+            file.max_versions_per_key.take(),
+            1..=1_000_000,
+            crate::service::DEFAULT_MAX_VERSIONS_PER_KEY,
+            "must be a whole number from 1 to 1000000",
+        )?,
+    };
     let failover_p = src.text("KMS_FAILOVER", "failover", file.failover.take());
     let failover = match failover_p.value.as_deref() {
         None | Some("none") => Failover::None,
@@ -218,6 +237,7 @@ pub(super) fn load(file: &mut FileConfig, src: &Src<'_>) -> Result<Loaded, Confi
         bootstrap_tenant,
         verify_cache,
         op_cache,
+        quotas,
         failover,
         faults: FaultsConfig { injection, latency },
     })

@@ -113,6 +113,11 @@ impl Snapshot {
         self.len
     }
 
+    /// How many keys `tenant` holds (O(1)).
+    pub fn tenant_len(&self, tenant: &str) -> usize {
+        self.tenants.get(tenant).map_or(0, |k| k.len())
+    }
+
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }

@@ -52,6 +52,13 @@ impl KmsService {
                 if existing.is_some() {
                     return Err(Error::AlreadyExists(format!("key {name} already exists")));
                 }
+                let held = this.keyring.snapshot().tenant_len(&tenant) as u64;
+                if held >= this.quotas.keys_per_tenant {
+                    return Err(Error::ResourceExhausted(format!(
+                        "the tenant holds {held} keys, its limit (max_keys_per_tenant = {})",
+                        this.quotas.keys_per_tenant
+                    )));
+                }
                 let kid = crate::store::kid(&name, 1);
                 let g = this.backend.generate(KeyLabel {
                     tenant: &tenant,
@@ -170,6 +177,13 @@ impl KmsService {
                         .ok_or_else(|| Error::NotFound(format!("key {name}")))?;
                     if let Some(kid) = this.prior_op(&op)? {
                         return Ok((this.fresh(&tenant, &name)?.unwrap_or(cur), kid));
+                    }
+                    if cur.versions.len() as u64 >= this.quotas.versions_per_key {
+                        return Err(Error::ResourceExhausted(format!(
+                            "key {name} has {} versions, its limit (max_versions_per_key = {})",
+                            cur.versions.len(),
+                            this.quotas.versions_per_key
+                        )));
                     }
                     let next = cur.latest_version() + 1;
                     let kid = cur.kid(next);

@@ -85,6 +85,31 @@ pub struct KmsService {
     admission: crate::admission::Admission,
     request_timeout: Duration,
     verify_only_failover: bool,
+    quotas: Quotas,
+}
+
+/// Default of [`Quotas::keys_per_tenant`].
+pub const DEFAULT_MAX_KEYS_PER_TENANT: u64 = 250_000;
+/// Default of [`Quotas::versions_per_key`].
+pub const DEFAULT_MAX_VERSIONS_PER_KEY: u64 = 10_000;
+
+/// Per-tenant limits (`KMS_MAX_KEYS_PER_TENANT`, `KMS_MAX_VERSIONS_PER_KEY`).
+/// Checked against this replica's view under its mutation lock; replicas
+/// creating keys for one tenant at the same moment can pass a limit by the
+/// few they race with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Quotas {
+    pub keys_per_tenant: u64,
+    pub versions_per_key: u64,
+}
+
+impl Default for Quotas {
+    fn default() -> Self {
+        Quotas {
+            keys_per_tenant: DEFAULT_MAX_KEYS_PER_TENANT,
+            versions_per_key: DEFAULT_MAX_VERSIONS_PER_KEY,
+        }
+    }
 }
 
 /// What the service was configured with beyond its parts.
@@ -97,6 +122,8 @@ pub struct ServiceOptions {
     pub pq_rollback: crate::policy::RollbackRule,
     pub verify_cache_max: u64,
     pub verify_cache_ttl: Duration,
+    /// Quotas: keys a tenant may hold, versions a key may have.
+    pub quotas: Quotas,
     /// Byte budget of one tenant's remembered `op_id` answers.
     pub op_cache_tenant_bytes: u64,
     /// Byte budget of all tenants' remembered `op_id` answers.
@@ -157,6 +184,7 @@ impl KmsService {
             admission: crate::admission::Admission::new(opts.admission),
             request_timeout: opts.request_timeout,
             verify_only_failover: opts.verify_only_failover,
+            quotas: opts.quotas,
             attestation: Arc::new(AttestationGate::new(opts.attestation_required)),
             device_bound,
             policies,
