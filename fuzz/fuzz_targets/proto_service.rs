@@ -22,6 +22,7 @@ fn caller() -> Caller {
         tenant: "admin".into(),
         principal: "fuzz".into(),
         scopes: Scopes::all(),
+        keys: None,
         request_id: "fuzz".into(),
     }
 }
