@@ -747,3 +747,7 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
         _opened: opened,
     })
 }
+
+#[cfg(test)]
+#[path = "server_tests.rs"]
+mod tests;
