@@ -53,6 +53,7 @@ fn main() {
             checkpoint_interval: ron_kms::audit::DEFAULT_CHECKPOINT_INTERVAL,
             max_file_bytes: ron_kms::audit::DEFAULT_MAX_FILE_BYTES,
             min_free_bytes: ron_kms::audit::DEFAULT_MIN_FREE_BYTES,
+            input_key: ron_kms::audit::InputKey::random(),
         };
         let log = tokio::task::spawn_blocking(move || AuditLog::start_blocking(opts, &public, signer))
             .await
@@ -80,7 +81,8 @@ fn main() {
                         result: "ok".into(),
                         reason: String::new(),
                         request_id: format!("req-{i}-0123456789abcdef"),
-                        input_sha256: Some([7u8; 32]),
+                        input_hmac: Some([7u8; 32]),
+                        intent: 0,
                     };
                     log.append(e).await.unwrap();
                     done.fetch_add(1, Ordering::Relaxed);

@@ -116,6 +116,7 @@ pub enum Method {
     CreateToken,
     ListTokens,
     RevokeToken,
+    HashAuditInput,
 }
 
 /// One row of the table.
@@ -133,9 +134,32 @@ pub struct OpSpec {
     /// The op in audit records and the `op` metric label (a batch's items
     /// are audited under the single op's name).
     pub audit: &'static str,
+    /// What it does to keys and state ([`Effect`]).
+    pub effect: Effect,
+}
+
+/// What an operation does, for the audit log's sake.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Effect {
+    /// Reads only (get, list, verify): answered even while the audit log
+    /// cannot be written.
+    Read,
+    /// Uses a private or secret key (sign, wrap, unwrap, data keys):
+    /// refused while the audit log is broken; its result is answered only
+    /// once its record is durable.
+    Crypto,
+    /// Changes keys, policy or tokens: refused while the audit log is
+    /// broken, and its *intent* record is durable before the change
+    /// commits, its outcome record after (docs/audit.md).
+    Mutation,
+}
+
+impl OpSpec {
     /// Uses a private key or changes state: refused while the audit chain
     /// is broken.
-    pub writes: bool,
+    pub fn writes(&self) -> bool {
+        self.effect != Effect::Read
+    }
 }
 
 const fn row(
@@ -145,7 +169,7 @@ const fn row(
     scope: Scope,
     gate: Gate,
     audit: &'static str,
-    writes: bool,
+    effect: Effect,
 ) -> OpSpec {
     OpSpec {
         method,
@@ -154,12 +178,13 @@ const fn row(
         scope,
         gate,
         audit,
-        writes,
+        effect,
     }
 }
 
 /// The table, in the order of `kms.proto`.
-pub const OPS: [OpSpec; 19] = {
+pub const OPS: [OpSpec; 20] = {
+    use Effect as E;
     use Gate as G;
     use Method as M;
     use Scope as S;
@@ -171,7 +196,7 @@ pub const OPS: [OpSpec; 19] = {
             S::Admin,
             G::Admin,
             "create_key",
-            true,
+            E::Mutation,
         ),
         row(
             M::GetKey,
@@ -180,7 +205,7 @@ pub const OPS: [OpSpec; 19] = {
             S::Read,
             G::Admin,
             "get_key",
-            false,
+            E::Read,
         ),
         row(
             M::ListKeys,
@@ -189,7 +214,7 @@ pub const OPS: [OpSpec; 19] = {
             S::Read,
             G::Admin,
             "list_keys",
-            false,
+            E::Read,
         ),
         row(
             M::RotateKey,
@@ -201,7 +226,7 @@ pub const OPS: [OpSpec; 19] = {
             S::Admin,
             G::Admin,
             "rotate_key",
-            true,
+            E::Mutation,
         ),
         row(
             M::SetKeyVersionState,
@@ -210,7 +235,7 @@ pub const OPS: [OpSpec; 19] = {
             S::Admin,
             G::Admin,
             "set_version_state",
-            true,
+            E::Mutation,
         ),
         row(
             M::Sign,
@@ -219,7 +244,7 @@ pub const OPS: [OpSpec; 19] = {
             S::Sign,
             G::Sign,
             "sign",
-            true,
+            E::Crypto,
         ),
         row(
             M::Verify,
@@ -228,7 +253,7 @@ pub const OPS: [OpSpec; 19] = {
             S::Verify,
             G::Verify,
             "verify",
-            false,
+            E::Read,
         ),
         row(
             M::Wrap,
@@ -237,7 +262,7 @@ pub const OPS: [OpSpec; 19] = {
             S::Wrap,
             G::Wrap,
             "wrap",
-            true,
+            E::Crypto,
         ),
         row(
             M::Unwrap,
@@ -246,7 +271,7 @@ pub const OPS: [OpSpec; 19] = {
             S::Unwrap,
             G::Unwrap,
             "unwrap",
-            true,
+            E::Crypto,
         ),
         row(
             M::GenerateDataKey,
@@ -255,7 +280,7 @@ pub const OPS: [OpSpec; 19] = {
             S::Wrap,
             G::Wrap,
             "generate_data_key",
-            true,
+            E::Crypto,
         ),
         row(
             M::GetPqPolicy,
@@ -264,7 +289,7 @@ pub const OPS: [OpSpec; 19] = {
             S::Admin,
             G::Admin,
             "get_pq_policy",
-            false,
+            E::Read,
         ),
         row(
             M::SetPqPolicy,
@@ -273,7 +298,7 @@ pub const OPS: [OpSpec; 19] = {
             S::Admin,
             G::Admin,
             "set_pq_policy",
-            true,
+            E::Mutation,
         ),
         row(
             M::SignBatch,
@@ -282,7 +307,7 @@ pub const OPS: [OpSpec; 19] = {
             S::Sign,
             G::Sign,
             "sign",
-            true,
+            E::Crypto,
         ),
         row(
             M::VerifyBatch,
@@ -291,7 +316,7 @@ pub const OPS: [OpSpec; 19] = {
             S::Verify,
             G::Verify,
             "verify",
-            false,
+            E::Read,
         ),
         row(
             M::WrapBatch,
@@ -300,7 +325,7 @@ pub const OPS: [OpSpec; 19] = {
             S::Wrap,
             G::Wrap,
             "wrap",
-            true,
+            E::Crypto,
         ),
         row(
             M::UnwrapBatch,
@@ -309,7 +334,7 @@ pub const OPS: [OpSpec; 19] = {
             S::Unwrap,
             G::Unwrap,
             "unwrap",
-            true,
+            E::Crypto,
         ),
         row(
             M::CreateToken,
@@ -318,7 +343,7 @@ pub const OPS: [OpSpec; 19] = {
             S::Admin,
             G::Admin,
             "create_token",
-            true,
+            E::Mutation,
         ),
         row(
             M::ListTokens,
@@ -327,7 +352,7 @@ pub const OPS: [OpSpec; 19] = {
             S::Admin,
             G::Admin,
             "list_tokens",
-            false,
+            E::Read,
         ),
         row(
             M::RevokeToken,
@@ -336,7 +361,16 @@ pub const OPS: [OpSpec; 19] = {
             S::Admin,
             G::Admin,
             "revoke_token",
-            true,
+            E::Mutation,
+        ),
+        row(
+            M::HashAuditInput,
+            "HashAuditInput",
+            &[("POST", "/v1/kms/audit/input-hmac")],
+            S::Operator,
+            G::Admin,
+            "hash_audit_input",
+            E::Read,
         ),
     ]
 };

@@ -50,7 +50,7 @@ fn segment(dir: &Path) -> PathBuf {
 
 /// A mixed run over both fronts; returns the server (stopped) and the
 /// message whose bytes must not appear in the log.
-async fn mixed_run() -> (TestServer, Vec<u8>) {
+async fn mixed_run() -> (TestServer, Vec<u8>, String) {
     let mut srv = TestServer::start().await;
     let secret_msg = b"PAYLOAD-THAT-MUST-NOT-BE-LOGGED".to_vec();
     let reader = srv.token("admin", "kms:verify");
@@ -94,24 +94,41 @@ async fn mixed_run() -> (TestServer, Vec<u8>) {
             );
         }
     }
+    let keyed = srv
+        .client(Front::Http, &srv.admin_token)
+        .await
+        .input_hmac(&secret_msg)
+        .await;
     srv.stop().await;
-    (srv, secret_msg)
+    (srv, secret_msg, keyed)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mixed_run_leaves_a_verified_chain_of_hashed_records() {
-    let (srv, secret) = mixed_run().await;
+    let (srv, secret, keyed) = mixed_run().await;
     let dir = srv.data_dir().join("audit");
     let (ok, text) = audit_verify(&dir);
     assert!(ok, "{text}");
     assert!(text.contains("audit chain ok"), "{text}");
     let log = std::fs::read_to_string(segment(&dir)).unwrap();
-    // 2 fronts × (2 creates + 60 × 4 ops + 3 rotations + 4 refusals), plus checkpoints
+    // 2 fronts × (2 creates + 60 × 4 ops + 3 rotations + 4 refusals), an
+    // intent before each create and rotation, one HashAuditInput, plus
+    // checkpoints
     let ops = log
         .lines()
         .filter(|l| !l.contains("\"op\":\"checkpoint\""))
         .count();
-    assert_eq!(ops, 2 * (2 + 240 + 3 + 4), "one record per operation");
+    assert_eq!(
+        ops,
+        2 * (2 + 240 + 3 + 4) + 2 * (2 + 3) + 1,
+        "one record per operation, and an intent per change"
+    );
+    let intents = log
+        .lines()
+        .filter(|l| l.contains("\"result\":\"intent\""))
+        .count();
+    assert_eq!(intents, 10);
+    assert!(text.contains("audit chain ok") && !text.contains("without an outcome"));
     assert!(
         log.lines()
             .last()
@@ -119,8 +136,25 @@ async fn a_mixed_run_leaves_a_verified_chain_of_hashed_records() {
             .contains("\"op\":\"checkpoint\""),
         "sealed on shutdown"
     );
+    assert!(
+        log.contains(&format!("\"input_hmac\":\"{keyed}\"")),
+        "keyed input hashes are recorded"
+    );
     let hash = hex::encode(ron_kms::crypto::sha256(&secret));
-    assert!(log.contains(&hash), "input hashes are recorded");
+    assert!(
+        !log.contains(&hash),
+        "no unkeyed hash of an input is recorded"
+    );
+    assert!(!log.contains("input_sha256"));
+    let wraps: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("\"op\":\"wrap\"") && l.contains("\"result\":\"ok\""))
+        .collect();
+    assert_eq!(wraps.len(), 120, "{wraps:?}");
+    assert!(
+        wraps.iter().all(|l| l.contains(&keyed)),
+        "a wrap's record carries the keyed hash of its plaintext"
+    );
     assert!(!log.contains("PAYLOAD"), "inputs are never recorded");
     let refused = log
         .lines()
@@ -161,7 +195,7 @@ async fn a_mixed_run_leaves_a_verified_chain_of_hashed_records() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tampering_is_detected_by_verify_and_at_start_up() {
-    let (srv, _) = mixed_run().await;
+    let (srv, _, _) = mixed_run().await;
     let data = srv.data_dir();
     let lines: Vec<String> = std::fs::read_to_string(segment(&data.join("audit")))
         .unwrap()
@@ -333,6 +367,7 @@ fn test_log(audit_dir: &Path) -> (ron_kms::audit::Options, Vec<u8>, ron_kms::aud
         checkpoint_interval: 5000,
         max_file_bytes: 64 * 1024 * 1024,
         min_free_bytes: 0,
+        input_key: ron_kms::audit::InputKey::random(),
     };
     (opts, public, signer)
 }
@@ -609,6 +644,7 @@ async fn segments_rotate_by_size_and_the_chain_spans_them() {
         checkpoint_interval: 50,
         max_file_bytes: 4096,
         min_free_bytes: 0,
+        input_key: ron_kms::audit::InputKey::random(),
     };
     let log = tokio::task::spawn_blocking({
         let public = public.clone();
@@ -683,6 +719,7 @@ async fn checkpoints_are_deferred_while_the_audit_key_cannot_sign() {
         checkpoint_interval: 5,
         max_file_bytes: 1 << 20,
         min_free_bytes: 0,
+        input_key: ron_kms::audit::InputKey::random(),
     };
     let log = tokio::task::spawn_blocking({
         let public = public.clone();

@@ -516,8 +516,15 @@ async fn a_rollback_needs_the_threshold_of_distinct_principals() {
     let rollbacks: Vec<&String> = audit
         .iter()
         .filter(|l| l.contains("\"op\":\"pq_policy_rollback\""))
+        .filter(|l| l.contains("\"result\":\"ok\""))
         .collect();
     assert_eq!(rollbacks.len(), 2, "one per front");
+    let intents = audit
+        .iter()
+        .filter(|l| l.contains("\"op\":\"pq_policy_rollback\""))
+        .filter(|l| l.contains("\"result\":\"intent\""))
+        .count();
+    assert_eq!(intents, 2, "each rollback's intent came first");
     for r in &rollbacks {
         assert_eq!(r.matches("token:").count(), 3, "names the refusals: {r}");
         assert!(r.contains("request "), "{r}");

@@ -237,6 +237,15 @@ impl Kms for GrpcFront {
         })
         .await
     }
+    async fn hash_audit_input(
+        &self,
+        r: Request<HashAuditInputRequest>,
+    ) -> Result<Response<HashAuditInputResponse>, Status> {
+        self.unary(Method::HashAuditInput, r, |k, c, b| async move {
+            k.hash_audit_input(&c, b).await
+        })
+        .await
+    }
     async fn sign_batch(
         &self,
         r: Request<SignBatchRequest>,

@@ -422,6 +422,17 @@ async fn revoke_token(State(f): S, Path(id): Path<String>, r: Request) -> Respon
     .await
 }
 
+async fn hash_audit_input(State(f): S, r: Request) -> Response {
+    f.unary(
+        r,
+        Method::HashAuditInput,
+        From::Body,
+        |_: &mut HashAuditInputRequest| Ok(()),
+        |k, c, b| async move { k.hash_audit_input(&c, b).await },
+    )
+    .await
+}
+
 async fn get_pq_policy(State(f): S, r: Request) -> Response {
     f.unary(
         r,
@@ -621,6 +632,7 @@ fn op_route(m: Method, verb: &str, path: &str) -> axum::routing::MethodRouter<Ht
         (Method::CreateToken, _) => on(filter, create_token),
         (Method::ListTokens, _) => on(filter, list_tokens),
         (Method::RevokeToken, _) => on(filter, revoke_token),
+        (Method::HashAuditInput, _) => on(filter, hash_audit_input),
     }
 }
 

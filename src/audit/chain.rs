@@ -52,10 +52,19 @@ pub struct Body {
     pub reason: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub request_id: String,
-    /// SHA-256 of the operation's input (message, plaintext, …), never the
-    /// input itself.
+    /// Records written before input hashes were keyed: the unkeyed SHA-256
+    /// of the input. Read, never written.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub input_sha256: String,
+    /// HMAC-SHA256 of the operation's input (message, plaintext, …) under
+    /// the node's audit input key, never the input itself
+    /// ([`super::InputKey`]).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub input_hmac: String,
+    /// A mutation's outcome: the `seq` of its intent record (docs/audit.md,
+    /// "Intents and outcomes").
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub intent: u64,
     /// Checkpoints only: base64 Ed25519 signature.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub sig: String,
@@ -87,10 +96,16 @@ pub struct BodyRef<'a> {
     #[serde(skip_serializing_if = "str::is_empty")]
     pub request_id: &'a str,
     #[serde(skip_serializing_if = "str::is_empty")]
-    pub input_sha256: &'a str,
+    pub input_hmac: &'a str,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub intent: u64,
     #[serde(skip_serializing_if = "str::is_empty")]
     pub sig: &'a str,
     pub prev: &'a str,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 /// Lower-case hex of a 32-byte hash into a caller's buffer (no allocation);
@@ -154,7 +169,25 @@ pub struct Summary {
     pub unsealed_tail: u64,
     /// The node ids the records name (one for a replica's chain).
     pub nodes: std::collections::BTreeSet<String>,
+    /// Intent records no outcome record names (by `seq`): mutations whose
+    /// outcome the log does not know, because the process died between
+    /// the intent and the outcome (or the mutation is still running).
+    pub dangling_intents: std::collections::BTreeMap<u64, Intent>,
 }
+
+/// What an intent record says is about to change.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Intent {
+    pub op: String,
+    pub tenant: String,
+    pub principal: String,
+    pub kid: String,
+    pub request_id: String,
+    pub ts_ms: i64,
+}
+
+/// The `result` of an intent record.
+pub const INTENT: &str = "intent";
 
 /// The segment files of an audit dir, in order.
 pub fn segments(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
@@ -278,6 +311,28 @@ pub fn verify_bytes(
         } else {
             s.unsealed_tail += 1;
         }
+        if body.result == INTENT {
+            s.dangling_intents.insert(
+                body.seq,
+                Intent {
+                    op: body.op.clone(),
+                    tenant: body.tenant.clone(),
+                    principal: body.principal.clone(),
+                    kid: body.kid.clone(),
+                    request_id: body.request_id.clone(),
+                    ts_ms: body.ts_ms,
+                },
+            );
+        } else if body.intent != 0 && s.dangling_intents.remove(&body.intent).is_none() {
+            return Err(fail(
+                line_no,
+                expect,
+                format!(
+                    "an outcome of intent {}, which is no open intent",
+                    body.intent
+                ),
+            ));
+        }
         if !body.node.is_empty() && !s.nodes.contains(&body.node) {
             s.nodes.insert(body.node);
         }
@@ -330,7 +385,9 @@ mod tests {
             result: "ok".into(),
             reason: "line\nbreak".into(),
             request_id: "rid".into(),
-            input_sha256: hex32(&[5u8; 32]),
+            input_sha256: String::new(),
+            input_hmac: hex32(&[5u8; 32]),
+            intent: 41,
             sig: "c2ln".into(),
             prev: hex32(&[3u8; 32]),
         };
@@ -353,7 +410,8 @@ mod tests {
                 result: &b.result,
                 reason: &b.reason,
                 request_id: &b.request_id,
-                input_sha256: &b.input_sha256,
+                input_hmac: &b.input_hmac,
+                intent: b.intent,
                 sig: &b.sig,
                 prev: &b.prev,
             };

@@ -77,7 +77,45 @@ pub struct Event {
     pub result: String,
     pub reason: String,
     pub request_id: String,
-    pub input_sha256: Option<[u8; 32]>,
+    /// HMAC-SHA256 of the input under the [`InputKey`].
+    pub input_hmac: Option<[u8; 32]>,
+    /// An outcome's intent record (its `seq`); 0 for every other record.
+    pub intent: u64,
+}
+
+/// The key of the records' input hashes (HMAC-SHA256): without it a
+/// record's hash of a low-entropy input (a short secret being wrapped)
+/// cannot be checked against guesses. Each node has its own, made on first
+/// start and kept sealed by custody (`server::open_audit`); it lives in
+/// process memory only while the service runs and is never printed.
+#[derive(Clone)]
+pub struct InputKey(ring::hmac::Key);
+
+impl InputKey {
+    pub fn new(bytes: &[u8]) -> Self {
+        InputKey(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, bytes))
+    }
+
+    /// A fresh key of this process only (amnesia mode, tests).
+    pub fn random() -> Self {
+        let mut k = zeroize::Zeroizing::new([0u8; 32]);
+        crate::crypto::random_bytes(&mut k[..]).expect("system randomness");
+        Self::new(&k[..])
+    }
+
+    /// HMAC-SHA256 of `input`.
+    pub fn hmac(&self, input: &[u8]) -> [u8; 32] {
+        let tag = ring::hmac::sign(&self.0, input);
+        let mut out = [0u8; 32];
+        out.copy_from_slice(tag.as_ref());
+        out
+    }
+}
+
+impl std::fmt::Debug for InputKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("InputKey(<redacted>)")
+    }
 }
 
 /// Where the log lives.
@@ -100,6 +138,8 @@ pub struct Options {
     pub max_file_bytes: u64,
     /// The free-space floor of the log's file system (0: none).
     pub min_free_bytes: u64,
+    /// The key of the records' input hashes.
+    pub input_key: InputKey,
 }
 
 // Nearly every message is an Event; boxing it would add an allocation per
@@ -194,6 +234,8 @@ pub struct AuditLog {
     integrity_failures: AtomicU64,
     memory: Arc<Mutex<Vec<u8>>>,
     off: bool,
+    input_key: InputKey,
+    node: String,
 }
 
 impl AuditLog {
@@ -260,6 +302,15 @@ impl AuditLog {
             });
             match verified {
                 Ok(s) => {
+                    if !s.dangling_intents.is_empty() {
+                        tracing::warn!(
+                            count = s.dangling_intents.len(),
+                            seqs = ?s.dangling_intents.keys().collect::<Vec<_>>(),
+                            "audit log has intents without an outcome: changes that may or may not have committed before a stop (ron-kms audit verify lists them)"
+                        );
+                    }
+                    metrics::gauge!("kms_audit_dangling_intents")
+                        .set(s.dangling_intents.len() as f64);
                     w.seq = s.last_seq;
                     w.prev = s.last_hash;
                     w.since_checkpoint = s.unsealed_tail;
@@ -298,6 +349,8 @@ impl AuditLog {
             writer: writer_state,
             memory,
             off: matches!(opts.sink, Sink::Off),
+            input_key: opts.input_key.clone(),
+            node: opts.node.clone(),
         });
         if let Some(f) = &failure {
             tracing::error!(failure = %f, "audit chain integrity check failed: writes are refused");
@@ -361,6 +414,16 @@ impl AuditLog {
             .low_space
             .lock()
             .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The node id its records carry.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// The keyed hash a record carries for `input`.
+    pub fn input_hmac(&self, input: &[u8]) -> [u8; 32] {
+        self.input_key.hmac(input)
     }
 
     /// Make the writer's next commit fail this way (tests and drills).

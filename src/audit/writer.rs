@@ -220,7 +220,7 @@ impl Writer {
         let mut seqs = Vec::with_capacity(events.len());
         for e in &events {
             let mut input = [0u8; 64];
-            let input_sha256 = match &e.input_sha256 {
+            let input_hmac = match &e.input_hmac {
                 Some(h) => chain::hex32_in(h, &mut input),
                 None => "",
             };
@@ -234,7 +234,8 @@ impl Writer {
                 result: &e.result,
                 reason: &e.reason,
                 request_id: &e.request_id,
-                input_sha256,
+                input_hmac,
+                intent: e.intent,
                 ..BodyRef::default()
             }));
             self.since_checkpoint += 1;

@@ -176,6 +176,18 @@ pub(crate) fn audit_verify(paths: Vec<PathBuf>, key: Option<PathBuf>) -> Result<
                 if s.unsealed_tail > 0 {
                     code = ExitCode::from(1);
                 }
+                if !s.dangling_intents.is_empty() {
+                    println!(
+                        "{prefix}{} intents without an outcome (the process stopped between a change's intent and its outcome; check the store for whether it committed):",
+                        s.dangling_intents.len()
+                    );
+                    for (seq, i) in &s.dangling_intents {
+                        println!(
+                            "{prefix}  intent {seq}: {} tenant={} kid={} principal={} request_id={} ts_ms={}",
+                            i.op, i.tenant, i.kid, i.principal, i.request_id, i.ts_ms
+                        );
+                    }
+                }
             }
             Err(e) => {
                 eprintln!("{prefix}audit chain broken: {e}");

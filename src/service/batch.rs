@@ -32,7 +32,7 @@ fn item_error(e: &Error, request_id: &str) -> proto::ItemError {
 /// What the batch runner needs to know about one kind of item: the call
 /// and the record description its single operation uses.
 struct Kind<Req, Resp> {
-    call: fn(&Req) -> Call,
+    call: fn(&AuditLog, &Req) -> Call,
     describe: fn(&Resp) -> (String, String),
 }
 
@@ -70,7 +70,7 @@ impl KmsService {
         let mut audited = Vec::with_capacity(n);
         let mut events = Vec::with_capacity(n);
         for (i, req) in items.into_iter().enumerate() {
-            let call = (kind.call)(&req);
+            let call = (kind.call)(&self.audit, &req);
             if let Err(e) = self.precheck(caller, &call) {
                 let item_caller = Caller {
                     request_id: format!("{}/{i}", caller.request_id),
@@ -92,7 +92,7 @@ impl KmsService {
                     continue;
                 }
             };
-            if call.spec.writes {
+            if call.spec.writes() {
                 if let Err(e) = self.refuse_if_audit_broken() {
                     drop(permit);
                     results.push(Err(e));
@@ -113,7 +113,7 @@ impl KmsService {
         // with the writer down, a batch that writes nothing and uses no
         // private key (verify) is still answered, unrecorded
         let unrecorded_ok =
-            !crate::ops::spec(method).writes && self.audit.writer_failure().is_some();
+            !crate::ops::spec(method).writes() && self.audit.writer_failure().is_some();
         let appended = match self.audit.append_many(events).await {
             Err(_) if unrecorded_ok => Ok(Vec::new()),
             a => a,

@@ -6,7 +6,7 @@
 //! operations and batch items share it.
 use super::*;
 use crate::admission::Permit;
-use crate::ops::{spec, Gate, Method, OpSpec};
+use crate::ops::{spec, Effect, Gate, Method, OpSpec};
 
 /// One call's admission and audit, described once for single calls and
 /// batch items: its row of the op table and what is known of the request
@@ -21,7 +21,7 @@ pub(super) struct Call {
     /// What the record of a failed call names: the key as the request named
     /// it, or (SetKeyVersionState) the version's kid.
     pub failed_kid: String,
-    /// SHA-256 of the request's input, for the record.
+    /// The keyed hash of the request's input, for the record.
     pub input: Option<[u8; 32]>,
     /// The record's reason (SetPqPolicy: what was asked, and why).
     pub reason: String,
@@ -29,17 +29,17 @@ pub(super) struct Call {
 
 /// The calls and record descriptions the single operations and their
 /// batch items share.
-pub(super) fn sign_call(r: &proto::SignRequest) -> Call {
-    Call::new(Method::Sign, &r.key).input(&r.message)
+pub(super) fn sign_call(audit: &AuditLog, r: &proto::SignRequest) -> Call {
+    Call::new(Method::Sign, &r.key).input(audit, &r.message)
 }
-pub(super) fn verify_call(r: &proto::VerifyRequest) -> Call {
-    Call::new(Method::Verify, &r.key).input(&r.message)
+pub(super) fn verify_call(audit: &AuditLog, r: &proto::VerifyRequest) -> Call {
+    Call::new(Method::Verify, &r.key).input(audit, &r.message)
 }
-pub(super) fn wrap_call(r: &proto::WrapRequest) -> Call {
-    Call::new(Method::Wrap, &r.key).input(&r.plaintext)
+pub(super) fn wrap_call(audit: &AuditLog, r: &proto::WrapRequest) -> Call {
+    Call::new(Method::Wrap, &r.key).input(audit, &r.plaintext)
 }
-pub(super) fn unwrap_call(r: &proto::UnwrapRequest) -> Call {
-    Call::new(Method::Unwrap, &r.key).input(&r.ciphertext)
+pub(super) fn unwrap_call(audit: &AuditLog, r: &proto::UnwrapRequest) -> Call {
+    Call::new(Method::Unwrap, &r.key).input(audit, &r.ciphertext)
 }
 pub(super) fn sign_desc(r: &proto::SignResponse) -> (String, String) {
     (r.kid.clone(), r.algorithm.clone())
@@ -66,8 +66,8 @@ impl Call {
             reason: String::new(),
         }
     }
-    pub(super) fn input(mut self, bytes: &[u8]) -> Self {
-        self.input = Some(sha256(bytes));
+    pub(super) fn input(mut self, audit: &AuditLog, bytes: &[u8]) -> Self {
+        self.input = Some(audit.input_hmac(bytes));
         self
     }
     pub(super) fn op(mut self, op: &'static str) -> Self {
@@ -288,19 +288,27 @@ impl KmsService {
         }
         let permit = self.admit(call.spec.gate, caller, &call.key).await?;
         let run = released(permit, run);
-        if call.spec.writes {
+        if call.spec.writes() {
             self.refuse_if_audit_broken()?;
         }
         let started = std::time::Instant::now();
+        // a change's intent is durable before it can commit
+        let intent = if call.spec.effect == Effect::Mutation {
+            self.intent(caller, call.op, &call.failed_kid, &call.reason)
+                .await?
+        } else {
+            0
+        };
         metrics::gauge!("kms_inflight", "op" => call.op).increment(1.0);
         let r = run.await;
-        let event = self.audit_event(caller, &call, &r, &describe);
+        let mut event = self.audit_event(caller, &call, &r, &describe);
+        event.intent = intent;
         let labels = Labels::of(&event);
         let out = match self.audit.append(event).await {
             Ok(_) => r,
             // with the writer down, what writes nothing and uses no private
             // key (verify, get, list) is still answered, unrecorded
-            Err(_) if !call.spec.writes && self.audit.writer_failure().is_some() => r,
+            Err(_) if !call.spec.writes() && self.audit.writer_failure().is_some() => r,
             Err(e) => {
                 tracing::error!(request_id = %caller.request_id, error = %e, "audit append failed");
                 r.and(Err(Error::Unavailable("audit log unavailable".into())))
@@ -309,6 +317,32 @@ impl KmsService {
         metrics::gauge!("kms_inflight", "op" => call.op).decrement(1.0);
         labels.account(call.op, started.elapsed());
         out
+    }
+
+    /// Append a mutation's intent record and wait until it is durable;
+    /// returns its `seq`, which the outcome record names. Nothing changes
+    /// when it cannot be written.
+    pub(super) async fn intent(
+        &self,
+        caller: &Caller,
+        op: &'static str,
+        kid: &str,
+        reason: &str,
+    ) -> Result<u64> {
+        let event = Event {
+            tenant: caller.tenant.clone(),
+            principal: caller.principal.clone(),
+            op,
+            kid: kid.to_string(),
+            result: crate::audit::chain::INTENT.into(),
+            reason: reason.to_string(),
+            request_id: caller.request_id.clone(),
+            ..Event::default()
+        };
+        self.audit.append(event).await.map_err(|e| {
+            tracing::error!(request_id = %caller.request_id, error = %e, "audit append failed");
+            Error::Unavailable("audit log unavailable; nothing was changed".into())
+        })
     }
 
     /// The audit record (and debug log line) of one finished call.
@@ -335,7 +369,8 @@ impl KmsService {
             result,
             reason: call.reason.clone(),
             request_id: caller.request_id.clone(),
-            input_sha256: call.input,
+            input_hmac: call.input,
+            intent: 0,
         };
         tracing::debug!(
             op = call.op,
@@ -343,7 +378,6 @@ impl KmsService {
             principal = %event.principal,
             kid = %event.kid,
             result = %event.result,
-            input_sha256 = %event.input_sha256.map(hex::encode).unwrap_or_default(),
             "operation"
         );
         event

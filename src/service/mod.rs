@@ -27,6 +27,7 @@ use crate::store::{OpRecord, Store};
 
 // by role: every call's admission and audit; key management; signing;
 // wrapping; the PQ policy; batches; health; idempotency; replication
+mod audit_input;
 mod batch;
 mod calls;
 mod health;

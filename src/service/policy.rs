@@ -103,12 +103,45 @@ impl KmsService {
             refusals.len(),
             rule.window.as_secs()
         );
+        let system = Caller {
+            principal: "ron-kms".into(),
+            ..caller.clone()
+        };
+        let intent = match self
+            .intent(&system, "pq_policy_rollback", kid, &reason)
+            .await
+        {
+            Ok(seq) => seq,
+            Err(e) => {
+                tracing::error!(error = %e, "PQ policy rollback not attempted: its intent could not be recorded");
+                return Error::PqPolicy(why);
+            }
+        };
         let this = self.clone();
         let tenant = caller.tenant.clone();
         let stored = reason.clone();
         let rolled = self
             .mutation(move || this.policies.rollback(&tenant, &stored, now_ms()))
             .await;
+        let result = match &rolled {
+            Ok(Some(_)) => "ok".to_string(),
+            Ok(None) => "unchanged".to_string(),
+            Err(e) => e.code().to_string(),
+        };
+        let event = Event {
+            tenant: caller.tenant.clone(),
+            principal: "ron-kms".into(),
+            op: "pq_policy_rollback",
+            kid: kid.to_string(),
+            result,
+            reason,
+            request_id: caller.request_id.clone(),
+            intent,
+            ..Event::default()
+        };
+        if let Err(e) = self.audit.append(event).await {
+            tracing::error!(error = %e, "audit append failed");
+        }
         match rolled {
             Ok(Some(entry)) => {
                 metrics::counter!("kms_pq_policy_rollback_total").increment(1);
@@ -120,19 +153,6 @@ impl KmsService {
                     refusals = refusals.len(),
                     "PQ policy refusals reached the rollback threshold: tenant rolled back to verify_mode or"
                 );
-                let event = Event {
-                    tenant: caller.tenant.clone(),
-                    principal: "ron-kms".into(),
-                    op: "pq_policy_rollback",
-                    kid: kid.to_string(),
-                    result: "ok".into(),
-                    reason,
-                    request_id: caller.request_id.clone(),
-                    ..Event::default()
-                };
-                if let Err(e) = self.audit.append(event).await {
-                    tracing::error!(error = %e, "audit append failed");
-                }
                 Error::PqPolicy(format!(
                     "{why}; the tenant (phase {}) has been rolled back to verify_mode or",
                     entry.policy.phase

@@ -228,7 +228,7 @@ impl KmsService {
         caller: &Caller,
         req: proto::SignRequest,
     ) -> Result<proto::SignResponse> {
-        let call = sign_call(&req);
+        let call = sign_call(&self.audit, &req);
         self.call(caller, call, self.sign_inner(caller, req), sign_desc)
             .await
     }
@@ -238,7 +238,7 @@ impl KmsService {
         caller: &Caller,
         req: proto::VerifyRequest,
     ) -> Result<proto::VerifyResponse> {
-        let call = verify_call(&req);
+        let call = verify_call(&self.audit, &req);
         self.call(caller, call, self.verify_inner(caller, req), verify_desc)
             .await
     }

@@ -260,7 +260,7 @@ impl KmsService {
         caller: &Caller,
         req: proto::WrapRequest,
     ) -> Result<proto::WrapResponse> {
-        let call = wrap_call(&req);
+        let call = wrap_call(&self.audit, &req);
         self.call(caller, call, self.wrap_inner(caller, req), wrap_desc)
             .await
     }
@@ -270,7 +270,7 @@ impl KmsService {
         caller: &Caller,
         req: proto::UnwrapRequest,
     ) -> Result<proto::UnwrapResponse> {
-        let call = unwrap_call(&req);
+        let call = unwrap_call(&self.audit, &req);
         self.call(caller, call, self.unwrap_inner(caller, req), unwrap_desc)
             .await
     }

@@ -648,6 +648,23 @@ impl Client {
         UnwrapBatchResponse,
         "/v1/kms/batch/unwrap"
     );
+    batch_call!(
+        hash_audit_input,
+        HashAuditInputRequest,
+        HashAuditInputResponse,
+        "/v1/kms/audit/input-hmac"
+    );
+
+    /// The `input_hmac` this node's records carry for `input` (needs a
+    /// kms:operator token).
+    pub async fn input_hmac(&mut self, input: &[u8]) -> String {
+        self.hash_audit_input(HashAuditInputRequest {
+            input: input.to_vec(),
+        })
+        .await
+        .unwrap()
+        .input_hmac
+    }
 
     pub async fn sign_req(&mut self, req: SignRequest) -> Result<SignResponse, ApiErr> {
         match &mut self.transport {

@@ -216,6 +216,12 @@ impl Kms for Svc {
     async fn revoke_token(&self, _: Request<RevokeTokenRequest>) -> R<RevokeTokenResponse> {
         unimplemented()
     }
+    async fn hash_audit_input(
+        &self,
+        _: Request<HashAuditInputRequest>,
+    ) -> R<HashAuditInputResponse> {
+        unimplemented()
+    }
     async fn sign_batch(&self, r: Request<SignBatchRequest>) -> R<SignBatchResponse> {
         Ok(Response::new(sign_batch(&self.0, &r.into_inner())))
     }
