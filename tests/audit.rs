@@ -957,3 +957,192 @@ async fn a_filling_file_system_turns_the_service_unready_before_it_is_full() {
     r.shutdown().await;
     drop(fs);
 }
+
+/// Every record of every segment of `dir`, parsed.
+fn records(dir: &Path) -> Vec<serde_json::Value> {
+    ron_kms::audit::chain::segments(dir)
+        .unwrap()
+        .iter()
+        .flat_map(|p| {
+            let text = std::fs::read(p).unwrap();
+            String::from_utf8(ron_kms::audit::chain::content(&text).to_vec())
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// A random number below `n` (the test's kill points).
+fn below(n: u64) -> u64 {
+    let mut b = [0u8; 8];
+    ron_kms::crypto::random_bytes(&mut b).unwrap();
+    u64::from_le_bytes(b) % n
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_between_a_changes_intent_and_its_commit_loses_nothing_from_the_log() {
+    use ron_kms::proto::{CreateKeyRequest, ListKeysRequest, RotateKeyRequest};
+    let root = tempfile::tempdir().unwrap();
+    let data = root.path().join("data");
+    let mut token = None;
+    const ROUNDS: usize = 10;
+    let mut acked_total = 0usize;
+    for round in 0..ROUNDS {
+        let s = serve(&data);
+        if token.is_none() {
+            token = s.token.clone();
+        }
+        let auth: tonic::metadata::MetadataValue<_> = format!("Bearer {}", token.as_ref().unwrap())
+            .parse()
+            .unwrap();
+        let c = KmsClient::connect(s.grpc.clone()).await.unwrap();
+        // four clients creating and rotating keys, two signing: the changes
+        // queue on the mutation lock with their intents already durable
+        let mut tasks = Vec::new();
+        for t in 0..6 {
+            let mut c = c.clone();
+            let auth = auth.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut acked = 0usize;
+                for i in 0.. {
+                    let name = format!("k{round}-{t}-{i}");
+                    let r = if t >= 4 {
+                        let mut r = tonic::Request::new(SignRequest {
+                            key: "k0-0-0".into(),
+                            message: vec![i as u8; 32],
+                            ..Default::default()
+                        });
+                        r.metadata_mut().insert("authorization", auth.clone());
+                        c.sign(r).await.map(|_| ())
+                    } else if i % 3 == 0 {
+                        let mut r = tonic::Request::new(CreateKeyRequest {
+                            name,
+                            algorithm: "ed25519".into(),
+                            ..Default::default()
+                        });
+                        r.metadata_mut().insert("authorization", auth.clone());
+                        c.create_key(r).await.map(|_| ())
+                    } else {
+                        let mut r = tonic::Request::new(RotateKeyRequest {
+                            name: format!("k{round}-{t}-{}", i - i % 3),
+                            ..Default::default()
+                        });
+                        r.metadata_mut().insert("authorization", auth.clone());
+                        c.rotate_key(r).await.map(|_| ())
+                    };
+                    match r {
+                        Ok(()) => acked += 1,
+                        // the first round's signer may start before k0-0-0
+                        Err(e) if e.code() == Code::NotFound => {}
+                        Err(_) => break,
+                    }
+                }
+                acked
+            }));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(150 + below(450))).await;
+        assert!(Command::new("kill")
+            .args(["-9", &s.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success());
+        for t in tasks {
+            acked_total += t.await.unwrap();
+        }
+        drop(s);
+    }
+    assert!(acked_total > 100, "load ran ({acked_total} acknowledged)");
+
+    // after a last restart: what the store holds
+    let s = serve(&data);
+    let auth: tonic::metadata::MetadataValue<_> = format!("Bearer {}", token.as_ref().unwrap())
+        .parse()
+        .unwrap();
+    let mut c = KmsClient::connect(s.grpc.clone()).await.unwrap();
+    let mut versions = std::collections::BTreeMap::<String, Vec<u32>>::new();
+    let mut page = String::new();
+    loop {
+        let mut r = tonic::Request::new(ListKeysRequest {
+            page_size: 1000,
+            page_token: page.clone(),
+        });
+        r.metadata_mut().insert("authorization", auth.clone());
+        let out = c.list_keys(r).await.unwrap().into_inner();
+        for k in out.keys {
+            versions.insert(k.name, k.versions.iter().map(|v| v.version).collect());
+        }
+        if out.next_page_token.is_empty() {
+            break;
+        }
+        page = out.next_page_token;
+    }
+    assert!(s.terminate().success());
+
+    let dir = data.join("audit");
+    let mut ok = std::collections::BTreeSet::new();
+    let mut open = std::collections::BTreeMap::<u64, (String, String)>::new();
+    for r in records(&dir) {
+        let op = r["op"].as_str().unwrap().to_string();
+        if op != "create_key" && op != "rotate_key" {
+            continue;
+        }
+        let kid = r["kid"].as_str().unwrap_or("").to_string();
+        match r["result"].as_str().unwrap() {
+            "intent" => {
+                open.insert(r["seq"].as_u64().unwrap(), (op, kid));
+            }
+            result => {
+                let intent = r["intent"]
+                    .as_u64()
+                    .expect("every outcome names its intent");
+                assert!(open.remove(&intent).is_some(), "{r}");
+                if result == "ok" {
+                    ok.insert(kid);
+                }
+            }
+        }
+    }
+    let mut dangling_by_key = std::collections::BTreeMap::<String, usize>::new();
+    for (_, name) in open.values() {
+        *dangling_by_key.entry(name.clone()).or_default() += 1;
+    }
+    // every committed version has its ok outcome, or a dangling intent on
+    // its key stands for it
+    let mut uncovered = Vec::new();
+    for (name, vs) in &versions {
+        let without: Vec<u32> = vs
+            .iter()
+            .copied()
+            .filter(|v| !ok.contains(&format!("{name}#v{v}")))
+            .collect();
+        if without.len() > dangling_by_key.get(name).copied().unwrap_or(0) {
+            uncovered.push((name.clone(), without));
+        }
+    }
+    assert!(
+        uncovered.is_empty(),
+        "committed versions missing from the log: {uncovered:?}"
+    );
+    // and audit verify names exactly those intents
+    let (verified, text) = audit_verify(&dir);
+    assert!(verified, "{text}");
+    assert!(
+        !open.is_empty(),
+        "no kill of {ROUNDS} landed between an intent and its outcome"
+    );
+    assert!(
+        text.contains(&format!("{} intents without an outcome", open.len())),
+        "{text}"
+    );
+    for seq in open.keys() {
+        assert!(text.contains(&format!("intent {seq}: ")), "{seq}: {text}");
+    }
+    eprintln!(
+        "{ROUNDS} kills; {acked_total} acknowledged; {} keys, {} versions; {} dangling intents",
+        versions.len(),
+        versions.values().map(Vec::len).sum::<usize>(),
+        open.len()
+    );
+}
