@@ -99,6 +99,9 @@ pub enum ShedKind {
     RateLimit,
     /// The op's gate and queue are full, or the wait ran out (503).
     Overload,
+    /// The source address has failed authentication too often (429),
+    /// refused before its credentials are looked at.
+    AuthFailures,
 }
 
 impl ShedKind {
@@ -108,6 +111,7 @@ impl ShedKind {
             ShedKind::TenantShare => "tenant_share",
             ShedKind::RateLimit => "rate_limit",
             ShedKind::Overload => "overload",
+            ShedKind::AuthFailures => "auth_failures",
         }
     }
 }
@@ -129,6 +133,12 @@ fn shed_message(s: &Shed) -> String {
         ShedKind::TenantShare => "this tenant is over its fair share of",
         ShedKind::RateLimit => "this tenant is over its rate limit for",
         ShedKind::Overload => "the service is saturated for",
+        ShedKind::AuthFailures => {
+            return format!(
+                "too many failed authentications from this address; retry after {} ms",
+                s.retry_after.as_millis().max(1)
+            )
+        }
     };
     format!(
         "{what} {} requests; retry after {} ms",
@@ -165,6 +175,7 @@ impl Error {
                 ShedKind::TenantShare => "tenant_share",
                 ShedKind::RateLimit => "rate_limit",
                 ShedKind::Overload => "saturated",
+                ShedKind::AuthFailures => "auth_failures",
             },
             Timeout(_) => "timeout",
             DecompressRatio(_) => "decompress_ratio",

@@ -690,7 +690,9 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
             }
             round += 1;
             upkeep_kms.maintain_tokens(round.is_multiple_of(30)).await;
+            upkeep_kms.flush_refusals(false).await;
         }
+        upkeep_kms.flush_refusals(true).await;
         let table = upkeep_kms.tokens().clone();
         let _ = tokio::task::spawn_blocking(move || table.flush_last_used()).await;
     }));

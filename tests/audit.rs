@@ -113,14 +113,14 @@ async fn a_mixed_run_leaves_a_verified_chain_of_hashed_records() {
     let log = std::fs::read_to_string(segment(&dir)).unwrap();
     // 2 fronts × (2 creates + 60 × 4 ops + 3 rotations + 4 refusals), an
     // intent before each create and rotation, one HashAuditInput, plus
-    // checkpoints
+    // checkpoints; the 4 refused authentications are 2 records (below)
     let ops = log
         .lines()
         .filter(|l| !l.contains("\"op\":\"checkpoint\""))
         .count();
     assert_eq!(
         ops,
-        2 * (2 + 240 + 3 + 4) + 2 * (2 + 3) + 1,
+        2 * (2 + 240 + 3 + 4) + 2 * (2 + 3) + 1 - 2,
         "one record per operation, and an intent per change"
     );
     let intents = log
@@ -170,22 +170,21 @@ async fn a_mixed_run_leaves_a_verified_chain_of_hashed_records() {
         .lines()
         .filter(|l| l.contains("\"result\":\"unauthenticated\""))
         .collect();
-    assert_eq!(unauth.len(), 4, "{unauth:?}");
+    // four refusals from one address: the first recorded at once, the
+    // other three in one aggregate record with their count
+    assert_eq!(unauth.len(), 2, "{unauth:?}");
     assert!(unauth.iter().all(|l| l.contains("\"op\":\"authenticate\"")));
-    assert_eq!(
-        unauth
-            .iter()
-            .filter(|l| l.contains(&format!("\"principal\":\"token:{token_hash}\"")))
-            .count(),
-        2,
-        "a presented token is identified by its hash prefix"
+    assert!(
+        unauth[0].contains(&format!("\"principal\":\"token:{token_hash}\"")),
+        "a presented token is identified by its hash prefix: {}",
+        unauth[0]
     );
-    assert_eq!(
-        unauth
-            .iter()
-            .filter(|l| l.contains("\"principal\":\"anonymous\""))
-            .count(),
-        2
+    assert!(
+        unauth[1].contains("aggregate count=3 shed=0 source=127.0.0.1")
+            && unauth[1].contains(&format!("token:{token_hash}×1"))
+            && unauth[1].contains("anonymous×2"),
+        "{}",
+        unauth[1]
     );
     assert!(
         !log.contains("not-a-real-token"),
@@ -1145,4 +1144,100 @@ async fn sigkill_between_a_changes_intent_and_its_commit_loses_nothing_from_the_
         versions.values().map(Vec::len).sum::<usize>(),
         open.len()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_token_flood_is_shed_per_address_and_costs_a_few_records() {
+    let mut srv = TestServer::start().await;
+    let mut c = srv.client(Front::Grpc, &srv.admin_token).await;
+    c.create("k", "ed25519").await.unwrap();
+    let http = srv.running().http_addr;
+    // the stranger comes from 127.0.0.2; the tenant signs from 127.0.0.1
+    let stranger = reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
+        .build()
+        .unwrap();
+    const FLOOD: usize = 4000;
+    let url = format!("http://{http}/v1/kms/sign");
+    let flood = tokio::spawn(async move {
+        let mut codes = std::collections::BTreeMap::<u16, usize>::new();
+        let mut retry_after = None;
+        let mut sent = 0;
+        while sent < FLOOD {
+            let mut batch = tokio::task::JoinSet::new();
+            for i in 0..32 {
+                let req = stranger
+                    .post(&url)
+                    .bearer_auth(format!("rkms_guess-{}", sent + i))
+                    .json(&serde_json::json!({"key": "k", "message": "eA=="}));
+                batch.spawn(req.send());
+            }
+            while let Some(r) = batch.join_next().await {
+                let r = r.unwrap().unwrap();
+                if r.status() == 429 {
+                    retry_after = r.headers().get("retry-after").cloned();
+                    let body: serde_json::Value = r.json().await.unwrap();
+                    assert_eq!(body["error"]["code"], "auth_failures", "{body}");
+                    *codes.entry(429).or_default() += 1;
+                } else {
+                    *codes.entry(r.status().as_u16()).or_default() += 1;
+                }
+            }
+            sent += 32;
+        }
+        (codes, retry_after)
+    });
+    let mut signed = 0;
+    while !flood.is_finished() {
+        c.sign("k", b"legitimate")
+            .await
+            .expect("the tenant is not shed");
+        signed += 1;
+    }
+    let (codes, retry_after) = flood.await.unwrap();
+    eprintln!("flood: {codes:?}; {signed} signs");
+    assert!(signed > 10, "{signed}");
+    let total: usize = codes.values().sum();
+    assert_eq!(total, FLOOD);
+    assert!(
+        codes.get(&401).copied().unwrap_or(0) <= 80,
+        "only the burst is looked at: {codes:?}"
+    );
+    assert!(codes[&429] >= FLOOD - 80, "{codes:?}");
+    assert!(retry_after.is_some(), "a shed names its wait");
+    srv.stop().await;
+
+    let recs = records(&srv.data_dir().join("audit"));
+    let strangers: Vec<&serde_json::Value> = recs
+        .iter()
+        .filter(|r| r["result"] == "unauthenticated")
+        .collect();
+    // the first refusal at once, the rest in one aggregate per 10 s
+    assert!(
+        (2..=3).contains(&strangers.len()),
+        "{} records: {strangers:?}",
+        strangers.len()
+    );
+    let counted: u64 = strangers
+        .iter()
+        .filter_map(|r| r["reason"].as_str())
+        .filter_map(|why| why.strip_prefix("aggregate count="))
+        .map(|rest| {
+            let mut it = rest.split(' ');
+            let refused: u64 = it.next().unwrap().parse().unwrap();
+            let shed: u64 = it
+                .next()
+                .unwrap()
+                .strip_prefix("shed=")
+                .unwrap()
+                .parse()
+                .unwrap();
+            refused + shed
+        })
+        .sum();
+    assert_eq!(counted + 1, FLOOD as u64, "every refusal is counted");
+    assert!(strangers
+        .iter()
+        .skip(1)
+        .all(|r| r["reason"].as_str().unwrap().contains("source=127.0.0.2")));
 }

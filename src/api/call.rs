@@ -21,6 +21,8 @@ pub(super) struct Incoming {
     pub authorization: Option<String>,
     /// The verified client certificate's identity, if the connection has one.
     pub cert: Option<Result<CertIdentity, String>>,
+    /// The peer's address, when the connection knows it.
+    pub source: Option<std::net::IpAddr>,
 }
 
 /// A request on its way through the skeleton.
@@ -74,11 +76,18 @@ impl Call {
         let rid = request_id.clone();
         let result = tracing::Instrument::instrument(
             async {
+                let source = incoming
+                    .source
+                    .map_or(crate::service::strangers::Source::Other, |a| {
+                        crate::service::strangers::Source::Addr(a)
+                    });
+                kms.preauth(source, spec.gate)?;
                 let (caller, msg) = within(deadline, limit, async {
                     let caller = kms
                         .authenticate_peer(
                             incoming.authorization.as_deref(),
                             incoming.cert.as_ref(),
+                            source,
                             rid,
                         )
                         .await?;

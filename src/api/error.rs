@@ -87,6 +87,11 @@ const STATUSES: &[(&str, StatusCode, Code)] = &[
         Code::ResourceExhausted,
     ),
     (
+        "auth_failures",
+        StatusCode::TOO_MANY_REQUESTS,
+        Code::ResourceExhausted,
+    ),
+    (
         "saturated",
         StatusCode::SERVICE_UNAVAILABLE,
         Code::Unavailable,
@@ -172,6 +177,7 @@ mod tests {
             shed(ShedKind::TenantShare),
             shed(ShedKind::RateLimit),
             shed(ShedKind::Overload),
+            shed(ShedKind::AuthFailures),
             Error::Timeout(1),
             Error::DecompressRatio(10),
             Error::UnsupportedEncoding(String::new()),

@@ -65,6 +65,11 @@ impl GrpcFront {
                     .extensions()
                     .get::<ConnInfo>()
                     .and_then(|c| c.peer.cert.clone()),
+                source: req
+                    .extensions()
+                    .get::<ConnInfo>()
+                    .and_then(|c| c.peer.remote)
+                    .map(|a| a.ip()),
             }
         };
         let msg = req.into_inner();

@@ -146,6 +146,11 @@ impl HttpFront {
                     .extensions()
                     .get::<ConnInfo>()
                     .and_then(|c| c.peer.cert.clone()),
+                source: req
+                    .extensions()
+                    .get::<ConnInfo>()
+                    .and_then(|c| c.peer.remote)
+                    .map(|a| a.ip()),
             }
         };
         // Authentication comes first (in the skeleton): an anonymous caller

@@ -4,6 +4,7 @@
 //! private-key use while the audit chain is broken, runs it, records
 //! metrics, and answers only once its audit record is durable. Single
 //! operations and batch items share it.
+use super::strangers::Source;
 use super::*;
 use crate::admission::Permit;
 use crate::ops::{spec, Effect, Gate, Method, OpSpec};
@@ -155,7 +156,7 @@ impl KmsService {
         authorization: Option<&str>,
         request_id: String,
     ) -> Result<Caller> {
-        self.authenticate_peer(authorization, None, request_id)
+        self.authenticate_peer(authorization, None, Source::Other, request_id)
             .await
     }
 
@@ -169,6 +170,7 @@ impl KmsService {
         &self,
         authorization: Option<&str>,
         cert: Option<&std::result::Result<crate::auth::CertIdentity, String>>,
+        source: Source,
         request_id: String,
     ) -> Result<Caller> {
         let r = match (authorization, cert) {
@@ -205,6 +207,11 @@ impl KmsService {
                     .filter(|t| t.starts_with(crate::auth::TOKEN_PREFIX) && t.len() <= 128)
                     .map(|t| format!("token:{}", crate::auth::table::id_of_presented(t)))
                     .unwrap_or_else(|| "anonymous".into());
+                // the first refusal from a quiet address now; the rest in
+                // its aggregate ([`super::strangers`])
+                if !self.strangers.refused(source, &principal, why) {
+                    return Err(Error::Unauthenticated);
+                }
                 let event = Event {
                     principal,
                     op: "authenticate",
@@ -218,6 +225,45 @@ impl KmsService {
                 }
                 Err(Error::Unauthenticated)
             }
+        }
+    }
+
+    /// Before authentication: a source address that has failed it too
+    /// often is refused with 429, before its credentials are parsed or
+    /// hashed and without a record ([`super::strangers`]).
+    pub fn preauth(&self, source: Source, gate: Gate) -> Result<()> {
+        self.strangers.admit(source).map_err(|retry_after| {
+            crate::telemetry::reject("auth_failures");
+            Error::Shed(crate::error::Shed {
+                kind: crate::error::ShedKind::AuthFailures,
+                op: gate,
+                retry_after,
+            })
+        })
+    }
+
+    /// Write the aggregate records of refused authentications whose
+    /// interval has passed (all of them with `all`, at shutdown).
+    pub async fn flush_refusals(&self, all: bool) {
+        let interval = self.strangers.interval();
+        let events: Vec<Event> = self
+            .strangers
+            .due(all)
+            .into_iter()
+            .map(|a| Event {
+                principal: match a.principals.len() {
+                    1 => a.principals.keys().next().cloned().unwrap_or_default(),
+                    0 => "anonymous".into(),
+                    _ => "several".into(),
+                },
+                op: "authenticate",
+                result: "unauthenticated".into(),
+                reason: a.reason(interval),
+                ..Event::default()
+            })
+            .collect();
+        if let Err(e) = self.audit.append_many(events).await {
+            tracing::error!(error = %e, "audit append failed");
         }
     }
 

@@ -37,6 +37,7 @@ mod op_cache;
 mod policy;
 mod replica;
 mod sign;
+pub mod strangers;
 mod tokens;
 pub mod verify_cache;
 mod wrap;
@@ -87,6 +88,7 @@ pub struct KmsService {
     request_timeout: Duration,
     verify_only_failover: bool,
     quotas: Quotas,
+    strangers: strangers::Strangers,
 }
 
 /// Default of [`Quotas::keys_per_tenant`].
@@ -205,6 +207,11 @@ impl KmsService {
                 OP_CACHE_TTL,
             ),
             audit,
+            strangers: strangers::Strangers::new(
+                strangers::DEFAULT_FAILURES_PER_SEC,
+                strangers::DEFAULT_FAILURE_BURST,
+                strangers::INTERVAL,
+            ),
         })
     }
 
