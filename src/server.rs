@@ -815,5 +815,4 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
 }
 
 #[cfg(test)]
-#[path = "server_tests.rs"]
 mod tests;
