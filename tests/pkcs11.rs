@@ -89,6 +89,8 @@ async fn token_keys_are_sensitive_and_pq_keys_are_sealed() {
         .map(|a| format!("ron-kms/admin/k-{a}#v1"))
         .collect();
     expected.push("ron-kms/_system/audit#v1".into());
+    // the wrap key that seals the audit log's input key
+    expected.push("ron-kms/_system/audit-input#v1".into());
     expected.push("ron-kms/kek/v1".into());
     expected.sort();
     assert_eq!(secret_labels, expected, "token contents:\n{listing}");
@@ -209,11 +211,12 @@ async fn key_management_races_with_signing() {
     }
     assert!(signed > 0);
     // 24 keys × 2 versions created, 24 first versions destroyed: the token
-    // holds the second versions, the busy key, the audit key and the KEK
+    // holds the second versions, the busy key, the audit key, the audit
+    // input key's wrap key and the KEK
     let listing = srv.hsm.as_ref().unwrap().list_objects();
     let private = objects(&listing)
         .iter()
         .filter(|b| b.starts_with("Private Key Object") || b.starts_with("Secret Key Object"))
         .count();
-    assert_eq!(private, 24 + 3, "token contents:\n{listing}");
+    assert_eq!(private, 24 + 4, "token contents:\n{listing}");
 }
