@@ -18,6 +18,7 @@
 //! share one bucket and one count (source `other`).
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -97,6 +98,9 @@ impl Aggregate {
 
 pub struct Strangers {
     map: Mutex<HashMap<Source, Entry>>,
+    /// Whether any address is tracked: while none has been refused, the
+    /// check before authentication takes no lock.
+    any: AtomicBool,
     rate: f64,
     burst: f64,
     interval: Duration,
@@ -116,6 +120,7 @@ impl Strangers {
     pub fn new(rate: f64, burst: f64, interval: Duration) -> Self {
         Strangers {
             map: Mutex::new(HashMap::new()),
+            any: AtomicBool::new(false),
             rate,
             burst: burst.max(1.0),
             interval,
@@ -155,6 +160,9 @@ impl Strangers {
     /// Before authentication: `Err(retry after)` when `src` has used up its
     /// failed authentications (the shed is counted in its next record).
     pub fn admit(&self, src: Source) -> Result<(), Duration> {
+        if !self.any.load(Ordering::Acquire) {
+            return Ok(());
+        }
         let now = Instant::now();
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         // an address never refused has no entry and is not charged one
@@ -182,6 +190,7 @@ impl Strangers {
     pub fn refused(&self, src: Source, principal: &str, why: &'static str) -> bool {
         let now = Instant::now();
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        self.any.store(true, Ordering::Release);
         let e = self.entry(&mut map, src, now);
         e.tokens = (e.tokens - 1.0).max(0.0);
         if e.window.is_none() {
@@ -226,6 +235,7 @@ impl Strangers {
             e.window = Some(now);
             true
         });
+        self.any.store(!map.is_empty(), Ordering::Release);
         out
     }
 }
