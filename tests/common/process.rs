@@ -176,3 +176,18 @@ pub fn create_token(data: &Path, tenant: &str, scopes: &str) -> String {
     );
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
+
+/// `ron-kms audit verify DIR`: whether it passed, and what it printed.
+pub fn audit_verify(dir: &Path) -> (bool, String) {
+    let out = Command::new(BIN)
+        .args(["audit", "verify"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
