@@ -91,6 +91,8 @@ pub struct FileConfig {
     pub op_cache_total_bytes: Option<u64>,
     pub max_keys_per_tenant: Option<u64>,
     pub max_versions_per_key: Option<u64>,
+    pub auth_failures_per_sec: Option<u64>,
+    pub auth_failure_burst: Option<u64>,
     pub failover: Option<String>,
     pub fault_injection: Option<bool>,
     pub pkcs11_module: Option<PathBuf>,
@@ -209,6 +211,9 @@ pub struct Config {
     pub op_cache: OpCacheConfig,
     /// `KMS_MAX_KEYS_PER_TENANT`, `KMS_MAX_VERSIONS_PER_KEY`.
     pub quotas: crate::service::Quotas,
+    /// `KMS_AUTH_FAILURES_PER_SEC`, `KMS_AUTH_FAILURE_BURST`: failed
+    /// authentications a source address may make before it is shed.
+    pub preauth: PreauthConfig,
     /// `KMS_FAILOVER`: what still works while custody is down.
     pub failover: Failover,
     /// Fault injection (chaos drills, tests).
@@ -280,6 +285,7 @@ impl Config {
             verify_cache: VerifyCacheConfig::default(),
             op_cache: OpCacheConfig::default(),
             quotas: crate::service::Quotas::default(),
+            preauth: PreauthConfig::default(),
             failover: Failover::None,
             faults: FaultsConfig::default(),
             admission: Default::default(),
@@ -438,6 +444,7 @@ pub fn load(flags: &Flags, env: &dyn Env) -> Result<Config, ConfigError> {
         verify_cache: svc.verify_cache,
         op_cache: svc.op_cache,
         quotas: svc.quotas,
+        preauth: svc.preauth,
         failover: svc.failover,
         faults: svc.faults,
         admission: limits.admission,
@@ -457,8 +464,8 @@ mod store;
 pub use observe::{AuditConfig, LogConfig, LogFormat};
 pub use pq::{PqConfig, PqFile, PqTenantFile};
 pub use service::{
-    Failover, FaultsConfig, OpCacheConfig, VerifyCacheConfig, DEFAULT_VERIFY_CACHE_MAX,
-    DEFAULT_VERIFY_CACHE_TTL_MS,
+    Failover, FaultsConfig, OpCacheConfig, PreauthConfig, VerifyCacheConfig,
+    DEFAULT_VERIFY_CACHE_MAX, DEFAULT_VERIFY_CACHE_TTL_MS,
 };
 use source::{Amnesia, Raw, Src};
 
@@ -479,6 +486,8 @@ impl Config {
             verify_cache_max: cfg.verify_cache.max,
             verify_cache_ttl: std::time::Duration::from_millis(cfg.verify_cache.ttl_ms),
             quotas: cfg.quotas,
+            auth_failures_per_sec: cfg.preauth.failures_per_sec as f64,
+            auth_failure_burst: cfg.preauth.burst as f64,
             op_cache_tenant_bytes: cfg.op_cache.tenant_bytes,
             op_cache_total_bytes: cfg.op_cache.total_bytes,
             attestation_required: cfg.attestation_required(),

@@ -46,6 +46,24 @@ impl Default for OpCacheConfig {
     }
 }
 
+/// The pre-authentication limit per source address
+/// (`KMS_AUTH_FAILURES_PER_SEC`, `KMS_AUTH_FAILURE_BURST`): failed
+/// authentications an address may make before it is shed with 429.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PreauthConfig {
+    pub failures_per_sec: u64,
+    pub burst: u64,
+}
+
+impl Default for PreauthConfig {
+    fn default() -> Self {
+        PreauthConfig {
+            failures_per_sec: crate::service::strangers::DEFAULT_FAILURES_PER_SEC as u64,
+            burst: crate::service::strangers::DEFAULT_FAILURE_BURST as u64,
+        }
+    }
+}
+
 /// What keeps working while custody is down (`KMS_FAILOVER`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Failover {
@@ -75,6 +93,7 @@ pub(super) struct Loaded {
     pub verify_cache: VerifyCacheConfig,
     pub op_cache: OpCacheConfig,
     pub quotas: crate::service::Quotas,
+    pub preauth: PreauthConfig,
     pub failover: Failover,
     pub faults: FaultsConfig,
 }
@@ -194,6 +213,24 @@ pub(super) fn load(file: &mut FileConfig, src: &Src<'_>) -> Result<Loaded, Confi
             "must be a whole number from 1 to 1000000",
         )?,
     };
+    let preauth = PreauthConfig {
+        failures_per_sec: src.number(
+            "KMS_AUTH_FAILURES_PER_SEC",
+            "auth_failures_per_sec",
+            file.auth_failures_per_sec.take(),
+            1..=1_000_000,
+            PreauthConfig::default().failures_per_sec,
+            "must be a whole number from 1 to 1000000",
+        )?,
+        burst: src.number(
+            "KMS_AUTH_FAILURE_BURST",
+            "auth_failure_burst",
+            file.auth_failure_burst.take(),
+            1..=10_000_000,
+            PreauthConfig::default().burst,
+            "must be a whole number from 1 to 10000000",
+        )?,
+    };
     let failover_p = src.text("KMS_FAILOVER", "failover", file.failover.take());
     let failover = match failover_p.value.as_deref() {
         None | Some("none") => Failover::None,
@@ -238,6 +275,7 @@ pub(super) fn load(file: &mut FileConfig, src: &Src<'_>) -> Result<Loaded, Confi
         verify_cache,
         op_cache,
         quotas,
+        preauth,
         failover,
         faults: FaultsConfig { injection, latency },
     })

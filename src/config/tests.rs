@@ -349,6 +349,34 @@ fn errors_name_the_field() {
 }
 
 #[test]
+fn the_pre_authentication_limit_is_configurable() {
+    let c = load(&Flags::default(), &env(&[])).unwrap();
+    assert_eq!((c.preauth.failures_per_sec, c.preauth.burst), (10, 50));
+    let o = c.service_options();
+    assert_eq!(
+        (o.auth_failures_per_sec, o.auth_failure_burst),
+        (10.0, 50.0)
+    );
+    let c = load(
+        &Flags::default(),
+        &env(&[
+            ("KMS_AUTH_FAILURES_PER_SEC", "500"),
+            ("KMS_AUTH_FAILURE_BURST", "2000"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!((c.preauth.failures_per_sec, c.preauth.burst), (500, 2000));
+    for (k, v) in [
+        ("KMS_AUTH_FAILURES_PER_SEC", "0"),
+        ("KMS_AUTH_FAILURES_PER_SEC", "1.5"),
+        ("KMS_AUTH_FAILURE_BURST", "0"),
+    ] {
+        let e = load(&Flags::default(), &env(&[(k, v)])).unwrap_err();
+        assert_eq!(e.field, k, "{e}");
+    }
+}
+
+#[test]
 fn amnesia_conflicts_are_named() {
     let am = Flags {
         amnesia: true,

@@ -127,6 +127,11 @@ pub struct ServiceOptions {
     pub verify_cache_ttl: Duration,
     /// Quotas: keys a tenant may hold, versions a key may have.
     pub quotas: Quotas,
+    /// Failed authentications a source address may make per second, and
+    /// its burst, before it is shed (`KMS_AUTH_FAILURES_PER_SEC`,
+    /// `KMS_AUTH_FAILURE_BURST`).
+    pub auth_failures_per_sec: f64,
+    pub auth_failure_burst: f64,
     /// Byte budget of one tenant's remembered `op_id` answers.
     pub op_cache_tenant_bytes: u64,
     /// Byte budget of all tenants' remembered `op_id` answers.
@@ -208,8 +213,8 @@ impl KmsService {
             ),
             audit,
             strangers: strangers::Strangers::new(
-                strangers::DEFAULT_FAILURES_PER_SEC,
-                strangers::DEFAULT_FAILURE_BURST,
+                opts.auth_failures_per_sec,
+                opts.auth_failure_burst,
                 strangers::INTERVAL,
             ),
         })

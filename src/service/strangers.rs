@@ -2,8 +2,9 @@
 //! cost bounded disk and CPU:
 //!
 //! - **A pre-authentication limit.** Each source address has a token
-//!   bucket of failed authentications ([`DEFAULT_FAILURES_PER_SEC`],
-//!   burst [`DEFAULT_FAILURE_BURST`]). An address whose bucket is empty is
+//!   bucket of failed authentications (`KMS_AUTH_FAILURES_PER_SEC`,
+//!   default [`DEFAULT_FAILURES_PER_SEC`]; burst `KMS_AUTH_FAILURE_BURST`,
+//!   default [`DEFAULT_FAILURE_BURST`]). An address whose bucket is empty is
 //!   refused with 429 `auth_failures` before its token is parsed or hashed
 //!   and before any record is written; requests that authenticate do not
 //!   spend the bucket.
