@@ -54,13 +54,21 @@ run() { # run NAME COMMAND...
 run rust env KMS_ADDR="http://$GRPC" ./target/debug/examples/rust_client
 run python env KMS_ADDR="$GRPC" "$VENV/bin/python" examples/python/client.py
 run curl env KMS_HTTP="http://$HTTP" examples/curl.sh
-run schemathesis "$VENV/bin/schemathesis" run "http://$HTTP/v1/kms/openapi.json" \
-    --url "http://$HTTP" \
-    --header "Authorization: Bearer $TOKEN" \
-    --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,response_headers_conformance,ignored_auth \
-    --max-examples "$MAX_EXAMPLES" \
-    --seed 1 \
-    --no-color
+# Revoking a token: schemathesis's stateful phase lists the tokens and
+# revokes one, which is its own, and every request after that is 401. So the
+# revoke endpoint gets a pass of its own, last.
+st() { # st NAME FILTER...
+    run "$1" "$VENV/bin/schemathesis" run "http://$HTTP/v1/kms/openapi.json" \
+        --url "http://$HTTP" \
+        --header "Authorization: Bearer $TOKEN" \
+        --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,response_headers_conformance,ignored_auth \
+        --max-examples "$MAX_EXAMPLES" \
+        --seed 1 \
+        --no-color \
+        "${@:2}"
+}
+st schemathesis --exclude-path-regex '/revoke$'
+st schemathesis-revoke --include-path-regex '/revoke$'
 
 echo "examples: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]

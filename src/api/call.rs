@@ -79,7 +79,7 @@ impl Call {
                 let source = incoming
                     .source
                     .map_or(crate::service::strangers::Source::Other, |a| {
-                        crate::service::strangers::Source::Addr(a)
+                        crate::service::strangers::Source::of(a)
                     });
                 kms.preauth(source, spec.gate)?;
                 let (caller, msg) = within(deadline, limit, async {
