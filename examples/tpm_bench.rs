@@ -5,7 +5,12 @@
 //!
 //! - `direct load+sign`: one thread, one ESAPI context; each op is
 //!   SHA-256 of the message, `TPM2_Load` of the key's blobs under the SRK,
-//!   `TPM2_Sign`, `TPM2_FlushContext` — what the backend does per call.
+//!   `TPM2_Sign`, `TPM2_FlushContext`, in a password session with an
+//!   empty-authValue key — what the backend did per call before issue 30.
+//! - `direct session`: the same in a salted HMAC session with AES-128-CFB
+//!   parameter encryption, on a key with a 32-byte authValue — what the
+//!   backend does per call now; the ratio to `direct load+sign` is what
+//!   the session costs at the device.
 //! - `direct sign`: the same key kept loaded, `TPM2_Sign` only: the
 //!   device's own ceiling.
 //! - `service`: N requests in flight through the in-process service API
@@ -23,9 +28,12 @@ use std::time::Instant;
 
 use ron_kms::backend::tpm;
 use ron_kms::config::Config;
+use tss_esapi::attributes::SessionAttributesBuilder;
+use tss_esapi::constants::SessionType;
+use tss_esapi::interface_types::algorithm::HashingAlgorithm;
 use tss_esapi::interface_types::resource_handles::Hierarchy;
 use tss_esapi::interface_types::session_handles::AuthSession;
-use tss_esapi::structures::{Digest, SignatureScheme};
+use tss_esapi::structures::{Auth, Digest, SignatureScheme, SymmetricDefinition};
 use tss_esapi::{Context, TctiNameConf};
 
 // The closed-loop signing load both custody benchmarks use.
@@ -46,6 +54,23 @@ struct Direct {
     srk: tss_esapi::handles::KeyHandle,
     public: tss_esapi::structures::Public,
     private: tss_esapi::structures::Private,
+    /// The salted, parameter-encrypting session, and a key with an
+    /// authValue created in it.
+    session: AuthSession,
+    auth: Auth,
+    auth_public: tss_esapi::structures::Public,
+    auth_private: tss_esapi::structures::Private,
+}
+
+/// Session attributes: continue, and encrypt the command's first
+/// parameter (`decrypt`) and/or the response's (`encrypt`).
+fn attrs(ctx: &mut Context, s: AuthSession, decrypt: bool, encrypt: bool) {
+    let (a, m) = SessionAttributesBuilder::new()
+        .with_continue_session(true)
+        .with_decrypt(decrypt)
+        .with_encrypt(encrypt)
+        .build();
+    ctx.tr_sess_set_attributes(s, a, m).unwrap();
 }
 
 impl Direct {
@@ -65,13 +90,68 @@ impl Direct {
             .unwrap()
             .key_handle;
         let key_t = tpm::signing_key_template().unwrap();
-        let k = ctx.create(srk, key_t, None, None, None, None).unwrap();
+        let k = ctx
+            .create(srk, key_t.clone(), None, None, None, None)
+            .unwrap();
+        let session = ctx
+            .execute_without_session(|c| {
+                c.start_auth_session(
+                    Some(srk),
+                    None,
+                    None,
+                    SessionType::Hmac,
+                    SymmetricDefinition::AES_128_CFB,
+                    HashingAlgorithm::Sha256,
+                )
+            })
+            .unwrap()
+            .unwrap();
+        let auth = Auth::try_from(vec![0x5a; 32]).unwrap();
+        attrs(&mut ctx, session, true, true);
+        let a = ctx
+            .execute_with_session(Some(session), |c| {
+                c.create(srk, key_t, Some(auth.clone()), None, None, None)
+            })
+            .unwrap();
         Direct {
             ctx,
             srk,
             public: k.out_public,
             private: k.out_private,
+            session,
+            auth,
+            auth_public: a.out_public,
+            auth_private: a.out_private,
         }
+    }
+
+    /// Load, sign, flush per op in the session, for `secs`; ops/s.
+    fn session_load_sign(&mut self, secs: f64) -> f64 {
+        let (t, mut n) = (Instant::now(), 0u64);
+        let s = self.session;
+        while t.elapsed().as_secs_f64() < secs {
+            let (srk, private, public, auth) = (
+                self.srk,
+                self.auth_private.clone(),
+                self.auth_public.clone(),
+                self.auth.clone(),
+            );
+            self.ctx.execute_with_session(Some(s), |c| {
+                attrs(c, s, true, false);
+                let h = c.load(srk, private, public).unwrap();
+                c.tr_set_auth(h.into(), auth).unwrap();
+                c.sign(
+                    h,
+                    Self::digest(),
+                    SignatureScheme::Null,
+                    tpm::null_ticket().unwrap(),
+                )
+                .unwrap();
+                c.flush_context(h.into()).unwrap();
+            });
+            n += 1;
+        }
+        n as f64 / t.elapsed().as_secs_f64()
     }
 
     fn digest() -> Digest {
@@ -180,28 +260,33 @@ fn main() {
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
     );
     let (mut r1, mut r4, mut rg, mut raw) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut rs = Vec::new();
     for round in 0..rounds {
         let d = direct.load_sign(secs);
+        let ds = direct.session_load_sign(secs);
         let d_raw = direct.sign_only(secs);
         let s1 = service(1);
         let s4 = service(4);
         let g4 = grpc(4);
         println!(
-            "round {round}: direct load+sign {d:.0} ops/s (sign only {d_raw:.0}); service 1 in flight {s1:.0} ({:.2}), 4 in flight {s4:.0} ({:.2}); grpc 4 in flight {g4:.0} ({:.2})",
-            s1 / d,
-            s4 / d,
-            g4 / d
+            "round {round}: direct load+sign {d:.0} ops/s (sign only {d_raw:.0}); direct session {ds:.0} ({:.2} of password); service 1 in flight {s1:.0} ({:.2} of direct session), 4 in flight {s4:.0} ({:.2}); grpc 4 in flight {g4:.0} ({:.2})",
+            ds / d,
+            s1 / ds,
+            s4 / ds,
+            g4 / ds
         );
-        r1.push(s1 / d);
-        r4.push(s4 / d);
-        rg.push(g4 / d);
+        r1.push(s1 / ds);
+        r4.push(s4 / ds);
+        rg.push(g4 / ds);
         raw.push(d / d_raw);
+        rs.push(ds / d);
     }
     println!(
-        "median service/direct: 1 in flight {:.2}, 4 in flight {:.2}; grpc/direct {:.2}; direct load+sign / sign-only {:.2}",
+        "median service/direct session: 1 in flight {:.2}, 4 in flight {:.2}; grpc/direct session {:.2}; direct session / direct password {:.2}; direct load+sign / sign-only {:.2}",
         median(r1),
         median(r4),
         median(rg),
+        median(rs),
         median(raw)
     );
     rt.block_on(running.shutdown());

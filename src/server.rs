@@ -239,17 +239,7 @@ pub fn open_data_dir(cfg: &Config) -> Result<Opened, StartError> {
             })
         }
         BackendKind::Tpm(t) => {
-            let b = Arc::new(
-                TpmBackend::open(
-                    TpmSettings {
-                        tcti: t.tcti.clone(),
-                        queue_depth: t.queue_depth,
-                        attestation: t.attestation.clone(),
-                    },
-                    provider.clone(),
-                )
-                .map_err(|e| StartError::Other(format!("tpm: {e}")))?,
-            );
+            let b = Arc::new(open_tpm(store.as_ref(), t, provider.clone())?);
             Ok(Opened {
                 store,
                 backend: b.clone(),
@@ -261,6 +251,52 @@ pub fn open_data_dir(cfg: &Config) -> Result<Opened, StartError> {
             })
         }
     }
+}
+
+const TPM_IDENTITY: &str = "tpm_identity";
+
+/// Open the TPM held to the identity pinned in the store; on the first
+/// start (no pin yet) pin the identity of the TPM that answers.
+fn open_tpm(
+    store: &dyn Store,
+    t: &crate::config::TpmConfig,
+    provider: Arc<Provider>,
+) -> Result<TpmBackend, StartError> {
+    use crate::backend::tpm::identity::{fingerprint, Identity};
+    let err = |e: String| StartError::Other(format!("tpm: {e}"));
+    let pinned = store
+        .get_meta(TPM_IDENTITY)?
+        .map(|b| Identity::decode(&b))
+        .transpose()
+        .map_err(|e| err(format!("the identity pinned in the store: {e}")))?;
+    let first = pinned.is_none();
+    let b = TpmBackend::open(
+        TpmSettings {
+            tcti: t.tcti.clone(),
+            queue_depth: t.queue_depth,
+            ek_ca_file: t.ek_ca_file.clone(),
+            attestation: t.attestation.clone(),
+        },
+        provider,
+        pinned,
+    )
+    .map_err(err)?;
+    if first {
+        let id = b.identity().encode();
+        let won = store.insert_meta(TPM_IDENTITY, &id)?;
+        if won != id {
+            return Err(err(
+                "another process pinned a different TPM in this store at the same time".into(),
+            ));
+        }
+        tracing::info!(
+            ek = %fingerprint(&b.identity().ek),
+            srk = %fingerprint(&b.identity().srk),
+            ak = %fingerprint(&b.identity().ak),
+            "pinned this TPM's identity in the store"
+        );
+    }
+    Ok(b)
 }
 
 /// The configured store: SQLite under the data dir, or PostgreSQL.

@@ -98,15 +98,9 @@ const TPM: Expected = Expected {
 /// the gap is neither hidden nor forgotten: once it is closed, this list
 /// must shrink). `(backend, algorithm, case)`.
 ///
-/// A TPM-native key's handle is its public and private areas, loadable by
-/// this TPM under any label: nothing in the handle or the object binds it
-/// to tenant and kid (docs/tpm.md promises the binding for sealed handles
-/// only). Binding it would change the handle format or the keys' authValue,
-/// which is not a refactoring.
-const KNOWN_GAPS: &[(&str, Algorithm, &str)] = &[
-    ("tpm", Algorithm::EcdsaP256, "other tenant"),
-    ("tpm", Algorithm::EcdsaP256, "other kid"),
-];
+/// None today: the TPM-native key's handle, once loadable under any label,
+/// is bound to its tenant and kid since issue 30 (docs/tpm.md).
+const KNOWN_GAPS: &[(&str, Algorithm, &str)] = &[];
 
 /// Collects what ran, what was left out and why, and what failed.
 struct Suite<'a> {
@@ -300,6 +294,8 @@ impl Suite<'_> {
                 b"P11\x02",
                 b"TPM\x01",
                 b"TPM\x02",
+                b"TPM\x03",
+                b"TPM\x04",
                 b"\x01",
             ] {
                 let mut f = foreign.to_vec();
@@ -631,9 +627,11 @@ fn tpm_on_swtpm_conforms() {
         TpmSettings {
             tcti: tpm.tcti(),
             queue_depth: DEFAULT_QUEUE_DEPTH,
+            ek_ca_file: None,
             attestation: Default::default(),
         },
         Arc::new(Provider::default()),
+        None,
     )
     .unwrap();
     conform(&b, &TPM);

@@ -215,7 +215,7 @@ async fn the_binary_serves_from_a_tpm_configured_by_env_and_keeps_keys_across_re
     drop(c);
     assert!(tokio::task::block_in_place(|| served.terminate()).success());
     let h = common::stored_handle(&data, "admin", "k", 1).unwrap();
-    assert!(h.starts_with(b"TPM\x01"), "native TPM handle");
+    assert!(h.starts_with(b"TPM\x03"), "native TPM handle");
 
     let served = tokio::task::block_in_place(|| common::process::serve_with(&args, &envs, None));
     let mut c = common::Client::connect_to(
@@ -266,10 +266,10 @@ async fn no_private_key_in_the_clear_in_the_data_dir_or_the_tpm_state() {
         let handle = common::stored_handle(&srv.data_dir(), "admin", &name, 1).unwrap();
         if alg == Algorithm::EcdsaP256 {
             // its private part exists only inside the TPM-encrypted blob
-            assert!(handle.starts_with(b"TPM\x01"), "{name} is TPM-native");
+            assert!(handle.starts_with(b"TPM\x03"), "{name} is TPM-native");
             continue;
         }
-        assert!(handle.starts_with(b"TPM\x02"), "{name} is TPM-sealed");
+        assert!(handle.starts_with(b"TPM\x04"), "{name} is TPM-sealed");
         let kid = format!("{name}#v1");
         let private = tokio::task::block_in_place(|| {
             tpm.unseal(

@@ -57,6 +57,11 @@ pub(super) fn load(
         "tpm_queue_depth",
         file.tpm_queue_depth.take(),
     );
+    let tpm_ek_ca = src.path(
+        "KMS_TPM_EK_CA_FILE",
+        "tpm_ek_ca_file",
+        file.tpm_ek_ca_file.take(),
+    );
     let att_required = src.raw(
         "KMS_ATTESTATION_REQUIRED",
         "attestation_required",
@@ -83,6 +88,7 @@ pub(super) fn load(
         let set = [
             (tpm_tcti.value.is_some(), &tpm_tcti.origin),
             (tpm_queue.value.is_some(), &tpm_queue.origin),
+            (tpm_ek_ca.value.is_some(), &tpm_ek_ca.origin),
             (att_required.value.is_some(), &att_required.origin),
             (att_pcrs.value.is_some(), &att_pcrs.origin),
             (att_digest.value.is_some(), &att_digest.origin),
@@ -213,6 +219,7 @@ pub(super) fn load(
             BackendKind::Tpm(TpmConfig {
                 tcti,
                 queue_depth,
+                ek_ca_file: tpm_ek_ca.value,
                 attestation,
                 attestation_required,
                 attestation_interval,

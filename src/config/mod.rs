@@ -101,6 +101,7 @@ pub struct FileConfig {
     pub pkcs11_pin_env: Option<String>,
     pub pkcs11_pool_size: Option<usize>,
     pub tpm_tcti: Option<String>,
+    pub tpm_ek_ca_file: Option<PathBuf>,
     pub tpm_queue_depth: Option<usize>,
     pub attestation_required: Option<bool>,
     pub attestation_pcrs: Option<String>,
@@ -148,6 +149,10 @@ pub struct TpmConfig {
     /// Calls allowed to wait for the TPM at once; more are refused
     /// (`overloaded`).
     pub queue_depth: usize,
+    /// `KMS_TPM_EK_CA_FILE`: PEM certificates (roots and intermediates)
+    /// the TPM's endorsement-key certificate must chain to; unset: the
+    /// TPM's identity is trusted on first use.
+    pub ek_ca_file: Option<PathBuf>,
     pub attestation: crate::backend::tpm::attest::AttestationSettings,
     /// Refuse private-key operations while the quote does not verify.
     pub attestation_required: bool,

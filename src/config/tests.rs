@@ -240,6 +240,7 @@ fn tpm_settings() {
         BackendKind::Tpm(TpmConfig {
             tcti: tcti.into(),
             queue_depth: crate::backend::tpm::DEFAULT_QUEUE_DEPTH,
+            ek_ca_file: None,
             attestation: AttestationSettings::default(),
             attestation_required: false,
             attestation_interval: Duration::from_secs(DEFAULT_ATTESTATION_INTERVAL_SECS),

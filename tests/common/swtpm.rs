@@ -41,6 +41,62 @@ impl Swtpm {
         t
     }
 
+    /// A TPM manufactured by `swtpm_setup` with an EK certificate issued by
+    /// a local CA of its own under `dir/ca` (swtpm-localca: a root and an
+    /// intermediate that signs the EK certificates). Returns the TPM and
+    /// the PEM file of the CA's two certificates.
+    pub fn start_certified(dir: &Path) -> (Self, PathBuf) {
+        let (state, ca) = (dir.join("state"), dir.join("ca"));
+        for d in [&state, &ca] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        let localca = dir.join("swtpm-localca.conf");
+        std::fs::write(
+            &localca,
+            format!(
+                "statedir = {0}\nsigningkey = {0}/signkey.pem\nissuercert = {0}/issuercert.pem\ncertserial = {0}/certserial\n",
+                ca.display()
+            ),
+        )
+        .unwrap();
+        let setup = dir.join("swtpm_setup.conf");
+        std::fs::write(
+            &setup,
+            format!(
+                "create_certs_tool = /usr/bin/swtpm_localca\ncreate_certs_tool_config = {}\ncreate_certs_tool_options = /etc/swtpm-localca.options\nactive_pcr_banks = sha256\n",
+                localca.display()
+            ),
+        )
+        .unwrap();
+        let out = Command::new("swtpm_setup")
+            .arg("--tpm2")
+            .arg("--tpmstate")
+            .arg(&state)
+            .arg("--create-ek-cert")
+            .arg("--config")
+            .arg(&setup)
+            .output()
+            .expect("swtpm_setup runs (swtpm-tools: scripts/install-deps.sh --test)");
+        assert!(
+            out.status.success(),
+            "swtpm_setup: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let chain = dir.join("ek-ca.pem");
+        let mut pem = std::fs::read(ca.join("issuercert.pem")).unwrap();
+        pem.extend(std::fs::read(ca.join("swtpm-localca-rootca-cert.pem")).unwrap());
+        std::fs::write(&chain, pem).unwrap();
+        let port = free_port_pair();
+        let mut t = Swtpm {
+            state,
+            port,
+            ctrl_port: port + 1,
+            child: None,
+        };
+        t.spawn();
+        (t, chain)
+    }
+
     fn spawn(&mut self) {
         let child = Command::new("swtpm")
             .arg("socket")
@@ -104,6 +160,7 @@ impl Swtpm {
         let mut t = ron_kms::config::TpmConfig {
             tcti: self.tcti(),
             queue_depth: ron_kms::backend::tpm::DEFAULT_QUEUE_DEPTH,
+            ek_ca_file: None,
             attestation: Default::default(),
             attestation_required: false,
             attestation_interval: Duration::from_secs(60),

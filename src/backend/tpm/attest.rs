@@ -3,13 +3,17 @@
 //!
 //! The AK is an ECC P-256 restricted signing key created as a primary in the
 //! endorsement hierarchy (the same key on every call, from the TPM's
-//! endorsement seed); it is flushed after each quote. One attestation:
+//! endorsement seed); its public area is pinned in the store at first start
+//! with the rest of the TPM's identity ([`super::identity`]), and it is
+//! flushed after each quote. One attestation:
 //!
 //! 1. a fresh 32-byte nonce;
 //! 2. `TPM2_Quote` over the PCR selection, qualified by the nonce, and
 //!    `TPM2_PCR_Read` of the same PCRs;
-//! 3. checks, all in software: the quote's ECDSA signature verifies under
-//!    the AK's public key (ring); it is a quote (`TPM_ST_ATTEST_QUOTE`);
+//! 3. checks, all in software ([`verify_quote`]): the quote's ECDSA
+//!    signature verifies under the *pinned* AK's public key (ring), not
+//!    under whatever key the TPM returned, so a quote by any other key
+//!    fails; it is a quote (`TPM_ST_ATTEST_QUOTE`);
 //!    its extra data is the nonce (fresh, not replayed); its PCR digest is
 //!    SHA-256 over the PCR values read (in slot order); and, when a policy is
 //!    configured, that digest is the expected one.
@@ -18,15 +22,16 @@
 //! keeps the result as its `attestation_ready` state (docs/tpm.md).
 use tss_esapi::abstraction::pcr::read_all;
 use tss_esapi::interface_types::algorithm::HashingAlgorithm;
-use tss_esapi::interface_types::resource_handles::Hierarchy;
 use tss_esapi::interface_types::structure_tags::AttestationType;
 use tss_esapi::structures::{
     Attest, AttestInfo, Data, PcrSelectionListBuilder, PcrSlot, Public, Signature, SignatureScheme,
 };
-use tss_esapi::traits::Marshall;
+use tss_esapi::traits::{Marshall, UnMarshall};
 
+use super::device::create_ak;
 use super::error::{Ctx, Fail};
-use super::templates::{ecdsa_p256_template, ecdsa_rs, p256_point};
+use super::session::{self, Params};
+use super::templates::{ecdsa_rs, p256_point};
 use super::TpmBackend;
 use crate::backend::{Attested, BackendError};
 use crate::crypto::random_bytes;
@@ -121,12 +126,6 @@ impl AttestationSettings {
     }
 }
 
-/// The attestation key: ECC P-256, restricted to signing TPM-generated
-/// structures (a quote), ECDSA with SHA-256.
-fn ak_template() -> tss_esapi::Result<Public> {
-    ecdsa_p256_template(true)
-}
-
 fn slot(i: u8) -> tss_esapi::Result<PcrSlot> {
     PcrSlot::try_from(1u32 << i)
 }
@@ -135,7 +134,6 @@ fn slot(i: u8) -> tss_esapi::Result<PcrSlot> {
 struct Quote {
     attest: Attest,
     signature: Signature,
-    ak: Public,
     /// PCR values in slot order.
     pcrs: Vec<Vec<u8>>,
 }
@@ -156,18 +154,10 @@ pub fn attest(b: &TpmBackend) -> Result<Attested, BackendError> {
             .with_selection(s.bank.hashing(), &slots.ctx("PCR slots")?)
             .build()
             .ctx("PCR selection")?;
-        let ak = conn
-            .ctx
-            .create_primary(
-                Hierarchy::Endorsement,
-                ak_template().ctx("AK template")?,
-                None,
-                None,
-                None,
-                None,
-            )
-            .ctx("create AK")?;
+        let ak = create_ak(conn)?;
         let quoted: Result<_, Fail> = (|| {
+            session::params(&mut conn.ctx, conn.session, Params::Command)
+                .ctx("session attributes")?;
             let (attest, signature) = conn
                 .ctx
                 .quote(
@@ -205,37 +195,64 @@ pub fn attest(b: &TpmBackend) -> Result<Attested, BackendError> {
         Ok(Quote {
             attest,
             signature,
-            ak: ak.out_public,
             pcrs,
         })
     })?;
-    verify(&q, &nonce, s.expected_digest.as_deref()).map_err(BackendError::Attestation)
-}
-
-/// The software checks of one quote.
-fn verify(q: &Quote, nonce: &[u8], expected: Option<&[u8]>) -> Result<Attested, String> {
-    let ak = p256_point(&q.ak).map_err(|e| e.to_string())?;
     let signed = q
         .attest
         .marshall()
-        .map_err(|e| format!("marshal quote: {e}"))?;
-    let der = crate::backend::ecdsa_der(&ecdsa_rs(&q.signature).map_err(|e| e.to_string())?)
+        .map_err(|e| BackendError::Attestation(format!("marshal quote: {e}")))?;
+    let signature = q
+        .signature
+        .marshall()
+        .map_err(|e| BackendError::Attestation(format!("marshal signature: {e}")))?;
+    verify_quote(
+        &b.identity().ak,
+        &signed,
+        &signature,
+        &nonce,
+        &q.pcrs,
+        s.expected_digest.as_deref(),
+    )
+    .map_err(BackendError::Attestation)
+}
+
+/// The software checks of one quote: `attest` (a marshalled `TPMS_ATTEST`)
+/// and `signature` (a marshalled `TPMT_SIGNATURE`) as `TPM2_Quote` returned
+/// them, checked against the pinned AK's public area `pinned_ak`, the
+/// `nonce` the quote was asked for, the PCR values read (in slot order),
+/// and the expected PCR digest when there is one.
+pub fn verify_quote(
+    pinned_ak: &[u8],
+    attest: &[u8],
+    signature: &[u8],
+    nonce: &[u8],
+    pcrs: &[Vec<u8>],
+    expected: Option<&[u8]>,
+) -> Result<Attested, String> {
+    let ak = Public::unmarshall(pinned_ak).map_err(|e| format!("the pinned AK: {e}"))?;
+    let ak = p256_point(&ak).map_err(|e| e.to_string())?;
+    let parsed = Attest::unmarshall(attest).map_err(|e| format!("unmarshal quote: {e}"))?;
+    let sig = Signature::unmarshall(signature).map_err(|e| format!("unmarshal signature: {e}"))?;
+    let der = crate::backend::ecdsa_der(&ecdsa_rs(&sig).map_err(|e| e.to_string())?)
         .map_err(|e| e.to_string())?;
     ring::signature::UnparsedPublicKey::new(&ring::signature::ECDSA_P256_SHA256_ASN1, &ak)
-        .verify(&signed, &der)
-        .map_err(|_| "the quote's signature does not verify under the AK".to_string())?;
-    if q.attest.attestation_type() != AttestationType::Quote {
+        .verify(attest, &der)
+        .map_err(|_| {
+            "the quote's signature does not verify under the pinned attestation key".to_string()
+        })?;
+    if parsed.attestation_type() != AttestationType::Quote {
         return Err("the attestation is not a quote".into());
     }
-    if q.attest.extra_data().value() != nonce {
+    if parsed.extra_data().value() != nonce {
         return Err("the quote does not carry this attestation's nonce (replayed?)".into());
     }
-    let AttestInfo::Quote { info } = q.attest.attested() else {
+    let AttestInfo::Quote { info } = parsed.attested() else {
         return Err("the attestation carries no quote info".into());
     };
     let quoted = info.pcr_digest().value().to_vec();
     let mut h = ring::digest::Context::new(&ring::digest::SHA256);
-    for v in &q.pcrs {
+    for v in pcrs {
         h.update(v);
     }
     if h.finish().as_ref() != quoted.as_slice() {

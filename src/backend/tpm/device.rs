@@ -8,24 +8,31 @@
 //! followed by a cheap probe (`TPM2_GetRandom`) and translated by
 //! [`super::error::translate`]; when the TPM does not answer, the context is
 //! dropped and the next call reconnects with exponential backoff and jitter
-//! (`backend_reconnects_total`), re-creating the SRK. This module must not
-//! know what a key is for: it runs closures on the context and keeps it
-//! alive.
+//! (`backend_reconnects_total`), re-creating the SRK. Every connect reads
+//! the TPM's identity ([`Identity`]: EK, SRK, AK) and refuses a TPM that
+//! is not the pinned one, then starts the connection's salted session
+//! ([`super::session`]). This module must not know what a key is for: it
+//! runs closures on the context and keeps it alive.
 use std::str::FromStr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use tss_esapi::handles::KeyHandle;
+use tss_esapi::abstraction::{ek, AsymmetricAlgorithmSelection};
+use tss_esapi::handles::{KeyHandle, ObjectHandle, SessionHandle};
+use tss_esapi::interface_types::ecc::EccCurve;
 use tss_esapi::interface_types::resource_handles::Hierarchy;
 use tss_esapi::interface_types::session_handles::AuthSession;
-use tss_esapi::structures::{Private, Public};
-use tss_esapi::traits::UnMarshall;
+use tss_esapi::structures::{Auth, CreatePrimaryKeyResult, Private, Public};
+use tss_esapi::traits::{Marshall, UnMarshall};
 use tss_esapi::{Context, TctiNameConf};
 
+use super::ekcert::{EkCa, EK_KINDS};
 use super::error::{translate, tss_err, unavailable, Ctx, Fail};
 use super::handle::Blob;
-use super::templates::srk_template;
+use super::identity::Identity;
+use super::session::{self, Params};
+use super::templates::{ak_template, srk_template};
 use crate::backend::{jittered, BackendError};
 
 /// How long a call waits for the TPM before giving up.
@@ -33,40 +40,161 @@ pub const QUEUE_WAIT: Duration = Duration::from_secs(5);
 const RECONNECT_BASE: Duration = Duration::from_millis(100);
 const RECONNECT_MAX: Duration = Duration::from_secs(10);
 
-/// One open ESAPI context with the SRK loaded.
+/// One open ESAPI context with the SRK loaded and the session started.
 pub(super) struct Conn {
     pub(super) ctx: Context,
     pub(super) srk: KeyHandle,
+    /// The salted, parameter-encrypting HMAC session every authorized
+    /// command runs in (also set as the context's session 1).
+    pub(super) session: AuthSession,
+    /// What this TPM presented on connect.
+    pub(super) identity: Identity,
 }
 
-/// Open a context on `tcti` and create the SRK.
-fn connect(tcti: &str) -> Result<Conn, String> {
+/// The attestation key: a primary in the endorsement hierarchy from a
+/// fixed template, so the same key on every call.
+pub(super) fn create_ak(conn: &mut Conn) -> Result<CreatePrimaryKeyResult, Fail> {
+    session::params(&mut conn.ctx, conn.session, Params::Both).ctx("session attributes")?;
+    conn.ctx
+        .create_primary(
+            Hierarchy::Endorsement,
+            ak_template().ctx("AK template")?,
+            None,
+            None,
+            None,
+            None,
+        )
+        .ctx("create AK")
+}
+
+/// The endorsement key to salt the session to, loaded, and its public
+/// area: with `ek_ca`, the first EK whose certificate verifies under it
+/// ([`EK_KINDS`] order); else the TCG default ECC P-256 EK.
+fn endorsement_key(ctx: &mut Context, ek_ca: Option<&EkCa>) -> Result<(KeyHandle, Public), String> {
+    let create = |ctx: &mut Context, kind| -> Result<(KeyHandle, Public), String> {
+        let h = ctx
+            .execute_without_session(|c| ek::create_ek_object_2(c, kind, None))
+            .map_err(|e| tss_err("create EK", e))?;
+        // ReadPublic has no parameter to encrypt: no session
+        match ctx.execute_without_session(|c| c.read_public(h)) {
+            Ok((public, _, _)) => Ok((h, public)),
+            Err(e) => {
+                let _ = ctx.flush_context(h.into());
+                Err(tss_err("read EK", e))
+            }
+        }
+    };
+    let Some(ca) = ek_ca else {
+        return create(ctx, AsymmetricAlgorithmSelection::Ecc(EccCurve::NistP256));
+    };
+    let mut why = Vec::new();
+    for (kind, name) in EK_KINDS {
+        let Ok(cert) = ctx.execute_without_session(|c| ek::retrieve_ek_pubcert(c, kind)) else {
+            why.push(format!("{name}: no certificate"));
+            continue;
+        };
+        let (h, public) = create(ctx, kind)?;
+        match ca.verify(&cert, &public) {
+            Ok(()) => {
+                tracing::info!(
+                    backend = "tpm",
+                    ek = name,
+                    ca = %ca.path().display(),
+                    "the TPM's endorsement-key certificate verifies"
+                );
+                return Ok((h, public));
+            }
+            Err(e) => {
+                let _ = ctx.flush_context(h.into());
+                why.push(format!("{name}: {e}"));
+            }
+        }
+    }
+    Err(format!(
+        "no endorsement-key certificate on this TPM verifies under KMS_TPM_EK_CA_FILE {}: {}",
+        ca.path().display(),
+        why.join("; ")
+    ))
+}
+
+/// Open a context on `tcti`, take the endorsement key (certified under
+/// `ek_ca` when there is one), start the session salted to it, and create
+/// the SRK and AK in that session, so their public areas come from the TPM
+/// that holds the EK.
+fn connect(tcti: &str, ek_ca: Option<&EkCa>) -> Result<Conn, String> {
     let conf = TctiNameConf::from_str(tcti).map_err(|e| tss_err("TCTI", e))?;
     let mut ctx = Context::new(conf).map_err(|e| tss_err("connect", e))?;
-    // every object ron-kms creates has an empty authValue: a password
-    // session with the empty password authorises it
-    ctx.set_sessions((Some(AuthSession::Password), None, None));
+    let (ek, ek_public) = endorsement_key(&mut ctx, ek_ca)?;
+    let session = session::start(&mut ctx, ek);
+    // the session outlives its salt key: the EK is needed only to start it
+    let _ = ctx.flush_context(ek.into());
+    let session = session.map_err(|e| tss_err("start session", e))?;
+    ctx.set_sessions((Some(session), None, None));
+    let ek_public = ek_public.marshall().map_err(|e| tss_err("marshal EK", e))?;
+    session::params(&mut ctx, session, Params::Both).map_err(|e| tss_err("session", e))?;
     let template = srk_template().map_err(|e| tss_err("SRK template", e))?;
     let srk = ctx
         .create_primary(Hierarchy::Owner, template, None, None, None, None)
-        .map_err(|e| tss_err("create SRK", e))?
-        .key_handle;
-    Ok(Conn { ctx, srk })
+        .map_err(|e| tss_err("create SRK", e))?;
+    let srk_public = srk
+        .out_public
+        .marshall()
+        .map_err(|e| tss_err("marshal SRK", e))?;
+    let mut conn = Conn {
+        ctx,
+        srk: srk.key_handle,
+        session,
+        identity: Identity {
+            ek: ek_public,
+            srk: srk_public,
+            ak: Vec::new(),
+        },
+    };
+    let ak = create_ak(&mut conn).map_err(|e| e.message())?;
+    let _ = conn.ctx.flush_context(ak.key_handle.into());
+    conn.identity.ak = ak
+        .out_public
+        .marshall()
+        .map_err(|e| tss_err("marshal AK", e))?;
+    Ok(conn)
 }
 
-/// Load `blob` under the SRK, run `f` with it, flush it (also on failure:
-/// a TPM has only a few transient object slots).
+impl Conn {
+    /// Replace the session (after a failed command: the TPM may have
+    /// dropped it).
+    fn renew_session(&mut self) -> Result<(), String> {
+        let _ = self
+            .ctx
+            .flush_context(ObjectHandle::from(SessionHandle::from(self.session)));
+        // salted to the SRK now: its public area was checked against the
+        // pin (or came from the EK-salted session) on connect
+        self.session =
+            session::start(&mut self.ctx, self.srk).map_err(|e| tss_err("start session", e))?;
+        self.ctx.set_sessions((Some(self.session), None, None));
+        Ok(())
+    }
+}
+
+/// Load `blob` under the SRK with its authValue `auth` (`None`: empty), run
+/// `f` with it and the session, flush it (also on failure: a TPM has only a
+/// few transient object slots).
 pub(super) fn with_loaded<T>(
     conn: &mut Conn,
     blob: &Blob<'_>,
-    f: impl FnOnce(&mut Context, KeyHandle) -> Result<T, Fail>,
+    auth: Option<Auth>,
+    f: impl FnOnce(&mut Context, AuthSession, KeyHandle) -> Result<T, Fail>,
 ) -> Result<T, Fail> {
     let public = Public::unmarshall(blob.public)
         .map_err(|_| Fail::Backend(BackendError::Sealed("malformed tpm public area")))?;
     let private = Private::try_from(blob.private.to_vec())
         .map_err(|_| Fail::Backend(BackendError::Sealed("malformed tpm private area")))?;
+    session::params(&mut conn.ctx, conn.session, Params::Command).ctx("session attributes")?;
     let h = conn.ctx.load(conn.srk, private, public).ctx("TPM2_Load")?;
-    let r = f(&mut conn.ctx, h);
+    let r = match auth {
+        Some(a) => conn.ctx.tr_set_auth(h.into(), a).ctx("set authValue"),
+        None => Ok(()),
+    }
+    .and_then(|_| f(&mut conn.ctx, conn.session, h));
     let flushed = conn.ctx.flush_context(h.into()).ctx("TPM2_FlushContext");
     let v = r?;
     flushed?;
@@ -85,6 +213,10 @@ struct Slot {
 /// The TPM and the callers queued for it.
 pub(super) struct Device {
     tcti: String,
+    /// The identity every connect must present.
+    pinned: Identity,
+    /// What the EK's certificate must chain to, when configured.
+    ek_ca: Option<EkCa>,
     queue_depth: usize,
     slot: Mutex<Slot>,
     freed: Condvar,
@@ -110,11 +242,22 @@ impl Drop for Turn<'_> {
 }
 
 impl Device {
-    /// Connect and create the SRK; a failure is a start-up error naming its
-    /// cause.
-    pub(super) fn open(tcti: String, queue_depth: usize) -> Result<Self, String> {
-        let conn = connect(&tcti)?;
+    /// Connect, create the SRK and check the TPM is `pinned` (any TPM is,
+    /// with no pin yet: its identity becomes the pin); a failure is a
+    /// start-up error naming its cause.
+    pub(super) fn open(
+        tcti: String,
+        queue_depth: usize,
+        pinned: Option<Identity>,
+        ek_ca: Option<EkCa>,
+    ) -> Result<Self, String> {
+        let conn = connect(&tcti, ek_ca.as_ref())?;
+        if let Some(p) = &pinned {
+            conn.identity.check(p)?;
+        }
         Ok(Device {
+            pinned: pinned.unwrap_or_else(|| conn.identity.clone()),
+            ek_ca,
             tcti,
             queue_depth: queue_depth.max(1),
             slot: Mutex::new(Slot {
@@ -130,6 +273,11 @@ impl Device {
 
     pub(super) fn tcti(&self) -> &str {
         &self.tcti
+    }
+
+    /// The identity every connect is checked against.
+    pub(super) fn pinned(&self) -> &Identity {
+        &self.pinned
     }
 
     /// Whether a caller holds the device now.
@@ -188,7 +336,8 @@ impl Device {
                 (next - now).as_millis()
             )));
         }
-        let r = connect(&self.tcti);
+        let r = connect(&self.tcti, self.ek_ca.as_ref())
+            .and_then(|c| c.identity.check(&self.pinned).map(|_| c));
         let mut slot = self.slot.lock().unwrap_or_else(|p| p.into_inner());
         match r {
             Ok(c) => {
@@ -231,6 +380,9 @@ impl Device {
                     // drop the context now, while we hold the device
                     turn.conn = None;
                     tracing::warn!(backend = "tpm", error = %e, "TPM connection lost; will reconnect");
+                } else if let Err(m) = conn.renew_session() {
+                    turn.conn = None;
+                    tracing::warn!(backend = "tpm", error = %m, "TPM session lost; will reconnect");
                 }
                 Err(translate(&what, &e, answers))
             }

@@ -14,6 +14,16 @@ pub(super) enum Fail {
     Backend(BackendError),
 }
 
+impl Fail {
+    /// As a start-up or reconnect message.
+    pub(super) fn message(&self) -> String {
+        match self {
+            Fail::Tss(what, e) => tss_err(what, *e),
+            Fail::Backend(e) => e.to_string(),
+        }
+    }
+}
+
 impl From<BackendError> for Fail {
     fn from(e: BackendError) -> Self {
         Fail::Backend(e)

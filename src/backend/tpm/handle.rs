@@ -2,22 +2,32 @@
 //! (docs/tpm.md, "Handles").
 //!
 //! ```text
-//! native:  "TPM" 0x01 u16 len ‖ public ‖ u16 len ‖ private
-//! sealed:  "TPM" 0x02 u16 len ‖ public ‖ u16 len ‖ private ‖ nonce(12) ‖ ciphertext‖tag
+//! native:  "TPM" 0x03 u16 len ‖ public ‖ u16 len ‖ private ‖ secret(32) ‖ binding(32)
+//! sealed:  "TPM" 0x04 u16 len ‖ public ‖ u16 len ‖ private ‖ secret(32) ‖ binding(32)
+//!                ‖ nonce(12) ‖ ciphertext‖tag
+//! legacy:  "TPM" 0x01 (native) and 0x02 (sealed): the same without
+//!          secret and binding (objects with an empty authValue)
 //! ```
 //!
 //! Lengths are big-endian; `public` is a marshalled `TPMT_PUBLIC` and
 //! `private` the `TPM2B_PRIVATE` contents as the TPM returned them (a native
-//! key's, or the sealed data object's). Parsing is strict: any other shape
-//! is refused with [`BackendError::Sealed`]. This module owns the bytes only;
+//! key's, or the sealed data object's). `secret` and `binding` are the
+//! object's authorization ([`super::session::Authorization`]): its
+//! authValue is derived from `secret` and the key's label, and `binding`
+//! ties the blob to that label. Parsing is strict: any other shape is
+//! refused with [`BackendError::Sealed`]. This module owns the bytes only;
 //! it must not touch the TPM, and it does not unmarshal the areas (the TPM
 //! checks them on `TPM2_Load`).
 use crate::backend::BackendError;
 use crate::crypto::aead;
 
 const HANDLE_MAGIC: &[u8; 3] = b"TPM";
-const HANDLE_NATIVE: u8 = 1;
-const HANDLE_SEALED: u8 = 2;
+const HANDLE_NATIVE_V1: u8 = 1;
+const HANDLE_SEALED_V1: u8 = 2;
+const HANDLE_NATIVE: u8 = 3;
+const HANDLE_SEALED: u8 = 4;
+/// Bytes of an object's authorization secret, and of its binding.
+pub(super) const SECRET_LEN: usize = 32;
 
 /// `u16 len ‖ bytes`.
 fn put_blob(out: &mut Vec<u8>, b: &[u8]) {
@@ -38,11 +48,33 @@ fn take_blob<'a>(h: &mut &'a [u8]) -> Result<&'a [u8], BackendError> {
     Ok(b)
 }
 
-/// A loadable object: its public area (marshalled `TPMT_PUBLIC`) and its
-/// private area as the TPM returned it (`TPM2B_PRIVATE` contents).
+/// A loadable object: its public area (marshalled `TPMT_PUBLIC`), its
+/// private area as the TPM returned it (`TPM2B_PRIVATE` contents), and its
+/// authorization (`None`: a legacy object with an empty authValue).
 pub(super) struct Blob<'a> {
     pub(super) public: &'a [u8],
     pub(super) private: &'a [u8],
+    pub(super) auth: Option<AuthRef<'a>>,
+}
+
+/// The authorization part of a handle.
+#[derive(Clone, Copy)]
+pub(super) struct AuthRef<'a> {
+    pub(super) secret: &'a [u8; SECRET_LEN],
+    pub(super) binding: &'a [u8; SECRET_LEN],
+}
+
+fn take_auth<'a>(h: &mut &'a [u8]) -> Result<AuthRef<'a>, BackendError> {
+    if h.len() < 2 * SECRET_LEN {
+        return Err(BackendError::Sealed("malformed tpm handle"));
+    }
+    let (secret, rest) = h.split_at(SECRET_LEN);
+    let (binding, rest) = rest.split_at(SECRET_LEN);
+    *h = rest;
+    Ok(AuthRef {
+        secret: secret.try_into().expect("SECRET_LEN bytes"),
+        binding: binding.try_into().expect("SECRET_LEN bytes"),
+    })
 }
 
 pub(super) enum Parsed<'h> {
@@ -62,10 +94,18 @@ pub(super) fn parse(h: &[u8]) -> Result<Parsed<'_>, BackendError> {
     let mut rest = &h[4..];
     let public = take_blob(&mut rest)?;
     let private = take_blob(&mut rest)?;
-    let blob = Blob { public, private };
+    let auth = match kind {
+        HANDLE_NATIVE | HANDLE_SEALED => Some(take_auth(&mut rest)?),
+        _ => None,
+    };
+    let blob = Blob {
+        public,
+        private,
+        auth,
+    };
     match kind {
-        HANDLE_NATIVE if rest.is_empty() => Ok(Parsed::Native(blob)),
-        HANDLE_SEALED if rest.len() >= aead::AEAD_NONCE_LEN + aead::TAG_LEN => {
+        HANDLE_NATIVE | HANDLE_NATIVE_V1 if rest.is_empty() => Ok(Parsed::Native(blob)),
+        HANDLE_SEALED | HANDLE_SEALED_V1 if rest.len() >= aead::AEAD_NONCE_LEN + aead::TAG_LEN => {
             let mut nonce = [0u8; aead::AEAD_NONCE_LEN];
             nonce.copy_from_slice(&rest[..aead::AEAD_NONCE_LEN]);
             Ok(Parsed::Sealed {
@@ -78,29 +118,33 @@ pub(super) fn parse(h: &[u8]) -> Result<Parsed<'_>, BackendError> {
     }
 }
 
-/// The handle of a native key: its public and private areas.
-pub(super) fn native(public: &[u8], private: &[u8]) -> Vec<u8> {
-    let mut handle = Vec::with_capacity(8 + public.len() + private.len());
-    handle.extend_from_slice(HANDLE_MAGIC);
-    handle.push(HANDLE_NATIVE);
-    put_blob(&mut handle, public);
-    put_blob(&mut handle, private);
-    handle
+fn object(kind: u8, public: &[u8], private: &[u8], auth: AuthRef<'_>, extra: usize) -> Vec<u8> {
+    let mut h = Vec::with_capacity(8 + public.len() + private.len() + 2 * SECRET_LEN + extra);
+    h.extend_from_slice(HANDLE_MAGIC);
+    h.push(kind);
+    put_blob(&mut h, public);
+    put_blob(&mut h, private);
+    h.extend_from_slice(auth.secret);
+    h.extend_from_slice(auth.binding);
+    h
 }
 
-/// The handle of a sealed key: the sealed data object's areas, then the
-/// software key under its data key.
+/// The handle of a native key: its public and private areas and its
+/// authorization.
+pub(super) fn native(public: &[u8], private: &[u8], auth: AuthRef<'_>) -> Vec<u8> {
+    object(HANDLE_NATIVE, public, private, auth, 0)
+}
+
+/// The handle of a sealed key: the sealed data object's areas and
+/// authorization, then the software key under its data key.
 pub(super) fn sealed(
     public: &[u8],
     private: &[u8],
+    auth: AuthRef<'_>,
     nonce: &[u8; aead::AEAD_NONCE_LEN],
     ct: &[u8],
 ) -> Vec<u8> {
-    let mut h = Vec::with_capacity(8 + public.len() + private.len() + 12 + ct.len());
-    h.extend_from_slice(HANDLE_MAGIC);
-    h.push(HANDLE_SEALED);
-    put_blob(&mut h, public);
-    put_blob(&mut h, private);
+    let mut h = object(HANDLE_SEALED, public, private, auth, 12 + ct.len());
     h.extend_from_slice(nonce);
     h.extend_from_slice(ct);
     h
@@ -134,13 +178,20 @@ mod tests {
 
     #[test]
     fn encoded_handles_parse_back() {
-        let h = native(&[1, 2, 3], &[4, 5]);
+        let auth = AuthRef {
+            secret: &[5u8; SECRET_LEN],
+            binding: &[6u8; SECRET_LEN],
+        };
+        let h = native(&[1, 2, 3], &[4, 5], auth);
         let Ok(Parsed::Native(b)) = parse(&h) else {
             panic!("a native handle parses");
         };
         assert_eq!((b.public, b.private), (&[1u8, 2, 3][..], &[4u8, 5][..]));
+        let a = b.auth.expect("a v2 handle has its authorization");
+        assert_eq!((a.secret, a.binding), (auth.secret, auth.binding));
+        assert!(parse(&h[..h.len() - 1]).is_err(), "cut authorization");
         let ct = [7u8; 20];
-        let h = sealed(&[1], &[2, 3], &[9u8; 12], &ct);
+        let h = sealed(&[1], &[2, 3], auth, &[9u8; 12], &ct);
         let Ok(Parsed::Sealed {
             object,
             nonce,
@@ -150,6 +201,7 @@ mod tests {
             panic!("a sealed handle parses");
         };
         assert_eq!((object.public, object.private), (&[1u8][..], &[2u8, 3][..]));
+        assert!(object.auth.is_some());
         assert_eq!((nonce, sealed), ([9u8; 12], &ct[..]));
     }
 }

@@ -42,10 +42,13 @@
 //! blocking pool.
 pub mod attest;
 mod device;
+pub mod ekcert;
 mod error;
 mod handle;
+pub mod identity;
 mod keys;
 mod sealing;
+mod session;
 mod templates;
 
 use std::sync::Arc;
@@ -53,7 +56,8 @@ use std::sync::Arc;
 use zeroize::Zeroizing;
 
 pub use self::device::QUEUE_WAIT;
-pub use self::templates::{null_ticket, signing_key_template, srk_template};
+pub use self::identity::Identity;
+pub use self::templates::{ak_template, null_ticket, signing_key_template, srk_template};
 
 use self::device::{Conn, Device};
 use self::error::{Ctx, Fail};
@@ -72,6 +76,8 @@ pub struct TpmSettings {
     pub tcti: String,
     /// Calls allowed to wait for the TPM at once.
     pub queue_depth: usize,
+    /// PEM roots (and intermediates) the EK certificate must chain to.
+    pub ek_ca_file: Option<std::path::PathBuf>,
     /// PCRs to quote, and what they must hash to.
     pub attestation: attest::AttestationSettings,
 }
@@ -92,11 +98,21 @@ impl std::fmt::Debug for TpmBackend {
 }
 
 impl TpmBackend {
-    /// Connect, create the SRK, and check the TPM answers. A failure here
-    /// is a start-up error naming its cause.
-    pub fn open(settings: TpmSettings, provider: Arc<Provider>) -> Result<Self, String> {
+    /// Connect, create the SRK, and check the TPM answers and is `pinned`
+    /// (with no pin, whatever answers is trusted: the caller pins
+    /// [`Self::identity`]). A failure here is a start-up error naming its
+    /// cause.
+    pub fn open(
+        settings: TpmSettings,
+        provider: Arc<Provider>,
+        pinned: Option<Identity>,
+    ) -> Result<Self, String> {
         let queue_depth = settings.queue_depth;
-        let device = Device::open(settings.tcti, queue_depth)?;
+        let ek_ca = match &settings.ek_ca_file {
+            Some(p) => Some(ekcert::EkCa::load(p)?),
+            None => None,
+        };
+        let device = Device::open(settings.tcti, queue_depth, pinned, ek_ca)?;
         let caps = Capabilities {
             native: vec![Algorithm::EcdsaP256],
             sealed: Algorithm::ALL
@@ -120,6 +136,12 @@ impl TpmBackend {
     /// Run `f` with the device ([`Device::run`]).
     fn run<T>(&self, f: impl FnOnce(&mut Conn) -> Result<T, Fail>) -> Result<T, BackendError> {
         self.device.run(f)
+    }
+
+    /// The identity this TPM is held to: the pin it was opened with, or
+    /// what it presented when there was none.
+    pub fn identity(&self) -> &Identity {
+        self.device.pinned()
     }
 
     /// The configured attestation settings.
@@ -153,7 +175,7 @@ impl Backend for TpmBackend {
         if !self.caps.is_native(label.algorithm) {
             return self.sealed_generate(label);
         }
-        keys::generate(&self.device)
+        keys::generate(&self.device, &label)
     }
 
     fn sign(
@@ -168,7 +190,7 @@ impl Backend for TpmBackend {
             (Parsed::Native(b), SignInput::Message(m))
                 if label.algorithm == Algorithm::EcdsaP256 =>
             {
-                keys::sign(&self.device, &b, m)
+                keys::sign(&self.device, &label, &b, m)
             }
             // native keys are single-algorithm: no hybrid components
             (Parsed::Native(_), SignInput::ClassicalComponent(_)) => {

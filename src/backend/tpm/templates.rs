@@ -4,8 +4,11 @@
 //! returns — an ECC public area, an ECDSA signature — into bytes.
 //!
 //! Every template is fixed to this TPM and parent (`fixedTPM`,
-//! `fixedParent`) and uses an empty authValue. This module must not talk to
-//! the TPM: it builds inputs and reads outputs.
+//! `fixedParent`). The primaries (SRK, AK) have an empty authValue and are
+//! exempt from dictionary-attack lockout (`noDA`), as the TCG's
+//! provisioning guidance has the SRK; keys and sealed objects get a random
+//! authValue (`super::session`) and dictionary-attack protection. This
+//! module must not talk to the TPM: it builds inputs and reads outputs.
 use tss_esapi::attributes::ObjectAttributesBuilder;
 use tss_esapi::constants::tss::{TPM2_RH_NULL, TPM2_ST_HASHCHECK};
 use tss_esapi::interface_types::algorithm::{HashingAlgorithm, PublicAlgorithm};
@@ -19,22 +22,24 @@ use tss_esapi::tss2_esys::TPMT_TK_HASHCHECK;
 use crate::backend::BackendError;
 
 /// What every key ron-kms has the TPM generate shares: it cannot leave
-/// this TPM or its parent, the TPM made its secret, it is used with its
-/// (empty) authValue, and it is exempt from dictionary-attack lockout.
-fn key_attributes() -> ObjectAttributesBuilder {
+/// this TPM or its parent, the TPM made its secret, and it is used with its
+/// authValue. `da`: failed authorizations count toward the TPM's
+/// dictionary-attack lockout (keys with a random authValue); else exempt
+/// (the primaries, whose authValue is empty).
+fn key_attributes(da: bool) -> ObjectAttributesBuilder {
     ObjectAttributesBuilder::new()
         .with_fixed_tpm(true)
         .with_fixed_parent(true)
         .with_sensitive_data_origin(true)
         .with_user_with_auth(true)
-        .with_no_da(true)
+        .with_no_da(!da)
 }
 
 /// The storage root key's template: an ECC P-256 restricted decryption
 /// key (AES-128-CFB for its children), as the TCG's provisioning guidance
 /// describes; the same template under the same seed gives the same key.
 pub fn srk_template() -> tss_esapi::Result<Public> {
-    let attrs = key_attributes()
+    let attrs = key_attributes(false)
         .with_restricted(true)
         .with_decrypt(true)
         .build()?;
@@ -54,15 +59,24 @@ pub fn srk_template() -> tss_esapi::Result<Public> {
 }
 
 /// An ECDSA P-256 (SHA-256) signing key: generated in the TPM, never
-/// duplicable (`fixedTPM`, `fixedParent`), signing only.
+/// duplicable (`fixedTPM`, `fixedParent`), signing only, with
+/// dictionary-attack protection.
 pub fn signing_key_template() -> tss_esapi::Result<Public> {
     ecdsa_p256_template(false)
 }
 
+/// The attestation key: ECC P-256, restricted to signing TPM-generated
+/// structures (a quote), ECDSA with SHA-256; a primary in the endorsement
+/// hierarchy, so this template gives the same key on every call.
+pub fn ak_template() -> tss_esapi::Result<Public> {
+    ecdsa_p256_template(true)
+}
+
 /// ECDSA P-256 with SHA-256, signing only; `restricted` keys (the
-/// attestation key) sign only structures the TPM itself produced.
-pub(super) fn ecdsa_p256_template(restricted: bool) -> tss_esapi::Result<Public> {
-    let attrs = key_attributes()
+/// attestation key) sign only structures the TPM itself produced, and are
+/// primaries with an empty authValue (no dictionary-attack protection).
+fn ecdsa_p256_template(restricted: bool) -> tss_esapi::Result<Public> {
+    let attrs = key_attributes(!restricted)
         .with_sign_encrypt(true)
         .with_decrypt(false)
         .with_restricted(restricted)
@@ -90,7 +104,7 @@ pub(super) fn sealed_object_template() -> tss_esapi::Result<Public> {
         .with_fixed_tpm(true)
         .with_fixed_parent(true)
         .with_user_with_auth(true)
-        .with_no_da(true)
+        .with_no_da(false)
         .build()?;
     PublicBuilder::new()
         .with_public_algorithm(PublicAlgorithm::KeyedHash)
