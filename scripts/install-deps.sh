@@ -34,6 +34,8 @@ if [ "${1:-}" = "--test" ]; then
     command -v softhsm2-util >/dev/null 2>&1 || missing+=(softhsm2)
     command -v pkcs11-tool >/dev/null 2>&1 || missing+=(opensc)
     command -v swtpm >/dev/null 2>&1 || missing+=(swtpm swtpm-tools)
+    # swtpm_setup and swtpm_localca make the EK certificates tests/tpm_trust.rs checks
+    command -v swtpm_setup >/dev/null 2>&1 || missing+=(swtpm-tools)
     ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
     command -v ip >/dev/null 2>&1 || missing+=(iproute2)
     command -v iptables-legacy >/dev/null 2>&1 || missing+=(iptables)

@@ -147,6 +147,12 @@ fn read_secret(
 /// Open the data dir: lock it, open the store, load the master key and
 /// check it against the one the store was sealed with.
 pub fn open_data_dir(cfg: &Config) -> Result<Opened, StartError> {
+    open_data_dir_for(cfg, true)
+}
+
+/// [`open_data_dir`]; `seal_check`: hold TPM custody to the PCR state its
+/// keys are sealed to (not while re-sealing them).
+fn open_data_dir_for(cfg: &Config, seal_check: bool) -> Result<Opened, StartError> {
     if cfg.amnesia {
         return open_in_memory();
     }
@@ -239,7 +245,7 @@ pub fn open_data_dir(cfg: &Config) -> Result<Opened, StartError> {
             })
         }
         BackendKind::Tpm(t) => {
-            let b = Arc::new(open_tpm(store.as_ref(), t, provider.clone())?);
+            let b = Arc::new(open_tpm(store.as_ref(), t, provider.clone(), seal_check)?);
             Ok(Opened {
                 store,
                 backend: b.clone(),
@@ -261,6 +267,7 @@ fn open_tpm(
     store: &dyn Store,
     t: &crate::config::TpmConfig,
     provider: Arc<Provider>,
+    seal_check: bool,
 ) -> Result<TpmBackend, StartError> {
     use crate::backend::tpm::identity::{fingerprint, Identity};
     let err = |e: String| StartError::Other(format!("tpm: {e}"));
@@ -275,6 +282,7 @@ fn open_tpm(
             tcti: t.tcti.clone(),
             queue_depth: t.queue_depth,
             ek_ca_file: t.ek_ca_file.clone(),
+            seal_pcrs: t.seal_pcrs.clone(),
             attestation: t.attestation.clone(),
         },
         provider,
@@ -296,7 +304,141 @@ fn open_tpm(
             "pinned this TPM's identity in the store"
         );
     }
+    match b.seal_pcrs().cloned() {
+        Some(sel) if seal_check => {
+            let stored = match store.get_meta(TPM_SEAL_TARGET)? {
+                Some(v) => v,
+                None => {
+                    // first start with a PCR policy: seal to the state now
+                    let now = b
+                        .current_seal_digest()
+                        .map_err(|e| err(e.to_string()))?
+                        .unwrap_or_default();
+                    store.insert_meta(TPM_SEAL_TARGET, &seal_target(&sel, &now))?
+                }
+            };
+            let (was, digest) = parse_seal_target(&stored)
+                .ok_or_else(|| err(format!("the {TPM_SEAL_TARGET} in the store is malformed")))?;
+            if was != sel {
+                return Err(err(format!(
+                "KMS_TPM_SEAL_PCRS is {sel}, but the keys are sealed to {was}: run `ron-kms tpm reseal` (docs/tpm.md, \"Sealing to PCRs\")"
+            )));
+            }
+            b.set_seal_target(digest);
+        }
+        _ => {}
+    }
     Ok(b)
+}
+
+/// What [`reseal_tpm`] did.
+#[derive(Debug)]
+pub struct Resealed {
+    /// Key versions and system keys sealed again.
+    pub keys: usize,
+    /// The PCR selection and the digest they are sealed to now (none: no
+    /// PCR policy).
+    pub sealed_to: Option<(String, String)>,
+}
+
+/// `ron-kms tpm reseal`: seal every TPM-sealed key of the data dir — key
+/// versions and the audit log's system keys — again, under `cfg`'s
+/// `KMS_TPM_SEAL_PCRS`, to the PCR values whose digest is `target` (None:
+/// the PCRs' current values), and record that as the state the keys are
+/// sealed to. The PCRs must still hold the state the keys are sealed to now
+/// (each key is unsealed first). Offline: it holds the data-dir lock.
+pub fn reseal_tpm(cfg: &Config, target: Option<Vec<u8>>) -> Result<Resealed, StartError> {
+    use crate::backend::KeyLabel;
+    if !matches!(cfg.backend, BackendKind::Tpm(_)) {
+        return Err(StartError::Other("tpm reseal needs KMS_BACKEND=tpm".into()));
+    }
+    let opened = open_data_dir_for(cfg, false)?;
+    let tpm = opened.tpm.clone().expect("a tpm backend");
+    let store = opened.store.clone();
+    let err = |e: crate::backend::BackendError| StartError::Other(format!("tpm reseal: {e}"));
+    let target = match (target, tpm.seal_pcrs()) {
+        (Some(t), Some(_)) if t.len() == 32 => t,
+        (Some(_), Some(_)) => {
+            return Err(StartError::Other(
+                "tpm reseal: the PCR digest must be 32 bytes (64 hex digits)".into(),
+            ))
+        }
+        (Some(_), None) => {
+            return Err(StartError::Other(
+                "tpm reseal: a PCR digest needs KMS_TPM_SEAL_PCRS".into(),
+            ))
+        }
+        (None, _) => tpm.current_seal_digest().map_err(err)?.unwrap_or_default(),
+    };
+    let mut n = 0;
+    for rec in store.load_keys()? {
+        for v in &rec.versions {
+            let Some(h) = &v.handle else { continue };
+            let kid = crate::store::kid(&rec.name, v.version);
+            let label = KeyLabel {
+                tenant: &rec.tenant,
+                kid: &kid,
+                algorithm: rec.algorithm,
+            };
+            if let Some(new) = tpm.reseal(label, h, &target).map_err(err)? {
+                if !store.replace_handle(&rec.tenant, &rec.name, v.version, h, &new)? {
+                    return Err(StartError::Other(format!(
+                        "tpm reseal: {}/{kid} changed while it was re-sealed; run it again",
+                        rec.tenant
+                    )));
+                }
+                n += 1;
+            }
+        }
+    }
+    for (meta, kid, algorithm) in [
+        (
+            AUDIT_KEY_HANDLE,
+            "audit#v1",
+            crate::crypto::Algorithm::Ed25519,
+        ),
+        (
+            AUDIT_INPUT_KEY_HANDLE,
+            "audit-input#v1",
+            crate::crypto::Algorithm::Aes256Gcm,
+        ),
+    ] {
+        let Some(h) = store.get_meta(meta)? else {
+            continue;
+        };
+        let label = KeyLabel {
+            tenant: "_system",
+            kid,
+            algorithm,
+        };
+        if let Some(new) = tpm.reseal(label, &h, &target).map_err(err)? {
+            store.put_meta(meta, &new)?;
+            n += 1;
+        }
+    }
+    let sealed_to = match tpm.seal_pcrs() {
+        Some(sel) => {
+            store.put_meta(TPM_SEAL_TARGET, &seal_target(sel, &target))?;
+            Some((sel.to_string(), hex::encode(&target)))
+        }
+        None => None,
+    };
+    Ok(Resealed { keys: n, sealed_to })
+}
+
+/// Which PCR values TPM-sealed keys are sealed to:
+/// `"bank:i,j" 0x00 digest(32)`.
+const TPM_SEAL_TARGET: &str = "tpm_seal_target";
+
+fn seal_target(sel: &crate::backend::tpm::PcrSelection, digest: &[u8]) -> Vec<u8> {
+    [sel.to_string().as_bytes(), &[0], digest].concat()
+}
+
+fn parse_seal_target(v: &[u8]) -> Option<(crate::backend::tpm::PcrSelection, Vec<u8>)> {
+    let i = v.iter().position(|b| *b == 0)?;
+    let sel = crate::backend::tpm::PcrSelection::parse(std::str::from_utf8(&v[..i]).ok()?).ok()?;
+    let d = v[i + 1..].to_vec();
+    (d.len() == 32).then_some((sel, d))
 }
 
 /// The configured store: SQLite under the data dir, or PostgreSQL.

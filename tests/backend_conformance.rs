@@ -628,6 +628,7 @@ fn tpm_on_swtpm_conforms() {
             tcti: tpm.tcti(),
             queue_depth: DEFAULT_QUEUE_DEPTH,
             ek_ca_file: None,
+            seal_pcrs: None,
             attestation: Default::default(),
         },
         Arc::new(Provider::default()),

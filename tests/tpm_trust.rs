@@ -490,3 +490,110 @@ async fn the_ek_certificate_must_chain_to_the_configured_ca() {
     .unwrap();
     running.shutdown().await;
 }
+
+/// `swtpm_ioctl -h`: a DRTM-style measurement through swtpm's control
+/// channel (resets PCR 17 and extends it with the data's hash), usable while
+/// ron-kms holds the command channel.
+fn measure(tpm: &common::swtpm::Swtpm, data: &str) {
+    let out = std::process::Command::new("swtpm_ioctl")
+        .arg("--tcp")
+        .arg(format!("127.0.0.1:{}", tpm.ctrl_port))
+        .arg("-h")
+        .arg(data)
+        .output()
+        .expect("swtpm_ioctl runs (swtpm-tools)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// PCR 17 (sha256) of `tpm`, read with the test's own context.
+fn pcr17(tpm: &common::swtpm::Swtpm) -> Vec<u8> {
+    let mut ctx = context(&tpm.tcti());
+    let slot = PcrSlot::try_from(1u32 << 17).unwrap();
+    let sel = PcrSelectionListBuilder::new()
+        .with_selection(HashingAlgorithm::Sha256, &[slot])
+        .build()
+        .unwrap();
+    let data = ctx
+        .execute_without_session(|c| tss_esapi::abstraction::pcr::read_all(c, sel))
+        .unwrap();
+    let bank = data.pcr_bank(HashingAlgorithm::Sha256).unwrap();
+    bank.get_digest(slot).unwrap().value().to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_sealed_to_pcrs_unseal_only_in_that_state_and_reseal_moves_them() {
+    use ron_kms::backend::tpm::PcrSelection;
+    let seal = |t: &mut ron_kms::config::TpmConfig| {
+        t.seal_pcrs = Some(PcrSelection::parse("sha256:17").unwrap())
+    };
+    let mut srv = TestServer::start_tpm_with(|cfg, tpm| cfg.backend = tpm.backend_with(seal)).await;
+    let mut c = srv.client(Front::Grpc, &srv.admin_token).await;
+    c.create("ed", "ed25519").await.unwrap();
+    c.create("p256", "ecdsa-p256").await.unwrap();
+    c.sign("ed", MSG).await.unwrap();
+    let h = common::stored_handle(&srv.data_dir(), "admin", "ed", 1).unwrap();
+    assert!(h.starts_with(b"TPM\x05"), "sealed under a PCR policy");
+
+    // the measured state changes under the running server
+    measure(srv.tpm.as_ref().unwrap(), "an unexpected boot component");
+    let e = c.sign("ed", MSG).await.unwrap_err();
+    assert!(
+        e.code == "attestation_missing" && e.message.contains("PCRs sha256:17"),
+        "{e:?}"
+    );
+    // a TPM key has no PCR policy: it still signs
+    c.sign("p256", MSG).await.unwrap();
+    let http = srv.client(Front::Http, &srv.admin_token).await;
+    let (status, body) = http.http_raw(reqwest::Method::GET, "/readyz", vec![]).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.to_string()
+            .contains("PCRs sha256:17 are not in the state"),
+        "{body}"
+    );
+    drop((c, http));
+    srv.stop().await;
+
+    // Recovery, as docs/tpm.md describes it: back in the sealed state (a
+    // reboot: swtpm restarted), re-seal to the state the planned change
+    // will give, then make the change.
+    let planned = "the new boot component";
+    let expected_pcr17 = tokio::task::block_in_place(|| {
+        let d = tempfile::tempdir().unwrap();
+        let scratch = common::swtpm::Swtpm::start(d.path());
+        measure(&scratch, planned);
+        pcr17(&scratch)
+    });
+    let target = ring::digest::digest(&ring::digest::SHA256, &expected_pcr17);
+    tokio::task::block_in_place(|| srv.tpm.as_mut().unwrap().restart());
+    let mut cfg = common::config(&srv.data_dir());
+    cfg.backend = srv.tpm.as_ref().unwrap().backend_with(seal);
+    let r = tokio::task::block_in_place(|| {
+        ron_kms::server::reseal_tpm(&cfg, Some(target.as_ref().to_vec()))
+    })
+    .unwrap();
+    assert!(r.keys >= 3, "the key and the audit log's two keys: {r:?}");
+    measure(srv.tpm.as_ref().unwrap(), planned);
+    assert_eq!(
+        tokio::task::block_in_place(|| pcr17(srv.tpm.as_ref().unwrap())),
+        expected_pcr17
+    );
+
+    let running = ron_kms::server::start(&cfg).await.unwrap();
+    let mut c = common::Client::connect_to(
+        Front::Http,
+        &format!("http://{}", running.grpc_addr),
+        &format!("http://{}", running.http_addr),
+        &srv.admin_token,
+    )
+    .await;
+    c.sign("ed", MSG).await.unwrap();
+    let (status, body) = c.http_raw(reqwest::Method::GET, "/readyz", vec![]).await;
+    assert_eq!(status, 200, "{body}");
+    drop(c);
+    running.shutdown().await;
+}

@@ -19,6 +19,43 @@ fn split_list(s: &str) -> Vec<String> {
         .collect()
 }
 
+/// `tpm reseal`: re-seal the data dir's TPM-sealed keys (server stopped).
+pub(crate) fn tpm_reseal(
+    data_dir: Option<std::path::PathBuf>,
+    config: Option<std::path::PathBuf>,
+    pcr_digest: Option<String>,
+) -> Result<ExitCode, Failure> {
+    let cfg = config::load(
+        &Flags {
+            config,
+            data_dir,
+            ..Default::default()
+        },
+        &ProcessEnv,
+    )?;
+    let target = match pcr_digest {
+        Some(h) => Some(
+            hex::decode(h.trim())
+                .ok()
+                .filter(|b| b.len() == 32)
+                .ok_or("--pcr-digest must be 64 hex digits (a SHA-256 digest)")?,
+        ),
+        None => None,
+    };
+    let r = ron_kms::server::reseal_tpm(&cfg, target)?;
+    match r.sealed_to {
+        Some((sel, digest)) => println!(
+            "re-sealed {} TPM-sealed keys to PCRs {sel} with digest {digest}",
+            r.keys
+        ),
+        None => println!(
+            "re-sealed {} TPM-sealed keys with no PCR policy (KMS_TPM_SEAL_PCRS is unset)",
+            r.keys
+        ),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `tokens …` on a data dir's store directly, without a server (bootstrap
 /// and recovery): nobody is authenticated, so nothing is checked against a
 /// caller's grants; whoever can open the data dir holds every key anyway.

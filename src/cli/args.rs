@@ -26,6 +26,9 @@ pub(crate) enum Cmd {
     /// Work with the audit log.
     #[command(subcommand)]
     Audit(AuditCmd),
+    /// TPM custody, offline on a data dir (the server stopped).
+    #[command(subcommand)]
+    Tpm(TpmCmd),
     /// Manage keys (gRPC client).
     #[command(subcommand)]
     Keys(KeysCmd),
@@ -170,6 +173,26 @@ pub(crate) enum TokensCmd {
         id: String,
         #[arg(long)]
         tenant: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum TpmCmd {
+    /// Seal every TPM-sealed key again, under KMS_TPM_SEAL_PCRS, to the PCR
+    /// values whose digest is --pcr-digest (default: their current values).
+    /// The PCRs must still be in the state the keys are sealed to. Run it
+    /// with the server stopped, before a PCR change you expect
+    /// (docs/tpm.md, "Sealing to PCRs").
+    Reseal {
+        /// The data dir (default: the config's, or ./ron-kms-data).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// The config file (the same as the server's).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// SHA-256 over the target PCR values in slot order, 64 hex digits.
+        #[arg(long)]
+        pcr_digest: Option<String>,
     },
 }
 

@@ -10,7 +10,7 @@ mod args;
 mod client;
 mod serve;
 
-use args::{AuditCmd, Cli, Cmd, TokensCmd};
+use args::{AuditCmd, Cli, Cmd, TokensCmd, TpmCmd};
 
 pub(crate) type Failure = Box<dyn std::error::Error>;
 
@@ -19,6 +19,11 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
         Cmd::Serve(a) => serve::serve(a).await,
         Cmd::Tokens(t) => tokens(t).await,
         Cmd::Audit(AuditCmd::Verify { paths, key }) => admin::audit_verify(paths, key),
+        Cmd::Tpm(TpmCmd::Reseal {
+            data_dir,
+            config,
+            pcr_digest,
+        }) => admin::tpm_reseal(data_dir, config, pcr_digest),
         Cmd::Keys(k) => client::keys(k).await,
         c @ (Cmd::Sign { .. } | Cmd::Verify { .. } | Cmd::Wrap { .. } | Cmd::Unwrap { .. }) => {
             client::crypto(c).await

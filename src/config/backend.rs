@@ -62,6 +62,11 @@ pub(super) fn load(
         "tpm_ek_ca_file",
         file.tpm_ek_ca_file.take(),
     );
+    let tpm_seal = src.text(
+        "KMS_TPM_SEAL_PCRS",
+        "tpm_seal_pcrs",
+        file.tpm_seal_pcrs.take(),
+    );
     let att_required = src.raw(
         "KMS_ATTESTATION_REQUIRED",
         "attestation_required",
@@ -89,6 +94,7 @@ pub(super) fn load(
             (tpm_tcti.value.is_some(), &tpm_tcti.origin),
             (tpm_queue.value.is_some(), &tpm_queue.origin),
             (tpm_ek_ca.value.is_some(), &tpm_ek_ca.origin),
+            (tpm_seal.value.is_some(), &tpm_seal.origin),
             (att_required.value.is_some(), &att_required.origin),
             (att_pcrs.value.is_some(), &att_pcrs.origin),
             (att_digest.value.is_some(), &att_digest.origin),
@@ -220,6 +226,13 @@ pub(super) fn load(
                 tcti,
                 queue_depth,
                 ek_ca_file: tpm_ek_ca.value,
+                seal_pcrs: match tpm_seal.value {
+                    None => None,
+                    Some(v) => Some(
+                        crate::backend::tpm::PcrSelection::parse(v.trim())
+                            .map_err(|m| err(&tpm_seal.origin, m))?,
+                    ),
+                },
                 attestation,
                 attestation_required,
                 attestation_interval,

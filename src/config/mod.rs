@@ -102,6 +102,7 @@ pub struct FileConfig {
     pub pkcs11_pool_size: Option<usize>,
     pub tpm_tcti: Option<String>,
     pub tpm_ek_ca_file: Option<PathBuf>,
+    pub tpm_seal_pcrs: Option<String>,
     pub tpm_queue_depth: Option<usize>,
     pub attestation_required: Option<bool>,
     pub attestation_pcrs: Option<String>,
@@ -153,6 +154,8 @@ pub struct TpmConfig {
     /// the TPM's endorsement-key certificate must chain to; unset: the
     /// TPM's identity is trusted on first use.
     pub ek_ca_file: Option<PathBuf>,
+    /// `KMS_TPM_SEAL_PCRS`: seal data keys under a policy on these PCRs.
+    pub seal_pcrs: Option<crate::backend::tpm::PcrSelection>,
     pub attestation: crate::backend::tpm::attest::AttestationSettings,
     /// Refuse private-key operations while the quote does not verify.
     pub attestation_required: bool,

@@ -241,6 +241,7 @@ fn tpm_settings() {
             tcti: tcti.into(),
             queue_depth: crate::backend::tpm::DEFAULT_QUEUE_DEPTH,
             ek_ca_file: None,
+            seal_pcrs: None,
             attestation: AttestationSettings::default(),
             attestation_required: false,
             attestation_interval: Duration::from_secs(DEFAULT_ATTESTATION_INTERVAL_SECS),

@@ -187,6 +187,22 @@ pub trait Store: Send + Sync {
     /// a replica whose notification was lost).
     fn token_generation(&self) -> Result<Vec<u8>, StoreError>;
 
+    /// Replace a version's custody handle with `new` if it is still `old`
+    /// (`ron-kms tpm reseal`: the same key, sealed again). `false` when the
+    /// row changed meanwhile. Only the stores TPM custody runs on (SQLite).
+    fn replace_handle(
+        &self,
+        _tenant: &str,
+        _name: &str,
+        _version: u32,
+        _old: &[u8],
+        _new: &[u8],
+    ) -> Result<bool, StoreError> {
+        Err(StoreError::Backend(
+            "this store does not replace key handles (TPM custody needs the SQLite store)".into(),
+        ))
+    }
+
     fn get_meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
     fn put_meta(&self, key: &str, value: &[u8]) -> Result<(), StoreError>;
     /// Write `value` under `key` unless the key exists; return the value

@@ -447,6 +447,24 @@ impl Store for SqliteStore {
         tx.commit().map_err(db_err)
     }
 
+    fn replace_handle(
+        &self,
+        tenant: &str,
+        name: &str,
+        version: u32,
+        old: &[u8],
+        new: &[u8],
+    ) -> Result<bool, StoreError> {
+        let n = self
+            .conn()
+            .execute(
+                "UPDATE key_versions SET handle = ?5 WHERE tenant = ?1 AND name = ?2 AND version = ?3 AND handle = ?4",
+                params![tenant, name, version, old, new],
+            )
+            .map_err(db_err)?;
+        Ok(n == 1)
+    }
+
     fn set_state(
         &self,
         tenant: &str,

@@ -161,6 +161,7 @@ impl Swtpm {
             tcti: self.tcti(),
             queue_depth: ron_kms::backend::tpm::DEFAULT_QUEUE_DEPTH,
             ek_ca_file: None,
+            seal_pcrs: None,
             attestation: Default::default(),
             attestation_required: false,
             attestation_interval: Duration::from_secs(60),

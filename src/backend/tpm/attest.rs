@@ -62,12 +62,100 @@ impl PcrBank {
         }
     }
 
+    /// The code a PCR-sealed handle keeps (docs/tpm.md, "Handles").
+    pub(super) fn code(self) -> u8 {
+        match self {
+            PcrBank::Sha1 => 1,
+            PcrBank::Sha256 => 2,
+            PcrBank::Sha384 => 3,
+        }
+    }
+
+    pub(super) fn from_code(c: u8) -> Option<Self> {
+        match c {
+            1 => Some(PcrBank::Sha1),
+            2 => Some(PcrBank::Sha256),
+            3 => Some(PcrBank::Sha384),
+            _ => None,
+        }
+    }
+
     fn hashing(self) -> HashingAlgorithm {
         match self {
             PcrBank::Sha1 => HashingAlgorithm::Sha1,
             PcrBank::Sha256 => HashingAlgorithm::Sha256,
             PcrBank::Sha384 => HashingAlgorithm::Sha384,
         }
+    }
+}
+
+/// A PCR selection: a bank and PCR indices, ascending.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PcrSelection {
+    pub bank: PcrBank,
+    pub slots: Vec<u8>,
+}
+
+impl std::fmt::Display for PcrSelection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let list: Vec<String> = self.slots.iter().map(|s| s.to_string()).collect();
+        write!(f, "{}:{}", self.bank.as_str(), list.join(","))
+    }
+}
+
+impl PcrSelection {
+    /// `BANK:I,J,K-L`, as [`AttestationSettings::parse_selection`] reads it.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        AttestationSettings::parse_selection(s).map(|(bank, slots)| PcrSelection { bank, slots })
+    }
+
+    /// Bit i set for PCR i.
+    pub(super) fn mask(&self) -> u32 {
+        self.slots.iter().fold(0, |m, i| m | 1 << i)
+    }
+
+    pub(super) fn from_mask(bank: PcrBank, mask: u32) -> Self {
+        PcrSelection {
+            bank,
+            slots: (0..24u8).filter(|i| mask & (1 << i) != 0).collect(),
+        }
+    }
+
+    pub(super) fn list(&self) -> tss_esapi::Result<tss_esapi::structures::PcrSelectionList> {
+        let slots = self
+            .slots
+            .iter()
+            .map(|i| slot(*i))
+            .collect::<Result<Vec<_>, _>>()?;
+        PcrSelectionListBuilder::new()
+            .with_selection(self.bank.hashing(), &slots)
+            .build()
+    }
+
+    /// SHA-256 over the selected PCRs' current values in slot order: what
+    /// `TPM2_PolicyPCR` and a quote's `pcrDigest` compute.
+    pub(super) fn read_digest(&self, ctx: &mut tss_esapi::Context) -> Result<Vec<u8>, Fail> {
+        let selection = self.list().ctx("PCR selection")?;
+        let data = ctx
+            .execute_without_session(|c| read_all(c, selection))
+            .ctx("TPM2_PCR_Read")?;
+        let bank =
+            data.pcr_bank(self.bank.hashing())
+                .ok_or(Fail::Backend(BackendError::Attestation(format!(
+                    "the TPM has no {} PCR bank",
+                    self.bank.as_str()
+                ))))?;
+        let mut h = ring::digest::Context::new(&ring::digest::SHA256);
+        for i in &self.slots {
+            let d = slot(*i)
+                .ok()
+                .and_then(|sl| bank.get_digest(sl))
+                .ok_or(Fail::Backend(BackendError::Attestation(format!(
+                    "PCR {i} was not read"
+                ))))?;
+            h.update(d.value());
+        }
+        Ok(h.finish().as_ref().to_vec())
     }
 }
 

@@ -5,9 +5,15 @@
 //! native:  "TPM" 0x03 u16 len ‖ public ‖ u16 len ‖ private ‖ secret(32) ‖ binding(32)
 //! sealed:  "TPM" 0x04 u16 len ‖ public ‖ u16 len ‖ private ‖ secret(32) ‖ binding(32)
 //!                ‖ nonce(12) ‖ ciphertext‖tag
+//! sealed under a PCR policy:
+//!          "TPM" 0x05 u16 len ‖ public ‖ u16 len ‖ private ‖ secret(32) ‖ binding(32)
+//!                ‖ bank(1) ‖ pcrs(u32) ‖ nonce(12) ‖ ciphertext‖tag
 //! legacy:  "TPM" 0x01 (native) and 0x02 (sealed): the same without
 //!          secret and binding (objects with an empty authValue)
 //! ```
+//!
+//! `bank` is 1 (sha1), 2 (sha256) or 3 (sha384); `pcrs` a big-endian bit
+//! mask of PCR indices (bit i: PCR i).
 //!
 //! Lengths are big-endian; `public` is a marshalled `TPMT_PUBLIC` and
 //! `private` the `TPM2B_PRIVATE` contents as the TPM returned them (a native
@@ -26,6 +32,7 @@ const HANDLE_NATIVE_V1: u8 = 1;
 const HANDLE_SEALED_V1: u8 = 2;
 const HANDLE_NATIVE: u8 = 3;
 const HANDLE_SEALED: u8 = 4;
+const HANDLE_SEALED_PCR: u8 = 5;
 /// Bytes of an object's authorization secret, and of its binding.
 pub(super) const SECRET_LEN: usize = 32;
 
@@ -77,10 +84,19 @@ fn take_auth<'a>(h: &mut &'a [u8]) -> Result<AuthRef<'a>, BackendError> {
     })
 }
 
+/// The PCRs a sealed object's policy names: bank code and index mask.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct PcrRef {
+    pub(super) bank: u8,
+    pub(super) mask: u32,
+}
+
 pub(super) enum Parsed<'h> {
     Native(Blob<'h>),
     Sealed {
         object: Blob<'h>,
+        /// Set when the object unseals only under a PCR policy.
+        pcrs: Option<PcrRef>,
         nonce: [u8; aead::AEAD_NONCE_LEN],
         sealed: &'h [u8],
     },
@@ -95,8 +111,21 @@ pub(super) fn parse(h: &[u8]) -> Result<Parsed<'_>, BackendError> {
     let public = take_blob(&mut rest)?;
     let private = take_blob(&mut rest)?;
     let auth = match kind {
-        HANDLE_NATIVE | HANDLE_SEALED => Some(take_auth(&mut rest)?),
+        HANDLE_NATIVE | HANDLE_SEALED | HANDLE_SEALED_PCR => Some(take_auth(&mut rest)?),
         _ => None,
+    };
+    let pcrs = if kind == HANDLE_SEALED_PCR {
+        if rest.len() < 5 || !(1..=3).contains(&rest[0]) {
+            return Err(BackendError::Sealed("malformed tpm handle"));
+        }
+        let p = PcrRef {
+            bank: rest[0],
+            mask: u32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]),
+        };
+        rest = &rest[5..];
+        Some(p)
+    } else {
+        None
     };
     let blob = Blob {
         public,
@@ -105,11 +134,14 @@ pub(super) fn parse(h: &[u8]) -> Result<Parsed<'_>, BackendError> {
     };
     match kind {
         HANDLE_NATIVE | HANDLE_NATIVE_V1 if rest.is_empty() => Ok(Parsed::Native(blob)),
-        HANDLE_SEALED | HANDLE_SEALED_V1 if rest.len() >= aead::AEAD_NONCE_LEN + aead::TAG_LEN => {
+        HANDLE_SEALED | HANDLE_SEALED_V1 | HANDLE_SEALED_PCR
+            if rest.len() >= aead::AEAD_NONCE_LEN + aead::TAG_LEN =>
+        {
             let mut nonce = [0u8; aead::AEAD_NONCE_LEN];
             nonce.copy_from_slice(&rest[..aead::AEAD_NONCE_LEN]);
             Ok(Parsed::Sealed {
                 object: blob,
+                pcrs,
                 nonce,
                 sealed: &rest[aead::AEAD_NONCE_LEN..],
             })
@@ -141,10 +173,19 @@ pub(super) fn sealed(
     public: &[u8],
     private: &[u8],
     auth: AuthRef<'_>,
+    pcrs: Option<PcrRef>,
     nonce: &[u8; aead::AEAD_NONCE_LEN],
     ct: &[u8],
 ) -> Vec<u8> {
-    let mut h = object(HANDLE_SEALED, public, private, auth, 12 + ct.len());
+    let kind = match pcrs {
+        Some(_) => HANDLE_SEALED_PCR,
+        None => HANDLE_SEALED,
+    };
+    let mut h = object(kind, public, private, auth, 5 + 12 + ct.len());
+    if let Some(p) = pcrs {
+        h.push(p.bank);
+        h.extend_from_slice(&p.mask.to_be_bytes());
+    }
     h.extend_from_slice(nonce);
     h.extend_from_slice(ct);
     h
@@ -191,9 +232,10 @@ mod tests {
         assert_eq!((a.secret, a.binding), (auth.secret, auth.binding));
         assert!(parse(&h[..h.len() - 1]).is_err(), "cut authorization");
         let ct = [7u8; 20];
-        let h = sealed(&[1], &[2, 3], auth, &[9u8; 12], &ct);
+        let h = sealed(&[1], &[2, 3], auth, None, &[9u8; 12], &ct);
         let Ok(Parsed::Sealed {
             object,
+            pcrs: None,
             nonce,
             sealed,
         }) = parse(&h)
@@ -203,5 +245,19 @@ mod tests {
         assert_eq!((object.public, object.private), (&[1u8][..], &[2u8, 3][..]));
         assert!(object.auth.is_some());
         assert_eq!((nonce, sealed), ([9u8; 12], &ct[..]));
+        let p = PcrRef {
+            bank: 2,
+            mask: 1 << 17,
+        };
+        let h = super::sealed(&[1], &[2, 3], auth, Some(p), &[9u8; 12], &ct);
+        let Ok(Parsed::Sealed {
+            pcrs: Some(got),
+            sealed: s2,
+            ..
+        }) = parse(&h)
+        else {
+            panic!("a PCR-sealed handle parses");
+        };
+        assert_eq!((got, s2), (p, &ct[..]));
     }
 }

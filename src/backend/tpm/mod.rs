@@ -55,6 +55,7 @@ use std::sync::Arc;
 
 use zeroize::Zeroizing;
 
+pub use self::attest::PcrSelection;
 pub use self::device::QUEUE_WAIT;
 pub use self::identity::Identity;
 pub use self::templates::{ak_template, null_ticket, signing_key_template, srk_template};
@@ -78,6 +79,8 @@ pub struct TpmSettings {
     pub queue_depth: usize,
     /// PEM roots (and intermediates) the EK certificate must chain to.
     pub ek_ca_file: Option<std::path::PathBuf>,
+    /// Seal data keys under a policy on these PCRs (`KMS_TPM_SEAL_PCRS`).
+    pub seal_pcrs: Option<attest::PcrSelection>,
     /// PCRs to quote, and what they must hash to.
     pub attestation: attest::AttestationSettings,
 }
@@ -87,6 +90,10 @@ pub struct TpmBackend {
     provider: Arc<Provider>,
     caps: Capabilities,
     attestation: attest::AttestationSettings,
+    seal_pcrs: Option<attest::PcrSelection>,
+    /// The digest of the PCR values sealed objects are bound to (set by
+    /// the caller from the store, [`Self::set_seal_target`]).
+    seal_target: std::sync::Mutex<Option<Vec<u8>>>,
 }
 
 impl std::fmt::Debug for TpmBackend {
@@ -130,7 +137,35 @@ impl TpmBackend {
             provider,
             caps,
             attestation: settings.attestation,
+            seal_pcrs: settings.seal_pcrs,
+            seal_target: std::sync::Mutex::new(None),
         })
+    }
+
+    /// The PCRs sealed objects are bound to (`KMS_TPM_SEAL_PCRS`).
+    pub fn seal_pcrs(&self) -> Option<&attest::PcrSelection> {
+        self.seal_pcrs.as_ref()
+    }
+
+    /// The digest of the PCR values new sealed objects are bound to, and
+    /// the health check compares the PCRs with.
+    pub fn seal_target(&self) -> Option<Vec<u8>> {
+        self.seal_target
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn set_seal_target(&self, digest: Vec<u8>) {
+        *self.seal_target.lock().unwrap_or_else(|p| p.into_inner()) = Some(digest);
+    }
+
+    /// SHA-256 over the current values of the `KMS_TPM_SEAL_PCRS` PCRs.
+    pub fn current_seal_digest(&self) -> Result<Option<Vec<u8>>, BackendError> {
+        let Some(sel) = self.seal_pcrs.clone() else {
+            return Ok(None);
+        };
+        self.run(|conn| sel.read_digest(&mut conn.ctx)).map(Some)
     }
 
     /// Run `f` with the device ([`Device::run`]).
@@ -254,7 +289,20 @@ impl Backend for TpmBackend {
                 .execute_without_session(|c| c.get_random(1))
                 .ctx("TPM2_GetRandom")
                 .map(|_| ())
-        })
+        })?;
+        // with a PCR policy: are the PCRs in the state the keys are sealed to?
+        let (Some(sel), Some(target)) = (&self.seal_pcrs, self.seal_target()) else {
+            return Ok(());
+        };
+        let now = self.current_seal_digest()?.unwrap_or_default();
+        if now != target {
+            return Err(BackendError::Attestation(format!(
+                "PCRs {sel} are not in the state the TPM-sealed keys are sealed to (digest {}, sealed to {}): those keys cannot be unsealed; docs/tpm.md, \"Sealing to PCRs\"",
+                hex::encode(&now),
+                hex::encode(&target)
+            )));
+        }
+        Ok(())
     }
 
     fn attest(&self) -> Option<Result<super::Attested, BackendError>> {

@@ -28,7 +28,7 @@ use tss_esapi::attributes::SessionAttributesBuilder;
 use tss_esapi::constants::SessionType;
 use tss_esapi::handles::KeyHandle;
 use tss_esapi::interface_types::algorithm::HashingAlgorithm;
-use tss_esapi::interface_types::session_handles::AuthSession;
+use tss_esapi::interface_types::session_handles::{AuthSession, PolicySession};
 use tss_esapi::structures::{Auth, SymmetricDefinition};
 use tss_esapi::{Context, WrapperErrorKind};
 use zeroize::Zeroizing;
@@ -60,6 +60,58 @@ pub(super) fn start(ctx: &mut Context, srk: KeyHandle) -> tss_esapi::Result<Auth
         ))?;
     params(ctx, s, Params::Both)?;
     Ok(s)
+}
+
+/// A policy session for one use: salted to `salt` with AES-128-CFB
+/// encryption of the response's first parameter (an unsealed data key);
+/// or, with `trial`, an unsalted trial session that only computes a
+/// policy digest.
+pub(super) fn start_policy(
+    ctx: &mut Context,
+    salt: KeyHandle,
+    trial: bool,
+) -> tss_esapi::Result<PolicySession> {
+    let (kind, key, sym) = if trial {
+        (SessionType::Trial, None, SymmetricDefinition::Null)
+    } else {
+        (
+            SessionType::Policy,
+            Some(salt),
+            SymmetricDefinition::AES_128_CFB,
+        )
+    };
+    let s = ctx
+        .execute_without_session(|c| {
+            c.start_auth_session(key, None, None, kind, sym, HashingAlgorithm::Sha256)
+        })?
+        .ok_or(tss_esapi::Error::WrapperError(
+            WrapperErrorKind::WrongValueFromTpm,
+        ))?;
+    if !trial {
+        let (attrs, mask) = SessionAttributesBuilder::new()
+            .with_continue_session(false)
+            .with_decrypt(false)
+            .with_encrypt(true)
+            .build();
+        ctx.tr_sess_set_attributes(s, attrs, mask)?;
+    }
+    PolicySession::try_from(s)
+}
+
+/// Run the sealed objects' policy in `ps`: the PCRs of `sel` hold the
+/// values whose digest is `digest` (empty: their current values, which the
+/// object's authPolicy then checks), and the caller knows the authValue.
+pub(super) fn pcr_policy(
+    ctx: &mut Context,
+    ps: PolicySession,
+    sel: tss_esapi::structures::PcrSelectionList,
+    digest: &[u8],
+) -> tss_esapi::Result<()> {
+    let d = tss_esapi::structures::Digest::try_from(digest.to_vec())?;
+    ctx.execute_without_session(|c| {
+        c.policy_pcr(ps, d, sel)?;
+        c.policy_auth_value(ps)
+    })
 }
 
 /// Which of a command's first parameters the session encrypts.

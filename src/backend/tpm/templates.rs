@@ -98,16 +98,21 @@ fn ecdsa_p256_template(restricted: bool) -> tss_esapi::Result<Public> {
 }
 
 /// A sealed data object: holds caller-supplied bytes that only
-/// `TPM2_Unseal` on this TPM returns.
-pub(super) fn sealed_object_template() -> tss_esapi::Result<Public> {
+/// `TPM2_Unseal` on this TPM returns; with `policy`, only in a policy
+/// session that satisfies it (`userWithAuth` clear).
+pub(super) fn sealed_object_template(policy: Option<Digest>) -> tss_esapi::Result<Public> {
     let attrs = ObjectAttributesBuilder::new()
         .with_fixed_tpm(true)
         .with_fixed_parent(true)
-        .with_user_with_auth(true)
+        .with_user_with_auth(policy.is_none())
         .with_no_da(false)
         .build()?;
-    PublicBuilder::new()
-        .with_public_algorithm(PublicAlgorithm::KeyedHash)
+    let b = PublicBuilder::new();
+    let b = match policy {
+        Some(p) => b.with_auth_policy(p),
+        None => b,
+    };
+    b.with_public_algorithm(PublicAlgorithm::KeyedHash)
         .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
         .with_object_attributes(attrs)
         .with_keyed_hash_parameters(PublicKeyedHashParameters::new(KeyedHashScheme::Null))
