@@ -7,10 +7,10 @@
 //!   SHA-256 of the message, `TPM2_Load` of the key's blobs under the SRK,
 //!   `TPM2_Sign`, `TPM2_FlushContext`, in a password session with an
 //!   empty-authValue key — what the backend did per call before issue 30.
-//! - `direct session`: the same in a salted HMAC session with AES-128-CFB
-//!   parameter encryption, on a key with a 32-byte authValue — what the
-//!   backend does per call now; the ratio to `direct load+sign` is what
-//!   the session costs at the device.
+//! - `direct session`: the same on a key with a 32-byte authValue, loaded
+//!   in a password session and signing in a salted HMAC session with
+//!   AES-128-CFB parameter encryption — what the backend does per call now;
+//!   the ratio to `direct load+sign` is what the session costs.
 //! - `direct sign`: the same key kept loaded, `TPM2_Sign` only: the
 //!   device's own ceiling.
 //! - `service`: N requests in flight through the in-process service API
@@ -136,9 +136,16 @@ impl Direct {
                 self.auth_public.clone(),
                 self.auth.clone(),
             );
+            // as the backend does: load in a password session, sign in the
+            // salted HMAC session
+            let h = self
+                .ctx
+                .execute_with_session(Some(AuthSession::Password), |c| {
+                    c.load(srk, private, public)
+                })
+                .unwrap();
             self.ctx.execute_with_session(Some(s), |c| {
                 attrs(c, s, true, false);
-                let h = c.load(srk, private, public).unwrap();
                 c.tr_set_auth(h.into(), auth).unwrap();
                 c.sign(
                     h,
