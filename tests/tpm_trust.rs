@@ -110,6 +110,20 @@ impl Tap {
     }
 }
 
+/// The SRK from ron-kms's template, in the test's own context.
+fn srk(ctx: &mut Context) -> tss_esapi::handles::KeyHandle {
+    ctx.create_primary(
+        Hierarchy::Owner,
+        srk_template().unwrap(),
+        None,
+        None,
+        None,
+        None,
+    )
+    .unwrap()
+    .key_handle
+}
+
 /// A context of the test's own on `tcti`, with password sessions.
 fn context(tcti: &str) -> Context {
     let mut ctx = Context::new(TctiNameConf::from_str(tcti).unwrap()).unwrap();
@@ -237,17 +251,7 @@ async fn the_tpm_interface_carries_no_data_key_and_no_private_key_in_the_clear()
             Digest, KeyedHashScheme, PublicBuilder, PublicKeyedHashParameters, SensitiveData,
         };
         let mut ctx = context(&tap.tcti());
-        let srk = ctx
-            .create_primary(
-                Hierarchy::Owner,
-                srk_template().unwrap(),
-                None,
-                None,
-                None,
-                None,
-            )
-            .unwrap()
-            .key_handle;
+        let srk = srk(&mut ctx);
         let attrs = ObjectAttributesBuilder::new()
             .with_fixed_tpm(true)
             .with_fixed_parent(true)
@@ -276,9 +280,13 @@ async fn the_tpm_interface_carries_no_data_key_and_no_private_key_in_the_clear()
     assert!(tap.saw(&secret), "without sessions the tap reads the data");
 }
 
-/// PCRs 0–7 of the sha256 bank, and their values, as a quote selects them.
-fn pcrs_0_to_7(ctx: &mut Context) -> (tss_esapi::structures::PcrSelectionList, Vec<Vec<u8>>) {
-    let slots: Vec<PcrSlot> = (0..8)
+/// PCRs `slots` of the sha256 bank as a selection, and their values.
+fn read_pcrs(
+    ctx: &mut Context,
+    slots: &[u32],
+) -> (tss_esapi::structures::PcrSelectionList, Vec<Vec<u8>>) {
+    let slots: Vec<PcrSlot> = slots
+        .iter()
         .map(|i| PcrSlot::try_from(1u32 << i).unwrap())
         .collect();
     let sel = PcrSelectionListBuilder::new()
@@ -311,7 +319,7 @@ async fn only_the_pinned_attestation_key_makes_a_quote_that_verifies() {
     let tcti = srv.tpm.as_ref().unwrap().tcti();
     tokio::task::block_in_place(|| {
         let mut ctx = context(&tcti);
-        let (sel, pcrs) = pcrs_0_to_7(&mut ctx);
+        let (sel, pcrs) = read_pcrs(&mut ctx, &[0, 1, 2, 3, 4, 5, 6, 7]);
         let nonce = [7u8; 32];
         let quote = |ctx: &mut Context, ak| {
             let (attest, sig) = ctx
@@ -355,17 +363,7 @@ async fn only_the_pinned_attestation_key_makes_a_quote_that_verifies() {
 
         // a fresh AK of the same TPM, same template, under the SRK: a
         // correct quote, by a key nobody pinned
-        let srk = ctx
-            .create_primary(
-                Hierarchy::Owner,
-                srk_template().unwrap(),
-                None,
-                None,
-                None,
-                None,
-            )
-            .unwrap()
-            .key_handle;
+        let srk = srk(&mut ctx);
         let fresh = ctx
             .create(srk, ak_template().unwrap(), None, None, None, None)
             .unwrap();
@@ -511,17 +509,7 @@ fn measure(tpm: &common::swtpm::Swtpm, data: &str) {
 
 /// PCR 17 (sha256) of `tpm`, read with the test's own context.
 fn pcr17(tpm: &common::swtpm::Swtpm) -> Vec<u8> {
-    let mut ctx = context(&tpm.tcti());
-    let slot = PcrSlot::try_from(1u32 << 17).unwrap();
-    let sel = PcrSelectionListBuilder::new()
-        .with_selection(HashingAlgorithm::Sha256, &[slot])
-        .build()
-        .unwrap();
-    let data = ctx
-        .execute_without_session(|c| tss_esapi::abstraction::pcr::read_all(c, sel))
-        .unwrap();
-    let bank = data.pcr_bank(HashingAlgorithm::Sha256).unwrap();
-    bank.get_digest(slot).unwrap().value().to_vec()
+    read_pcrs(&mut context(&tpm.tcti()), &[17]).1.remove(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -100,6 +100,21 @@ struct Entry {
     reasons: BTreeMap<&'static str, u64>,
 }
 
+impl Entry {
+    fn new(tokens: f64, now: Instant) -> Self {
+        Entry {
+            tokens,
+            refilled: now,
+            window: None,
+            refused: 0,
+            shed: 0,
+            merged: 0,
+            principals: BTreeMap::new(),
+            reasons: BTreeMap::new(),
+        }
+    }
+}
+
 /// One address's refusals over an interval: what its record says.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Aggregate {
@@ -213,16 +228,9 @@ impl Strangers {
         } else {
             src
         };
-        let e = map.entry(src).or_insert_with(|| Entry {
-            tokens: self.burst,
-            refilled: now,
-            window: None,
-            refused: 0,
-            shed: 0,
-            merged: 0,
-            principals: BTreeMap::new(),
-            reasons: BTreeMap::new(),
-        });
+        let e = map
+            .entry(src)
+            .or_insert_with(|| Entry::new(self.burst, now));
         let dt = now.saturating_duration_since(e.refilled).as_secs_f64();
         e.tokens = (e.tokens + dt * self.rate).min(self.burst);
         e.refilled = now;
@@ -309,16 +317,7 @@ impl Strangers {
             // a flood goes on being gathered, one record per interval
             e.window = Some(now);
             if *src != Source::Other && budget == 0 {
-                let o = overflow.get_or_insert_with(|| Entry {
-                    tokens: 0.0,
-                    refilled: now,
-                    window: None,
-                    refused: 0,
-                    shed: 0,
-                    merged: 0,
-                    principals: BTreeMap::new(),
-                    reasons: BTreeMap::new(),
-                });
+                let o = overflow.get_or_insert_with(|| Entry::new(0.0, now));
                 o.refused += std::mem::take(&mut e.refused);
                 o.shed += std::mem::take(&mut e.shed);
                 o.merged += 1;

@@ -132,9 +132,8 @@ impl PcrSelection {
             .build()
     }
 
-    /// SHA-256 over the selected PCRs' current values in slot order: what
-    /// `TPM2_PolicyPCR` and a quote's `pcrDigest` compute.
-    pub(super) fn read_digest(&self, ctx: &mut tss_esapi::Context) -> Result<Vec<u8>, Fail> {
+    /// The selected PCRs' current values, in slot order.
+    pub(super) fn read_values(&self, ctx: &mut tss_esapi::Context) -> Result<Vec<Vec<u8>>, Fail> {
         let selection = self.list().ctx("PCR selection")?;
         let data = ctx
             .execute_without_session(|c| read_all(c, selection))
@@ -145,15 +144,26 @@ impl PcrSelection {
                     "the TPM has no {} PCR bank",
                     self.bank.as_str()
                 ))))?;
+        self.slots
+            .iter()
+            .map(|i| {
+                slot(*i)
+                    .ok()
+                    .and_then(|sl| bank.get_digest(sl))
+                    .map(|d| d.value().to_vec())
+                    .ok_or(Fail::Backend(BackendError::Attestation(format!(
+                        "PCR {i} was not read"
+                    ))))
+            })
+            .collect()
+    }
+
+    /// SHA-256 over the selected PCRs' current values in slot order: what
+    /// `TPM2_PolicyPCR` and a quote's `pcrDigest` compute.
+    pub(super) fn read_digest(&self, ctx: &mut tss_esapi::Context) -> Result<Vec<u8>, Fail> {
         let mut h = ring::digest::Context::new(&ring::digest::SHA256);
-        for i in &self.slots {
-            let d = slot(*i)
-                .ok()
-                .and_then(|sl| bank.get_digest(sl))
-                .ok_or(Fail::Backend(BackendError::Attestation(format!(
-                    "PCR {i} was not read"
-                ))))?;
-            h.update(d.value());
+        for v in self.read_values(ctx)? {
+            h.update(&v);
         }
         Ok(h.finish().as_ref().to_vec())
     }
@@ -232,16 +242,12 @@ pub fn attest(b: &TpmBackend) -> Result<Attested, BackendError> {
     let s = b.attestation_settings().clone();
     let mut nonce = [0u8; 32];
     random_bytes(&mut nonce).map_err(|e| BackendError::Crypto(e.to_string()))?;
+    let sel = PcrSelection {
+        bank: s.bank,
+        slots: s.slots.clone(),
+    };
     let q = b.run(|conn| {
-        let slots = s
-            .slots
-            .iter()
-            .map(|i| slot(*i))
-            .collect::<Result<Vec<_>, _>>();
-        let selection = PcrSelectionListBuilder::new()
-            .with_selection(s.bank.hashing(), &slots.ctx("PCR slots")?)
-            .build()
-            .ctx("PCR selection")?;
+        let selection = sel.list().ctx("PCR selection")?;
         let ak = create_ak(conn)?;
         let quoted: Result<_, Fail> = (|| {
             session::params(&mut conn.ctx, conn.session, Params::Command)
@@ -252,29 +258,10 @@ pub fn attest(b: &TpmBackend) -> Result<Attested, BackendError> {
                     ak.key_handle,
                     Data::try_from(nonce.to_vec()).ctx("nonce")?,
                     SignatureScheme::Null,
-                    selection.clone(),
+                    selection,
                 )
                 .ctx("TPM2_Quote")?;
-            let data = conn
-                .ctx
-                .execute_without_session(|c| read_all(c, selection))
-                .ctx("TPM2_PCR_Read")?;
-            let bank =
-                data.pcr_bank(s.bank.hashing())
-                    .ok_or(Fail::Backend(BackendError::Attestation(format!(
-                        "the TPM has no {} PCR bank",
-                        s.bank.as_str()
-                    ))))?;
-            let mut pcrs = Vec::with_capacity(s.slots.len());
-            for i in &s.slots {
-                let d = slot(*i)
-                    .ok()
-                    .and_then(|sl| bank.get_digest(sl))
-                    .ok_or(Fail::Backend(BackendError::Attestation(format!(
-                        "PCR {i} was not read"
-                    ))))?;
-                pcrs.push(d.value().to_vec());
-            }
+            let pcrs = sel.read_values(&mut conn.ctx)?;
             Ok((attest, signature, pcrs))
         })();
         let flushed = conn.ctx.flush_context(ak.key_handle.into()).ctx("flush AK");

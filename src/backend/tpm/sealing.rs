@@ -171,6 +171,20 @@ impl TpmBackend {
         })
     }
 
+    /// [`Self::unseal_data_key`], refusing what is not a data key.
+    fn unseal_checked(
+        &self,
+        label: &KeyLabel<'_>,
+        object: &handle::Blob<'_>,
+        pcrs: Option<PcrRef>,
+    ) -> Result<Zeroizing<Vec<u8>>, BackendError> {
+        let dek = self.unseal_data_key(label, object, pcrs)?;
+        if dek.len() != DEK_LEN {
+            return Err(BackendError::Sealed("sealed object holds no data key"));
+        }
+        Ok(dek)
+    }
+
     /// The data key of the sealed key `handle` under `label`. For tests
     /// that look for it where it must not be (the TPM interface's traffic):
     /// it never leaves the process through any API.
@@ -207,7 +221,7 @@ impl TpmBackend {
         else {
             return Ok(None);
         };
-        let dek = self.unseal_data_key(&label, &object, pcrs)?;
+        let dek = self.unseal_checked(&label, &object, pcrs)?;
         let seal = self.seal_pcrs().map(|s| (s, target));
         self.seal_data_key(&label, &dek, seal, &nonce, sealed)
             .map(Some)
@@ -250,10 +264,7 @@ impl Sealer for TpmBackend {
         else {
             return Err(BackendError::Sealed("not a sealed-key handle"));
         };
-        let dek = self.unseal_data_key(&label, &object, pcrs)?;
-        if dek.len() != DEK_LEN {
-            return Err(BackendError::Sealed("sealed object holds no data key"));
-        }
+        let dek = self.unseal_checked(&label, &object, pcrs)?;
         aead::open(&dek, &nonce, &label_aad(&label), sealed).map_err(|_| {
             BackendError::Sealed("authentication failed (wrong TPM or corrupted record)")
         })
