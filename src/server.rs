@@ -23,7 +23,7 @@ use crate::auth::{mint, NewToken, Scopes, TokenTable};
 use crate::backend::breaker::{Breaker, BreakerSettings};
 use crate::backend::pkcs11::{Pkcs11Backend, Pkcs11Settings};
 use crate::backend::sealed_file::{MasterKey, SealedFileBackend};
-use crate::backend::tpm::{TpmBackend, TpmSettings};
+use crate::backend::tpm::TpmBackend;
 use crate::backend::Backend;
 use crate::config::{BackendKind, Config, MasterKeySource, PassphraseSource};
 use crate::crypto::{aead, Provider};
@@ -245,7 +245,12 @@ fn open_data_dir_for(cfg: &Config, seal_check: bool) -> Result<Opened, StartErro
             })
         }
         BackendKind::Tpm(t) => {
-            let b = Arc::new(open_tpm(store.as_ref(), t, provider.clone(), seal_check)?);
+            let b = Arc::new(tpm::open_tpm(
+                store.as_ref(),
+                t,
+                provider.clone(),
+                seal_check,
+            )?);
             Ok(Opened {
                 store,
                 backend: b.clone(),
@@ -257,188 +262,6 @@ fn open_data_dir_for(cfg: &Config, seal_check: bool) -> Result<Opened, StartErro
             })
         }
     }
-}
-
-const TPM_IDENTITY: &str = "tpm_identity";
-
-/// Open the TPM held to the identity pinned in the store; on the first
-/// start (no pin yet) pin the identity of the TPM that answers.
-fn open_tpm(
-    store: &dyn Store,
-    t: &crate::config::TpmConfig,
-    provider: Arc<Provider>,
-    seal_check: bool,
-) -> Result<TpmBackend, StartError> {
-    use crate::backend::tpm::identity::{fingerprint, Identity};
-    let err = |e: String| StartError::Other(format!("tpm: {e}"));
-    let pinned = store
-        .get_meta(TPM_IDENTITY)?
-        .map(|b| Identity::decode(&b))
-        .transpose()
-        .map_err(|e| err(format!("the identity pinned in the store: {e}")))?;
-    let first = pinned.is_none();
-    let b = TpmBackend::open(
-        TpmSettings {
-            tcti: t.tcti.clone(),
-            queue_depth: t.queue_depth,
-            ek_ca_file: t.ek_ca_file.clone(),
-            seal_pcrs: t.seal_pcrs.clone(),
-            attestation: t.attestation.clone(),
-        },
-        provider,
-        pinned,
-    )
-    .map_err(err)?;
-    if first {
-        let id = b.identity().encode();
-        let won = store.insert_meta(TPM_IDENTITY, &id)?;
-        if won != id {
-            return Err(err(
-                "another process pinned a different TPM in this store at the same time".into(),
-            ));
-        }
-        tracing::info!(
-            ek = %fingerprint(&b.identity().ek),
-            srk = %fingerprint(&b.identity().srk),
-            ak = %fingerprint(&b.identity().ak),
-            "pinned this TPM's identity in the store"
-        );
-    }
-    match b.seal_pcrs().cloned() {
-        Some(sel) if seal_check => {
-            let stored = match store.get_meta(TPM_SEAL_TARGET)? {
-                Some(v) => v,
-                None => {
-                    // first start with a PCR policy: seal to the state now
-                    let now = b
-                        .current_seal_digest()
-                        .map_err(|e| err(e.to_string()))?
-                        .unwrap_or_default();
-                    store.insert_meta(TPM_SEAL_TARGET, &seal_target(&sel, &now))?
-                }
-            };
-            let (was, digest) = parse_seal_target(&stored)
-                .ok_or_else(|| err(format!("the {TPM_SEAL_TARGET} in the store is malformed")))?;
-            if was != sel {
-                return Err(err(format!(
-                "KMS_TPM_SEAL_PCRS is {sel}, but the keys are sealed to {was}: run `ron-kms tpm reseal` (docs/tpm.md, \"Sealing to PCRs\")"
-            )));
-            }
-            b.set_seal_target(digest);
-        }
-        _ => {}
-    }
-    Ok(b)
-}
-
-/// What [`reseal_tpm`] did.
-#[derive(Debug)]
-pub struct Resealed {
-    /// Key versions and system keys sealed again.
-    pub keys: usize,
-    /// The PCR selection and the digest they are sealed to now (none: no
-    /// PCR policy).
-    pub sealed_to: Option<(String, String)>,
-}
-
-/// `ron-kms tpm reseal`: seal every TPM-sealed key of the data dir — key
-/// versions and the audit log's system keys — again, under `cfg`'s
-/// `KMS_TPM_SEAL_PCRS`, to the PCR values whose digest is `target` (None:
-/// the PCRs' current values), and record that as the state the keys are
-/// sealed to. The PCRs must still hold the state the keys are sealed to now
-/// (each key is unsealed first). Offline: it holds the data-dir lock.
-pub fn reseal_tpm(cfg: &Config, target: Option<Vec<u8>>) -> Result<Resealed, StartError> {
-    use crate::backend::KeyLabel;
-    if !matches!(cfg.backend, BackendKind::Tpm(_)) {
-        return Err(StartError::Other("tpm reseal needs KMS_BACKEND=tpm".into()));
-    }
-    let opened = open_data_dir_for(cfg, false)?;
-    let tpm = opened.tpm.clone().expect("a tpm backend");
-    let store = opened.store.clone();
-    let err = |e: crate::backend::BackendError| StartError::Other(format!("tpm reseal: {e}"));
-    let target = match (target, tpm.seal_pcrs()) {
-        (Some(t), Some(_)) if t.len() == 32 => t,
-        (Some(_), Some(_)) => {
-            return Err(StartError::Other(
-                "tpm reseal: the PCR digest must be 32 bytes (64 hex digits)".into(),
-            ))
-        }
-        (Some(_), None) => {
-            return Err(StartError::Other(
-                "tpm reseal: a PCR digest needs KMS_TPM_SEAL_PCRS".into(),
-            ))
-        }
-        (None, _) => tpm.current_seal_digest().map_err(err)?.unwrap_or_default(),
-    };
-    let mut n = 0;
-    for rec in store.load_keys()? {
-        for v in &rec.versions {
-            let Some(h) = &v.handle else { continue };
-            let kid = crate::store::kid(&rec.name, v.version);
-            let label = KeyLabel {
-                tenant: &rec.tenant,
-                kid: &kid,
-                algorithm: rec.algorithm,
-            };
-            if let Some(new) = tpm.reseal(label, h, &target).map_err(err)? {
-                if !store.replace_handle(&rec.tenant, &rec.name, v.version, h, &new)? {
-                    return Err(StartError::Other(format!(
-                        "tpm reseal: {}/{kid} changed while it was re-sealed; run it again",
-                        rec.tenant
-                    )));
-                }
-                n += 1;
-            }
-        }
-    }
-    for (meta, kid, algorithm) in [
-        (
-            AUDIT_KEY_HANDLE,
-            "audit#v1",
-            crate::crypto::Algorithm::Ed25519,
-        ),
-        (
-            AUDIT_INPUT_KEY_HANDLE,
-            "audit-input#v1",
-            crate::crypto::Algorithm::Aes256Gcm,
-        ),
-    ] {
-        let Some(h) = store.get_meta(meta)? else {
-            continue;
-        };
-        let label = KeyLabel {
-            tenant: "_system",
-            kid,
-            algorithm,
-        };
-        if let Some(new) = tpm.reseal(label, &h, &target).map_err(err)? {
-            store.put_meta(meta, &new)?;
-            n += 1;
-        }
-    }
-    let sealed_to = match tpm.seal_pcrs() {
-        Some(sel) => {
-            store.put_meta(TPM_SEAL_TARGET, &seal_target(sel, &target))?;
-            Some((sel.to_string(), hex::encode(&target)))
-        }
-        None => None,
-    };
-    Ok(Resealed { keys: n, sealed_to })
-}
-
-/// Which PCR values TPM-sealed keys are sealed to:
-/// `"bank:i,j" 0x00 digest(32)`.
-const TPM_SEAL_TARGET: &str = "tpm_seal_target";
-
-fn seal_target(sel: &crate::backend::tpm::PcrSelection, digest: &[u8]) -> Vec<u8> {
-    [sel.to_string().as_bytes(), &[0], digest].concat()
-}
-
-fn parse_seal_target(v: &[u8]) -> Option<(crate::backend::tpm::PcrSelection, Vec<u8>)> {
-    let i = v.iter().position(|b| *b == 0)?;
-    let sel = crate::backend::tpm::PcrSelection::parse(std::str::from_utf8(&v[..i]).ok()?).ok()?;
-    let d = v[i + 1..].to_vec();
-    (d.len() == 32).then_some((sel, d))
 }
 
 /// The configured store: SQLite under the data dir, or PostgreSQL.
@@ -532,141 +355,6 @@ fn check_master(store: &dyn Store, master: &MasterKey) -> Result<(), StartError>
         Ok(p) if p.as_slice() == MASTER_CHECK_PLAINTEXT => Ok(()),
         _ => Err(StartError::MasterKeyMismatch),
     }
-}
-
-const AUDIT_KEY_HANDLE: &str = "audit_key_handle";
-const AUDIT_KEY_PUBLIC: &str = "audit_key_public";
-const AUDIT_INPUT_KEY_HANDLE: &str = "audit_input_key_handle";
-const AUDIT_INPUT_KEY_SEALED: &str = "audit_input_key_sealed";
-const AUDIT_INPUT_KEY_AAD: &[u8] = b"ron-kms audit input key v1";
-
-/// The key of the audit records' input hashes: 32 random bytes made on
-/// first start, sealed (AES-256-GCM) under a wrap key held in custody
-/// (`_system/audit-input#v1`) and stored as `nonce || ciphertext`; opened
-/// at every start. The plain key exists only in this process's memory.
-fn open_input_key(
-    store: &dyn Store,
-    backend: &dyn Backend,
-    suffix: &str,
-) -> Result<crate::audit::InputKey, StartError> {
-    use crate::backend::KeyLabel;
-    use crate::crypto::Algorithm;
-    let label = KeyLabel {
-        tenant: "_system",
-        kid: "audit-input#v1",
-        algorithm: Algorithm::Aes256Gcm,
-    };
-    let err = |e: crate::backend::BackendError| StartError::Other(format!("audit input key: {e}"));
-    let handle_key = format!("{AUDIT_INPUT_KEY_HANDLE}{suffix}");
-    let sealed_key = format!("{AUDIT_INPUT_KEY_SEALED}{suffix}");
-    if let (Some(handle), Some(sealed)) =
-        (store.get_meta(&handle_key)?, store.get_meta(&sealed_key)?)
-    {
-        if sealed.len() < aead::AEAD_NONCE_LEN {
-            return Err(StartError::Other(
-                "audit input key: sealed value too short".into(),
-            ));
-        }
-        let mut nonce = [0u8; aead::AEAD_NONCE_LEN];
-        nonce.copy_from_slice(&sealed[..aead::AEAD_NONCE_LEN]);
-        let key = backend
-            .aead_open(
-                label,
-                &handle,
-                &nonce,
-                AUDIT_INPUT_KEY_AAD,
-                &sealed[aead::AEAD_NONCE_LEN..],
-            )
-            .map_err(err)?;
-        return Ok(crate::audit::InputKey::new(&key));
-    }
-    let g = backend.generate(label).map_err(err)?;
-    let mut key = Zeroizing::new([0u8; 32]);
-    let mut nonce = [0u8; aead::AEAD_NONCE_LEN];
-    crate::crypto::random_bytes(&mut key[..])
-        .and_then(|_| crate::crypto::random_bytes(&mut nonce))
-        .map_err(|e| StartError::Other(e.to_string()))?;
-    let ct = backend
-        .aead_seal(label, &g.handle, &nonce, AUDIT_INPUT_KEY_AAD, &key[..])
-        .map_err(err)?;
-    store.put_meta(&handle_key, &g.handle)?;
-    store.put_meta(&sealed_key, &[&nonce[..], &ct].concat())?;
-    Ok(crate::audit::InputKey::new(&key[..]))
-}
-
-/// The audit key (Ed25519, in custody, created on first start) and the log.
-async fn open_audit(
-    cfg: &Config,
-    store: Arc<dyn Store>,
-    backend: Arc<dyn Backend>,
-) -> Result<Arc<crate::audit::AuditLog>, StartError> {
-    use crate::backend::KeyLabel;
-    use crate::crypto::Algorithm;
-    const TENANT: &str = "_system";
-    const KID: &str = "audit#v1";
-    let label = KeyLabel {
-        tenant: TENANT,
-        kid: KID,
-        algorithm: Algorithm::Ed25519,
-    };
-    // On a shared store every replica has its own audit key (and chain),
-    // stored under its node id.
-    let suffix = if store.shared() {
-        format!("/{}", cfg.node_id)
-    } else {
-        String::new()
-    };
-    let input_key = open_input_key(store.as_ref(), backend.as_ref(), &suffix)?;
-    let (handle_key, public_key) = if store.shared() {
-        (
-            format!("{AUDIT_KEY_HANDLE}/{}", cfg.node_id),
-            format!("{AUDIT_KEY_PUBLIC}/{}", cfg.node_id),
-        )
-    } else {
-        (AUDIT_KEY_HANDLE.to_string(), AUDIT_KEY_PUBLIC.to_string())
-    };
-    let (handle, public) = match (store.get_meta(&handle_key)?, store.get_meta(&public_key)?) {
-        (Some(h), Some(p)) => (h, p),
-        _ => {
-            let g = backend
-                .generate(label)
-                .map_err(|e| StartError::Other(format!("audit key: {e}")))?;
-            store.put_meta(&handle_key, &g.handle)?;
-            store.put_meta(&public_key, &g.public)?;
-            (g.handle, g.public)
-        }
-    };
-    let signer: crate::audit::Signer = Arc::new(move |msg: &[u8]| {
-        let label = KeyLabel {
-            tenant: TENANT,
-            kid: KID,
-            algorithm: Algorithm::Ed25519,
-        };
-        backend
-            .sign(label, &handle, crate::backend::SignInput::Message(msg))
-            .map_err(|e| e.to_string())
-    });
-    let opts = crate::audit::Options {
-        node: cfg.node_id.clone(),
-        sink: if cfg.audit.off_for_benchmarks {
-            crate::audit::Sink::Off
-        } else if cfg.amnesia {
-            crate::audit::Sink::Memory
-        } else {
-            crate::audit::Sink::Dir(cfg.audit.dir.clone())
-        },
-        checkpoint_interval: cfg.audit.checkpoint_interval,
-        max_file_bytes: cfg.audit.max_file_bytes,
-        min_free_bytes: cfg.audit.min_free_bytes,
-        input_key,
-    };
-    let dir_for_task = opts.clone();
-    tokio::task::spawn_blocking(move || {
-        crate::audit::AuditLog::start_blocking(dir_for_task, &public, signer)
-    })
-    .await
-    .map_err(|e| StartError::Other(e.to_string()))?
-    .map_err(|e| StartError::Other(format!("audit log: {e}")))
 }
 
 /// A running server.
@@ -819,7 +507,7 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
     let backend: Arc<dyn Backend> = breaker.clone();
     // The audit key's checkpoint signatures use custody without the fault
     // switch: drills take the request path's custody away, not the audit log.
-    let audit = open_audit(cfg, store.clone(), opened.backend.clone()).await?;
+    let audit = audit_keys::open_audit(cfg, store.clone(), opened.backend.clone()).await?;
     metrics::counter!("kms_audit_integrity_failed_total").increment(audit.integrity_failures());
     let kms = Arc::new(KmsService::new(
         store,
@@ -991,6 +679,10 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
         _opened: opened,
     })
 }
+
+mod audit_keys;
+mod tpm;
+pub use tpm::{reseal_tpm, Resealed};
 
 #[cfg(test)]
 mod tests;
