@@ -584,4 +584,26 @@ async fn keys_sealed_to_pcrs_unseal_only_in_that_state_and_reseal_moves_them() {
     assert_eq!(status, 200, "{body}");
     drop(c);
     running.shutdown().await;
+
+    // re-sealing without KMS_TPM_SEAL_PCRS removes the policy and forgets
+    // the target; turning it on again seals to the state then
+    let mut plain = cfg.clone();
+    plain.backend = srv.tpm.as_ref().unwrap().backend();
+    let r = tokio::task::block_in_place(|| ron_kms::server::reseal_tpm(&plain, None)).unwrap();
+    assert!(r.sealed_to.is_none());
+    let h = common::stored_handle(&srv.data_dir(), "admin", "ed", 1).unwrap();
+    assert!(h.starts_with(b"TPM\x04"), "no PCR policy");
+    measure(srv.tpm.as_ref().unwrap(), "yet another state");
+    let running = ron_kms::server::start(&cfg).await.unwrap();
+    let c = common::Client::connect_to(
+        Front::Http,
+        &format!("http://{}", running.grpc_addr),
+        &format!("http://{}", running.http_addr),
+        &srv.admin_token,
+    )
+    .await;
+    let (status, body) = c.http_raw(reqwest::Method::GET, "/readyz", vec![]).await;
+    assert_eq!(status, 200, "sealed to the state at this start: {body}");
+    drop(c);
+    running.shutdown().await;
 }

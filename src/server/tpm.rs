@@ -59,14 +59,21 @@ pub(super) fn open_tpm(
     match b.seal_pcrs().cloned() {
         Some(sel) if seal_check => {
             let stored = match store.get_meta(TPM_SEAL_TARGET)? {
-                Some(v) => v,
-                None => {
-                    // first start with a PCR policy: seal to the state now
+                Some(v) if !v.is_empty() => v,
+                cleared => {
+                    // the first start with a PCR policy (or the first since
+                    // `tpm reseal` removed it): seal to the state now
                     let now = b
                         .current_seal_digest()
                         .map_err(|e| err(e.to_string()))?
                         .unwrap_or_default();
-                    store.insert_meta(TPM_SEAL_TARGET, &seal_target(&sel, &now))?
+                    let v = seal_target(&sel, &now);
+                    if cleared.is_some() {
+                        store.put_meta(TPM_SEAL_TARGET, &v)?;
+                        v
+                    } else {
+                        store.insert_meta(TPM_SEAL_TARGET, &v)?
+                    }
                 }
             };
             let (was, digest) = parse_seal_target(&stored)
@@ -173,7 +180,13 @@ pub fn reseal_tpm(cfg: &Config, target: Option<Vec<u8>>) -> Result<Resealed, Sta
             store.put_meta(TPM_SEAL_TARGET, &seal_target(sel, &target))?;
             Some((sel.to_string(), hex::encode(&target)))
         }
-        None => None,
+        None => {
+            // no policy any more: an empty entry is read as none
+            if store.get_meta(TPM_SEAL_TARGET)?.is_some() {
+                store.put_meta(TPM_SEAL_TARGET, b"")?;
+            }
+            None
+        }
     };
     Ok(Resealed { keys: n, sealed_to })
 }
