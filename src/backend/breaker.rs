@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use zeroize::Zeroizing;
 
-use super::{jittered, Backend, BackendError, Capabilities, Generated, KeyLabel, SignInput};
+use super::{jittered, Backend, BackendError, Capabilities, Generated, KeyLabel, KeyOp};
 
 #[derive(Clone, Copy, Debug)]
 pub struct BreakerSettings {
@@ -191,41 +191,13 @@ impl Backend for Breaker {
     fn generate(&self, label: KeyLabel<'_>) -> Result<Generated, BackendError> {
         self.call(|b| b.generate(label))
     }
-    fn sign(
+    fn perform(
         &self,
         label: KeyLabel<'_>,
         handle: &[u8],
-        input: SignInput<'_>,
-    ) -> Result<Vec<u8>, BackendError> {
-        self.call(|b| b.sign(label, handle, input))
-    }
-    fn decapsulate(
-        &self,
-        label: KeyLabel<'_>,
-        handle: &[u8],
-        ciphertext: &[u8],
+        op: KeyOp<'_>,
     ) -> Result<Zeroizing<Vec<u8>>, BackendError> {
-        self.call(|b| b.decapsulate(label, handle, ciphertext))
-    }
-    fn aead_seal(
-        &self,
-        label: KeyLabel<'_>,
-        handle: &[u8],
-        nonce: &[u8; 12],
-        aad: &[u8],
-        plaintext: &[u8],
-    ) -> Result<Vec<u8>, BackendError> {
-        self.call(|b| b.aead_seal(label, handle, nonce, aad, plaintext))
-    }
-    fn aead_open(
-        &self,
-        label: KeyLabel<'_>,
-        handle: &[u8],
-        nonce: &[u8; 12],
-        aad: &[u8],
-        ciphertext: &[u8],
-    ) -> Result<Zeroizing<Vec<u8>>, BackendError> {
-        self.call(|b| b.aead_open(label, handle, nonce, aad, ciphertext))
+        self.call(|b| b.perform(label, handle, op))
     }
     fn destroy(&self, label: KeyLabel<'_>, handle: &[u8]) -> Result<(), BackendError> {
         self.call(|b| b.destroy(label, handle))
@@ -256,6 +228,7 @@ mod tests {
     use super::*;
     use crate::backend::faults::{Faults, FaultyBackend};
     use crate::backend::sealed_file::{MasterKey, SealedFileBackend};
+    use crate::backend::SignInput;
     use crate::crypto::{Algorithm, Provider};
 
     #[test]

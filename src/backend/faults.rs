@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use zeroize::Zeroizing;
 
-use super::{Backend, BackendError, Capabilities, Generated, KeyLabel, SignInput};
+use super::{Backend, BackendError, Capabilities, Generated, KeyLabel, KeyOp};
 
 /// The switches shared by the wrapper and whoever drives the drill.
 #[derive(Debug, Default)]
@@ -151,45 +151,14 @@ impl Backend for FaultyBackend {
         self.gate()?;
         self.inner.generate(label)
     }
-    fn sign(
+    fn perform(
         &self,
         label: KeyLabel<'_>,
         handle: &[u8],
-        input: SignInput<'_>,
-    ) -> Result<Vec<u8>, BackendError> {
-        self.gate()?;
-        self.inner.sign(label, handle, input)
-    }
-    fn decapsulate(
-        &self,
-        label: KeyLabel<'_>,
-        handle: &[u8],
-        ciphertext: &[u8],
+        op: KeyOp<'_>,
     ) -> Result<Zeroizing<Vec<u8>>, BackendError> {
         self.gate()?;
-        self.inner.decapsulate(label, handle, ciphertext)
-    }
-    fn aead_seal(
-        &self,
-        label: KeyLabel<'_>,
-        handle: &[u8],
-        nonce: &[u8; 12],
-        aad: &[u8],
-        plaintext: &[u8],
-    ) -> Result<Vec<u8>, BackendError> {
-        self.gate()?;
-        self.inner.aead_seal(label, handle, nonce, aad, plaintext)
-    }
-    fn aead_open(
-        &self,
-        label: KeyLabel<'_>,
-        handle: &[u8],
-        nonce: &[u8; 12],
-        aad: &[u8],
-        ciphertext: &[u8],
-    ) -> Result<Zeroizing<Vec<u8>>, BackendError> {
-        self.gate()?;
-        self.inner.aead_open(label, handle, nonce, aad, ciphertext)
+        self.inner.perform(label, handle, op)
     }
     fn destroy(&self, label: KeyLabel<'_>, handle: &[u8]) -> Result<(), BackendError> {
         self.gate()?;

@@ -125,6 +125,35 @@ pub struct Generated {
     pub handle: Vec<u8>,
 }
 
+/// One private-key operation on a stored key, as [`Backend::perform`]
+/// takes it. (No `Debug`: it holds caller input.)
+#[derive(Clone, Copy)]
+pub enum KeyOp<'a> {
+    /// Sign ([`SignInput`] says what).
+    Sign(SignInput<'a>),
+    /// KEM decapsulation of this ciphertext with a wrap key.
+    Decapsulate(&'a [u8]),
+    /// AES-256-GCM seal of `data`; the result is ciphertext || tag.
+    AeadSeal(Aead<'a>),
+    /// AES-256-GCM open of `data` (ciphertext || tag).
+    AeadOpen(Aead<'a>),
+}
+
+/// The inputs of one AES-256-GCM call with a stored key.
+#[derive(Clone, Copy)]
+pub struct Aead<'a> {
+    pub nonce: &'a [u8; 12],
+    pub aad: &'a [u8],
+    /// The plaintext to seal, or the ciphertext || tag to open.
+    pub data: &'a [u8],
+}
+
+impl<'a> Aead<'a> {
+    pub fn new(nonce: &'a [u8; 12], aad: &'a [u8], data: &'a [u8]) -> Self {
+        Aead { nonce, aad, data }
+    }
+}
+
 /// A verified attestation (TPM quote).
 #[derive(Clone, Debug)]
 pub struct Attested {
@@ -146,13 +175,28 @@ pub trait Backend: Send + Sync {
     /// device: the backend deletes a half-created object before returning).
     fn generate(&self, label: KeyLabel<'_>) -> Result<Generated, BackendError>;
 
+    /// Run one private-key operation ([`KeyOp`]) on a stored key: the one
+    /// method a backend (or a wrapper such as the breaker) implements for
+    /// every operation; [`Backend::sign`] and the others below are typed
+    /// front doors to it. Signatures and sealed ciphertexts come back in
+    /// the same zeroizing buffer as decrypted secrets.
+    fn perform(
+        &self,
+        label: KeyLabel<'_>,
+        handle: &[u8],
+        op: KeyOp<'_>,
+    ) -> Result<Zeroizing<Vec<u8>>, BackendError>;
+
     /// Sign with a signing key ([`SignInput`] says what is signed).
     fn sign(
         &self,
         label: KeyLabel<'_>,
         handle: &[u8],
         input: SignInput<'_>,
-    ) -> Result<Vec<u8>, BackendError>;
+    ) -> Result<Vec<u8>, BackendError> {
+        let mut out = self.perform(label, handle, KeyOp::Sign(input))?;
+        Ok(std::mem::take(&mut *out))
+    }
 
     /// KEM decapsulation with a wrap key's private half.
     fn decapsulate(
@@ -160,7 +204,9 @@ pub trait Backend: Send + Sync {
         label: KeyLabel<'_>,
         handle: &[u8],
         ciphertext: &[u8],
-    ) -> Result<Zeroizing<Vec<u8>>, BackendError>;
+    ) -> Result<Zeroizing<Vec<u8>>, BackendError> {
+        self.perform(label, handle, KeyOp::Decapsulate(ciphertext))
+    }
 
     /// AES-256-GCM seal with a symmetric wrap key; returns ciphertext || tag.
     fn aead_seal(
@@ -170,7 +216,11 @@ pub trait Backend: Send + Sync {
         nonce: &[u8; 12],
         aad: &[u8],
         plaintext: &[u8],
-    ) -> Result<Vec<u8>, BackendError>;
+    ) -> Result<Vec<u8>, BackendError> {
+        let op = KeyOp::AeadSeal(Aead::new(nonce, aad, plaintext));
+        let mut out = self.perform(label, handle, op)?;
+        Ok(std::mem::take(&mut *out))
+    }
 
     /// AES-256-GCM open; [`BackendError::Decrypt`] when it does not
     /// authenticate.
@@ -181,7 +231,13 @@ pub trait Backend: Send + Sync {
         nonce: &[u8; 12],
         aad: &[u8],
         ciphertext: &[u8],
-    ) -> Result<Zeroizing<Vec<u8>>, BackendError>;
+    ) -> Result<Zeroizing<Vec<u8>>, BackendError> {
+        self.perform(
+            label,
+            handle,
+            KeyOp::AeadOpen(Aead::new(nonce, aad, ciphertext)),
+        )
+    }
 
     /// Remove the key's material from custody. For backends whose handle *is*
     /// the sealed material, the store's wipe of the handle is the destruction

@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use zeroize::Zeroizing;
 
-use super::{BackendError, Generated, KeyLabel, SignInput};
+use super::{BackendError, Generated, KeyLabel, KeyOp, SignInput};
 use crate::crypto::{aead, Algorithm, Provider};
 
 const AAD_PREFIX: &[u8] = b"ron-kms/sealed/v1\0";
@@ -200,29 +200,32 @@ pub trait SealedCustody: Sealer {
         })
     }
 
-    /// Sign with a sealed key: through a prepared key when the backend keeps
-    /// them and the algorithm has one (Ed25519), else unsealed for this one
-    /// signature.
-    fn sealed_sign(
+    /// Run one operation with a sealed key ([`Backend::perform`]'s sealed
+    /// path): unsealed for this one operation, except Ed25519 signatures
+    /// through a prepared key when the backend keeps them.
+    ///
+    /// [`Backend::perform`]: super::Backend::perform
+    fn sealed_perform(
         &self,
         label: KeyLabel<'_>,
         handle: &[u8],
-        input: SignInput<'_>,
-    ) -> Result<Vec<u8>, BackendError> {
-        if let (Some(cache), Algorithm::Ed25519, SignInput::Message(message)) =
-            (self.prepared_keys(), label.algorithm, input)
+        op: KeyOp<'_>,
+    ) -> Result<Zeroizing<Vec<u8>>, BackendError> {
+        if let (Some(cache), Algorithm::Ed25519, KeyOp::Sign(SignInput::Message(message))) =
+            (self.prepared_keys(), label.algorithm, op)
         {
             let k = cache.ed25519(self, label, handle)?;
-            return Ok(sign_prepared(&k, message));
+            return Ok(Zeroizing::new(sign_prepared(&k, message)));
         }
         let private = self.unseal(label, handle)?;
         let provider = self.provider();
-        match input {
-            SignInput::Message(message) => provider
+        match op {
+            KeyOp::Sign(SignInput::Message(message)) => provider
                 .signer(label.algorithm)
                 .and_then(|sig| sig.sign(&private, message))
+                .map(Zeroizing::new)
                 .map_err(crypto_err),
-            SignInput::ClassicalComponent(message)
+            KeyOp::Sign(SignInput::ClassicalComponent(message))
                 if label.algorithm == Algorithm::HybridEd25519MlDsa65 =>
             {
                 provider
@@ -231,53 +234,28 @@ pub trait SealedCustody: Sealer {
                         label.algorithm.as_str(),
                     ))
                     .and_then(|h| h.sign_classical(&private, message))
+                    .map(Zeroizing::new)
                     .map_err(crypto_err)
             }
-            SignInput::ClassicalComponent(_) => Err(BackendError::Unsupported(label.algorithm)),
+            KeyOp::Sign(SignInput::ClassicalComponent(_)) => {
+                Err(BackendError::Unsupported(label.algorithm))
+            }
+            KeyOp::Decapsulate(ciphertext) => {
+                let kem = provider.kem(label.algorithm).map_err(crypto_err)?;
+                // A malformed KEM ciphertext is the caller's fault: report it
+                // like a failed AEAD open so it reveals nothing.
+                kem.decapsulate(&private, ciphertext).map_err(|e| match e {
+                    crate::crypto::CryptoError::BadPrivateKey(_) => crypto_err(e),
+                    _ => BackendError::Decrypt,
+                })
+            }
+            KeyOp::AeadSeal(a) => aead::seal(&private, a.nonce, a.aad, a.data)
+                .map(Zeroizing::new)
+                .map_err(crypto_err),
+            // [`BackendError::Decrypt`] when it does not authenticate
+            KeyOp::AeadOpen(a) => {
+                aead::open(&private, a.nonce, a.aad, a.data).map_err(|_| BackendError::Decrypt)
+            }
         }
-    }
-
-    /// KEM decapsulation with a sealed wrap key.
-    fn sealed_decapsulate(
-        &self,
-        label: KeyLabel<'_>,
-        handle: &[u8],
-        ciphertext: &[u8],
-    ) -> Result<Zeroizing<Vec<u8>>, BackendError> {
-        let private = self.unseal(label, handle)?;
-        let kem = self.provider().kem(label.algorithm).map_err(crypto_err)?;
-        // A malformed KEM ciphertext is the caller's fault: report it like a
-        // failed AEAD open so it reveals nothing.
-        kem.decapsulate(&private, ciphertext).map_err(|e| match e {
-            crate::crypto::CryptoError::BadPrivateKey(_) => crypto_err(e),
-            _ => BackendError::Decrypt,
-        })
-    }
-
-    /// AES-256-GCM seal with a sealed symmetric key.
-    fn sealed_aead_seal(
-        &self,
-        label: KeyLabel<'_>,
-        handle: &[u8],
-        nonce: &[u8; 12],
-        aad: &[u8],
-        plaintext: &[u8],
-    ) -> Result<Vec<u8>, BackendError> {
-        let key = self.unseal(label, handle)?;
-        aead::seal(&key, nonce, aad, plaintext).map_err(crypto_err)
-    }
-
-    /// AES-256-GCM open with a sealed symmetric key;
-    /// [`BackendError::Decrypt`] when it does not authenticate.
-    fn sealed_aead_open(
-        &self,
-        label: KeyLabel<'_>,
-        handle: &[u8],
-        nonce: &[u8; 12],
-        aad: &[u8],
-        ciphertext: &[u8],
-    ) -> Result<Zeroizing<Vec<u8>>, BackendError> {
-        let key = self.unseal(label, handle)?;
-        aead::open(&key, nonce, aad, ciphertext).map_err(|_| BackendError::Decrypt)
     }
 }

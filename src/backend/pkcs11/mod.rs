@@ -50,7 +50,7 @@ use zeroize::Zeroizing;
 use self::handle::{Parsed, KIND_PAIR};
 use self::pool::Pool;
 use super::soft::{KeyCache, SealedCustody, Sealer};
-use super::{Backend, BackendError, Capabilities, Generated, KeyLabel, SignInput};
+use super::{Backend, BackendError, Capabilities, Generated, KeyLabel, KeyOp, SignInput};
 use crate::crypto::{aead, random_bytes, Provider};
 
 /// What `serve` needs to reach the token (docs/configuration.md).
@@ -178,64 +178,36 @@ impl Backend for Pkcs11Backend {
         keys::generate(&self.pool, label)
     }
 
-    fn sign(
+    /// Token keys run on the token; sealed keys (and every KEM key: none is
+    /// native here) on the sealed path.
+    fn perform(
         &self,
         label: KeyLabel<'_>,
         handle: &[u8],
-        input: SignInput<'_>,
-    ) -> Result<Vec<u8>, BackendError> {
+        op: KeyOp<'_>,
+    ) -> Result<Zeroizing<Vec<u8>>, BackendError> {
         self.caps.check(label.algorithm)?;
-        match (handle::parse(handle)?, input) {
-            (Parsed::Sealed(_), input) => self.sealed_sign(label, handle, input),
-            (Parsed::Native(r), SignInput::Message(m)) if r.kind == KIND_PAIR => {
-                keys::sign(&self.pool, label, &r, m)
+        let r = match (handle::parse(handle)?, op) {
+            (Parsed::Sealed(_), _) | (_, KeyOp::Decapsulate(_)) => {
+                return self.sealed_perform(label, handle, op)
+            }
+            (Parsed::Native(r), _) => r,
+        };
+        match op {
+            KeyOp::Sign(SignInput::Message(m)) if r.kind == KIND_PAIR => {
+                keys::sign(&self.pool, label, &r, m).map(Zeroizing::new)
             }
             // token keys are single-algorithm: no hybrid components
-            (Parsed::Native(_), SignInput::ClassicalComponent(_)) => {
+            KeyOp::Sign(SignInput::ClassicalComponent(_)) => {
                 Err(BackendError::Unsupported(label.algorithm))
             }
-            (Parsed::Native(_), _) => Err(BackendError::Sealed("not a signing key handle")),
-        }
-    }
-
-    /// No KEM is native to a PKCS#11 token here: always the sealed path.
-    fn decapsulate(
-        &self,
-        label: KeyLabel<'_>,
-        handle: &[u8],
-        ciphertext: &[u8],
-    ) -> Result<Zeroizing<Vec<u8>>, BackendError> {
-        self.caps.check(label.algorithm)?;
-        self.sealed_decapsulate(label, handle, ciphertext)
-    }
-
-    fn aead_seal(
-        &self,
-        label: KeyLabel<'_>,
-        handle: &[u8],
-        nonce: &[u8; 12],
-        aad: &[u8],
-        plaintext: &[u8],
-    ) -> Result<Vec<u8>, BackendError> {
-        self.caps.check(label.algorithm)?;
-        match handle::parse(handle)? {
-            Parsed::Sealed(_) => self.sealed_aead_seal(label, handle, nonce, aad, plaintext),
-            Parsed::Native(r) => keys::aead_seal(&self.pool, label, &r, nonce, aad, plaintext),
-        }
-    }
-
-    fn aead_open(
-        &self,
-        label: KeyLabel<'_>,
-        handle: &[u8],
-        nonce: &[u8; 12],
-        aad: &[u8],
-        ciphertext: &[u8],
-    ) -> Result<Zeroizing<Vec<u8>>, BackendError> {
-        self.caps.check(label.algorithm)?;
-        match handle::parse(handle)? {
-            Parsed::Sealed(_) => self.sealed_aead_open(label, handle, nonce, aad, ciphertext),
-            Parsed::Native(r) => keys::aead_open(&self.pool, label, &r, nonce, aad, ciphertext),
+            KeyOp::Sign(_) | KeyOp::Decapsulate(_) => {
+                Err(BackendError::Sealed("not a signing key handle"))
+            }
+            KeyOp::AeadSeal(a) => {
+                keys::aead_seal(&self.pool, label, &r, a.nonce, a.aad, a.data).map(Zeroizing::new)
+            }
+            KeyOp::AeadOpen(a) => keys::aead_open(&self.pool, label, &r, a.nonce, a.aad, a.data),
         }
     }
 

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use zeroize::Zeroizing;
 
 use super::soft::{label_aad, KeyCache, SealedCustody, Sealer};
-use super::{Backend, BackendError, Capabilities, Generated, KeyLabel, SignInput};
+use super::{Backend, BackendError, Capabilities, Generated, KeyLabel, KeyOp};
 use crate::crypto::{aead, random_bytes, Algorithm, Provider};
 
 pub use master::MasterKey;
@@ -129,48 +129,14 @@ impl Backend for SealedFileBackend {
         self.sealed_generate(label)
     }
 
-    fn sign(
+    fn perform(
         &self,
         label: KeyLabel<'_>,
         handle: &[u8],
-        input: SignInput<'_>,
-    ) -> Result<Vec<u8>, BackendError> {
-        self.caps.check(label.algorithm)?;
-        self.sealed_sign(label, handle, input)
-    }
-
-    fn decapsulate(
-        &self,
-        label: KeyLabel<'_>,
-        handle: &[u8],
-        ciphertext: &[u8],
+        op: KeyOp<'_>,
     ) -> Result<Zeroizing<Vec<u8>>, BackendError> {
         self.caps.check(label.algorithm)?;
-        self.sealed_decapsulate(label, handle, ciphertext)
-    }
-
-    fn aead_seal(
-        &self,
-        label: KeyLabel<'_>,
-        handle: &[u8],
-        nonce: &[u8; 12],
-        aad: &[u8],
-        plaintext: &[u8],
-    ) -> Result<Vec<u8>, BackendError> {
-        self.caps.check(label.algorithm)?;
-        self.sealed_aead_seal(label, handle, nonce, aad, plaintext)
-    }
-
-    fn aead_open(
-        &self,
-        label: KeyLabel<'_>,
-        handle: &[u8],
-        nonce: &[u8; 12],
-        aad: &[u8],
-        ciphertext: &[u8],
-    ) -> Result<Zeroizing<Vec<u8>>, BackendError> {
-        self.caps.check(label.algorithm)?;
-        self.sealed_aead_open(label, handle, nonce, aad, ciphertext)
+        self.sealed_perform(label, handle, op)
     }
 
     fn destroy(&self, label: KeyLabel<'_>, handle: &[u8]) -> Result<(), BackendError> {
@@ -188,6 +154,7 @@ impl Backend for SealedFileBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::SignInput;
 
     fn backend() -> SealedFileBackend {
         SealedFileBackend::new(

@@ -64,7 +64,7 @@ use self::device::{Conn, Device};
 use self::error::{Ctx, Fail};
 use self::handle::Parsed;
 use super::soft::{KeyCache, SealedCustody};
-use super::{Backend, BackendError, Capabilities, Generated, KeyLabel, SignInput};
+use super::{Backend, BackendError, Capabilities, Generated, KeyLabel, KeyOp, SignInput};
 use crate::crypto::{Algorithm, Provider};
 
 pub const DEFAULT_QUEUE_DEPTH: usize = 64;
@@ -213,19 +213,24 @@ impl Backend for TpmBackend {
         keys::generate(&self.device, &label)
     }
 
-    fn sign(
+    /// Native keys (ECDSA P-256) sign in the TPM; everything else, and
+    /// every wrap key (never native here), runs on the sealed path.
+    fn perform(
         &self,
         label: KeyLabel<'_>,
         handle: &[u8],
-        input: SignInput<'_>,
-    ) -> Result<Vec<u8>, BackendError> {
+        op: KeyOp<'_>,
+    ) -> Result<Zeroizing<Vec<u8>>, BackendError> {
         self.caps.check(label.algorithm)?;
+        let KeyOp::Sign(input) = op else {
+            return self.sealed_perform(label, handle, op);
+        };
         match (handle::parse(handle)?, input) {
-            (Parsed::Sealed { .. }, input) => self.sealed_sign(label, handle, input),
+            (Parsed::Sealed { .. }, _) => self.sealed_perform(label, handle, op),
             (Parsed::Native(b), SignInput::Message(m))
                 if label.algorithm == Algorithm::EcdsaP256 =>
             {
-                keys::sign(&self.device, &label, &b, m)
+                keys::sign(&self.device, &label, &b, m).map(Zeroizing::new)
             }
             // native keys are single-algorithm: no hybrid components
             (Parsed::Native(_), SignInput::ClassicalComponent(_)) => {
@@ -233,41 +238,6 @@ impl Backend for TpmBackend {
             }
             (Parsed::Native(_), _) => Err(BackendError::Sealed("not a signing key handle")),
         }
-    }
-
-    /// Wrap keys are never native to the TPM: always the sealed path.
-    fn decapsulate(
-        &self,
-        label: KeyLabel<'_>,
-        handle: &[u8],
-        ciphertext: &[u8],
-    ) -> Result<Zeroizing<Vec<u8>>, BackendError> {
-        self.caps.check(label.algorithm)?;
-        self.sealed_decapsulate(label, handle, ciphertext)
-    }
-
-    fn aead_seal(
-        &self,
-        label: KeyLabel<'_>,
-        handle: &[u8],
-        nonce: &[u8; 12],
-        aad: &[u8],
-        plaintext: &[u8],
-    ) -> Result<Vec<u8>, BackendError> {
-        self.caps.check(label.algorithm)?;
-        self.sealed_aead_seal(label, handle, nonce, aad, plaintext)
-    }
-
-    fn aead_open(
-        &self,
-        label: KeyLabel<'_>,
-        handle: &[u8],
-        nonce: &[u8; 12],
-        aad: &[u8],
-        ciphertext: &[u8],
-    ) -> Result<Zeroizing<Vec<u8>>, BackendError> {
-        self.caps.check(label.algorithm)?;
-        self.sealed_aead_open(label, handle, nonce, aad, ciphertext)
     }
 
     /// Nothing to do in the TPM: a key is its blobs, and the store's wipe
