@@ -14,9 +14,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use zeroize::Zeroizing;
-
-use super::{jittered, Backend, BackendError, Capabilities, Generated, KeyLabel, KeyOp};
+use super::{jittered, Backend, BackendError, Capabilities, Generated, KeyLabel, KeyOp, Performed};
 
 #[derive(Clone, Copy, Debug)]
 pub struct BreakerSettings {
@@ -191,12 +189,7 @@ impl Backend for Breaker {
     fn generate(&self, label: KeyLabel<'_>) -> Result<Generated, BackendError> {
         self.call(|b| b.generate(label))
     }
-    fn perform(
-        &self,
-        label: KeyLabel<'_>,
-        handle: &[u8],
-        op: KeyOp<'_>,
-    ) -> Result<Zeroizing<Vec<u8>>, BackendError> {
+    fn perform(&self, label: KeyLabel<'_>, handle: &[u8], op: KeyOp<'_>) -> Performed {
         self.call(|b| b.perform(label, handle, op))
     }
     fn destroy(&self, label: KeyLabel<'_>, handle: &[u8]) -> Result<(), BackendError> {

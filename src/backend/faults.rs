@@ -12,9 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use zeroize::Zeroizing;
-
-use super::{Backend, BackendError, Capabilities, Generated, KeyLabel, KeyOp};
+use super::{Backend, BackendError, Capabilities, Generated, KeyLabel, KeyOp, Performed};
 
 /// The switches shared by the wrapper and whoever drives the drill.
 #[derive(Debug, Default)]
@@ -151,12 +149,7 @@ impl Backend for FaultyBackend {
         self.gate()?;
         self.inner.generate(label)
     }
-    fn perform(
-        &self,
-        label: KeyLabel<'_>,
-        handle: &[u8],
-        op: KeyOp<'_>,
-    ) -> Result<Zeroizing<Vec<u8>>, BackendError> {
+    fn perform(&self, label: KeyLabel<'_>, handle: &[u8], op: KeyOp<'_>) -> Performed {
         self.gate()?;
         self.inner.perform(label, handle, op)
     }

@@ -83,15 +83,29 @@ impl Capabilities {
     /// The one capability check: every backend starts each key operation
     /// with it, so an algorithm the capabilities do not list is refused
     /// with [`BackendError::Unsupported`] before any handle is read or any
-    /// device is touched.
-    pub fn check(&self, alg: Algorithm) -> Result<(), BackendError> {
-        if self.supports(alg) {
-            Ok(())
+    /// device is touched. For one it lists: where its keys are held.
+    pub fn check(&self, alg: Algorithm) -> Result<Held, BackendError> {
+        if self.is_native(alg) {
+            Ok(Held::Native)
+        } else if self.sealed.contains(&alg) {
+            Ok(Held::Sealed)
         } else {
             Err(BackendError::Unsupported(alg))
         }
     }
 }
+
+/// Where a backend holds the keys of one algorithm ([`Capabilities::check`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Held {
+    /// In the device, as a device object.
+    Native,
+    /// As a software key sealed by custody ([`soft::SealedCustody`]).
+    Sealed,
+}
+
+/// What [`Backend::perform`] returns.
+pub type Performed = Result<Zeroizing<Vec<u8>>, BackendError>;
 
 /// Names one key version inside custody: `tenant/name#vN` plus algorithm.
 /// Sealing binds this label, so a handle copied onto another key record
@@ -180,12 +194,7 @@ pub trait Backend: Send + Sync {
     /// every operation; [`Backend::sign`] and the others below are typed
     /// front doors to it. Signatures and sealed ciphertexts come back in
     /// the same zeroizing buffer as decrypted secrets.
-    fn perform(
-        &self,
-        label: KeyLabel<'_>,
-        handle: &[u8],
-        op: KeyOp<'_>,
-    ) -> Result<Zeroizing<Vec<u8>>, BackendError>;
+    fn perform(&self, label: KeyLabel<'_>, handle: &[u8], op: KeyOp<'_>) -> Performed;
 
     /// Sign with a signing key ([`SignInput`] says what is signed).
     fn sign(

@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use zeroize::Zeroizing;
 
-use super::{BackendError, Generated, KeyLabel, KeyOp, SignInput};
+use super::{BackendError, Generated, KeyLabel, KeyOp, Performed, SignInput};
 use crate::crypto::{aead, Algorithm, Provider};
 
 const AAD_PREFIX: &[u8] = b"ron-kms/sealed/v1\0";
@@ -183,9 +183,11 @@ pub trait SealedCustody: Sealer {
     fn provider(&self) -> &Provider;
 
     /// Prepared Ed25519 keys, for custody that unseals in-process
-    /// (`sealed-file`); `None` for a device, whose KEK must see every
-    /// operation so that an outage shows at once ([`KeyCache`]).
-    fn prepared_keys(&self) -> Option<&KeyCache>;
+    /// (`sealed-file`); `None` (the default) for a device, whose KEK must
+    /// see every operation so that an outage shows at once ([`KeyCache`]).
+    fn prepared_keys(&self) -> Option<&KeyCache> {
+        None
+    }
 
     /// Generate a software key and seal it; the sealed blob is the handle.
     fn sealed_generate(&self, label: KeyLabel<'_>) -> Result<Generated, BackendError> {
@@ -205,12 +207,7 @@ pub trait SealedCustody: Sealer {
     /// through a prepared key when the backend keeps them.
     ///
     /// [`Backend::perform`]: super::Backend::perform
-    fn sealed_perform(
-        &self,
-        label: KeyLabel<'_>,
-        handle: &[u8],
-        op: KeyOp<'_>,
-    ) -> Result<Zeroizing<Vec<u8>>, BackendError> {
+    fn sealed_perform(&self, label: KeyLabel<'_>, handle: &[u8], op: KeyOp<'_>) -> Performed {
         if let (Some(cache), Algorithm::Ed25519, KeyOp::Sign(SignInput::Message(message))) =
             (self.prepared_keys(), label.algorithm, op)
         {

@@ -49,8 +49,10 @@ use zeroize::Zeroizing;
 
 use self::handle::{Parsed, KIND_PAIR};
 use self::pool::Pool;
-use super::soft::{KeyCache, SealedCustody, Sealer};
-use super::{Backend, BackendError, Capabilities, Generated, KeyLabel, KeyOp, SignInput};
+use super::soft::{SealedCustody, Sealer};
+use super::{
+    Backend, BackendError, Capabilities, Generated, Held, KeyLabel, KeyOp, Performed, SignInput,
+};
 use crate::crypto::{aead, random_bytes, Provider};
 
 /// What `serve` needs to reach the token (docs/configuration.md).
@@ -155,10 +157,6 @@ impl SealedCustody for Pkcs11Backend {
     fn provider(&self) -> &Provider {
         &self.provider
     }
-
-    fn prepared_keys(&self) -> Option<&KeyCache> {
-        None
-    }
 }
 
 impl Backend for Pkcs11Backend {
@@ -171,21 +169,15 @@ impl Backend for Pkcs11Backend {
     }
 
     fn generate(&self, label: KeyLabel<'_>) -> Result<Generated, BackendError> {
-        self.caps.check(label.algorithm)?;
-        if !self.caps.is_native(label.algorithm) {
-            return self.sealed_generate(label);
+        match self.caps.check(label.algorithm)? {
+            Held::Native => keys::generate(&self.pool, label),
+            Held::Sealed => self.sealed_generate(label),
         }
-        keys::generate(&self.pool, label)
     }
 
     /// Token keys run on the token; sealed keys (and every KEM key: none is
     /// native here) on the sealed path.
-    fn perform(
-        &self,
-        label: KeyLabel<'_>,
-        handle: &[u8],
-        op: KeyOp<'_>,
-    ) -> Result<Zeroizing<Vec<u8>>, BackendError> {
+    fn perform(&self, label: KeyLabel<'_>, handle: &[u8], op: KeyOp<'_>) -> Performed {
         self.caps.check(label.algorithm)?;
         let r = match (handle::parse(handle)?, op) {
             (Parsed::Sealed(_), _) | (_, KeyOp::Decapsulate(_)) => {

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use zeroize::Zeroizing;
 
 use super::soft::{label_aad, KeyCache, SealedCustody, Sealer};
-use super::{Backend, BackendError, Capabilities, Generated, KeyLabel, KeyOp};
+use super::{Backend, BackendError, Capabilities, Generated, KeyLabel, KeyOp, Performed};
 use crate::crypto::{aead, random_bytes, Algorithm, Provider};
 
 pub use master::MasterKey;
@@ -129,12 +129,7 @@ impl Backend for SealedFileBackend {
         self.sealed_generate(label)
     }
 
-    fn perform(
-        &self,
-        label: KeyLabel<'_>,
-        handle: &[u8],
-        op: KeyOp<'_>,
-    ) -> Result<Zeroizing<Vec<u8>>, BackendError> {
+    fn perform(&self, label: KeyLabel<'_>, handle: &[u8], op: KeyOp<'_>) -> Performed {
         self.caps.check(label.algorithm)?;
         self.sealed_perform(label, handle, op)
     }

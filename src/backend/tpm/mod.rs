@@ -63,8 +63,10 @@ pub use self::templates::{ak_template, null_ticket, signing_key_template, srk_te
 use self::device::{Conn, Device};
 use self::error::{Ctx, Fail};
 use self::handle::Parsed;
-use super::soft::{KeyCache, SealedCustody};
-use super::{Backend, BackendError, Capabilities, Generated, KeyLabel, KeyOp, SignInput};
+use super::soft::SealedCustody;
+use super::{
+    Backend, BackendError, Capabilities, Generated, Held, KeyLabel, KeyOp, Performed, SignInput,
+};
 use crate::crypto::{Algorithm, Provider};
 
 pub const DEFAULT_QUEUE_DEPTH: usize = 64;
@@ -190,10 +192,6 @@ impl SealedCustody for TpmBackend {
     fn provider(&self) -> &Provider {
         &self.provider
     }
-
-    fn prepared_keys(&self) -> Option<&KeyCache> {
-        None
-    }
 }
 
 impl Backend for TpmBackend {
@@ -206,21 +204,15 @@ impl Backend for TpmBackend {
     }
 
     fn generate(&self, label: KeyLabel<'_>) -> Result<Generated, BackendError> {
-        self.caps.check(label.algorithm)?;
-        if !self.caps.is_native(label.algorithm) {
-            return self.sealed_generate(label);
+        match self.caps.check(label.algorithm)? {
+            Held::Native => keys::generate(&self.device, &label),
+            Held::Sealed => self.sealed_generate(label),
         }
-        keys::generate(&self.device, &label)
     }
 
     /// Native keys (ECDSA P-256) sign in the TPM; everything else, and
     /// every wrap key (never native here), runs on the sealed path.
-    fn perform(
-        &self,
-        label: KeyLabel<'_>,
-        handle: &[u8],
-        op: KeyOp<'_>,
-    ) -> Result<Zeroizing<Vec<u8>>, BackendError> {
+    fn perform(&self, label: KeyLabel<'_>, handle: &[u8], op: KeyOp<'_>) -> Performed {
         self.caps.check(label.algorithm)?;
         let KeyOp::Sign(input) = op else {
             return self.sealed_perform(label, handle, op);
