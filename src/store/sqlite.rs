@@ -118,13 +118,7 @@ fn insert_token_tx(tx: &rusqlite::Transaction<'_>, t: &TokenRecord) -> Result<()
             t.revoked_at_ms
         ],
     )
-    .map_err(|e| {
-        if is_unique_violation(&e) {
-            StoreError::AlreadyExists(format!("token {} exists", t.id))
-        } else {
-            db_err(e)
-        }
-    })?;
+    .map_err(|e| unique_or(e, || StoreError::AlreadyExists(format!("token {} exists", t.id))))?;
     Ok(())
 }
 
@@ -155,13 +149,18 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-fn is_unique_violation(e: &rusqlite::Error) -> bool {
-    matches!(
-        e,
+/// A primary-key or unique violation as `conflict()`'s error; any other
+/// failure as a database error.
+fn unique_or(e: rusqlite::Error, conflict: impl FnOnce() -> StoreError) -> StoreError {
+    match e {
         rusqlite::Error::SqliteFailure(f, _)
             if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
-                || f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
-    )
+                || f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE =>
+        {
+            conflict()
+        }
+        e => db_err(e),
+    }
 }
 
 fn insert_op(tx: &rusqlite::Transaction<'_>, op: Option<&OpRecord>) -> Result<(), StoreError> {
@@ -170,13 +169,7 @@ fn insert_op(tx: &rusqlite::Transaction<'_>, op: Option<&OpRecord>) -> Result<()
         "INSERT INTO ops (tenant, op_id, request_hash, result, created_at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
         params![op.tenant, op.op_id, &op.request_hash[..], op.result, now_ms()],
     )
-    .map_err(|e| {
-        if is_unique_violation(&e) {
-            StoreError::OpConflict(format!("op_id {:?} was already used", op.op_id))
-        } else {
-            db_err(e)
-        }
-    })?;
+    .map_err(|e| unique_or(e, || StoreError::OpConflict(format!("op_id {:?} was already used", op.op_id))))?;
     Ok(())
 }
 
@@ -200,11 +193,9 @@ fn insert_version(
         ],
     )
     .map_err(|e| {
-        if is_unique_violation(&e) {
+        unique_or(e, || {
             StoreError::VersionConflict(format!("version {} of {name} exists", v.version))
-        } else {
-            db_err(e)
-        }
+        })
     })?;
     Ok(())
 }
@@ -409,13 +400,7 @@ impl Store for SqliteStore {
             "INSERT INTO keys (tenant, name, algorithm, primary_version, created_at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
             params![key.tenant, key.name, key.algorithm.as_str(), key.primary_version, key.created_at_ms],
         )
-        .map_err(|e| {
-            if is_unique_violation(&e) {
-                StoreError::AlreadyExists(format!("key {} already exists", key.name))
-            } else {
-                db_err(e)
-            }
-        })?;
+        .map_err(|e| unique_or(e, || StoreError::AlreadyExists(format!("key {} already exists", key.name))))?;
         for v in &key.versions {
             insert_version(&tx, &key.tenant, &key.name, v)?;
         }

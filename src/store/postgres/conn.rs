@@ -86,8 +86,14 @@ pub(super) fn pool_err(e: r2d2::Error) -> StoreError {
     StoreError::Backend(format!("no database connection: {e}"))
 }
 
-pub(super) fn is_unique_violation(e: &postgres::Error) -> bool {
-    e.code() == Some(&postgres::error::SqlState::UNIQUE_VIOLATION)
+/// A unique violation as `conflict()`'s error; any other failure as a
+/// database error.
+pub(super) fn unique_or(e: postgres::Error, conflict: impl FnOnce() -> StoreError) -> StoreError {
+    if e.code() == Some(&postgres::error::SqlState::UNIQUE_VIOLATION) {
+        conflict()
+    } else {
+        db_err(e)
+    }
 }
 
 pub(super) fn now_ms() -> i64 {

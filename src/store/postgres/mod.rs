@@ -121,13 +121,7 @@ fn insert_token_tx(tx: &mut postgres::Transaction<'_>, t: &TokenRecord) -> Resul
             &t.revoked_at_ms,
         ],
     )
-    .map_err(|e| {
-        if is_unique_violation(&e) {
-            StoreError::AlreadyExists(format!("token {} exists", t.id))
-        } else {
-            db_err(e)
-        }
-    })?;
+    .map_err(|e| unique_or(e, || StoreError::AlreadyExists(format!("token {} exists", t.id))))?;
     Ok(())
 }
 
@@ -150,13 +144,7 @@ fn insert_op(tx: &mut postgres::Transaction<'_>, op: Option<&OpRecord>) -> Resul
         "INSERT INTO ops (tenant, op_id, request_hash, result, created_at_ms) VALUES ($1, $2, $3, $4, $5)",
         &[&op.tenant, &op.op_id, &&op.request_hash[..], &op.result, &now_ms()],
     )
-    .map_err(|e| {
-        if is_unique_violation(&e) {
-            StoreError::OpConflict(format!("op_id {:?} was already used", op.op_id))
-        } else {
-            db_err(e)
-        }
-    })?;
+    .map_err(|e| unique_or(e, || StoreError::OpConflict(format!("op_id {:?} was already used", op.op_id))))?;
     Ok(())
 }
 
@@ -180,14 +168,12 @@ fn insert_version(
         ],
     )
     .map_err(|e| {
-        if is_unique_violation(&e) {
+        unique_or(e, || {
             StoreError::VersionConflict(format!(
                 "version {} of {name} was created concurrently",
                 v.version
             ))
-        } else {
-            db_err(e)
-        }
+        })
     })?;
     Ok(())
 }
@@ -430,13 +416,7 @@ impl Store for PgStore {
                     &key.created_at_ms,
                 ],
             )
-            .map_err(|e| {
-                if is_unique_violation(&e) {
-                    StoreError::AlreadyExists(format!("key {} already exists", key.name))
-                } else {
-                    db_err(e)
-                }
-            })?;
+            .map_err(|e| unique_or(e, || StoreError::AlreadyExists(format!("key {} already exists", key.name))))?;
             for v in &key.versions {
                 insert_version(tx, &key.tenant, &key.name, v)?;
             }
