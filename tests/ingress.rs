@@ -259,9 +259,7 @@ async fn h2_connect(
 }
 
 fn grpc_head(token: &str) -> http::Request<()> {
-    http::Request::builder()
-        .method("POST")
-        .uri("http://localhost/ron.kms.v1.Kms/Sign")
+    http::Request::post("http://localhost/ron.kms.v1.Kms/Sign")
         .header("content-type", "application/grpc")
         .header("te", "trailers")
         .header("authorization", format!("Bearer {token}"))

@@ -5,12 +5,10 @@
 //! certificate for A cannot touch B's keys; tokens keep working over TLS.
 mod common;
 
-use common::certs::{foreign_client, Pki};
+use common::certs::{foreign_client, grpc, Pki};
 use common::{Client, Front, TestServer};
 use ron_kms::ingress::tls::{MtlsRule, TlsSettings};
-use ron_kms::proto::kms_client::KmsClient;
 use ron_kms::proto::{GetKeyRequest, SignRequest};
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
 const RULE: &str = "spiffe://ron-kms.test/tenant/{tenant}";
 
@@ -29,28 +27,6 @@ async fn start(pki: &Pki) -> TestServer {
         require_pq_kx: false,
     };
     TestServer::start_with(|c| c.tls = Some(settings)).await
-}
-
-async fn grpc(
-    s: &TestServer,
-    pki: &Pki,
-    cert: Option<&(String, String)>,
-) -> Result<KmsClient<Channel>, tonic::transport::Error> {
-    let mut tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(&pki.ca_pem))
-        .domain_name("localhost");
-    if let Some((c, k)) = cert {
-        tls = tls.identity(Identity::from_pem(c, k));
-    }
-    let ch = Channel::from_shared(format!(
-        "https://localhost:{}",
-        s.running().grpc_addr.port()
-    ))
-    .unwrap()
-    .tls_config(tls)?
-    .connect()
-    .await?;
-    Ok(KmsClient::new(ch))
 }
 
 fn https(pki: &Pki, cert: Option<&(String, String)>) -> reqwest::Client {

@@ -11,15 +11,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::certs::Pki;
+use common::certs::{grpc, Pki};
 use common::TestServer;
 use ron_kms::ingress::tls::{MtlsRule, TlsSettings};
-use ron_kms::proto::kms_client::KmsClient;
 use ron_kms::proto::{CreateKeyRequest, SignRequest};
 use rustls_pki_types::pem::PemObject as _;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
 const RULE: &str = "spiffe://ron-kms.test/tenant/{tenant}";
 
@@ -68,28 +66,6 @@ async fn start(pki: &Pki, crl: &str) -> (TestServer, PathBuf) {
         c.create_key(r).await.unwrap();
     }
     (s, crl_file)
-}
-
-async fn grpc(
-    s: &TestServer,
-    pki: &Pki,
-    cert: Option<&(String, String)>,
-) -> Result<KmsClient<Channel>, tonic::transport::Error> {
-    let mut tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(&pki.ca_pem))
-        .domain_name("localhost");
-    if let Some((c, k)) = cert {
-        tls = tls.identity(Identity::from_pem(c, k));
-    }
-    let ch = Channel::from_shared(format!(
-        "https://localhost:{}",
-        s.running().grpc_addr.port()
-    ))
-    .unwrap()
-    .tls_config(tls)?
-    .connect()
-    .await?;
-    Ok(KmsClient::new(ch))
 }
 
 /// A new gRPC connection with `cert` signs with the key of `tenant`: Ok,

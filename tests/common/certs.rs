@@ -13,7 +13,9 @@ use rcgen::{
     ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose,
     RevokedCertParams, SanType, SerialNumber,
 };
+use ron_kms::proto::kms_client::KmsClient;
 use rustls_pki_types::pem::PemObject as _;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
 pub struct Pki {
     pub dir: tempfile::TempDir,
@@ -187,4 +189,26 @@ impl Default for Pki {
 pub fn foreign_client(uri: &str) -> (String, String) {
     let (issuer, _) = new_ca("some other CA");
     client_leaf(&issuer, uri)
+}
+
+/// A gRPC client over TLS to `s`, trusting `pki`'s CA, presenting `cert`
+/// (PEM certificate and key) when given.
+pub async fn grpc(
+    s: &super::TestServer,
+    pki: &Pki,
+    cert: Option<&(String, String)>,
+) -> Result<KmsClient<Channel>, tonic::transport::Error> {
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(&pki.ca_pem))
+        .domain_name("localhost");
+    if let Some((c, k)) = cert {
+        tls = tls.identity(Identity::from_pem(c, k));
+    }
+    let addr = format!("https://localhost:{}", s.running().grpc_addr.port());
+    let ch = Channel::from_shared(addr)
+        .unwrap()
+        .tls_config(tls)?
+        .connect()
+        .await?;
+    Ok(KmsClient::new(ch))
 }

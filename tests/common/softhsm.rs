@@ -2,7 +2,6 @@
 //! `SOFTHSM2_CONF`, initialised with `softhsm2-util`, and a 0600 PIN file.
 //! `scripts/install-deps.sh` installs softhsm2 and opensc (`pkcs11-tool`).
 use std::ffi::OsString;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -65,13 +64,7 @@ impl SoftHsm {
             String::from_utf8_lossy(&out.stderr)
         );
         let pin_file = dir.join("pin");
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&pin_file)
-            .unwrap();
-        std::io::Write::write_all(&mut f, PIN.as_bytes()).unwrap();
+        ron_kms::secret_file::write_private(&pin_file, PIN.as_bytes()).unwrap();
         SoftHsm {
             dir: dir.to_path_buf(),
             conf,

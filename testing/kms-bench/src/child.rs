@@ -233,17 +233,23 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        drop(self.child.stdin.take());
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        close_and_reap(&mut self.child, Duration::from_secs(5));
     }
+}
+
+/// Close a child's stdin (its signal to exit), give it `grace` to go, then
+/// kill it; reaped either way.
+pub(crate) fn close_and_reap(child: &mut Child, grace: Duration) {
+    drop(child.stdin.take());
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 pub(crate) fn with_auth<T>(m: T, token: &str) -> Result<tonic::Request<T>, String> {

@@ -158,7 +158,7 @@ async fn run(a: RunArgs) -> Result<ExitCode, String> {
         if a.mix.is_none() {
             println!(
                 "  service / raw crypto on all {cpus} cores: {:.3}",
-                s.ops_per_sec / raw_all.max(f64::MIN_POSITIVE)
+                s.figures.ops_per_sec / raw_all.max(f64::MIN_POSITIVE)
             );
         }
         if let Some((b, p)) = &bare {
@@ -170,9 +170,9 @@ async fn run(a: RunArgs) -> Result<ExitCode, String> {
                 alg: s.alg.clone(),
                 concurrency: conc,
                 batch: s.batch,
-                throughput: s.ops_per_sec / y.ops_per_sec.max(f64::MIN_POSITIVE),
-                p95: s.p95_us as f64 / (y.p95_us.max(1)) as f64,
-                p99: s.p99_us as f64 / (y.p99_us.max(1)) as f64,
+                throughput: s.figures.ops_per_sec / y.figures.ops_per_sec.max(f64::MIN_POSITIVE),
+                p95: s.figures.p95_us as f64 / (y.figures.p95_us.max(1)) as f64,
+                p99: s.figures.p99_us as f64 / (y.figures.p99_us.max(1)) as f64,
                 cpu_per_op: s.server_cpu_us_per_op / y.server_cpu_us_per_op.max(f64::MIN_POSITIVE),
             };
             println!(
@@ -182,7 +182,7 @@ async fn run(a: RunArgs) -> Result<ExitCode, String> {
             ratios.push(r);
             runs.push(y);
         }
-        for (code, n) in &s.errors {
+        for (code, n) in &s.figures.errors {
             println!("  service errors: {code} x{n}");
         }
         runs.push(s);

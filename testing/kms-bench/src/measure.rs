@@ -93,7 +93,7 @@ pub(crate) async fn measure(
     let tenant_p95: Vec<u64> = parts
         .iter()
         .filter(|p| p.label.starts_with("tenant-"))
-        .map(|p| p.p95_us)
+        .map(|p| p.figures.p95_us)
         .collect();
     let tenant_p95_skew = (tenant_p95.len() > 1).then(|| {
         let max = *tenant_p95.iter().max().unwrap_or(&1) as f64;
@@ -101,7 +101,7 @@ pub(crate) async fn measure(
         max / min
     });
     let total = PartReport::of(&plan.name, &outcome.total, secs);
-    let ops = total.ops_per_sec;
+    let ops = total.figures.ops_per_sec;
     Ok(RunReport {
         server: role.into(),
         transport: ep.transport.as_str().into(),
@@ -119,14 +119,7 @@ pub(crate) async fn measure(
         rate: a.rate,
         audit: role == "service" && !a.no_audit,
         seconds: secs,
-        requests: total.requests,
-        ok: total.ok,
-        errors: total.errors,
-        ops_per_sec: ops,
-        p50_us: total.p50_us,
-        p95_us: total.p95_us,
-        p99_us: total.p99_us,
-        max_us: total.max_us,
+        figures: total.figures,
         server_cpu_cores: server_cpu,
         server_cpu_us_per_op: if ops > 0.0 {
             server_cpu * 1e6 / ops

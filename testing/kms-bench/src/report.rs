@@ -85,17 +85,17 @@ pub(crate) async fn audit_pairs(
         println!("{}  audit on", s_on.row());
         println!("{}  audit off", s_off.row());
         for (label, s) in [("on", &s_on), ("off", &s_off)] {
-            for (code, n) in &s.errors {
+            for (code, n) in &s.figures.errors {
                 println!("  audit {label} errors: {code} x{n}");
             }
         }
-        let ratio = s_on.ops_per_sec / s_off.ops_per_sec.max(f64::MIN_POSITIVE);
+        let ratio = s_on.figures.ops_per_sec / s_off.figures.ops_per_sec.max(f64::MIN_POSITIVE);
         println!("  pair {i}: audit on / off throughput {ratio:.3}");
         pairs.push(AuditPair {
             concurrency: conc,
             pair: i,
-            on_ops_per_sec: s_on.ops_per_sec,
-            off_ops_per_sec: s_off.ops_per_sec,
+            on_ops_per_sec: s_on.figures.ops_per_sec,
+            off_ops_per_sec: s_off.figures.ops_per_sec,
             ratio,
             on_server_cpu_us_per_op: s_on.server_cpu_us_per_op,
             off_server_cpu_us_per_op: s_off.server_cpu_us_per_op,

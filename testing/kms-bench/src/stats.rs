@@ -119,14 +119,9 @@ pub struct RunReport {
     pub rate: Option<f64>,
     pub audit: bool,
     pub seconds: f64,
-    pub requests: u64,
-    pub ok: u64,
-    pub errors: BTreeMap<String, u64>,
-    pub ops_per_sec: f64,
-    pub p50_us: u64,
-    pub p95_us: u64,
-    pub p99_us: u64,
-    pub max_us: u64,
+    /// The run's throughput and latencies (flattened: the same JSON keys).
+    #[serde(flatten)]
+    pub figures: Figures,
     /// Server CPU over the measured window, in cores (1.0 = one core busy).
     pub server_cpu_cores: f64,
     /// Server CPU per successful operation.
@@ -147,6 +142,13 @@ pub struct RunReport {
 #[derive(Clone, Debug, Serialize)]
 pub struct PartReport {
     pub label: String,
+    #[serde(flatten)]
+    pub figures: Figures,
+}
+
+/// Throughput and latencies over a window.
+#[derive(Clone, Debug, Serialize)]
+pub struct Figures {
     pub requests: u64,
     pub ok: u64,
     pub errors: BTreeMap<String, u64>,
@@ -162,23 +164,26 @@ impl PartReport {
         let h = &t.latency_us;
         PartReport {
             label: label.to_string(),
-            requests: h.len(),
-            ok: t.ok,
-            errors: t.errors.clone(),
-            ops_per_sec: t.ok as f64 / secs.max(f64::MIN_POSITIVE),
-            p50_us: h.value_at_quantile(0.50),
-            p95_us: h.value_at_quantile(0.95),
-            p99_us: h.value_at_quantile(0.99),
-            max_us: h.max(),
+            figures: Figures {
+                requests: h.len(),
+                ok: t.ok,
+                errors: t.errors.clone(),
+                ops_per_sec: t.ok as f64 / secs.max(f64::MIN_POSITIVE),
+                p50_us: h.value_at_quantile(0.50),
+                p95_us: h.value_at_quantile(0.95),
+                p99_us: h.value_at_quantile(0.99),
+                max_us: h.max(),
+            },
         }
     }
 
     /// An indented line under its run's row.
     pub fn row(&self) -> String {
-        let errs: u64 = self.errors.values().sum();
+        let f = &self.figures;
+        let errs: u64 = f.errors.values().sum();
         format!(
             "  part {:<20} {:>10.0} {:>8} {:>8} {:>8} {:>9} {:>7}",
-            self.label, self.ops_per_sec, self.p50_us, self.p95_us, self.p99_us, self.max_us, errs
+            self.label, f.ops_per_sec, f.p50_us, f.p95_us, f.p99_us, f.max_us, errs
         )
     }
 }
@@ -186,7 +191,8 @@ impl PartReport {
 impl RunReport {
     /// One line for the table.
     pub fn row(&self) -> String {
-        let errs: u64 = self.errors.values().sum();
+        let f = &self.figures;
+        let errs: u64 = f.errors.values().sum();
         format!(
             "{:<8} {:<5} {:<7} {:<11} {:>4} {:>10.0} {:>8} {:>8} {:>8} {:>9} {:>7} {:>6.2} {:>6.2} {:>7.1}",
             self.server,
@@ -194,11 +200,11 @@ impl RunReport {
             self.op,
             self.alg,
             self.concurrency,
-            self.ops_per_sec,
-            self.p50_us,
-            self.p95_us,
-            self.p99_us,
-            self.max_us,
+            f.ops_per_sec,
+            f.p50_us,
+            f.p95_us,
+            f.p99_us,
+            f.max_us,
             errs,
             self.server_cpu_cores,
             self.client_cpu_cores,

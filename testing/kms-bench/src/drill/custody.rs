@@ -13,7 +13,6 @@ const HSM_LABEL: &str = "drill";
 
 impl SoftHsm {
     fn new(dir: &Path) -> Result<SoftHsm, String> {
-        use std::os::unix::fs::OpenOptionsExt;
         let tokens = dir.join("tokens");
         std::fs::create_dir_all(&tokens).map_err(|e| e.to_string())?;
         let conf = dir.join("softhsm2.conf");
@@ -39,13 +38,8 @@ impl SoftHsm {
             ));
         }
         let pin_file = dir.join("pin");
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&pin_file)
+        ron_kms::secret_file::write_private(&pin_file, pin.as_bytes())
             .map_err(|e| e.to_string())?;
-        std::io::Write::write_all(&mut f, pin.as_bytes()).map_err(|e| e.to_string())?;
         Ok(SoftHsm {
             conf,
             tokens,
@@ -102,19 +96,8 @@ pub(super) async fn hsm_flap(a: &DrillArgs) -> Result<Verdict, String> {
     let ep = s.endpoint.clone();
     let mix = || sign_verify(&ep, "flap", false);
     sign_verify(&ep, "flap", true).await?;
-    let g = |mix: Mix, clients| Group {
-        clients,
-        mix,
-        pace: Pace::Closed,
-    };
-    v.phases.push(
-        phase(
-            "before",
-            vec![g(mix().await?, workers(&ep, a.concurrency).await?)],
-            before,
-        )
-        .await,
-    );
+    let n = a.concurrency;
+    v.steady(&ep, "flap", "before", n, before).await?;
     // 400 ms up / 300 ms down, every call 2 ms slower, 5% of calls failing
     s.send("flap 400 300")?;
     s.send("latency 2")?;
@@ -123,24 +106,13 @@ pub(super) async fn hsm_flap(a: &DrillArgs) -> Result<Verdict, String> {
         "fault 1 (fault-injecting wrapper)",
         "the device flaps 400 ms up / 300 ms down, +2 ms per call, 5% of calls fail",
     );
-    v.phases.push(
-        phase(
-            "injected faults",
-            vec![g(mix().await?, workers(&ep, a.concurrency).await?)],
-            during,
-        )
-        .await,
-    );
+    v.steady(&ep, "flap", "injected faults", n, during).await?;
     s.send("clear")?;
-    let rec = until_sign_ok(&ep, "flap", Duration::from_secs(30)).await;
-    v.fact(
+    v.recovery(
         "recovery 1 (fault cleared -> first sign ok)",
-        rec.map(|d| format!("{} ms", d.as_millis()))
-            .unwrap_or("never".into()),
-    );
-    v.check(
+        until_sign_ok(&ep, "flap", Duration::from_secs(30)).await,
         "sign works again within 5 s of the injected faults clearing",
-        rec.is_some_and(|d| d < Duration::from_secs(5)),
+        Duration::from_secs(5),
     );
     // a real outage: the token's directory taken away under load
     let token_dir = hsm.token_dir()?;
@@ -150,34 +122,23 @@ pub(super) async fn hsm_flap(a: &DrillArgs) -> Result<Verdict, String> {
         format!("the SoftHSM2 token directory renamed away for {away_for:.0} s under load"),
     );
     let outage_mix = mix().await?;
-    let outage_clients = workers(&ep, a.concurrency).await?;
+    let outage_clients = workers(&ep, n).await?;
     std::fs::rename(&token_dir, &away).map_err(|e| e.to_string())?;
     let outage = phase(
         "token directory away",
-        vec![g(outage_mix, outage_clients)],
+        vec![closed(outage_mix, outage_clients)],
         away_for,
     )
     .await;
     std::fs::rename(&away, &token_dir).map_err(|e| e.to_string())?;
     v.phases.push(outage);
-    let rec = until_sign_ok(&ep, "flap", Duration::from_secs(30)).await;
-    v.fact(
+    v.recovery(
         "recovery 2 (token directory back -> first sign ok, ron-kms not restarted)",
-        rec.map(|d| format!("{} ms", d.as_millis()))
-            .unwrap_or("never".into()),
-    );
-    v.check(
+        until_sign_ok(&ep, "flap", Duration::from_secs(30)).await,
         "sign works again within 15 s of the token's return (reconnect backoff capped at 10 s)",
-        rec.is_some_and(|d| d < Duration::from_secs(15)),
+        Duration::from_secs(15),
     );
-    v.phases.push(
-        phase(
-            "after",
-            vec![g(mix().await?, workers(&ep, a.concurrency).await?)],
-            after,
-        )
-        .await,
-    );
+    v.steady(&ep, "flap", "after", n, after).await?;
     v.check_only_sheds();
     let away_ok = v.phases[2].tally.ok;
     v.check(
@@ -283,22 +244,8 @@ pub(super) async fn tpm_loss(a: &DrillArgs) -> Result<Verdict, String> {
     )?;
     let ep = s.endpoint.clone();
     sign_verify(&ep, "tpm", true).await?;
-    let g = |mix: Mix, clients| Group {
-        clients,
-        mix,
-        pace: Pace::Closed,
-    };
-    v.phases.push(
-        phase(
-            "before",
-            vec![g(
-                sign_verify(&ep, "tpm", false).await?,
-                workers(&ep, a.concurrency).await?,
-            )],
-            before,
-        )
-        .await,
-    );
+    v.steady(&ep, "tpm", "before", a.concurrency, before)
+        .await?;
     v.fact(
         "fault",
         format!("swtpm killed (SIGKILL) under load, restarted {during:.0} s later"),
@@ -309,33 +256,19 @@ pub(super) async fn tpm_loss(a: &DrillArgs) -> Result<Verdict, String> {
     v.phases.push(
         phase(
             "during (TPM gone)",
-            vec![g(during_mix, workers(&ep, a.concurrency).await?)],
+            vec![closed(during_mix, workers(&ep, a.concurrency).await?)],
             during,
         )
         .await,
     );
     tpm.spawn()?;
-    let rec = until_sign_ok(&ep, "tpm", Duration::from_secs(60)).await;
-    v.fact(
+    v.recovery(
         "recovery (swtpm back -> first sign ok, ron-kms not restarted)",
-        rec.map(|d| format!("{} ms", d.as_millis()))
-            .unwrap_or("never".into()),
-    );
-    v.check(
+        until_sign_ok(&ep, "tpm", Duration::from_secs(60)).await,
         "sign works again within 15 s of the TPM's return (its reconnect backoff is capped at 10 s)",
-        rec.is_some_and(|d| d < Duration::from_secs(15)),
+        Duration::from_secs(15),
     );
-    v.phases.push(
-        phase(
-            "after",
-            vec![g(
-                sign_verify(&ep, "tpm", false).await?,
-                workers(&ep, a.concurrency).await?,
-            )],
-            after,
-        )
-        .await,
-    );
+    v.steady(&ep, "tpm", "after", a.concurrency, after).await?;
     v.check_only_sheds();
     let during_ok = v.phases[1].tally.ok;
     v.check(

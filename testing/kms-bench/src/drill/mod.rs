@@ -116,6 +116,29 @@ impl Verdict {
         self.checks.iter().all(|c| c.1)
     }
 
+    /// A recovery time as fact `what` ("never" when there was none), and
+    /// checked as `claim`: it came within `within`.
+    fn recovery(&mut self, what: &str, rec: Option<Duration>, claim: &str, within: Duration) {
+        let shown = rec.map_or("never".into(), |d| format!("{} ms", d.as_millis()));
+        self.fact(what, shown);
+        self.check(claim, rec.is_some_and(|d| d < within));
+    }
+
+    /// Phase `name`: `secs` of the steady sign + verify mix on key `key`
+    /// from `n` closed-loop workers.
+    async fn steady(
+        &mut self,
+        ep: &Endpoint,
+        key: &str,
+        name: &'static str,
+        n: usize,
+        secs: f64,
+    ) -> Result<(), String> {
+        let g = closed(sign_verify(ep, key, false).await?, workers(ep, n).await?);
+        self.phases.push(phase(name, vec![g], secs).await);
+        Ok(())
+    }
+
     /// At least 99% of phase `i`'s requests were ok.
     fn check_ok_share(&mut self, i: usize, when: &str) {
         let t = &self.phases[i].tally;
@@ -239,6 +262,15 @@ async fn workers(ep: &Endpoint, n: usize) -> Result<Vec<Client>, String> {
     (0..n)
         .map(|i| Client::grpc(chans[i % chans.len()].clone(), &ep.token))
         .collect()
+}
+
+/// Closed-loop `clients` running `mix` back to back.
+fn closed(mix: Mix, clients: Vec<Client>) -> Group {
+    Group {
+        clients,
+        mix,
+        pace: Pace::Closed,
+    }
 }
 
 /// Run `groups` for `secs` and keep the merged tally as phase `name`.

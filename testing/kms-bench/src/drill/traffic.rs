@@ -211,22 +211,8 @@ pub(super) async fn hostile_clients(a: &DrillArgs) -> Result<Verdict, String> {
     let ep = s.endpoint.clone();
     let http = ep.http.trim_start_matches("http://").to_string();
     sign_verify(&ep, "hostile", true).await?;
-    let g = |mix: Mix, clients| Group {
-        clients,
-        mix,
-        pace: Pace::Closed,
-    };
-    v.phases.push(
-        phase(
-            "before",
-            vec![g(
-                sign_verify(&ep, "hostile", false).await?,
-                workers(&ep, a.concurrency).await?,
-            )],
-            before,
-        )
-        .await,
-    );
+    v.steady(&ep, "hostile", "before", a.concurrency, before)
+        .await?;
     v.fact(
         "attacks",
         "50 slow-loris connections (a header byte every 300 ms), gzip bombs (64 MiB of zeros in ~64 KiB), 2 MiB bodies, on the HTTP port; an HTTP/2 rapid-reset stream flood on the gRPC port; all through the phase",
@@ -307,17 +293,7 @@ pub(super) async fn hostile_clients(a: &DrillArgs) -> Result<Verdict, String> {
         );
         tokio::spawn(async move { h2_flood(&grpc, &token, &stop).await })
     };
-    v.phases.push(
-        phase(
-            "during",
-            vec![g(
-                sign_verify(&ep, "hostile", false).await?,
-                workers(&ep, a.concurrency).await?,
-            )],
-            during,
-        )
-        .await,
-    );
+    v.steady(&ep, "hostile", "during", a.concurrency, during).await?;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let answers = abuse.await.map_err(|e| e.to_string())?;
     let flood = flood.await.map_err(|e| e.to_string())?;
@@ -375,17 +351,7 @@ pub(super) async fn hostile_clients(a: &DrillArgs) -> Result<Verdict, String> {
         ),
         bad.is_empty() && !answers.is_empty(),
     );
-    v.phases.push(
-        phase(
-            "after",
-            vec![g(
-                sign_verify(&ep, "hostile", false).await?,
-                workers(&ep, a.concurrency).await?,
-            )],
-            after,
-        )
-        .await,
-    );
+    v.steady(&ep, "hostile", "after", a.concurrency, after).await?;
     v.check_only_sheds();
     let k = keys_ok(&ep, &["hostile".to_string()]).await;
     v.check("the server still serves (no key lost)", k == 1);
