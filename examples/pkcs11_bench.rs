@@ -25,7 +25,7 @@ use cryptoki::mechanism::Mechanism;
 use cryptoki::object::Attribute;
 use cryptoki::session::UserType;
 use cryptoki::types::AuthPin;
-use ron_kms::config::{BackendKind, Config, PassphraseSource, Pkcs11Config};
+use ron_kms::config::{BackendKind, PassphraseSource, Pkcs11Config};
 
 // The tests' throw-away SoftHSM2 token: temp dir, own SOFTHSM2_CONF,
 // softhsm2-util --init-token, a 0600 PIN file.
@@ -110,29 +110,20 @@ fn main() {
     // read by the module when it is loaded, before any thread starts
     std::env::set_var("SOFTHSM2_CONF", &hsm.conf);
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let mut cfg = Config::for_data_dir(&dir.join("data"));
-    cfg.grpc_addr = "127.0.0.1:0".parse().unwrap();
-    cfg.http_addr = "127.0.0.1:0".parse().unwrap();
-    // RON_KMS_BENCH_AUDIT=off: run without the audit log, to see its share
-    let audit = std::env::var("RON_KMS_BENCH_AUDIT").unwrap_or_else(|_| "on".into());
-    cfg.audit.off_for_benchmarks = audit == "off";
+    let rt = sign_load::runtime();
+    let mut cfg = sign_load::bench_config(&dir.join("data"));
+    let audit = if cfg.audit.off_for_benchmarks {
+        "off"
+    } else {
+        "on"
+    };
     cfg.backend = BackendKind::Pkcs11(Pkcs11Config {
         module: module(),
         token_label: LABEL.into(),
         pin: PassphraseSource::File(hsm.pin_file.clone()),
         pool_size: 4,
     });
-    let sign_load::Served {
-        running,
-        token,
-        kms,
-        caller,
-    } = sign_load::start_with_p256(&rt, &cfg);
+    let served = sign_load::start_with_p256(&rt, &cfg);
 
     // the direct client: the module is already initialised in this process
     let ctx = Pkcs11::new(module()).unwrap();
@@ -147,11 +138,8 @@ fn main() {
         .find(|s| ctx.get_token_info(*s).unwrap().label().trim_end() == LABEL)
         .unwrap();
 
-    let service =
-        |inflight: usize| sign_load::service(&rt, &kms, &caller, "p256", MSG, inflight, secs);
-    let grpc = |inflight: usize| {
-        sign_load::grpc(&rt, running.grpc_addr, &token, "p256", MSG, inflight, secs)
-    };
+    let service = |inflight: usize| sign_load::service(&served, &rt, MSG, inflight, secs);
+    let grpc = |inflight: usize| sign_load::grpc(&served, &rt, MSG, inflight, secs);
 
     // warm-up
     direct(&ctx, slot, 1, 0.5);
@@ -188,6 +176,6 @@ fn main() {
             grpc_ratios[grpc_ratios.len() / 2]
         );
     }
-    rt.block_on(running.shutdown());
+    rt.block_on(served.running.shutdown());
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -27,13 +27,11 @@ use std::str::FromStr;
 use std::time::Instant;
 
 use ron_kms::backend::tpm;
-use ron_kms::config::Config;
 use tss_esapi::attributes::SessionAttributesBuilder;
-use tss_esapi::constants::SessionType;
-use tss_esapi::interface_types::algorithm::HashingAlgorithm;
+use tss_esapi::handles::KeyHandle;
 use tss_esapi::interface_types::resource_handles::Hierarchy;
 use tss_esapi::interface_types::session_handles::AuthSession;
-use tss_esapi::structures::{Auth, Digest, SignatureScheme, SymmetricDefinition};
+use tss_esapi::structures::{Auth, Digest, SignatureScheme};
 use tss_esapi::{Context, TctiNameConf};
 
 // The closed-loop signing load both custody benchmarks use.
@@ -93,21 +91,9 @@ impl Direct {
         let k = ctx
             .create(srk, key_t.clone(), None, None, None, None)
             .unwrap();
-        let session = ctx
-            .execute_without_session(|c| {
-                c.start_auth_session(
-                    Some(srk),
-                    None,
-                    None,
-                    SessionType::Hmac,
-                    SymmetricDefinition::AES_128_CFB,
-                    HashingAlgorithm::Sha256,
-                )
-            })
-            .unwrap()
-            .unwrap();
+        // the backend's own session: salted, parameters encrypted both ways
+        let session = tpm::start_session(&mut ctx, srk).unwrap();
         let auth = Auth::try_from(vec![0x5a; 32]).unwrap();
-        attrs(&mut ctx, session, true, true);
         let a = ctx
             .execute_with_session(Some(session), |c| {
                 c.create(srk, key_t, Some(auth.clone()), None, None, None)
@@ -147,27 +133,12 @@ impl Direct {
             self.ctx.execute_with_session(Some(s), |c| {
                 attrs(c, s, true, false);
                 c.tr_set_auth(h.into(), auth).unwrap();
-                c.sign(
-                    h,
-                    Self::digest(),
-                    SignatureScheme::Null,
-                    tpm::null_ticket().unwrap(),
-                )
-                .unwrap();
+                sign_once(c, h);
                 c.flush_context(h.into()).unwrap();
             });
             n += 1;
         }
         n as f64 / t.elapsed().as_secs_f64()
-    }
-
-    fn digest() -> Digest {
-        Digest::try_from(
-            ring::digest::digest(&ring::digest::SHA256, MSG)
-                .as_ref()
-                .to_vec(),
-        )
-        .unwrap()
     }
 
     /// Load, sign, flush per op for `secs`; ops/s.
@@ -178,14 +149,7 @@ impl Direct {
                 .ctx
                 .load(self.srk, self.private.clone(), self.public.clone())
                 .unwrap();
-            self.ctx
-                .sign(
-                    h,
-                    Self::digest(),
-                    SignatureScheme::Null,
-                    tpm::null_ticket().unwrap(),
-                )
-                .unwrap();
+            sign_once(&mut self.ctx, h);
             self.ctx.flush_context(h.into()).unwrap();
             n += 1;
         }
@@ -200,20 +164,26 @@ impl Direct {
             .unwrap();
         let (t, mut n) = (Instant::now(), 0u64);
         while t.elapsed().as_secs_f64() < secs {
-            self.ctx
-                .sign(
-                    h,
-                    Self::digest(),
-                    SignatureScheme::Null,
-                    tpm::null_ticket().unwrap(),
-                )
-                .unwrap();
+            sign_once(&mut self.ctx, h);
             n += 1;
         }
         let r = n as f64 / t.elapsed().as_secs_f64();
         self.ctx.flush_context(h.into()).unwrap();
         r
     }
+}
+
+/// One ECDSA signature over SHA-256(MSG) with the loaded key `h`.
+fn sign_once(ctx: &mut Context, h: KeyHandle) {
+    let digest = ring::digest::digest(&ring::digest::SHA256, MSG);
+    let digest = Digest::try_from(digest.as_ref().to_vec()).unwrap();
+    ctx.sign(
+        h,
+        digest,
+        SignatureScheme::Null,
+        tpm::null_ticket().unwrap(),
+    )
+    .unwrap();
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -232,29 +202,18 @@ fn main() {
     let tpm_service = swtpm::Swtpm::start(&dir.join("tpm-service"));
     let mut direct = Direct::new(&tpm_direct.tcti());
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let mut cfg = Config::for_data_dir(&dir.join("data"));
-    cfg.grpc_addr = "127.0.0.1:0".parse().unwrap();
-    cfg.http_addr = "127.0.0.1:0".parse().unwrap();
-    let audit = std::env::var("RON_KMS_BENCH_AUDIT").unwrap_or_else(|_| "on".into());
-    cfg.audit.off_for_benchmarks = audit == "off";
-    cfg.backend = tpm_service.backend();
-    let sign_load::Served {
-        running,
-        token,
-        kms,
-        caller,
-    } = sign_load::start_with_p256(&rt, &cfg);
-
-    let service =
-        |inflight: usize| sign_load::service(&rt, &kms, &caller, "p256", MSG, inflight, secs);
-    let grpc = |inflight: usize| {
-        sign_load::grpc(&rt, running.grpc_addr, &token, "p256", MSG, inflight, secs)
+    let rt = sign_load::runtime();
+    let mut cfg = sign_load::bench_config(&dir.join("data"));
+    let audit = if cfg.audit.off_for_benchmarks {
+        "off"
+    } else {
+        "on"
     };
+    cfg.backend = tpm_service.backend();
+    let served = sign_load::start_with_p256(&rt, &cfg);
+
+    let service = |inflight: usize| sign_load::service(&served, &rt, MSG, inflight, secs);
+    let grpc = |inflight: usize| sign_load::grpc(&served, &rt, MSG, inflight, secs);
 
     // warm-up
     direct.load_sign(0.5);
@@ -296,7 +255,7 @@ fn main() {
         median(rs),
         median(raw)
     );
-    rt.block_on(running.shutdown());
+    rt.block_on(served.running.shutdown());
     drop(direct);
     let _ = std::fs::remove_dir_all(&dir);
 }

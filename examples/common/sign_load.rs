@@ -1,9 +1,12 @@
 //! Closed-loop signing load for the custody benchmarks: `inflight`
 //! requests kept in flight for `secs`, through the in-process service API
 //! or over gRPC on loopback; each returns signatures per second.
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use tokio::runtime::Runtime;
 
 use ron_kms::auth::Caller;
 use ron_kms::config::Config;
@@ -21,8 +24,29 @@ pub struct Served {
     pub caller: Caller,
 }
 
+/// The benchmarks' runtime: two workers, as the service's own default on
+/// this 2-core host.
+pub fn runtime() -> Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// A config on `data` with both fronts on loopback ephemeral ports; the
+/// audit log off with `RON_KMS_BENCH_AUDIT=off` (to see its share).
+pub fn bench_config(data: &Path) -> Config {
+    let mut cfg = Config::for_data_dir(data);
+    cfg.grpc_addr = "127.0.0.1:0".parse().unwrap();
+    cfg.http_addr = "127.0.0.1:0".parse().unwrap();
+    let audit = std::env::var("RON_KMS_BENCH_AUDIT").unwrap_or_else(|_| "on".into());
+    cfg.audit.off_for_benchmarks = audit == "off";
+    cfg
+}
+
 /// Start ron-kms on `cfg` and create the `p256` key.
-pub fn start_with_p256(rt: &tokio::runtime::Runtime, cfg: &Config) -> Served {
+pub fn start_with_p256(rt: &Runtime, cfg: &Config) -> Served {
     let running = rt.block_on(ron_kms::server::start(cfg)).unwrap();
     let token = running.bootstrap_token.clone().unwrap();
     let kms = running.kms.clone();
@@ -55,16 +79,9 @@ fn request(key: &str, msg: &[u8]) -> SignRequest {
     }
 }
 
-/// `KmsService::sign` (no transport): ops/s.
-pub fn service(
-    rt: &tokio::runtime::Runtime,
-    kms: &Arc<KmsService>,
-    caller: &Caller,
-    key: &str,
-    msg: &[u8],
-    inflight: usize,
-    secs: f64,
-) -> f64 {
+/// `KmsService::sign` with the `p256` key (no transport): ops/s.
+pub fn service(served: &Served, rt: &Runtime, msg: &[u8], inflight: usize, secs: f64) -> f64 {
+    let (kms, caller, key) = (&served.kms, &served.caller, "p256");
     rt.block_on(async {
         let done = Arc::new(AtomicU64::new(0));
         let deadline = Instant::now() + Duration::from_secs_f64(secs);
@@ -89,17 +106,10 @@ pub fn service(
 }
 
 /// The same over gRPC, one connection per request in flight: ops/s.
-pub fn grpc(
-    rt: &tokio::runtime::Runtime,
-    addr: std::net::SocketAddr,
-    token: &str,
-    key: &str,
-    msg: &[u8],
-    inflight: usize,
-    secs: f64,
-) -> f64 {
+pub fn grpc(served: &Served, rt: &Runtime, msg: &[u8], inflight: usize, secs: f64) -> f64 {
+    let (token, key) = (&served.token, "p256");
     rt.block_on(async {
-        let addr = format!("http://{addr}");
+        let addr = format!("http://{}", served.running.grpc_addr);
         let auth: tonic::metadata::MetadataValue<_> = format!("Bearer {token}").parse().unwrap();
         let done = Arc::new(AtomicU64::new(0));
         let deadline = Instant::now() + Duration::from_secs_f64(secs);

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use crate::auth::{Caller, CertIdentity};
 use crate::error::Error;
+use crate::ingress::conn::ConnInfo;
 use crate::ops::OpSpec;
 use crate::service::KmsService;
 
@@ -23,6 +24,31 @@ pub(super) struct Incoming {
     pub cert: Option<Result<CertIdentity, String>>,
     /// The peer's address, when the connection knows it.
     pub source: Option<std::net::IpAddr>,
+}
+
+impl Incoming {
+    /// What the request's headers and its connection (the [`ConnInfo`]
+    /// extension the accept loop sets) say.
+    pub fn from_parts(
+        front: &'static str,
+        headers: &http::HeaderMap,
+        extensions: &http::Extensions,
+    ) -> Incoming {
+        let header = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let peer = extensions.get::<ConnInfo>().map(|c| &c.peer);
+        Incoming {
+            front,
+            request_id: header(super::REQUEST_ID_HEADER),
+            authorization: header(http::header::AUTHORIZATION.as_str()),
+            cert: peer.and_then(|p| p.cert.clone()),
+            source: peer.and_then(|p| p.remote).map(|a| a.ip()),
+        }
+    }
 }
 
 /// A request on its way through the skeleton.

@@ -50,28 +50,7 @@ impl GrpcFront {
         Fut: Future<Output = Result<Resp, Error>> + Send + 'static,
         Resp: Send + 'static,
     {
-        let incoming = {
-            let header = |name: &str| {
-                req.metadata()
-                    .get(name)
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_owned)
-            };
-            Incoming {
-                front: "grpc",
-                request_id: header(REQUEST_ID_HEADER),
-                authorization: header("authorization"),
-                cert: req
-                    .extensions()
-                    .get::<ConnInfo>()
-                    .and_then(|c| c.peer.cert.clone()),
-                source: req
-                    .extensions()
-                    .get::<ConnInfo>()
-                    .and_then(|c| c.peer.remote)
-                    .map(|a| a.ip()),
-            }
-        };
+        let incoming = Incoming::from_parts("grpc", req.metadata().as_ref(), req.extensions());
         let msg = req.into_inner();
         let (call, result) = Call::run(
             &self.kms,

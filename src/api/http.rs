@@ -19,7 +19,6 @@ use super::error::statuses;
 use super::{new_request_id, MAX_BODY_BYTES, REQUEST_ID_HEADER};
 use crate::auth::Caller;
 use crate::error::Error;
-use crate::ingress::conn::ConnInfo;
 use crate::ingress::decompress;
 use crate::ops::{spec, Method, OpSpec};
 use crate::proto::*;
@@ -129,30 +128,7 @@ impl HttpFront {
         Fut: Future<Output = Result<Resp, Error>> + Send + 'static,
         Resp: Send + 'static,
     {
-        let incoming = {
-            // (a block: nothing may hold a borrow of the request, whose body
-            // is not Sync, across the awaits below)
-            let header = |name: &str| {
-                req.headers()
-                    .get(name)
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_owned)
-            };
-            Incoming {
-                front: "http",
-                request_id: header(REQUEST_ID_HEADER),
-                authorization: header(header::AUTHORIZATION.as_str()),
-                cert: req
-                    .extensions()
-                    .get::<ConnInfo>()
-                    .and_then(|c| c.peer.cert.clone()),
-                source: req
-                    .extensions()
-                    .get::<ConnInfo>()
-                    .and_then(|c| c.peer.remote)
-                    .map(|a| a.ip()),
-            }
-        };
+        let incoming = Incoming::from_parts("http", req.headers(), req.extensions());
         // Authentication comes first (in the skeleton): an anonymous caller
         // costs a header parse, not a 1 MiB buffer.
         let decode = move |kms: Arc<KmsService>, spec: &'static OpSpec, caller: Caller| async move {

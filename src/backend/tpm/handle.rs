@@ -93,13 +93,17 @@ pub(super) struct PcrRef {
 
 pub(super) enum Parsed<'h> {
     Native(Blob<'h>),
-    Sealed {
-        object: Blob<'h>,
-        /// Set when the object unseals only under a PCR policy.
-        pcrs: Option<PcrRef>,
-        nonce: [u8; aead::AEAD_NONCE_LEN],
-        sealed: &'h [u8],
-    },
+    Sealed(SealedRef<'h>),
+}
+
+/// A sealed key's handle: the TPM sealed object holding its data key, and
+/// the software key's ciphertext under that data key.
+pub(super) struct SealedRef<'h> {
+    pub(super) object: Blob<'h>,
+    /// Set when the object unseals only under a PCR policy.
+    pub(super) pcrs: Option<PcrRef>,
+    pub(super) nonce: [u8; aead::AEAD_NONCE_LEN],
+    pub(super) sealed: &'h [u8],
 }
 
 pub(super) fn parse(h: &[u8]) -> Result<Parsed<'_>, BackendError> {
@@ -139,12 +143,12 @@ pub(super) fn parse(h: &[u8]) -> Result<Parsed<'_>, BackendError> {
         {
             let mut nonce = [0u8; aead::AEAD_NONCE_LEN];
             nonce.copy_from_slice(&rest[..aead::AEAD_NONCE_LEN]);
-            Ok(Parsed::Sealed {
+            Ok(Parsed::Sealed(SealedRef {
                 object: blob,
                 pcrs,
                 nonce,
                 sealed: &rest[aead::AEAD_NONCE_LEN..],
-            })
+            }))
         }
         _ => Err(BackendError::Sealed("malformed tpm handle")),
     }
@@ -212,7 +216,7 @@ mod tests {
         put_blob(&mut sealed, &[1]);
         put_blob(&mut sealed, &[2]);
         sealed.extend_from_slice(&[0u8; 12 + 16]);
-        assert!(matches!(parse(&sealed), Ok(Parsed::Sealed { .. })));
+        assert!(matches!(parse(&sealed), Ok(Parsed::Sealed(_))));
         assert!(parse(&sealed[..sealed.len() - 1]).is_err());
         assert!(parse(b"").is_err());
     }
@@ -233,12 +237,12 @@ mod tests {
         assert!(parse(&h[..h.len() - 1]).is_err(), "cut authorization");
         let ct = [7u8; 20];
         let h = sealed(&[1], &[2, 3], auth, None, &[9u8; 12], &ct);
-        let Ok(Parsed::Sealed {
+        let Ok(Parsed::Sealed(SealedRef {
             object,
             pcrs: None,
             nonce,
             sealed,
-        }) = parse(&h)
+        })) = parse(&h)
         else {
             panic!("a sealed handle parses");
         };
@@ -250,11 +254,11 @@ mod tests {
             mask: 1 << 17,
         };
         let h = super::sealed(&[1], &[2, 3], auth, Some(p), &[9u8; 12], &ct);
-        let Ok(Parsed::Sealed {
+        let Ok(Parsed::Sealed(SealedRef {
             pcrs: Some(got),
             sealed: s2,
             ..
-        }) = parse(&h)
+        })) = parse(&h)
         else {
             panic!("a PCR-sealed handle parses");
         };

@@ -58,6 +58,7 @@ use zeroize::Zeroizing;
 pub use self::attest::PcrSelection;
 pub use self::device::QUEUE_WAIT;
 pub use self::identity::Identity;
+pub use self::session::start as start_session;
 pub use self::templates::{ak_template, null_ticket, signing_key_template, srk_template};
 
 use self::device::{Conn, Device};
@@ -218,7 +219,7 @@ impl Backend for TpmBackend {
             return self.sealed_perform(label, handle, op);
         };
         match (handle::parse(handle)?, input) {
-            (Parsed::Sealed { .. }, _) => self.sealed_perform(label, handle, op),
+            (Parsed::Sealed(_), _) => self.sealed_perform(label, handle, op),
             (Parsed::Native(b), SignInput::Message(m))
                 if label.algorithm == Algorithm::EcdsaP256 =>
             {

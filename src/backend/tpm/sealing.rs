@@ -194,10 +194,10 @@ impl TpmBackend {
         label: KeyLabel<'_>,
         handle: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>, BackendError> {
-        let Parsed::Sealed { object, pcrs, .. } = handle::parse(handle)? else {
+        let Parsed::Sealed(s) = handle::parse(handle)? else {
             return Err(BackendError::Sealed("not a sealed-key handle"));
         };
-        self.unseal_data_key(&label, &object, pcrs)
+        self.unseal_data_key(&label, &s.object, s.pcrs)
     }
 
     /// The sealed key `handle` of `label` sealed again, to the PCR values
@@ -212,18 +212,12 @@ impl TpmBackend {
         handle: &[u8],
         target: &[u8],
     ) -> Result<Option<Vec<u8>>, BackendError> {
-        let Parsed::Sealed {
-            object,
-            pcrs,
-            nonce,
-            sealed,
-        } = handle::parse(handle)?
-        else {
+        let Parsed::Sealed(s) = handle::parse(handle)? else {
             return Ok(None);
         };
-        let dek = self.unseal_checked(&label, &object, pcrs)?;
-        let seal = self.seal_pcrs().map(|s| (s, target));
-        self.seal_data_key(&label, &dek, seal, &nonce, sealed)
+        let dek = self.unseal_checked(&label, &s.object, s.pcrs)?;
+        let seal = self.seal_pcrs().map(|sel| (sel, target));
+        self.seal_data_key(&label, &dek, seal, &s.nonce, s.sealed)
             .map(Some)
     }
 }
@@ -255,17 +249,11 @@ impl Sealer for TpmBackend {
         label: KeyLabel<'_>,
         handle: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>, BackendError> {
-        let Parsed::Sealed {
-            object,
-            pcrs,
-            nonce,
-            sealed,
-        } = handle::parse(handle)?
-        else {
+        let Parsed::Sealed(s) = handle::parse(handle)? else {
             return Err(BackendError::Sealed("not a sealed-key handle"));
         };
-        let dek = self.unseal_checked(&label, &object, pcrs)?;
-        aead::open(&dek, &nonce, &label_aad(&label), sealed).map_err(|_| {
+        let dek = self.unseal_checked(&label, &s.object, s.pcrs)?;
+        aead::open(&dek, &s.nonce, &label_aad(&label), s.sealed).map_err(|_| {
             BackendError::Sealed("authentication failed (wrong TPM or corrupted record)")
         })
     }

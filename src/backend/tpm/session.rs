@@ -42,8 +42,9 @@ const AUTH_CONTEXT: &[u8] = b"ron-kms tpm object auth v1\0";
 const BINDING_CONTEXT: &[u8] = b"ron-kms tpm object binding v1\0";
 
 /// Start the connection's session: HMAC, salted to `srk`, AES-128-CFB
-/// parameter encryption, SHA-256.
-pub(super) fn start(ctx: &mut Context, srk: KeyHandle) -> tss_esapi::Result<AuthSession> {
+/// parameter encryption, SHA-256. (Public for the direct-TSS yardstick in
+/// `examples/tpm_bench.rs`, so that it runs the same session.)
+pub fn start(ctx: &mut Context, srk: KeyHandle) -> tss_esapi::Result<AuthSession> {
     let s = ctx
         .execute_without_session(|c| {
             c.start_auth_session(

@@ -9,13 +9,14 @@
 //! provisioning guidance has the SRK; keys and sealed objects get a random
 //! authValue (`super::session`) and dictionary-attack protection. This
 //! module must not talk to the TPM: it builds inputs and reads outputs.
-use tss_esapi::attributes::ObjectAttributesBuilder;
+use tss_esapi::attributes::{ObjectAttributes, ObjectAttributesBuilder};
 use tss_esapi::constants::tss::{TPM2_RH_NULL, TPM2_ST_HASHCHECK};
 use tss_esapi::interface_types::algorithm::{HashingAlgorithm, PublicAlgorithm};
 use tss_esapi::interface_types::ecc::EccCurve;
 use tss_esapi::structures::{
     Digest, EccPoint, EccScheme, HashScheme, KeyedHashScheme, Public, PublicBuilder,
-    PublicEccParametersBuilder, PublicKeyedHashParameters, Signature, SymmetricDefinitionObject,
+    PublicEccParameters, PublicEccParametersBuilder, PublicKeyedHashParameters, Signature,
+    SymmetricDefinitionObject,
 };
 use tss_esapi::tss2_esys::TPMT_TK_HASHCHECK;
 
@@ -43,19 +44,12 @@ pub fn srk_template() -> tss_esapi::Result<Public> {
         .with_restricted(true)
         .with_decrypt(true)
         .build()?;
-    PublicBuilder::new()
-        .with_public_algorithm(PublicAlgorithm::Ecc)
-        .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
-        .with_object_attributes(attrs)
-        .with_ecc_parameters(
-            PublicEccParametersBuilder::new_restricted_decryption_key(
-                SymmetricDefinitionObject::AES_128_CFB,
-                EccCurve::NistP256,
-            )
-            .build()?,
-        )
-        .with_ecc_unique_identifier(EccPoint::default())
-        .build()
+    let params = PublicEccParametersBuilder::new_restricted_decryption_key(
+        SymmetricDefinitionObject::AES_128_CFB,
+        EccCurve::NistP256,
+    )
+    .build()?;
+    ecc_p256(attrs, params)
 }
 
 /// An ECDSA P-256 (SHA-256) signing key: generated in the TPM, never
@@ -81,18 +75,23 @@ fn ecdsa_p256_template(restricted: bool) -> tss_esapi::Result<Public> {
         .with_decrypt(false)
         .with_restricted(restricted)
         .build()?;
+    let params = PublicEccParametersBuilder::new_unrestricted_signing_key(
+        EccScheme::EcDsa(HashScheme::new(HashingAlgorithm::Sha256)),
+        EccCurve::NistP256,
+    )
+    .with_restricted(restricted)
+    .build()?;
+    ecc_p256(attrs, params)
+}
+
+/// An ECC public area with SHA-256 names and an empty unique field (the
+/// TPM fills it in).
+fn ecc_p256(attrs: ObjectAttributes, params: PublicEccParameters) -> tss_esapi::Result<Public> {
     PublicBuilder::new()
         .with_public_algorithm(PublicAlgorithm::Ecc)
         .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
         .with_object_attributes(attrs)
-        .with_ecc_parameters(
-            PublicEccParametersBuilder::new_unrestricted_signing_key(
-                EccScheme::EcDsa(HashScheme::new(HashingAlgorithm::Sha256)),
-                EccCurve::NistP256,
-            )
-            .with_restricted(restricted)
-            .build()?,
-        )
+        .with_ecc_parameters(params)
         .with_ecc_unique_identifier(EccPoint::default())
         .build()
 }

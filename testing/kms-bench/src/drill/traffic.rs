@@ -293,7 +293,8 @@ pub(super) async fn hostile_clients(a: &DrillArgs) -> Result<Verdict, String> {
         );
         tokio::spawn(async move { h2_flood(&grpc, &token, &stop).await })
     };
-    v.steady(&ep, "hostile", "during", a.concurrency, during).await?;
+    v.steady(&ep, "hostile", "during", a.concurrency, during)
+        .await?;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let answers = abuse.await.map_err(|e| e.to_string())?;
     let flood = flood.await.map_err(|e| e.to_string())?;
@@ -351,7 +352,8 @@ pub(super) async fn hostile_clients(a: &DrillArgs) -> Result<Verdict, String> {
         ),
         bad.is_empty() && !answers.is_empty(),
     );
-    v.steady(&ep, "hostile", "after", a.concurrency, after).await?;
+    v.steady(&ep, "hostile", "after", a.concurrency, after)
+        .await?;
     v.check_only_sheds();
     let k = keys_ok(&ep, &["hostile".to_string()]).await;
     v.check("the server still serves (no key lost)", k == 1);
