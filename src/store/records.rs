@@ -2,6 +2,7 @@
 //! snapshot holds: a key's tenant, name, algorithm and versions, and the
 //! version state machine (`VersionState::can_become`). Plain data with no
 //! I/O; the store owns them because it is what they are written to.
+use super::StoreError;
 use crate::crypto::{Algorithm, Purpose};
 
 /// Lifecycle of one key version.
@@ -77,6 +78,69 @@ impl KeyRecord {
     }
     pub fn latest_version(&self) -> u32 {
         self.versions.last().map(|v| v.version).unwrap_or(0)
+    }
+}
+
+/// Records read back from a database row, checked as they are rebuilt:
+/// a value this build does not know, or versions out of order, is
+/// [`StoreError::Corrupt`] (both dialects read through these).
+impl KeyRecord {
+    /// A key from its row, before its versions are read.
+    pub(crate) fn decoded(
+        tenant: String,
+        name: String,
+        alg: &str,
+        primary_version: u32,
+        created_at_ms: i64,
+    ) -> Result<KeyRecord, StoreError> {
+        let algorithm = Algorithm::parse(alg)
+            .ok_or_else(|| StoreError::Corrupt(format!("unknown algorithm {alg:?}")))?;
+        Ok(KeyRecord {
+            tenant,
+            name,
+            algorithm,
+            primary_version,
+            created_at_ms,
+            versions: Vec::new(),
+        })
+    }
+
+    /// Append the next version from its row: it must be the next number.
+    pub(crate) fn push_decoded(
+        &mut self,
+        version: u32,
+        state: &str,
+        public_key: Vec<u8>,
+        handle: Option<Vec<u8>>,
+        created_at_ms: i64,
+    ) -> Result<(), StoreError> {
+        let state = VersionState::parse(state)
+            .ok_or_else(|| StoreError::Corrupt(format!("unknown state {state:?}")))?;
+        if version as usize != self.versions.len() + 1 {
+            return Err(StoreError::Corrupt(format!(
+                "key {}/{} has a gap before version {version}",
+                self.tenant, self.name
+            )));
+        }
+        self.versions.push(VersionRecord {
+            version,
+            state,
+            public_key,
+            handle,
+            created_at_ms,
+        });
+        Ok(())
+    }
+
+    /// Once every version is read: the primary is one of them.
+    pub(crate) fn check_primary(&self) -> Result<(), StoreError> {
+        if self.version(self.primary_version).is_none() {
+            return Err(StoreError::Corrupt(format!(
+                "key {}/{} names a missing primary version",
+                self.tenant, self.name
+            )));
+        }
+        Ok(())
     }
 }
 

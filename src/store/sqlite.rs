@@ -10,7 +10,6 @@ use std::sync::Mutex;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use super::{OpRecord, Store, StoreError, TokenRecord};
-use crate::crypto::Algorithm;
 use crate::store::{KeyRecord, VersionRecord, VersionState};
 
 const SCHEMA_VERSION: i64 = 2;
@@ -222,29 +221,9 @@ fn fill_versions(
         .map_err(db_err)?;
     for row in rows {
         let (version, state, public_key, handle, created_at_ms) = row.map_err(db_err)?;
-        let state = VersionState::parse(&state)
-            .ok_or_else(|| StoreError::Corrupt(format!("unknown state {state:?}")))?;
-        if version as usize != key.versions.len() + 1 {
-            return Err(StoreError::Corrupt(format!(
-                "key {}/{} has a gap before version {version}",
-                key.tenant, key.name
-            )));
-        }
-        key.versions.push(VersionRecord {
-            version,
-            state,
-            public_key,
-            handle,
-            created_at_ms,
-        });
+        key.push_decoded(version, &state, public_key, handle, created_at_ms)?;
     }
-    if key.version(key.primary_version).is_none() {
-        return Err(StoreError::Corrupt(format!(
-            "key {}/{} names a missing primary version",
-            key.tenant, key.name
-        )));
-    }
-    Ok(())
+    key.check_primary()
 }
 
 impl SqliteStore {
@@ -343,16 +322,13 @@ impl Store for SqliteStore {
                 .map_err(db_err)?;
             for row in rows {
                 let (tenant, name, alg, primary_version, created_at_ms) = row.map_err(db_err)?;
-                let algorithm = Algorithm::parse(&alg)
-                    .ok_or_else(|| StoreError::Corrupt(format!("unknown algorithm {alg:?}")))?;
-                keys.push(KeyRecord {
+                keys.push(KeyRecord::decoded(
                     tenant,
                     name,
-                    algorithm,
+                    &alg,
                     primary_version,
                     created_at_ms,
-                    versions: Vec::new(),
-                });
+                )?);
             }
         }
         let mut stmt = conn.prepare(VERSIONS_OF_KEY).map_err(db_err)?;
@@ -375,16 +351,13 @@ impl Store for SqliteStore {
         let Some((alg, primary_version, created_at_ms)) = row else {
             return Ok(None);
         };
-        let algorithm = Algorithm::parse(&alg)
-            .ok_or_else(|| StoreError::Corrupt(format!("unknown algorithm {alg:?}")))?;
-        let mut key = KeyRecord {
-            tenant: tenant.to_string(),
-            name: name.to_string(),
-            algorithm,
+        let mut key = KeyRecord::decoded(
+            tenant.to_string(),
+            name.to_string(),
+            &alg,
             primary_version,
             created_at_ms,
-            versions: Vec::new(),
-        };
+        )?;
         let mut stmt = conn.prepare(VERSIONS_OF_KEY).map_err(db_err)?;
         fill_versions(&mut stmt, &mut key)?;
         Ok(Some(key))
@@ -669,6 +642,7 @@ impl Store for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::crypto::Algorithm;
 
     fn version(v: u32) -> VersionRecord {
         VersionRecord {

@@ -22,7 +22,6 @@ use r2d2_postgres::PostgresConnectionManager;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::{Change, ChangeHandler, OpRecord, Store, StoreError, TokenRecord};
-use crate::crypto::Algorithm;
 use crate::store::{KeyRecord, VersionRecord, VersionState};
 
 mod conn;
@@ -185,47 +184,18 @@ fn decode_key(
     primary_version: i32,
     created_at_ms: i64,
 ) -> Result<KeyRecord, StoreError> {
-    let algorithm = Algorithm::parse(alg)
-        .ok_or_else(|| StoreError::Corrupt(format!("unknown algorithm {alg:?}")))?;
-    Ok(KeyRecord {
-        tenant,
-        name,
-        algorithm,
-        primary_version: primary_version as u32,
-        created_at_ms,
-        versions: Vec::new(),
-    })
+    KeyRecord::decoded(tenant, name, alg, primary_version as u32, created_at_ms)
 }
 
 fn push_version(key: &mut KeyRecord, row: &postgres::Row, base: usize) -> Result<(), StoreError> {
-    let version = row.get::<_, i32>(base) as u32;
     let state: String = row.get(base + 1);
-    let state = VersionState::parse(&state)
-        .ok_or_else(|| StoreError::Corrupt(format!("unknown state {state:?}")))?;
-    if version as usize != key.versions.len() + 1 {
-        return Err(StoreError::Corrupt(format!(
-            "key {}/{} has a gap before version {version}",
-            key.tenant, key.name
-        )));
-    }
-    key.versions.push(VersionRecord {
-        version,
-        state,
-        public_key: row.get(base + 2),
-        handle: row.get(base + 3),
-        created_at_ms: row.get(base + 4),
-    });
-    Ok(())
-}
-
-fn check_primary(key: &KeyRecord) -> Result<(), StoreError> {
-    if key.version(key.primary_version).is_none() {
-        return Err(StoreError::Corrupt(format!(
-            "key {}/{} names a missing primary version",
-            key.tenant, key.name
-        )));
-    }
-    Ok(())
+    key.push_decoded(
+        row.get::<_, i32>(base) as u32,
+        &state,
+        row.get(base + 2),
+        row.get(base + 3),
+        row.get(base + 4),
+    )
 }
 
 impl PgStore {
@@ -362,7 +332,7 @@ impl Store for PgStore {
                     }
                     i += 1;
                 }
-                check_primary(key)?;
+                key.check_primary()?;
             }
             Ok(keys)
         })
@@ -398,7 +368,7 @@ impl Store for PgStore {
                 push_version(&mut key, &row, 0)?;
             }
             tx.commit().map_err(db_err)?;
-            check_primary(&key)?;
+            key.check_primary()?;
             Ok(Some(key))
         })
     }
