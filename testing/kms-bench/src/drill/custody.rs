@@ -1,72 +1,14 @@
 //! Drills on custody: the device flapping (injected) and the TPM lost.
 use super::*;
 
-/// A throw-away SoftHSM2 token (Debian package `softhsm2`): its own token
-/// dir and `SOFTHSM2_CONF`, a 0600 PIN file.
-struct SoftHsm {
-    conf: std::path::PathBuf,
-    tokens: std::path::PathBuf,
-    pin_file: std::path::PathBuf,
-}
+// The tests' throw-away SoftHSM2 token (its own token dir and
+// `SOFTHSM2_CONF`, `softhsm2-util --init-token`, a 0600 PIN file), as
+// examples/pkcs11_bench.rs uses it too.
+#[path = "../../../../tests/common/softhsm.rs"]
+#[allow(dead_code)]
+mod softhsm;
 
-const HSM_LABEL: &str = "drill";
-
-impl SoftHsm {
-    fn new(dir: &Path) -> Result<SoftHsm, String> {
-        let tokens = dir.join("tokens");
-        std::fs::create_dir_all(&tokens).map_err(|e| e.to_string())?;
-        let conf = dir.join("softhsm2.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
-                tokens.display()
-            ),
-        )
-        .map_err(|e| e.to_string())?;
-        let pin = "4711-drill-pin";
-        let out = Command::new("softhsm2-util")
-            .env("SOFTHSM2_CONF", &conf)
-            .args(["--init-token", "--free", "--label", HSM_LABEL, "--pin", pin])
-            .args(["--so-pin", "5678-drill-so"])
-            .output()
-            .map_err(|e| format!("softhsm2-util (Debian package softhsm2): {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "softhsm2-util --init-token: {}",
-                String::from_utf8_lossy(&out.stderr)
-            ));
-        }
-        let pin_file = dir.join("pin");
-        ron_kms::secret_file::write_private(&pin_file, pin.as_bytes())
-            .map_err(|e| e.to_string())?;
-        Ok(SoftHsm {
-            conf,
-            tokens,
-            pin_file,
-        })
-    }
-
-    fn module() -> Result<&'static str, String> {
-        [
-            "/usr/lib/softhsm/libsofthsm2.so",
-            "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
-            "/usr/local/lib/softhsm/libsofthsm2.so",
-        ]
-        .into_iter()
-        .find(|p| Path::new(p).exists())
-        .ok_or_else(|| "libsofthsm2.so not found (scripts/install-deps.sh --test)".to_string())
-    }
-
-    /// The token's own directory (SoftHSM2 keeps one per token).
-    fn token_dir(&self) -> Result<std::path::PathBuf, String> {
-        std::fs::read_dir(&self.tokens)
-            .map_err(|e| e.to_string())?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .find(|p| p.is_dir())
-            .ok_or_else(|| "the SoftHSM2 token has no directory".to_string())
-    }
-}
+use softhsm::SoftHsm;
 
 pub(super) async fn hsm_flap(a: &DrillArgs) -> Result<Verdict, String> {
     let mut v = Verdict::new("hsm-flap");
@@ -74,21 +16,16 @@ pub(super) async fn hsm_flap(a: &DrillArgs) -> Result<Verdict, String> {
     let away_for = if a.short { 3.0 } else { 30.0 };
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let data = dir.path().join("data");
-    let hsm = SoftHsm::new(&dir.path().join("hsm"))?;
-    let (conf, pin) = (
-        hsm.conf.to_string_lossy().to_string(),
-        hsm.pin_file.to_string_lossy().to_string(),
-    );
-    let mut s = start_service(
-        &data,
-        &[
-            ("SOFTHSM2_CONF", &conf),
-            ("KMS_BACKEND", "pkcs11"),
-            ("KMS_PKCS11_MODULE", SoftHsm::module()?),
-            ("KMS_PKCS11_TOKEN_LABEL", HSM_LABEL),
-            ("KMS_PKCS11_PIN_FILE", &pin),
-        ],
-    )?;
+    let hsm_dir = dir.path().join("hsm");
+    std::fs::create_dir_all(&hsm_dir).map_err(|e| e.to_string())?;
+    let hsm = SoftHsm::new(&hsm_dir, "drill");
+    let env: Vec<(&str, String)> = hsm
+        .env()
+        .into_iter()
+        .map(|(k, v)| (k, v.to_string_lossy().into_owned()))
+        .collect();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut s = start_service(&data, &env)?;
     v.fact(
         "custody",
         "PKCS#11 on a fresh SoftHSM2 token, Ed25519 key on the token",
@@ -115,7 +52,7 @@ pub(super) async fn hsm_flap(a: &DrillArgs) -> Result<Verdict, String> {
         Duration::from_secs(5),
     );
     // a real outage: the token's directory taken away under load
-    let token_dir = hsm.token_dir()?;
+    let token_dir = hsm.token_dir();
     let away = hsm.tokens.with_file_name("token-away");
     v.fact(
         "fault 2 (real outage)",
