@@ -18,13 +18,8 @@ fi
 
 cargo build --locked --bin ron-kms --example rust_client
 
-work="$(mktemp -d)"
-pid=""
-cleanup() {
-    if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi
-    rm -rf "$work"
-}
-trap cleanup EXIT
+# shellcheck source=lib/work.sh
+. scripts/lib/work.sh
 
 # schemathesis's ignored_auth check sends many bad tokens from 127.0.0.1;
 # the default pre-authentication limit (10/s, burst 50) would shed them and
@@ -32,7 +27,7 @@ trap cleanup EXIT
 KMS_AUTH_FAILURES_PER_SEC=100000 KMS_AUTH_FAILURE_BURST=1000000 \
 ./target/debug/ron-kms serve --amnesia --grpc-addr 127.0.0.1:0 --http-addr 127.0.0.1:0 \
     >"$work/out" 2>"$work/err" &
-pid=$!
+child=$!
 for _ in $(seq 1 100); do
     grep -q " serving gRPC on " "$work/out" 2>/dev/null && break
     sleep 0.1

@@ -8,7 +8,7 @@
 //! independent implementation.
 mod common;
 
-use common::{files_containing, independent, stored_handle, Custody, Front, TestServer};
+use common::{files_containing, independent, stored_handle, Client, Custody, Front, TestServer};
 use ron_kms::proto::{GenerateDataKeyRequest, KeyVersion};
 use tonic::Code;
 
@@ -277,6 +277,18 @@ async fn sign_lifecycle(custody: Custody, front: Front, alg: &str) {
     assert!(c.verify("k#v2", MSG, &s2.signature).await.unwrap().valid);
 }
 
+/// An envelope made outside ron-kms (with aad `aad!`) unwraps to its
+/// plaintext, and not under other aad.
+async fn outside_envelope_unwraps(c: &mut Client, ext: &[u8]) {
+    let u = c.unwrap("", ext, b"aad!").await.unwrap();
+    assert_eq!(u.plaintext, b"from outside");
+    c.unwrap("", ext, b"aad?").await.unwrap_err().expect(
+        400,
+        Code::InvalidArgument,
+        "unwrap_failed",
+    );
+}
+
 async fn wrap_lifecycle(custody: Custody, front: Front, alg: &str) {
     let srv = TestServer::start_on(custody).await;
     let mut c = srv.client(front, &srv.admin_token).await;
@@ -352,13 +364,7 @@ async fn wrap_lifecycle(custody: Custody, front: Front, alg: &str) {
         assert!(der1.is_empty(), "a hybrid has no single SPKI");
         let comps = &key.versions[0].components;
         let ext = independent::hybrid_kem_wrap(comps, "w#v1", b"from outside", b"aad!");
-        let u = c.unwrap("", &ext, b"aad!").await.unwrap();
-        assert_eq!(u.plaintext, b"from outside");
-        c.unwrap("", &ext, b"aad?").await.unwrap_err().expect(
-            400,
-            Code::InvalidArgument,
-            "unwrap_failed",
-        );
+        outside_envelope_unwraps(&mut c, &ext).await;
         // a flipped bit in the X25519 half of the KEM ciphertext
         let mut bad = ext.clone();
         bad[6 + 4 + 2 + 1088 + 5] ^= 0x01;
@@ -371,13 +377,7 @@ async fn wrap_lifecycle(custody: Custody, front: Front, alg: &str) {
     if alg.starts_with("ml-kem") {
         assert!(independent::spki_oid(&der1).starts_with("2.16.840.1.101.3.4.4."));
         let ext = independent::kem_wrap(alg, &der1, "w#v1", b"from outside", b"aad!");
-        let u = c.unwrap("", &ext, b"aad!").await.unwrap();
-        assert_eq!(u.plaintext, b"from outside");
-        c.unwrap("", &ext, b"aad?").await.unwrap_err().expect(
-            400,
-            Code::InvalidArgument,
-            "unwrap_failed",
-        );
+        outside_envelope_unwraps(&mut c, &ext).await;
     }
 
     // rotate: new wraps use v2, v1 ciphertexts still unwrap

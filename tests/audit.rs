@@ -367,6 +367,13 @@ async fn start_log(audit_dir: &Path) -> std::sync::Arc<ron_kms::audit::AuditLog>
     .unwrap()
 }
 
+/// The log in `audit_dir` starts, and reports itself broken: `what` is
+/// damage, not a torn write to set aside.
+async fn stays_broken(audit_dir: &Path, what: &str) {
+    let log = start_log(audit_dir).await;
+    assert!(log.integrity().is_err(), "{what} stays broken");
+}
+
 /// Records that are not checkpoints, from "audit chain ok: N records (C
 /// checkpoints), last record N".
 fn signed_records(verify_output: &str) -> u64 {
@@ -507,11 +514,7 @@ async fn a_torn_last_line_is_set_aside_and_the_next_start_goes_on() {
         lines.iter().map(|l| format!("{l}\n")).collect::<String>(),
     )
     .unwrap();
-    let log = start_log(&crashed).await;
-    assert!(
-        log.integrity().is_err(),
-        "a flipped byte in a complete line stays broken"
-    );
+    stays_broken(&crashed, "a flipped byte in a complete line").await;
 }
 
 /// A power cut can also persist a commit's sectors out of order: some of the
@@ -556,12 +559,7 @@ async fn a_commit_torn_out_of_order_is_set_aside_but_odd_zeros_are_not() {
     std::fs::write(&path, &odd).unwrap();
     let (ok, text) = audit_verify(&crashed);
     assert!(!ok && !text.contains("torn write"), "{text}");
-    let broken = start_log(&crashed).await;
-    assert!(
-        broken.integrity().is_err(),
-        "odd zeros leave the log broken"
-    );
-    drop(broken);
+    stays_broken(&crashed, "a log with odd zeros").await;
 
     // one whole sector of the batch never written, the ones after it were
     let torn = torn_with(hole..hole + SECTOR);
@@ -605,11 +603,7 @@ async fn a_commit_torn_out_of_order_is_set_aside_but_odd_zeros_are_not() {
     std::fs::write(&path, &bytes).unwrap();
     let (ok, text) = audit_verify(&sealed);
     assert!(!ok && !text.contains("torn write"), "{text}");
-    let broken = start_log(&sealed).await;
-    assert!(
-        broken.integrity().is_err(),
-        "a hole in sealed records stays broken"
-    );
+    stays_broken(&sealed, "a hole in sealed records").await;
 }
 
 /// Segments rotate by size, and the chain runs on across them.

@@ -148,11 +148,7 @@ async fn create_use_list_revoke_on_both_fronts() {
         .arg(&data)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::process::succeeded(out);
     let t0 = Instant::now();
     while u.get_key("lifecycle", false).await.is_ok() {
         assert!(

@@ -17,13 +17,8 @@ cargo build --locked --release --bin kms-bench
 bench="$PWD/target/release/kms-bench"
 out="target/perf/backends-$(date -u +%Y%m%dT%H%M%SZ)"
 mkdir -p "$out"
-work="$(mktemp -d)"
-tpm_pid=""
-cleanup() {
-  if [ -n "$tpm_pid" ]; then kill "$tpm_pid" 2>/dev/null || true; wait "$tpm_pid" 2>/dev/null || true; fi
-  rm -rf "$work"
-}
-trap cleanup EXIT
+# shellcheck source=../lib/work.sh
+. scripts/lib/work.sh
 
 module=""
 for m in /usr/lib/softhsm/libsofthsm2.so /usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so; do
@@ -41,7 +36,7 @@ softhsm() { # softhsm DIR
 }
 
 # A fresh swtpm on two free consecutive loopback ports.
-swtpm_start() { # swtpm_start DIR -> sets tpm_port, tpm_pid
+swtpm_start() { # swtpm_start DIR -> sets tpm_port, child (the swtpm)
   mkdir -p "$1"
   tpm_port=$(python3 -c 'import socket
 for p in range(23000, 24000, 2):
@@ -53,7 +48,7 @@ for p in range(23000, 24000, 2):
   swtpm socket --tpm2 --tpmstate "dir=$1" --server "type=tcp,port=$tpm_port,bindaddr=127.0.0.1" \
     --ctrl "type=tcp,port=$((tpm_port + 1)),bindaddr=127.0.0.1" --flags not-need-init,startup-clear \
     >/dev/null 2>&1 &
-  tpm_pid=$!
+  child=$!
   for _ in $(seq 1 100); do
     if (exec 3<>"/dev/tcp/127.0.0.1/$((tpm_port + 1))") 2>/dev/null; then return 0; fi
     sleep 0.05
@@ -78,7 +73,7 @@ for alg in ecdsa-p256 ed25519; do
   # a TPM serves one command at a time: 16 in flight is plenty
   KMS_BACKEND=tpm KMS_TPM_TCTI="swtpm:host=127.0.0.1,port=$tpm_port" \
     run "tpm-swtpm-$alg" 16 --alg "$alg"
-  kill "$tpm_pid"; wait "$tpm_pid" 2>/dev/null || true; tpm_pid=""
+  stop_child "$child"; child=""
 done
 scripts/perf/table "$out"/*.json
 echo "reports in $out"

@@ -8,16 +8,8 @@ use ron_kms::config::{self, Flags, ProcessEnv};
 
 use ron_kms::auth::{KeyPatterns, NewToken, Scopes};
 
-use super::args::TokensCmd;
+use super::args::{split_list, TokensCmd};
 use super::Failure;
-
-fn split_list(s: &str) -> Vec<String> {
-    s.split(',')
-        .map(str::trim)
-        .filter(|p| !p.is_empty())
-        .map(str::to_string)
-        .collect()
-}
 
 /// `tpm reseal`: re-seal the data dir's TPM-sealed keys (server stopped).
 pub(crate) fn tpm_reseal(
@@ -61,11 +53,7 @@ pub(crate) fn tpm_reseal(
 /// caller's grants; whoever can open the data dir holds every key anyway.
 /// A running server sees the change through the store's token generation.
 pub(crate) fn tokens(t: TokensCmd) -> Result<ExitCode, Failure> {
-    let at = match &t {
-        TokensCmd::Create { at, .. }
-        | TokensCmd::List { at, .. }
-        | TokensCmd::Revoke { at, .. } => at.clone(),
-    };
+    let at = t.at().clone();
     let cfg = config::load(
         &Flags {
             config: at.config,
@@ -84,18 +72,14 @@ pub(crate) fn tokens(t: TokensCmd) -> Result<ExitCode, Failure> {
         .duration_since(std::time::UNIX_EPOCH)?
         .as_millis() as i64;
     match t {
-        TokensCmd::Create {
-            tenant,
-            scopes,
-            key_patterns,
-            ttl_seconds,
-            description,
-            ..
-        } => {
-            let tenant = tenant.ok_or("tokens create --data-dir: --tenant is required")?;
-            let scopes = Scopes::parse(&scopes).map_err(|e| format!("--scopes: {e}"))?;
-            let keys = KeyPatterns::parse(&split_list(&key_patterns))
+        TokensCmd::Create(a) => {
+            let tenant = a
+                .tenant
+                .ok_or("tokens create --data-dir: --tenant is required")?;
+            let scopes = Scopes::parse(&a.scopes).map_err(|e| format!("--scopes: {e}"))?;
+            let keys = KeyPatterns::parse(&split_list(&a.key_patterns))
                 .map_err(|e| format!("--key-patterns: {e}"))?;
+            let ttl_seconds = a.ttl_seconds;
             let (secret, rec) = ron_kms::auth::create_token(
                 store.as_ref(),
                 &NewToken {
@@ -103,7 +87,7 @@ pub(crate) fn tokens(t: TokensCmd) -> Result<ExitCode, Failure> {
                     scopes,
                     keys,
                     expires_at_ms: (ttl_seconds > 0).then(|| now + ttl_seconds as i64 * 1000),
-                    description,
+                    description: a.description,
                     created_by: "cli".into(),
                 },
             )?;

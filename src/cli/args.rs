@@ -128,34 +128,57 @@ pub(crate) struct Where {
     pub(crate) config: Option<PathBuf>,
 }
 
+impl TokensCmd {
+    /// Where the command works.
+    pub(crate) fn at(&self) -> &Where {
+        match self {
+            TokensCmd::Create(a) => &a.at,
+            TokensCmd::List { at, .. } | TokensCmd::Revoke { at, .. } => at,
+        }
+    }
+}
+
+/// A comma-separated list's items, trimmed, without empty ones.
+pub(crate) fn split_list(s: &str) -> Vec<String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
 impl Where {
     pub(crate) fn offline(&self) -> bool {
         self.data_dir.is_some() || self.config.is_some()
     }
 }
 
+/// `tokens create`'s arguments, for either place it runs.
+#[derive(Args)]
+pub(crate) struct NewTokenArgs {
+    #[command(flatten)]
+    pub(crate) at: Where,
+    /// The token's tenant (default: the caller's; offline: required).
+    #[arg(long)]
+    pub(crate) tenant: Option<String>,
+    /// Comma-separated: kms:admin,kms:read,kms:sign,kms:verify,kms:wrap,kms:unwrap,kms:operator
+    #[arg(long)]
+    pub(crate) scopes: String,
+    /// Comma-separated key-name patterns (`payments-*,audit-signer`): the
+    /// token sees no other key.
+    #[arg(long, default_value = "")]
+    pub(crate) key_patterns: String,
+    /// Lifetime in seconds (default: no expiry).
+    #[arg(long, default_value_t = 0)]
+    pub(crate) ttl_seconds: u64,
+    #[arg(long, default_value = "")]
+    pub(crate) description: String,
+}
+
 #[derive(Subcommand)]
 pub(crate) enum TokensCmd {
     /// Create a token; prints only the secret on stdout (its id on stderr).
-    Create {
-        #[command(flatten)]
-        at: Where,
-        /// The token's tenant (default: the caller's; offline: required).
-        #[arg(long)]
-        tenant: Option<String>,
-        /// Comma-separated: kms:admin,kms:read,kms:sign,kms:verify,kms:wrap,kms:unwrap,kms:operator
-        #[arg(long)]
-        scopes: String,
-        /// Comma-separated key-name patterns (`payments-*,audit-signer`): the
-        /// token sees no other key.
-        #[arg(long, default_value = "")]
-        key_patterns: String,
-        /// Lifetime in seconds (default: no expiry).
-        #[arg(long, default_value_t = 0)]
-        ttl_seconds: u64,
-        #[arg(long, default_value = "")]
-        description: String,
-    },
+    Create(NewTokenArgs),
     /// List a tenant's tokens (never their secrets), as JSON.
     List {
         #[command(flatten)]

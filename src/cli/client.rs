@@ -10,7 +10,7 @@ use ron_kms::proto::kms_client::KmsClient;
 use ron_kms::proto::*;
 use tonic::transport::Channel;
 
-use super::args::{Cmd, Conn, Input, KeysCmd, TokensCmd};
+use super::args::{split_list, Cmd, Conn, Input, KeysCmd, TokensCmd};
 use super::Failure;
 
 pub(crate) fn read_input(input: &Input) -> Result<Vec<u8>, Failure> {
@@ -111,31 +111,17 @@ async fn set_state(
 
 /// `tokens …` through the server.
 pub(crate) async fn tokens(t: TokensCmd) -> Result<ExitCode, Failure> {
-    let list = |s: &str| -> Vec<String> {
-        s.split(',')
-            .map(str::trim)
-            .filter(|p| !p.is_empty())
-            .map(str::to_string)
-            .collect()
-    };
     match t {
-        TokensCmd::Create {
-            at,
-            tenant,
-            scopes,
-            key_patterns,
-            ttl_seconds,
-            description,
-        } => {
-            let mut c = Client::connect(&at.conn).await?;
+        TokensCmd::Create(a) => {
+            let mut c = Client::connect(&a.at.conn).await?;
             let r = c
                 .inner
                 .create_token(c.req(CreateTokenRequest {
-                    tenant: tenant.unwrap_or_default(),
-                    scopes: list(&scopes),
-                    key_patterns: list(&key_patterns),
-                    ttl_seconds,
-                    description,
+                    tenant: a.tenant.unwrap_or_default(),
+                    scopes: split_list(&a.scopes),
+                    key_patterns: split_list(&a.key_patterns),
+                    ttl_seconds: a.ttl_seconds,
+                    description: a.description,
                 }))
                 .await?
                 .into_inner();

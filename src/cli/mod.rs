@@ -33,12 +33,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
 
 /// `tokens …`: offline on a data dir, or through the server.
 async fn tokens(t: TokensCmd) -> Result<ExitCode, Failure> {
-    let at = match &t {
-        TokensCmd::Create { at, .. }
-        | TokensCmd::List { at, .. }
-        | TokensCmd::Revoke { at, .. } => at.clone(),
-    };
-    if at.offline() {
+    if t.at().offline() {
         admin::tokens(t)
     } else {
         client::tokens(t).await

@@ -169,12 +169,17 @@ pub fn create_token(data: &Path, tenant: &str, scopes: &str) -> String {
         .arg(data)
         .output()
         .unwrap();
+    succeeded(out).trim().to_string()
+}
+
+/// A command's stdout, after asserting it exited 0 (its stderr otherwise).
+pub fn succeeded(out: std::process::Output) -> String {
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
+    String::from_utf8(out.stdout).unwrap()
 }
 
 /// `ron-kms audit verify DIR`: whether it passed, and what it printed.

@@ -66,12 +66,7 @@ pub(super) fn native(kind: u8, id: &[u8]) -> Vec<u8> {
 
 /// The handle of a sealed key: the nonce and the token's ciphertext‖tag.
 pub(super) fn sealed(nonce: &[u8; aead::AEAD_NONCE_LEN], ct: &[u8]) -> Vec<u8> {
-    let mut h = Vec::with_capacity(4 + nonce.len() + ct.len());
-    h.extend_from_slice(HANDLE_MAGIC);
-    h.push(HANDLE_SEALED);
-    h.extend_from_slice(nonce);
-    h.extend_from_slice(ct);
-    h
+    [&HANDLE_MAGIC[..], &[HANDLE_SEALED], &nonce[..], ct].concat()
 }
 
 #[cfg(test)]
