@@ -100,12 +100,7 @@ fn direct(ctx: &Pkcs11, slot: cryptoki::slot::Slot, threads: usize, secs: f64) -
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let secs: f64 = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(3.0);
-    let rounds: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(5);
-    let dir = std::env::temp_dir().join(format!("ron-kms-pkcs11-bench-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let (secs, rounds, dir) = sign_load::args_and_dir("pkcs11");
     let hsm = SoftHsm::new(&dir, LABEL);
     // read by the module when it is loaded, before any thread starts
     std::env::set_var("SOFTHSM2_CONF", &hsm.conf);

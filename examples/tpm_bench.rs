@@ -192,12 +192,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let secs: f64 = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(3.0);
-    let rounds: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(5);
-    let dir = std::env::temp_dir().join(format!("ron-kms-tpm-bench-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let (secs, rounds, dir) = sign_load::args_and_dir("tpm");
     let tpm_direct = swtpm::Swtpm::start(&dir.join("tpm-direct"));
     let tpm_service = swtpm::Swtpm::start(&dir.join("tpm-service"));
     let mut direct = Direct::new(&tpm_direct.tcti());

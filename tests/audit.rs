@@ -359,6 +359,16 @@ fn test_log(audit_dir: &Path) -> (ron_kms::audit::Options, Vec<u8>, ron_kms::aud
 
 async fn start_log(audit_dir: &Path) -> std::sync::Arc<ron_kms::audit::AuditLog> {
     let (opts, public, signer) = test_log(audit_dir);
+    start_with(opts, &public, signer).await
+}
+
+/// `AuditLog::start_blocking` off the runtime's workers, as the server runs it.
+async fn start_with(
+    opts: ron_kms::audit::Options,
+    public: &[u8],
+    signer: ron_kms::audit::Signer,
+) -> std::sync::Arc<ron_kms::audit::AuditLog> {
+    let public = public.to_vec();
     tokio::task::spawn_blocking(move || {
         ron_kms::audit::AuditLog::start_blocking(opts, &public, signer)
     })
@@ -609,29 +619,13 @@ async fn a_commit_torn_out_of_order_is_set_aside_but_odd_zeros_are_not() {
 /// Segments rotate by size, and the chain runs on across them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn segments_rotate_by_size_and_the_chain_spans_them() {
-    use ed25519_dalek::Signer as _;
-    use ron_kms::audit::{AuditLog, Event, Options, Sink};
+    use ron_kms::audit::Event;
     let dir = tempfile::tempdir().unwrap();
     let audit_dir = dir.path().join("audit");
-    let key = ed25519_dalek::SigningKey::from_bytes(&[9u8; 32]);
-    let public = key.verifying_key().to_bytes().to_vec();
-    let signer: ron_kms::audit::Signer =
-        std::sync::Arc::new(move |m: &[u8]| Ok(key.sign(m).to_bytes().to_vec()));
-    let opts = Options {
-        node: "node-a".into(),
-        sink: Sink::Dir(audit_dir.clone()),
-        checkpoint_interval: 50,
-        max_file_bytes: 4096,
-        min_free_bytes: 0,
-        input_key: ron_kms::audit::InputKey::random(),
-    };
-    let log = tokio::task::spawn_blocking({
-        let public = public.clone();
-        move || AuditLog::start_blocking(opts, &public, signer)
-    })
-    .await
-    .unwrap()
-    .unwrap();
+    let (mut opts, public, signer) = test_log(&audit_dir);
+    opts.checkpoint_interval = 50;
+    opts.max_file_bytes = 4096;
+    let log = start_with(opts, &public, signer).await;
     for i in 0..300 {
         log.append(Event {
             tenant: "t".into(),
@@ -676,7 +670,7 @@ async fn segments_rotate_by_size_and_the_chain_spans_them() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn checkpoints_are_deferred_while_the_audit_key_cannot_sign() {
     use ed25519_dalek::Signer as _;
-    use ron_kms::audit::{verify_dir, AuditLog, Event, Options, Sink};
+    use ron_kms::audit::{verify_dir, Event, Options, Sink};
     use std::sync::atomic::{AtomicBool, Ordering};
     ron_kms::telemetry::init();
     let dir = tempfile::tempdir().unwrap();
@@ -700,13 +694,7 @@ async fn checkpoints_are_deferred_while_the_audit_key_cannot_sign() {
         min_free_bytes: 0,
         input_key: ron_kms::audit::InputKey::random(),
     };
-    let log = tokio::task::spawn_blocking({
-        let public = public.clone();
-        move || AuditLog::start_blocking(opts, &public, signer)
-    })
-    .await
-    .unwrap()
-    .unwrap();
+    let log = start_with(opts, &public, signer).await;
     let event = |i: u32| Event {
         tenant: "t".into(),
         op: "verify",

@@ -1,7 +1,7 @@
 //! Closed-loop signing load for the custody benchmarks: `inflight`
 //! requests kept in flight for `secs`, through the in-process service API
 //! or over gRPC on loopback; each returns signatures per second.
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,6 +22,18 @@ pub struct Served {
     pub token: String,
     pub kms: Arc<KmsService>,
     pub caller: Caller,
+}
+
+/// `[SECONDS [ROUNDS]]` from the command line (3 s, 5 rounds), and a fresh
+/// scratch directory for benchmark `name`.
+pub fn args_and_dir(name: &str) -> (f64, usize, PathBuf) {
+    let args: Vec<String> = std::env::args().collect();
+    let secs: f64 = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(3.0);
+    let rounds: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(5);
+    let dir = std::env::temp_dir().join(format!("ron-kms-{name}-bench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    (secs, rounds, dir)
 }
 
 /// The benchmarks' runtime: two workers, as the service's own default on

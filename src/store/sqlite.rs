@@ -162,6 +162,19 @@ fn unique_or(e: rusqlite::Error, conflict: impl FnOnce() -> StoreError) -> Store
     }
 }
 
+/// A write transaction, IMMEDIATE (the write lock taken at once), with the
+/// mutation's op record in it when there is one.
+fn write_tx<'c>(
+    conn: &'c mut Connection,
+    op: Option<&OpRecord>,
+) -> Result<rusqlite::Transaction<'c>, StoreError> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(db_err)?;
+    insert_op(&tx, op)?;
+    Ok(tx)
+}
+
 fn insert_op(tx: &rusqlite::Transaction<'_>, op: Option<&OpRecord>) -> Result<(), StoreError> {
     let Some(op) = op else { return Ok(()) };
     tx.execute(
@@ -365,10 +378,7 @@ impl Store for SqliteStore {
 
     fn create_key(&self, key: &KeyRecord, op: Option<&OpRecord>) -> Result<(), StoreError> {
         let mut conn = self.conn();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(db_err)?;
-        insert_op(&tx, op)?;
+        let tx = write_tx(&mut conn, op)?;
         tx.execute(
             "INSERT INTO keys (tenant, name, algorithm, primary_version, created_at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
             params![key.tenant, key.name, key.algorithm.as_str(), key.primary_version, key.created_at_ms],
@@ -388,10 +398,7 @@ impl Store for SqliteStore {
         op: Option<&OpRecord>,
     ) -> Result<(), StoreError> {
         let mut conn = self.conn();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(db_err)?;
-        insert_op(&tx, op)?;
+        let tx = write_tx(&mut conn, op)?;
         let n = tx
             .execute(
                 "UPDATE keys SET primary_version = ?3 WHERE tenant = ?1 AND name = ?2",
@@ -432,10 +439,7 @@ impl Store for SqliteStore {
         op: Option<&OpRecord>,
     ) -> Result<(), StoreError> {
         let mut conn = self.conn();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(db_err)?;
-        insert_op(&tx, op)?;
+        let tx = write_tx(&mut conn, op)?;
         let sql = if state == VersionState::Destroyed {
             "UPDATE key_versions SET state = ?4, handle = NULL WHERE tenant = ?1 AND name = ?2 AND version = ?3"
         } else {
@@ -495,9 +499,7 @@ impl Store for SqliteStore {
 
     fn insert_tokens(&self, tokens: &[TokenRecord]) -> Result<(), StoreError> {
         let mut conn = self.conn();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(db_err)?;
+        let tx = write_tx(&mut conn, None)?;
         for t in tokens {
             insert_token_tx(&tx, t)?;
         }
@@ -516,9 +518,7 @@ impl Store for SqliteStore {
 
     fn revoke_token(&self, tenant: &str, id: &str, at_ms: i64) -> Result<TokenRecord, StoreError> {
         let mut conn = self.conn();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(db_err)?;
+        let tx = write_tx(&mut conn, None)?;
         let n = tx
             .execute(
                 "UPDATE tokens SET revoked_at_ms = ?3 WHERE tenant = ?1 AND id = ?2 AND revoked_at_ms IS NULL",
@@ -567,9 +567,7 @@ impl Store for SqliteStore {
 
     fn insert_bootstrap_token(&self, t: &TokenRecord) -> Result<bool, StoreError> {
         let mut conn = self.conn();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(db_err)?;
+        let tx = write_tx(&mut conn, None)?;
         let n = tx
             .execute(
                 "INSERT INTO meta (key, value) VALUES ('tokens.bootstrap', ?1) ON CONFLICT (key) DO NOTHING",

@@ -27,7 +27,7 @@ use zeroize::Zeroizing;
 use super::attest::{PcrBank, PcrSelection};
 use super::device::{with_loaded, Conn};
 use super::error::{Ctx, Fail};
-use super::handle::{self, Parsed, PcrRef};
+use super::handle::{self, Parsed, PcrRef, SealedRef};
 use super::session::{self, Authorization, Params};
 use super::templates::sealed_object_template;
 use super::TpmBackend;
@@ -171,14 +171,14 @@ impl TpmBackend {
         })
     }
 
-    /// [`Self::unseal_data_key`], refusing what is not a data key.
-    fn unseal_checked(
+    /// The data key of a sealed key's handle ([`Self::unseal_data_key`]),
+    /// refusing what is not a data key.
+    fn data_key(
         &self,
         label: &KeyLabel<'_>,
-        object: &handle::Blob<'_>,
-        pcrs: Option<PcrRef>,
+        sealed: &SealedRef<'_>,
     ) -> Result<Zeroizing<Vec<u8>>, BackendError> {
-        let dek = self.unseal_data_key(label, object, pcrs)?;
+        let dek = self.unseal_data_key(label, &sealed.object, sealed.pcrs)?;
         if dek.len() != DEK_LEN {
             return Err(BackendError::Sealed("sealed object holds no data key"));
         }
@@ -215,7 +215,7 @@ impl TpmBackend {
         let Parsed::Sealed(s) = handle::parse(handle)? else {
             return Ok(None);
         };
-        let dek = self.unseal_checked(&label, &s.object, s.pcrs)?;
+        let dek = self.data_key(&label, &s)?;
         let seal = self.seal_pcrs().map(|sel| (sel, target));
         self.seal_data_key(&label, &dek, seal, &s.nonce, s.sealed)
             .map(Some)
@@ -252,7 +252,7 @@ impl Sealer for TpmBackend {
         let Parsed::Sealed(s) = handle::parse(handle)? else {
             return Err(BackendError::Sealed("not a sealed-key handle"));
         };
-        let dek = self.unseal_checked(&label, &s.object, s.pcrs)?;
+        let dek = self.data_key(&label, &s)?;
         aead::open(&dek, &s.nonce, &label_aad(&label), s.sealed).map_err(|_| {
             BackendError::Sealed("authentication failed (wrong TPM or corrupted record)")
         })
