@@ -89,41 +89,31 @@ pub(super) fn load(
         file.attestation_interval_secs.take(),
     );
     let backend_name = backend_p.value.as_deref().unwrap_or("sealed-file");
-    if backend_name != "tpm" {
-        let set = [
-            (tpm_tcti.value.is_some(), &tpm_tcti.origin),
-            (tpm_queue.value.is_some(), &tpm_queue.origin),
-            (tpm_ek_ca.value.is_some(), &tpm_ek_ca.origin),
-            (tpm_seal.value.is_some(), &tpm_seal.origin),
-            (att_required.value.is_some(), &att_required.origin),
-            (att_pcrs.value.is_some(), &att_pcrs.origin),
-            (att_digest.value.is_some(), &att_digest.origin),
-            (att_interval.value.is_some(), &att_interval.origin),
-        ];
-        if let Some((_, origin)) = set.iter().find(|(is_set, _)| *is_set) {
-            return Err(err(
-                origin.as_str(),
-                format!(
-                    "is a tpm setting, but the backend is {backend_name} (set KMS_BACKEND=tpm)"
-                ),
-            ));
-        }
-    }
-    if backend_name != "pkcs11" {
-        let set = [
-            (pk_module.value.is_some(), &pk_module.origin),
-            (pk_label.value.is_some(), &pk_label.origin),
-            (pk_pin_file.value.is_some(), &pk_pin_file.origin),
-            (pk_pin_env.value.is_some(), &pk_pin_env.origin),
-            (pk_pool.value.is_some(), &pk_pool.origin),
-        ];
-        if let Some((_, origin)) = set.iter().find(|(is_set, _)| *is_set) {
-            return Err(err(
-                origin.as_str(),
-                format!("is a pkcs11 setting, but the backend is {backend_name} (set KMS_BACKEND=pkcs11)"),
-            ));
-        }
-    }
+    only_for(
+        "tpm",
+        backend_name,
+        &[
+            tpm_tcti.given(),
+            tpm_queue.given(),
+            tpm_ek_ca.given(),
+            tpm_seal.given(),
+            att_required.given(),
+            att_pcrs.given(),
+            att_digest.given(),
+            att_interval.given(),
+        ],
+    )?;
+    only_for(
+        "pkcs11",
+        backend_name,
+        &[
+            pk_module.given(),
+            pk_label.given(),
+            pk_pin_file.given(),
+            pk_pin_env.given(),
+            pk_pool.given(),
+        ],
+    )?;
     let backend = match backend_name {
         "sealed-file" => BackendKind::SealedFile,
         "pkcs11" => {
@@ -314,4 +304,16 @@ pub(super) fn master(
         ));
     }
     Ok(master)
+}
+
+/// Settings of backend `name` (`set`: whether each is given, and where)
+/// are refused unless `name` is the backend.
+fn only_for(name: &str, backend: &str, set: &[(bool, &str)]) -> Result<(), ConfigError> {
+    match set.iter().find(|(is_set, _)| *is_set) {
+        Some((_, origin)) if backend != name => Err(err(
+            *origin,
+            format!("is a {name} setting, but the backend is {backend} (set KMS_BACKEND={name})"),
+        )),
+        _ => Ok(()),
+    }
 }

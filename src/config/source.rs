@@ -16,6 +16,11 @@ pub(super) struct Raw<T> {
 }
 
 impl<T> Raw<T> {
+    /// Whether it was set, and where: for "only with backend X" checks.
+    pub(super) fn given(&self) -> (bool, &str) {
+        (self.value.is_some(), &self.origin)
+    }
+
     pub fn is_set(&self) -> bool {
         self.value.is_some()
     }
