@@ -2,9 +2,8 @@
 //! checks, the PQ key-exchange order, client identities and CRLs.
 use super::*;
 use rcgen::{
-    date_time_ymd, BasicConstraints, CertificateParams, CertificateRevocationListParams, DnType,
-    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose,
-    RevokedCertParams, SanType, SerialNumber,
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType,
 };
 use std::io::Write as _;
 use std::os::unix::fs::OpenOptionsExt as _;
@@ -445,29 +444,14 @@ async fn handshake_maps_client_certs() {
 
 /// A CRL by `ca` listing `revoked`, valid until 1 January `until`.
 fn crl(ca: &Ca, revoked: &[&CertificateDer<'_>], until: i32) -> rcgen::CertificateRevocationList {
-    let revoked_certs = revoked
-        .iter()
-        .map(|der| {
-            let (_, c) = x509_parser::parse_x509_certificate(der.as_ref()).unwrap();
-            RevokedCertParams {
-                serial_number: SerialNumber::from_slice(c.raw_serial()),
-                revocation_time: date_time_ymd(2020, 6, 1),
-                reason_code: None,
-                invalidity_date: None,
-            }
-        })
-        .collect();
-    CertificateRevocationListParams {
-        this_update: date_time_ymd(2020, 6, 1),
-        next_update: date_time_ymd(until, 1, 1),
-        crl_number: SerialNumber::from(1u64),
-        issuing_distribution_point: None,
-        revoked_certs,
-        key_identifier_method: KeyIdMethod::Sha256,
-    }
-    .signed_by(&ca.issuer)
-    .unwrap()
+    let revoked: Vec<&[u8]> = revoked.iter().map(|d| d.as_ref()).collect();
+    crl::params(1, &revoked, until)
+        .signed_by(&ca.issuer)
+        .unwrap()
 }
+
+#[path = "../../tests/common/crl.rs"]
+mod crl;
 
 fn with_crl(f: &Files, name: &str, body: &[u8]) -> TlsSettings {
     let path = f.dir.path().join(name);

@@ -9,9 +9,8 @@ use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    date_time_ymd, BasicConstraints, CertificateParams, CertificateRevocationListParams, DnType,
-    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose,
-    RevokedCertParams, SanType, SerialNumber,
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType,
 };
 use ron_kms::proto::kms_client::KmsClient;
 use rustls_pki_types::pem::PemObject as _;
@@ -148,33 +147,19 @@ impl Pki {
     /// [`Pki::client`] returns them); `number` is its CRL number. Valid
     /// from 2020 to 2100.
     pub fn crl(&self, number: u64, revoked: &[&str]) -> String {
-        let revoked_certs = revoked
+        let ders: Vec<_> = revoked
             .iter()
             .map(|pem| {
-                let der = rustls_pki_types::CertificateDer::from_pem_slice(pem.as_bytes())
-                    .expect("certificate PEM");
-                let (_, cert) =
-                    x509_parser::parse_x509_certificate(der.as_ref()).expect("certificate DER");
-                RevokedCertParams {
-                    serial_number: SerialNumber::from_slice(cert.raw_serial()),
-                    revocation_time: date_time_ymd(2020, 6, 1),
-                    reason_code: None,
-                    invalidity_date: None,
-                }
+                rustls_pki_types::CertificateDer::from_pem_slice(pem.as_bytes())
+                    .expect("certificate PEM")
             })
             .collect();
-        CertificateRevocationListParams {
-            this_update: date_time_ymd(2020, 6, 1),
-            next_update: date_time_ymd(2100, 1, 1),
-            crl_number: SerialNumber::from(number),
-            issuing_distribution_point: None,
-            revoked_certs,
-            key_identifier_method: KeyIdMethod::Sha256,
-        }
-        .signed_by(&self.issuer)
-        .expect("CRL")
-        .pem()
-        .expect("CRL PEM")
+        let ders: Vec<&[u8]> = ders.iter().map(|d| d.as_ref()).collect();
+        super::crl::params(number, &ders, 2100)
+            .signed_by(&self.issuer)
+            .expect("CRL")
+            .pem()
+            .expect("CRL PEM")
     }
 }
 

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod certs;
+pub mod crl;
 pub mod independent;
 pub mod load;
 pub mod pg;
