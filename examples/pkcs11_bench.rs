@@ -140,12 +140,7 @@ fn main() {
     direct(&ctx, slot, 1, 0.5);
     service(1);
 
-    let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
-    println!(
-        "# pkcs11 ECDSA P-256 sign, SoftHSM2; host {} ({} cpus); audit {audit}; {secs} s per run, {rounds} rounds",
-        host.trim(),
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
-    );
+    sign_load::print_header("pkcs11 ECDSA P-256 sign, SoftHSM2", audit, secs, rounds);
     for conc in [1usize, 2] {
         let mut ratios = Vec::new();
         let mut grpc_ratios = Vec::new();

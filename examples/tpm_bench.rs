@@ -214,12 +214,7 @@ fn main() {
     direct.load_sign(0.5);
     service(1);
 
-    let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
-    println!(
-        "# tpm ECDSA P-256 sign, swtpm; host {} ({} cpus); audit {audit}; {secs} s per run, {rounds} rounds",
-        host.trim(),
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
-    );
+    sign_load::print_header("tpm ECDSA P-256 sign, swtpm", audit, secs, rounds);
     let (mut r1, mut r4, mut rg, mut raw) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut rs = Vec::new();
     for round in 0..rounds {

@@ -377,6 +377,18 @@ async fn start_with(
     .unwrap()
 }
 
+/// The log in `audit_dir` starts healthy, takes 50 more signs (numbered
+/// from `from`) and then verifies: what `audit verify` printed.
+async fn restarts_and_verifies(audit_dir: &Path, from: usize) -> String {
+    let log = start_log(audit_dir).await;
+    assert!(log.integrity().is_ok(), "{:?}", log.integrity());
+    append_signs(&log, from, 50).await;
+    log.close().await;
+    let (ok, text) = audit_verify(audit_dir);
+    assert!(ok, "{text}");
+    text
+}
+
 /// The log in `audit_dir` starts, and reports itself broken: `what` is
 /// damage, not a torn write to set aside.
 async fn stays_broken(audit_dir: &Path, what: &str) {
@@ -495,12 +507,7 @@ async fn a_torn_last_line_is_set_aside_and_the_next_start_goes_on() {
     assert!(!ok, "verify reports the torn line: {text}");
     assert!(text.contains("a torn write"), "and names it: {text}");
 
-    let log = start_log(&crashed).await;
-    assert!(log.integrity().is_ok(), "{:?}", log.integrity());
-    append_signs(&log, 100, 50).await;
-    log.close().await;
-    let (ok, text) = audit_verify(&crashed);
-    assert!(ok, "{text}");
+    let text = restarts_and_verifies(&crashed, 100).await;
     assert_eq!(signed_records(&text), 150, "{text}");
     let aside: Vec<_> = std::fs::read_dir(&crashed)
         .unwrap()
@@ -587,12 +594,7 @@ async fn a_commit_torn_out_of_order_is_set_aside_but_odd_zeros_are_not() {
         .filter(|l| !l.contains("\"op\":\"checkpoint\""))
         .count() as u64;
 
-    let log = start_log(&crashed).await;
-    assert!(log.integrity().is_ok(), "{:?}", log.integrity());
-    append_signs(&log, 140, 50).await;
-    log.close().await;
-    let (ok, text) = audit_verify(&crashed);
-    assert!(ok, "{text}");
+    let text = restarts_and_verifies(&crashed, 140).await;
     assert_eq!(signed_records(&text), 100 + kept + 50, "{text}");
     let aside: Vec<_> = std::fs::read_dir(&crashed)
         .unwrap()

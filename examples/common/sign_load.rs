@@ -36,6 +36,18 @@ pub fn args_and_dir(name: &str) -> (f64, usize, PathBuf) {
     (secs, rounds, dir)
 }
 
+/// The run's first line: what, where (host, cores), audit, lengths.
+pub fn print_header(what: &str, audit: &str, secs: f64, rounds: usize) {
+    let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+    println!(
+        "# {what}; host {} ({} cpus); audit {audit}; {secs} s per run, {rounds} rounds",
+        host.trim(),
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0)
+    );
+}
+
 /// The benchmarks' runtime: two workers, as the service's own default on
 /// this 2-core host.
 pub fn runtime() -> Runtime {

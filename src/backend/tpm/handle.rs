@@ -154,6 +154,14 @@ pub(super) fn parse(h: &[u8]) -> Result<Parsed<'_>, BackendError> {
     }
 }
 
+/// A sealed key's handle, parsed; any other handle refused.
+pub(super) fn parse_sealed(h: &[u8]) -> Result<SealedRef<'_>, BackendError> {
+    match parse(h)? {
+        Parsed::Sealed(s) => Ok(s),
+        Parsed::Native(_) => Err(BackendError::Sealed("not a sealed-key handle")),
+    }
+}
+
 fn object(kind: u8, public: &[u8], private: &[u8], auth: AuthRef<'_>, extra: usize) -> Vec<u8> {
     let mut h = Vec::with_capacity(8 + public.len() + private.len() + 2 * SECRET_LEN + extra);
     h.extend_from_slice(HANDLE_MAGIC);

@@ -194,9 +194,7 @@ impl TpmBackend {
         label: KeyLabel<'_>,
         handle: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>, BackendError> {
-        let Parsed::Sealed(s) = handle::parse(handle)? else {
-            return Err(BackendError::Sealed("not a sealed-key handle"));
-        };
+        let s = handle::parse_sealed(handle)?;
         self.unseal_data_key(&label, &s.object, s.pcrs)
     }
 
@@ -249,9 +247,7 @@ impl Sealer for TpmBackend {
         label: KeyLabel<'_>,
         handle: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>, BackendError> {
-        let Parsed::Sealed(s) = handle::parse(handle)? else {
-            return Err(BackendError::Sealed("not a sealed-key handle"));
-        };
+        let s = handle::parse_sealed(handle)?;
         let dek = self.data_key(&label, &s)?;
         aead::open(&dek, &s.nonce, &label_aad(&label), s.sealed).map_err(|_| {
             BackendError::Sealed("authentication failed (wrong TPM or corrupted record)")
