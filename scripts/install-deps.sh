@@ -9,6 +9,8 @@
 # need them):
 #   softhsm2 — the PKCS#11 token the pkcs11 backend is tested on;
 #   opensc — pkcs11-tool, the tests' independent look into that token;
+#   libp11-kit-dev — pkcs11.h, for the session-limited test module
+#   (tests/fixtures/p11_session_limit.c, tests/pkcs11_sessions.rs);
 #   swtpm, swtpm-tools — the TPM 2.0 simulator the tpm backend is tested on;
 #   postgresql — the server the PostgreSQL store and the scale-out tests run
 #   on (each test binary starts a throw-away cluster of its own,
@@ -33,6 +35,7 @@ pkg-config --exists tss2-esys 2>/dev/null || missing+=(libtss2-dev)
 if [ "${1:-}" = "--test" ]; then
     command -v softhsm2-util >/dev/null 2>&1 || missing+=(softhsm2)
     command -v pkcs11-tool >/dev/null 2>&1 || missing+=(opensc)
+    [ -e /usr/include/p11-kit-1/p11-kit/pkcs11.h ] || missing+=(libp11-kit-dev)
     command -v swtpm >/dev/null 2>&1 || missing+=(swtpm swtpm-tools)
     # swtpm_setup and swtpm_localca make the EK certificates tests/tpm_trust.rs checks
     command -v swtpm_setup >/dev/null 2>&1 || missing+=(swtpm-tools)

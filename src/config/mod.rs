@@ -172,10 +172,14 @@ pub struct Pkcs11Config {
     pub token_label: String,
     /// The user PIN: a file (0600) or the *name* of an env var.
     pub pin: PassphraseSource,
+    /// Logged-in sessions to pool; 0 (the default) sizes the pool from the
+    /// machine's cores ([`crate::backend::pkcs11::default_pool_size`]).
+    /// Never more than the token reports it allows.
     pub pool_size: usize,
 }
 
-pub const DEFAULT_PKCS11_POOL_SIZE: usize = 8;
+/// `KMS_PKCS11_POOL_SIZE` unset: sized from the cores and the token.
+pub const DEFAULT_PKCS11_POOL_SIZE: usize = 0;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PassphraseSource {

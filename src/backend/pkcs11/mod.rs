@@ -63,8 +63,22 @@ pub struct Pkcs11Settings {
     pub token_label: String,
     /// The user PIN (from a file or an env var; never a CLI argument).
     pub pin: Zeroizing<String>,
-    /// Logged-in sessions kept open.
+    /// Logged-in sessions kept open; 0: [`default_pool_size`]. Either way
+    /// no more than the token's `ulMaxSessionCount` / `ulMaxRwSessionCount`
+    /// when it reports one.
     pub pool_size: usize,
+}
+
+/// The pool's size when none is configured: a session for every thread that
+/// can call the token at once — the runtime's async workers (one per core:
+/// native token keys sign inline) and the bounded blocking pool (two per
+/// core: sealed keys unseal under the KEK there) — so no call waits for a
+/// session while a core is free; at least 4, at most 64.
+pub fn default_pool_size() -> usize {
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2);
+    (cores * 3).clamp(4, 64)
 }
 
 impl std::fmt::Debug for Pkcs11Settings {
@@ -97,11 +111,15 @@ impl Pkcs11Backend {
     /// or create the KEK, and probe the mechanism list. Any failure here is
     /// a start-up error naming its cause.
     pub fn open(settings: Pkcs11Settings, provider: Arc<Provider>) -> Result<Self, String> {
+        let pool_size = match settings.pool_size {
+            0 => default_pool_size(),
+            n => n,
+        };
         let (pool, mechs) = Pool::open(
             settings.module,
             settings.token_label,
             settings.pin,
-            settings.pool_size,
+            pool_size,
         )?;
         let caps = mechanisms::capabilities(&mechs);
         let me = Pkcs11Backend {

@@ -19,7 +19,7 @@ use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::mechanism::MechanismType;
 use cryptoki::object::ObjectHandle;
 use cryptoki::session::{Session, UserType};
-use cryptoki::slot::Slot;
+use cryptoki::slot::{Limit, Slot};
 use cryptoki::types::AuthPin;
 use zeroize::Zeroizing;
 
@@ -41,6 +41,8 @@ pub(super) struct Conn {
     pub(super) kek: Option<ObjectHandle>,
     /// CKA_ID (+ class tag) → object handle, valid for this connection.
     pub(super) objects: moka::sync::Cache<Vec<u8>, ObjectHandle>,
+    /// Sessions in the pool (as asked, or fewer when the token allows fewer).
+    size: usize,
 }
 
 impl Drop for Conn {
@@ -127,6 +129,18 @@ fn connect(
         Err(m) => return Err(fail(&ctx, m)),
     };
     let mechs = mechanisms::probe(&ctx, slot);
+    let pool_size = match session_limit(&ctx, slot) {
+        Some(max) if max < pool_size => {
+            tracing::warn!(
+                backend = "pkcs11",
+                configured = pool_size,
+                token_allows = max,
+                "the token allows fewer sessions than the pool was to hold: pooling {max}"
+            );
+            max
+        }
+        _ => pool_size,
+    };
     let mut sessions = Vec::with_capacity(pool_size);
     for _ in 0..pool_size.max(1) {
         match ctx.open_rw_session(slot) {
@@ -164,9 +178,27 @@ fn connect(
             freed: Condvar::new(),
             kek,
             objects: moka::sync::Cache::new(100_000),
+            size: pool_size.max(1),
         },
         mechs,
     ))
+}
+
+/// The most sessions (and R/W sessions) the token says it allows, when it
+/// gives a number; `None` for "effectively infinite" or not given.
+fn session_limit(ctx: &Pkcs11, slot: Slot) -> Option<usize> {
+    let info = ctx.get_token_info(slot).ok()?;
+    let max = |l: Limit| match l {
+        Limit::Max(n) if n > 0 => Some(usize::try_from(n).unwrap_or(usize::MAX)),
+        _ => None,
+    };
+    match (
+        max(info.max_session_count()),
+        max(info.max_rw_session_count()),
+    ) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
 }
 
 fn find_slot(ctx: &Pkcs11, token_label: &str) -> Result<Slot, String> {
@@ -228,6 +260,8 @@ impl Pool {
         pool_size: usize,
     ) -> Result<(Self, Vec<MechanismType>), String> {
         let (conn, mechs) = connect(&module, &token_label, &pin, pool_size, true)?;
+        // as many as the token allows: reconnects ask for no more
+        let pool_size = conn.size;
         let pool = Pool {
             module,
             token_label,
