@@ -46,6 +46,21 @@ pub(crate) enum Cmd {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum BackendArg {
+    SealedFile,
+    Pkcs11,
+}
+
+impl BackendArg {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            BackendArg::SealedFile => "sealed-file",
+            BackendArg::Pkcs11 => "pkcs11",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub(crate) enum MixKind {
     Steady,
     Burst,
@@ -116,9 +131,21 @@ pub(crate) struct RunArgs {
     /// counts items, latencies are per batch request).
     #[arg(long, default_value_t = 1)]
     pub(crate) batch: usize,
-    /// Also run the bare server and report ratios to it.
+    /// Also run the yardstick and report ratios to it: the bare server for
+    /// sealed-file; for `--backend pkcs11`, signing directly through
+    /// cryptoki with the service's own token key (sign), or a sealed-file
+    /// service (verify, which never touches the token).
     #[arg(long)]
     pub(crate) yardstick: bool,
+    /// Custody of the service under test: `sealed-file` (the default), or
+    /// `pkcs11` on a fresh SoftHSM2 token made for the run.
+    #[arg(long, value_enum, default_value = "sealed-file")]
+    pub(crate) backend: BackendArg,
+    /// `--backend pkcs11`: the sessions the service pools, which is also
+    /// the direct yardstick's thread count (default: the service's own
+    /// default for this machine).
+    #[arg(long)]
+    pub(crate) pkcs11_sessions: Option<usize>,
     /// Run the service with its audit log off (only the bench can).
     #[arg(long)]
     pub(crate) no_audit: bool,

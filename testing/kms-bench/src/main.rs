@@ -14,11 +14,18 @@
 mod bare;
 mod child;
 mod cli;
+mod direct;
 mod drill;
 mod load;
 mod measure;
 mod plan;
 mod report;
+// The tests' throw-away SoftHSM2 token (its own token dir and
+// `SOFTHSM2_CONF`, `softhsm2-util --init-token`, a 0600 PIN file), for
+// `--backend pkcs11` and the hsm-flap drill.
+#[path = "../../../tests/common/softhsm.rs"]
+#[allow(dead_code)]
+mod softhsm;
 mod stats;
 
 use std::io::{BufRead, BufReader, IsTerminal as _, Write as _};
@@ -107,17 +114,19 @@ async fn run(a: RunArgs) -> Result<ExitCode, String> {
     if a.no_audit {
         svc_args.push("--no-audit");
     }
-    let service = Server::start(&svc_args, a.transport, Some(dir))?;
+    let token = match a.backend {
+        BackendArg::Pkcs11 => Some(Token::new(&a)?),
+        BackendArg::SealedFile => None,
+    };
+    let env = token.as_ref().map(Token::env).unwrap_or_default();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let service = Server::start_env(&svc_args, &env, a.transport, Some(dir))?;
     let idle_rss_mib = proc_sample(service.pid())
         .map(|s| s.rss_kib as f64 / 1024.0)
         .unwrap_or(0.0);
     let svc_plan = plan(&service.endpoint, &a, alg, true).await?;
     let bare = if a.yardstick {
-        let b = Server::start(&["bare", "--alg", alg.as_str()], a.transport, None)?;
-        let mut one = a.clone();
-        one.keys = 1;
-        let p = plan(&b.endpoint, &one, alg, false).await?;
-        Some((b, p))
+        Some(yardstick(&a, alg, token.as_ref()).await?)
     } else {
         None
     };
@@ -161,8 +170,11 @@ async fn run(a: RunArgs) -> Result<ExitCode, String> {
                 s.figures.ops_per_sec / raw_all.max(f64::MIN_POSITIVE)
             );
         }
-        if let Some((b, p)) = &bare {
-            let y = measure(b, &a, p, conc, "bare").await?;
+        if let Some(yard) = &bare {
+            let y = match yard {
+                Yard::Server(sp, role) => measure(&sp.0, &a, &sp.1, conc, role).await?,
+                Yard::Direct(d, n) => tokio::task::block_in_place(|| d.measure(&a, *n, a.batch))?,
+            };
             println!("{}", y.row());
             let r = Ratio {
                 transport: s.transport.clone(),
@@ -176,8 +188,8 @@ async fn run(a: RunArgs) -> Result<ExitCode, String> {
                 cpu_per_op: s.server_cpu_us_per_op / y.server_cpu_us_per_op.max(f64::MIN_POSITIVE),
             };
             println!(
-                "  ratio service/bare: throughput {:.3}, p95 {:.3}, p99 {:.3}, CPU per op {:.3}",
-                r.throughput, r.p95, r.p99, r.cpu_per_op
+                "  ratio service/{}: throughput {:.3}, p95 {:.3}, p99 {:.3}, CPU per op {:.3}",
+                y.server, r.throughput, r.p95, r.p99, r.cpu_per_op
             );
             ratios.push(r);
             runs.push(y);
@@ -198,7 +210,12 @@ async fn run(a: RunArgs) -> Result<ExitCode, String> {
         raw_crypto_ops_per_sec_single_core: raw,
         raw_crypto_ops_per_sec_all_cores: raw_all,
         service_idle_rss_mib: idle_rss_mib,
-        backend: std::env::var("KMS_BACKEND").unwrap_or_else(|_| "sealed-file".into()),
+        backend: match a.backend {
+            BackendArg::SealedFile => {
+                std::env::var("KMS_BACKEND").unwrap_or_else(|_| "sealed-file".into())
+            }
+            b => b.as_str().into(),
+        },
         runs,
         ratios,
         audit_peak_ratio: peak.map(|(r, _, _)| r),
@@ -219,4 +236,85 @@ async fn run(a: RunArgs) -> Result<ExitCode, String> {
         std::fs::write(p, text + "\n").map_err(|e| format!("{}: {e}", p.display()))?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What a run's service is compared with ([`yardstick`]).
+enum Yard {
+    /// Another server driven with the same load: the bare server, or (for
+    /// verify on PKCS#11) a sealed-file service.
+    Server(Box<(Server, Plan)>, &'static str),
+    /// The token signing directly, on this many threads and sessions.
+    Direct(std::sync::Arc<direct::Direct>, usize),
+}
+
+/// The yardstick for this run: the bare server for sealed-file; for
+/// PKCS#11, the token itself through cryptoki (sign; the service has
+/// created its key by now), or a sealed-file service (verify: a token
+/// key's verify runs in software, so it is held to sealed-file's).
+async fn yardstick(a: &RunArgs, alg: Algorithm, token: Option<&Token>) -> Result<Yard, String> {
+    match (token, a.op) {
+        (None, _) => {
+            let b = Server::start(&["bare", "--alg", alg.as_str()], a.transport, None)?;
+            let mut one = a.clone();
+            one.keys = 1;
+            let p = plan(&b.endpoint, &one, alg, false).await?;
+            Ok(Yard::Server(Box::new((b, p)), "bare"))
+        }
+        (Some(t), Op::Sign) => {
+            let d = direct::Direct::open(&softhsm::module(), &t.hsm.label, softhsm::PIN, alg)?;
+            Ok(Yard::Direct(std::sync::Arc::new(d), t.sessions))
+        }
+        (Some(_), Op::Verify) => {
+            let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+            let data = dir.path().join("data").to_string_lossy().to_string();
+            let mut args = vec!["service", "--data-dir", data.as_str()];
+            if a.no_audit {
+                args.push("--no-audit");
+            }
+            let s = Server::start(&args, a.transport, Some(dir))?;
+            let p = plan(&s.endpoint, a, alg, true).await?;
+            Ok(Yard::Server(Box::new((s, p)), "sealed-file"))
+        }
+        (Some(_), op) => Err(format!(
+            "no PKCS#11 yardstick for {}: sign (direct cryptoki) or verify (sealed-file)",
+            op.as_str()
+        )),
+    }
+}
+
+/// `--backend pkcs11`: a fresh SoftHSM2 token for the run, and the
+/// sessions the service is to pool.
+struct Token {
+    hsm: softhsm::SoftHsm,
+    sessions: usize,
+    _dir: tempfile::TempDir,
+}
+
+impl Token {
+    fn new(a: &RunArgs) -> Result<Token, String> {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let hsm = softhsm::SoftHsm::new(dir.path(), "bench");
+        // the direct yardstick loads the module in this process
+        std::env::set_var("SOFTHSM2_CONF", &hsm.conf);
+        let sessions = a
+            .pkcs11_sessions
+            .unwrap_or_else(ron_kms::backend::pkcs11::default_pool_size);
+        Ok(Token {
+            hsm,
+            sessions,
+            _dir: dir,
+        })
+    }
+
+    /// The service child's environment for this token.
+    fn env(&self) -> Vec<(&'static str, String)> {
+        let mut env: Vec<(&'static str, String)> = self
+            .hsm
+            .env()
+            .into_iter()
+            .map(|(k, v)| (k, v.to_string_lossy().into_owned()))
+            .collect();
+        env.push(("KMS_PKCS11_POOL_SIZE", self.sessions.to_string()));
+        env
+    }
 }

@@ -1,14 +1,7 @@
 //! Drills on custody: the device flapping (injected) and the TPM lost.
 use super::*;
 
-// The tests' throw-away SoftHSM2 token (its own token dir and
-// `SOFTHSM2_CONF`, `softhsm2-util --init-token`, a 0600 PIN file), as
-// examples/pkcs11_bench.rs uses it too.
-#[path = "../../../../tests/common/softhsm.rs"]
-#[allow(dead_code)]
-mod softhsm;
-
-use softhsm::SoftHsm;
+use crate::softhsm::SoftHsm;
 
 pub(super) async fn hsm_flap(a: &DrillArgs) -> Result<Verdict, String> {
     let mut v = Verdict::new("hsm-flap");
