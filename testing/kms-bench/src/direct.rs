@@ -2,7 +2,7 @@
 //! through cryptoki with no service around it (`run --backend pkcs11
 //! --yardstick`). It opens the same module and token in this process, finds
 //! the one private key the run created (the service's key object, by
-//! class, key type and its `ron-kms/` label), and signs with as many
+//! class, key type and its label `ron-kms/TENANT/bench-ALG#v1`), and signs with as many
 //! threads as the service has pooled sessions, each on a logged-in session
 //! of its own: what the token itself can do on this machine, measured the
 //! way a run is (warm-up, then a window of latencies in an HDR histogram
@@ -82,7 +82,14 @@ impl Direct {
             let label = s
                 .get_attributes(h, &[AttributeType::Label])
                 .map_err(|e| e.to_string())?;
-            if matches!(label.first(), Some(Attribute::Label(l)) if l.starts_with(b"ron-kms/")) {
+            // the bench's key (`bench-ALG`, version 1) in the caller's
+            // tenant; the audit log's own keys are in `_system`
+            let wanted = format!("/bench-{}#v1", self.alg.as_str());
+            if matches!(label.first(), Some(Attribute::Label(l))
+                if l.starts_with(b"ron-kms/")
+                    && !l.starts_with(b"ron-kms/_system/")
+                    && l.ends_with(wanted.as_bytes()))
+            {
                 ours.push(h);
             }
         }
