@@ -574,11 +574,16 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     report_health(&health_reporter, kms.ready()).await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|e| StartError::Other(format!("gRPC reflection: {e}")))?;
+    // Reflection as both `grpc.reflection.v1` and the older `v1alpha`, which
+    // many clients still speak (Python's grpcio-reflection among them).
+    let reflecting = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_err = |e| StartError::Other(format!("gRPC reflection: {e}"));
+    let reflection = reflecting().build_v1().map_err(reflection_err)?;
+    let reflection_v1alpha = reflecting().build_v1alpha().map_err(reflection_err)?;
     // gRPC health follows /readyz, checked every second.
     let health_kms = kms.clone();
     let mut health_rx = rx.clone();
@@ -635,6 +640,7 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
             .layer(grpc_edge)
             .add_service(health_service)
             .add_service(reflection)
+            .add_service(reflection_v1alpha)
             .add_service(grpc_front)
             .serve_with_incoming_shutdown(
                 tokio_stream::wrappers::ReceiverStream::new(grpc_accepted),

@@ -1,4 +1,4 @@
-//! gRPC reflection (so grpcurl works unaided), the standard health service,
+//! gRPC reflection, v1 and v1alpha (so grpcurl and grpcio-reflection work unaided), the standard health service,
 //! and request ids in gRPC metadata.
 mod common;
 
@@ -7,13 +7,45 @@ use tokio_stream::StreamExt as _;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
-use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
-use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
-use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-use tonic_reflection::pb::v1::ServerReflectionRequest;
+
+/// Reflection as `v1` and as `v1alpha` (the same protocol under the older
+/// package name): each lists the services and describes `ron.kms.v1.Kms`.
+macro_rules! reflect {
+    ($v:ident, $channel:expr) => {{
+        use tonic_reflection::pb::$v::server_reflection_client::ServerReflectionClient;
+        use tonic_reflection::pb::$v::server_reflection_request::MessageRequest;
+        use tonic_reflection::pb::$v::server_reflection_response::MessageResponse;
+        use tonic_reflection::pb::$v::ServerReflectionRequest;
+        let request = |m| ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(m),
+        };
+        let reqs = vec![
+            request(MessageRequest::ListServices(String::new())),
+            request(MessageRequest::FileContainingSymbol(
+                "ron.kms.v1.Kms".into(),
+            )),
+        ];
+        let mut stream = ServerReflectionClient::new($channel)
+            .server_reflection_info(tokio_stream::iter(reqs))
+            .await
+            .unwrap()
+            .into_inner();
+        let first = stream.next().await.unwrap().unwrap();
+        let Some(MessageResponse::ListServicesResponse(list)) = first.message_response else {
+            panic!("unexpected {first:?}")
+        };
+        let second = stream.next().await.unwrap().unwrap();
+        let Some(MessageResponse::FileDescriptorResponse(fd)) = second.message_response else {
+            panic!("unexpected {second:?}")
+        };
+        let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+        (names, fd.file_descriptor_proto.len())
+    }};
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reflection_lists_the_kms_service_and_describes_it() {
+async fn reflection_v1_and_v1alpha_list_the_kms_service_and_describe_it() {
     let srv = TestServer::start().await;
     let addr = format!("http://{}", srv.running().grpc_addr);
     let channel = tonic::transport::Channel::from_shared(addr)
@@ -21,36 +53,23 @@ async fn reflection_lists_the_kms_service_and_describes_it() {
         .connect()
         .await
         .unwrap();
-    let mut c = ServerReflectionClient::new(channel);
-    let reqs = vec![
-        ServerReflectionRequest {
-            host: String::new(),
-            message_request: Some(MessageRequest::ListServices(String::new())),
-        },
-        ServerReflectionRequest {
-            host: String::new(),
-            message_request: Some(MessageRequest::FileContainingSymbol(
-                "ron.kms.v1.Kms".into(),
-            )),
-        },
-    ];
-    let mut stream = c
-        .server_reflection_info(tokio_stream::iter(reqs))
-        .await
-        .unwrap()
-        .into_inner();
-    let first = stream.next().await.unwrap().unwrap();
-    let Some(MessageResponse::ListServicesResponse(list)) = first.message_response else {
-        panic!("unexpected {first:?}")
-    };
-    let names: Vec<_> = list.service.iter().map(|s| s.name.as_str()).collect();
-    assert!(names.contains(&"ron.kms.v1.Kms"), "{names:?}");
-    assert!(names.contains(&"grpc.health.v1.Health"), "{names:?}");
-    let second = stream.next().await.unwrap().unwrap();
-    let Some(MessageResponse::FileDescriptorResponse(fd)) = second.message_response else {
-        panic!("unexpected {second:?}")
-    };
-    assert!(!fd.file_descriptor_proto.is_empty());
+    for (version, (names, files)) in [
+        ("v1", reflect!(v1, channel.clone())),
+        ("v1alpha", reflect!(v1alpha, channel.clone())),
+    ] {
+        assert!(
+            names.iter().any(|n| n == "ron.kms.v1.Kms"),
+            "{version}: {names:?}"
+        );
+        assert!(
+            names.iter().any(|n| n == "grpc.health.v1.Health"),
+            "{version}: {names:?}"
+        );
+        assert!(
+            files > 0,
+            "{version}: no file descriptor for ron.kms.v1.Kms"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
