@@ -146,3 +146,112 @@ fn the_binary_end_to_end() {
     assert_eq!(json(&out)["key"]["primary_version"], 2);
     assert_eq!(json(&out)["key"]["versions"][0]["state"], "disabled");
 }
+
+/// `ron-kms ARGS` under a pseudo-terminal (`script` from util-linux), as a
+/// person runs it: its output, with the terminal's `\r\n` made `\n`.
+fn on_a_terminal(addr: &str, token: &str, args: &[&str]) -> String {
+    let mut line = common::process::BIN.to_string();
+    for a in args {
+        line.push(' ');
+        line.push_str(a);
+    }
+    let out = std::process::Command::new("script")
+        .args(["--quiet", "--return", "--command", &line, "/dev/null"])
+        .env("KMS_ADDR", addr)
+        .env("KMS_TOKEN", token)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("script runs (util-linux)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().replace("\r\n", "\n")
+}
+
+#[test]
+fn people_get_a_short_form_on_a_terminal_and_scripts_get_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = serve(&dir.path().join("data"));
+    let admin = s.token.clone().unwrap();
+    let create = ["keys", "create", "release", "--algorithm", "ml-dsa-87"];
+    // through a pipe: JSON, with the whole public key, as before
+    let (code, out, err) = cli(&s.grpc, &admin, &create, None);
+    assert_eq!(code, 0, "{err}");
+    let spki = json(&out)["key"]["versions"][0]["public_key_der"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(spki.len() > 3000, "the ML-DSA-87 SPKI in base64");
+
+    // on a terminal: name, algorithm, versions and states, a fingerprint
+    let shown = on_a_terminal(&s.grpc, &admin, &["keys", "get", "release"]);
+    let der = base64_decode(&spki);
+    let digest = ring::digest::digest(&ring::digest::SHA256, &der);
+    let fp = format!("sha256:{}", &hex::encode(digest.as_ref())[..16]);
+    assert!(
+        shown.starts_with("release  ml-dsa-87 (sign), primary v1\n"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("  v1   enabled ") && shown.contains(&fp),
+        "{shown}"
+    );
+    assert!(!shown.contains(&spki[..64]) && shown.len() < 200, "{shown}");
+    let listed = on_a_terminal(&s.grpc, &admin, &["keys", "list"]);
+    assert!(listed.starts_with("NAME "), "{listed}");
+    assert!(listed.contains("release  ml-dsa-87"), "{listed}");
+    // --output json on a terminal, --output table through a pipe
+    let forced = on_a_terminal(
+        &s.grpc,
+        &admin,
+        &["keys", "get", "release", "--output", "json"],
+    );
+    assert_eq!(json(forced.as_bytes())["key"]["name"], "release");
+    let (code, out, _) = cli(
+        &s.grpc,
+        &admin,
+        &["keys", "get", "release", "--output", "table"],
+        None,
+    );
+    assert_eq!(code, 0);
+    assert_eq!(String::from_utf8(out).unwrap(), shown);
+    // `keys get --pem` is JSON with the PEM, on a terminal too
+    let pem = on_a_terminal(&s.grpc, &admin, &["keys", "get", "release", "--pem"]);
+    let v = json(pem.as_bytes());
+    assert!(v["key"]["versions"][0]["public_key_pem"]
+        .as_str()
+        .unwrap()
+        .starts_with("-----BEGIN PUBLIC KEY-----"));
+    // sign and verify on a terminal: the signature to copy, and the verdict
+    let signed = on_a_terminal(
+        &s.grpc,
+        &admin,
+        &["sign", "--key", "release", "--message", "v1"],
+    );
+    assert!(
+        signed.starts_with("signed with release#v1 (ml-dsa-87), 4627 bytes:\n"),
+        "{signed}"
+    );
+    let sig = signed.lines().nth(1).unwrap();
+    let verdict = on_a_terminal(
+        &s.grpc,
+        &admin,
+        &[
+            "verify",
+            "--key",
+            "release#v1",
+            "--signature",
+            sig,
+            "--message",
+            "v1",
+        ],
+    );
+    assert_eq!(verdict, "valid: release#v1 (ml-dsa-87, pq_only)\n");
+}
+
+fn base64_decode(s: &str) -> Vec<u8> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.decode(s).unwrap()
+}

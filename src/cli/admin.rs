@@ -9,6 +9,7 @@ use ron_kms::config::{self, Flags, ProcessEnv};
 use ron_kms::auth::{KeyPatterns, NewToken, Scopes};
 
 use super::args::{split_list, TokensCmd};
+use super::output::{print, Output, TokenList};
 use super::Failure;
 
 /// `tpm reseal`: re-seal the data dir's TPM-sealed keys (server stopped).
@@ -52,7 +53,7 @@ pub(crate) fn tpm_reseal(
 /// and recovery): nobody is authenticated, so nothing is checked against a
 /// caller's grants; whoever can open the data dir holds every key anyway.
 /// A running server sees the change through the store's token generation.
-pub(crate) fn tokens(t: TokensCmd) -> Result<ExitCode, Failure> {
+pub(crate) fn tokens(t: TokensCmd, out: Output) -> Result<ExitCode, Failure> {
     let at = t.at().clone();
     let cfg = config::load(
         &Flags {
@@ -118,7 +119,7 @@ pub(crate) fn tokens(t: TokensCmd) -> Result<ExitCode, Failure> {
                 })
                 .collect();
             rows.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
-            println!("{}", serde_json::to_string_pretty(&rows)?);
+            print(out, &TokenList(&rows))?;
         }
         TokensCmd::Revoke { id, tenant, .. } => {
             let tenant = match tenant {

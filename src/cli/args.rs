@@ -13,6 +13,10 @@ use clap::{Args, Parser, Subcommand};
 pub(crate) struct Cli {
     #[command(subcommand)]
     pub(crate) cmd: Cmd,
+    /// How client commands print: `auto` (the default) is a short human
+    /// form on a terminal and JSON otherwise; `json` or `table` always.
+    #[arg(long, global = true, value_enum, default_value = "auto")]
+    pub(crate) output: super::output::Output,
 }
 
 #[derive(Subcommand)]
@@ -32,7 +36,7 @@ pub(crate) enum Cmd {
     /// Manage keys (gRPC client).
     #[command(subcommand)]
     Keys(KeysCmd),
-    /// Sign a message (gRPC client). Prints JSON with a base64 signature.
+    /// Sign a message (gRPC client): the kid and the base64 signature.
     Sign {
         #[command(flatten)]
         conn: Conn,
@@ -62,7 +66,8 @@ pub(crate) enum Cmd {
         #[command(flatten)]
         input: Input,
     },
-    /// Wrap a plaintext (≤ 8 KiB) read from --in or stdin. Prints JSON.
+    /// Wrap a plaintext (≤ 8 KiB) read from --in or stdin: the kid and the
+    /// base64 ciphertext.
     Wrap {
         #[command(flatten)]
         conn: Conn,
@@ -179,7 +184,7 @@ pub(crate) struct NewTokenArgs {
 pub(crate) enum TokensCmd {
     /// Create a token; prints only the secret on stdout (its id on stderr).
     Create(NewTokenArgs),
-    /// List a tenant's tokens (never their secrets), as JSON.
+    /// List a tenant's tokens (never their secrets).
     List {
         #[command(flatten)]
         at: Where,

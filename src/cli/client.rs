@@ -1,7 +1,7 @@
 //! The gRPC client commands (`keys …`, `sign`, `verify`, `wrap`,
 //! `unwrap`): connect (token or client certificate, TLS for `https://`),
-//! call, print JSON. They use only the public gRPC API and never open the
-//! data dir.
+//! call, print the answer ([`super::output`]: JSON, or a short form on a
+//! terminal). They use only the public gRPC API and never open the data dir.
 use std::io::{Read as _, Write as _};
 use std::process::ExitCode;
 
@@ -11,6 +11,7 @@ use ron_kms::proto::*;
 use tonic::transport::Channel;
 
 use super::args::{split_list, Cmd, Conn, Input, KeysCmd, TokensCmd};
+use super::output::{print, print_json, KeyList, Output, TokenList};
 use super::Failure;
 
 pub(crate) fn read_input(input: &Input) -> Result<Vec<u8>, Failure> {
@@ -84,12 +85,8 @@ impl Client {
     }
 }
 
-fn print_json(v: &impl serde::Serialize) -> Result<(), Failure> {
-    println!("{}", serde_json::to_string_pretty(v)?);
-    Ok(())
-}
-
 async fn set_state(
+    out: Output,
     conn: &Conn,
     name: String,
     version: u32,
@@ -105,12 +102,12 @@ async fn set_state(
             op_id: String::new(),
         }))
         .await?;
-    print_json(&r.into_inner())?;
+    print(out, &r.into_inner())?;
     Ok(ExitCode::SUCCESS)
 }
 
 /// `tokens …` through the server.
-pub(crate) async fn tokens(t: TokensCmd) -> Result<ExitCode, Failure> {
+pub(crate) async fn tokens(t: TokensCmd, out: Output) -> Result<ExitCode, Failure> {
     match t {
         TokensCmd::Create(a) => {
             let mut c = Client::connect(&a.at.conn).await?;
@@ -151,7 +148,7 @@ pub(crate) async fn tokens(t: TokensCmd) -> Result<ExitCode, Failure> {
                 }
                 page_token = r.next_page_token;
             }
-            print_json(&tokens)?;
+            print(out, &TokenList(&tokens))?;
         }
         TokensCmd::Revoke { at, id, tenant } => {
             let mut c = Client::connect(&at.conn).await?;
@@ -162,14 +159,14 @@ pub(crate) async fn tokens(t: TokensCmd) -> Result<ExitCode, Failure> {
                     tenant: tenant.unwrap_or_default(),
                 }))
                 .await?;
-            print_json(&r.into_inner())?;
+            print(out, &r.into_inner())?;
         }
     }
     Ok(ExitCode::SUCCESS)
 }
 
 /// `keys …`.
-pub(crate) async fn keys(k: KeysCmd) -> Result<ExitCode, Failure> {
+pub(crate) async fn keys(k: KeysCmd, out: Output) -> Result<ExitCode, Failure> {
     match k {
         KeysCmd::Create {
             conn,
@@ -187,7 +184,7 @@ pub(crate) async fn keys(k: KeysCmd) -> Result<ExitCode, Failure> {
                     op_id,
                 }))
                 .await?;
-            print_json(&r.into_inner())?;
+            print(out, &r.into_inner())?;
             Ok(ExitCode::SUCCESS)
         }
         KeysCmd::List { conn } => {
@@ -209,13 +206,18 @@ pub(crate) async fn keys(k: KeysCmd) -> Result<ExitCode, Failure> {
                 }
                 token = r.next_page_token;
             }
-            print_json(&all)?;
+            print(out, &KeyList(all))?;
             Ok(ExitCode::SUCCESS)
         }
         KeysCmd::Get { conn, name, pem } => {
             let mut c = Client::connect(&conn).await?;
             let r = c.inner.get_key(c.req(GetKeyRequest { name, pem })).await?;
-            print_json(&r.into_inner())?;
+            if pem {
+                // the PEM is what was asked for, in the JSON as before
+                print_json(&r.into_inner())?;
+            } else {
+                print(out, &r.into_inner())?;
+            }
             Ok(ExitCode::SUCCESS)
         }
         KeysCmd::Rotate { conn, name } => {
@@ -227,29 +229,29 @@ pub(crate) async fn keys(k: KeysCmd) -> Result<ExitCode, Failure> {
                     op_id: String::new(),
                 }))
                 .await?;
-            print_json(&r.into_inner())?;
+            print(out, &r.into_inner())?;
             Ok(ExitCode::SUCCESS)
         }
         KeysCmd::Disable {
             conn,
             name,
             version,
-        } => set_state(&conn, name, version, "disabled").await,
+        } => set_state(out, &conn, name, version, "disabled").await,
         KeysCmd::Enable {
             conn,
             name,
             version,
-        } => set_state(&conn, name, version, "enabled").await,
+        } => set_state(out, &conn, name, version, "enabled").await,
         KeysCmd::Destroy {
             conn,
             name,
             version,
-        } => set_state(&conn, name, version, "destroyed").await,
+        } => set_state(out, &conn, name, version, "destroyed").await,
     }
 }
 
 /// `sign`, `verify`, `wrap`, `unwrap`.
-pub(crate) async fn crypto(cmd: Cmd) -> Result<ExitCode, Failure> {
+pub(crate) async fn crypto(cmd: Cmd, out: Output) -> Result<ExitCode, Failure> {
     match cmd {
         Cmd::Sign {
             conn,
@@ -268,7 +270,7 @@ pub(crate) async fn crypto(cmd: Cmd) -> Result<ExitCode, Failure> {
                     context: context.into_bytes(),
                 }))
                 .await?;
-            print_json(&r.into_inner())?;
+            print(out, &r.into_inner())?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Verify {
@@ -293,7 +295,7 @@ pub(crate) async fn crypto(cmd: Cmd) -> Result<ExitCode, Failure> {
                 }))
                 .await?
                 .into_inner();
-            print_json(&r)?;
+            print(out, &r)?;
             Ok(if r.valid {
                 ExitCode::SUCCESS
             } else {
@@ -317,7 +319,7 @@ pub(crate) async fn crypto(cmd: Cmd) -> Result<ExitCode, Failure> {
                     op_id: String::new(),
                 }))
                 .await?;
-            print_json(&r.into_inner())?;
+            print(out, &r.into_inner())?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Unwrap {

@@ -8,6 +8,7 @@ use clap::Parser as _;
 mod admin;
 mod args;
 mod client;
+mod output;
 mod serve;
 
 use args::{AuditCmd, Cli, Cmd, TokensCmd, TpmCmd};
@@ -17,26 +18,26 @@ pub(crate) type Failure = Box<dyn std::error::Error>;
 async fn run(cli: Cli) -> Result<ExitCode, Failure> {
     match cli.cmd {
         Cmd::Serve(a) => serve::serve(a).await,
-        Cmd::Tokens(t) => tokens(t).await,
+        Cmd::Tokens(t) => tokens(t, cli.output).await,
         Cmd::Audit(AuditCmd::Verify { paths, key }) => admin::audit_verify(paths, key),
         Cmd::Tpm(TpmCmd::Reseal {
             data_dir,
             config,
             pcr_digest,
         }) => admin::tpm_reseal(data_dir, config, pcr_digest),
-        Cmd::Keys(k) => client::keys(k).await,
+        Cmd::Keys(k) => client::keys(k, cli.output).await,
         c @ (Cmd::Sign { .. } | Cmd::Verify { .. } | Cmd::Wrap { .. } | Cmd::Unwrap { .. }) => {
-            client::crypto(c).await
+            client::crypto(c, cli.output).await
         }
     }
 }
 
 /// `tokens …`: offline on a data dir, or through the server.
-async fn tokens(t: TokensCmd) -> Result<ExitCode, Failure> {
+async fn tokens(t: TokensCmd, out: output::Output) -> Result<ExitCode, Failure> {
     if t.at().offline() {
-        admin::tokens(t)
+        admin::tokens(t, out)
     } else {
-        client::tokens(t).await
+        client::tokens(t, out).await
     }
 }
 
