@@ -107,11 +107,6 @@ fn main() {
 
     let rt = sign_load::runtime();
     let mut cfg = sign_load::bench_config(&dir.join("data"));
-    let audit = if cfg.audit.off_for_benchmarks {
-        "off"
-    } else {
-        "on"
-    };
     cfg.backend = BackendKind::Pkcs11(Pkcs11Config {
         module: module(),
         token_label: LABEL.into(),
@@ -140,7 +135,7 @@ fn main() {
     direct(&ctx, slot, 1, 0.5);
     service(1);
 
-    sign_load::print_header("pkcs11 ECDSA P-256 sign, SoftHSM2", audit, secs, rounds);
+    sign_load::print_header("pkcs11 ECDSA P-256 sign, SoftHSM2", &cfg, secs, rounds);
     for conc in [1usize, 2] {
         let mut ratios = Vec::new();
         let mut grpc_ratios = Vec::new();

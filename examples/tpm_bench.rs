@@ -199,11 +199,6 @@ fn main() {
 
     let rt = sign_load::runtime();
     let mut cfg = sign_load::bench_config(&dir.join("data"));
-    let audit = if cfg.audit.off_for_benchmarks {
-        "off"
-    } else {
-        "on"
-    };
     cfg.backend = tpm_service.backend();
     let served = sign_load::start_with_p256(&rt, &cfg);
 
@@ -214,7 +209,7 @@ fn main() {
     direct.load_sign(0.5);
     service(1);
 
-    sign_load::print_header("tpm ECDSA P-256 sign, swtpm", audit, secs, rounds);
+    sign_load::print_header("tpm ECDSA P-256 sign, swtpm", &cfg, secs, rounds);
     let (mut r1, mut r4, mut rg, mut raw) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut rs = Vec::new();
     for round in 0..rounds {

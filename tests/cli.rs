@@ -209,12 +209,8 @@ fn people_get_a_short_form_on_a_terminal_and_scripts_get_json() {
         &["keys", "get", "release", "--output", "json"],
     );
     assert_eq!(json(forced.as_bytes())["key"]["name"], "release");
-    let (code, out, _) = cli(
-        &s.grpc,
-        &admin,
-        &["keys", "get", "release", "--output", "table"],
-        None,
-    );
+    let table = ["keys", "get", "release", "--output", "table"];
+    let (code, out, _) = cli(&s.grpc, &admin, &table, None);
     assert_eq!(code, 0);
     assert_eq!(String::from_utf8(out).unwrap(), shown);
     // `keys get --pem` is JSON with the PEM, on a terminal too

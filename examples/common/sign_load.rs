@@ -37,7 +37,12 @@ pub fn args_and_dir(name: &str) -> (f64, usize, PathBuf) {
 }
 
 /// The run's first line: what, where (host, cores), audit, lengths.
-pub fn print_header(what: &str, audit: &str, secs: f64, rounds: usize) {
+pub fn print_header(what: &str, cfg: &Config, secs: f64, rounds: usize) {
+    let audit = if cfg.audit.off_for_benchmarks {
+        "off"
+    } else {
+        "on"
+    };
     let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
     println!(
         "# {what}; host {} ({} cpus); audit {audit}; {secs} s per run, {rounds} rounds",
