@@ -231,19 +231,15 @@ fn people_get_a_short_form_on_a_terminal_and_scripts_get_json() {
         "{signed}"
     );
     let sig = signed.lines().nth(1).unwrap();
-    let verdict = on_a_terminal(
-        &s.grpc,
-        &admin,
-        &[
-            "verify",
-            "--key",
-            "release#v1",
-            "--signature",
-            sig,
-            "--message",
-            "v1",
-        ],
-    );
+    let verify = [
+        "verify",
+        "--key",
+        "release#v1",
+        "--message",
+        "v1",
+        "--signature",
+    ];
+    let verdict = on_a_terminal(&s.grpc, &admin, &[&verify[..], &[sig]].concat());
     assert_eq!(verdict, "valid: release#v1 (ml-dsa-87, pq_only)\n");
 }
 
