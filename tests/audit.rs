@@ -377,6 +377,17 @@ async fn start_with(
     .unwrap()
 }
 
+/// The one file of torn bytes the start set aside in `audit_dir`.
+fn torn_set_aside(audit_dir: &Path) -> PathBuf {
+    let mut aside: Vec<_> = std::fs::read_dir(audit_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().contains(".torn-"))
+        .collect();
+    assert_eq!(aside.len(), 1, "{aside:?}");
+    aside.pop().unwrap()
+}
+
 /// The log in `audit_dir` starts healthy, takes 50 more signs (numbered
 /// from `from`) and then verifies: what `audit verify` printed.
 async fn restarts_and_verifies(audit_dir: &Path, from: usize) -> String {
@@ -509,13 +520,8 @@ async fn a_torn_last_line_is_set_aside_and_the_next_start_goes_on() {
 
     let text = restarts_and_verifies(&crashed, 100).await;
     assert_eq!(signed_records(&text), 150, "{text}");
-    let aside: Vec<_> = std::fs::read_dir(&crashed)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.to_string_lossy().contains(".torn-"))
-        .collect();
-    assert_eq!(aside.len(), 1, "{aside:?}");
-    assert_eq!(std::fs::read(&aside[0]).unwrap(), torn.to_vec());
+    let aside = torn_set_aside(&crashed);
+    assert_eq!(std::fs::read(&aside).unwrap(), torn.to_vec());
     let text = std::fs::read_to_string(&path).unwrap();
     assert!(
         !text.contains("\"ten\"") && !text.contains("\"ten{"),
@@ -596,14 +602,9 @@ async fn a_commit_torn_out_of_order_is_set_aside_but_odd_zeros_are_not() {
 
     let text = restarts_and_verifies(&crashed, 140).await;
     assert_eq!(signed_records(&text), 100 + kept + 50, "{text}");
-    let aside: Vec<_> = std::fs::read_dir(&crashed)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.to_string_lossy().contains(".torn-"))
-        .collect();
-    assert_eq!(aside.len(), 1, "{aside:?}");
+    let aside = torn_set_aside(&crashed);
     assert_eq!(
-        std::fs::read(&aside[0]).unwrap(),
+        std::fs::read(&aside).unwrap(),
         torn[line_start..end].to_vec()
     );
 
