@@ -80,6 +80,12 @@ pub(crate) async fn serve(a: ServeArgs) -> Result<ExitCode, Failure> {
     } else {
         tracing::warn!("runtime: built without --cfg tokio_unstable, so tokio's LIFO slot stays on and audited throughput is lower (PERFORMANCE.md)");
     }
+    // The handlers go in before the address line: a supervisor (or a
+    // test) that sends SIGTERM as soon as it reads that line must get a
+    // clean shutdown, not the default action of the signal.
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
     // On stdout, after the bootstrap banner, so a supervisor (or a test)
     // reading stdout knows both the token and the bound addresses.
     println!(
@@ -94,9 +100,8 @@ pub(crate) async fn serve(a: ServeArgs) -> Result<ExitCode, Failure> {
         }
     );
     let _ = std::io::stdout().flush();
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
+        _ = int.recv() => {}
         _ = term.recv() => {}
     }
     tracing::info!("shutting down");
