@@ -14,6 +14,11 @@
 //!   `sign/ed25519-prepared` is an Ed25519 sign with an already expanded
 //!   `ed25519_dalek::SigningKey`, which is what the sealed-file custody
 //!   signs with once the key is in its `KeyCache` (backend/soft.rs).
+//! - `sign-digest/<alg>` and `verify-digest/<alg>`: the same over the
+//!   digest each algorithm takes in place of the message (ECDSA P-256: the
+//!   message's SHA-256, through aws-lc-rs; ML-DSA: its external μ,
+//!   through RustCrypto's `ml-dsa`). Each signature is checked once as an
+//!   ordinary signature over the message.
 //! - `kem/encapsulate/<alg>` and `kem/decapsulate/<alg>`: per KEM in
 //!   `ron_kms::crypto::Algorithm` (ML-KEM-768, ML-KEM-1024 and the hybrid
 //!   X25519 + ML-KEM-768; there is no ML-KEM-512 algorithm).
@@ -85,6 +90,42 @@ fn signatures(c: &mut Criterion) {
         let sig = signer.sign(&kp.private, MSG).unwrap();
         g.bench_function(BenchmarkId::from_parameter(alg), |b| {
             b.iter(|| assert!(signer.verify(black_box(&kp.public), black_box(MSG), &sig)))
+        });
+    }
+    g.finish();
+
+    // digest signing: the same keys over the digest each algorithm takes
+    // (ECDSA P-256: SHA-256 through aws-lc-rs; ML-DSA: external μ
+    // through RustCrypto's ml-dsa)
+    let digests: Vec<_> = keys
+        .iter()
+        .filter(|(a, _)| !a.is_hybrid())
+        .filter_map(|(a, kp)| Some((*a, kp, a.prehash()?.of(&kp.public, &[], MSG))))
+        .collect();
+    let mut g = c.benchmark_group("sign-digest");
+    quick(&mut g);
+    for (alg, kp, d) in &digests {
+        let signer = provider.signer(*alg).unwrap();
+        g.bench_function(BenchmarkId::from_parameter(alg), |b| {
+            b.iter(|| {
+                signer
+                    .sign_prehashed(black_box(&kp.private), black_box(d))
+                    .unwrap()
+            })
+        });
+    }
+    g.finish();
+    let mut g = c.benchmark_group("verify-digest");
+    quick(&mut g);
+    for (alg, kp, d) in &digests {
+        let signer = provider.signer(*alg).unwrap();
+        let sig = signer.sign_prehashed(&kp.private, d).unwrap();
+        assert!(
+            signer.verify(&kp.public, MSG, &sig),
+            "{alg}: a digest signature is a message signature"
+        );
+        g.bench_function(BenchmarkId::from_parameter(alg), |b| {
+            b.iter(|| assert!(signer.verify_prehashed(black_box(&kp.public), black_box(d), &sig)))
         });
     }
     g.finish();

@@ -121,6 +121,7 @@ fn sign_req(alg: Algorithm) -> SignRequest {
         key: alg.to_string(),
         message: MSG.to_vec(),
         op_id: String::new(),
+        ..Default::default()
     }
 }
 

@@ -53,6 +53,7 @@ fn bench(c: &mut Criterion) {
                         key: alg.to_string(),
                         message: msg.clone(),
                         op_id: String::new(),
+                        ..Default::default()
                     },
                 ))
                 .unwrap()
@@ -62,6 +63,7 @@ fn bench(c: &mut Criterion) {
                 key: alg.to_string(),
                 message: msg.clone(),
                 signature: sig.clone(),
+                ..Default::default()
             };
             g.bench_with_input(BenchmarkId::new(label, alg), &req, |b, req| {
                 b.iter(|| {

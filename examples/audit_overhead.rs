@@ -58,6 +58,7 @@ async fn round(audit_on: bool, memory: bool, secs: u64, in_flight: usize) -> (f6
                     key: "k".into(),
                     message: b"benchmark".to_vec(),
                     op_id: String::new(),
+                    ..Default::default()
                 });
                 r.metadata_mut().insert("authorization", auth.clone());
                 c.sign(r).await.unwrap();

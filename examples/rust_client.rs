@@ -59,6 +59,7 @@ async fn main() -> Result<(), Failure> {
                 key: name.clone(),
                 message: message.clone(),
                 op_id: String::new(),
+                ..Default::default()
             },
         ))
         .await?
@@ -71,6 +72,7 @@ async fn main() -> Result<(), Failure> {
                 key: sig.kid.clone(),
                 message: message.clone(),
                 signature: sig.signature.clone(),
+                ..Default::default()
             },
         ))
         .await?

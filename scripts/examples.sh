@@ -12,10 +12,7 @@ scripts/install-deps.sh
 
 MAX_EXAMPLES="${SCHEMATHESIS_MAX_EXAMPLES:-25}"
 VENV=target/py
-if [ ! -x "$VENV/bin/python" ]; then
-    python3 -m venv "$VENV" || { scripts/install-deps.sh; apt-get install -y -qq python3-venv >/dev/null; python3 -m venv "$VENV"; }
-fi
-"$VENV/bin/pip" install -q --disable-pip-version-check -r examples/python/requirements.txt "schemathesis==4.32.5"
+scripts/py-venv.sh
 
 cargo build --locked --bin ron-kms --example rust_client
 

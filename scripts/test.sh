@@ -10,6 +10,8 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --locked --all-targets -- -D warnings
+echo "== Python virtualenv for the outside checks (scripts/py-venv.sh)"
+scripts/py-venv.sh
 echo "== cargo test"
 cargo test --locked --all-targets --no-run
 # The build leaves gigabytes of dirty pages behind; write them out now, so

@@ -288,6 +288,7 @@ async fn kill_9_loses_no_acknowledged_record() {
                     key: "k".into(),
                     message: format!("{t}-{i}").into_bytes(),
                     op_id: String::new(),
+                    ..Default::default()
                 });
                 r.metadata_mut().insert("authorization", auth.clone());
                 match c.sign(r).await {

@@ -13,6 +13,7 @@ fn sign_item(key: &str, message: &[u8]) -> SignRequest {
         key: key.into(),
         message: message.to_vec(),
         op_id: String::new(),
+        ..Default::default()
     }
 }
 
@@ -102,18 +103,21 @@ async fn sign_batch_answers_each_item_as_the_single_call_would() {
                         key: bsign.clone(),
                         message: b"first".to_vec(),
                         signature: sig.clone(),
+                        ..Default::default()
                     },
                     VerifyRequest {
                         context: Vec::new(),
                         key: bsign.clone(),
                         message: b"tampered".to_vec(),
                         signature: sig.clone(),
+                        ..Default::default()
                     },
                     VerifyRequest {
                         context: Vec::new(),
                         key: "nosuch".into(),
                         message: b"first".to_vec(),
                         signature: sig,
+                        ..Default::default()
                     },
                 ],
             })

@@ -437,6 +437,7 @@ async fn op_ids_make_retries_safe() {
             key: name.clone(),
             message: b"m".to_vec(),
             op_id: op("sig"),
+            ..Default::default()
         };
         let s1 = c.sign_req(s.clone()).await.unwrap();
         let s2 = c.sign_req(s.clone()).await.unwrap();

@@ -69,6 +69,7 @@ async fn debug_logs_hold_no_inputs_and_carry_request_ids() {
                 key: "s".into(),
                 message: SECRET.to_vec(),
                 op_id: String::new(),
+                ..Default::default()
             },
             "trace-sign-1",
         ))
@@ -115,6 +116,7 @@ async fn debug_logs_hold_no_inputs_and_carry_request_ids() {
                 key: signed.get_ref().kid.clone(),
                 message: SECRET.to_vec(),
                 signature: signed.get_ref().signature.clone(),
+                ..Default::default()
             },
             "bad id with spaces",
         ))

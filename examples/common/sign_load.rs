@@ -105,6 +105,7 @@ fn request(key: &str, msg: &[u8]) -> SignRequest {
         key: key.into(),
         message: msg.to_vec(),
         op_id: String::new(),
+        ..Default::default()
     }
 }
 

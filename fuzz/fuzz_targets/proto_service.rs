@@ -45,6 +45,10 @@ fn world() -> &'static World {
             // a few keys for requests to find
             for (name, alg) in [
                 ("k", "ed25519"),
+                // digest signing: a SignRequest's digest and
+                // digest_algorithm reach these keys' checks and crypto
+                ("e", "ecdsa-p256"),
+                ("m", "ml-dsa-44"),
                 ("h", "hybrid-ed25519-ml-dsa-65"),
                 ("w", "ml-kem-768"),
                 ("a", "aes-256-gcm"),

@@ -13,6 +13,10 @@
 //! | ML-DSA-65 sign / verify           | 10.4k / 26.6k | 96 / 38 |
 //! | ML-DSA-87 sign                    | 8k     | 125  |
 //! | ML-KEM-768 encaps / decaps        | 84k / 71k | 12 / 14 |
+//! | ECDSA P-256 digest sign / verify (aws-lc-rs) | 39k / 19k | 26 / 53 |
+//! | ML-DSA-44 μ sign / verify (RustCrypto ml-dsa) | 1.15k / 5.5k | 869 / 181 |
+//! | ML-DSA-65 μ sign / verify         | 724 / 3.9k | 1381 / 256 |
+//! | ML-DSA-87 μ sign / verify         | 654 / 2.5k | 1528 / 401 |
 //! | X25519                            |        | ≈ 40 |
 //! | AES-256-GCM (a wrapped key)       |        | ≈ 0  |
 //!
@@ -21,6 +25,12 @@
 //! verify, ML-KEM-1024) are scaled from their neighbours. Admin requests
 //! (create, rotate, list, …) cost 1 whatever the algorithm: they are rare and
 //! the key generation they may do is not what the gate protects against.
+//!
+//! Digest signing ([`DIGEST_TABLE`]) has rows of its own where its crypto
+//! differs: ML-DSA over an external μ runs in RustCrypto's `ml-dsa`, about
+//! ten times liboqs's message signing (the μ rows above, `cargo bench
+//! --bench crypto -- digest`, 2026-12-07). The hybrid's pre-hash is signed
+//! by liboqs like a message and costs the same.
 //!
 //! [`TABLE`] is the whole table, for docs; [`cost`] looks a request up.
 use crate::crypto::Algorithm;
@@ -54,15 +64,34 @@ pub const TABLE: &[(Gate, Algorithm, u32)] = &[
     (Gate::Unwrap, Algorithm::HybridX25519MlKem768, 2),
 ];
 
+/// The rows for Sign and Verify of a digest where they differ from
+/// [`TABLE`]'s: `round(µs / 25)` of the digest figures above.
+pub const DIGEST_TABLE: &[(Gate, Algorithm, u32)] = &[
+    (Gate::Sign, Algorithm::MlDsa44, 35),
+    (Gate::Sign, Algorithm::MlDsa65, 55),
+    (Gate::Sign, Algorithm::MlDsa87, 61),
+    (Gate::Verify, Algorithm::MlDsa44, 7),
+    (Gate::Verify, Algorithm::MlDsa65, 10),
+    (Gate::Verify, Algorithm::MlDsa87, 16),
+];
+
 /// Cost units of one request. `alg` is the key's algorithm, `None` when the
 /// key is unknown (the op will fail anyway): 1. So does a pair the table does
 /// not list (signing with a wrapping key fails too) and every admin request.
-pub fn cost(op: Gate, alg: Option<Algorithm>) -> u32 {
+/// `digest`: a Sign or Verify of a digest, priced by [`DIGEST_TABLE`] where
+/// it has a row.
+pub fn cost(op: Gate, alg: Option<Algorithm>, digest: bool) -> u32 {
     let Some(alg) = alg else { return 1 };
-    TABLE
-        .iter()
-        .find(|&&(o, a, _)| o == op && a == alg)
-        .map_or(1, |&(_, _, units)| units)
+    let row = |t: &[(Gate, Algorithm, u32)]| {
+        t.iter()
+            .find(|&&(o, a, _)| o == op && a == alg)
+            .map(|&(_, _, units)| units)
+    };
+    digest
+        .then(|| row(DIGEST_TABLE))
+        .flatten()
+        .or_else(|| row(TABLE))
+        .unwrap_or(1)
 }
 
 #[cfg(test)]
@@ -95,24 +124,40 @@ mod tests {
     #[test]
     fn units_are_positive_and_ordered_by_work() {
         assert!(TABLE.iter().all(|&(_, _, u)| u >= 1));
-        let sign = |a| cost(Gate::Sign, Some(a));
+        let sign = |a| cost(Gate::Sign, Some(a), false);
         assert!(sign(Algorithm::MlDsa87) > sign(Algorithm::Ed25519));
         assert!(sign(Algorithm::MlDsa87) > sign(Algorithm::MlDsa65));
         assert!(sign(Algorithm::MlDsa65) > sign(Algorithm::MlDsa44));
         assert!(
-            cost(Gate::Verify, Some(Algorithm::HybridEd25519MlDsa65))
-                >= cost(Gate::Verify, Some(Algorithm::MlDsa65))
+            cost(Gate::Verify, Some(Algorithm::HybridEd25519MlDsa65), false)
+                >= cost(Gate::Verify, Some(Algorithm::MlDsa65), false)
         );
     }
 
     #[test]
+    fn digest_rows_price_mu_above_message_signing() {
+        for &(op, alg, units) in DIGEST_TABLE {
+            assert!(makes_sense(op, alg) && alg.prehash().is_some());
+            assert_eq!(cost(op, Some(alg), true), units);
+            assert!(units > cost(op, Some(alg), false), "{} {alg}", op.as_str());
+        }
+        // no row of its own: the message row
+        for alg in [Algorithm::EcdsaP256, Algorithm::HybridEd25519MlDsa65] {
+            assert_eq!(
+                cost(Gate::Sign, Some(alg), true),
+                cost(Gate::Sign, Some(alg), false)
+            );
+        }
+    }
+
+    #[test]
     fn unknown_key_mismatched_pair_and_admin_cost_one() {
-        assert_eq!(cost(Gate::Sign, None), 1);
-        assert_eq!(cost(Gate::Verify, None), 1);
-        assert_eq!(cost(Gate::Sign, Some(Algorithm::Aes256Gcm)), 1);
-        assert_eq!(cost(Gate::Unwrap, Some(Algorithm::MlDsa87)), 1);
+        assert_eq!(cost(Gate::Sign, None, false), 1);
+        assert_eq!(cost(Gate::Verify, None, false), 1);
+        assert_eq!(cost(Gate::Sign, Some(Algorithm::Aes256Gcm), false), 1);
+        assert_eq!(cost(Gate::Unwrap, Some(Algorithm::MlDsa87), false), 1);
         for alg in Algorithm::ALL {
-            assert_eq!(cost(Gate::Admin, Some(alg)), 1);
+            assert_eq!(cost(Gate::Admin, Some(alg), false), 1);
         }
     }
 }

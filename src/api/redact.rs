@@ -17,8 +17,8 @@ macro_rules! redacted_debug {
     };
 }
 
-redacted_debug!(SignRequest { key, op_id }[message, context]);
-redacted_debug!(VerifyRequest { key } [message, signature, context]);
+redacted_debug!(SignRequest { key, op_id, digest_algorithm }[message, context, digest]);
+redacted_debug!(VerifyRequest { key, digest_algorithm } [message, signature, context, digest]);
 redacted_debug!(WrapRequest { key, op_id } [plaintext, aad]);
 redacted_debug!(UnwrapRequest { key } [ciphertext, aad]);
 redacted_debug!(UnwrapResponse { kid }[plaintext]);

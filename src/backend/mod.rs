@@ -130,6 +130,12 @@ pub enum SignInput<'a> {
     /// bytes by the key's classical component (the PQ policy's phase 0).
     /// Refused for bytes that start with the composite prefix.
     ClassicalComponent(&'a [u8]),
+    /// A digest the caller computed, of the kind the key's algorithm takes
+    /// (`Algorithm::prehash`; its length already checked): a SHA-256 for
+    /// ECDSA P-256, μ for ML-DSA. The signature is the one the message
+    /// behind the digest gets. (The hybrid's pre-hash arrives as
+    /// `Message(M′)`: the service builds M′ from it.)
+    Prehashed(&'a [u8]),
 }
 
 /// A freshly generated key: its public half (empty for symmetric keys) and

@@ -222,6 +222,11 @@ pub trait SealedCustody: Sealer {
                 .and_then(|sig| sig.sign(&private, message))
                 .map(Zeroizing::new)
                 .map_err(crypto_err),
+            KeyOp::Sign(SignInput::Prehashed(digest)) => provider
+                .signer(label.algorithm)
+                .and_then(|sig| sig.sign_prehashed(&private, digest))
+                .map(Zeroizing::new)
+                .map_err(crypto_err),
             KeyOp::Sign(SignInput::ClassicalComponent(message))
                 if label.algorithm == Algorithm::HybridEd25519MlDsa65 =>
             {

@@ -49,6 +49,8 @@ pub(crate) enum Cmd {
         context: String,
         #[command(flatten)]
         input: Input,
+        #[command(flatten)]
+        digest: DigestArgs,
     },
     /// Verify a signature (gRPC client). Exit status 0 if valid, 1 if not.
     Verify {
@@ -65,6 +67,8 @@ pub(crate) enum Cmd {
         context: String,
         #[command(flatten)]
         input: Input,
+        #[command(flatten)]
+        digest: DigestArgs,
     },
     /// Wrap a plaintext (≤ 8 KiB) read from --in or stdin: the kid and the
     /// base64 ciphertext.
@@ -277,6 +281,23 @@ pub(crate) struct Input {
     /// Read the input from this file ("-" for stdin, the default).
     #[arg(long = "in")]
     pub(crate) in_file: Option<PathBuf>,
+}
+
+/// A digest in place of the message (docs/api.md, "Signing a digest").
+#[derive(Args)]
+pub(crate) struct DigestArgs {
+    /// Send this digest (hex) instead of a message: a SHA-256 for
+    /// ecdsa-p256, the external mu for ml-dsa-*, a SHA-512 for the hybrid.
+    #[arg(long, conflicts_with_all = ["digest_file", "message", "in_file"])]
+    pub(crate) digest: Option<String>,
+    /// Hash this file here with the digest the key takes and send only the
+    /// digest (large artifacts; mu needs the key's public key, fetched
+    /// first, and the signature is then made by that version).
+    #[arg(long, conflicts_with_all = ["message", "in_file"])]
+    pub(crate) digest_file: Option<PathBuf>,
+    /// The digest's kind: sha256, mu or sha512 (default: the key's).
+    #[arg(long, default_value = "")]
+    pub(crate) digest_algorithm: String,
 }
 
 #[derive(Subcommand)]

@@ -10,7 +10,7 @@ use ron_kms::proto::kms_client::KmsClient;
 use ron_kms::proto::*;
 use tonic::transport::Channel;
 
-use super::args::{split_list, Cmd, Conn, Input, KeysCmd, TokensCmd};
+use super::args::{split_list, Cmd, Conn, DigestArgs, Input, KeysCmd, TokensCmd};
 use super::output::{print, print_json, KeyList, Output, TokenList};
 use super::Failure;
 
@@ -28,12 +28,96 @@ pub(crate) fn read_input(input: &Input) -> Result<Vec<u8>, Failure> {
     }
 }
 
+/// What `sign` and `verify` send: the key (a `name#vN` when the digest was
+/// computed from that version's public key), and the message or the digest.
+struct Signed {
+    key: String,
+    message: Vec<u8>,
+    digest: Vec<u8>,
+}
+
 pub(crate) struct Client {
     inner: KmsClient<Channel>,
     auth: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
 }
 
 impl Client {
+    /// The message from `input`, a `--digest` as given, or the digest of
+    /// `--digest-file` computed here for the key's algorithm.
+    async fn signed(
+        &mut self,
+        key: String,
+        input: &Input,
+        d: &DigestArgs,
+        ctx: &[u8],
+    ) -> Result<Signed, Failure> {
+        if let Some(hex_digest) = &d.digest {
+            let digest = hex::decode(hex_digest.trim()).map_err(|_| "--digest is not valid hex")?;
+            return Ok(Signed {
+                key,
+                message: Vec::new(),
+                digest,
+            });
+        }
+        let Some(path) = &d.digest_file else {
+            return Ok(Signed {
+                key,
+                message: read_input(input)?,
+                digest: Vec::new(),
+            });
+        };
+        let (name, version) = match key.split_once("#v") {
+            Some((n, v)) => (
+                n.to_string(),
+                Some(v.parse::<u32>().map_err(|_| "--key: bad version")?),
+            ),
+            None => (key.clone(), None),
+        };
+        let k = self
+            .inner
+            .get_key(self.req(GetKeyRequest { name, pem: false }))
+            .await?
+            .into_inner()
+            .key
+            .ok_or("the server answered GetKey without a key")?;
+        let alg = ron_kms::crypto::Algorithm::parse(&k.algorithm)
+            .ok_or_else(|| format!("unknown algorithm {:?}", k.algorithm))?;
+        let prehash = alg.prehash().ok_or_else(|| {
+            format!("{alg} keys sign whole messages, not digests: use --in instead")
+        })?;
+        let vn = version.unwrap_or(k.primary_version);
+        let v = k
+            .versions
+            .iter()
+            .find(|v| v.version == vn)
+            .ok_or_else(|| format!("key {} has no version {vn}", k.name))?;
+        // only μ depends on the public key: the raw ML-DSA key in the SPKI
+        let public = if prehash == ron_kms::crypto::Prehash::Mu {
+            let len =
+                ron_kms::crypto::prehash::ml_dsa_public_len(alg).ok_or("not an ML-DSA key")?;
+            ron_kms::crypto::spki::raw_public(alg, &v.public_key_der, len)
+                .ok_or("the key's public key is not an ML-DSA SPKI")?
+                .to_vec()
+        } else {
+            Vec::new()
+        };
+        let mut h = prehash.hasher(&public, ctx);
+        let mut f = std::fs::File::open(path)?;
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            let n = f.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+        }
+        Ok(Signed {
+            key: v.kid.clone(),
+            message: Vec::new(),
+            digest: h.finish(),
+        })
+    }
+
     async fn connect(conn: &Conn) -> Result<Self, Failure> {
         let identity = match (&conn.cert_file, &conn.key_file) {
             (Some(c), Some(k)) => Some(tonic::transport::Identity::from_pem(
@@ -258,16 +342,19 @@ pub(crate) async fn crypto(cmd: Cmd, out: Output) -> Result<ExitCode, Failure> {
             key,
             context,
             input,
+            digest,
         } => {
-            let message = read_input(&input)?;
             let mut c = Client::connect(&conn).await?;
+            let s = c.signed(key, &input, &digest, context.as_bytes()).await?;
             let r = c
                 .inner
                 .sign(c.req(SignRequest {
-                    key,
-                    message,
+                    key: s.key,
+                    message: s.message,
                     op_id: String::new(),
                     context: context.into_bytes(),
+                    digest: s.digest,
+                    digest_algorithm: digest.digest_algorithm,
                 }))
                 .await?;
             print(out, &r.into_inner())?;
@@ -279,19 +366,22 @@ pub(crate) async fn crypto(cmd: Cmd, out: Output) -> Result<ExitCode, Failure> {
             signature,
             context,
             input,
+            digest,
         } => {
-            let message = read_input(&input)?;
             let signature = base64::engine::general_purpose::STANDARD
                 .decode(signature.trim())
                 .map_err(|_| "--signature is not valid base64")?;
             let mut c = Client::connect(&conn).await?;
+            let s = c.signed(key, &input, &digest, context.as_bytes()).await?;
             let r = c
                 .inner
                 .verify(c.req(VerifyRequest {
-                    key,
-                    message,
+                    key: s.key,
+                    message: s.message,
                     signature,
                     context: context.into_bytes(),
+                    digest: s.digest,
+                    digest_algorithm: digest.digest_algorithm,
                 }))
                 .await?
                 .into_inner();

@@ -8,12 +8,15 @@ pub mod aead;
 pub mod der;
 pub mod envelope;
 pub mod hybrid;
+pub mod mu;
+pub mod prehash;
 pub mod provider;
 pub mod scheme;
 pub mod spki;
 
 use thiserror::Error;
 
+pub use prehash::Prehash;
 pub use provider::Provider;
 pub use scheme::KeyPair;
 

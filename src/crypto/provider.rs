@@ -187,6 +187,18 @@ macro_rules! ecdsa_p256 {
                     .verify(message, signature)
                     .is_ok()
             }
+
+            fn sign_prehashed(
+                &self,
+                private: &[u8],
+                digest: &[u8],
+            ) -> Result<Vec<u8>, CryptoError> {
+                p256_prehash_sign(private, digest)
+            }
+
+            fn verify_prehashed(&self, public: &[u8], digest: &[u8], signature: &[u8]) -> bool {
+                p256_prehash_verify(public, digest, signature)
+            }
         }
     };
 }
@@ -214,12 +226,39 @@ fn p256_from_pkcs8(
     s::EcdsaKeyPair::from_pkcs8(&s::ECDSA_P256_SHA256_ASN1_SIGNING, der)
 }
 
+/// ECDSA P-256 over a SHA-256 digest the caller computed, through
+/// aws-lc-rs whatever the message provider (ring signs only messages):
+/// randomised nonces and DER, as for messages.
+fn p256_prehash_sign(private: &[u8], digest: &[u8]) -> Result<Vec<u8>, CryptoError> {
+    use aws_lc_rs::signature as s;
+    let d = aws_lc_rs::digest::Digest::import_less_safe(digest, &aws_lc_rs::digest::SHA256)
+        .map_err(|_| CryptoError::BadInput("a SHA-256 digest is 32 bytes"))?;
+    let kp = s::EcdsaKeyPair::from_pkcs8(&s::ECDSA_P256_SHA256_ASN1_SIGNING, private)
+        .map_err(|_| CryptoError::BadPrivateKey("ecdsa-p256"))?;
+    kp.sign_digest(&d)
+        .map(|sig| sig.as_ref().to_vec())
+        .map_err(|_| CryptoError::Sign("ecdsa-p256"))
+}
+
+fn p256_prehash_verify(public: &[u8], digest: &[u8], signature: &[u8]) -> bool {
+    use aws_lc_rs::signature as s;
+    let Ok(d) = aws_lc_rs::digest::Digest::import_less_safe(digest, &aws_lc_rs::digest::SHA256)
+    else {
+        return false;
+    };
+    s::UnparsedPublicKey::new(&s::ECDSA_P256_SHA256_ASN1, public)
+        .verify_digest(&d, signature)
+        .is_ok()
+}
+
 /// ML-DSA through liboqs: pure FIPS 204 signing with an empty context
 /// string, hedged (randomised) as liboqs does by default.
 struct OqsSig {
     sig: oqs::sig::Sig,
     name: &'static str,
     params: MlDsaParams,
+    /// The same parameter set for external μ (`super::mu`).
+    level: super::mu::Level,
 }
 
 /// The FIPS 204 parameters the signature-side checks need.
@@ -294,10 +333,16 @@ impl OqsSig {
     fn new(alg: oqs::sig::Algorithm, name: &'static str) -> Self {
         oqs::init();
         let sig = oqs::sig::Sig::new(alg).expect("liboqs was built with ML-DSA enabled");
+        let level = match alg {
+            oqs::sig::Algorithm::MlDsa44 => super::mu::Level::L44,
+            oqs::sig::Algorithm::MlDsa65 => super::mu::Level::L65,
+            _ => super::mu::Level::L87,
+        };
         OqsSig {
             sig,
             name,
             params: mldsa_params(alg),
+            level,
         }
     }
 }
@@ -335,6 +380,15 @@ impl SignatureScheme for OqsSig {
 
     fn verify(&self, public: &[u8], message: &[u8], signature: &[u8]) -> bool {
         self.verify_with_context(public, message, &[], signature)
+    }
+
+    /// `digest` is the external μ.
+    fn sign_prehashed(&self, private: &[u8], digest: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        self.level.sign(private, digest, self.name)
+    }
+
+    fn verify_prehashed(&self, public: &[u8], digest: &[u8], signature: &[u8]) -> bool {
+        self.well_formed(signature) && self.level.verify(public, digest, signature)
     }
 }
 

@@ -31,6 +31,17 @@ pub trait SignatureScheme: Send + Sync {
     /// `false` for any signature that does not verify, including malformed
     /// ones and malformed public keys.
     fn verify(&self, public: &[u8], message: &[u8], signature: &[u8]) -> bool;
+    /// A signature over a digest the caller computed, of the kind
+    /// [`super::Algorithm::prehash`] names (its length checked by the
+    /// caller). The signature is the one a message with that digest gets.
+    /// Algorithms without digest signing keep the default refusal.
+    fn sign_prehashed(&self, _private: &[u8], _digest: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        Err(CryptoError::Unsupported("digest signing"))
+    }
+    /// [`SignatureScheme::verify`] over a digest; `false` by default.
+    fn verify_prehashed(&self, _public: &[u8], _digest: &[u8], _signature: &[u8]) -> bool {
+        false
+    }
 }
 
 /// A signature scheme with FIPS 204's context string (ML-DSA): the

@@ -48,6 +48,13 @@ fn algorithm_identifier(alg: Algorithm) -> Option<Vec<u8>> {
     Some(tlv(0x30, &content))
 }
 
+/// The raw public key inside `der`, an SPKI [`encode`] made for a key of
+/// `alg` whose raw key is `raw_len` bytes; `None` for anything else.
+pub fn raw_public(alg: Algorithm, der: &[u8], raw_len: usize) -> Option<&[u8]> {
+    let raw = der.get(der.len().checked_sub(raw_len)?..)?;
+    (encode(alg, raw) == der).then_some(raw)
+}
+
 /// DER SubjectPublicKeyInfo for a raw public key as ron-kms stores it;
 /// empty for symmetric keys, the hybrid KEM and a malformed hybrid key. The
 /// composite signature's subjectPublicKey is the draft's serialization,

@@ -85,7 +85,7 @@ impl KmsService {
             }
             // a shed item is answered and counted, not audited (as a single
             // call's shed is)
-            let permit = match self.admit(call.spec.gate, caller, &call.key).await {
+            let permit = match self.admit(caller, &call).await {
                 Ok(p) => p,
                 Err(e) => {
                     results.push(Err(e));

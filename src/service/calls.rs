@@ -24,6 +24,9 @@ pub(super) struct Call {
     pub failed_kid: String,
     /// The keyed hash of the request's input, for the record.
     pub input: Option<[u8; 32]>,
+    /// Sign or Verify of a digest rather than a message: priced by the
+    /// digest rows of the cost table.
+    pub digest: bool,
     /// The record's reason (SetPqPolicy: what was asked, and why).
     pub reason: String,
 }
@@ -31,10 +34,25 @@ pub(super) struct Call {
 /// The calls and record descriptions the single operations and their
 /// batch items share.
 pub(super) fn sign_call(audit: &AuditLog, r: &proto::SignRequest) -> Call {
-    Call::new(Method::Sign, &r.key).input(audit, &r.message)
+    Call {
+        digest: !r.digest.is_empty(),
+        ..Call::new(Method::Sign, &r.key).input(audit, signed_bytes(&r.message, &r.digest))
+    }
 }
 pub(super) fn verify_call(audit: &AuditLog, r: &proto::VerifyRequest) -> Call {
-    Call::new(Method::Verify, &r.key).input(audit, &r.message)
+    Call {
+        digest: !r.digest.is_empty(),
+        ..Call::new(Method::Verify, &r.key).input(audit, signed_bytes(&r.message, &r.digest))
+    }
+}
+/// What the audit record's input hash covers: the message, or the digest
+/// sent in its place.
+fn signed_bytes<'a>(message: &'a [u8], digest: &'a [u8]) -> &'a [u8] {
+    if digest.is_empty() {
+        message
+    } else {
+        digest
+    }
 }
 pub(super) fn wrap_call(audit: &AuditLog, r: &proto::WrapRequest) -> Call {
     Call::new(Method::Wrap, &r.key).input(audit, &r.plaintext)
@@ -64,6 +82,7 @@ impl Call {
             key: key.to_string(),
             failed_kid: key.to_string(),
             input: None,
+            digest: false,
             reason: String::new(),
         }
     }
@@ -291,12 +310,14 @@ impl KmsService {
         }
     }
 
-    /// Admission for one request that names `key` (empty when it names
-    /// none). The cost comes from the key's algorithm in the in-memory
-    /// snapshot (a map read; no store, no custody); an unknown key costs 1.
+    /// Admission for one call, by its gate, for the key it names (none
+    /// when empty). The cost comes from the key's algorithm in the in-memory
+    /// snapshot (a map read; no store, no custody), and whether a digest is
+    /// signed or verified; an unknown key costs 1.
     /// A shed is answered at once and is not audited (a flood must not turn
     /// into audit writes); it is counted in `kms_reject_total{reason}`.
-    pub(super) async fn admit(&self, op: Gate, caller: &Caller, key: &str) -> Result<Permit> {
+    pub(super) async fn admit(&self, caller: &Caller, call: &Call) -> Result<Permit> {
+        let (op, key) = (call.spec.gate, call.key.as_str());
         let alg = if key.is_empty() {
             None
         } else {
@@ -306,7 +327,11 @@ impl KmsService {
                 .map(|r| r.algorithm)
         };
         self.admission
-            .admit(op, &caller.tenant, crate::admission::cost::cost(op, alg))
+            .admit(
+                op,
+                &caller.tenant,
+                crate::admission::cost::cost(op, alg, call.digest),
+            )
             .await
             .map_err(Error::Shed)
     }
@@ -332,7 +357,7 @@ impl KmsService {
             labels.account(call.op, std::time::Duration::ZERO);
             return r;
         }
-        let permit = self.admit(call.spec.gate, caller, &call.key).await?;
+        let permit = self.admit(caller, &call).await?;
         let run = released(permit, run);
         if call.spec.writes() {
             self.refuse_if_audit_broken()?;

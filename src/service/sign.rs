@@ -6,6 +6,7 @@ use super::calls::{sign_call, sign_desc, verify_call, verify_desc};
 use super::*;
 use crate::backend::SignInput;
 use crate::crypto::hybrid::{self, Presented};
+use crate::crypto::Prehash;
 use crate::policy::Verdict;
 
 /// A context string fits the composite's one length byte.
@@ -25,12 +26,110 @@ fn context_refused(alg: Algorithm) -> Error {
     ))
 }
 
-fn sign_input(bytes: &[u8], classical: bool) -> SignInput<'_> {
-    if classical {
-        SignInput::ClassicalComponent(bytes)
-    } else {
-        SignInput::Message(bytes)
+/// How custody signs the bytes [`KmsService::what_to_sign`] chose.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Form {
+    Message,
+    /// A hybrid key's classical component alone (the PQ policy's phase 0).
+    Classical,
+    /// A digest of the kind the key's algorithm takes.
+    Prehashed,
+}
+
+fn sign_input(bytes: &[u8], form: Form) -> SignInput<'_> {
+    match form {
+        Form::Message => SignInput::Message(bytes),
+        Form::Classical => SignInput::ClassicalComponent(bytes),
+        Form::Prehashed => SignInput::Prehashed(bytes),
     }
+}
+
+/// The digest a Sign or Verify request sends in place of its message, if
+/// it sends one, checked against what a key of `alg` takes
+/// (`Algorithm::prehash`): one of message and digest, a known
+/// `digest_algorithm` that is the key's, the digest's exact length.
+fn digest_of(
+    alg: Algorithm,
+    message: &[u8],
+    digest: &[u8],
+    digest_algorithm: &str,
+) -> Result<Option<Prehash>> {
+    if digest.is_empty() {
+        if !digest_algorithm.is_empty() {
+            return Err(Error::InvalidArgument(
+                "field digest_algorithm: given without a digest".into(),
+            ));
+        }
+        return Ok(None);
+    }
+    if !message.is_empty() {
+        return Err(Error::InvalidArgument(
+            "fields message and digest: send one of them, not both".into(),
+        ));
+    }
+    let named = if digest_algorithm.is_empty() {
+        None
+    } else {
+        Some(Prehash::parse(digest_algorithm).ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "field digest_algorithm: unknown {digest_algorithm:?}; one of sha256 (ecdsa-p256), mu (ml-dsa-44/65/87), sha512 (hybrid-ed25519-ml-dsa-65)"
+            ))
+        })?)
+    };
+    let Some(takes) = alg.prehash() else {
+        return Err(Error::InvalidArgument(if alg == Algorithm::Ed25519 {
+            "field digest: ed25519 keys sign whole messages (pure Ed25519 hashes the message itself); Ed25519ph, RFC 8032's pre-hashed variant, is the digest form and ron-kms does not offer it: send the message".into()
+        } else {
+            format!("field digest: {alg} keys do not sign digests")
+        }));
+    };
+    if named.is_some_and(|n| n != takes) {
+        return Err(Error::InvalidArgument(format!(
+            "field digest_algorithm: {alg} keys take a {takes} digest, not {digest_algorithm}"
+        )));
+    }
+    if digest.len() != takes.digest_len() {
+        return Err(Error::InvalidArgument(format!(
+            "field digest: a {takes} digest for {alg} is {} bytes, not {}",
+            takes.digest_len(),
+            digest.len()
+        )));
+    }
+    Ok(Some(takes))
+}
+
+/// The idempotency hash of a Sign request. A message request hashes as it
+/// always did; a digest request hashes its digest and kind as well.
+fn sign_hash(req: &proto::SignRequest) -> [u8; 32] {
+    if req.digest.is_empty() && req.digest_algorithm.is_empty() {
+        request_hash(&[b"Sign", req.key.as_bytes(), &req.message, &req.context])
+    } else {
+        request_hash(&[
+            b"SignDigest",
+            req.key.as_bytes(),
+            &req.message,
+            &req.context,
+            &req.digest,
+            req.digest_algorithm.as_bytes(),
+        ])
+    }
+}
+
+/// One single-algorithm verification, of a message or of a digest.
+fn verify_one(
+    p: &crate::crypto::Provider,
+    alg: Algorithm,
+    prehashed: bool,
+    public: &[u8],
+    input: &[u8],
+    signature: &[u8],
+) -> Result<bool> {
+    let s = p.signer(alg)?;
+    Ok(if prehashed {
+        s.verify_prehashed(public, input, signature)
+    } else {
+        s.verify(public, input, signature)
+    })
 }
 
 impl KmsService {
@@ -39,18 +138,28 @@ impl KmsService {
     /// or, where the tenant's policy still signs classically (phase 0, or
     /// outside the rollout), the message for a plain Ed25519 signature by
     /// the key's classical component (`true`).
+    ///
+    /// With a digest (`digest` is `Some`, `message` then holds it): the
+    /// digest itself, or for a hybrid key M′ built from the pre-hash; the
+    /// classical component alone cannot sign a digest.
     fn what_to_sign(
         &self,
         caller: &Caller,
         rec: &KeyRecord,
         message: Vec<u8>,
+        digest: Option<Prehash>,
         ctx: &[u8],
-    ) -> Result<(Vec<u8>, bool)> {
+    ) -> Result<(Vec<u8>, Form)> {
         if rec.algorithm != Algorithm::HybridEd25519MlDsa65 {
             if !ctx.is_empty() {
                 return Err(context_refused(rec.algorithm));
             }
-            return Ok((message, false));
+            let form = if digest.is_some() {
+                Form::Prehashed
+            } else {
+                Form::Message
+            };
+            return Ok((message, form));
         }
         let composite = self
             .policies
@@ -59,9 +168,18 @@ impl KmsService {
             .effective(&caller.tenant, &rec.name)
             .produce_hybrid;
         if composite {
-            let m = hybrid::representative(&message, ctx)
-                .map_err(|e| Error::InvalidArgument(format!("field context: {e}")))?;
-            return Ok((m, false));
+            let m = if digest.is_some() {
+                hybrid::representative_of_prehash(&message, ctx)
+            } else {
+                hybrid::representative(&message, ctx)
+            }
+            .map_err(|e| Error::InvalidArgument(format!("field context: {e}")))?;
+            return Ok((m, Form::Message));
+        }
+        if digest.is_some() {
+            return Err(Error::FailedPrecondition(
+                "field digest: the tenant's PQ policy signs this key with its classical component alone (phase 0, or outside the rollout), and Ed25519 cannot sign a digest: send the message".into(),
+            ));
         }
         if !ctx.is_empty() {
             return Err(Error::FailedPrecondition(
@@ -73,7 +191,7 @@ impl KmsService {
                 "field message: a message that starts with the composite signature prefix \"CompositeAlgorithmSignatures2025\" cannot be signed with the classical component alone".into(),
             ));
         }
-        Ok((message, true))
+        Ok((message, Form::Classical))
     }
 
     // ----- crypto ------------------------------------------------------
@@ -86,7 +204,7 @@ impl KmsService {
         caller.require(Scope::Sign)?;
         let key = KeyRef::parse(&req.key)?;
         check_context(&req.context)?;
-        let hash = request_hash(&[b"Sign", req.key.as_bytes(), &req.message, &req.context]);
+        let hash = sign_hash(&req);
         if let Some(c) = self.cached(caller, &req.op_id, &hash)? {
             if let CachedAnswer::Sign(r) = &c.answer {
                 // A remembered answer is only given while the version that
@@ -108,14 +226,25 @@ impl KmsService {
             )));
         }
         let kid = rec.kid(vn);
-        let (bytes, classical) = self.what_to_sign(caller, &rec, req.message, &req.context)?;
+        let digest = digest_of(
+            rec.algorithm,
+            &req.message,
+            &req.digest,
+            &req.digest_algorithm,
+        )?;
+        let input = if digest.is_some() {
+            req.digest
+        } else {
+            req.message
+        };
+        let (bytes, form) = self.what_to_sign(caller, &rec, input, digest, &req.context)?;
         let signature = if self.offload(rec.algorithm) {
             let (this, rec, kid) = (self.clone(), rec.clone(), kid.clone());
             self.blocking(move || {
                 let r = this.backend.sign(
                     label(&rec, &kid),
                     handle(&rec, vn)?,
-                    sign_input(&bytes, classical),
+                    sign_input(&bytes, form),
                 );
                 this.custody_saw(&r);
                 Ok(r?)
@@ -125,7 +254,7 @@ impl KmsService {
             let r = self.backend.sign(
                 label(&rec, &kid),
                 handle(&rec, vn)?,
-                sign_input(&bytes, classical),
+                sign_input(&bytes, form),
             );
             self.custody_saw(&r);
             r?
@@ -153,6 +282,12 @@ impl KmsService {
         if !hybrid_key && !req.context.is_empty() {
             return Err(context_refused(alg));
         }
+        let digest = digest_of(alg, &req.message, &req.digest, &req.digest_algorithm)?;
+        if hybrid_key && digest.is_some() && req.signature.len() != hybrid::COMPOSITE_SIG_LEN {
+            return Err(Error::InvalidArgument(
+                "field digest: only a composite signature can be verified against a digest; a plain Ed25519 signature or an RKS v1 bundle is over the message itself".into(),
+            ));
+        }
         let kid = rec.kid(vn);
         let (public, cache_age_ms) = self.verify_key(caller, &rec, vn, &kid)?;
         let entry = self.policies.get(&caller.tenant);
@@ -165,21 +300,29 @@ impl KmsService {
                 .provider
                 .hybrid_signer()
                 .ok_or_else(|| Error::Internal("no hybrid signer in the provider".into()))?;
-            hybrid.check(&public.public, &req.message, &req.context, &req.signature)
+            if digest.is_some() {
+                hybrid.check_prehashed(&public.public, &req.digest, &req.context, &req.signature)
+            } else {
+                hybrid.check(&public.public, &req.message, &req.context, &req.signature)
+            }
         } else {
-            let valid = if alg.verify_is_heavy() {
-                let (p, public, msg, sig) = (
-                    self.provider.clone(),
-                    public.clone(),
-                    req.message,
-                    req.signature,
-                );
-                self.blocking(move || Ok(p.signer(alg)?.verify(&public.public, &msg, &sig)))
+            let prehashed = digest.is_some();
+            let input = if prehashed { req.digest } else { req.message };
+            // RustCrypto's μ verification is slower than liboqs's
+            let heavy = alg.verify_is_heavy() || (prehashed && digest == Some(Prehash::Mu));
+            let valid = if heavy {
+                let (p, public, sig) = (self.provider.clone(), public.clone(), req.signature);
+                self.blocking(move || verify_one(&p, alg, prehashed, &public.public, &input, &sig))
                     .await?
             } else {
-                self.provider
-                    .signer(alg)?
-                    .verify(&public.public, &req.message, &req.signature)
+                verify_one(
+                    &self.provider,
+                    alg,
+                    prehashed,
+                    &public.public,
+                    &input,
+                    &req.signature,
+                )?
             };
             if alg.is_classical_signature() {
                 Presented::Classical(valid)

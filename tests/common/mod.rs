@@ -699,6 +699,7 @@ impl Client {
             key: key.into(),
             message: message.to_vec(),
             op_id: String::new(),
+            ..Default::default()
         })
         .await
     }
@@ -720,12 +721,17 @@ impl Client {
         signature: &[u8],
         context: &[u8],
     ) -> Result<VerifyResponse, ApiErr> {
-        let req = VerifyRequest {
+        self.verify_req(VerifyRequest {
             context: context.to_vec(),
             key: key.into(),
             message: message.to_vec(),
             signature: signature.to_vec(),
-        };
+            ..Default::default()
+        })
+        .await
+    }
+
+    pub async fn verify_req(&mut self, req: VerifyRequest) -> Result<VerifyResponse, ApiErr> {
         match &mut self.transport {
             Transport::Grpc(_) => {
                 let r = self.grpc_req(req);

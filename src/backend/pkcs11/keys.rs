@@ -85,12 +85,7 @@ pub(super) fn sign(
     match label.algorithm {
         Algorithm::EcdsaP256 => {
             let digest = ring::digest::digest(&ring::digest::SHA256, message);
-            let rs = pool.run(|conn, s| {
-                with_key(conn, s, r, &label, |h| {
-                    s.sign(&Mechanism::Ecdsa, h, digest.as_ref())
-                })
-            })?;
-            ecdsa_der(&rs)
+            sign_digest(pool, label, r, digest.as_ref())
         }
         Algorithm::Ed25519 => pool.run(|conn, s| {
             with_key(conn, s, r, &label, |h| {
@@ -103,6 +98,19 @@ pub(super) fn sign(
         }),
         other => Err(BackendError::Unsupported(other)),
     }
+}
+
+/// ECDSA P-256 over a SHA-256 digest (`CKM_ECDSA` signs the digest it is
+/// given), DER-encoded.
+pub(super) fn sign_digest(
+    pool: &Pool,
+    label: KeyLabel<'_>,
+    r: &NativeRef,
+    digest: &[u8],
+) -> Result<Vec<u8>, BackendError> {
+    let rs =
+        pool.run(|conn, s| with_key(conn, s, r, &label, |h| s.sign(&Mechanism::Ecdsa, h, digest)))?;
+    ecdsa_der(&rs)
 }
 
 /// AES-256-GCM seal with a native secret key.

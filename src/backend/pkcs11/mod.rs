@@ -53,7 +53,7 @@ use super::soft::{SealedCustody, Sealer};
 use super::{
     Backend, BackendError, Capabilities, Generated, Held, KeyLabel, KeyOp, Performed, SignInput,
 };
-use crate::crypto::{aead, random_bytes, Provider};
+use crate::crypto::{aead, random_bytes, Algorithm, Provider};
 
 /// What `serve` needs to reach the token (docs/configuration.md).
 pub struct Pkcs11Settings {
@@ -206,6 +206,15 @@ impl Backend for Pkcs11Backend {
         match op {
             KeyOp::Sign(SignInput::Message(m)) if r.kind == KIND_PAIR => {
                 keys::sign(&self.pool, label, &r, m).map(Zeroizing::new)
+            }
+            KeyOp::Sign(SignInput::Prehashed(d))
+                if r.kind == KIND_PAIR && label.algorithm == Algorithm::EcdsaP256 =>
+            {
+                keys::sign_digest(&self.pool, label, &r, d).map(Zeroizing::new)
+            }
+            // Ed25519 on the token signs whole messages only
+            KeyOp::Sign(SignInput::Prehashed(_)) if r.kind == KIND_PAIR => {
+                Err(BackendError::Unsupported(label.algorithm))
             }
             // token keys are single-algorithm: no hybrid components
             KeyOp::Sign(SignInput::ClassicalComponent(_)) => {

@@ -44,21 +44,20 @@ pub(super) fn generate(device: &Device, label: &KeyLabel<'_>) -> Result<Generate
     })
 }
 
-/// ECDSA P-256 over the SHA-256 of `message`, DER-encoded, with the key of
+/// ECDSA P-256 over a SHA-256 `digest`, DER-encoded, with the key of
 /// `label` (refused before the TPM sees it when the blob is bound to
 /// another label).
 pub(super) fn sign(
     device: &Device,
     label: &KeyLabel<'_>,
     blob: &Blob<'_>,
-    message: &[u8],
+    digest: &[u8],
 ) -> Result<Vec<u8>, BackendError> {
     let auth = session::check(label, blob)?;
-    let digest = ring::digest::digest(&ring::digest::SHA256, message);
     let sig = device.run(|conn| {
         with_loaded(conn, blob, auth, |ctx, s, h| {
             session::params(ctx, s, Params::Command).ctx("session attributes")?;
-            let digest = Digest::try_from(digest.as_ref().to_vec()).ctx("digest")?;
+            let digest = Digest::try_from(digest.to_vec()).ctx("digest")?;
             let ticket = null_ticket().ctx("hash-check ticket")?;
             ctx.sign(h, digest, SignatureScheme::Null, ticket)
                 .ctx("TPM2_Sign")

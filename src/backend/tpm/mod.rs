@@ -223,7 +223,13 @@ impl Backend for TpmBackend {
             (Parsed::Native(b), SignInput::Message(m))
                 if label.algorithm == Algorithm::EcdsaP256 =>
             {
-                keys::sign(&self.device, &label, &b, m).map(Zeroizing::new)
+                let digest = ring::digest::digest(&ring::digest::SHA256, m);
+                keys::sign(&self.device, &label, &b, digest.as_ref()).map(Zeroizing::new)
+            }
+            (Parsed::Native(b), SignInput::Prehashed(d))
+                if label.algorithm == Algorithm::EcdsaP256 =>
+            {
+                keys::sign(&self.device, &label, &b, d).map(Zeroizing::new)
             }
             // native keys are single-algorithm: no hybrid components
             (Parsed::Native(_), SignInput::ClassicalComponent(_)) => {

@@ -177,13 +177,9 @@ impl HybridSig {
             !message.starts_with(PREFIX) && self.classical.verify(pk_e, message, sig)
         };
         if signature.len() == COMPOSITE_SIG_LEN {
-            let Ok(m) = representative(message, ctx) else {
-                return Presented::Malformed;
-            };
-            let (sig_m, sig_e) = signature.split_at(ML_DSA_65_SIG_LEN);
-            return Presented::Composite {
-                pq: self.pq.verify_with_context(pk_m, &m, LABEL, sig_m),
-                classical: self.classical.verify(pk_e, &m, sig_e),
+            return match representative(message, ctx) {
+                Ok(m) => self.composite(pk_e, pk_m, &m, signature),
+                Err(_) => Presented::Malformed,
             };
         }
         // Plain and legacy signatures have no context: with one, only a
@@ -200,6 +196,40 @@ impl HybridSig {
                 pq: b.pq.map(|s| self.pq.verify(pk_m, message, s)),
             },
             Err(_) => Presented::Malformed,
+        }
+    }
+}
+
+impl HybridSig {
+    /// [`HybridSig::check`] over the composite's external pre-hash
+    /// `prehash` = PH(M) = SHA-512(M) instead of M. Only a composite
+    /// signature can be checked this way: a plain or legacy one is over M
+    /// itself, so it is `Malformed` here.
+    pub fn check_prehashed(
+        &self,
+        public: &[u8],
+        prehash: &[u8],
+        ctx: &[u8],
+        signature: &[u8],
+    ) -> Presented {
+        let (Some((pk_e, pk_m)), true) = (
+            split_sig_public(public),
+            signature.len() == COMPOSITE_SIG_LEN,
+        ) else {
+            return Presented::Malformed;
+        };
+        match representative_of_prehash(prehash, ctx) {
+            Ok(m) => self.composite(pk_e, pk_m, &m, signature),
+            Err(_) => Presented::Malformed,
+        }
+    }
+
+    /// Both components of a composite signature over M′.
+    fn composite(&self, pk_e: &[u8], pk_m: &[u8], m_prime: &[u8], signature: &[u8]) -> Presented {
+        let (sig_m, sig_e) = signature.split_at(ML_DSA_65_SIG_LEN);
+        Presented::Composite {
+            pq: self.pq.verify_with_context(pk_m, m_prime, LABEL, sig_m),
+            classical: self.classical.verify(pk_e, m_prime, sig_e),
         }
     }
 }

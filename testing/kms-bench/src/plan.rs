@@ -33,6 +33,7 @@ pub(crate) async fn prepare(
             key: name,
             message,
             op_id: String::new(),
+            ..Default::default()
         }),
         Op::Verify => {
             let s = c
@@ -42,6 +43,7 @@ pub(crate) async fn prepare(
                         key: name,
                         message: message.clone(),
                         op_id: String::new(),
+                        ..Default::default()
                     },
                     token,
                 )?)
@@ -53,6 +55,7 @@ pub(crate) async fn prepare(
                 key: s.kid,
                 message,
                 signature: s.signature,
+                ..Default::default()
             })
         }
         Op::Wrap => Work::Wrap(WrapRequest {

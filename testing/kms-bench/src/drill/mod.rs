@@ -345,6 +345,7 @@ async fn until_sign_ok(ep: &Endpoint, name: &str, limit: Duration) -> Option<Dur
                         key: name.into(),
                         message: b"probe".to_vec(),
                         op_id: String::new(),
+                        ..Default::default()
                     },
                     &ep.token,
                 )
@@ -382,6 +383,7 @@ async fn keys_ok(ep: &Endpoint, names: &[String]) -> usize {
                 key: n.clone(),
                 message: b"check".to_vec(),
                 op_id: String::new(),
+                ..Default::default()
             },
             &ep.token,
         ) else {

@@ -413,6 +413,7 @@ pub(super) async fn network_jitter(a: &DrillArgs) -> Result<Verdict, String> {
         key: "jitter".into(),
         message: b"probe".to_vec(),
         op_id: String::new(),
+        ..Default::default()
     });
     let one = careful_clients(&chans, &ep.token, 1, deadline)?
         .pop()
