@@ -111,6 +111,13 @@ pub struct AdmissionConfig {
     pub tenant_burst: Option<u32>,
     /// Per-tenant weights and caps.
     pub tenants: BTreeMap<String, TenantLimits>,
+    /// CPU cores the gates share out (default: the cores this process may
+    /// run on). One request holds at most `capacity / (2 × cores)` units of
+    /// a gate, so the dearest requests (ML-DSA over μ, costing more than
+    /// that) still run two per core: one computing, one ready to start the
+    /// moment the first ends (with one per core, the service reached 0.66
+    /// of the bare server on ML-DSA-65 μ signing, with two 0.9; docs/admission.md).
+    pub cores: u32,
 }
 
 impl Default for AdmissionConfig {
@@ -123,6 +130,7 @@ impl Default for AdmissionConfig {
             tenant_rps: None,
             tenant_burst: None,
             tenants: BTreeMap::new(),
+            cores: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
         }
     }
 }
@@ -180,17 +188,20 @@ impl Admission {
             .map_err(|kind| self.shed(kind, op, self.cfg.max_wait))
     }
 
-    /// Take `cost` units (clamped to 1..=the op's capacity): first from the
-    /// tenant's token bucket ([`ShedKind::RateLimit`] with the wait until it
-    /// has them), then from the op's fair gate, waiting in its queue up to
-    /// `max_wait` if need be. Every refusal is counted in
+    /// Take `cost` units: first from the tenant's token bucket (clamped to
+    /// 1..=the op's capacity; [`ShedKind::RateLimit`] with the wait until it
+    /// has them), then from the op's fair gate (clamped to 1..=half a core's
+    /// share of the capacity, [`AdmissionConfig::cores`]), waiting in its
+    /// queue up to `max_wait` if need be. Every refusal is counted in
     /// `kms_reject_total{reason}`.
     pub async fn admit(&self, op: Gate, tenant: &str, cost: u32) -> Result<Permit, Shed> {
         let gate = self.gate(op);
-        let cost = cost.clamp(1, gate.settings().capacity);
-        if let Err(wait) = self.rates.check_n(tenant, cost) {
+        let capacity = gate.settings().capacity;
+        if let Err(wait) = self.rates.check_n(tenant, cost.clamp(1, capacity)) {
             return Err(self.shed(ShedKind::RateLimit, op, wait));
         }
+        let most = (capacity / (2 * self.cfg.cores.max(1))).max(1);
+        let cost = cost.clamp(1, most);
         gate.acquire(tenant, cost)
             .await
             .map_err(|kind| self.shed(kind, op, self.cfg.max_wait))
@@ -391,12 +402,40 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn cost_is_clamped_to_the_capacity() {
-        let a = admission(|c| c.inflight = [4, 64, 64, 64, 16]);
+        let a = admission(|c| {
+            c.inflight = [4, 64, 64, 64, 16];
+            c.cores = 1;
+        });
         let p = a.admit(Gate::Sign, "t", 1000).await.unwrap();
-        assert_eq!((p.cost(), a.in_use(Gate::Sign)), (4, 4));
+        assert_eq!((p.cost(), a.in_use(Gate::Sign)), (2, 2));
         drop(p);
         let p = a.admit(Gate::Sign, "t", 0).await.unwrap();
         assert_eq!(p.cost(), 1);
+    }
+
+    /// On two cores, four of the dearest requests hold the gate at once:
+    /// each holds a quarter of its capacity, not all of it.
+    #[tokio::test(start_paused = true)]
+    async fn a_request_holds_at_most_half_a_cores_share() {
+        let a = admission(|c| {
+            c.inflight = [64, 64, 64, 64, 16];
+            c.cores = 2;
+        });
+        let mut held = Vec::new();
+        for _ in 0..4 {
+            held.push(a.admit(Gate::Sign, "t", 55).await.unwrap());
+        }
+        assert!(held.iter().all(|p| p.cost() == 16));
+        assert_eq!(
+            (
+                held.iter().map(|p| p.cost()).sum::<u32>(),
+                a.in_use(Gate::Sign)
+            ),
+            (64, 64)
+        );
+        drop(held);
+        // cheap requests are not affected
+        assert_eq!(a.admit(Gate::Sign, "t", 5).await.unwrap().cost(), 5);
     }
 
     #[tokio::test(start_paused = true)]

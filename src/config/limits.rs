@@ -223,6 +223,7 @@ pub(super) fn load(
         tenant_rps,
         tenant_burst,
         tenants: tl,
+        ..AdmissionConfig::default()
     };
 
     let li = Limits::default();

@@ -167,6 +167,24 @@ mod tests {
         assert_eq!(Algorithm::MlDsa87.prehash(), Some(Prehash::Mu));
     }
 
+    /// The worked example of docs/api.md ("Computing μ"): the ML-DSA-44
+    /// key of seed ξ = 0³², M = "hello, ron-kms"; the figures were printed
+    /// by pyca/cryptography 51 (`MLDSAMuHasher`) and Python's hashlib.
+    #[test]
+    fn the_documented_worked_example() {
+        let sk = rc_ml_dsa::SigningKey::<rc_ml_dsa::MlDsa44>::from_seed(&Default::default());
+        let pk = sk.expanded_key().verifying_key().encode();
+        assert_eq!(
+            hex::encode(ring::digest::digest(&ring::digest::SHA256, &pk)),
+            "eb4e7302842153b0fa19e8620739ad258af4929c26dd89079a7ec7d4282208e1"
+        );
+        assert_eq!(
+            hex::encode(mu(&pk, &[], b"hello, ron-kms")),
+            "a1f0123d196d670a5c8a4e1326f7c335e29d96bf6750bf6db2f30349e788158f\
+             7d523be59bb3ef987f1b0c529bfccb271efdbfe9d7666c766e063b9a1be77c82"
+        );
+    }
+
     /// μ as FIPS 204 defines it, checked against RustCrypto's MuBuilder.
     #[test]
     fn mu_matches_an_independent_builder() {

@@ -92,6 +92,38 @@ impl Bare {
         }
     }
 
+    /// The same crypto the service's custody runs for a digest: the
+    /// provider's `sign_prehashed`, or for the hybrid a message signature
+    /// over M′ built from the pre-hash.
+    fn sign_digest(&self, digest: &[u8]) -> Result<Vec<u8>, Status> {
+        let s = self
+            .provider
+            .signer(self.alg)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if self.alg.is_hybrid() {
+            let m = ron_kms::crypto::hybrid::representative_of_prehash(digest, &[])
+                .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            return s
+                .sign(&self.private, &m)
+                .map_err(|e| Status::internal(e.to_string()));
+        }
+        s.sign_prehashed(&self.private, digest)
+            .map_err(|e| Status::internal(e.to_string()))
+    }
+
+    fn verify_digest(&self, digest: &[u8], signature: &[u8]) -> Result<bool, Status> {
+        let s = self
+            .provider
+            .signer(self.alg)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if self.alg.is_hybrid() {
+            let m = ron_kms::crypto::hybrid::representative_of_prehash(digest, &[])
+                .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            return Ok(s.verify(&self.public, &m, signature));
+        }
+        Ok(s.verify_prehashed(&self.public, digest, signature))
+    }
+
     fn verify(&self, message: &[u8], signature: &[u8]) -> Result<bool, Status> {
         Ok(self
             .provider
@@ -269,16 +301,26 @@ bare_batch! {
 }
 
 fn sign_response(b: &Bare, r: &SignRequest) -> Result<SignResponse, Status> {
+    let signature = if r.digest.is_empty() {
+        b.sign(&r.message)?
+    } else {
+        b.sign_digest(&r.digest)?
+    };
     Ok(SignResponse {
         kid: KID.into(),
         algorithm: b.alg.as_str().into(),
-        signature: b.sign(&r.message)?,
+        signature,
     })
 }
 
 fn verify_response(b: &Bare, r: &VerifyRequest) -> Result<VerifyResponse, Status> {
+    let valid = if r.digest.is_empty() {
+        b.verify(&r.message, &r.signature)?
+    } else {
+        b.verify_digest(&r.digest, &r.signature)?
+    };
     Ok(VerifyResponse {
-        valid: b.verify(&r.message, &r.signature)?,
+        valid,
         kid: KID.into(),
         algorithm: b.alg.as_str().into(),
         ..Default::default()

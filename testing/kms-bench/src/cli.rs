@@ -110,6 +110,11 @@ pub(crate) struct RunArgs {
     /// Bytes per message (sign, verify) or plaintext (wrap, unwrap).
     #[arg(long, default_value_t = 32)]
     pub(crate) size: usize,
+    /// Sign and verify a digest instead of a message (docs/api.md,
+    /// "Signing a digest"): SHA-256 for ecdsa-p256, μ for ml-dsa-*, the
+    /// SHA-512 pre-hash for the hybrid. Not with --mix.
+    #[arg(long, conflicts_with = "mix")]
+    pub(crate) digest: bool,
     /// A load mix instead of one operation (PERFORMANCE.md, "Mixes"):
     /// `steady` 70% sign / 20% verify / 5% wrap / 5% unwrap; `burst` the
     /// same mix in an open loop (needs --rate) at 10x the rate for the

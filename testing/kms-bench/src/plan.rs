@@ -4,6 +4,9 @@ use super::*;
 
 /// Create key `name` (when `create`) and prepare the request `op` repeats
 /// against it (a verify's signature and an unwrap's envelope are made here).
+/// `digest`: sign and verify a digest of the kind `alg` takes (filled with
+/// 0x5a, `size` ignored) instead of a message.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn prepare(
     mut c: KmsClient<Channel>,
     token: &str,
@@ -11,6 +14,7 @@ pub(crate) async fn prepare(
     alg: Algorithm,
     name: &str,
     size: usize,
+    digest: bool,
     create: bool,
 ) -> Result<Work, String> {
     let name = name.to_string();
@@ -26,13 +30,21 @@ pub(crate) async fn prepare(
         .await
         .map_err(|s| format!("create_key: {}", load::grpc_code(&s)))?;
     }
-    let message = vec![0x5a; size];
+    let (message, digest) = if digest {
+        let kind = alg
+            .prehash()
+            .ok_or_else(|| format!("--digest: {alg} keys do not sign digests"))?;
+        (Vec::new(), vec![0x5a; kind.digest_len()])
+    } else {
+        (vec![0x5a; size], Vec::new())
+    };
     Ok(match op {
         Op::Sign => Work::Sign(SignRequest {
             context: Vec::new(),
             key: name,
             message,
             op_id: String::new(),
+            digest,
             ..Default::default()
         }),
         Op::Verify => {
@@ -43,6 +55,7 @@ pub(crate) async fn prepare(
                         key: name,
                         message: message.clone(),
                         op_id: String::new(),
+                        digest: digest.clone(),
                         ..Default::default()
                     },
                     token,
@@ -55,6 +68,7 @@ pub(crate) async fn prepare(
                 key: s.kid,
                 message,
                 signature: s.signature,
+                digest,
                 ..Default::default()
             })
         }
@@ -163,9 +177,9 @@ pub(crate) async fn plan(
                 } else {
                     format!("bench-{}-{i}", alg.as_str())
                 };
-                let (c, token, op) = (c.clone(), token.to_string(), a.op);
+                let (c, token, op, digest) = (c.clone(), token.to_string(), a.op, a.digest);
                 tasks.push(tokio::spawn(async move {
-                    prepare(c, &token, op, alg, &name, size, service).await
+                    prepare(c, &token, op, alg, &name, size, digest, service).await
                 }));
             }
             k = (k + 16).min(keys);
@@ -194,22 +208,22 @@ pub(crate) async fn plan(
         MixKind::Steady | MixKind::Burst => {
             let mut entries = vec![(
                 "sign".to_string(),
-                prepare(c.clone(), token, Op::Sign, alg, &sign, size, true).await?,
+                prepare(c.clone(), token, Op::Sign, alg, &sign, size, false, true).await?,
                 70,
             )];
             entries.push((
                 "verify".into(),
-                prepare(c.clone(), token, Op::Verify, alg, &sign, size, false).await?,
+                prepare(c.clone(), token, Op::Verify, alg, &sign, size, false, false).await?,
                 20,
             ));
             entries.push((
                 "wrap".into(),
-                prepare(c.clone(), token, Op::Wrap, kem, &wrap, size, true).await?,
+                prepare(c.clone(), token, Op::Wrap, kem, &wrap, size, false, true).await?,
                 5,
             ));
             entries.push((
                 "unwrap".into(),
-                prepare(c.clone(), token, Op::Unwrap, kem, &wrap, size, false).await?,
+                prepare(c.clone(), token, Op::Unwrap, kem, &wrap, size, false, false).await?,
                 5,
             ));
             vec![PlanGroup {
@@ -220,7 +234,7 @@ pub(crate) async fn plan(
             }]
         }
         MixKind::RotateFlood => {
-            let w = prepare(c.clone(), token, Op::Sign, alg, &sign, size, true).await?;
+            let w = prepare(c.clone(), token, Op::Sign, alg, &sign, size, false, true).await?;
             vec![
                 PlanGroup {
                     tenant: Tenant::A,
@@ -251,8 +265,8 @@ pub(crate) async fn plan(
                 .token_b
                 .as_deref()
                 .ok_or("the server gave no second tenant token")?;
-            let wa = prepare(c.clone(), token, Op::Sign, alg, &sign, size, true).await?;
-            let wb = prepare(c.clone(), b, Op::Sign, alg, &sign, size, true).await?;
+            let wa = prepare(c.clone(), token, Op::Sign, alg, &sign, size, false, true).await?;
+            let wb = prepare(c.clone(), b, Op::Sign, alg, &sign, size, false, true).await?;
             vec![
                 PlanGroup {
                     tenant: Tenant::A,

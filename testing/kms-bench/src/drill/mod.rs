@@ -293,6 +293,7 @@ async fn sign_verify(ep: &Endpoint, name: &str, create: bool) -> Result<Mix, Str
         Algorithm::Ed25519,
         name,
         32,
+        false,
         create,
     )
     .await?;
@@ -309,6 +310,7 @@ async fn sign_verify(ep: &Endpoint, name: &str, create: bool) -> Result<Mix, Str
             Algorithm::Ed25519,
             name,
             32,
+            false,
             false,
         )
         .await

@@ -491,7 +491,17 @@ pub(super) async fn memory_pressure(a: &DrillArgs) -> Result<Verdict, String> {
             let (c, token) = (c.clone(), ep.token.clone());
             tasks.push(tokio::spawn(async move {
                 let name = format!("mp-{i}");
-                prepare(c, &token, Op::Verify, Algorithm::Ed25519, &name, 32, true).await
+                prepare(
+                    c,
+                    &token,
+                    Op::Verify,
+                    Algorithm::Ed25519,
+                    &name,
+                    32,
+                    false,
+                    true,
+                )
+                .await
             }));
         }
         k = (k + 16).min(keys);
