@@ -133,6 +133,8 @@ async fn sign_lifecycle(custody: Custody, front: Front, alg: &str) {
         "ml-dsa-44" => "2.16.840.1.101.3.4.3.17",
         "ml-dsa-65" => "2.16.840.1.101.3.4.3.18",
         "ml-dsa-87" => "2.16.840.1.101.3.4.3.19",
+        "slh-dsa-sha2-128s" => "2.16.840.1.101.3.4.3.20",
+        "slh-dsa-sha2-128f" => "2.16.840.1.101.3.4.3.21",
         "hybrid-ed25519-ml-dsa-65" => independent::COMPOSITE_OID,
         _ => unreachable!(),
     };
@@ -464,6 +466,10 @@ cases! {
     http_ml_dsa_65 => sign_lifecycle(Front::Http, "ml-dsa-65");
     grpc_ml_dsa_87 => sign_lifecycle(Front::Grpc, "ml-dsa-87");
     http_ml_dsa_87 => sign_lifecycle(Front::Http, "ml-dsa-87");
+    grpc_slh_dsa_sha2_128s => sign_lifecycle(Front::Grpc, "slh-dsa-sha2-128s");
+    http_slh_dsa_sha2_128s => sign_lifecycle(Front::Http, "slh-dsa-sha2-128s");
+    grpc_slh_dsa_sha2_128f => sign_lifecycle(Front::Grpc, "slh-dsa-sha2-128f");
+    http_slh_dsa_sha2_128f => sign_lifecycle(Front::Http, "slh-dsa-sha2-128f");
     grpc_aes_256_gcm => wrap_lifecycle(Front::Grpc, "aes-256-gcm");
     http_aes_256_gcm => wrap_lifecycle(Front::Http, "aes-256-gcm");
     grpc_ml_kem_768 => wrap_lifecycle(Front::Grpc, "ml-kem-768");

@@ -16,6 +16,8 @@ pub const SIGN_ALGS: &[Algorithm] = &[
     Algorithm::MlDsa65,
     Algorithm::MlDsa87,
     Algorithm::HybridEd25519MlDsa65,
+    Algorithm::SlhDsaSha2_128s,
+    Algorithm::SlhDsaSha2_128f,
 ];
 
 pub fn caller() -> Caller {

@@ -17,6 +17,8 @@
 //! | ML-DSA-44 μ sign / verify (RustCrypto ml-dsa) | 1.15k / 5.5k | 869 / 181 |
 //! | ML-DSA-65 μ sign / verify         | 724 / 3.9k | 1381 / 256 |
 //! | ML-DSA-87 μ sign / verify         | 654 / 2.5k | 1528 / 401 |
+//! | SLH-DSA-SHA2-128s sign / verify (fips205) | 3.6 / 4.5k | 278,413 / 223 |
+//! | SLH-DSA-SHA2-128f sign / verify   | 81 / 1.3k | 12,273 / 749 |
 //! | X25519                            |        | ≈ 40 |
 //! | AES-256-GCM (a wrapped key)       |        | ≈ 0  |
 //!
@@ -48,12 +50,21 @@ pub const TABLE: &[(Gate, Algorithm, u32)] = &[
     (Gate::Sign, Algorithm::MlDsa65, 4),
     (Gate::Sign, Algorithm::MlDsa87, 5),
     (Gate::Sign, Algorithm::HybridEd25519MlDsa65, 5),
+    // SLH-DSA: by far the dearest signatures (`cargo bench --bench crypto
+    // -- slh`, 2026-12-07). A request holds at most its gate's share per
+    // core, and the tenant's bucket is charged at most the gate's
+    // capacity (`Admission::admit`), so these rows rank more than they
+    // meter.
+    (Gate::Sign, Algorithm::SlhDsaSha2_128s, 11_137),
+    (Gate::Sign, Algorithm::SlhDsaSha2_128f, 491),
     (Gate::Verify, Algorithm::Ed25519, 2),
     (Gate::Verify, Algorithm::EcdsaP256, 2),
     (Gate::Verify, Algorithm::MlDsa44, 1),
     (Gate::Verify, Algorithm::MlDsa65, 2),
     (Gate::Verify, Algorithm::MlDsa87, 3),
     (Gate::Verify, Algorithm::HybridEd25519MlDsa65, 3),
+    (Gate::Verify, Algorithm::SlhDsaSha2_128s, 9),
+    (Gate::Verify, Algorithm::SlhDsaSha2_128f, 30),
     (Gate::Wrap, Algorithm::Aes256Gcm, 1),
     (Gate::Wrap, Algorithm::MlKem768, 1),
     (Gate::Wrap, Algorithm::MlKem1024, 1),

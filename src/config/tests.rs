@@ -19,7 +19,7 @@ fn defaults() {
         c.master,
         MasterKeySource::KeyFile(PathBuf::from("./ron-kms-data/master.key"))
     );
-    assert_eq!(c.algorithms.len(), 10);
+    assert_eq!(c.algorithms.len(), 12, "every algorithm, SLH-DSA included");
 }
 
 #[test]

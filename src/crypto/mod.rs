@@ -12,6 +12,7 @@ pub mod mu;
 pub mod prehash;
 pub mod provider;
 pub mod scheme;
+pub mod slh_dsa;
 pub mod spki;
 
 use thiserror::Error;
@@ -81,10 +82,12 @@ pub enum Algorithm {
     MlKem1024,
     HybridEd25519MlDsa65,
     HybridX25519MlKem768,
+    SlhDsaSha2_128s,
+    SlhDsaSha2_128f,
 }
 
 impl Algorithm {
-    pub const ALL: [Algorithm; 10] = [
+    pub const ALL: [Algorithm; 12] = [
         Algorithm::Ed25519,
         Algorithm::EcdsaP256,
         Algorithm::MlDsa44,
@@ -95,6 +98,8 @@ impl Algorithm {
         Algorithm::MlKem1024,
         Algorithm::HybridEd25519MlDsa65,
         Algorithm::HybridX25519MlKem768,
+        Algorithm::SlhDsaSha2_128s,
+        Algorithm::SlhDsaSha2_128f,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -109,6 +114,8 @@ impl Algorithm {
             Algorithm::MlKem1024 => "ml-kem-1024",
             Algorithm::HybridEd25519MlDsa65 => "hybrid-ed25519-ml-dsa-65",
             Algorithm::HybridX25519MlKem768 => "hybrid-x25519-ml-kem-768",
+            Algorithm::SlhDsaSha2_128s => "slh-dsa-sha2-128s",
+            Algorithm::SlhDsaSha2_128f => "slh-dsa-sha2-128f",
         }
     }
 
@@ -123,7 +130,9 @@ impl Algorithm {
             | Algorithm::MlDsa44
             | Algorithm::MlDsa65
             | Algorithm::MlDsa87
-            | Algorithm::HybridEd25519MlDsa65 => Purpose::Sign,
+            | Algorithm::HybridEd25519MlDsa65
+            | Algorithm::SlhDsaSha2_128s
+            | Algorithm::SlhDsaSha2_128f => Purpose::Sign,
             Algorithm::Aes256Gcm
             | Algorithm::MlKem768
             | Algorithm::MlKem1024
@@ -191,12 +200,18 @@ impl Algorithm {
                 | Algorithm::MlDsa87
                 | Algorithm::HybridEd25519MlDsa65
                 | Algorithm::HybridX25519MlKem768
+                | Algorithm::SlhDsaSha2_128s
+                | Algorithm::SlhDsaSha2_128f
         )
     }
 
-    /// Whether a public-key verification costs more than ~50 µs here.
+    /// Whether a public-key verification costs more than ~50 µs here
+    /// (SLH-DSA verification: hundreds of hash calls, PERFORMANCE.md).
     pub fn verify_is_heavy(self) -> bool {
-        matches!(self, Algorithm::MlDsa87)
+        matches!(
+            self,
+            Algorithm::MlDsa87 | Algorithm::SlhDsaSha2_128s | Algorithm::SlhDsaSha2_128f
+        )
     }
 }
 

@@ -63,6 +63,14 @@ impl Default for Provider {
                 Arc::new(OqsKem::new(oqs::kem::Algorithm::MlKem1024, "ml-kem-1024")),
             )
             .with_signer(Algorithm::HybridEd25519MlDsa65, hybrid)
+            .with_signer(
+                Algorithm::SlhDsaSha2_128s,
+                Arc::new(super::slh_dsa::SlhDsaSha2_128s),
+            )
+            .with_signer(
+                Algorithm::SlhDsaSha2_128f,
+                Arc::new(super::slh_dsa::SlhDsaSha2_128f),
+            )
             .with_kem(
                 Algorithm::HybridX25519MlKem768,
                 Arc::new(super::hybrid::HybridKem {

@@ -37,6 +37,10 @@ fn algorithm_identifier(alg: Algorithm) -> Option<Vec<u8>> {
         Algorithm::MlDsa44 => nist_oid(3, 17),
         Algorithm::MlDsa65 => nist_oid(3, 18),
         Algorithm::MlDsa87 => nist_oid(3, 19),
+        // id-slh-dsa-sha2-128s/128f: 2.16.840.1.101.3.4.3.20/21, no
+        // parameters (FIPS 205; RFC 9909)
+        Algorithm::SlhDsaSha2_128s => nist_oid(3, 20),
+        Algorithm::SlhDsaSha2_128f => nist_oid(3, 21),
         // id-alg-ml-kem-768/1024: 2.16.840.1.101.3.4.4.2/3, no parameters.
         Algorithm::MlKem768 => nist_oid(4, 2),
         Algorithm::MlKem1024 => nist_oid(4, 3),

@@ -39,7 +39,31 @@ pub fn verify(alg: &str, der: &[u8], msg: &[u8], sig: &[u8]) -> bool {
         "ml-dsa-44" => mldsa_verify!(ml_dsa::MlDsa44, der, msg, sig),
         "ml-dsa-65" => mldsa_verify!(ml_dsa::MlDsa65, der, msg, sig),
         "ml-dsa-87" => mldsa_verify!(ml_dsa::MlDsa87, der, msg, sig),
+        "slh-dsa-sha2-128s" => {
+            slh_dsa_verify::<slh_dsa::Sha2_128s>(der, "2.16.840.1.101.3.4.3.20", msg, sig)
+        }
+        "slh-dsa-sha2-128f" => {
+            slh_dsa_verify::<slh_dsa::Sha2_128f>(der, "2.16.840.1.101.3.4.3.21", msg, sig)
+        }
         other => panic!("no independent verifier for {other}"),
+    }
+}
+
+/// SLH-DSA (FIPS 205, pure, empty context) with RustCrypto's `slh-dsa`; the
+/// SPKI must name `oid` with no parameters.
+fn slh_dsa_verify<P: slh_dsa::ParameterSet>(der: &[u8], oid: &str, msg: &[u8], sig: &[u8]) -> bool {
+    use slh_dsa::signature::Verifier as _;
+    let info = spki::SubjectPublicKeyInfoRef::try_from(der).expect("well-formed SPKI");
+    assert_eq!(info.algorithm.oid.to_string(), oid, "SLH-DSA OID");
+    assert!(
+        info.algorithm.parameters.is_none(),
+        "SLH-DSA SPKI has no parameters"
+    );
+    let vk = slh_dsa::VerifyingKey::<P>::try_from(info.subject_public_key.raw_bytes())
+        .expect("SLH-DSA public key length");
+    match slh_dsa::Signature::<P>::try_from(sig) {
+        Ok(s) => vk.verify(msg, &s).is_ok(),
+        Err(_) => false,
     }
 }
 
