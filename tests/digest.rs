@@ -333,3 +333,73 @@ async fn bad_digests_are_refused_on_both_fronts() {
         assert!(verify_digest(&mut c, &ml, &d, &sig).await.unwrap());
     }
 }
+
+/// Batches carry digests item by item: each item is answered as the single
+/// call would be, a bad digest failing only its own item.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_sign_and_verify_digests_item_by_item() {
+    use ron_kms::proto::{SignBatchRequest, VerifyBatchRequest};
+    let srv = TestServer::start().await;
+    let m = b"batch item";
+    for front in [Front::Grpc, Front::Http] {
+        let mut c = srv.client(front, &srv.admin_token).await;
+        let name = format!("batch-{front:?}").to_lowercase();
+        let v = c.create(&name, "ml-dsa-44").await.unwrap().versions[0].clone();
+        let d = digest_for("ml-dsa-44", &v, m);
+        let item = |digest: Vec<u8>| SignRequest {
+            key: name.clone(),
+            digest,
+            ..Default::default()
+        };
+        let r = c
+            .sign_batch(SignBatchRequest {
+                items: vec![item(d.clone()), item(vec![1; 63]), item(d.clone())],
+            })
+            .await
+            .unwrap();
+        assert_eq!(r.items.len(), 3);
+        let sigs: Vec<Vec<u8>> = [0, 2]
+            .iter()
+            .map(|&i| {
+                r.items[i]
+                    .ok
+                    .as_ref()
+                    .expect("a good digest signs")
+                    .signature
+                    .clone()
+            })
+            .collect();
+        let e = r.items[1]
+            .error
+            .as_ref()
+            .expect("the short digest fails alone");
+        assert_eq!(e.code, "invalid_argument", "{e:?}");
+        assert!(e.message.contains("is 64 bytes, not 63"), "{e:?}");
+        for s in &sigs {
+            assert!(
+                independent::verify("ml-dsa-44", &v.public_key_der, m, s),
+                "{front:?}"
+            );
+        }
+        let check = |sig: &Vec<u8>, digest: &Vec<u8>| VerifyRequest {
+            key: format!("{name}#v1"),
+            digest: digest.clone(),
+            signature: sig.clone(),
+            ..Default::default()
+        };
+        let mut other = d.clone();
+        other[5] ^= 1;
+        let r = c
+            .verify_batch(VerifyBatchRequest {
+                items: vec![check(&sigs[0], &d), check(&sigs[1], &other)],
+            })
+            .await
+            .unwrap();
+        let valid: Vec<bool> = r
+            .items
+            .iter()
+            .map(|i| i.ok.as_ref().unwrap().valid)
+            .collect();
+        assert_eq!(valid, [true, false], "{front:?}");
+    }
+}
