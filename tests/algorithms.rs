@@ -98,19 +98,7 @@ async fn sign_lifecycle(custody: Custody, front: Front, alg: &str) {
     let srv = TestServer::start_on(custody).await;
     let mut c = srv.client(front, &srv.admin_token).await;
     if alg.starts_with("hybrid-") {
-        // phase 1: hybrid keys sign composite signatures (phase 0, the
-        // default, signs with the classical component alone)
-        c.set_pq_policy(
-            ron_kms::proto::PqPolicy {
-                phase: 1,
-                produce_hybrid: true,
-                verify_mode: "or".into(),
-                ..Default::default()
-            },
-            "composite signatures",
-        )
-        .await
-        .unwrap();
+        c.sign_composites().await;
     }
 
     let key = c.create("k", alg).await.unwrap();

@@ -11,7 +11,7 @@ mod common;
 
 use base64::Engine as _;
 use common::{independent, ApiErr, Client, Custody, Front, TestServer};
-use ron_kms::proto::{KeyVersion, PqPolicy, SignRequest, VerifyRequest};
+use ron_kms::proto::{KeyVersion, SignRequest, VerifyRequest};
 use sha2::Digest as _;
 use sha3::digest::{ExtendableOutput, Update, XofReader};
 use tonic::Code;
@@ -121,18 +121,7 @@ async fn digests_verify_outside(custody: Custody) {
     let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
     for front in [Front::Grpc, Front::Http] {
         let mut c = srv.client(front, &srv.admin_token).await;
-        // the hybrid signs composites from phase 1 on
-        c.set_pq_policy(
-            PqPolicy {
-                phase: 1,
-                produce_hybrid: true,
-                verify_mode: "or".into(),
-                ..Default::default()
-            },
-            "composite signatures",
-        )
-        .await
-        .unwrap();
+        c.sign_composites().await;
         for (alg, kind) in ALGS {
             let name = format!("{alg}-{front:?}").to_lowercase();
             let v = c.create(&name, alg).await.unwrap().versions[0].clone();

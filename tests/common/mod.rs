@@ -750,6 +750,22 @@ impl Client {
         }
     }
 
+    /// Phase 1 of the PQ policy: hybrid keys sign composite signatures
+    /// (phase 0, the default, signs with the classical component alone).
+    pub async fn sign_composites(&mut self) {
+        self.set_pq_policy(
+            PqPolicy {
+                phase: 1,
+                produce_hybrid: true,
+                verify_mode: "or".into(),
+                ..Default::default()
+            },
+            "composite signatures",
+        )
+        .await
+        .unwrap();
+    }
+
     pub async fn get_pq_policy(&mut self) -> Result<PqPolicyResponse, ApiErr> {
         match &mut self.transport {
             Transport::Grpc(_) => {

@@ -17,6 +17,7 @@ use axum::routing::post;
 use axum::{Json, Router};
 use ring::signature as rsig;
 use ron_kms::crypto::envelope;
+use ron_kms::crypto::scheme::SignatureScheme;
 use ron_kms::crypto::{aead, random_bytes, Algorithm, Provider};
 use ron_kms::proto::kms_server::{Kms, KmsServer};
 use ron_kms::proto::*;
@@ -92,36 +93,39 @@ impl Bare {
         }
     }
 
-    /// The same crypto the service's custody runs for a digest: the
-    /// provider's `sign_prehashed`, or for the hybrid a message signature
-    /// over M′ built from the pre-hash.
-    fn sign_digest(&self, digest: &[u8]) -> Result<Vec<u8>, Status> {
+    /// The signer, and for the hybrid the message representative M′ built
+    /// from its pre-hash (which it signs as a message); `None`: the digest
+    /// itself goes to `sign_prehashed` / `verify_prehashed`. The same
+    /// crypto the service's custody runs for a digest.
+    fn digest_input(
+        &self,
+        digest: &[u8],
+    ) -> Result<(&dyn SignatureScheme, Option<Vec<u8>>), Status> {
         let s = self
             .provider
             .signer(self.alg)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        if self.alg.is_hybrid() {
-            let m = ron_kms::crypto::hybrid::representative_of_prehash(digest, &[])
-                .map_err(|e| Status::invalid_argument(e.to_string()))?;
-            return s
-                .sign(&self.private, &m)
-                .map_err(|e| Status::internal(e.to_string()));
+        if !self.alg.is_hybrid() {
+            return Ok((s, None));
         }
-        s.sign_prehashed(&self.private, digest)
-            .map_err(|e| Status::internal(e.to_string()))
+        let m = ron_kms::crypto::hybrid::representative_of_prehash(digest, &[])
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        Ok((s, Some(m)))
+    }
+
+    fn sign_digest(&self, digest: &[u8]) -> Result<Vec<u8>, Status> {
+        match self.digest_input(digest)? {
+            (s, Some(m)) => s.sign(&self.private, &m),
+            (s, None) => s.sign_prehashed(&self.private, digest),
+        }
+        .map_err(|e| Status::internal(e.to_string()))
     }
 
     fn verify_digest(&self, digest: &[u8], signature: &[u8]) -> Result<bool, Status> {
-        let s = self
-            .provider
-            .signer(self.alg)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        if self.alg.is_hybrid() {
-            let m = ron_kms::crypto::hybrid::representative_of_prehash(digest, &[])
-                .map_err(|e| Status::invalid_argument(e.to_string()))?;
-            return Ok(s.verify(&self.public, &m, signature));
-        }
-        Ok(s.verify_prehashed(&self.public, digest, signature))
+        Ok(match self.digest_input(digest)? {
+            (s, Some(m)) => s.verify(&self.public, &m, signature),
+            (s, None) => s.verify_prehashed(&self.public, digest, signature),
+        })
     }
 
     fn verify(&self, message: &[u8], signature: &[u8]) -> Result<bool, Status> {
