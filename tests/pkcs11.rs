@@ -159,7 +159,10 @@ async fn token_keys_are_sensitive_and_pq_keys_are_sealed() {
         assert!(windows >= 16, "{name}: {windows} private windows checked");
         checked += 1;
     }
-    assert_eq!(checked, 9, "every non-native algorithm checked (SLH-DSA included)");
+    assert_eq!(
+        checked, 9,
+        "every non-native algorithm checked (SLH-DSA included)"
+    );
 }
 
 /// Key creation, rotation and destruction concurrent with signing on one
