@@ -34,6 +34,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "GenerateDataKeyRequest.aad",
         "GenerateDataKeyResponse.plaintext",
         "GenerateDataKeyResponse.ciphertext",
+        "MacRequest.message",
+        "MacResponse.mac",
+        "VerifyMacRequest.message",
+        "VerifyMacRequest.mac",
     ] {
         b = b.field_attribute(
             format!(".ron.kms.v1.{field}"),
@@ -63,6 +67,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ".ron.kms.v1.UnwrapRequest",
         ".ron.kms.v1.UnwrapResponse",
         ".ron.kms.v1.GenerateDataKeyResponse",
+        ".ron.kms.v1.MacRequest",
+        ".ron.kms.v1.VerifyMacRequest",
     ]);
     b.compile_fds(fds)?;
     Ok(())

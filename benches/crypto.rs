@@ -26,6 +26,10 @@
 //!   (`ron_kms::crypto::aead`, which builds the ring key on each call, as the
 //!   envelope does) on 32 B, 1 KiB and 8 KiB with 32 bytes of associated data.
 //!
+//! - `hmac/<alg>/<size>`: one HMAC-SHA256 / -SHA512 tag
+//!   (`ron_kms::crypto::mac`, ring, which builds the key on each call as
+//!   the sealed custody does) of 64 B and 8 KiB with a 32- / 64-byte key.
+//!
 //! Throughput is in operations (`Throughput::Elements(1)`), so Criterion
 //! prints ops/s next to the time per operation.
 //!
@@ -182,5 +186,21 @@ fn aead_seal_open(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, signatures, kems, aead_seal_open);
+fn hmac(c: &mut Criterion) {
+    let mut g = c.benchmark_group("hmac");
+    quick(&mut g);
+    for alg in [Algorithm::HmacSha256, Algorithm::HmacSha512] {
+        let mut key = vec![0u8; ron_kms::crypto::mac::key_len(alg).unwrap()];
+        ron_kms::crypto::random_bytes(&mut key).unwrap();
+        for (label, size) in [("64B", 64usize), ("8KiB", 8192)] {
+            let message = vec![0x5au8; size];
+            g.bench_function(BenchmarkId::new(alg.as_str(), label), |b| {
+                b.iter(|| ron_kms::crypto::mac::compute(alg, &key, black_box(&message)).unwrap())
+            });
+        }
+    }
+    g.finish();
+}
+
+criterion_group!(benches, signatures, kems, aead_seal_open, hmac);
 criterion_main!(benches);

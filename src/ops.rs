@@ -107,6 +107,8 @@ pub enum Method {
     Wrap,
     Unwrap,
     GenerateDataKey,
+    Mac,
+    VerifyMac,
     GetPqPolicy,
     SetPqPolicy,
     SignBatch,
@@ -183,7 +185,7 @@ const fn row(
 }
 
 /// The table, in the order of `kms.proto`.
-pub const OPS: [OpSpec; 20] = {
+pub const OPS: [OpSpec; 22] = {
     use Effect as E;
     use Gate as G;
     use Method as M;
@@ -280,6 +282,26 @@ pub const OPS: [OpSpec; 20] = {
             S::Wrap,
             G::Wrap,
             "generate_data_key",
+            E::Crypto,
+        ),
+        row(
+            M::Mac,
+            "Mac",
+            &[("POST", "/v1/kms/mac")],
+            S::Sign,
+            G::Sign,
+            "mac",
+            E::Crypto,
+        ),
+        // uses the secret key, like Mac: refused while the audit log is
+        // broken (a verify of a signature needs only a public key)
+        row(
+            M::VerifyMac,
+            "VerifyMac",
+            &[("POST", "/v1/kms/verify-mac")],
+            S::Verify,
+            G::Verify,
+            "verify_mac",
             E::Crypto,
         ),
         row(

@@ -72,14 +72,16 @@ const SEALED_FILE: Expected = Expected {
     device_bound: false,
 };
 
-/// SoftHSM2 2.6 offers CKM_ECDSA, CKM_EDDSA and CKM_AES_GCM with their key
-/// generation mechanisms.
+/// SoftHSM2 2.6 offers CKM_ECDSA, CKM_EDDSA, CKM_AES_GCM and
+/// CKM_SHA256_HMAC / CKM_SHA512_HMAC with their key generation mechanisms.
 const PKCS11_SOFTHSM2: Expected = Expected {
     name: "pkcs11",
     native: &[
         Algorithm::EcdsaP256,
         Algorithm::Ed25519,
         Algorithm::Aes256Gcm,
+        Algorithm::HmacSha256,
+        Algorithm::HmacSha512,
     ],
     unsupported: &[],
     attestation: false,
@@ -171,6 +173,7 @@ impl Suite<'_> {
             Algorithm::Aes256Gcm => b
                 .aead_open(l, handle, &[7u8; 12], b"aad", aead_ct)
                 .map(|_| ()),
+            a if a.purpose() == Purpose::Mac => b.mac(l, handle, MSG).map(|_| ()),
             a if a.is_kem() => b.decapsulate(l, handle, kem_ct).map(|_| ()),
             _ => b.sign(l, handle, SignInput::Message(MSG)).map(|_| ()),
         }
@@ -208,7 +211,7 @@ impl Suite<'_> {
             assert!(!g.handle.is_empty(), "a handle");
             assert_eq!(
                 g.public.is_empty(),
-                alg == Algorithm::Aes256Gcm,
+                alg == Algorithm::Aes256Gcm || alg.purpose() == Purpose::Mac,
                 "a public key exactly for asymmetric keys"
             );
         });
@@ -217,6 +220,7 @@ impl Suite<'_> {
             Purpose::Sign => self.signing(alg),
             Purpose::Wrap if alg.is_kem() => self.kem(alg),
             Purpose::Wrap => self.aead(alg),
+            Purpose::Mac => self.mac(alg),
         }
 
         self.case(name("refused under another label"), |b, p| {
@@ -469,6 +473,28 @@ impl Suite<'_> {
         );
     }
 
+    fn mac(&mut self, alg: Algorithm) {
+        let name = |case: &str| format!("{case} / {}", alg.as_str());
+        let kid = |case: &str| format!("{case}-{}#v1", alg.as_str());
+        self.case(name("mac: the full tag, per key, per message"), |b, _| {
+            let (k1, k2) = (kid("mac-a"), kid("mac-b"));
+            let (l1, l2) = (label(TENANT, &k1, alg), label(TENANT, &k2, alg));
+            let (g1, g2) = (b.generate(l1).unwrap(), b.generate(l2).unwrap());
+            let t = b.mac(l1, &g1.handle, MSG).unwrap();
+            let len = if alg == Algorithm::HmacSha256 { 32 } else { 64 };
+            assert_eq!(t.len(), len, "the whole HMAC");
+            assert_eq!(b.mac(l1, &g1.handle, MSG).unwrap(), t, "deterministic");
+            assert_ne!(b.mac(l1, &g1.handle, b"another").unwrap(), t);
+            assert_ne!(b.mac(l2, &g2.handle, MSG).unwrap(), t, "another key");
+            assert_eq!(b.mac(l1, &g1.handle, b"").unwrap().len(), len);
+            // an HMAC key neither signs nor seals
+            let r = b.sign(l1, &g1.handle, SignInput::Message(MSG));
+            assert!(r.is_err(), "signed with an HMAC key");
+            let r = b.aead_seal(l1, &g1.handle, &nonce(), b"", b"p");
+            assert!(r.is_err(), "sealed with an HMAC key");
+        });
+    }
+
     fn unsupported(&mut self, alg: Algorithm) {
         self.case(
             format!("refused as unsupported / {}", alg.as_str()),
@@ -493,6 +519,7 @@ impl Suite<'_> {
                         "aead_open",
                         b.aead_open(l, b"any", &[0; 12], b"", &[0; 32]).map(|_| ()),
                     ),
+                    ("mac", b.mac(l, b"any", MSG).map(|_| ())),
                 ];
                 for (op, r) in rs {
                     assert!(is_unsupported(&r, alg), "{op}: {}", shown(&r));
@@ -579,6 +606,7 @@ fn conform(b: &dyn Backend, expected: &Expected) {
             Purpose::Sign => 2,
             Purpose::Wrap if a.is_kem() => 1,
             Purpose::Wrap => 2,
+            Purpose::Mac => 1,
         })
         .sum();
     assert_eq!(

@@ -332,3 +332,50 @@ fn digest_file_signs_a_large_file_without_sending_it() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("sign whole messages"), "{err}");
 }
+
+/// `mac` of stdin and `verify-mac` under the kid it printed: exit 0 for
+/// the tag, 1 for another message or another tag, 2 for a tag that is not
+/// base64. (That the tags are HMACs is tests/mac.rs's job.)
+#[test]
+fn mac_and_verify_mac_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = serve(&dir.path().join("data"));
+    let admin = s.token.clone().unwrap();
+    let (code, out, err) = cli(
+        &s.grpc,
+        &admin,
+        &["keys", "create", "tags", "--algorithm", "hmac-sha512"],
+        None,
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(json(&out)["key"]["purpose"], "mac");
+    let (code, out, err) = cli(&s.grpc, &admin, &["mac", "--key", "tags"], Some(b"payload"));
+    assert_eq!(code, 0, "{err}");
+    let r = json(&out);
+    assert_eq!(r["kid"], "tags#v1");
+    let tag = r["mac"].as_str().unwrap().to_string();
+    assert_eq!(base64_decode(&tag).len(), 64);
+    let check = |message: &str, tag: &str| {
+        let args = [
+            "verify-mac",
+            "--key",
+            "tags#v1",
+            "--mac",
+            tag,
+            "--message",
+            message,
+        ];
+        cli(&s.grpc, &admin, &args, None)
+    };
+    let (code, out, _) = check("payload", &tag);
+    assert_eq!((code, json(&out)["valid"].as_bool()), (0, Some(true)));
+    assert_eq!(check("payloaD", &tag).0, 1, "another message");
+    let mut other = base64_decode(&tag);
+    other[0] ^= 1;
+    use base64::Engine as _;
+    let other = base64::engine::general_purpose::STANDARD.encode(other);
+    assert_eq!(check("payload", &other).0, 1, "another tag");
+    let (code, _, err) = check("payload", "%%%");
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--mac is not valid base64"), "{err}");
+}

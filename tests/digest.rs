@@ -59,19 +59,6 @@ fn digest_for(alg: &str, v: &KeyVersion, m: &[u8]) -> Vec<u8> {
     }
 }
 
-fn python() -> std::path::PathBuf {
-    let p = std::env::var_os("KMS_TEST_PYTHON").map_or_else(
-        || std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/py/bin/python"),
-        Into::into,
-    );
-    assert!(
-        p.exists(),
-        "{} is missing: scripts/py-venv.sh makes it (scripts/test.sh runs it)",
-        p.display()
-    );
-    p
-}
-
 async fn sign_digest(
     c: &mut Client,
     key: &str,
@@ -154,7 +141,7 @@ async fn digests_verify_outside(custody: Custody) {
     }
     let path = dir.path().join("manifest.json");
     std::fs::write(&path, serde_json::to_vec(&manifest).unwrap()).unwrap();
-    let out = std::process::Command::new(python())
+    let out = std::process::Command::new(independent::python())
         .arg(concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/tests/python/verify_digests.py"

@@ -20,7 +20,13 @@ use ron_kms::backend::soft::Sealer;
 use ron_kms::backend::KeyLabel;
 use ron_kms::crypto::{Algorithm, Provider};
 
-const NATIVE: [&str; 3] = ["ecdsa-p256", "ed25519", "aes-256-gcm"];
+const NATIVE: [&str; 5] = [
+    "ecdsa-p256",
+    "ed25519",
+    "aes-256-gcm",
+    "hmac-sha256",
+    "hmac-sha512",
+];
 
 /// `pkcs11-tool --list-objects` output, one block per object.
 fn objects(listing: &str) -> Vec<String> {
@@ -86,7 +92,14 @@ async fn token_keys_are_sensitive_and_pq_keys_are_sealed() {
     secret_labels.sort();
     let mut expected: Vec<String> = NATIVE
         .iter()
-        .map(|a| format!("ron-kms/admin/k-{a}#v1"))
+        .map(|a| {
+            // an HMAC key's label also names its algorithm (docs/pkcs11.md)
+            if a.starts_with("hmac-") {
+                format!("ron-kms/admin/k-{a}#v1/{a}")
+            } else {
+                format!("ron-kms/admin/k-{a}#v1")
+            }
+        })
         .collect();
     expected.push("ron-kms/_system/audit#v1".into());
     // the wrap key that seals the audit log's input key

@@ -21,7 +21,7 @@ fuzz_target!(|data: &[u8]| {
     let Some((&which, rest)) = data.split_first() else {
         return;
     };
-    match which % 12 {
+    match which % 14 {
         0 => round_trip::<CreateKeyRequest>(rest),
         1 => round_trip::<GetKeyRequest>(rest),
         2 => round_trip::<ListKeysRequest>(rest),
@@ -33,6 +33,8 @@ fuzz_target!(|data: &[u8]| {
         8 => round_trip::<UnwrapRequest>(rest),
         9 => round_trip::<GenerateDataKeyRequest>(rest),
         10 => round_trip::<SetPqPolicyRequest>(rest),
+        11 => round_trip::<MacRequest>(rest),
+        12 => round_trip::<VerifyMacRequest>(rest),
         _ => round_trip::<GetPqPolicyRequest>(rest),
     }
 });

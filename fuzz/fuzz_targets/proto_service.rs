@@ -53,6 +53,8 @@ fn world() -> &'static World {
                 ("w", "ml-kem-768"),
                 ("a", "aes-256-gcm"),
                 ("x", "hybrid-x25519-ml-kem-768"),
+                // Mac and VerifyMac reach an HMAC key's custody
+                ("t", "hmac-sha256"),
             ] {
                 r.kms
                     .create_key(
@@ -91,7 +93,7 @@ fuzz_target!(|data: &[u8]| {
                 }
             };
         }
-        match which % 12 {
+        match which % 14 {
             0 => call!(CreateKeyRequest, create_key),
             1 => call!(GetKeyRequest, get_key),
             2 => call!(ListKeysRequest, list_keys),
@@ -103,6 +105,8 @@ fuzz_target!(|data: &[u8]| {
             8 => call!(UnwrapRequest, unwrap),
             9 => call!(GenerateDataKeyRequest, generate_data_key),
             10 => call!(SetPqPolicyRequest, set_pq_policy),
+            11 => call!(MacRequest, mac),
+            12 => call!(VerifyMacRequest, verify_mac),
             _ => call!(GetPqPolicyRequest, get_pq_policy),
         }
         // still answering

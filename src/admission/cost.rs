@@ -21,6 +21,7 @@
 //! | SLH-DSA-SHA2-128f sign / verify   | 81 / 1.3k | 12,273 / 749 |
 //! | X25519                            |        | ≈ 40 |
 //! | AES-256-GCM (a wrapped key)       |        | ≈ 0  |
+//! | HMAC-SHA256 / -SHA512, 64 bytes (ring) |   | ≈ 1 / 2 |
 //!
 //! A hybrid costs the sum of its parts before rounding (Ed25519 + ML-DSA-65
 //! verify: 45 + 38 µs = 3 units). Figures not measured (ML-DSA-44 and -87
@@ -39,8 +40,8 @@ use crate::crypto::Algorithm;
 
 use super::Gate;
 
-/// Every (op, algorithm, units) pair that makes sense: signing algorithms
-/// for [`Gate::Sign`] and [`Gate::Verify`], wrapping algorithms for
+/// Every (op, algorithm, units) pair that makes sense: signing and HMAC
+/// algorithms for [`Gate::Sign`] and [`Gate::Verify`], wrapping algorithms for
 /// [`Gate::Wrap`] and [`Gate::Unwrap`]. [`Gate::Admin`] is not listed: it always
 /// costs 1.
 pub const TABLE: &[(Gate, Algorithm, u32)] = &[
@@ -65,6 +66,13 @@ pub const TABLE: &[(Gate, Algorithm, u32)] = &[
     (Gate::Verify, Algorithm::HybridEd25519MlDsa65, 3),
     (Gate::Verify, Algorithm::SlhDsaSha2_128s, 9),
     (Gate::Verify, Algorithm::SlhDsaSha2_128f, 30),
+    // HMAC: Mac is charged to the sign gate, VerifyMac to the verify gate;
+    // one HMAC of a small message is a few µs (`cargo bench --bench
+    // crypto -- hmac`), so one unit, the least a request costs.
+    (Gate::Sign, Algorithm::HmacSha256, 1),
+    (Gate::Sign, Algorithm::HmacSha512, 1),
+    (Gate::Verify, Algorithm::HmacSha256, 1),
+    (Gate::Verify, Algorithm::HmacSha512, 1),
     (Gate::Wrap, Algorithm::Aes256Gcm, 1),
     (Gate::Wrap, Algorithm::MlKem768, 1),
     (Gate::Wrap, Algorithm::MlKem1024, 1),
@@ -112,7 +120,7 @@ mod tests {
 
     fn makes_sense(op: Gate, alg: Algorithm) -> bool {
         match op {
-            Gate::Sign | Gate::Verify => alg.purpose() == Purpose::Sign,
+            Gate::Sign | Gate::Verify => matches!(alg.purpose(), Purpose::Sign | Purpose::Mac),
             Gate::Wrap | Gate::Unwrap => alg.purpose() == Purpose::Wrap,
             Gate::Admin => false,
         }

@@ -167,6 +167,19 @@ impl Kms for GrpcFront {
         )
         .await
     }
+    async fn mac(&self, r: Request<MacRequest>) -> Result<Response<MacResponse>, Status> {
+        self.unary(Method::Mac, r, |k, c, b| async move { k.mac(&c, b).await })
+            .await
+    }
+    async fn verify_mac(
+        &self,
+        r: Request<VerifyMacRequest>,
+    ) -> Result<Response<VerifyMacResponse>, Status> {
+        self.unary(Method::VerifyMac, r, |k, c, b| async move {
+            k.verify_mac(&c, b).await
+        })
+        .await
+    }
     async fn generate_data_key(
         &self,
         r: Request<GenerateDataKeyRequest>,

@@ -315,6 +315,28 @@ async fn unwrap(State(f): S, r: Request) -> Response {
     .await
 }
 
+async fn mac(State(f): S, r: Request) -> Response {
+    f.unary(
+        r,
+        Method::Mac,
+        From::Body,
+        |_: &mut MacRequest| Ok(()),
+        |k, c, b| async move { k.mac(&c, b).await },
+    )
+    .await
+}
+
+async fn verify_mac(State(f): S, r: Request) -> Response {
+    f.unary(
+        r,
+        Method::VerifyMac,
+        From::Body,
+        |_: &mut VerifyMacRequest| Ok(()),
+        |k, c, b| async move { k.verify_mac(&c, b).await },
+    )
+    .await
+}
+
 async fn datakey(State(f): S, r: Request) -> Response {
     f.unary(
         r,
@@ -604,6 +626,8 @@ fn op_route(m: Method, verb: &str, path: &str) -> axum::routing::MethodRouter<Ht
         (Method::Wrap, _) => on(filter, wrap),
         (Method::Unwrap, _) => on(filter, unwrap),
         (Method::GenerateDataKey, _) => on(filter, datakey),
+        (Method::Mac, _) => on(filter, mac),
+        (Method::VerifyMac, _) => on(filter, verify_mac),
         (Method::SignBatch, _) => on(filter, sign_batch),
         (Method::VerifyBatch, _) => on(filter, verify_batch),
         (Method::WrapBatch, _) => on(filter, wrap_batch),

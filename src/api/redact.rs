@@ -23,6 +23,8 @@ redacted_debug!(WrapRequest { key, op_id } [plaintext, aad]);
 redacted_debug!(UnwrapRequest { key } [ciphertext, aad]);
 redacted_debug!(UnwrapResponse { kid }[plaintext]);
 redacted_debug!(GenerateDataKeyResponse { kid } [plaintext, ciphertext]);
+redacted_debug!(MacRequest { key }[message]);
+redacted_debug!(VerifyMacRequest { key } [message, mac]);
 
 #[cfg(test)]
 mod tests {

@@ -157,6 +157,8 @@ pub enum KeyOp<'a> {
     AeadSeal(Aead<'a>),
     /// AES-256-GCM open of `data` (ciphertext || tag).
     AeadOpen(Aead<'a>),
+    /// HMAC of these bytes with an HMAC key; the result is the tag.
+    Mac(&'a [u8]),
 }
 
 /// The inputs of one AES-256-GCM call with a stored key.
@@ -252,6 +254,17 @@ pub trait Backend: Send + Sync {
             handle,
             KeyOp::AeadOpen(Aead::new(nonce, aad, ciphertext)),
         )
+    }
+
+    /// The HMAC tag of `data` under an HMAC key.
+    fn mac(
+        &self,
+        label: KeyLabel<'_>,
+        handle: &[u8],
+        data: &[u8],
+    ) -> Result<Vec<u8>, BackendError> {
+        let mut out = self.perform(label, handle, KeyOp::Mac(data))?;
+        Ok(std::mem::take(&mut *out))
     }
 
     /// Remove the key's material from custody. For backends whose handle *is*

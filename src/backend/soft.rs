@@ -18,7 +18,7 @@ use std::sync::Arc;
 use zeroize::Zeroizing;
 
 use super::{BackendError, Generated, KeyLabel, KeyOp, Performed, SignInput};
-use crate::crypto::{aead, Algorithm, Provider};
+use crate::crypto::{aead, mac, Algorithm, Provider};
 
 const AAD_PREFIX: &[u8] = b"ron-kms/sealed/v1\0";
 
@@ -251,6 +251,11 @@ pub trait SealedCustody: Sealer {
                     _ => BackendError::Decrypt,
                 })
             }
+            // an AES key's operations only: another algorithm's key bytes
+            // (an HMAC key is 32 random bytes too) are not an AES key
+            KeyOp::AeadSeal(_) | KeyOp::AeadOpen(_) if label.algorithm != Algorithm::Aes256Gcm => {
+                Err(BackendError::Unsupported(label.algorithm))
+            }
             KeyOp::AeadSeal(a) => aead::seal(&private, a.nonce, a.aad, a.data)
                 .map(Zeroizing::new)
                 .map_err(crypto_err),
@@ -258,6 +263,9 @@ pub trait SealedCustody: Sealer {
             KeyOp::AeadOpen(a) => {
                 aead::open(&private, a.nonce, a.aad, a.data).map_err(|_| BackendError::Decrypt)
             }
+            KeyOp::Mac(data) => mac::compute(label.algorithm, &private, data)
+                .map(Zeroizing::new)
+                .map_err(crypto_err),
         }
     }
 }

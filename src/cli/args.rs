@@ -70,6 +70,31 @@ pub(crate) enum Cmd {
         #[command(flatten)]
         digest: DigestArgs,
     },
+    /// The HMAC of a message under an HMAC key (gRPC client): the kid and
+    /// the base64 tag.
+    Mac {
+        #[command(flatten)]
+        conn: Conn,
+        /// `name` (primary version) or `name#vN`.
+        #[arg(long)]
+        key: String,
+        #[command(flatten)]
+        input: Input,
+    },
+    /// Check an HMAC tag (gRPC client). Exit status 0 if it matches, 1 if
+    /// not.
+    VerifyMac {
+        #[command(flatten)]
+        conn: Conn,
+        /// The `kid` (`name#vN`) returned by mac.
+        #[arg(long)]
+        key: String,
+        /// Base64 tag.
+        #[arg(long)]
+        mac: String,
+        #[command(flatten)]
+        input: Input,
+    },
     /// Wrap a plaintext (≤ 8 KiB) read from --in or stdin: the kid and the
     /// base64 ciphertext.
     Wrap {

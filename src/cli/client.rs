@@ -392,6 +392,36 @@ pub(crate) async fn crypto(cmd: Cmd, out: Output) -> Result<ExitCode, Failure> {
                 ExitCode::from(1)
             })
         }
+        Cmd::Mac { conn, key, input } => {
+            let message = read_input(&input)?;
+            let mut c = Client::connect(&conn).await?;
+            let r = c.inner.mac(c.req(MacRequest { key, message })).await?;
+            print(out, &r.into_inner())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::VerifyMac {
+            conn,
+            key,
+            mac,
+            input,
+        } => {
+            let mac = base64::engine::general_purpose::STANDARD
+                .decode(mac.trim())
+                .map_err(|_| "--mac is not valid base64")?;
+            let message = read_input(&input)?;
+            let mut c = Client::connect(&conn).await?;
+            let r = c
+                .inner
+                .verify_mac(c.req(VerifyMacRequest { key, message, mac }))
+                .await?
+                .into_inner();
+            print(out, &r)?;
+            Ok(if r.valid {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
         Cmd::Wrap {
             conn,
             key,

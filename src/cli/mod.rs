@@ -26,9 +26,12 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             pcr_digest,
         }) => admin::tpm_reseal(data_dir, config, pcr_digest),
         Cmd::Keys(k) => client::keys(k, cli.output).await,
-        c @ (Cmd::Sign { .. } | Cmd::Verify { .. } | Cmd::Wrap { .. } | Cmd::Unwrap { .. }) => {
-            client::crypto(c, cli.output).await
-        }
+        c @ (Cmd::Sign { .. }
+        | Cmd::Verify { .. }
+        | Cmd::Mac { .. }
+        | Cmd::VerifyMac { .. }
+        | Cmd::Wrap { .. }
+        | Cmd::Unwrap { .. }) => client::crypto(c, cli.output).await,
     }
 }
 

@@ -221,6 +221,28 @@ impl Human for VerifyResponse {
     }
 }
 
+impl Human for MacResponse {
+    fn human(&self) -> String {
+        format!(
+            "mac by {} ({}), {} bytes:\n{}\n",
+            self.kid,
+            self.algorithm,
+            self.mac.len(),
+            b64(&self.mac)
+        )
+    }
+}
+
+impl Human for VerifyMacResponse {
+    fn human(&self) -> String {
+        if self.valid {
+            format!("valid: {} ({})\n", self.kid, self.algorithm)
+        } else {
+            format!("NOT valid under {}\n", self.kid)
+        }
+    }
+}
+
 impl Human for WrapResponse {
     fn human(&self) -> String {
         format!(

@@ -19,7 +19,11 @@ fn defaults() {
         c.master,
         MasterKeySource::KeyFile(PathBuf::from("./ron-kms-data/master.key"))
     );
-    assert_eq!(c.algorithms.len(), 12, "every algorithm, SLH-DSA included");
+    assert_eq!(
+        c.algorithms.len(),
+        14,
+        "every algorithm, SLH-DSA and HMAC included"
+    );
 }
 
 #[test]

@@ -8,6 +8,7 @@ pub mod aead;
 pub mod der;
 pub mod envelope;
 pub mod hybrid;
+pub mod mac;
 pub mod mu;
 pub mod prehash;
 pub mod provider;
@@ -50,6 +51,8 @@ pub enum CryptoError {
 pub enum Purpose {
     Sign,
     Wrap,
+    /// HMAC keys: Mac and VerifyMac.
+    Mac,
 }
 
 impl Purpose {
@@ -57,12 +60,14 @@ impl Purpose {
         match self {
             Purpose::Sign => "sign",
             Purpose::Wrap => "wrap",
+            Purpose::Mac => "mac",
         }
     }
     pub fn parse(s: &str) -> Option<Self> {
         match s {
             "sign" => Some(Purpose::Sign),
             "wrap" => Some(Purpose::Wrap),
+            "mac" => Some(Purpose::Mac),
             _ => None,
         }
     }
@@ -84,10 +89,12 @@ pub enum Algorithm {
     HybridX25519MlKem768,
     SlhDsaSha2_128s,
     SlhDsaSha2_128f,
+    HmacSha256,
+    HmacSha512,
 }
 
 impl Algorithm {
-    pub const ALL: [Algorithm; 12] = [
+    pub const ALL: [Algorithm; 14] = [
         Algorithm::Ed25519,
         Algorithm::EcdsaP256,
         Algorithm::MlDsa44,
@@ -100,6 +107,8 @@ impl Algorithm {
         Algorithm::HybridX25519MlKem768,
         Algorithm::SlhDsaSha2_128s,
         Algorithm::SlhDsaSha2_128f,
+        Algorithm::HmacSha256,
+        Algorithm::HmacSha512,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -116,6 +125,8 @@ impl Algorithm {
             Algorithm::HybridX25519MlKem768 => "hybrid-x25519-ml-kem-768",
             Algorithm::SlhDsaSha2_128s => "slh-dsa-sha2-128s",
             Algorithm::SlhDsaSha2_128f => "slh-dsa-sha2-128f",
+            Algorithm::HmacSha256 => "hmac-sha256",
+            Algorithm::HmacSha512 => "hmac-sha512",
         }
     }
 
@@ -137,6 +148,7 @@ impl Algorithm {
             | Algorithm::MlKem768
             | Algorithm::MlKem1024
             | Algorithm::HybridX25519MlKem768 => Purpose::Wrap,
+            Algorithm::HmacSha256 | Algorithm::HmacSha512 => Purpose::Mac,
         }
     }
 

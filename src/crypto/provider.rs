@@ -124,6 +124,15 @@ impl Provider {
                     private: k,
                 })
             }
+            Algorithm::HmacSha256 | Algorithm::HmacSha512 => {
+                let len = super::mac::key_len(alg).ok_or(CryptoError::KeyGen(alg.as_str()))?;
+                let mut k = Zeroizing::new(vec![0u8; len]);
+                random_bytes(&mut k)?;
+                Ok(KeyPair {
+                    public: Vec::new(),
+                    private: k,
+                })
+            }
             a if a.is_kem() => self.kem(alg)?.generate(),
             _ => self.signer(alg)?.generate(),
         }

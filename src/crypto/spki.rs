@@ -47,7 +47,11 @@ fn algorithm_identifier(alg: Algorithm) -> Option<Vec<u8>> {
         // the composite signature, no parameters
         Algorithm::HybridEd25519MlDsa65 => oid(OID_MLDSA65_ED25519_SHA512),
         // The hybrid KEM has no standard SPKI of its own; its components do.
-        Algorithm::Aes256Gcm | Algorithm::HybridX25519MlKem768 => return None,
+        // Secret keys have no public half.
+        Algorithm::Aes256Gcm
+        | Algorithm::HybridX25519MlKem768
+        | Algorithm::HmacSha256
+        | Algorithm::HmacSha512 => return None,
     };
     Some(tlv(0x30, &content))
 }

@@ -33,6 +33,7 @@ mod calls;
 mod health;
 mod idempotency;
 mod keys;
+mod mac;
 mod op_cache;
 mod policy;
 mod replica;

@@ -310,3 +310,18 @@ pub fn hybrid_kem_wrap(
         aad,
     )
 }
+
+/// The suite's Python (a venv with pyca/cryptography; scripts/py-venv.sh
+/// makes it, scripts/test.sh runs that first), or `KMS_TEST_PYTHON`.
+pub fn python() -> std::path::PathBuf {
+    let p = std::env::var_os("KMS_TEST_PYTHON").map_or_else(
+        || std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/py/bin/python"),
+        Into::into,
+    );
+    assert!(
+        p.exists(),
+        "{} is missing: scripts/py-venv.sh makes it (scripts/test.sh runs it)",
+        p.display()
+    );
+    p
+}

@@ -7,6 +7,7 @@ pub mod certs;
 pub mod crl;
 pub mod independent;
 pub mod load;
+pub mod mac;
 pub mod pg;
 pub mod process;
 pub mod softhsm;

@@ -1,5 +1,5 @@
 //! Native keys: keys the token holds and uses itself (ECDSA P-256, Ed25519,
-//! AES-256-GCM on SoftHSM2), generated as token objects with
+//! AES-256-GCM, HMAC-SHA256/512 on SoftHSM2), generated as token objects with
 //! `CKA_SENSITIVE=true`, `CKA_EXTRACTABLE=false`, and found again by class,
 //! `CKA_ID` *and* `CKA_LABEL`, so a handle copied onto another key record
 //! finds nothing.
@@ -21,10 +21,11 @@ use super::handle::{self, NativeRef, ID_LEN, KIND_PAIR, KIND_SECRET};
 use super::mechanisms::{gcm_decrypt, gcm_encrypt};
 use super::pool::{Conn, Pool};
 use super::templates::{
-    aes_key_template, ec_point, object_label, signing_pair_templates, ED25519_PARAMS, P256_PARAMS,
+    aes_key_template, ec_point, hmac_key_template, object_label, signing_pair_templates,
+    ED25519_PARAMS, P256_PARAMS,
 };
 use crate::backend::{ecdsa_der, BackendError, Generated, KeyLabel};
-use crate::crypto::{aead, random_bytes, Algorithm};
+use crate::crypto::{aead, mac, random_bytes, Algorithm};
 
 /// Generate a native key of `label.algorithm` in the token. A key pair
 /// whose public point cannot be read is destroyed before the error
@@ -37,6 +38,14 @@ pub(super) fn generate(pool: &Pool, label: KeyLabel<'_>) -> Result<Generated, Ba
     let (kind, public) = pool.run_exclusive(|_, s| match alg {
         Algorithm::Aes256Gcm => {
             s.generate_key(&Mechanism::AesKeyGen, &aes_key_template(&id, &olabel))?;
+            Ok((KIND_SECRET, Vec::new()))
+        }
+        Algorithm::HmacSha256 | Algorithm::HmacSha512 => {
+            let len = mac::key_len(alg).unwrap_or(32);
+            s.generate_key(
+                &Mechanism::GenericSecretKeyGen,
+                &hmac_key_template(&id, &olabel, len),
+            )?;
             Ok((KIND_SECRET, Vec::new()))
         }
         Algorithm::EcdsaP256 | Algorithm::Ed25519 => {
@@ -111,6 +120,22 @@ pub(super) fn sign_digest(
     let rs =
         pool.run(|conn, s| with_key(conn, s, r, &label, |h| s.sign(&Mechanism::Ecdsa, h, digest)))?;
     ecdsa_der(&rs)
+}
+
+/// The HMAC tag of `data` with a native HMAC key (`CKM_SHA256_HMAC` or
+/// `CKM_SHA512_HMAC`: the full-length tag).
+pub(super) fn mac(
+    pool: &Pool,
+    label: KeyLabel<'_>,
+    r: &NativeRef,
+    data: &[u8],
+) -> Result<Vec<u8>, BackendError> {
+    let mech = match label.algorithm {
+        Algorithm::HmacSha256 => Mechanism::Sha256Hmac,
+        Algorithm::HmacSha512 => Mechanism::Sha512Hmac,
+        other => return Err(BackendError::Unsupported(other)),
+    };
+    pool.run(|conn, s| with_key(conn, s, r, &label, |h| s.sign(&mech, h, data)))
 }
 
 /// AES-256-GCM seal with a native secret key.

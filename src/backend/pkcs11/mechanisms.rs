@@ -20,13 +20,16 @@ use crate::crypto::Algorithm;
 
 /// Every mechanism ron-kms can use; the token answers
 /// `C_GetMechanismInfo` for the ones it supports.
-const PROBED: [MechanismType; 6] = [
+const PROBED: [MechanismType; 9] = [
     MechanismType::ECDSA,
     MechanismType::ECC_KEY_PAIR_GEN,
     MechanismType::EDDSA,
     MechanismType::ECC_EDWARDS_KEY_PAIR_GEN,
     MechanismType::AES_GCM,
     MechanismType::AES_KEY_GEN,
+    MechanismType::GENERIC_SECRET_KEY_GEN,
+    MechanismType::SHA256_HMAC,
+    MechanismType::SHA512_HMAC,
 ];
 
 /// The probed mechanisms the token in `slot` supports.
@@ -50,6 +53,15 @@ pub(super) fn capabilities(mechs: &[MechanismType]) -> Capabilities {
     let aes = has(MechanismType::AES_GCM) && has(MechanismType::AES_KEY_GEN);
     if aes {
         native.push(Algorithm::Aes256Gcm);
+    }
+    // HMAC keys are CKK_GENERIC_SECRET objects used with CKM_SHA*_HMAC
+    for (alg, mech) in [
+        (Algorithm::HmacSha256, MechanismType::SHA256_HMAC),
+        (Algorithm::HmacSha512, MechanismType::SHA512_HMAC),
+    ] {
+        if has(mech) && has(MechanismType::GENERIC_SECRET_KEY_GEN) {
+            native.push(alg);
+        }
     }
     // the KEK needs AES-GCM in the token; without it nothing can be sealed
     let sealed = if aes {
@@ -109,10 +121,12 @@ mod tests {
             [
                 Algorithm::EcdsaP256,
                 Algorithm::Ed25519,
-                Algorithm::Aes256Gcm
+                Algorithm::Aes256Gcm,
+                Algorithm::HmacSha256,
+                Algorithm::HmacSha512
             ]
         );
-        assert_eq!(all.sealed.len(), Algorithm::ALL.len() - 3);
+        assert_eq!(all.sealed.len(), Algorithm::ALL.len() - 5);
         assert!(all.sealed.iter().all(|a| !all.native.contains(a)));
         // no EdDSA: Ed25519 is sealed instead
         let no_eddsa: Vec<_> = PROBED
@@ -120,15 +134,24 @@ mod tests {
             .filter(|m| *m != MechanismType::EDDSA)
             .collect();
         let c = capabilities(&no_eddsa);
-        assert_eq!(c.native, [Algorithm::EcdsaP256, Algorithm::Aes256Gcm]);
+        assert_eq!(c.native[..2], [Algorithm::EcdsaP256, Algorithm::Aes256Gcm]);
         assert!(c.sealed.contains(&Algorithm::Ed25519));
+        // no SHA-512 HMAC: hmac-sha512 keys are sealed
+        let no_512: Vec<_> = PROBED
+            .into_iter()
+            .filter(|m| *m != MechanismType::SHA512_HMAC)
+            .collect();
+        let c = capabilities(&no_512);
+        assert!(c.native.contains(&Algorithm::HmacSha256));
+        assert!(c.sealed.contains(&Algorithm::HmacSha512));
         // no AES-GCM: no KEK, so nothing can be sealed
         let no_gcm: Vec<_> = PROBED
             .into_iter()
             .filter(|m| *m != MechanismType::AES_GCM)
             .collect();
         let c = capabilities(&no_gcm);
-        assert_eq!(c.native, [Algorithm::EcdsaP256, Algorithm::Ed25519]);
+        assert_eq!(c.native[..2], [Algorithm::EcdsaP256, Algorithm::Ed25519]);
+        assert!(!c.native.contains(&Algorithm::Aes256Gcm));
         assert!(c.sealed.is_empty());
     }
 }

@@ -47,7 +47,7 @@ use std::sync::Arc;
 
 use zeroize::Zeroizing;
 
-use self::handle::{Parsed, KIND_PAIR};
+use self::handle::{Parsed, KIND_PAIR, KIND_SECRET};
 use self::pool::Pool;
 use super::soft::{SealedCustody, Sealer};
 use super::{
@@ -227,6 +227,10 @@ impl Backend for Pkcs11Backend {
                 keys::aead_seal(&self.pool, label, &r, a.nonce, a.aad, a.data).map(Zeroizing::new)
             }
             KeyOp::AeadOpen(a) => keys::aead_open(&self.pool, label, &r, a.nonce, a.aad, a.data),
+            KeyOp::Mac(d) if r.kind == KIND_SECRET => {
+                keys::mac(&self.pool, label, &r, d).map(Zeroizing::new)
+            }
+            KeyOp::Mac(_) => Err(BackendError::Sealed("not a secret key handle")),
         }
     }
 

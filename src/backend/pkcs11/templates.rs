@@ -13,9 +13,17 @@ pub(super) const P256_PARAMS: &[u8] = &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d
 /// DER OID of Ed25519 (RFC 8410), as `CKA_EC_PARAMS`.
 pub(super) const ED25519_PARAMS: &[u8] = &[0x06, 0x03, 0x2b, 0x65, 0x70];
 
-/// `CKA_LABEL` of a key version's objects: `ron-kms/<tenant>/<name>#v<N>`.
+/// `CKA_LABEL` of a key version's objects: `ron-kms/<tenant>/<name>#v<N>`,
+/// and for an HMAC key `ron-kms/<tenant>/<name>#v<N>/<algorithm>`: both
+/// HMAC algorithms' keys are `CKK_GENERIC_SECRET` objects, which the token
+/// uses with either mechanism, so the label is what binds the algorithm.
+/// (Every other native key's type or class binds it.)
 pub(super) fn object_label(label: &KeyLabel<'_>) -> Vec<u8> {
-    format!("ron-kms/{}/{}", label.tenant, label.kid).into_bytes()
+    if label.algorithm.purpose() == crate::crypto::Purpose::Mac {
+        format!("ron-kms/{}/{}/{}", label.tenant, label.kid, label.algorithm).into_bytes()
+    } else {
+        format!("ron-kms/{}/{}", label.tenant, label.kid).into_bytes()
+    }
 }
 
 /// A token-resident AES-256 secret key: sensitive, non-extractable,
@@ -33,6 +41,30 @@ pub(super) fn aes_key_template(id: &[u8], label: &[u8]) -> Vec<Attribute> {
         Attribute::Decrypt(true),
         Attribute::Sign(false),
         Attribute::Verify(false),
+        Attribute::Wrap(false),
+        Attribute::Unwrap(false),
+        Attribute::Derive(false),
+        Attribute::Id(id.to_vec()),
+        Attribute::Label(label.to_vec()),
+    ]
+}
+
+/// A token-resident HMAC key of `len` bytes (`CKK_GENERIC_SECRET`, used
+/// with `CKM_SHA256_HMAC` / `CKM_SHA512_HMAC`): sensitive,
+/// non-extractable, sign/verify only.
+pub(super) fn hmac_key_template(id: &[u8], label: &[u8], len: usize) -> Vec<Attribute> {
+    vec![
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::KeyType(KeyType::GENERIC_SECRET),
+        Attribute::ValueLen((len as u64).into()),
+        Attribute::Token(true),
+        Attribute::Private(true),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(false),
+        Attribute::Encrypt(false),
+        Attribute::Decrypt(false),
+        Attribute::Sign(true),
+        Attribute::Verify(true),
         Attribute::Wrap(false),
         Attribute::Unwrap(false),
         Attribute::Derive(false),

@@ -237,6 +237,12 @@ impl Kms for Svc {
     ) -> R<GenerateDataKeyResponse> {
         unimplemented()
     }
+    async fn mac(&self, _: Request<MacRequest>) -> R<MacResponse> {
+        unimplemented()
+    }
+    async fn verify_mac(&self, _: Request<VerifyMacRequest>) -> R<VerifyMacResponse> {
+        unimplemented()
+    }
     async fn get_pq_policy(&self, _: Request<GetPqPolicyRequest>) -> R<PqPolicyResponse> {
         unimplemented()
     }
