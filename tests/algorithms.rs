@@ -1,7 +1,7 @@
 //! The backend conformance suite: every algorithm over both fronts, against
 //! a real server on loopback, once per custody backend (`sealed-file`
 //! in-process; `pkcs11` on a fresh SoftHSM2 token, the real binary in its
-//! own process; `tpm` on a fresh swtpm, in-process): create, sign/verify or wrap/unwrap, tampering, rotation, old
+//! own process; `tpm` on a fresh swtpm, in-process): create, sign/verify, wrap/unwrap or mac/verify-mac, tampering, rotation, old
 //! signatures and ciphertexts after rotation, disable (fails at once),
 //! destroy (material gone from the store's files, or the object gone from the
 //! token) — and every signature and ML-KEM ciphertext checked by an
@@ -29,11 +29,16 @@ fn is_native_pkcs11(h: &[u8]) -> bool {
 
 /// Asserts that v1's custody handle is stored now, and that its material
 /// exists (in the data dir for sealed keys, in the token for native ones).
-fn handle_probe(srv: &TestServer, name: &str) -> Probe {
+fn handle_probe(srv: &TestServer, name: &str, alg: &str) -> Probe {
     let h = stored_handle(&srv.data_dir(), "admin", name, 1).expect("v1 has a stored handle");
     if let Some(hsm) = &srv.hsm {
         if is_native_pkcs11(&h) {
-            let label = format!("ron-kms/admin/{name}#v1");
+            // an HMAC key's label also names its algorithm (docs/pkcs11.md)
+            let label = if alg.starts_with("hmac-") {
+                format!("ron-kms/admin/{name}#v1/{alg}")
+            } else {
+                format!("ron-kms/admin/{name}#v1")
+            };
             assert!(
                 hsm.list_objects().contains(&label),
                 "{label} is in the token before destroy"
@@ -250,7 +255,7 @@ async fn sign_lifecycle(custody: Custody, front: Front, alg: &str) {
         "failed_precondition",
     );
 
-    let probe = handle_probe(&srv, "k");
+    let probe = handle_probe(&srv, "k", alg);
     c.set_state("k", 1, "disabled").await.unwrap();
     let k = c.set_state("k", 1, "destroyed").await.unwrap();
     assert_eq!(k.versions[0].state, "destroyed");
@@ -399,13 +404,59 @@ async fn wrap_lifecycle(custody: Custody, front: Front, alg: &str) {
     );
 
     // destroy: material gone from every file under the data dir
-    let probe = handle_probe(&srv, "w");
+    let probe = handle_probe(&srv, "w", alg);
     c.set_state("w", 1, "destroyed").await.unwrap();
     assert_material_gone(&srv, "w", &probe);
     c.unwrap("", &w1.ciphertext, b"ctx=1")
         .await
         .unwrap_err()
         .expect(409, Code::FailedPrecondition, "key_version_not_enabled");
+}
+
+/// HMAC keys: create (no public half), Mac and VerifyMac, rotation (old
+/// tags verify under their kid), disable (refused at once), destroy
+/// (material gone). That the tags are HMACs is tests/mac.rs's job.
+async fn mac_lifecycle(custody: Custody, front: Front, alg: &str) {
+    let srv = TestServer::start_on(custody).await;
+    let mut c = srv.client(front, &srv.admin_token).await;
+    let key = c.create("k", alg).await.unwrap();
+    assert_eq!(
+        (
+            key.purpose.as_str(),
+            key.algorithm.as_str(),
+            key.primary_version
+        ),
+        ("mac", alg, 1)
+    );
+    assert!(key.versions[0].public_key_der.is_empty() && key.versions[0].components.is_empty());
+    let t1 = c.mac("k", MSG).await.unwrap();
+    assert_eq!((t1.kid.as_str(), t1.algorithm.as_str()), ("k#v1", alg));
+    assert!(c.verify_mac("k#v1", MSG, &t1.mac).await.unwrap().valid);
+    let other = c.verify_mac("k#v1", b"attack at dusk", &t1.mac).await;
+    assert!(!other.unwrap().valid, "another message");
+
+    let r = c.rotate("k", "").await.unwrap();
+    assert_eq!(r.kid, "k#v2");
+    let t2 = c.mac("k", MSG).await.unwrap();
+    assert_eq!(t2.kid, "k#v2");
+    assert_ne!(t2.mac, t1.mac);
+    assert!(c.verify_mac("k#v1", MSG, &t1.mac).await.unwrap().valid);
+
+    c.set_state("k", 1, "disabled").await.unwrap();
+    for r in [
+        c.verify_mac("k#v1", MSG, &t1.mac).await.map(|_| ()),
+        c.mac("k#v1", MSG).await.map(|_| ()),
+    ] {
+        r.unwrap_err()
+            .expect(409, Code::FailedPrecondition, "key_version_not_enabled");
+    }
+    assert_eq!(c.mac("k", MSG).await.unwrap().kid, "k#v2");
+
+    let probe = handle_probe(&srv, "k", alg);
+    let k = c.set_state("k", 1, "destroyed").await.unwrap();
+    assert_eq!(k.versions[0].state, "destroyed");
+    assert_material_gone(&srv, "k", &probe);
+    assert!(c.verify_mac("k#v2", MSG, &t2.mac).await.unwrap().valid);
 }
 
 macro_rules! cases {
@@ -468,4 +519,8 @@ cases! {
     http_hybrid_ed25519_ml_dsa_65 => sign_lifecycle(Front::Http, "hybrid-ed25519-ml-dsa-65");
     grpc_hybrid_x25519_ml_kem_768 => wrap_lifecycle(Front::Grpc, "hybrid-x25519-ml-kem-768");
     http_hybrid_x25519_ml_kem_768 => wrap_lifecycle(Front::Http, "hybrid-x25519-ml-kem-768");
+    grpc_hmac_sha256 => mac_lifecycle(Front::Grpc, "hmac-sha256");
+    http_hmac_sha256 => mac_lifecycle(Front::Http, "hmac-sha256");
+    grpc_hmac_sha512 => mac_lifecycle(Front::Grpc, "hmac-sha512");
+    http_hmac_sha512 => mac_lifecycle(Front::Http, "hmac-sha512");
 }

@@ -32,7 +32,6 @@ use common::softhsm::{self, SoftHsm};
 use common::swtpm::Swtpm;
 use ron_kms::backend::pkcs11::{Pkcs11Backend, Pkcs11Settings};
 use ron_kms::backend::sealed_file::{MasterKey, SealedFileBackend};
-use ron_kms::backend::tpm::{TpmBackend, TpmSettings, DEFAULT_QUEUE_DEPTH};
 use ron_kms::backend::{Backend, BackendError, Generated, KeyLabel, SignInput};
 use ron_kms::crypto::hybrid::{self, Presented};
 use ron_kms::crypto::{random_bytes, Algorithm, Provider, Purpose};
@@ -651,18 +650,7 @@ fn tpm_on_swtpm_conforms() {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let tpm = Swtpm::start(&dir.path().join("tpm"));
-    let b = TpmBackend::open(
-        TpmSettings {
-            tcti: tpm.tcti(),
-            queue_depth: DEFAULT_QUEUE_DEPTH,
-            ek_ca_file: None,
-            seal_pcrs: None,
-            attestation: Default::default(),
-        },
-        Arc::new(Provider::default()),
-        None,
-    )
-    .unwrap();
+    let b = tpm.open_backend();
     conform(&b, &TPM);
     drop(b);
     drop(tpm);

@@ -24,7 +24,6 @@ use common::{independent, ApiErr, Custody, Front, TestServer};
 use ron_kms::backend::pkcs11::{Pkcs11Backend, Pkcs11Settings};
 use ron_kms::backend::sealed_file::{MasterKey, SealedFileBackend};
 use ron_kms::backend::soft::Sealer as _;
-use ron_kms::backend::tpm::{TpmBackend, TpmSettings, DEFAULT_QUEUE_DEPTH};
 use ron_kms::backend::{Backend, KeyLabel};
 use ron_kms::crypto::{random_bytes, Algorithm, Provider};
 use tonic::Code;
@@ -191,18 +190,7 @@ fn known_keys_give_rfc_4231_and_python_tags_on_tpm() {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let tpm = Swtpm::start(&dir.path().join("tpm"));
-    let b = TpmBackend::open(
-        TpmSettings {
-            tcti: tpm.tcti(),
-            queue_depth: DEFAULT_QUEUE_DEPTH,
-            ek_ca_file: None,
-            seal_pcrs: None,
-            attestation: Default::default(),
-        },
-        Arc::new(Provider::default()),
-        None,
-    )
-    .unwrap();
+    let b = tpm.open_backend();
     assert!(!b.capabilities().is_native(Algorithm::HmacSha256));
     let keys = known_keys();
     let handles: Vec<_> = keys

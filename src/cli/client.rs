@@ -335,6 +335,22 @@ pub(crate) async fn keys(k: KeysCmd, out: Output) -> Result<ExitCode, Failure> {
 }
 
 /// `sign`, `verify`, `wrap`, `unwrap`.
+/// A base64 argument's bytes, or the failure `what`.
+fn base64_arg(arg: &str, what: &'static str) -> Result<Vec<u8>, Failure> {
+    Ok(base64::engine::general_purpose::STANDARD
+        .decode(arg.trim())
+        .map_err(|_| what)?)
+}
+
+/// A verification's exit status: 0 valid, 1 not.
+fn valid_exit(valid: bool) -> ExitCode {
+    if valid {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
 pub(crate) async fn crypto(cmd: Cmd, out: Output) -> Result<ExitCode, Failure> {
     match cmd {
         Cmd::Sign {
@@ -368,9 +384,7 @@ pub(crate) async fn crypto(cmd: Cmd, out: Output) -> Result<ExitCode, Failure> {
             input,
             digest,
         } => {
-            let signature = base64::engine::general_purpose::STANDARD
-                .decode(signature.trim())
-                .map_err(|_| "--signature is not valid base64")?;
+            let signature = base64_arg(&signature, "--signature is not valid base64")?;
             let mut c = Client::connect(&conn).await?;
             let s = c.signed(key, &input, &digest, context.as_bytes()).await?;
             let r = c
@@ -386,11 +400,7 @@ pub(crate) async fn crypto(cmd: Cmd, out: Output) -> Result<ExitCode, Failure> {
                 .await?
                 .into_inner();
             print(out, &r)?;
-            Ok(if r.valid {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            })
+            Ok(valid_exit(r.valid))
         }
         Cmd::Mac { conn, key, input } => {
             let message = read_input(&input)?;
@@ -405,9 +415,7 @@ pub(crate) async fn crypto(cmd: Cmd, out: Output) -> Result<ExitCode, Failure> {
             mac,
             input,
         } => {
-            let mac = base64::engine::general_purpose::STANDARD
-                .decode(mac.trim())
-                .map_err(|_| "--mac is not valid base64")?;
+            let mac = base64_arg(&mac, "--mac is not valid base64")?;
             let message = read_input(&input)?;
             let mut c = Client::connect(&conn).await?;
             let r = c
@@ -416,11 +424,7 @@ pub(crate) async fn crypto(cmd: Cmd, out: Output) -> Result<ExitCode, Failure> {
                 .await?
                 .into_inner();
             print(out, &r)?;
-            Ok(if r.valid {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            })
+            Ok(valid_exit(r.valid))
         }
         Cmd::Wrap {
             conn,

@@ -18,31 +18,11 @@ impl KmsService {
         op: &'static str,
     ) -> Result<(Arc<KeyRecord>, String, Vec<u8>)> {
         let (rec, vn) = self.resolve(caller, key, Purpose::Mac, op)?;
-        self.attestation.check()?;
-        if !self.custody_up() {
-            return Err(Error::Unavailable(format!(
-                "custody ({}) is unavailable",
-                self.backend.name()
-            )));
-        }
+        self.custody_ready()?;
         let kid = rec.kid(vn);
-        let tag = if self.offload(rec.algorithm) {
-            let (this, rec, kid) = (self.clone(), rec.clone(), kid.clone());
-            self.blocking(move || {
-                let r = this
-                    .backend
-                    .mac(label(&rec, &kid), handle(&rec, vn)?, &message);
-                this.custody_saw(&r);
-                Ok(r?)
-            })
-            .await?
-        } else {
-            let r = self
-                .backend
-                .mac(label(&rec, &kid), handle(&rec, vn)?, &message);
-            self.custody_saw(&r);
-            r?
-        };
+        let tag = self
+            .in_custody(&rec, vn, &kid, move |b, l, h| b.mac(l, h, &message))
+            .await?;
         Ok((rec, kid, tag))
     }
 

@@ -353,4 +353,51 @@ impl KmsService {
     fn offload(&self, alg: Algorithm) -> bool {
         alg.private_op_is_heavy() || self.device_bound
     }
+
+    /// Before a private- or secret-key operation: the attestation holds,
+    /// and custody is up (fail fast: no queueing for the blocking pool
+    /// behind a dead device).
+    fn custody_ready(&self) -> Result<()> {
+        self.attestation.check()?;
+        if !self.custody_up() {
+            return Err(Error::Unavailable(format!(
+                "custody ({}) is unavailable",
+                self.backend.name()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Run `op` on custody with `rec` version `vn` (`kid`): on the bounded
+    /// blocking pool when the algorithm is heavy or the device slow
+    /// ([`Self::offload`]), else inline; the custody probe sees the outcome.
+    async fn in_custody<T, F>(
+        self: &Arc<Self>,
+        rec: &Arc<KeyRecord>,
+        vn: u32,
+        kid: &str,
+        op: F,
+    ) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(
+                &dyn Backend,
+                KeyLabel<'_>,
+                &[u8],
+            ) -> std::result::Result<T, crate::backend::BackendError>
+            + Send
+            + 'static,
+    {
+        let run = move |this: &KmsService, rec: &KeyRecord, kid: &str| -> Result<T> {
+            let r = op(this.backend.as_ref(), label(rec, kid), handle(rec, vn)?);
+            this.custody_saw(&r);
+            Ok(r?)
+        };
+        if self.offload(rec.algorithm) {
+            let (this, rec, kid) = (self.clone(), rec.clone(), kid.to_string());
+            self.blocking(move || run(&this, &rec, &kid)).await
+        } else {
+            run(self, rec, kid)
+        }
+    }
 }

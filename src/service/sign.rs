@@ -217,14 +217,7 @@ impl KmsService {
             ));
         }
         let (rec, vn) = self.resolve(caller, &key, Purpose::Sign, "sign")?;
-        self.attestation.check()?;
-        if !self.custody_up() {
-            // fail fast: no queueing for the blocking pool behind a dead device
-            return Err(Error::Unavailable(format!(
-                "custody ({}) is unavailable",
-                self.backend.name()
-            )));
-        }
+        self.custody_ready()?;
         let kid = rec.kid(vn);
         let digest = digest_of(
             rec.algorithm,
@@ -238,27 +231,11 @@ impl KmsService {
             req.message
         };
         let (bytes, form) = self.what_to_sign(caller, &rec, input, digest, &req.context)?;
-        let signature = if self.offload(rec.algorithm) {
-            let (this, rec, kid) = (self.clone(), rec.clone(), kid.clone());
-            self.blocking(move || {
-                let r = this.backend.sign(
-                    label(&rec, &kid),
-                    handle(&rec, vn)?,
-                    sign_input(&bytes, form),
-                );
-                this.custody_saw(&r);
-                Ok(r?)
+        let signature = self
+            .in_custody(&rec, vn, &kid, move |b, l, h| {
+                b.sign(l, h, sign_input(&bytes, form))
             })
-            .await?
-        } else {
-            let r = self.backend.sign(
-                label(&rec, &kid),
-                handle(&rec, vn)?,
-                sign_input(&bytes, form),
-            );
-            self.custody_saw(&r);
-            r?
-        };
+            .await?;
         let resp = proto::SignResponse {
             kid,
             algorithm: rec.algorithm.as_str().to_string(),

@@ -152,6 +152,23 @@ impl Swtpm {
         self.backend_with(|_| {})
     }
 
+    /// The TPM backend itself, on this TPM with the default settings and
+    /// no pin (for tests of the `Backend` trait without a server).
+    pub fn open_backend(&self) -> ron_kms::backend::tpm::TpmBackend {
+        ron_kms::backend::tpm::TpmBackend::open(
+            ron_kms::backend::tpm::TpmSettings {
+                tcti: self.tcti(),
+                queue_depth: ron_kms::backend::tpm::DEFAULT_QUEUE_DEPTH,
+                ek_ca_file: None,
+                seal_pcrs: None,
+                attestation: Default::default(),
+            },
+            std::sync::Arc::new(ron_kms::crypto::Provider::default()),
+            None,
+        )
+        .unwrap()
+    }
+
     /// [`Self::backend`] adjusted by `f`.
     pub fn backend_with(
         &self,
