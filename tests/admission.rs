@@ -22,16 +22,23 @@ const LATENCY_MS: u64 = 20;
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 const SIGN_UNITS: u32 = 32;
 
+/// A queued request's longest wait, 5× the device latency.
+const MAX_WAIT: Duration = Duration::from_millis(100);
+
 /// On a RAM file system: the audit commit's disk latency is not what
 /// these tests measure (see [`TestServer::start_on_tmpfs_with`]).
 async fn start() -> TestServer {
+    start_with_max_wait(MAX_WAIT).await
+}
+
+async fn start_with_max_wait(max_wait: Duration) -> TestServer {
     TestServer::start_on_tmpfs_with(|c| {
         c.faults.injection = true;
         c.faults.latency = Some(Duration::from_millis(LATENCY_MS));
         c.blocking_threads = 64;
         c.admission.inflight[0] = SIGN_UNITS;
         c.admission.queue = 64;
-        c.admission.max_wait = Duration::from_millis(100);
+        c.admission.max_wait = max_wait;
     })
     .await
 }
@@ -97,7 +104,13 @@ async fn tenants_at_80_20_over_capacity_share_fairly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tenant_at_10x_load_does_not_slow_another() {
     let _one_at_a_time = SERIAL.lock().await;
-    let s = start().await;
+    // A queued request that waits out `max_wait` is shed. On this shared
+    // 2-core host the whole process (server and load generator) sometimes
+    // stalls for ~100 ms — every tenant's p99, noisy's included, then
+    // reads ~100 ms — and with a 100 ms `max_wait` such a stall sheds a
+    // dozen of quiet's requests however fair the gate is. 250 ms keeps the
+    // wait bounded and leaves what is measured to the gate's decisions.
+    let s = start_with_max_wait(Duration::from_millis(250)).await;
     let a = tenant(&s, "noisy").await;
     let b = tenant(&s, "quiet").await;
     // quiet at an eighth of capacity; noisy at 10× quiet's rate, which
@@ -122,6 +135,9 @@ async fn a_tenant_at_10x_load_does_not_slow_another() {
         ms(p0)
     );
     assert_eq!(baseline.success_rate(), 1.0);
+    // quiet, well within its share, is never refused for the share
+    let quiet = rb.line("quiet");
+    assert!(!rb.by_code().contains_key("tenant_share"), "{quiet}");
     assert!(rb.success_rate() >= 0.99, "quiet's success rate");
     assert!(p1 <= p0 * 2, "quiet p95 {p1:?} vs its baseline {p0:?}");
 }
