@@ -102,6 +102,8 @@ pub enum Method {
     ListKeys,
     RotateKey,
     SetKeyVersionState,
+    UpdateKey,
+    DeleteKey,
     Sign,
     Verify,
     Wrap,
@@ -185,7 +187,7 @@ const fn row(
 }
 
 /// The table, in the order of `kms.proto`.
-pub const OPS: [OpSpec; 22] = {
+pub const OPS: [OpSpec; 24] = {
     use Effect as E;
     use Gate as G;
     use Method as M;
@@ -237,6 +239,24 @@ pub const OPS: [OpSpec; 22] = {
             S::Admin,
             G::Admin,
             "set_version_state",
+            E::Mutation,
+        ),
+        row(
+            M::UpdateKey,
+            "UpdateKey",
+            &[("PATCH", "/v1/kms/keys/{name}")],
+            S::Admin,
+            G::Admin,
+            "update_key",
+            E::Mutation,
+        ),
+        row(
+            M::DeleteKey,
+            "DeleteKey",
+            &[("DELETE", "/v1/kms/keys/{name}")],
+            S::Admin,
+            G::Admin,
+            "delete_key",
             E::Mutation,
         ),
         row(

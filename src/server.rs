@@ -654,7 +654,13 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
         }
     });
 
-    let router = http::router(kms.clone());
+    let mut router = http::router(kms.clone());
+    if let Some(mount) = &cfg.transit_mount {
+        // transit's routes first: the native router's fallback answers
+        // every path it does not know
+        router = crate::api::transit::router(kms.clone(), mount).merge(router);
+        tracing::info!(mount = %mount, "transit front enabled");
+    }
     let http_accepted = http_ingress.accept(http_listener, rx.clone());
     let http_task = tokio::spawn(http_ingress.clone().serve_http(
         http_accepted,

@@ -182,3 +182,21 @@ pub fn shed_time(front: &'static str, elapsed: std::time::Duration) {
 pub fn render() -> Option<String> {
     HANDLE.get().and_then(|h| h.as_ref()).map(|h| h.render())
 }
+
+/// Milliseconds since the epoch as the UTC civil time (year, month, day,
+/// hour, minute, second), for the dates answers and the CLI print.
+pub fn civil_utc(ms: i64) -> (i64, i64, i64, i64, i64, i64) {
+    let secs = ms.div_euclid(1000);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // civil date from days since 1970-01-01 (H. Hinnant's algorithm)
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day, rem / 3600, rem % 3600 / 60, rem % 60)
+}

@@ -99,6 +99,7 @@ fn the_data_dir_holds_no_private_key_in_the_clear() {
             algorithm: alg,
             primary_version: 1,
             created_at_ms: 0,
+            settings: ron_kms::store::KeySettings::default(),
             versions: vec![VersionRecord {
                 version: 1,
                 state: VersionState::Enabled,

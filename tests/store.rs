@@ -11,7 +11,7 @@ use ron_kms::crypto::Algorithm;
 use ron_kms::store::postgres::{PgSettings, PgStore};
 use ron_kms::store::sqlite::SqliteStore;
 use ron_kms::store::{Change, OpRecord, Store, StoreError, TokenRecord};
-use ron_kms::store::{KeyRecord, VersionRecord, VersionState};
+use ron_kms::store::{KeyRecord, KeySettings, VersionRecord, VersionState};
 
 type Open = dyn Fn() -> Arc<dyn Store>;
 type Case = (&'static str, fn(&Open));
@@ -33,6 +33,7 @@ fn key(tenant: &str, name: &str) -> KeyRecord {
         algorithm: Algorithm::Ed25519,
         primary_version: 1,
         created_at_ms: 1_700_000_000_000,
+        settings: KeySettings::default(),
         versions: vec![version(1)],
     }
 }
@@ -59,6 +60,10 @@ fn suite(open: &Open) {
         ("names and versions are unique", uniqueness),
         ("missing things are NotFound", not_found),
         ("destroy wipes the handle", destroy_wipes),
+        (
+            "settings persist; delete removes a key",
+            settings_and_delete,
+        ),
         ("tokens and meta", tokens_and_meta),
         ("racing one op_id: exactly one applies", op_id_race),
         ("racing one rotation: exactly one version 2", rotation_race),
@@ -191,6 +196,46 @@ fn destroy_wipes(open: &Open) {
     assert_eq!(k.versions[0].state, VersionState::Destroyed);
     assert!(k.versions[0].handle.is_none());
     assert_eq!(k.versions[0].public_key, version(1).public_key);
+}
+
+fn settings_and_delete(open: &Open) {
+    let s = open();
+    s.create_key(&key("t1", "zeta"), None).unwrap();
+    s.add_version("t1", "zeta", &version(2), None).unwrap();
+    assert_eq!(
+        open().load_key("t1", "zeta").unwrap().unwrap().settings,
+        KeySettings::default()
+    );
+    let set = KeySettings {
+        min_decryption_version: 2,
+        min_encryption_version: 2,
+        deletion_allowed: true,
+    };
+    s.set_settings("t1", "zeta", &set, Some(&op("t1", "cfg", "zeta")))
+        .unwrap();
+    let k = open().load_key("t1", "zeta").unwrap().unwrap();
+    assert_eq!(k.settings, set);
+    assert_eq!(k.versions.len(), 2);
+    assert!(open()
+        .load_keys()
+        .unwrap()
+        .iter()
+        .any(|k| k.name == "zeta" && k.settings == set));
+    // the op_id is recorded with the write, so a retry finds it
+    assert_eq!(s.find_op("t1", "cfg").unwrap().unwrap().result, "zeta");
+    let e = s.set_settings("t1", "nope", &set, None).unwrap_err();
+    assert!(matches!(e, StoreError::NotFound(_)), "{e:?}");
+    // another tenant's key of the same name is another key
+    s.create_key(&key("t2", "zeta"), None).unwrap();
+    s.delete_key("t1", "zeta", None).unwrap();
+    assert!(open().load_key("t1", "zeta").unwrap().is_none());
+    assert!(open().load_key("t2", "zeta").unwrap().is_some());
+    let e = s.delete_key("t1", "zeta", None).unwrap_err();
+    assert!(matches!(e, StoreError::NotFound(_)), "{e:?}");
+    // the name can be made again, from version 1 with default settings
+    s.create_key(&key("t1", "zeta"), None).unwrap();
+    let k = open().load_key("t1", "zeta").unwrap().unwrap();
+    assert_eq!((k.versions.len(), k.settings), (1, KeySettings::default()));
 }
 
 fn tokens_and_meta(open: &Open) {

@@ -21,7 +21,7 @@ fuzz_target!(|data: &[u8]| {
     let Some((&which, rest)) = data.split_first() else {
         return;
     };
-    match which % 14 {
+    match which % 16 {
         0 => round_trip::<CreateKeyRequest>(rest),
         1 => round_trip::<GetKeyRequest>(rest),
         2 => round_trip::<ListKeysRequest>(rest),
@@ -35,6 +35,8 @@ fuzz_target!(|data: &[u8]| {
         10 => round_trip::<SetPqPolicyRequest>(rest),
         11 => round_trip::<MacRequest>(rest),
         12 => round_trip::<VerifyMacRequest>(rest),
+        13 => round_trip::<UpdateKeyRequest>(rest),
+        14 => round_trip::<DeleteKeyRequest>(rest),
         _ => round_trip::<GetPqPolicyRequest>(rest),
     }
 });

@@ -93,7 +93,7 @@ fuzz_target!(|data: &[u8]| {
                 }
             };
         }
-        match which % 14 {
+        match which % 16 {
             0 => call!(CreateKeyRequest, create_key),
             1 => call!(GetKeyRequest, get_key),
             2 => call!(ListKeysRequest, list_keys),
@@ -107,6 +107,8 @@ fuzz_target!(|data: &[u8]| {
             10 => call!(SetPqPolicyRequest, set_pq_policy),
             11 => call!(MacRequest, mac),
             12 => call!(VerifyMacRequest, verify_mac),
+            13 => call!(UpdateKeyRequest, update_key),
+            14 => call!(DeleteKeyRequest, delete_key),
             _ => call!(GetPqPolicyRequest, get_pq_policy),
         }
         // still answering

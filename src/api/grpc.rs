@@ -135,6 +135,24 @@ impl Kms for GrpcFront {
         })
         .await
     }
+    async fn update_key(
+        &self,
+        r: Request<UpdateKeyRequest>,
+    ) -> Result<Response<UpdateKeyResponse>, Status> {
+        self.unary(Method::UpdateKey, r, |k, c, b| async move {
+            k.update_key(&c, b).await
+        })
+        .await
+    }
+    async fn delete_key(
+        &self,
+        r: Request<DeleteKeyRequest>,
+    ) -> Result<Response<DeleteKeyResponse>, Status> {
+        self.unary(Method::DeleteKey, r, |k, c, b| async move {
+            k.delete_key(&c, b).await
+        })
+        .await
+    }
     async fn sign(&self, r: Request<SignRequest>) -> Result<Response<SignResponse>, Status> {
         self.unary(
             Method::Sign,

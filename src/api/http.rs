@@ -271,6 +271,28 @@ async fn set_state(
     .await
 }
 
+async fn update_key(State(f): S, Path(name): Path<String>, r: Request) -> Response {
+    f.unary(
+        r,
+        Method::UpdateKey,
+        From::Body,
+        move |m: &mut UpdateKeyRequest| same_name(&name, &mut m.name),
+        |k, c, b| async move { k.update_key(&c, b).await },
+    )
+    .await
+}
+
+async fn delete_key(State(f): S, Path(name): Path<String>, r: Request) -> Response {
+    f.unary(
+        r,
+        Method::DeleteKey,
+        From::Query,
+        move |m: &mut DeleteKeyRequest| same_name(&name, &mut m.name),
+        |k, c, b| async move { k.delete_key(&c, b).await },
+    )
+    .await
+}
+
 async fn sign(State(f): S, r: Request) -> Response {
     f.unary(
         r,
@@ -612,6 +634,8 @@ fn op_route(m: Method, verb: &str, path: &str) -> axum::routing::MethodRouter<Ht
     let filter = match verb {
         "GET" => MethodFilter::GET,
         "PUT" => MethodFilter::PUT,
+        "PATCH" => MethodFilter::PATCH,
+        "DELETE" => MethodFilter::DELETE,
         _ => MethodFilter::POST,
     };
     match (m, path) {
@@ -621,6 +645,8 @@ fn op_route(m: Method, verb: &str, path: &str) -> axum::routing::MethodRouter<Ht
         (Method::RotateKey, "/v1/kms/rotate") => on(filter, rotate_key),
         (Method::RotateKey, _) => on(filter, rotate_key_at),
         (Method::SetKeyVersionState, _) => on(filter, set_state),
+        (Method::UpdateKey, _) => on(filter, update_key),
+        (Method::DeleteKey, _) => on(filter, delete_key),
         (Method::Sign, _) => on(filter, sign),
         (Method::Verify, _) => on(filter, verify),
         (Method::Wrap, _) => on(filter, wrap),

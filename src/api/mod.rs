@@ -6,6 +6,7 @@ pub mod error;
 pub mod grpc;
 pub mod http;
 mod redact;
+pub mod transit;
 
 /// Largest request body either front accepts (1 MiB).
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;

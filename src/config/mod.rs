@@ -84,6 +84,7 @@ pub struct FileConfig {
     pub audit_max_file_bytes: Option<u64>,
     pub audit_min_free_bytes: Option<u64>,
     pub console_addr: Option<String>,
+    pub transit_mount: Option<String>,
     pub pq: Option<PqFile>,
     pub verify_cache_max: Option<u64>,
     pub verify_cache_ttl_ms: Option<u64>,
@@ -236,6 +237,10 @@ pub struct Config {
     pub ingress: crate::ingress::Limits,
     /// TLS (and mTLS identity) on both fronts; plain text when `None`.
     pub tls: Option<crate::ingress::tls::TlsSettings>,
+    /// `KMS_TRANSIT_MOUNT`: the Vault-transit-compatible front's mount path
+    /// on the HTTP port (`transit` serves `/v1/transit/…`); off when `None`
+    /// (docs/transit.md).
+    pub transit_mount: Option<String>,
 }
 
 /// `KMS_STORE`.
@@ -303,6 +308,7 @@ impl Config {
             admission: Default::default(),
             ingress: Default::default(),
             tls: None,
+            transit_mount: None,
         }
     }
 
@@ -422,6 +428,17 @@ pub fn load(flags: &Flags, env: &dyn Env) -> Result<Config, ConfigError> {
     let log = observe::log(&mut file, &src)?;
     let audit = observe::audit(&mut file, &src, &amnesia, &data_dir)?;
     let pq = pq::load(file.pq.take().unwrap_or_default(), &src)?;
+    let transit_p = src.text(
+        "KMS_TRANSIT_MOUNT",
+        "transit_mount",
+        file.transit_mount.take(),
+    );
+    let transit_mount = match transit_p.value.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(m) => {
+            Some(crate::api::transit::check_mount(m).map_err(|e| err(&transit_p.origin, e))?)
+        }
+    };
     let limits = limits::load(
         file.admission.take().unwrap_or_default(),
         file.tenants.take(),
@@ -462,6 +479,7 @@ pub fn load(flags: &Flags, env: &dyn Env) -> Result<Config, ConfigError> {
         admission: limits.admission,
         ingress: limits.ingress,
         tls: limits.tls,
+        transit_mount,
     })
 }
 

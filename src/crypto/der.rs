@@ -47,9 +47,58 @@ pub fn ecdsa_p256_sig(rs: &[u8]) -> Option<Vec<u8>> {
     Some(tlv(0x30, &[uint(&rs[..32]), uint(&rs[32..])].concat()))
 }
 
+/// The `r || s` form (32 bytes each) of an ECDSA P-256 `Ecdsa-Sig-Value`;
+/// `None` unless `der` is exactly one such value with minimal integers.
+pub fn ecdsa_p256_raw(der: &[u8]) -> Option<[u8; 64]> {
+    fn int(b: &[u8]) -> Option<(&[u8], &[u8])> {
+        let (&tag, rest) = b.split_first()?;
+        let (&n, rest) = rest.split_first()?;
+        let n = usize::from(n);
+        if tag != 0x02 || n == 0 || n > 33 || rest.len() < n {
+            return None;
+        }
+        let (v, rest) = rest.split_at(n);
+        // minimal: no needless 0x00, and not negative
+        if v[0] & 0x80 != 0 || (v.len() > 1 && v[0] == 0 && v[1] & 0x80 == 0) {
+            return None;
+        }
+        let v = if v.len() == 33 { &v[1..] } else { v };
+        (v.len() <= 32).then_some((v, rest))
+    }
+    let (&tag, rest) = der.split_first()?;
+    let (&n, body) = rest.split_first()?;
+    if tag != 0x30 || n >= 0x80 || body.len() != usize::from(n) {
+        return None;
+    }
+    let (r, rest) = int(body)?;
+    let (s, rest) = int(rest)?;
+    if !rest.is_empty() {
+        return None;
+    }
+    let mut out = [0u8; 64];
+    out[32 - r.len()..32].copy_from_slice(r);
+    out[64 - s.len()..].copy_from_slice(s);
+    Some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ecdsa_signatures_round_trip_between_der_and_raw() {
+        for (r0, s0) in [(0x01u8, 0x80u8), (0x7f, 0x00), (0xff, 0xff)] {
+            let mut rs = [0x11u8; 64];
+            rs[0] = r0;
+            rs[32] = s0;
+            let der = ecdsa_p256_sig(&rs).unwrap();
+            assert_eq!(ecdsa_p256_raw(&der), Some(rs));
+        }
+        let der = ecdsa_p256_sig(&[0x22; 64]).unwrap();
+        assert_eq!(ecdsa_p256_raw(&der[..der.len() - 1]), None);
+        assert_eq!(ecdsa_p256_raw(&[der.as_slice(), &[0]].concat()), None);
+        assert_eq!(ecdsa_p256_raw(b"not a signature"), None);
+    }
 
     #[test]
     fn ecdsa_signatures_encode_minimal_integers() {

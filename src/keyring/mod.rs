@@ -122,6 +122,20 @@ impl Snapshot {
         self.len == 0
     }
 
+    fn remove(&mut self, tenant: &str, name: &str) -> bool {
+        let Some(keys) = self.tenants.get_mut(tenant) else {
+            return false;
+        };
+        let gone = keys.remove(name).is_some();
+        if keys.is_empty() {
+            self.tenants.remove(tenant);
+        }
+        if gone {
+            self.len -= 1;
+        }
+        gone
+    }
+
     fn insert(&mut self, r: Arc<KeyRecord>) {
         let keys = self.tenants.entry(r.tenant.clone()).or_default();
         if keys.insert(r.name.clone(), r).is_none() {
@@ -169,6 +183,29 @@ impl Keyring {
     pub fn put_many(&self, records: Vec<KeyRecord>) {
         let records: Vec<_> = records.into_iter().map(Arc::new).collect();
         self.put_arcs(&records);
+    }
+
+    /// Drop deleted keys, in one swap.
+    pub fn remove_many(&self, keys: &[(String, String)]) {
+        if keys.is_empty() {
+            return;
+        }
+        self.current.rcu(|old| {
+            let mut snap = Snapshot::clone(old);
+            for (tenant, name) in keys {
+                snap.remove(tenant, name);
+            }
+            snap
+        });
+    }
+
+    /// The (tenant, name) of every key in the snapshot.
+    pub fn names(&self) -> Vec<(String, String)> {
+        let snap = self.snapshot();
+        snap.tenants
+            .iter()
+            .flat_map(|(t, keys)| keys.keys().map(move |n| (t.clone(), n.clone())))
+            .collect()
     }
 
     fn put_arcs(&self, records: &[Arc<KeyRecord>]) {
@@ -226,6 +263,7 @@ mod tests {
             algorithm: Algorithm::Ed25519,
             primary_version: 1,
             created_at_ms: 0,
+            settings: crate::store::KeySettings::default(),
             versions: vec![],
         };
         let ring = Keyring::new(vec![
@@ -256,6 +294,7 @@ mod tests {
             algorithm: Algorithm::Ed25519,
             primary_version: primary,
             created_at_ms: 0,
+            settings: crate::store::KeySettings::default(),
             versions: vec![],
         };
         let ring = Keyring::new(vec![rec("a", "k", 1)]);

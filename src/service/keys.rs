@@ -72,6 +72,7 @@ impl KmsService {
                     algorithm: alg,
                     primary_version: 1,
                     created_at_ms: now,
+                    settings: KeySettings::default(),
                     versions: vec![VersionRecord {
                         version: 1,
                         state: VersionState::Enabled,
@@ -312,7 +313,209 @@ impl KmsService {
     }
 }
 
+/// Checks a key's new settings against its versions (docs/api.md, "Key
+/// settings").
+fn check_settings(rec: &KeyRecord, s: &KeySettings) -> Result<()> {
+    let latest = rec.latest_version();
+    if s.min_decryption_version > latest {
+        return Err(Error::InvalidArgument(format!(
+            "min_decryption_version {} is above the latest version ({latest})",
+            s.min_decryption_version
+        )));
+    }
+    if s.min_encryption_version != 0
+        && (s.min_encryption_version > latest
+            || s.min_encryption_version < s.min_decryption_version)
+    {
+        return Err(Error::InvalidArgument(format!(
+            "min_encryption_version must be 0 or from min_decryption_version ({}) to the latest version ({latest})",
+            s.min_decryption_version
+        )));
+    }
+    Ok(())
+}
+
 impl KmsService {
+    pub(super) async fn update_key_inner(
+        self: &Arc<Self>,
+        caller: &Caller,
+        req: proto::UpdateKeyRequest,
+    ) -> Result<proto::UpdateKeyResponse> {
+        caller.require(Scope::Admin)?;
+        keyring::validate_name(&req.name)?;
+        let enc = |v: Option<u32>| v.map_or_else(|| b"-".to_vec(), |v| v.to_be_bytes().to_vec());
+        let op = Self::op_record(
+            caller,
+            &req.op_id,
+            &[
+                b"UpdateKey",
+                req.name.as_bytes(),
+                &enc(req.min_decryption_version),
+                &enc(req.min_encryption_version),
+                &enc(req.deletion_allowed.map(u32::from)),
+            ],
+        )?;
+        let this = self.clone();
+        let tenant = caller.tenant.clone();
+        let name = req.name.clone();
+        let rec = self
+            .mutation(move || {
+                let cur = this
+                    .fresh(&tenant, &name)?
+                    .ok_or_else(|| Error::NotFound(format!("key {name}")))?;
+                if this.prior_op(&op)?.is_some() {
+                    return Ok(this.fresh(&tenant, &name)?.unwrap_or(cur));
+                }
+                let mut next = cur.settings;
+                if let Some(v) = req.min_decryption_version {
+                    next.min_decryption_version = v;
+                }
+                if let Some(v) = req.min_encryption_version {
+                    next.min_encryption_version = v;
+                }
+                if let Some(v) = req.deletion_allowed {
+                    next.deletion_allowed = v;
+                }
+                check_settings(&cur, &next)?;
+                if next == cur.settings && op.is_none() {
+                    return Ok(cur);
+                }
+                let op = op.map(|o| OpRecord {
+                    result: name.clone(),
+                    ..o
+                });
+                let written = this.store.set_settings(&tenant, &name, &next, op.as_ref());
+                match this.settle(written, &op, &tenant, &name, || {})? {
+                    Settled::Written => {}
+                    Settled::Prior(_) | Settled::Retry => {
+                        return Ok(this.keyring.get(&tenant, &name).unwrap_or(cur));
+                    }
+                }
+                let mut rec = (*cur).clone();
+                rec.settings = next;
+                this.verify_cache
+                    .invalidate(&tenant, rec.versions.iter().map(|v| rec.kid(v.version)));
+                Ok(this.keyring.put(rec))
+            })
+            .await?;
+        tracing::info!(request_id = %caller.request_id, tenant = %caller.tenant, principal = %caller.principal, key = %rec.name, min_decryption_version = rec.settings.min_decryption_version, min_encryption_version = rec.settings.min_encryption_version, deletion_allowed = rec.settings.deletion_allowed, "key settings changed");
+        Ok(proto::UpdateKeyResponse {
+            key: Some(key_to_proto(&rec, false)),
+        })
+    }
+
+    pub(super) async fn delete_key_inner(
+        self: &Arc<Self>,
+        caller: &Caller,
+        req: proto::DeleteKeyRequest,
+    ) -> Result<proto::DeleteKeyResponse> {
+        caller.require(Scope::Admin)?;
+        keyring::validate_name(&req.name)?;
+        let op = Self::op_record(caller, &req.op_id, &[b"DeleteKey", req.name.as_bytes()])?;
+        let this = self.clone();
+        let tenant = caller.tenant.clone();
+        let name = req.name.clone();
+        let destroyed = self
+            .mutation(move || {
+                if let Some(prior) = this.prior_op(&op)? {
+                    return Ok(prior.parse::<u32>().unwrap_or(0));
+                }
+                let cur = this
+                    .fresh(&tenant, &name)?
+                    .ok_or_else(|| Error::NotFound(format!("key {name}")))?;
+                if !cur.settings.deletion_allowed {
+                    return Err(Error::FailedPrecondition(format!(
+                        "key {name} does not allow deletion (set deletion_allowed with UpdateKey first)"
+                    )));
+                }
+                // Custody first. A version whose material is gone but whose
+                // record could not be removed is marked destroyed, so the
+                // store never points at material that no longer exists.
+                let mut destroyed = 0u32;
+                for v in &cur.versions {
+                    let Some(h) = &v.handle else { continue };
+                    let kid = cur.kid(v.version);
+                    if let Err(e) = this.backend.destroy(label(&cur, &kid), h) {
+                        this.mark_destroyed(&cur, destroyed);
+                        return Err(e.into());
+                    }
+                    destroyed += 1;
+                }
+                let op = op.map(|o| OpRecord {
+                    result: destroyed.to_string(),
+                    ..o
+                });
+                if let Err(e) = this.store.delete_key(&tenant, &name, op.as_ref()) {
+                    this.mark_destroyed(&cur, destroyed);
+                    return Err(e.into());
+                }
+                this.forget(&tenant, &name);
+                Ok(destroyed)
+            })
+            .await?;
+        tracing::info!(request_id = %caller.request_id, tenant = %caller.tenant, principal = %caller.principal, key = %req.name, destroyed_versions = destroyed, "key deleted");
+        Ok(proto::DeleteKeyResponse {
+            name: req.name,
+            destroyed_versions: destroyed,
+        })
+    }
+
+    /// After a delete failed part-way: record the first `n` versions that
+    /// had material as destroyed (best effort; logged when it fails too).
+    fn mark_destroyed(&self, rec: &KeyRecord, n: u32) {
+        let mut rec2 = rec.clone();
+        for v in rec2
+            .versions
+            .iter_mut()
+            .filter(|v| v.handle.is_some())
+            .take(n as usize)
+        {
+            if let Err(e) = self.store.set_state(
+                &rec.tenant,
+                &rec.name,
+                v.version,
+                VersionState::Destroyed,
+                None,
+            ) {
+                tracing::error!(key = %rec.name, version = v.version, error = %e, "could not record a destroyed version after a failed delete");
+                continue;
+            }
+            v.state = VersionState::Destroyed;
+            v.handle = None;
+        }
+        self.verify_cache
+            .invalidate(&rec.tenant, rec.versions.iter().map(|v| rec.kid(v.version)));
+        self.keyring.put(rec2);
+    }
+
+    pub async fn update_key(
+        self: &Arc<Self>,
+        caller: &Caller,
+        req: proto::UpdateKeyRequest,
+    ) -> Result<proto::UpdateKeyResponse> {
+        let call = Call::new(Method::UpdateKey, &req.name);
+        self.call(caller, call, self.update_key_inner(caller, req), |r| {
+            key_desc(r.key.as_ref())
+        })
+        .await
+    }
+
+    pub async fn delete_key(
+        self: &Arc<Self>,
+        caller: &Caller,
+        req: proto::DeleteKeyRequest,
+    ) -> Result<proto::DeleteKeyResponse> {
+        let call = Call::new(Method::DeleteKey, &req.name);
+        let name = req.name.clone();
+        self.call(
+            caller,
+            call,
+            self.delete_key_inner(caller, req),
+            move |_| (name.clone(), String::new()),
+        )
+        .await
+    }
+
     pub async fn create_key(
         self: &Arc<Self>,
         caller: &Caller,
@@ -441,5 +644,8 @@ pub fn key_to_proto(rec: &KeyRecord, pem: bool) -> proto::Key {
             .map(|v| version_to_proto(rec, v, pem))
             .collect(),
         created_at_ms: rec.created_at_ms,
+        min_decryption_version: rec.settings.min_decryption_version,
+        min_encryption_version: rec.settings.min_encryption_version,
+        deletion_allowed: rec.settings.deletion_allowed,
     }
 }

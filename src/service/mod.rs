@@ -22,7 +22,7 @@ use crate::crypto::{aead, envelope, random_bytes, sha256, spki, Algorithm, Provi
 use crate::error::{Error, Result};
 use crate::keyring::{self, KeyRef, Keyring};
 use crate::proto;
-use crate::store::{KeyRecord, VersionRecord, VersionState};
+use crate::store::{KeyRecord, KeySettings, VersionRecord, VersionState};
 use crate::store::{OpRecord, Store};
 
 // by role: every call's admission and audit; key management; signing;
@@ -319,6 +319,20 @@ impl KmsService {
                 state: v.state.as_str(),
             });
         }
+        // what makes something new, or uses what an older version made
+        let produces = matches!(op, "sign" | "wrap" | "datakey" | "mac");
+        let floor = rec.settings.floor(produces);
+        if vn < floor {
+            let which = if produces && rec.settings.min_encryption_version == floor {
+                "min_encryption_version"
+            } else {
+                "min_decryption_version"
+            };
+            return Err(Error::FailedPrecondition(format!(
+                "{} is below the key's {which} ({floor})",
+                rec.kid(vn)
+            )));
+        }
         if !self.allowed.contains(&rec.algorithm) {
             return Err(Error::FailedPrecondition(format!(
                 "algorithm {} is not allowed by this deployment",
@@ -326,6 +340,17 @@ impl KmsService {
             )));
         }
         Ok((rec, vn))
+    }
+
+    /// The algorithm of one of the caller's keys; `None` when the caller
+    /// has no such key (missing, another tenant's, outside its key
+    /// patterns). For a front that must pick an encoding before it calls
+    /// an operation; the operation itself is what is scoped and audited.
+    pub fn key_algorithm(&self, caller: &Caller, name: &str) -> Option<Algorithm> {
+        self.keyring
+            .get(&caller.tenant, name)
+            .filter(|_| caller.may_use(name))
+            .map(|r| r.algorithm)
     }
 
     /// The raw public key of one of the caller's key versions (`name#vN`),

@@ -24,9 +24,12 @@ pub(super) enum Settled {
 pub(super) const ROTATE_ATTEMPTS: usize = 3;
 
 /// Two records of one key say the same (versions only grow; a version's
-/// state and the primary pointer are what change).
+/// state, the primary pointer and the settings are what change; a key
+/// deleted and made again has another creation time).
 fn same(a: &KeyRecord, b: &KeyRecord) -> bool {
     a.primary_version == b.primary_version
+        && a.created_at_ms == b.created_at_ms
+        && a.settings == b.settings
         && a.versions.len() == b.versions.len()
         && a.versions
             .iter()
@@ -90,9 +93,27 @@ impl KmsService {
         self.keyring.put(fresh)
     }
 
-    /// Re-read one key from the store into the snapshot.
+    /// Re-read one key from the store into the snapshot (a key the store
+    /// no longer has was deleted: it leaves the snapshot).
     fn refresh_key(&self, tenant: &str, name: &str) -> Result<Option<Arc<KeyRecord>>> {
-        Ok(self.store.load_key(tenant, name)?.map(|k| self.adopt(k)))
+        match self.store.load_key(tenant, name)? {
+            Some(k) => Ok(Some(self.adopt(k))),
+            None => {
+                self.forget(tenant, name);
+                Ok(None)
+            }
+        }
+    }
+
+    /// Drop a deleted key from the snapshot and its public keys from the
+    /// verify cache.
+    pub(super) fn forget(&self, tenant: &str, name: &str) {
+        if let Some(cur) = self.keyring.get(tenant, name) {
+            self.verify_cache
+                .invalidate(tenant, cur.versions.iter().map(|v| cur.kid(v.version)));
+            self.keyring
+                .remove_many(&[(tenant.to_string(), name.to_string())]);
+        }
     }
 
     /// The key as a mutation must see it: on a shared store, as committed
@@ -111,6 +132,19 @@ impl KmsService {
     fn resync(&self) -> Result<()> {
         let stored = self.store.load_keys()?;
         let snap = self.keyring.snapshot();
+        let in_store: std::collections::HashSet<(&str, &str)> = stored
+            .iter()
+            .map(|k| (k.tenant.as_str(), k.name.as_str()))
+            .collect();
+        let deleted: Vec<(String, String)> = self
+            .keyring
+            .names()
+            .into_iter()
+            .filter(|(t, n)| !in_store.contains(&(t.as_str(), n.as_str())))
+            .collect();
+        for (t, n) in &deleted {
+            self.forget(t, n);
+        }
         let mut changed = Vec::new();
         for k in stored {
             match snap.get(&k.tenant, &k.name) {
@@ -195,6 +229,7 @@ mod tests {
             algorithm: Algorithm::Ed25519,
             primary_version: primary,
             created_at_ms: 0,
+            settings: crate::store::KeySettings::default(),
             versions: states
                 .iter()
                 .enumerate()

@@ -24,7 +24,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-pub use records::{kid, KeyRecord, VersionRecord, VersionState};
+pub use records::{kid, KeyRecord, KeySettings, VersionRecord, VersionState};
 
 #[derive(Debug, Error)]
 pub enum StoreError {
@@ -155,6 +155,20 @@ pub trait Store: Send + Sync {
         state: VersionState,
         op: Option<&OpRecord>,
     ) -> Result<(), StoreError>;
+
+    /// Replace a key's settings. `NotFound` if there is no such key.
+    fn set_settings(
+        &self,
+        tenant: &str,
+        name: &str,
+        settings: &KeySettings,
+        op: Option<&OpRecord>,
+    ) -> Result<(), StoreError>;
+
+    /// Remove a key and all its version records (custody has destroyed its
+    /// material first). `NotFound` if there is no such key.
+    fn delete_key(&self, tenant: &str, name: &str, op: Option<&OpRecord>)
+        -> Result<(), StoreError>;
 
     fn find_op(&self, tenant: &str, op_id: &str) -> Result<Option<OpRecord>, StoreError>;
 

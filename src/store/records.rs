@@ -54,6 +54,32 @@ pub struct VersionRecord {
     pub created_at_ms: i64,
 }
 
+/// Settings of a key that hold for all its versions (docs/api.md, "Key
+/// settings"). The default is no floor and no deletion.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KeySettings {
+    /// Versions below this are refused for every operation: unwrap and
+    /// verify of what they made as well as new work. 0 or 1: no floor.
+    pub min_decryption_version: u32,
+    /// Versions below this are refused for sign, wrap, MAC and data keys
+    /// (a caller naming an older version explicitly). 0: no floor.
+    pub min_encryption_version: u32,
+    /// Whether DeleteKey may remove the key.
+    pub deletion_allowed: bool,
+}
+
+impl KeySettings {
+    /// The floor for an operation that makes something new (`produces`) or
+    /// uses what an older version made.
+    pub fn floor(&self, produces: bool) -> u32 {
+        if produces {
+            self.min_decryption_version.max(self.min_encryption_version)
+        } else {
+            self.min_decryption_version
+        }
+    }
+}
+
 /// A key: tenant-scoped name, fixed algorithm, ordered versions.
 #[derive(Clone, Debug)]
 pub struct KeyRecord {
@@ -62,6 +88,7 @@ pub struct KeyRecord {
     pub algorithm: Algorithm,
     pub primary_version: u32,
     pub created_at_ms: i64,
+    pub settings: KeySettings,
     /// Sorted by version, starting at 1, without gaps.
     pub versions: Vec<VersionRecord>,
 }
@@ -92,6 +119,7 @@ impl KeyRecord {
         alg: &str,
         primary_version: u32,
         created_at_ms: i64,
+        settings: KeySettings,
     ) -> Result<KeyRecord, StoreError> {
         let algorithm = Algorithm::parse(alg)
             .ok_or_else(|| StoreError::Corrupt(format!("unknown algorithm {alg:?}")))?;
@@ -101,6 +129,7 @@ impl KeyRecord {
             algorithm,
             primary_version,
             created_at_ms,
+            settings,
             versions: Vec::new(),
         })
     }

@@ -10,9 +10,9 @@ use std::sync::Mutex;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use super::{OpRecord, Store, StoreError, TokenRecord};
-use crate::store::{KeyRecord, VersionRecord, VersionState};
+use crate::store::{KeyRecord, KeySettings, VersionRecord, VersionState};
 
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 const SCHEMA_V1: &str = "
 CREATE TABLE keys (
@@ -52,6 +52,14 @@ CREATE TABLE meta (
     key   TEXT PRIMARY KEY,
     value BLOB NOT NULL
 );
+";
+
+/// Version 3: key settings (docs/api.md, "Key settings"); existing keys get
+/// the defaults.
+const SCHEMA_V3: &str = "
+ALTER TABLE keys ADD COLUMN min_decryption_version INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE keys ADD COLUMN min_encryption_version INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE keys ADD COLUMN deletion_allowed INTEGER NOT NULL DEFAULT 0;
 ";
 
 /// Version 2: tokens as a managed resource (docs/tokens.md). Rows written
@@ -284,13 +292,19 @@ impl SqliteStore {
         match version {
             0 => {
                 conn.execute_batch(&format!(
-                    "BEGIN; {SCHEMA_V1} {SCHEMA_V2} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+                    "BEGIN; {SCHEMA_V1} {SCHEMA_V2} {SCHEMA_V3} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
                 ))
                 .map_err(db_err)?;
             }
             1 => {
                 conn.execute_batch(&format!(
-                    "BEGIN; {SCHEMA_V2} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+                    "BEGIN; {SCHEMA_V2} {SCHEMA_V3} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+                ))
+                .map_err(db_err)?;
+            }
+            2 => {
+                conn.execute_batch(&format!(
+                    "BEGIN; {SCHEMA_V3} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
                 ))
                 .map_err(db_err)?;
             }
@@ -314,33 +328,66 @@ impl SqliteStore {
     }
 }
 
+/// The key columns after tenant and name, as [`key_row`] reads them.
+const KEY_COLUMNS: &str = "algorithm, primary_version, created_at_ms, min_decryption_version, min_encryption_version, deletion_allowed";
+
+/// [`KEY_COLUMNS`] from column `at` on.
+fn key_row(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<(String, u32, i64, KeySettings)> {
+    Ok((
+        r.get(at)?,
+        r.get(at + 1)?,
+        r.get(at + 2)?,
+        KeySettings {
+            min_decryption_version: r.get(at + 3)?,
+            min_encryption_version: r.get(at + 4)?,
+            deletion_allowed: r.get(at + 5)?,
+        },
+    ))
+}
+
+/// After sealed material was wiped: move the page images out of the WAL
+/// into the main file (where secure_delete has zeroed the old cells) and
+/// truncate the WAL, so no copy of the material remains on disk. The wipe
+/// is committed whatever happens here; a checkpoint that is busy or fails
+/// is retried by SQLite's next automatic checkpoint, so it is logged
+/// rather than reported.
+fn checkpoint_after_wipe(conn: &Connection) {
+    match conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get::<_, i64>(0)) {
+        Ok(0) => {}
+        Ok(_) => tracing::warn!("WAL checkpoint after destroy was busy; old pages stay in the WAL until the next checkpoint"),
+        Err(e) => tracing::warn!(error = %e, "WAL checkpoint after destroy failed"),
+    }
+}
+
 impl Store for SqliteStore {
     fn load_keys(&self) -> Result<Vec<KeyRecord>, StoreError> {
         let conn = self.conn();
         let mut keys: Vec<KeyRecord> = Vec::new();
         {
             let mut stmt = conn
-                .prepare("SELECT tenant, name, algorithm, primary_version, created_at_ms FROM keys ORDER BY tenant, name")
+                .prepare(&format!(
+                    "SELECT tenant, name, {KEY_COLUMNS} FROM keys ORDER BY tenant, name"
+                ))
                 .map_err(db_err)?;
             let rows = stmt
                 .query_map([], |r| {
                     Ok((
                         r.get::<_, String>(0)?,
                         r.get::<_, String>(1)?,
-                        r.get::<_, String>(2)?,
-                        r.get::<_, u32>(3)?,
-                        r.get::<_, i64>(4)?,
+                        key_row(r, 2)?,
                     ))
                 })
                 .map_err(db_err)?;
             for row in rows {
-                let (tenant, name, alg, primary_version, created_at_ms) = row.map_err(db_err)?;
+                let (tenant, name, (alg, primary_version, created_at_ms, settings)) =
+                    row.map_err(db_err)?;
                 keys.push(KeyRecord::decoded(
                     tenant,
                     name,
                     &alg,
                     primary_version,
                     created_at_ms,
+                    settings,
                 )?);
             }
         }
@@ -355,13 +402,13 @@ impl Store for SqliteStore {
         let conn = self.conn();
         let row = conn
             .query_row(
-                "SELECT algorithm, primary_version, created_at_ms FROM keys WHERE tenant = ?1 AND name = ?2",
+                &format!("SELECT {KEY_COLUMNS} FROM keys WHERE tenant = ?1 AND name = ?2"),
                 params![tenant, name],
-                |r| Ok((r.get::<_, String>(0)?, r.get::<_, u32>(1)?, r.get::<_, i64>(2)?)),
+                |r| key_row(r, 0),
             )
             .optional()
             .map_err(db_err)?;
-        let Some((alg, primary_version, created_at_ms)) = row else {
+        let Some((alg, primary_version, created_at_ms, settings)) = row else {
             return Ok(None);
         };
         let mut key = KeyRecord::decoded(
@@ -370,6 +417,7 @@ impl Store for SqliteStore {
             &alg,
             primary_version,
             created_at_ms,
+            settings,
         )?;
         let mut stmt = conn.prepare(VERSIONS_OF_KEY).map_err(db_err)?;
         fill_versions(&mut stmt, &mut key)?;
@@ -380,8 +428,17 @@ impl Store for SqliteStore {
         let mut conn = self.conn();
         let tx = write_tx(&mut conn, op)?;
         tx.execute(
-            "INSERT INTO keys (tenant, name, algorithm, primary_version, created_at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![key.tenant, key.name, key.algorithm.as_str(), key.primary_version, key.created_at_ms],
+            "INSERT INTO keys (tenant, name, algorithm, primary_version, created_at_ms, min_decryption_version, min_encryption_version, deletion_allowed) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![
+                key.tenant,
+                key.name,
+                key.algorithm.as_str(),
+                key.primary_version,
+                key.created_at_ms,
+                key.settings.min_decryption_version,
+                key.settings.min_encryption_version,
+                key.settings.deletion_allowed,
+            ],
         )
         .map_err(|e| unique_or(e, || StoreError::AlreadyExists(format!("key {} already exists", key.name))))?;
         for v in &key.versions {
@@ -410,6 +467,60 @@ impl Store for SqliteStore {
         }
         insert_version(&tx, tenant, name, version)?;
         tx.commit().map_err(db_err)
+    }
+
+    fn set_settings(
+        &self,
+        tenant: &str,
+        name: &str,
+        settings: &KeySettings,
+        op: Option<&OpRecord>,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = write_tx(&mut conn, op)?;
+        let n = tx
+            .execute(
+                "UPDATE keys SET min_decryption_version = ?3, min_encryption_version = ?4, deletion_allowed = ?5 WHERE tenant = ?1 AND name = ?2",
+                params![
+                    tenant,
+                    name,
+                    settings.min_decryption_version,
+                    settings.min_encryption_version,
+                    settings.deletion_allowed
+                ],
+            )
+            .map_err(db_err)?;
+        if n != 1 {
+            return Err(StoreError::NotFound(format!("key {name}")));
+        }
+        tx.commit().map_err(db_err)
+    }
+
+    fn delete_key(
+        &self,
+        tenant: &str,
+        name: &str,
+        op: Option<&OpRecord>,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = write_tx(&mut conn, op)?;
+        tx.execute(
+            "DELETE FROM key_versions WHERE tenant = ?1 AND name = ?2",
+            params![tenant, name],
+        )
+        .map_err(db_err)?;
+        let n = tx
+            .execute(
+                "DELETE FROM keys WHERE tenant = ?1 AND name = ?2",
+                params![tenant, name],
+            )
+            .map_err(db_err)?;
+        if n != 1 {
+            return Err(StoreError::NotFound(format!("key {name}")));
+        }
+        tx.commit().map_err(db_err)?;
+        checkpoint_after_wipe(&conn);
+        Ok(())
     }
 
     fn replace_handle(
@@ -455,17 +566,7 @@ impl Store for SqliteStore {
         }
         tx.commit().map_err(db_err)?;
         if state == VersionState::Destroyed {
-            // Move the page images out of the WAL into the main file (where
-            // secure_delete has zeroed the old cell) and truncate the WAL, so
-            // no copy of the sealed material remains on disk.
-            // The destroy is committed whatever happens here; a checkpoint
-            // that is busy or fails is retried by SQLite's next automatic
-            // checkpoint, so it is logged rather than reported.
-            match conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get::<_, i64>(0)) {
-                Ok(0) => {}
-                Ok(_) => tracing::warn!("WAL checkpoint after destroy was busy; old pages stay in the WAL until the next checkpoint"),
-                Err(e) => tracing::warn!(error = %e, "WAL checkpoint after destroy failed"),
-            }
+            checkpoint_after_wipe(&conn);
         }
         Ok(())
     }
@@ -659,6 +760,7 @@ mod tests {
             algorithm: Algorithm::Ed25519,
             primary_version: 1,
             created_at_ms: 1,
+            settings: crate::store::KeySettings::default(),
             versions: vec![version(1)],
         }
     }
@@ -707,5 +809,33 @@ mod tests {
         assert!(matches!(err, StoreError::OpConflict(_)));
         assert_eq!(s.load_keys().unwrap()[0].versions.len(), 2);
         assert_eq!(s.load_keys().unwrap()[0].primary_version, 2);
+    }
+
+    #[test]
+    fn a_version_2_database_gains_key_settings_with_their_defaults() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(&format!(
+            "BEGIN; {SCHEMA_V1} {SCHEMA_V2} PRAGMA user_version = 2; COMMIT;"
+        ))
+        .unwrap();
+        conn.execute(
+            "INSERT INTO keys (tenant, name, algorithm, primary_version, created_at_ms) VALUES ('t', 'k', 'ed25519', 1, 1)",
+            [],
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO key_versions (tenant, name, version, state, public_key, handle, created_at_ms) VALUES ('t', 'k', 1, 'enabled', x'01', x'02', 1)",
+            [],
+        )
+        .unwrap();
+        let s = SqliteStore::init(conn).unwrap();
+        let v: i64 = s
+            .conn()
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, SCHEMA_VERSION);
+        let k = s.load_key("t", "k").unwrap().unwrap();
+        assert_eq!(k.settings, KeySettings::default());
+        assert_eq!(k.versions.len(), 1);
     }
 }

@@ -10,6 +10,7 @@ pub mod load;
 pub mod mac;
 pub mod pg;
 pub mod process;
+pub mod settings;
 pub mod softhsm;
 pub mod swtpm;
 

@@ -22,7 +22,7 @@ use r2d2_postgres::PostgresConnectionManager;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::{Change, ChangeHandler, OpRecord, Store, StoreError, TokenRecord};
-use crate::store::{KeyRecord, VersionRecord, VersionState};
+use crate::store::{KeyRecord, KeySettings, VersionRecord, VersionState};
 
 mod conn;
 mod feed;
@@ -177,14 +177,29 @@ fn insert_version(
     Ok(())
 }
 
+/// The key columns after tenant and name, as [`decode_key`] reads them.
+const KEY_COLUMNS: &str = "algorithm, primary_version, created_at_ms, min_decryption_version, min_encryption_version, deletion_allowed";
+
+/// A key from [`KEY_COLUMNS`] starting at column `at` of `row`.
 fn decode_key(
     tenant: String,
     name: String,
-    alg: &str,
-    primary_version: i32,
-    created_at_ms: i64,
+    row: &postgres::Row,
+    at: usize,
 ) -> Result<KeyRecord, StoreError> {
-    KeyRecord::decoded(tenant, name, alg, primary_version as u32, created_at_ms)
+    let settings = KeySettings {
+        min_decryption_version: row.get::<_, i32>(at + 3) as u32,
+        min_encryption_version: row.get::<_, i32>(at + 4) as u32,
+        deletion_allowed: row.get(at + 5),
+    };
+    KeyRecord::decoded(
+        tenant,
+        name,
+        row.get::<_, &str>(at),
+        row.get::<_, i32>(at + 1) as u32,
+        row.get(at + 2),
+        settings,
+    )
 }
 
 fn push_version(key: &mut KeyRecord, row: &postgres::Row, base: usize) -> Result<(), StoreError> {
@@ -304,12 +319,12 @@ impl Store for PgStore {
             let mut keys = Vec::new();
             for r in tx
                 .query(
-                    "SELECT tenant, name, algorithm, primary_version, created_at_ms FROM keys ORDER BY tenant, name",
+                    &format!("SELECT tenant, name, {KEY_COLUMNS} FROM keys ORDER BY tenant, name"),
                     &[],
                 )
                 .map_err(db_err)?
             {
-                keys.push(decode_key(r.get(0), r.get(1), r.get::<_, &str>(2), r.get(3), r.get(4))?);
+                keys.push(decode_key(r.get(0), r.get(1), &r, 2)?);
             }
             let rows = tx
                 .query(
@@ -343,20 +358,14 @@ impl Store for PgStore {
             let mut tx = snapshot_read(c)?;
             let Some(r) = tx
                 .query_opt(
-                    "SELECT algorithm, primary_version, created_at_ms FROM keys WHERE tenant = $1 AND name = $2",
+                    &format!("SELECT {KEY_COLUMNS} FROM keys WHERE tenant = $1 AND name = $2"),
                     &[&tenant, &name],
                 )
                 .map_err(db_err)?
             else {
                 return Ok(None);
             };
-            let mut key = decode_key(
-                tenant.to_string(),
-                name.to_string(),
-                r.get::<_, &str>(0),
-                r.get(1),
-                r.get(2),
-            )?;
+            let mut key = decode_key(tenant.to_string(), name.to_string(), &r, 0)?;
             for row in tx
                 .query(
                     "SELECT version, state, public_key, handle, created_at_ms FROM key_versions
@@ -377,13 +386,16 @@ impl Store for PgStore {
         self.tx(|tx| {
             insert_op(tx, op)?;
             tx.execute(
-                "INSERT INTO keys (tenant, name, algorithm, primary_version, created_at_ms) VALUES ($1, $2, $3, $4, $5)",
+                "INSERT INTO keys (tenant, name, algorithm, primary_version, created_at_ms, min_decryption_version, min_encryption_version, deletion_allowed) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
                 &[
                     &key.tenant,
                     &key.name,
                     &key.algorithm.as_str(),
                     &(key.primary_version as i32),
                     &key.created_at_ms,
+                    &(key.settings.min_decryption_version as i32),
+                    &(key.settings.min_encryption_version as i32),
+                    &key.settings.deletion_allowed,
                 ],
             )
             .map_err(|e| unique_or(e, || StoreError::AlreadyExists(format!("key {} already exists", key.name))))?;
@@ -443,6 +455,60 @@ impl Store for PgStore {
                 return Err(StoreError::NotFound(format!(
                     "key version {name}#v{version}"
                 )));
+            }
+            notify(tx, &Change::key(tenant, name))
+        })
+    }
+
+    fn set_settings(
+        &self,
+        tenant: &str,
+        name: &str,
+        settings: &KeySettings,
+        op: Option<&OpRecord>,
+    ) -> Result<(), StoreError> {
+        self.tx(|tx| {
+            insert_op(tx, op)?;
+            let n = tx
+                .execute(
+                    "UPDATE keys SET min_decryption_version = $3, min_encryption_version = $4, deletion_allowed = $5 WHERE tenant = $1 AND name = $2",
+                    &[
+                        &tenant,
+                        &name,
+                        &(settings.min_decryption_version as i32),
+                        &(settings.min_encryption_version as i32),
+                        &settings.deletion_allowed,
+                    ],
+                )
+                .map_err(db_err)?;
+            if n != 1 {
+                return Err(StoreError::NotFound(format!("key {name}")));
+            }
+            notify(tx, &Change::key(tenant, name))
+        })
+    }
+
+    fn delete_key(
+        &self,
+        tenant: &str,
+        name: &str,
+        op: Option<&OpRecord>,
+    ) -> Result<(), StoreError> {
+        self.tx(|tx| {
+            insert_op(tx, op)?;
+            tx.execute(
+                "DELETE FROM key_versions WHERE tenant = $1 AND name = $2",
+                &[&tenant, &name],
+            )
+            .map_err(db_err)?;
+            let n = tx
+                .execute(
+                    "DELETE FROM keys WHERE tenant = $1 AND name = $2",
+                    &[&tenant, &name],
+                )
+                .map_err(db_err)?;
+            if n != 1 {
+                return Err(StoreError::NotFound(format!("key {name}")));
             }
             notify(tx, &Change::key(tenant, name))
         })

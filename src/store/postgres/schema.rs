@@ -55,6 +55,11 @@ ALTER TABLE tokens ADD COLUMN revoked_at_ms BIGINT;
 ALTER TABLE tokens ADD COLUMN expiry_recorded BOOLEAN NOT NULL DEFAULT false;
 CREATE UNIQUE INDEX tokens_id ON tokens (id);
 ",
+    "
+ALTER TABLE keys ADD COLUMN min_decryption_version INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE keys ADD COLUMN min_encryption_version INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE keys ADD COLUMN deletion_allowed BOOLEAN NOT NULL DEFAULT false;
+",
 ];
 
 /// Advisory lock key of the migration step (any constant; "ronkms" in ASCII).

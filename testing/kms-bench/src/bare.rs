@@ -219,6 +219,12 @@ impl Kms for Svc {
     ) -> R<SetKeyVersionStateResponse> {
         unimplemented()
     }
+    async fn update_key(&self, _: Request<UpdateKeyRequest>) -> R<UpdateKeyResponse> {
+        unimplemented()
+    }
+    async fn delete_key(&self, _: Request<DeleteKeyRequest>) -> R<DeleteKeyResponse> {
+        unimplemented()
+    }
     async fn sign(&self, r: Request<SignRequest>) -> R<SignResponse> {
         Ok(Response::new(sign_response(&self.0, &r.into_inner())?))
     }
