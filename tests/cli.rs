@@ -379,3 +379,35 @@ fn mac_and_verify_mac_from_the_command_line() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("--mac is not valid base64"), "{err}");
 }
+
+/// `keys settings` and `keys delete`: the floor set from the command line
+/// holds, a delete is refused until `--deletion-allowed true`, then the key
+/// is gone. (That floors hold on every operation is tests/key_settings.rs's.)
+#[test]
+fn key_settings_and_delete_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = serve(&dir.path().join("data"));
+    let admin = s.token.clone().unwrap();
+    let run = |args: &[&str]| cli(&s.grpc, &admin, args, None);
+    assert_eq!(
+        run(&["keys", "create", "old", "--algorithm", "ed25519"]).0,
+        0
+    );
+    assert_eq!(run(&["keys", "rotate", "old"]).0, 0);
+    let (code, out, err) = run(&["keys", "settings", "old", "--min-decryption-version", "2"]);
+    assert_eq!(code, 0, "{err}");
+    let k = &json(&out)["key"];
+    assert_eq!(k["min_decryption_version"], 2);
+    assert_eq!(k["deletion_allowed"], false);
+    let (code, _, err) = run(&["keys", "delete", "old"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("deletion_allowed"), "{err}");
+    let (code, _, err) = run(&["keys", "settings", "old", "--deletion-allowed", "true"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = run(&["keys", "delete", "old"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(json(&out)["destroyed_versions"], 2);
+    let (code, _, err) = run(&["keys", "get", "old"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("not found"), "{err}");
+}

@@ -382,4 +382,27 @@ pub(crate) enum KeysCmd {
         #[arg(long)]
         version: u32,
     },
+    /// Change a key's settings; what is left out keeps its value
+    /// (docs/api.md, "Key settings").
+    Settings {
+        #[command(flatten)]
+        conn: Conn,
+        name: String,
+        /// Refuse every operation on older versions (0: no floor).
+        #[arg(long)]
+        min_decryption_version: Option<u32>,
+        /// Refuse sign, wrap, MAC and data keys naming older versions (0: no floor).
+        #[arg(long)]
+        min_encryption_version: Option<u32>,
+        /// Whether `keys delete` may remove the key.
+        #[arg(long)]
+        deletion_allowed: Option<bool>,
+    },
+    /// Destroy every version and remove the key (irreversible; needs
+    /// `--deletion-allowed true` set first with `keys settings`).
+    Delete {
+        #[command(flatten)]
+        conn: Conn,
+        name: String,
+    },
 }

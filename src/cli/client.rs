@@ -331,6 +331,39 @@ pub(crate) async fn keys(k: KeysCmd, out: Output) -> Result<ExitCode, Failure> {
             name,
             version,
         } => set_state(out, &conn, name, version, "destroyed").await,
+        KeysCmd::Settings {
+            conn,
+            name,
+            min_decryption_version,
+            min_encryption_version,
+            deletion_allowed,
+        } => {
+            let mut c = Client::connect(&conn).await?;
+            let r = c
+                .inner
+                .update_key(c.req(UpdateKeyRequest {
+                    name,
+                    min_decryption_version,
+                    min_encryption_version,
+                    deletion_allowed,
+                    op_id: String::new(),
+                }))
+                .await?;
+            print(out, &r.into_inner())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        KeysCmd::Delete { conn, name } => {
+            let mut c = Client::connect(&conn).await?;
+            let r = c
+                .inner
+                .delete_key(c.req(DeleteKeyRequest {
+                    name,
+                    op_id: String::new(),
+                }))
+                .await?;
+            print(out, &r.into_inner())?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

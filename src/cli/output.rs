@@ -93,6 +93,19 @@ fn key_lines(k: &Key) -> String {
         "{}  {} ({}), primary v{}\n",
         k.name, k.algorithm, k.purpose, k.primary_version
     );
+    if k.min_decryption_version > 1 || k.min_encryption_version > 0 || k.deletion_allowed {
+        let _ = writeln!(
+            s,
+            "  settings: min_decryption_version {}, min_encryption_version {}, deletion {}",
+            k.min_decryption_version,
+            k.min_encryption_version,
+            if k.deletion_allowed {
+                "allowed"
+            } else {
+                "not allowed"
+            }
+        );
+    }
     for v in &k.versions {
         let _ = writeln!(
             s,
@@ -125,6 +138,21 @@ impl Human for GetKeyResponse {
 impl Human for SetKeyVersionStateResponse {
     fn human(&self) -> String {
         one_key(&self.key)
+    }
+}
+
+impl Human for UpdateKeyResponse {
+    fn human(&self) -> String {
+        one_key(&self.key)
+    }
+}
+
+impl Human for DeleteKeyResponse {
+    fn human(&self) -> String {
+        format!(
+            "deleted {} ({} versions destroyed)\n",
+            self.name, self.destroyed_versions
+        )
     }
 }
 

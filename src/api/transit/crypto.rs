@@ -156,6 +156,9 @@ impl CipherItem {
             Route::Datakey if self.plaintext.is_some() || self.ciphertext.is_some() => {
                 refuse("plaintext/ciphertext", "datakey makes the key itself")
             }
+            Route::Datakey if self.reference.is_some() => {
+                refuse("reference", "only batch items carry a reference")
+            }
             _ => Ok(()),
         }
     }

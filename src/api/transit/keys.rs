@@ -254,7 +254,7 @@ async fn create(f: &TransitFront, name: String, req: Request) -> Response {
 #[serde(deny_unknown_fields, default)]
 pub(super) struct Empty {}
 
-/// `keys/{name}`: GET reads, POST creates, DELETE deletes.
+/// `keys/{name}`: GET reads, POST or PUT creates, DELETE deletes.
 pub(super) async fn key(
     axum::extract::State(f): S,
     Path(name): Path<String>,

@@ -123,7 +123,7 @@ impl SignBody {
         )?;
         let mut hash = None;
         for (field, h) in [
-            ("the path's hash", path_hash),
+            ("hash (in the path)", path_hash),
             ("hash_algorithm", self.hash_algorithm),
             ("algorithm", self.algorithm),
         ] {
@@ -133,7 +133,7 @@ impl SignBody {
                 (Some(a), Some(b)) if *a == b => {}
                 (Some(_), Some(_)) => {
                     return Err(Error::InvalidArgument(format!(
-                        "{field}: names another hash than the one already given"
+                        "field {field}: names another hash than the one already given"
                     )))
                 }
             }
@@ -147,8 +147,7 @@ impl SignBody {
                 )))
             }
         };
-        if route == Route::Hmac && (self.prehashed.is_some() || self.marshaling_algorithm.is_some())
-        {
+        if route == Route::Hmac && (self.prehashed == Some(true) || marshal == Marshal::Jws) {
             return Err(Error::InvalidArgument(
                 "fields prehashed, marshaling_algorithm: hmac takes neither".into(),
             ));
