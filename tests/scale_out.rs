@@ -347,3 +347,83 @@ async fn replicas_racing_one_op_id() {
     assert!(text.contains("(node node-1)"), "{text}");
     eprintln!("{text}");
 }
+
+/// Key settings and deletion reach every replica: a floor set on one is
+/// enforced on the other, and a key deleted on one is gone on the other
+/// (then made again under the same name, the other sees the new key).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settings_and_deletion_reach_every_replica() {
+    let pg = Pg::start();
+    let dir = tempfile::tempdir().unwrap();
+    let url = pg.fresh_db("settings");
+    let r = start_replicas(&url, dir.path(), 2, &[]);
+    let mut cs = clients(&r).await;
+    cs[0].create("floor", "ed25519").await.unwrap();
+    let old = cs[0].sign("floor", b"m").await.unwrap().signature;
+    cs[0].rotate("floor", "").await.unwrap();
+    let until = |cond: bool, what: &str, t0: Instant| {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "{what}: not within 10 s"
+        );
+        !cond
+    };
+    // the other replica verifies v1 (and caches its public key) first
+    let t0 = Instant::now();
+    while until(
+        cs[1]
+            .verify("floor#v1", b"m", &old)
+            .await
+            .is_ok_and(|v| v.valid),
+        "v1 verifies on replica 1",
+        t0,
+    ) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    cs[0]
+        .update_key(ron_kms::proto::UpdateKeyRequest {
+            name: "floor".into(),
+            min_decryption_version: Some(2),
+            deletion_allowed: Some(true),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let t0 = Instant::now();
+    while until(
+        cs[1]
+            .verify("floor#v1", b"m", &old)
+            .await
+            .is_err_and(|e| e.grpc == Some(tonic::Code::FailedPrecondition)),
+        "the floor holds on replica 1",
+        t0,
+    ) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    eprintln!("floor on replica 1 after {} ms", t0.elapsed().as_millis());
+    cs[1].delete_key("floor").await.unwrap();
+    let t0 = Instant::now();
+    while until(
+        cs[0]
+            .get_key("floor", false)
+            .await
+            .is_err_and(|e| e.grpc == Some(tonic::Code::NotFound)),
+        "the delete reaches replica 0",
+        t0,
+    ) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // made again on replica 0: replica 1 sees the new key, v1 only
+    cs[0].create("floor", "ecdsa-p256").await.unwrap();
+    let t0 = Instant::now();
+    while until(
+        cs[1]
+            .get_key("floor", false)
+            .await
+            .is_ok_and(|k| k.algorithm == "ecdsa-p256" && k.versions.len() == 1),
+        "the new key reaches replica 1",
+        t0,
+    ) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
