@@ -38,6 +38,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "MacResponse.mac",
         "VerifyMacRequest.message",
         "VerifyMacRequest.mac",
+        "SignJwsRequest.header",
+        "SignJwsRequest.payload",
     ] {
         b = b.field_attribute(
             format!(".ron.kms.v1.{field}"),
@@ -69,6 +71,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ".ron.kms.v1.GenerateDataKeyResponse",
         ".ron.kms.v1.MacRequest",
         ".ron.kms.v1.VerifyMacRequest",
+        ".ron.kms.v1.SignJwsRequest",
+        ".ron.kms.v1.SignJwsResponse",
     ]);
     b.compile_fds(fds)?;
     Ok(())

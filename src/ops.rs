@@ -106,6 +106,7 @@ pub enum Method {
     DeleteKey,
     Sign,
     Verify,
+    SignJws,
     Wrap,
     Unwrap,
     GenerateDataKey,
@@ -187,7 +188,7 @@ const fn row(
 }
 
 /// The table, in the order of `kms.proto`.
-pub const OPS: [OpSpec; 24] = {
+pub const OPS: [OpSpec; 25] = {
     use Effect as E;
     use Gate as G;
     use Method as M;
@@ -276,6 +277,15 @@ pub const OPS: [OpSpec; 24] = {
             G::Verify,
             "verify",
             E::Read,
+        ),
+        row(
+            M::SignJws,
+            "SignJws",
+            &[("POST", "/v1/kms/sign-jws")],
+            S::Sign,
+            G::Sign,
+            "sign_jws",
+            E::Crypto,
         ),
         row(
             M::Wrap,

@@ -178,6 +178,7 @@ async fn malformed_input_gets_exact_statuses() {
             algorithm: "ed25519".into(),
             purpose: "wrap".into(),
             op_id: String::new(),
+            published: false,
         })
         .await
         .unwrap_err()
@@ -399,6 +400,7 @@ async fn op_ids_make_retries_safe() {
             algorithm: "ml-dsa-65".into(),
             purpose: String::new(),
             op_id: op("create"),
+            published: false,
         };
         let first = c.create_key(req.clone()).await.unwrap().key.unwrap();
         let again = c.create_key(req.clone()).await.unwrap().key.unwrap();

@@ -210,6 +210,7 @@ fn settings_and_delete(open: &Open) {
         min_decryption_version: 2,
         min_encryption_version: 2,
         deletion_allowed: true,
+        published: true,
     };
     s.set_settings("t1", "zeta", &set, Some(&op("t1", "cfg", "zeta")))
         .unwrap();

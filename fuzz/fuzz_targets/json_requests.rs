@@ -21,7 +21,7 @@ fuzz_target!(|data: &[u8]| {
     let Some((&which, rest)) = data.split_first() else {
         return;
     };
-    match which % 16 {
+    match which % 17 {
         0 => round_trip::<CreateKeyRequest>(rest),
         1 => round_trip::<GetKeyRequest>(rest),
         2 => round_trip::<ListKeysRequest>(rest),
@@ -37,6 +37,7 @@ fuzz_target!(|data: &[u8]| {
         12 => round_trip::<VerifyMacRequest>(rest),
         13 => round_trip::<UpdateKeyRequest>(rest),
         14 => round_trip::<DeleteKeyRequest>(rest),
+        15 => round_trip::<SignJwsRequest>(rest),
         _ => round_trip::<GetPqPolicyRequest>(rest),
     }
 });

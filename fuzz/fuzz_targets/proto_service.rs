@@ -93,7 +93,7 @@ fuzz_target!(|data: &[u8]| {
                 }
             };
         }
-        match which % 16 {
+        match which % 17 {
             0 => call!(CreateKeyRequest, create_key),
             1 => call!(GetKeyRequest, get_key),
             2 => call!(ListKeysRequest, list_keys),
@@ -109,6 +109,7 @@ fuzz_target!(|data: &[u8]| {
             12 => call!(VerifyMacRequest, verify_mac),
             13 => call!(UpdateKeyRequest, update_key),
             14 => call!(DeleteKeyRequest, delete_key),
+            15 => call!(SignJwsRequest, sign_jws),
             _ => call!(GetPqPolicyRequest, get_pq_policy),
         }
         // still answering

@@ -153,6 +153,15 @@ impl Kms for GrpcFront {
         })
         .await
     }
+    async fn sign_jws(
+        &self,
+        r: Request<SignJwsRequest>,
+    ) -> Result<Response<SignJwsResponse>, Status> {
+        self.unary(Method::SignJws, r, |k, c, b| async move {
+            k.sign_jws(&c, b).await
+        })
+        .await
+    }
     async fn sign(&self, r: Request<SignRequest>) -> Result<Response<SignResponse>, Status> {
         self.unary(
             Method::Sign,

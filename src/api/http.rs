@@ -304,6 +304,17 @@ async fn sign(State(f): S, r: Request) -> Response {
     .await
 }
 
+async fn sign_jws(State(f): S, r: Request) -> Response {
+    f.unary(
+        r,
+        Method::SignJws,
+        From::Body,
+        |_: &mut SignJwsRequest| Ok(()),
+        |k, c, b| async move { k.sign_jws(&c, b).await },
+    )
+    .await
+}
+
 async fn verify(State(f): S, r: Request) -> Response {
     f.unary(
         r,
@@ -553,6 +564,40 @@ async fn openapi() -> Response {
     }
 }
 
+/// `GET /v1/kms/jwks/{tenant}`: the tenant's published keys as a JWK set,
+/// unauthenticated (public keys only; docs/jose.md). Cacheable: an ETag
+/// over the body, `If-None-Match` answered 304, and `max-age=0,
+/// must-revalidate`, so a cache asks again each time and a version
+/// disabled a moment ago is gone from the next answer.
+async fn jwks(State(f): S, Path(tenant): Path<String>, req: Request) -> Response {
+    let body = f.kms.jwks(&tenant).to_string();
+    let etag = format!(
+        "\"{}\"",
+        &hex::encode(crate::crypto::sha256(body.as_bytes()))[..32]
+    );
+    let cache = [
+        (
+            header::CACHE_CONTROL,
+            "public, max-age=0, must-revalidate".to_string(),
+        ),
+        (header::ETAG, etag.clone()),
+    ];
+    let fresh = req
+        .headers()
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
+    if fresh {
+        return (StatusCode::NOT_MODIFIED, cache).into_response();
+    }
+    (
+        cache,
+        [(header::CONTENT_TYPE, "application/jwk-set+json".to_string())],
+        body,
+    )
+        .into_response()
+}
+
 async fn metrics_text(State(f): S) -> Response {
     let adm = f.kms.admission();
     for op in crate::ops::Gate::ALL {
@@ -610,6 +655,7 @@ async fn ensure_request_id(mut r: Response) -> Response {
 /// The routes that are not operations (public, no credentials).
 const PUBLIC_ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/kms/openapi.json"),
+    ("GET", "/v1/kms/jwks/{tenant}"),
     ("GET", "/healthz"),
     ("GET", "/readyz"),
     ("GET", "/metrics"),
@@ -649,6 +695,7 @@ fn op_route(m: Method, verb: &str, path: &str) -> axum::routing::MethodRouter<Ht
         (Method::DeleteKey, _) => on(filter, delete_key),
         (Method::Sign, _) => on(filter, sign),
         (Method::Verify, _) => on(filter, verify),
+        (Method::SignJws, _) => on(filter, sign_jws),
         (Method::Wrap, _) => on(filter, wrap),
         (Method::Unwrap, _) => on(filter, unwrap),
         (Method::GenerateDataKey, _) => on(filter, datakey),
@@ -676,6 +723,7 @@ pub fn router(kms: Arc<KmsService>) -> Router {
         }
     }
     r.route("/v1/kms/openapi.json", get(openapi))
+        .route("/v1/kms/jwks/{tenant}", get(jwks))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))

@@ -18,13 +18,15 @@ macro_rules! redacted_debug {
 }
 
 redacted_debug!(SignRequest { key, op_id, digest_algorithm }[message, context, digest]);
-redacted_debug!(VerifyRequest { key, digest_algorithm } [message, signature, context, digest]);
+redacted_debug!(VerifyRequest { key, digest_algorithm } [message, signature, context, digest, jws]);
 redacted_debug!(WrapRequest { key, op_id } [plaintext, aad]);
 redacted_debug!(UnwrapRequest { key } [ciphertext, aad]);
 redacted_debug!(UnwrapResponse { kid }[plaintext]);
 redacted_debug!(GenerateDataKeyResponse { kid } [plaintext, ciphertext]);
 redacted_debug!(MacRequest { key }[message]);
 redacted_debug!(VerifyMacRequest { key } [message, mac]);
+redacted_debug!(SignJwsRequest { key, op_id } [header, payload]);
+redacted_debug!(SignJwsResponse { kid, alg }[jws]);
 
 #[cfg(test)]
 mod tests {

@@ -337,6 +337,9 @@ pub(crate) enum KeysCmd {
         algorithm: String,
         #[arg(long, default_value = "")]
         op_id: String,
+        /// Publish the key in the tenant's JWKS (docs/jose.md).
+        #[arg(long)]
+        published: bool,
     },
     /// List keys.
     List {
@@ -397,6 +400,9 @@ pub(crate) enum KeysCmd {
         /// Whether `keys delete` may remove the key.
         #[arg(long)]
         deletion_allowed: Option<bool>,
+        /// Whether the key is in the tenant's JWKS.
+        #[arg(long)]
+        published: Option<bool>,
     },
     /// Destroy every version and remove the key (irreversible; needs
     /// `--deletion-allowed true` set first with `keys settings`).

@@ -257,6 +257,7 @@ pub(crate) async fn keys(k: KeysCmd, out: Output) -> Result<ExitCode, Failure> {
             name,
             algorithm,
             op_id,
+            published,
         } => {
             let mut c = Client::connect(&conn).await?;
             let r = c
@@ -266,6 +267,7 @@ pub(crate) async fn keys(k: KeysCmd, out: Output) -> Result<ExitCode, Failure> {
                     algorithm,
                     purpose: String::new(),
                     op_id,
+                    published,
                 }))
                 .await?;
             print(out, &r.into_inner())?;
@@ -337,6 +339,7 @@ pub(crate) async fn keys(k: KeysCmd, out: Output) -> Result<ExitCode, Failure> {
             min_decryption_version,
             min_encryption_version,
             deletion_allowed,
+            published,
         } => {
             let mut c = Client::connect(&conn).await?;
             let r = c
@@ -347,6 +350,7 @@ pub(crate) async fn keys(k: KeysCmd, out: Output) -> Result<ExitCode, Failure> {
                     min_encryption_version,
                     deletion_allowed,
                     op_id: String::new(),
+                    published,
                 }))
                 .await?;
             print(out, &r.into_inner())?;
@@ -429,6 +433,7 @@ pub(crate) async fn crypto(cmd: Cmd, out: Output) -> Result<ExitCode, Failure> {
                     context: context.into_bytes(),
                     digest: s.digest,
                     digest_algorithm: digest.digest_algorithm,
+                    jws: String::new(),
                 }))
                 .await?
                 .into_inner();

@@ -8,6 +8,7 @@ pub mod aead;
 pub mod der;
 pub mod envelope;
 pub mod hybrid;
+pub mod jose;
 pub mod mac;
 pub mod mu;
 pub mod prehash;

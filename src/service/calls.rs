@@ -40,9 +40,14 @@ pub(super) fn sign_call(audit: &AuditLog, r: &proto::SignRequest) -> Call {
     }
 }
 pub(super) fn verify_call(audit: &AuditLog, r: &proto::VerifyRequest) -> Call {
+    let input = if r.jws.is_empty() {
+        signed_bytes(&r.message, &r.digest)
+    } else {
+        r.jws.as_bytes()
+    };
     Call {
         digest: !r.digest.is_empty(),
-        ..Call::new(Method::Verify, &r.key).input(audit, signed_bytes(&r.message, &r.digest))
+        ..Call::new(Method::Verify, &r.key).input(audit, input)
     }
 }
 /// What the audit record's input hash covers: the message, or the digest

@@ -30,11 +30,24 @@ impl KmsService {
                 )));
             }
         }
+        if req.published {
+            publishable(alg)?;
+        }
+        let published: &[u8] = if req.published { b"published" } else { b"" };
         let op = Self::op_record(
             caller,
             &req.op_id,
-            &[b"CreateKey", req.name.as_bytes(), alg.as_str().as_bytes()],
+            &[
+                b"CreateKey",
+                req.name.as_bytes(),
+                alg.as_str().as_bytes(),
+                published,
+            ],
         )?;
+        let settings = KeySettings {
+            published: req.published,
+            ..KeySettings::default()
+        };
         let this = self.clone();
         let tenant = caller.tenant.clone();
         let name = req.name;
@@ -72,7 +85,7 @@ impl KmsService {
                     algorithm: alg,
                     primary_version: 1,
                     created_at_ms: now,
-                    settings: KeySettings::default(),
+                    settings,
                     versions: vec![VersionRecord {
                         version: 1,
                         state: VersionState::Enabled,
@@ -313,9 +326,22 @@ impl KmsService {
     }
 }
 
+/// Only keys with a JWK form may be published in the JWKS (docs/jose.md).
+fn publishable(alg: Algorithm) -> Result<()> {
+    if crate::crypto::jose::jws_alg(alg).is_none() {
+        return Err(Error::InvalidArgument(format!(
+            "field published: {alg} keys have no JWK form; ed25519, ecdsa-p256 and ml-dsa-44/65/87 keys do"
+        )));
+    }
+    Ok(())
+}
+
 /// Checks a key's new settings against its versions (docs/api.md, "Key
 /// settings").
 fn check_settings(rec: &KeyRecord, s: &KeySettings) -> Result<()> {
+    if s.published && !rec.settings.published {
+        publishable(rec.algorithm)?;
+    }
     let latest = rec.latest_version();
     if s.min_decryption_version > latest {
         return Err(Error::InvalidArgument(format!(
@@ -353,6 +379,7 @@ impl KmsService {
                 &enc(req.min_decryption_version),
                 &enc(req.min_encryption_version),
                 &enc(req.deletion_allowed.map(u32::from)),
+                &enc(req.published.map(u32::from)),
             ],
         )?;
         let this = self.clone();
@@ -376,6 +403,9 @@ impl KmsService {
                 if let Some(v) = req.deletion_allowed {
                     next.deletion_allowed = v;
                 }
+                if let Some(v) = req.published {
+                    next.published = v;
+                }
                 check_settings(&cur, &next)?;
                 if next == cur.settings && op.is_none() {
                     return Ok(cur);
@@ -398,7 +428,7 @@ impl KmsService {
                 Ok(this.keyring.put(rec))
             })
             .await?;
-        tracing::info!(request_id = %caller.request_id, tenant = %caller.tenant, principal = %caller.principal, key = %rec.name, min_decryption_version = rec.settings.min_decryption_version, min_encryption_version = rec.settings.min_encryption_version, deletion_allowed = rec.settings.deletion_allowed, "key settings changed");
+        tracing::info!(request_id = %caller.request_id, tenant = %caller.tenant, principal = %caller.principal, key = %rec.name, min_decryption_version = rec.settings.min_decryption_version, min_encryption_version = rec.settings.min_encryption_version, deletion_allowed = rec.settings.deletion_allowed, published = rec.settings.published, "key settings changed");
         Ok(proto::UpdateKeyResponse {
             key: Some(key_to_proto(&rec, false)),
         })
@@ -647,5 +677,6 @@ pub fn key_to_proto(rec: &KeyRecord, pem: bool) -> proto::Key {
         min_decryption_version: rec.settings.min_decryption_version,
         min_encryption_version: rec.settings.min_encryption_version,
         deletion_allowed: rec.settings.deletion_allowed,
+        published: rec.settings.published,
     }
 }

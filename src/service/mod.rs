@@ -32,6 +32,7 @@ mod batch;
 mod calls;
 mod health;
 mod idempotency;
+mod jws;
 mod keys;
 mod mac;
 mod op_cache;

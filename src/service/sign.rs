@@ -248,9 +248,10 @@ impl KmsService {
     pub(super) async fn verify_inner(
         self: &Arc<Self>,
         caller: &Caller,
-        req: proto::VerifyRequest,
+        mut req: proto::VerifyRequest,
     ) -> Result<proto::VerifyResponse> {
         caller.require(Scope::Verify)?;
+        self.jws_to_verify(caller, &mut req)?;
         let key = KeyRef::parse(&req.key)?;
         check_context(&req.context)?;
         let (rec, vn) = self.resolve(caller, &key, Purpose::Sign, "verify")?;

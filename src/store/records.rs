@@ -66,6 +66,9 @@ pub struct KeySettings {
     pub min_encryption_version: u32,
     /// Whether DeleteKey may remove the key.
     pub deletion_allowed: bool,
+    /// Whether the key's enabled versions appear in the tenant's JWKS
+    /// (`GET /v1/kms/jwks/{tenant}`, docs/jose.md).
+    pub published: bool,
 }
 
 impl KeySettings {

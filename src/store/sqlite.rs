@@ -12,7 +12,7 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use super::{OpRecord, Store, StoreError, TokenRecord};
 use crate::store::{KeyRecord, KeySettings, VersionRecord, VersionState};
 
-const SCHEMA_VERSION: i64 = 3;
+const SCHEMA_VERSION: i64 = 4;
 
 const SCHEMA_V1: &str = "
 CREATE TABLE keys (
@@ -60,6 +60,11 @@ const SCHEMA_V3: &str = "
 ALTER TABLE keys ADD COLUMN min_decryption_version INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE keys ADD COLUMN min_encryption_version INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE keys ADD COLUMN deletion_allowed INTEGER NOT NULL DEFAULT 0;
+";
+
+/// Version 4: the `published` key setting (the tenant's JWKS).
+const SCHEMA_V4: &str = "
+ALTER TABLE keys ADD COLUMN published INTEGER NOT NULL DEFAULT 0;
 ";
 
 /// Version 2: tokens as a managed resource (docs/tokens.md). Rows written
@@ -292,19 +297,25 @@ impl SqliteStore {
         match version {
             0 => {
                 conn.execute_batch(&format!(
-                    "BEGIN; {SCHEMA_V1} {SCHEMA_V2} {SCHEMA_V3} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+                    "BEGIN; {SCHEMA_V1} {SCHEMA_V2} {SCHEMA_V3} {SCHEMA_V4} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
                 ))
                 .map_err(db_err)?;
             }
             1 => {
                 conn.execute_batch(&format!(
-                    "BEGIN; {SCHEMA_V2} {SCHEMA_V3} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+                    "BEGIN; {SCHEMA_V2} {SCHEMA_V3} {SCHEMA_V4} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
                 ))
                 .map_err(db_err)?;
             }
             2 => {
                 conn.execute_batch(&format!(
-                    "BEGIN; {SCHEMA_V3} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+                    "BEGIN; {SCHEMA_V3} {SCHEMA_V4} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+                ))
+                .map_err(db_err)?;
+            }
+            3 => {
+                conn.execute_batch(&format!(
+                    "BEGIN; {SCHEMA_V4} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
                 ))
                 .map_err(db_err)?;
             }
@@ -329,7 +340,7 @@ impl SqliteStore {
 }
 
 /// The key columns after tenant and name, as [`key_row`] reads them.
-const KEY_COLUMNS: &str = "algorithm, primary_version, created_at_ms, min_decryption_version, min_encryption_version, deletion_allowed";
+const KEY_COLUMNS: &str = "algorithm, primary_version, created_at_ms, min_decryption_version, min_encryption_version, deletion_allowed, published";
 
 /// [`KEY_COLUMNS`] from column `at` on.
 fn key_row(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<(String, u32, i64, KeySettings)> {
@@ -341,6 +352,7 @@ fn key_row(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<(String, u32, i
             min_decryption_version: r.get(at + 3)?,
             min_encryption_version: r.get(at + 4)?,
             deletion_allowed: r.get(at + 5)?,
+            published: r.get(at + 6)?,
         },
     ))
 }
@@ -428,7 +440,7 @@ impl Store for SqliteStore {
         let mut conn = self.conn();
         let tx = write_tx(&mut conn, op)?;
         tx.execute(
-            "INSERT INTO keys (tenant, name, algorithm, primary_version, created_at_ms, min_decryption_version, min_encryption_version, deletion_allowed) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            "INSERT INTO keys (tenant, name, algorithm, primary_version, created_at_ms, min_decryption_version, min_encryption_version, deletion_allowed, published) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             params![
                 key.tenant,
                 key.name,
@@ -438,6 +450,7 @@ impl Store for SqliteStore {
                 key.settings.min_decryption_version,
                 key.settings.min_encryption_version,
                 key.settings.deletion_allowed,
+                key.settings.published,
             ],
         )
         .map_err(|e| unique_or(e, || StoreError::AlreadyExists(format!("key {} already exists", key.name))))?;
@@ -480,13 +493,14 @@ impl Store for SqliteStore {
         let tx = write_tx(&mut conn, op)?;
         let n = tx
             .execute(
-                "UPDATE keys SET min_decryption_version = ?3, min_encryption_version = ?4, deletion_allowed = ?5 WHERE tenant = ?1 AND name = ?2",
+                "UPDATE keys SET min_decryption_version = ?3, min_encryption_version = ?4, deletion_allowed = ?5, published = ?6 WHERE tenant = ?1 AND name = ?2",
                 params![
                     tenant,
                     name,
                     settings.min_decryption_version,
                     settings.min_encryption_version,
-                    settings.deletion_allowed
+                    settings.deletion_allowed,
+                    settings.published
                 ],
             )
             .map_err(db_err)?;
@@ -812,7 +826,7 @@ mod tests {
     }
 
     #[test]
-    fn a_version_2_database_gains_key_settings_with_their_defaults() {
+    fn a_version_2_database_gains_key_settings_with_their_defaults_at_version_4() {
         let conn = Connection::open_in_memory().unwrap();
         conn.execute_batch(&format!(
             "BEGIN; {SCHEMA_V1} {SCHEMA_V2} PRAGMA user_version = 2; COMMIT;"

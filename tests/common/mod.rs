@@ -6,6 +6,7 @@
 pub mod certs;
 pub mod crl;
 pub mod independent;
+pub mod jose;
 pub mod load;
 pub mod mac;
 pub mod pg;

@@ -178,7 +178,7 @@ fn insert_version(
 }
 
 /// The key columns after tenant and name, as [`decode_key`] reads them.
-const KEY_COLUMNS: &str = "algorithm, primary_version, created_at_ms, min_decryption_version, min_encryption_version, deletion_allowed";
+const KEY_COLUMNS: &str = "algorithm, primary_version, created_at_ms, min_decryption_version, min_encryption_version, deletion_allowed, published";
 
 /// A key from [`KEY_COLUMNS`] starting at column `at` of `row`.
 fn decode_key(
@@ -191,6 +191,7 @@ fn decode_key(
         min_decryption_version: row.get::<_, i32>(at + 3) as u32,
         min_encryption_version: row.get::<_, i32>(at + 4) as u32,
         deletion_allowed: row.get(at + 5),
+        published: row.get(at + 6),
     };
     KeyRecord::decoded(
         tenant,
@@ -386,7 +387,7 @@ impl Store for PgStore {
         self.tx(|tx| {
             insert_op(tx, op)?;
             tx.execute(
-                "INSERT INTO keys (tenant, name, algorithm, primary_version, created_at_ms, min_decryption_version, min_encryption_version, deletion_allowed) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                "INSERT INTO keys (tenant, name, algorithm, primary_version, created_at_ms, min_decryption_version, min_encryption_version, deletion_allowed, published) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
                 &[
                     &key.tenant,
                     &key.name,
@@ -396,6 +397,7 @@ impl Store for PgStore {
                     &(key.settings.min_decryption_version as i32),
                     &(key.settings.min_encryption_version as i32),
                     &key.settings.deletion_allowed,
+                    &key.settings.published,
                 ],
             )
             .map_err(|e| unique_or(e, || StoreError::AlreadyExists(format!("key {} already exists", key.name))))?;
@@ -471,13 +473,14 @@ impl Store for PgStore {
             insert_op(tx, op)?;
             let n = tx
                 .execute(
-                    "UPDATE keys SET min_decryption_version = $3, min_encryption_version = $4, deletion_allowed = $5 WHERE tenant = $1 AND name = $2",
+                    "UPDATE keys SET min_decryption_version = $3, min_encryption_version = $4, deletion_allowed = $5, published = $6 WHERE tenant = $1 AND name = $2",
                     &[
                         &tenant,
                         &name,
                         &(settings.min_decryption_version as i32),
                         &(settings.min_encryption_version as i32),
                         &settings.deletion_allowed,
+                        &settings.published,
                     ],
                 )
                 .map_err(db_err)?;

@@ -60,6 +60,9 @@ ALTER TABLE keys ADD COLUMN min_decryption_version INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE keys ADD COLUMN min_encryption_version INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE keys ADD COLUMN deletion_allowed BOOLEAN NOT NULL DEFAULT false;
 ",
+    "
+ALTER TABLE keys ADD COLUMN published BOOLEAN NOT NULL DEFAULT false;
+",
 ];
 
 /// Advisory lock key of the migration step (any constant; "ronkms" in ASCII).

@@ -219,6 +219,9 @@ impl Kms for Svc {
     ) -> R<SetKeyVersionStateResponse> {
         unimplemented()
     }
+    async fn sign_jws(&self, _: Request<SignJwsRequest>) -> R<SignJwsResponse> {
+        unimplemented()
+    }
     async fn update_key(&self, _: Request<UpdateKeyRequest>) -> R<UpdateKeyResponse> {
         unimplemented()
     }
