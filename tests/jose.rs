@@ -182,6 +182,27 @@ async fn the_caller_cannot_choose_alg_or_kid() {
             .await
             .unwrap_err();
         e.expect(400, tonic::Code::InvalidArgument, "invalid_argument");
+        // a JWS (without a kid) under a key that does not sign is answered
+        // as Verify answers it; with a kid naming another key, refused
+        let no_kid = format!("eyJhbGciOiJFZERTQSJ9.{}", good.split_once('.').unwrap().1);
+        let e = c
+            .verify_req(VerifyRequest {
+                key: format!("aes-{tag}"),
+                jws: no_kid,
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, "wrong_key_purpose", "{e:?}");
+        let e = c
+            .verify_req(VerifyRequest {
+                key: format!("aes-{tag}"),
+                jws: good.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert!(e.message.contains("is not a version of"), "{e:?}");
         // a changed payload is not valid
         let (h, rest) = good.split_once('.').unwrap();
         let sig = rest.split_once('.').unwrap().1;
@@ -270,6 +291,8 @@ async fn the_jwks_follows_publish_disable_and_tenants() {
         .contains("must-revalidate"));
     let (st, _, _) = fetch_jwks(&http, "acme", Some(&etag)).await;
     assert_eq!(st, 304);
+    let (st, _, _) = fetch_jwks(&http, "acme", Some(&format!("\"other\", W/{etag}"))).await;
+    assert_eq!(st, 304, "weak comparison, in a list");
 
     // disable v1: gone from the next answer (and the old ETag is stale)
     ca.set_state("web", 1, "disabled").await.unwrap();
@@ -280,9 +303,22 @@ async fn the_jwks_follows_publish_disable_and_tenants() {
     publish(&mut ca, "api", false).await;
     let (_, _, j) = fetch_jwks(&http, "acme", None).await;
     assert_eq!(kids(&j), ["web#v2"]);
+    // a version below min_decryption_version (which Verify refuses) is gone
+    ca.rotate("web", "").await.unwrap();
+    let (_, _, j) = fetch_jwks(&http, "acme", None).await;
+    assert_eq!(kids(&j), ["web#v2", "web#v3"]);
+    ca.update_key(UpdateKeyRequest {
+        name: "web".into(),
+        min_decryption_version: Some(3),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let (_, _, j) = fetch_jwks(&http, "acme", None).await;
+    assert_eq!(kids(&j), ["web#v3"]);
     // never another tenant's, never an unpublished key
     let (_, _, j) = fetch_jwks(&http, "umbrella", None).await;
     assert_eq!(kids(&j), ["theirs#v1"]);
-    let all = format!("{}", fetch_jwks(&http, "acme", None).await.2);
+    let all = fetch_jwks(&http, "acme", None).await.2.to_string();
     assert!(!all.contains("secret") && !all.contains("theirs") && !all.contains("hidden"));
 }

@@ -586,7 +586,13 @@ async fn jwks(State(f): S, Path(tenant): Path<String>, req: Request) -> Response
         .headers()
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
+        .is_some_and(|v| {
+            // weak comparison (RFC 9110 §13.1.2): W/"x" matches "x"
+            v.split(',').any(|t| {
+                let t = t.trim();
+                t == "*" || t.strip_prefix("W/").unwrap_or(t) == etag
+            })
+        });
     if fresh {
         return (StatusCode::NOT_MODIFIED, cache).into_response();
     }

@@ -19,6 +19,20 @@ pub fn jws_alg(alg: Algorithm) -> Option<&'static str> {
     })
 }
 
+/// The ron-kms algorithm whose JWS algorithm is `jws` (the inverse of
+/// [`jws_alg`]).
+pub fn algorithm_of(jws: &str) -> Option<Algorithm> {
+    [
+        Algorithm::Ed25519,
+        Algorithm::EcdsaP256,
+        Algorithm::MlDsa44,
+        Algorithm::MlDsa65,
+        Algorithm::MlDsa87,
+    ]
+    .into_iter()
+    .find(|a| jws_alg(*a) == Some(jws))
+}
+
 /// base64url without padding, as JOSE encodes bytes.
 pub fn b64url(bytes: &[u8]) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
@@ -86,5 +100,11 @@ mod tests {
             jwk(Algorithm::MlDsa65, &[7; 1952], "k").unwrap()["alg"],
             "ML-DSA-65"
         );
+        for a in Algorithm::ALL {
+            if let Some(j) = jws_alg(a) {
+                assert_eq!(algorithm_of(j), Some(a));
+            }
+        }
+        assert_eq!(algorithm_of("none"), None);
     }
 }

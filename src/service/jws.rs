@@ -38,11 +38,13 @@ impl KmsService {
                 let Some(last) = page.last() else { break };
                 after = Some(last.name.clone());
                 for rec in page.iter().filter(|r| r.settings.published) {
-                    for v in rec
-                        .versions
-                        .iter()
-                        .filter(|v| v.state == VersionState::Enabled)
-                    {
+                    // what Verify would take: enabled, and not below the
+                    // key's min_decryption_version
+                    let usable = |v: &&VersionRecord| {
+                        v.state == VersionState::Enabled
+                            && v.version >= rec.settings.min_decryption_version
+                    };
+                    for v in rec.versions.iter().filter(usable) {
                         if let Some(k) = jwk(rec.algorithm, &v.public_key, &rec.kid(v.version)) {
                             keys.push(k);
                         }
@@ -128,8 +130,10 @@ impl KmsService {
         req: proto::SignJwsRequest,
     ) -> Result<proto::SignJwsResponse> {
         let call = Call::new(Method::SignJws, &req.key).input(&self.audit, &req.payload);
+        // the record names the key's algorithm as every record does
         self.call(caller, call, self.sign_jws_inner(caller, req), |r| {
-            (r.kid.clone(), r.alg.clone())
+            let alg = crate::crypto::jose::algorithm_of(&r.alg).map_or("", |a| a.as_str());
+            (r.kid.clone(), alg.to_string())
         })
         .await
     }
@@ -188,9 +192,12 @@ impl KmsService {
             }
             key.version = named.version;
         }
+        // the key as Verify will find it: missing, not a signing key, a
+        // version not enabled — each answered as Verify answers it
         let alg = self
-            .key_algorithm(caller, &key.name)
-            .ok_or_else(|| Error::NotFound(format!("key {}", key.name)))?;
+            .resolve(caller, &key, Purpose::Sign, "verify")?
+            .0
+            .algorithm;
         let want = jws_alg(alg)
             .ok_or_else(|| Error::InvalidArgument(format!("{alg} keys have no JWS algorithm")))?;
         match header.get("alg").and_then(Value::as_str) {
