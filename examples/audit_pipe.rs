@@ -6,17 +6,19 @@
 //! same machine in the same minute.
 //!
 //! ```sh
-//! cargo run --release --example audit_pipe -- [dir|mem|off] [tasks, default 64] [seconds, default 5] [signs per op, default 2]
+//! cargo run --release --example audit_pipe -- [dir|write|mem|off] [tasks, default 64] [seconds, default 5] [signs per op, default 2]
 //! ```
 //!
 //! `dir` writes a real log (group commit, fdatasync per batch) under the
-//! temp dir and removes it afterwards; `mem` keeps it in memory (amnesia).
+//! temp dir and removes it afterwards; `write` does the same with
+//! `KMS_AUDIT_SYNC=write` (no fdatasync before the answer, one in the
+//! background every 100 ms); `mem` keeps it in memory (amnesia).
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ring::signature::{Ed25519KeyPair, KeyPair as _};
-use ron_kms::audit::{AuditLog, Event, Options, Signer, Sink};
+use ron_kms::audit::{AuditLog, AuditSync, Event, Options, Signer, Sink};
 
 #[path = "common/cpu.rs"]
 mod cpu;
@@ -34,10 +36,17 @@ fn main() {
     let (tasks, secs, signs) = (arg(2, 64) as usize, arg(3, 5), arg(4, 2) as usize);
     let dir = std::env::temp_dir().join(format!("ron-kms-audit-pipe-{}", std::process::id()));
     let sink = match mode.as_str() {
-        "dir" => Sink::Dir(dir.clone()),
+        "dir" | "write" => Sink::Dir(dir.clone()),
         "mem" => Sink::Memory,
         "off" => Sink::Off,
-        other => panic!("mode {other}: dir, mem or off"),
+        other => panic!("mode {other}: dir, write, mem or off"),
+    };
+    let sync = if mode == "write" {
+        AuditSync::Write {
+            interval: ron_kms::audit::DEFAULT_SYNC_INTERVAL,
+        }
+    } else {
+        AuditSync::Fsync
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -54,6 +63,7 @@ fn main() {
             max_file_bytes: ron_kms::audit::DEFAULT_MAX_FILE_BYTES,
             min_free_bytes: ron_kms::audit::DEFAULT_MIN_FREE_BYTES,
             input_key: ron_kms::audit::InputKey::random(),
+            sync,
         };
         let log = tokio::task::spawn_blocking(move || AuditLog::start_blocking(opts, &public, signer))
             .await

@@ -8,7 +8,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::process::{audit_verify, serve};
+use common::process::{self, audit_verify, serve};
 use common::{Front, TestServer, FRONTS};
 use ron_kms::proto::kms_client::KmsClient;
 use ron_kms::proto::SignRequest;
@@ -260,9 +260,26 @@ async fn tampering_is_detected_by_verify_and_at_start_up() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_loses_no_acknowledged_record() {
+    kill_9_under_load(&[]).await;
+}
+
+/// `KMS_AUDIT_SYNC=write` answers once a record is written to the kernel:
+/// a kill -9 of the process loses none of those either (the kernel still
+/// has them; only a power cut could).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_loses_no_acknowledged_record_with_audit_sync_write() {
+    kill_9_under_load(&[
+        ("KMS_AUDIT_SYNC", "write"),
+        ("KMS_AUDIT_SYNC_INTERVAL_MS", "1000"),
+    ])
+    .await;
+}
+
+async fn kill_9_under_load(env: &[(&str, &str)]) {
     let root = tempfile::tempdir().unwrap();
     let data = root.path().join("data");
-    let s = serve(&data);
+    let envs: Vec<(&str, &std::ffi::OsStr)> = env.iter().map(|(k, v)| (*k, v.as_ref())).collect();
+    let s = process::serve_with(&["--data-dir".as_ref(), data.as_os_str()], &envs, None);
     let token = s.token.clone().unwrap();
     let mut c = KmsClient::connect(s.grpc.clone()).await.unwrap();
     let auth: tonic::metadata::MetadataValue<_> = format!("Bearer {token}").parse().unwrap();
@@ -317,6 +334,10 @@ async fn kill_9_loses_no_acknowledged_record() {
         acked.extend(t.await.unwrap());
     }
     drop(s);
+    eprintln!(
+        "{env:?}: {} signs acknowledged before the kill",
+        acked.len()
+    );
     assert!(
         acked.len() > 50,
         "load ran before the kill ({} acknowledged)",
@@ -354,6 +375,7 @@ fn test_log(audit_dir: &Path) -> (ron_kms::audit::Options, Vec<u8>, ron_kms::aud
         max_file_bytes: 64 * 1024 * 1024,
         min_free_bytes: 0,
         input_key: ron_kms::audit::InputKey::random(),
+        sync: ron_kms::audit::AuditSync::Fsync,
     };
     (opts, public, signer)
 }
@@ -697,6 +719,7 @@ async fn checkpoints_are_deferred_while_the_audit_key_cannot_sign() {
         max_file_bytes: 1 << 20,
         min_free_bytes: 0,
         input_key: ron_kms::audit::InputKey::random(),
+        sync: ron_kms::audit::AuditSync::Fsync,
     };
     let log = start_with(opts, &public, signer).await;
     let event = |i: u32| Event {
@@ -927,4 +950,35 @@ async fn a_filling_file_system_turns_the_service_unready_before_it_is_full() {
     c.sign("s", b"again").await.unwrap();
     r.shutdown().await;
     drop(fs);
+}
+
+/// `KMS_AUDIT_SYNC=write`: operations are answered and audited as with
+/// `fsync`, and the background thread syncs what was written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_sync_write_answers_and_syncs_in_the_background() {
+    let synced = || common::metric("kms_audit_background_sync_seconds_count");
+    let before = synced();
+    let mut s = TestServer::start_with(|c| {
+        c.audit.sync = ron_kms::audit::AuditSync::Write {
+            interval: std::time::Duration::from_millis(20),
+        };
+    })
+    .await;
+    let t = s.token("acme", "kms:admin,kms:sign");
+    let mut c = s.client(Front::Grpc, &t).await;
+    c.create("k", "ed25519").await.unwrap();
+    for i in 0..20 {
+        c.sign("k", format!("m{i}").as_bytes()).await.unwrap();
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert!(synced() > before, "the background sync ran");
+    s.stop().await;
+    let (ok, text) = audit_verify(&s.data_dir().join("audit"));
+    assert!(ok, "{text}");
+    let log: String = ron_kms::audit::chain::segments(&s.data_dir().join("audit"))
+        .unwrap()
+        .iter()
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .collect();
+    assert_eq!(log.matches("\"op\":\"sign\"").count(), 20);
 }

@@ -129,9 +129,35 @@ pub enum Sink {
     Off,
 }
 
+/// When an audit record is durable before its operation is answered
+/// (`KMS_AUDIT_SYNC`; docs/audit.md, "Durability").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuditSync {
+    /// Written and fdatasync'd: survives a power cut (the default).
+    Fsync,
+    /// Written to the kernel, fdatasync'd in the background at least every
+    /// `interval` (and at every checkpoint, rotation and clean stop):
+    /// survives a crash or kill -9 of ron-kms; a power cut or kernel crash
+    /// may lose up to `interval` of records.
+    Write { interval: Duration },
+}
+
+pub const DEFAULT_SYNC_INTERVAL: Duration = Duration::from_millis(100);
+
+impl AuditSync {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuditSync::Fsync => "fsync",
+            AuditSync::Write { .. } => "write",
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Options {
     pub sink: Sink,
+    /// When a record is durable: before the answer, or in the background.
+    pub sync: AuditSync,
     /// Written into every record (`node`).
     pub node: String,
     pub checkpoint_interval: u64,
@@ -268,6 +294,8 @@ impl AuditLog {
             node: opts.node.clone(),
             min_free_bytes: opts.min_free_bytes,
             space_checked: None,
+            sync: opts.sync,
+            syncer: Arc::new(writer::Syncer::default()),
         };
         if let Sink::Dir(dir) = &opts.sink {
             std::fs::DirBuilder::new()
@@ -356,6 +384,13 @@ impl AuditLog {
             tracing::error!(failure = %f, "audit chain integrity check failed: writes are refused");
         }
         let broken = failure.is_some();
+        if let (AuditSync::Write { interval }, Some(_)) = (opts.sync, &w.dir) {
+            tracing::info!(
+                interval_ms = interval.as_millis() as u64,
+                "audit log durability: write (records reach the kernel before the answer and the disk within the interval; docs/audit.md)"
+            );
+            writer::Syncer::start(&w.syncer, interval, log.writer.clone());
+        }
         tokio::spawn(run(w, rx, broken, log.writer.clone()));
         let ticker = log.tx.clone();
         tokio::spawn(async move {

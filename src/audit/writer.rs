@@ -28,6 +28,65 @@ pub(super) struct Writer {
     pub(super) min_free_bytes: u64,
     /// When free space was last looked at.
     pub(super) space_checked: Option<Instant>,
+    pub(super) sync: AuditSync,
+    /// The background fdatasync of `write` mode (unused with `fsync`).
+    pub(super) syncer: Arc<Syncer>,
+}
+
+/// `KMS_AUDIT_SYNC=write`'s background sync: a thread that fdatasyncs the
+/// active segment (through its own handle on the file) at least every
+/// interval while something was written since the last sync. A failed sync
+/// fails the writer like a failed write: records the kernel had may not be
+/// on the disk.
+#[derive(Default)]
+pub(super) struct Syncer {
+    file: Mutex<Option<std::fs::File>>,
+    dirty: std::sync::atomic::AtomicBool,
+}
+
+impl Syncer {
+    /// The thread; it ends once the writer (which holds the other `Arc`) is
+    /// gone.
+    pub(super) fn start(this: &Arc<Syncer>, interval: Duration, state: Arc<WriterState>) {
+        let weak = Arc::downgrade(this);
+        let spawned = std::thread::Builder::new()
+            .name("audit-sync".into())
+            .spawn(move || loop {
+                std::thread::sleep(interval);
+                let Some(s) = weak.upgrade() else { break };
+                if let Err(e) = s.sync() {
+                    state.fail(format!("a background sync failed: {e}"));
+                    break;
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "audit log: no background sync thread; records are synced at checkpoints only");
+        }
+    }
+
+    /// fdatasync what was written since the last sync, if anything.
+    fn sync(&self) -> std::io::Result<()> {
+        use std::sync::atomic::Ordering;
+        if !self.dirty.swap(false, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let f = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        match f.as_ref() {
+            Some(f) => {
+                let t = Instant::now();
+                let r = f.sync_data();
+                metrics::histogram!("kms_audit_background_sync_seconds")
+                    .record(t.elapsed().as_secs_f64());
+                r
+            }
+            None => Ok(()),
+        }
+    }
+
+    fn track(&self, f: &std::fs::File) {
+        let clone = f.try_clone().ok();
+        *self.file.lock().unwrap_or_else(|p| p.into_inner()) = clone;
+    }
 }
 
 pub(super) fn now_ms() -> i64 {
@@ -150,6 +209,9 @@ impl Writer {
         };
         self.file_len = len;
         self.file_bytes = end;
+        if matches!(self.sync, AuditSync::Write { .. }) {
+            self.syncer.track(&f);
+        }
         self.file = Some(f);
         Ok(())
     }
@@ -161,13 +223,17 @@ impl Writer {
             if self.file_len > self.file_bytes {
                 f.set_len(self.file_bytes).map_err(|e| e.to_string())?;
                 f.sync_all().map_err(|e| e.to_string())?;
+            } else if matches!(self.sync, AuditSync::Write { .. }) {
+                // what `write` mode left to the background is synced now
+                f.sync_data().map_err(|e| e.to_string())?;
             }
             self.file_len = self.file_bytes;
         }
         Ok(())
     }
 
-    /// Write what is pending with one fsync; rotate the segment by size.
+    /// Write what is pending with one fsync (`write` mode: the background
+    /// syncs it, a checkpoint at once); rotate the segment by size.
     pub(super) fn commit(&mut self, sealed: bool) -> Result<(), String> {
         if self.pending.is_empty() {
             return Ok(());
@@ -203,7 +269,16 @@ impl Writer {
         }
         f.write_all_at(&self.pending, self.file_bytes)
             .map_err(|e| e.to_string())?;
-        f.sync_data().map_err(|e| e.to_string())?;
+        match self.sync {
+            AuditSync::Fsync => f.sync_data().map_err(|e| e.to_string())?,
+            // a checkpoint is synced before the head file names it, so the
+            // head never points past what is on the disk
+            AuditSync::Write { .. } if sealed => f.sync_data().map_err(|e| e.to_string())?,
+            AuditSync::Write { .. } => self
+                .syncer
+                .dirty
+                .store(true, std::sync::atomic::Ordering::Release),
+        }
         self.file_bytes = end;
         self.pending.clear();
         if sealed {

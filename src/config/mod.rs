@@ -83,6 +83,8 @@ pub struct FileConfig {
     pub audit_checkpoint_interval: Option<u64>,
     pub audit_max_file_bytes: Option<u64>,
     pub audit_min_free_bytes: Option<u64>,
+    pub audit_sync: Option<String>,
+    pub audit_sync_interval_ms: Option<u64>,
     pub console_addr: Option<String>,
     pub transit_mount: Option<String>,
     pub pq: Option<PqFile>,

@@ -16,6 +16,9 @@ pub struct AuditConfig {
     pub max_file_bytes: u64,
     /// `KMS_AUDIT_MIN_FREE_BYTES`: the free-space floor (0: none).
     pub min_free_bytes: u64,
+    /// `KMS_AUDIT_SYNC` (`fsync`, the default, or `write`) with
+    /// `KMS_AUDIT_SYNC_INTERVAL_MS` (docs/audit.md, "Durability").
+    pub sync: crate::audit::AuditSync,
     /// Benchmarks only (library API, never from a file, env or flag): run
     /// without an audit log to measure what it costs.
     pub off_for_benchmarks: bool,
@@ -28,6 +31,7 @@ impl AuditConfig {
             checkpoint_interval: crate::audit::DEFAULT_CHECKPOINT_INTERVAL,
             max_file_bytes: crate::audit::DEFAULT_MAX_FILE_BYTES,
             min_free_bytes: crate::audit::DEFAULT_MIN_FREE_BYTES,
+            sync: crate::audit::AuditSync::Fsync,
             off_for_benchmarks: false,
         }
     }
@@ -73,7 +77,29 @@ pub(super) fn audit(
         &dir_p.origin,
         "its audit log is kept in memory",
     )?;
+    let sync_p = src.text("KMS_AUDIT_SYNC", "audit_sync", file.audit_sync.take());
+    let interval_ms = src.number(
+        "KMS_AUDIT_SYNC_INTERVAL_MS",
+        "audit_sync_interval_ms",
+        file.audit_sync_interval_ms.take(),
+        1..=60_000,
+        crate::audit::DEFAULT_SYNC_INTERVAL.as_millis() as u64,
+        "must be a whole number of milliseconds from 1 to 60000",
+    )?;
+    let sync = match sync_p.value.as_deref().map(str::trim) {
+        None | Some("") | Some("fsync") => crate::audit::AuditSync::Fsync,
+        Some("write") => crate::audit::AuditSync::Write {
+            interval: std::time::Duration::from_millis(interval_ms),
+        },
+        Some(other) => {
+            return Err(err(
+                sync_p.origin,
+                format!("{other:?} is not fsync or write"),
+            ))
+        }
+    };
     Ok(AuditConfig {
+        sync,
         dir: dir_p.value.unwrap_or_else(|| data_dir.join("audit")),
         checkpoint_interval: src.number(
             "KMS_AUDIT_CHECKPOINT_INTERVAL",

@@ -493,3 +493,44 @@ fn stores_and_node_ids() {
     assert_eq!(e.field, "KMS_STORE");
     assert!(e.message.contains("TPM custody is per host"), "{e}");
 }
+
+#[test]
+fn audit_sync_and_transit_mount() {
+    use crate::audit::AuditSync;
+    let c = load(&Flags::default(), &env(&[])).unwrap();
+    assert_eq!(c.audit.sync, AuditSync::Fsync);
+    assert_eq!(c.transit_mount, None);
+    let c = load(
+        &Flags::default(),
+        &env(&[
+            ("KMS_AUDIT_SYNC", "write"),
+            ("KMS_AUDIT_SYNC_INTERVAL_MS", "250"),
+            ("KMS_TRANSIT_MOUNT", "/transit/"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(
+        c.audit.sync,
+        AuditSync::Write {
+            interval: std::time::Duration::from_millis(250)
+        }
+    );
+    assert_eq!(c.transit_mount.as_deref(), Some("transit"));
+    let c = load(&Flags::default(), &env(&[("KMS_AUDIT_SYNC", "write")])).unwrap();
+    assert_eq!(
+        c.audit.sync,
+        AuditSync::Write {
+            interval: crate::audit::DEFAULT_SYNC_INTERVAL
+        }
+    );
+    for (k, v, says) in [
+        ("KMS_AUDIT_SYNC", "fdatasync", "not fsync or write"),
+        ("KMS_AUDIT_SYNC_INTERVAL_MS", "0", "1 to 60000"),
+        ("KMS_TRANSIT_MOUNT", "kms", "native front"),
+        ("KMS_TRANSIT_MOUNT", "Transit", "not a mount path"),
+    ] {
+        let e = load(&Flags::default(), &env(&[(k, v)])).unwrap_err();
+        assert_eq!(e.field, k, "{e:?}");
+        assert!(e.message.contains(says), "{k}={v}: {e:?}");
+    }
+}

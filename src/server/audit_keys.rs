@@ -132,6 +132,7 @@ pub(super) async fn open_audit(
         } else {
             crate::audit::Sink::Dir(cfg.audit.dir.clone())
         },
+        sync: cfg.audit.sync,
         checkpoint_interval: cfg.audit.checkpoint_interval,
         max_file_bytes: cfg.audit.max_file_bytes,
         min_free_bytes: cfg.audit.min_free_bytes,

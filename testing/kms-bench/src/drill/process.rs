@@ -1,12 +1,25 @@
 //! The process killed mid-load and restarted.
 use super::*;
 
+/// Once with each audit durability (`KMS_AUDIT_SYNC`): `fsync`, where a
+/// record is on the disk before its answer, and `write`, where it is in the
+/// kernel, which a killed process cannot take with it.
 pub(super) async fn kill_9(a: &DrillArgs) -> Result<Verdict, String> {
     let mut v = Verdict::new("kill-9");
+    for sync in ["fsync", "write"] {
+        v.fact("run", format!("KMS_AUDIT_SYNC={sync}"));
+        kill_9_with(a, &mut v, sync).await?;
+    }
+    Ok(v)
+}
+
+async fn kill_9_with(a: &DrillArgs, v: &mut Verdict, sync: &str) -> Result<(), String> {
+    let env = [("KMS_AUDIT_SYNC", sync)];
+    let base = v.phases.len();
     let (before, _, after) = lengths(a.short, (20.0, 0.0, 20.0));
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let data = dir.path().join("data");
-    let mut s = start_service(&data, &[])?;
+    let mut s = start_service(&data, &env)?;
     let ep = s.endpoint.clone();
     sign_verify(&ep, "k9", true).await?;
     // a mutator creating and rotating keys until the kill; it records what
@@ -102,7 +115,7 @@ pub(super) async fn kill_9(a: &DrillArgs) -> Result<Verdict, String> {
     );
     // restart on the same data dir: how long until it serves
     let t = Instant::now();
-    let mut s2 = start_service(&data, &[])?;
+    let mut s2 = start_service(&data, &env)?;
     s2.endpoint.token = ep.token.clone();
     let ep2 = s2.endpoint.clone();
     let ready = until_sign_ok(&ep2, "k9", Duration::from_secs(60))
@@ -130,7 +143,7 @@ pub(super) async fn kill_9(a: &DrillArgs) -> Result<Verdict, String> {
         )
         .await,
     );
-    let after_t = &v.phases[1].tally;
+    let after_t = &v.phases[base + 1].tally;
     v.check(
         format!(
             "after the restart: every request ok ({} of {})",
@@ -174,8 +187,8 @@ pub(super) async fn kill_9(a: &DrillArgs) -> Result<Verdict, String> {
         keys_ok(&ep2, &names).await == 1,
     );
     // the phase before the kill is the one that could lose records
-    let after_signs = v.phases[1].tally.ok;
-    stop_and_verify(s2, &data, &mut v);
+    let after_signs = v.phases[base + 1].tally.ok;
+    stop_and_verify(s2, &data, v);
     let audited = audited_ok(&data, "sign") + audited_ok(&data, "verify");
     v.fact("audited ok sign/verify records", audited);
     v.check(
@@ -188,5 +201,5 @@ pub(super) async fn kill_9(a: &DrillArgs) -> Result<Verdict, String> {
         format!("every acknowledged create/rotate is audited ({audited_mut} >= {acked_mut} + the load's key)"),
         audited_mut > acked_mut as u64,
     );
-    Ok(v)
+    Ok(())
 }
