@@ -3,7 +3,7 @@
 # that live server: the Rust client example, the Python client example
 # (grpcio, stubs generated at run time, local verification with
 # pyca/cryptography), Python's grpcio-reflection (v1alpha) listing the
-# service, the curl walkthrough, and schemathesis over the
+# service, grpcurl driven by reflection alone, the curl walkthrough, and schemathesis over the
 # OpenAPI document. SCHEMATHESIS_MAX_EXAMPLES sets the run's length
 # (default 25 per operation; scripts/schemathesis-long.sh runs a long one).
 set -euo pipefail
@@ -47,6 +47,7 @@ run() { # run NAME COMMAND...
 run rust env KMS_ADDR="http://$GRPC" ./target/debug/examples/rust_client
 run python env KMS_ADDR="$GRPC" "$VENV/bin/python" examples/python/client.py
 run python-reflection env KMS_ADDR="$GRPC" "$VENV/bin/python" examples/python/reflect.py
+run grpcurl env KMS_ADDR="$GRPC" examples/grpcurl.sh "$VENV/bin/grpcurl"
 run curl env KMS_HTTP="http://$HTTP" examples/curl.sh
 # Revoking a token: schemathesis's stateful phase lists the tokens and
 # revokes one, which is its own, and every request after that is 401. So the
