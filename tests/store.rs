@@ -212,8 +212,23 @@ fn settings_and_delete(open: &Open) {
         deletion_allowed: true,
         published: true,
     };
-    s.set_settings("t1", "zeta", &set, Some(&op("t1", "cfg", "zeta")))
-        .unwrap();
+    // a write from a stale read is a conflict, and changes nothing
+    let stale = KeySettings {
+        deletion_allowed: true,
+        ..KeySettings::default()
+    };
+    let e = s
+        .set_settings("t1", "zeta", &stale, &set, None)
+        .unwrap_err();
+    assert!(matches!(e, StoreError::VersionConflict(_)), "{e:?}");
+    s.set_settings(
+        "t1",
+        "zeta",
+        &KeySettings::default(),
+        &set,
+        Some(&op("t1", "cfg", "zeta")),
+    )
+    .unwrap();
     let k = open().load_key("t1", "zeta").unwrap().unwrap();
     assert_eq!(k.settings, set);
     assert_eq!(k.versions.len(), 2);
@@ -224,14 +239,21 @@ fn settings_and_delete(open: &Open) {
         .any(|k| k.name == "zeta" && k.settings == set));
     // the op_id is recorded with the write, so a retry finds it
     assert_eq!(s.find_op("t1", "cfg").unwrap().unwrap().result, "zeta");
-    let e = s.set_settings("t1", "nope", &set, None).unwrap_err();
+    let e = s.set_settings("t1", "nope", &set, &set, None).unwrap_err();
     assert!(matches!(e, StoreError::NotFound(_)), "{e:?}");
     // another tenant's key of the same name is another key
     s.create_key(&key("t2", "zeta"), None).unwrap();
-    s.delete_key("t1", "zeta", None).unwrap();
+    // a version added since custody was emptied: a conflict, nothing gone
+    let e = s.delete_key("t1", "zeta", 1, None).unwrap_err();
+    assert!(matches!(e, StoreError::VersionConflict(_)), "{e:?}");
+    assert!(open().load_key("t1", "zeta").unwrap().is_some());
+    // a key that does not allow deletion: a conflict too
+    let e = s.delete_key("t2", "zeta", 1, None).unwrap_err();
+    assert!(matches!(e, StoreError::VersionConflict(_)), "{e:?}");
+    s.delete_key("t1", "zeta", 2, None).unwrap();
     assert!(open().load_key("t1", "zeta").unwrap().is_none());
     assert!(open().load_key("t2", "zeta").unwrap().is_some());
-    let e = s.delete_key("t1", "zeta", None).unwrap_err();
+    let e = s.delete_key("t1", "zeta", 2, None).unwrap_err();
     assert!(matches!(e, StoreError::NotFound(_)), "{e:?}");
     // the name can be made again, from version 1 with default settings
     s.create_key(&key("t1", "zeta"), None).unwrap();

@@ -395,4 +395,28 @@ async fn batch_verify_put_and_refusals_over_plain_http() {
     let (st, v) = call(M::GET, "encrypt/aes", json!({})).await;
     assert_eq!(st, 405, "{v}");
     assert!(v["errors"][0].is_string(), "{v}");
+
+    // a token without the route's scope learns nothing about the key (not
+    // even that its hash is not the one asked for): 403 before any check
+    c.create("tags", "hmac-sha512").await.unwrap();
+    let weak = s.token("acme", "kms:verify");
+    for (path, body) in [
+        ("hmac/tags", json!({ "input": "eA==" })),
+        (
+            "sign/ed",
+            json!({ "input": "eA==", "marshaling_algorithm": "jws" }),
+        ),
+    ] {
+        let r = http
+            .post(format!("{base}/{path}"))
+            .header("X-Vault-Token", &weak)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let st = r.status().as_u16();
+        let v: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(st, 403, "{path}: {v}");
+        assert!(!v["errors"][0].as_str().unwrap().contains("sha2"), "{v}");
+    }
 }

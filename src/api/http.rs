@@ -570,11 +570,8 @@ async fn openapi() -> Response {
 /// must-revalidate`, so a cache asks again each time and a version
 /// disabled a moment ago is gone from the next answer.
 async fn jwks(State(f): S, Path(tenant): Path<String>, req: Request) -> Response {
-    let body = f.kms.jwks(&tenant).to_string();
-    let etag = format!(
-        "\"{}\"",
-        &hex::encode(crate::crypto::sha256(body.as_bytes()))[..32]
-    );
+    let j = f.kms.jwks(&tenant);
+    let etag = j.etag.clone();
     let cache = [
         (
             header::CACHE_CONTROL,
@@ -599,7 +596,7 @@ async fn jwks(State(f): S, Path(tenant): Path<String>, req: Request) -> Response
     (
         cache,
         [(header::CONTENT_TYPE, "application/jwk-set+json".to_string())],
-        body,
+        j.body.clone(),
     )
         .into_response()
 }

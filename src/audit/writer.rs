@@ -49,18 +49,19 @@ impl Syncer {
     /// gone.
     pub(super) fn start(this: &Arc<Syncer>, interval: Duration, state: Arc<WriterState>) {
         let weak = Arc::downgrade(this);
+        let on_thread = state.clone();
         let spawned = std::thread::Builder::new()
             .name("audit-sync".into())
             .spawn(move || loop {
                 std::thread::sleep(interval);
                 let Some(s) = weak.upgrade() else { break };
                 if let Err(e) = s.sync() {
-                    state.fail(format!("a background sync failed: {e}"));
+                    on_thread.fail(format!("a background sync failed: {e}"));
                     break;
                 }
             });
         if let Err(e) = spawned {
-            tracing::error!(error = %e, "audit log: no background sync thread; records are synced at checkpoints only");
+            state.fail(format!("no background sync thread: {e}"));
         }
     }
 
@@ -83,9 +84,14 @@ impl Syncer {
         }
     }
 
-    fn track(&self, f: &std::fs::File) {
-        let clone = f.try_clone().ok();
-        *self.file.lock().unwrap_or_else(|p| p.into_inner()) = clone;
+    /// Sync through a handle of its own on the new active segment; without
+    /// one the records could not be synced in the background.
+    fn track(&self, f: &std::fs::File) -> Result<(), String> {
+        let clone = f
+            .try_clone()
+            .map_err(|e| format!("no handle for the background sync: {e}"))?;
+        *self.file.lock().unwrap_or_else(|p| p.into_inner()) = Some(clone);
+        Ok(())
     }
 }
 
@@ -210,7 +216,7 @@ impl Writer {
         self.file_len = len;
         self.file_bytes = end;
         if matches!(self.sync, AuditSync::Write { .. }) {
-            self.syncer.track(&f);
+            self.syncer.track(&f)?;
         }
         self.file = Some(f);
         Ok(())

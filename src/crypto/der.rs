@@ -62,6 +62,10 @@ pub fn ecdsa_p256_raw(der: &[u8]) -> Option<[u8; 64]> {
         if v[0] & 0x80 != 0 || (v.len() > 1 && v[0] == 0 && v[1] & 0x80 == 0) {
             return None;
         }
+        // 33 bytes only with the 0x00 that keeps a 32-byte value positive
+        if v.len() == 33 && v[0] != 0 {
+            return None;
+        }
         let v = if v.len() == 33 { &v[1..] } else { v };
         (v.len() <= 32).then_some((v, rest))
     }

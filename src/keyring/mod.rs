@@ -147,6 +147,9 @@ impl Snapshot {
 /// The swap-on-write holder of the current [`Snapshot`].
 pub struct Keyring {
     current: ArcSwap<Snapshot>,
+    /// Moves after every swap (answers built from a snapshot, such as the
+    /// JWKS, are reused while it stands still).
+    generation: std::sync::atomic::AtomicU64,
 }
 
 impl Keyring {
@@ -157,6 +160,7 @@ impl Keyring {
         }
         Keyring {
             current: ArcSwap::from_pointee(snap),
+            generation: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -185,6 +189,18 @@ impl Keyring {
         self.put_arcs(&records);
     }
 
+    /// The generation: read it before taking a snapshot, and an answer
+    /// built from that snapshot is current while the generation is the same
+    /// (it moves only after a swap).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn swapped(&self) {
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    }
+
     /// Drop deleted keys, in one swap.
     pub fn remove_many(&self, keys: &[(String, String)]) {
         if keys.is_empty() {
@@ -197,6 +213,7 @@ impl Keyring {
             }
             snap
         });
+        self.swapped();
     }
 
     /// The (tenant, name) of every key in the snapshot.
@@ -219,6 +236,7 @@ impl Keyring {
             }
             snap
         });
+        self.swapped();
     }
 }
 

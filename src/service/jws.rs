@@ -23,12 +23,42 @@ fn b64url_decode(field: &str, s: &str) -> Result<Vec<u8>> {
         .map_err(|_| Error::InvalidArgument(format!("field jws: the {field} is not base64url")))
 }
 
+/// A tenant's JWKS answer: the body and its ETag, and the keyring
+/// generation it was built at.
+pub struct Jwks {
+    generation: u64,
+    pub body: String,
+    pub etag: String,
+}
+
 impl KmsService {
     /// The JWK set of `tenant`'s published keys: every enabled version of
     /// each, as the snapshot holds it now (a version disabled a moment ago
     /// is gone from the next answer). A tenant with nothing published, or
-    /// no such tenant, has an empty set: the answer says nothing more.
-    pub fn jwks(&self, tenant: &str) -> Value {
+    /// no such tenant, has an empty set: the answer says nothing more. The
+    /// answer is built once per keyring change and reused until the next,
+    /// so an unauthenticated caller repeating the request costs a lookup.
+    pub fn jwks(&self, tenant: &str) -> Arc<Jwks> {
+        let generation = self.keyring.generation();
+        if let Some(j) = self.jwks_cache.get(tenant) {
+            if j.generation == generation {
+                return j;
+            }
+        }
+        let body = self.jwk_set(tenant).to_string();
+        let etag = format!("\"{}\"", &hex::encode(sha256(body.as_bytes()))[..32]);
+        let j = Arc::new(Jwks {
+            generation,
+            body,
+            etag,
+        });
+        if keyring::validate_name(tenant).is_ok() {
+            self.jwks_cache.insert(tenant.to_string(), j.clone());
+        }
+        j
+    }
+
+    fn jwk_set(&self, tenant: &str) -> Value {
         let mut keys = Vec::new();
         if keyring::validate_name(tenant).is_ok() {
             let snap = self.keyring.snapshot();
@@ -37,7 +67,11 @@ impl KmsService {
                 let page = snap.page(tenant, after.as_deref(), 1000, |_| true);
                 let Some(last) = page.last() else { break };
                 after = Some(last.name.clone());
-                for rec in page.iter().filter(|r| r.settings.published) {
+                // published, and of an algorithm this deployment allows
+                let shown = |r: &&Arc<KeyRecord>| {
+                    r.settings.published && self.allowed.contains(&r.algorithm)
+                };
+                for rec in page.iter().filter(shown) {
                     // what Verify would take: enabled, and not below the
                     // key's min_decryption_version
                     let usable = |v: &&VersionRecord| {

@@ -387,45 +387,55 @@ impl KmsService {
         let name = req.name.clone();
         let rec = self
             .mutation(move || {
-                let cur = this
-                    .fresh(&tenant, &name)?
-                    .ok_or_else(|| Error::NotFound(format!("key {name}")))?;
-                if this.prior_op(&op)?.is_some() {
-                    return Ok(this.fresh(&tenant, &name)?.unwrap_or(cur));
-                }
-                let mut next = cur.settings;
-                if let Some(v) = req.min_decryption_version {
-                    next.min_decryption_version = v;
-                }
-                if let Some(v) = req.min_encryption_version {
-                    next.min_encryption_version = v;
-                }
-                if let Some(v) = req.deletion_allowed {
-                    next.deletion_allowed = v;
-                }
-                if let Some(v) = req.published {
-                    next.published = v;
-                }
-                check_settings(&cur, &next)?;
-                if next == cur.settings && op.is_none() {
-                    return Ok(cur);
-                }
-                let op = op.map(|o| OpRecord {
-                    result: name.clone(),
-                    ..o
-                });
-                let written = this.store.set_settings(&tenant, &name, &next, op.as_ref());
-                match this.settle(written, &op, &tenant, &name, || {})? {
-                    Settled::Written => {}
-                    Settled::Prior(_) | Settled::Retry => {
-                        return Ok(this.keyring.get(&tenant, &name).unwrap_or(cur));
+                // a write that lost a race with another replica's change to
+                // the same key is done again on what that replica wrote
+                for _ in 0..ROTATE_ATTEMPTS {
+                    let cur = this
+                        .fresh(&tenant, &name)?
+                        .ok_or_else(|| Error::NotFound(format!("key {name}")))?;
+                    if this.prior_op(&op)?.is_some() {
+                        return Ok(this.fresh(&tenant, &name)?.unwrap_or(cur));
                     }
+                    let mut next = cur.settings;
+                    if let Some(v) = req.min_decryption_version {
+                        next.min_decryption_version = v;
+                    }
+                    if let Some(v) = req.min_encryption_version {
+                        next.min_encryption_version = v;
+                    }
+                    if let Some(v) = req.deletion_allowed {
+                        next.deletion_allowed = v;
+                    }
+                    if let Some(v) = req.published {
+                        next.published = v;
+                    }
+                    check_settings(&cur, &next)?;
+                    if next == cur.settings && op.is_none() {
+                        return Ok(cur);
+                    }
+                    let op = op.clone().map(|o| OpRecord {
+                        result: name.clone(),
+                        ..o
+                    });
+                    let written =
+                        this.store
+                            .set_settings(&tenant, &name, &cur.settings, &next, op.as_ref());
+                    match this.settle(written, &op, &tenant, &name, || {})? {
+                        Settled::Written => {}
+                        Settled::Prior(_) => {
+                            return Ok(this.keyring.get(&tenant, &name).unwrap_or(cur));
+                        }
+                        Settled::Retry => continue,
+                    }
+                    let mut rec = (*cur).clone();
+                    rec.settings = next;
+                    this.verify_cache
+                        .invalidate(&tenant, rec.versions.iter().map(|v| rec.kid(v.version)));
+                    return Ok(this.keyring.put(rec));
                 }
-                let mut rec = (*cur).clone();
-                rec.settings = next;
-                this.verify_cache
-                    .invalidate(&tenant, rec.versions.iter().map(|v| rec.kid(v.version)));
-                Ok(this.keyring.put(rec))
+                Err(Error::Unavailable(format!(
+                    "key {name} kept changing on other replicas while its settings were written; try again"
+                )))
             })
             .await?;
         tracing::info!(request_id = %caller.request_id, tenant = %caller.tenant, principal = %caller.principal, key = %rec.name, min_decryption_version = rec.settings.min_decryption_version, min_encryption_version = rec.settings.min_encryption_version, deletion_allowed = rec.settings.deletion_allowed, published = rec.settings.published, "key settings changed");
@@ -450,37 +460,62 @@ impl KmsService {
                 if let Some(prior) = this.prior_op(&op)? {
                     return Ok(prior.parse::<u32>().unwrap_or(0));
                 }
-                let cur = this
-                    .fresh(&tenant, &name)?
-                    .ok_or_else(|| Error::NotFound(format!("key {name}")))?;
-                if !cur.settings.deletion_allowed {
-                    return Err(Error::FailedPrecondition(format!(
-                        "key {name} does not allow deletion (set deletion_allowed with UpdateKey first)"
-                    )));
-                }
-                // Custody first. A version whose material is gone but whose
-                // record could not be removed is marked destroyed, so the
-                // store never points at material that no longer exists.
-                let mut destroyed = 0u32;
-                for v in &cur.versions {
-                    let Some(h) = &v.handle else { continue };
-                    let kid = cur.kid(v.version);
-                    if let Err(e) = this.backend.destroy(label(&cur, &kid), h) {
-                        this.mark_destroyed(&cur, destroyed);
-                        return Err(e.into());
+                // Custody first, then the records, if the key still has the
+                // versions custody emptied (another replica may rotate
+                // meanwhile: then its new version is destroyed too, on the
+                // next attempt). A version whose material is gone but whose
+                // record stays is marked destroyed, so the store never
+                // points at material that no longer exists.
+                let mut gone: Vec<Vec<u8>> = Vec::new();
+                for _ in 0..ROTATE_ATTEMPTS {
+                    let cur = this
+                        .fresh(&tenant, &name)?
+                        .ok_or_else(|| Error::NotFound(format!("key {name}")))?;
+                    if !cur.settings.deletion_allowed {
+                        this.mark_destroyed(&cur, &gone);
+                        return Err(Error::FailedPrecondition(format!(
+                            "key {name} does not allow deletion (set deletion_allowed with UpdateKey first)"
+                        )));
                     }
-                    destroyed += 1;
+                    for v in &cur.versions {
+                        let Some(h) = &v.handle else { continue };
+                        if gone.contains(h) {
+                            continue;
+                        }
+                        let kid = cur.kid(v.version);
+                        if let Err(e) = this.backend.destroy(label(&cur, &kid), h) {
+                            this.mark_destroyed(&cur, &gone);
+                            return Err(e.into());
+                        }
+                        gone.push(h.clone());
+                    }
+                    let destroyed = gone.len() as u32;
+                    let op = op.clone().map(|o| OpRecord {
+                        result: destroyed.to_string(),
+                        ..o
+                    });
+                    let written =
+                        this.store
+                            .delete_key(&tenant, &name, cur.versions.len() as u32, op.as_ref());
+                    match this.settle(written, &op, &tenant, &name, || {}) {
+                        Ok(Settled::Written) => {
+                            this.forget(&tenant, &name);
+                            return Ok(destroyed);
+                        }
+                        Ok(Settled::Prior(r)) => return Ok(r.parse::<u32>().unwrap_or(0)),
+                        Ok(Settled::Retry) => continue,
+                        Err(e) => {
+                            this.mark_destroyed(&cur, &gone);
+                            return Err(e);
+                        }
+                    }
                 }
-                let op = op.map(|o| OpRecord {
-                    result: destroyed.to_string(),
-                    ..o
-                });
-                if let Err(e) = this.store.delete_key(&tenant, &name, op.as_ref()) {
-                    this.mark_destroyed(&cur, destroyed);
-                    return Err(e.into());
+                if let Some(cur) = this.fresh(&tenant, &name)? {
+                    this.mark_destroyed(&cur, &gone);
                 }
-                this.forget(&tenant, &name);
-                Ok(destroyed)
+                Err(Error::Unavailable(format!(
+                    "key {name} kept changing on other replicas while it was deleted; try again"
+                )))
             })
             .await?;
         tracing::info!(request_id = %caller.request_id, tenant = %caller.tenant, principal = %caller.principal, key = %req.name, destroyed_versions = destroyed, "key deleted");
@@ -490,15 +525,18 @@ impl KmsService {
         })
     }
 
-    /// After a delete failed part-way: record the first `n` versions that
-    /// had material as destroyed (best effort; logged when it fails too).
-    fn mark_destroyed(&self, rec: &KeyRecord, n: u32) {
+    /// After a delete failed part-way: record the versions whose material
+    /// custody destroyed (`gone`) as destroyed (best effort; logged when
+    /// that fails too).
+    fn mark_destroyed(&self, rec: &KeyRecord, gone: &[Vec<u8>]) {
+        if gone.is_empty() {
+            return;
+        }
         let mut rec2 = rec.clone();
         for v in rec2
             .versions
             .iter_mut()
-            .filter(|v| v.handle.is_some())
-            .take(n as usize)
+            .filter(|v| v.handle.as_ref().is_some_and(|h| gone.contains(h)))
         {
             if let Err(e) = self.store.set_state(
                 &rec.tenant,

@@ -81,6 +81,9 @@ pub struct KmsService {
     audit: Arc<AuditLog>,
     policies: crate::policy::Policies,
     verify_cache: VerifyCache,
+    /// The JWKS answers, per tenant, with the keyring generation they were
+    /// built at (docs/jose.md).
+    jwks_cache: moka::sync::Cache<String, Arc<jws::Jwks>>,
     custody: CustodyProbe,
     attestation: Arc<AttestationGate>,
     /// Custody is a serial device: every custody call goes to the
@@ -199,6 +202,7 @@ impl KmsService {
             device_bound,
             policies,
             verify_cache: VerifyCache::new(opts.verify_cache_max, opts.verify_cache_ttl),
+            jwks_cache: moka::sync::Cache::new(4096),
             custody: CustodyProbe::new(),
             keyring,
             store,

@@ -105,6 +105,16 @@ impl OpCache {
         Ok(())
     }
 
+    /// Forget every answer remembered for `tenant` (a key of it was
+    /// deleted: a remembered answer must not outlive its key, nor be handed
+    /// out again for a new key made under the same name).
+    pub(super) fn forget_tenant(&self, tenant: &str) {
+        self.tenants
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(tenant);
+    }
+
     /// The bytes a tenant's answers hold (after pending evictions ran).
     #[cfg(test)]
     pub(super) fn tenant_bytes_used(&self, tenant: &str) -> u64 {

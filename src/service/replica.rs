@@ -108,6 +108,7 @@ impl KmsService {
     /// Drop a deleted key from the snapshot and its public keys from the
     /// verify cache.
     pub(super) fn forget(&self, tenant: &str, name: &str) {
+        self.op_cache.forget_tenant(tenant);
         if let Some(cur) = self.keyring.get(tenant, name) {
             self.verify_cache
                 .invalidate(tenant, cur.versions.iter().map(|v| cur.kid(v.version)));

@@ -156,19 +156,30 @@ pub trait Store: Send + Sync {
         op: Option<&OpRecord>,
     ) -> Result<(), StoreError>;
 
-    /// Replace a key's settings. `NotFound` if there is no such key.
+    /// Replace a key's settings if they are still `old` (what the caller
+    /// read): `VersionConflict` when another writer changed them meanwhile,
+    /// `NotFound` if there is no such key.
     fn set_settings(
         &self,
         tenant: &str,
         name: &str,
+        old: &KeySettings,
         settings: &KeySettings,
         op: Option<&OpRecord>,
     ) -> Result<(), StoreError>;
 
     /// Remove a key and all its version records (custody has destroyed its
-    /// material first). `NotFound` if there is no such key.
-    fn delete_key(&self, tenant: &str, name: &str, op: Option<&OpRecord>)
-        -> Result<(), StoreError>;
+    /// material first), if it still has `versions` versions and allows
+    /// deletion: otherwise `VersionConflict` (a version was added, or the
+    /// setting changed, since custody was emptied). `NotFound` if there is
+    /// no such key.
+    fn delete_key(
+        &self,
+        tenant: &str,
+        name: &str,
+        versions: u32,
+        op: Option<&OpRecord>,
+    ) -> Result<(), StoreError>;
 
     fn find_op(&self, tenant: &str, op_id: &str) -> Result<Option<OpRecord>, StoreError>;
 

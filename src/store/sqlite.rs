@@ -339,6 +339,29 @@ impl SqliteStore {
     }
 }
 
+/// After a conditional update matched no row: the key is gone, or it
+/// changed since it was read.
+fn missing_or_changed(
+    tx: &rusqlite::Transaction<'_>,
+    tenant: &str,
+    name: &str,
+) -> Result<StoreError, StoreError> {
+    let exists = tx
+        .query_row(
+            "SELECT 1 FROM keys WHERE tenant = ?1 AND name = ?2",
+            params![tenant, name],
+            |_| Ok(()),
+        )
+        .optional()
+        .map_err(db_err)?
+        .is_some();
+    Ok(if exists {
+        StoreError::VersionConflict(format!("key {name} changed since it was read"))
+    } else {
+        StoreError::NotFound(format!("key {name}"))
+    })
+}
+
 /// The key columns after tenant and name, as [`key_row`] reads them.
 const KEY_COLUMNS: &str = "algorithm, primary_version, created_at_ms, min_decryption_version, min_encryption_version, deletion_allowed, published";
 
@@ -486,6 +509,7 @@ impl Store for SqliteStore {
         &self,
         tenant: &str,
         name: &str,
+        old: &KeySettings,
         settings: &KeySettings,
         op: Option<&OpRecord>,
     ) -> Result<(), StoreError> {
@@ -493,19 +517,25 @@ impl Store for SqliteStore {
         let tx = write_tx(&mut conn, op)?;
         let n = tx
             .execute(
-                "UPDATE keys SET min_decryption_version = ?3, min_encryption_version = ?4, deletion_allowed = ?5, published = ?6 WHERE tenant = ?1 AND name = ?2",
+                "UPDATE keys SET min_decryption_version = ?3, min_encryption_version = ?4, deletion_allowed = ?5, published = ?6
+                 WHERE tenant = ?1 AND name = ?2
+                   AND min_decryption_version = ?7 AND min_encryption_version = ?8 AND deletion_allowed = ?9 AND published = ?10",
                 params![
                     tenant,
                     name,
                     settings.min_decryption_version,
                     settings.min_encryption_version,
                     settings.deletion_allowed,
-                    settings.published
+                    settings.published,
+                    old.min_decryption_version,
+                    old.min_encryption_version,
+                    old.deletion_allowed,
+                    old.published
                 ],
             )
             .map_err(db_err)?;
         if n != 1 {
-            return Err(StoreError::NotFound(format!("key {name}")));
+            return Err(missing_or_changed(&tx, tenant, name)?);
         }
         tx.commit().map_err(db_err)
     }
@@ -514,24 +544,38 @@ impl Store for SqliteStore {
         &self,
         tenant: &str,
         name: &str,
+        versions: u32,
         op: Option<&OpRecord>,
     ) -> Result<(), StoreError> {
         let mut conn = self.conn();
         let tx = write_tx(&mut conn, op)?;
+        let now: Option<(bool, u32)> = tx
+            .query_row(
+                "SELECT deletion_allowed, (SELECT count(*) FROM key_versions WHERE tenant = ?1 AND name = ?2) FROM keys WHERE tenant = ?1 AND name = ?2",
+                params![tenant, name],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(db_err)?;
+        match now {
+            None => return Err(StoreError::NotFound(format!("key {name}"))),
+            Some((true, n)) if n == versions => {}
+            Some(_) => {
+                return Err(StoreError::VersionConflict(format!(
+                    "key {name} changed while it was being deleted"
+                )))
+            }
+        }
         tx.execute(
             "DELETE FROM key_versions WHERE tenant = ?1 AND name = ?2",
             params![tenant, name],
         )
         .map_err(db_err)?;
-        let n = tx
-            .execute(
-                "DELETE FROM keys WHERE tenant = ?1 AND name = ?2",
-                params![tenant, name],
-            )
-            .map_err(db_err)?;
-        if n != 1 {
-            return Err(StoreError::NotFound(format!("key {name}")));
-        }
+        tx.execute(
+            "DELETE FROM keys WHERE tenant = ?1 AND name = ?2",
+            params![tenant, name],
+        )
+        .map_err(db_err)?;
         tx.commit().map_err(db_err)?;
         checkpoint_after_wipe(&conn);
         Ok(())

@@ -103,6 +103,12 @@ impl SignBody {
         path_hash: Option<String>,
     ) -> Result<Plan, Error> {
         same_name(&name, &self.name)?;
+        // the route's scope first: what the checks below learn about the key
+        // is for callers who may use it so
+        caller.require(match route {
+            Route::Sign | Route::Hmac => crate::ops::Scope::Sign,
+            Route::Verify => crate::ops::Scope::Verify,
+        })?;
         refuse_unless(
             "signature_algorithm",
             &self.signature_algorithm.as_deref(),

@@ -466,6 +466,7 @@ impl Store for PgStore {
         &self,
         tenant: &str,
         name: &str,
+        old: &KeySettings,
         settings: &KeySettings,
         op: Option<&OpRecord>,
     ) -> Result<(), StoreError> {
@@ -473,7 +474,9 @@ impl Store for PgStore {
             insert_op(tx, op)?;
             let n = tx
                 .execute(
-                    "UPDATE keys SET min_decryption_version = $3, min_encryption_version = $4, deletion_allowed = $5, published = $6 WHERE tenant = $1 AND name = $2",
+                    "UPDATE keys SET min_decryption_version = $3, min_encryption_version = $4, deletion_allowed = $5, published = $6
+                     WHERE tenant = $1 AND name = $2
+                       AND min_decryption_version = $7 AND min_encryption_version = $8 AND deletion_allowed = $9 AND published = $10",
                     &[
                         &tenant,
                         &name,
@@ -481,11 +484,26 @@ impl Store for PgStore {
                         &(settings.min_encryption_version as i32),
                         &settings.deletion_allowed,
                         &settings.published,
+                        &(old.min_decryption_version as i32),
+                        &(old.min_encryption_version as i32),
+                        &old.deletion_allowed,
+                        &old.published,
                     ],
                 )
                 .map_err(db_err)?;
             if n != 1 {
-                return Err(StoreError::NotFound(format!("key {name}")));
+                let exists = tx
+                    .query_opt(
+                        "SELECT 1 FROM keys WHERE tenant = $1 AND name = $2",
+                        &[&tenant, &name],
+                    )
+                    .map_err(db_err)?
+                    .is_some();
+                return Err(if exists {
+                    StoreError::VersionConflict(format!("key {name} changed since it was read"))
+                } else {
+                    StoreError::NotFound(format!("key {name}"))
+                });
             }
             notify(tx, &Change::key(tenant, name))
         })
@@ -495,24 +513,46 @@ impl Store for PgStore {
         &self,
         tenant: &str,
         name: &str,
+        versions: u32,
         op: Option<&OpRecord>,
     ) -> Result<(), StoreError> {
         self.tx(|tx| {
             insert_op(tx, op)?;
+            // the key row first, locked: a rotation or a settings change on
+            // another replica queues behind this transaction (or this one
+            // behind it, and then sees what it wrote)
+            let Some(row) = tx
+                .query_opt(
+                    "SELECT deletion_allowed FROM keys WHERE tenant = $1 AND name = $2 FOR UPDATE",
+                    &[&tenant, &name],
+                )
+                .map_err(db_err)?
+            else {
+                return Err(StoreError::NotFound(format!("key {name}")));
+            };
+            let allowed: bool = row.get(0);
+            let n: i64 = tx
+                .query_one(
+                    "SELECT count(*) FROM key_versions WHERE tenant = $1 AND name = $2",
+                    &[&tenant, &name],
+                )
+                .map_err(db_err)?
+                .get(0);
+            if !allowed || n != i64::from(versions) {
+                return Err(StoreError::VersionConflict(format!(
+                    "key {name} changed while it was being deleted"
+                )));
+            }
             tx.execute(
                 "DELETE FROM key_versions WHERE tenant = $1 AND name = $2",
                 &[&tenant, &name],
             )
             .map_err(db_err)?;
-            let n = tx
-                .execute(
-                    "DELETE FROM keys WHERE tenant = $1 AND name = $2",
-                    &[&tenant, &name],
-                )
-                .map_err(db_err)?;
-            if n != 1 {
-                return Err(StoreError::NotFound(format!("key {name}")));
-            }
+            tx.execute(
+                "DELETE FROM keys WHERE tenant = $1 AND name = $2",
+                &[&tenant, &name],
+            )
+            .map_err(db_err)?;
             notify(tx, &Change::key(tenant, name))
         })
     }
