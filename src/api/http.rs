@@ -88,7 +88,9 @@ fn ok_response<T: Serialize>(body: &T, request_id: &str) -> Response {
     r
 }
 
-fn decode_json<T: DeserializeOwned + Default>(bytes: &[u8]) -> Result<T, Error> {
+/// A JSON body as `T` (an empty body is `T::default()`), its error naming
+/// the field (shared with the transit front).
+pub(super) fn decode_json<T: DeserializeOwned + Default>(bytes: &[u8]) -> Result<T, Error> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }

@@ -294,35 +294,22 @@ impl SqliteStore {
         let version: i64 = conn
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .map_err(db_err)?;
-        match version {
-            0 => {
+        // each version's migration, in order: a database at version v
+        // gets the ones after it, in one transaction
+        const MIGRATIONS: [&str; SCHEMA_VERSION as usize] =
+            [SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4];
+        match usize::try_from(version) {
+            Ok(v) if v < MIGRATIONS.len() => {
                 conn.execute_batch(&format!(
-                    "BEGIN; {SCHEMA_V1} {SCHEMA_V2} {SCHEMA_V3} {SCHEMA_V4} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+                    "BEGIN; {} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;",
+                    MIGRATIONS[v..].join(" ")
                 ))
                 .map_err(db_err)?;
             }
-            1 => {
-                conn.execute_batch(&format!(
-                    "BEGIN; {SCHEMA_V2} {SCHEMA_V3} {SCHEMA_V4} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
-                ))
-                .map_err(db_err)?;
-            }
-            2 => {
-                conn.execute_batch(&format!(
-                    "BEGIN; {SCHEMA_V3} {SCHEMA_V4} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
-                ))
-                .map_err(db_err)?;
-            }
-            3 => {
-                conn.execute_batch(&format!(
-                    "BEGIN; {SCHEMA_V4} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
-                ))
-                .map_err(db_err)?;
-            }
-            SCHEMA_VERSION => {}
-            v => {
+            Ok(v) if v == MIGRATIONS.len() => {}
+            _ => {
                 return Err(StoreError::Corrupt(format!(
-                    "database schema version {v} is newer than this binary understands ({SCHEMA_VERSION})"
+                    "database schema version {version} is newer than this binary understands ({SCHEMA_VERSION})"
                 )))
             }
         }

@@ -13,8 +13,8 @@ use serde_json::{json, Value};
 use zeroize::Zeroizing;
 
 use super::{
-    b64, b64_opt, build, enc, item, item_error, key_at, refuse_unless, split_vault, vault,
-    version_of, with_ref, Answer, Num, S,
+    b64, b64_opt, batch_or_one, build, enc, item, key_at, merge_batch, refuse_unless, split_vault,
+    vault, version_of, with_ref, Answer, Num, S,
 };
 use crate::auth::Caller;
 use crate::error::Error;
@@ -95,23 +95,13 @@ impl CipherBody {
                 "field bits: only for datakey".into(),
             ));
         }
-        let (items, batch) = match self.batch_input {
-            Some(items) => {
-                if !self.one.is_empty() {
-                    return Err(Error::InvalidArgument(
-                        "with batch_input, plaintext, ciphertext, context, associated_data, key_version, nonce and reference go in each item".into(),
-                    ));
-                }
-                if items.is_empty() || items.len() > crate::service::MAX_BATCH_ITEMS {
-                    return Err(Error::InvalidArgument(format!(
-                        "field batch_input: 1 to {} items",
-                        crate::service::MAX_BATCH_ITEMS
-                    )));
-                }
-                (items, true)
-            }
-            None => (vec![self.one], false),
-        };
+        let top_is_empty = self.one.is_empty();
+        let (items, batch) = batch_or_one(
+            self.batch_input,
+            self.one,
+            top_is_empty,
+            "plaintext, ciphertext, context, associated_data, key_version, nonce and reference",
+        )?;
         for it in &items {
             it.fits(route)?;
         }
@@ -232,18 +222,15 @@ pub(super) async fn encrypt(
                 .wrap_batch(&caller, proto::WrapBatchRequest { items: reqs })
                 .await?
                 .items;
-            let results: Vec<Value> = slots
-                .into_iter()
-                .zip(&items)
-                .map(|(s, it)| match s {
-                    Err(e) => with_ref(item::<()>(Err(e), &caller.request_id), &it.reference),
-                    Ok(i) => match (&out[i].ok, &out[i].error) {
-                        (Some(r), _) => wrapped(r, &it.reference),
-                        (None, Some(e)) => with_ref(item_error(e), &it.reference),
-                        (None, None) => json!({ "error": "no answer" }),
-                    },
-                })
-                .collect();
+            let results = merge_batch(
+                slots,
+                &items,
+                |it| &it.reference,
+                &out,
+                |o| (o.ok.as_ref(), o.error.as_ref()),
+                |r| Ok(wrapped(r, &None)),
+                &caller.request_id,
+            );
             Ok(Answer::Data(json!({ "batch_results": results })))
         },
     )
@@ -273,18 +260,15 @@ pub(super) async fn decrypt(
                 .unwrap_batch(&caller, proto::UnwrapBatchRequest { items: reqs })
                 .await?
                 .items;
-            let results: Vec<Value> = slots
-                .into_iter()
-                .zip(&items)
-                .map(|(s, it)| match s {
-                    Err(e) => with_ref(item::<()>(Err(e), &caller.request_id), &it.reference),
-                    Ok(i) => match (&out[i].ok, &out[i].error) {
-                        (Some(r), _) => plain(r, &it.reference),
-                        (None, Some(e)) => with_ref(item_error(e), &it.reference),
-                        (None, None) => json!({ "error": "no answer" }),
-                    },
-                })
-                .collect();
+            let results = merge_batch(
+                slots,
+                &items,
+                |it| &it.reference,
+                &out,
+                |o| (o.ok.as_ref(), o.error.as_ref()),
+                |r| Ok(plain(r, &None)),
+                &caller.request_id,
+            );
             Ok(Answer::Data(json!({ "batch_results": results })))
         },
     )

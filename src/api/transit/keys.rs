@@ -156,6 +156,13 @@ pub(super) fn key_data(k: &proto::Key) -> Result<Value, Error> {
     Ok(data)
 }
 
+/// The answer of a call that returns the key (create, rotate, config).
+fn key_answer(k: Option<&proto::Key>) -> Result<Answer, Error> {
+    Ok(Answer::Data(key_data(k.ok_or_else(|| {
+        Error::Internal("no key in the answer".into())
+    })?)?))
+}
+
 /// `GET keys/{name}` (read) for the service's answer.
 pub(super) async fn read(
     kms: &std::sync::Arc<crate::service::KmsService>,
@@ -243,9 +250,7 @@ async fn create(f: &TransitFront, name: String, req: Request) -> Response {
                 },
             )
             .await?;
-        Ok(Answer::Data(key_data(
-            r.key.as_ref().ok_or_else(|| Error::Internal("no key".into()))?,
-        )?))
+        key_answer(r.key.as_ref())
     })
     .await
 }
@@ -351,11 +356,7 @@ pub(super) async fn rotate(
                     },
                 )
                 .await?;
-            Ok(Answer::Data(key_data(
-                r.key
-                    .as_ref()
-                    .ok_or_else(|| Error::Internal("no key".into()))?,
-            )?))
+            key_answer(r.key.as_ref())
         },
     )
     .await
@@ -401,11 +402,7 @@ pub(super) async fn config(
                     },
                 )
                 .await?;
-            Ok(Answer::Data(key_data(
-                r.key
-                    .as_ref()
-                    .ok_or_else(|| Error::Internal("no key".into()))?,
-            )?))
+            key_answer(r.key.as_ref())
         },
     )
     .await

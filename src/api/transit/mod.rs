@@ -207,7 +207,7 @@ impl TransitFront {
             let (parts, body) = req.into_parts();
             let bytes =
                 decompress::read_body(&parts.headers, body, encoding, MAX_BODY_BYTES).await?;
-            Ok((caller, decode_json::<Req>(&bytes)?))
+            Ok((caller, super::http::decode_json::<Req>(&bytes)?))
         };
         let (call, result) = Call::run(&self.kms, spec(method), incoming, decode, op).await;
         match result {
@@ -222,22 +222,6 @@ impl TransitFront {
             Err(e) => error_response(&e, &call.request_id),
         }
     }
-}
-
-fn decode_json<T: DeserializeOwned + Default>(bytes: &[u8]) -> Result<T, Error> {
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Ok(T::default());
-    }
-    let de = &mut serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        if path.is_empty() || path == "." {
-            Error::InvalidArgument(format!("request body: {inner}"))
-        } else {
-            Error::InvalidArgument(format!("field {path}: {inner}"))
-        }
-    })
 }
 
 /// Standard base64, as transit takes its inputs.
@@ -388,4 +372,60 @@ pub(super) fn build<I, T>(
         })
         .collect();
     (reqs, slots)
+}
+
+/// `batch_input`, or the top level as the one item (`true`: the answer is
+/// `batch_results`). With a batch the top level must hold none of the item
+/// fields (`top_is_empty`), which then go in each item (`fields` names
+/// them for the error).
+pub(super) fn batch_or_one<I>(
+    batch: Option<Vec<I>>,
+    one: I,
+    top_is_empty: bool,
+    fields: &str,
+) -> Result<(Vec<I>, bool), Error> {
+    match batch {
+        Some(items) => {
+            if !top_is_empty {
+                return Err(Error::InvalidArgument(format!(
+                    "with batch_input, {fields} go in each item"
+                )));
+            }
+            if items.is_empty() || items.len() > crate::service::MAX_BATCH_ITEMS {
+                return Err(Error::InvalidArgument(format!(
+                    "field batch_input: 1 to {} items",
+                    crate::service::MAX_BATCH_ITEMS
+                )));
+            }
+            Ok((items, true))
+        }
+        None => Ok((vec![one], false)),
+    }
+}
+
+/// A batch's answers in the request's order: for each item, the error that
+/// stopped it before the service saw it, or the service's answer (`ok`
+/// turned into its JSON) or error — each with the item's `reference`.
+pub(super) fn merge_batch<I, T, R>(
+    slots: Vec<Result<usize, Error>>,
+    items: &[I],
+    reference: impl Fn(&I) -> &Option<String>,
+    out: &[T],
+    parts: impl Fn(&T) -> (Option<&R>, Option<&crate::proto::ItemError>),
+    ok: impl Fn(&R) -> Result<serde_json::Value, Error>,
+    rid: &str,
+) -> Vec<serde_json::Value> {
+    slots
+        .into_iter()
+        .zip(items)
+        .map(|(s, it)| {
+            let v = match s.map(|i| out.get(i).map(&parts)) {
+                Err(e) => item::<()>(Err(e), rid),
+                Ok(Some((Some(r), _))) => item(ok(r), rid),
+                Ok(Some((None, Some(e)))) => item_error(e),
+                Ok(_) => serde_json::json!({ "error": "no answer" }),
+            };
+            with_ref(v, reference(it))
+        })
+        .collect()
 }

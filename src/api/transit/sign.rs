@@ -13,8 +13,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{
-    b64, build, enc, item, item_error, key_at, refuse_unless, same_name, split_vault, vault,
-    version_of, with_ref, Answer, Num, TransitFront, S,
+    b64, batch_or_one, build, enc, item, key_at, merge_batch, refuse_unless, same_name,
+    split_vault, vault, version_of, with_ref, Answer, Num, TransitFront, S,
 };
 use crate::auth::Caller;
 use crate::crypto::Algorithm;
@@ -163,23 +163,13 @@ impl SignBody {
                 "field key_version: the signature or HMAC names its version".into(),
             ));
         }
-        let (items, batch) = match self.batch_input {
-            Some(items) => {
-                if !self.one.is_empty() {
-                    return Err(Error::InvalidArgument(
-                        "with batch_input, input, signature, hmac, context and reference go in each item".into(),
-                    ));
-                }
-                if items.is_empty() || items.len() > crate::service::MAX_BATCH_ITEMS {
-                    return Err(Error::InvalidArgument(format!(
-                        "field batch_input: 1 to {} items",
-                        crate::service::MAX_BATCH_ITEMS
-                    )));
-                }
-                (items, true)
-            }
-            None => (vec![self.one], false),
-        };
+        let top_is_empty = self.one.is_empty();
+        let (items, batch) = batch_or_one(
+            self.batch_input,
+            self.one,
+            top_is_empty,
+            "input, signature, hmac, context and reference",
+        )?;
         for it in &items {
             if route != Route::Verify && (it.signature.is_some() || it.hmac.is_some()) {
                 return Err(Error::InvalidArgument(
@@ -357,21 +347,15 @@ async fn sign_route(f: TransitFront, name: String, hash: Option<String>, req: Re
                 .sign_batch(&caller, proto::SignBatchRequest { items: reqs })
                 .await?
                 .items;
-            let results = slots
-                .into_iter()
-                .zip(&plan.items)
-                .map(|(s, it)| {
-                    let v = match s {
-                        Err(e) => item::<()>(Err(e), &rid),
-                        Ok(i) => match (&out[i].ok, &out[i].error) {
-                            (Some(r), _) => item(plan.encode_signature(r), &rid),
-                            (None, Some(e)) => item_error(e),
-                            (None, None) => json!({ "error": "no answer" }),
-                        },
-                    };
-                    with_ref(v, &it.reference)
-                })
-                .collect::<Vec<_>>();
+            let results = merge_batch(
+                slots,
+                &plan.items,
+                |it| &it.reference,
+                &out,
+                |o| (o.ok.as_ref(), o.error.as_ref()),
+                |r| plan.encode_signature(r),
+                &rid,
+            );
             Ok(Answer::Data(json!({ "batch_results": results })))
         },
     )
