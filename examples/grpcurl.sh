@@ -16,7 +16,9 @@ field() { python3 -c "import json,sys; print(json.load(sys.stdin)$1)"; }
 
 "$G" -version
 echo "1. list services (reflection)"
-"$G" -plaintext "$ADDR" list | tee /dev/stderr | grep -qx 'ron.kms.v1.Kms'
+SERVICES=$("$G" -plaintext "$ADDR" list)
+echo "$SERVICES"
+grep -qx 'ron.kms.v1.Kms' <<<"$SERVICES"
 echo "2. describe the service"
 "$G" -plaintext "$ADDR" describe ron.kms.v1.Kms | grep -q 'rpc SignJws'
 echo "3. create an Ed25519 key"
